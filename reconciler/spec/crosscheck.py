@@ -1,0 +1,160 @@
+"""Rules between documents: names unique per kind, references resolve, rollouts do not collide.
+
+Pure (no I/O). Each error points at the referencing field (``Rollout/x: spec.groups[1]``), since that is
+the line a person edits. Later duplicates are the ones reported, with where the first one lives.
+What can only be known with the device inventory (a device in two groups claimed by two rollouts) is
+a plan-time error, not checked here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .device import DeviceProfile
+from .errors import SpecError, format_field_path
+from .model import ONNX_QUANTIZE_MODES, TFLITE_QUANTIZE_MODES, Model
+from .rollout import Rollout
+
+if TYPE_CHECKING:
+    from .loader import Located
+
+Finder = Callable[[str, str], "Located | None"]
+
+_QUANTIZE_PRECISION = {"static": "int8", "dynamic": "int8", "int8": "int8", "int8-only": "int8", "float16": "fp16"}
+_FORMAT_QUANTIZE_MODES = {"onnx": ONNX_QUANTIZE_MODES, "tflite": TFLITE_QUANTIZE_MODES}
+
+
+def crosscheck(located: Sequence[Located]) -> list[SpecError]:
+    """Every cross-document problem among ``located`` (documents that validated on their own)."""
+    errors: list[SpecError] = []
+    names: dict[tuple[str, str], Located] = {}
+    for item in sorted(located, key=lambda i: (i.source.path, i.source.line)):
+        key = (item.document.kind, item.document.name)
+        first = names.get(key)
+        if first is None:
+            names[key] = item
+        else:
+            where = f"{first.source.path}:{first.source.line}"
+            errors.append(_error(item, ("metadata", "name"), f"duplicate {key[0]} name (first defined at {where})"))
+    fleets = [item for (kind, _), item in names.items() if kind == "Fleet"]
+    for item in fleets[1:]:
+        where = f"{fleets[0].source.path}:{fleets[0].source.line}"
+        errors.append(_error(item, ("kind",), f"a fleet repo has at most one Fleet document (first at {where})"))
+
+    def find(kind: str, name: str) -> Located | None:
+        return names.get((kind, name))
+
+    for (kind, _), item in names.items():
+        if kind == "Model":
+            errors.extend(_check_model(item, find))
+        elif kind == "Rollout":
+            errors.extend(_check_rollout(item, find))
+    errors.extend(_check_overlaps([i for (k, _), i in names.items() if k == "Rollout"]))
+    return errors
+
+
+def _check_model(item: Located, find: Finder) -> list[SpecError]:
+    model = item.document
+    assert isinstance(model, Model)
+    errors: list[SpecError] = []
+    for i, recipe in enumerate(model.spec.recipes):
+        loc = ("spec", "recipes", i)
+        found = find("DeviceProfile", recipe.profile)
+        if found is None:
+            errors.append(_error(item, (*loc, "profile"), f"unknown DeviceProfile {recipe.profile!r}"))
+            continue
+        profile = found.document
+        assert isinstance(profile, DeviceProfile)
+        fmt, precisions = profile.spec.format, profile.spec.precisions
+        modes = []
+        for j, step in enumerate(recipe.passes):
+            if step.convert and step.convert.to != fmt:
+                errors.append(
+                    _error(
+                        item,
+                        (*loc, "passes", j, "convert", "to"),
+                        f"profile {profile.name} loads {fmt}, not {step.convert.to}",
+                    )
+                )
+            if step.quantize:
+                mode = step.quantize.mode
+                modes.append(mode)
+                mode_loc = (*loc, "passes", j, "quantize", "mode")
+                if mode not in _FORMAT_QUANTIZE_MODES[fmt]:
+                    allowed = ", ".join(_FORMAT_QUANTIZE_MODES[fmt])
+                    errors.append(_error(item, mode_loc, f"{fmt} profiles quantize with {allowed}, not {mode}"))
+                elif _QUANTIZE_PRECISION[mode] not in precisions:
+                    errors.append(
+                        _error(
+                            item,
+                            mode_loc,
+                            f"{mode} produces {_QUANTIZE_PRECISION[mode]}, which profile {profile.name} "
+                            f"does not run (precisions: {', '.join(precisions)})",
+                        )
+                    )
+        if profile.spec.integer_only and "int8-only" not in modes:
+            errors.append(
+                _error(
+                    item,
+                    (*loc, "passes"),
+                    f"profile {profile.name} is integerOnly: the recipe needs a quantize pass with mode int8-only",
+                )
+            )
+    return errors
+
+
+def _check_rollout(item: Located, find: Finder) -> list[SpecError]:
+    rollout = item.document
+    assert isinstance(rollout, Rollout)
+    errors: list[SpecError] = []
+    model_item = find("Model", rollout.spec.model)
+    if model_item is None:
+        errors.append(_error(item, ("spec", "model"), f"unknown Model {rollout.spec.model!r}"))
+    else:
+        model = model_item.document
+        assert isinstance(model, Model)
+        if model.version(rollout.spec.version) is None:
+            known = ", ".join(v.version for v in model.spec.versions)
+            errors.append(
+                _error(
+                    item,
+                    ("spec", "version"),
+                    f"model {model.name} has no version {rollout.spec.version!r} (known: {known})",
+                )
+            )
+    for i, group in enumerate(rollout.spec.groups):
+        if find("DeviceGroup", group) is None:
+            errors.append(_error(item, ("spec", "groups", i), f"unknown DeviceGroup {group!r}"))
+    return errors
+
+
+def _check_overlaps(rollouts: Sequence[Located]) -> list[SpecError]:
+    """Two active rollouts of one model on one group would fight over the same devices."""
+    errors: list[SpecError] = []
+    claimed: dict[tuple[str, str], Located] = {}
+    for item in rollouts:
+        rollout = item.document
+        assert isinstance(rollout, Rollout)
+        if not rollout.active:
+            continue
+        for i, group in enumerate(rollout.spec.groups):
+            key = (rollout.spec.model, group)
+            other = claimed.setdefault(key, item)
+            if other is not item:
+                errors.append(
+                    _error(
+                        item,
+                        ("spec", "groups", i),
+                        f"Rollout {other.document.name} already delivers model {rollout.spec.model} to group "
+                        f"{group} ({other.source.path}:{other.source.line}); suspend or remove one of them",
+                    )
+                )
+    return errors
+
+
+def _error(item: Located, loc: tuple[str | int, ...], message: str) -> SpecError:
+    source = item.source
+    return SpecError(
+        source.path, source.line_of(loc), message, item.document.kind, item.document.name, format_field_path(loc)
+    )

@@ -1,0 +1,110 @@
+"""``Fleet``: settings of the whole fleet repo (artifact store, trust, status path, intervals).
+
+Pure (no I/O). At most one ``Fleet`` document per repo; a repo without one gets the defaults below,
+so a minimal fleet repo needs nothing but profiles, groups, models and rollouts.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from .document import Document, Problem
+from .types import Duration, Name, QuotedStr, RepoPath, SpecModel
+
+
+class ArtifactStore(SpecModel):
+    """Where built artifacts live, content-addressed by sha256, and where agents fetch them."""
+
+    type: Literal["filesystem", "oci"] = "filesystem"
+    path: QuotedStr = "/var/lib/edge-reconciler/artifacts"
+    """Directory of the filesystem store on the controller."""
+    url: QuotedStr | None = None
+    """Base URL agents download from (the controller's artifact server, or the OCI repository)."""
+
+
+class SignerIdentity(SpecModel):
+    """A sigstore keyless identity: the OIDC issuer and the subject (e-mail or workflow URI)."""
+
+    issuer: QuotedStr
+    subject: QuotedStr
+
+
+class ReleaseSigner(SpecModel):
+    """Who may release which models: a public key file (offline mode) or a sigstore identity."""
+
+    name: Name
+    public_key: RepoPath | None = None
+    """PEM public key in the fleet repo (offline key mode)."""
+    identity: SignerIdentity | None = None
+    """Keyless identity (sigstore mode)."""
+    models: list[QuotedStr] = Field(default_factory=lambda: ["*"])
+    """Model names (shell-style patterns) this signer may release."""
+
+
+class Trust(SpecModel):
+    """How artifacts are signed and what agents trust."""
+
+    mode: Literal["offline-key", "sigstore"] = "offline-key"
+    """offline-key works air-gapped; sigstore signs keyless in CI and verifies offline."""
+    release_signers: list[ReleaseSigner] = Field(default_factory=list)
+    """Model owners' release keys or identities (the offline half of the two-key rule)."""
+    trust_root: RepoPath | None = None
+    """Pinned trust root agents start from (TUF root metadata or sigstore trusted root)."""
+
+
+class Intervals(SpecModel):
+    """How often the controller looks for changes."""
+
+    git_poll: Duration = timedelta(seconds=60)
+    reconcile: Duration = timedelta(seconds=30)
+    telemetry: Duration = timedelta(minutes=5)
+
+
+class CommitAuthor(SpecModel):
+    """Author of the controller's status and rollback commits."""
+
+    name: QuotedStr = "edge-reconciler"
+    email: QuotedStr = "edge-reconciler@localhost"
+
+
+class FleetSpec(SpecModel):
+    """Repo-level settings of the fleet."""
+
+    branch: QuotedStr = "main"
+    """Branch the controller reconciles and commits status to."""
+    status_path: RepoPath = "status"
+    """Directory the controller writes status to; never edited by hand, ignored by the loader."""
+    artifact_store: ArtifactStore = Field(default_factory=ArtifactStore)
+    trust: Trust = Field(default_factory=Trust)
+    intervals: Intervals = Field(default_factory=Intervals)
+    commit_author: CommitAuthor = Field(default_factory=CommitAuthor)
+
+
+class Fleet(Document):
+    """Settings of the whole fleet repo. Optional; at most one per repo."""
+
+    KIND: ClassVar[str] = "Fleet"
+    kind: Literal["Fleet"]
+    spec: FleetSpec = Field(default_factory=FleetSpec)
+
+    def problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        for i, signer in enumerate(self.spec.trust.release_signers):
+            loc = ("spec", "trust", "releaseSigners", i)
+            if (signer.public_key is None) == (signer.identity is None):
+                found.append((loc, "set exactly one of publicKey (offline-key) or identity (sigstore)"))
+            elif self.spec.trust.mode == "offline-key" and signer.public_key is None:
+                found.append(((*loc, "publicKey"), "trust mode offline-key needs a publicKey"))
+            elif self.spec.trust.mode == "sigstore" and signer.identity is None:
+                found.append(((*loc, "identity"), "trust mode sigstore needs an identity"))
+        return found
+
+
+def default_fleet() -> Fleet:
+    """The settings a repo without a Fleet document gets."""
+    return Fleet.model_validate(
+        {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "Fleet", "metadata": {"name": "default"}}
+    )

@@ -1,0 +1,15 @@
+"""The registry of document kinds, in the order people usually read a fleet repo.
+
+Pure (no I/O). Adding a kind means adding it here; the loader, the schema export and the CLI's
+counts all read this one table.
+"""
+
+from __future__ import annotations
+
+from .device import DeviceGroup, DeviceProfile
+from .document import Document
+from .fleet import Fleet
+from .model import Model
+from .rollout import Rollout
+
+KINDS: dict[str, type[Document]] = {cls.KIND: cls for cls in (Fleet, DeviceProfile, DeviceGroup, Model, Rollout)}

@@ -1,0 +1,231 @@
+"""``Model``: versions with their sources and lineage, per-profile optimization recipes, quality gates.
+
+Pure (no I/O). A recipe is declarative and ordered, like an Olive workflow: each pass is a one-key
+mapping (``- prune: {...}``) so a recipe reads top to bottom as what happens to the model.
+Which quantization modes fit which artifact format is checked against the profile by ``crosscheck``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .document import Document, Problem
+from .types import Duration, Fraction, Name, Quantity, QuotedStr, RepoPath, Sha256, SpecModel
+
+SourceFormat = Literal["keras", "onnx"]
+_SOURCE_EXTENSIONS = {".keras": "keras", ".onnx": "onnx"}
+_URI_SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+class ModelSource(SpecModel):
+    """Where a version's trained model comes from, pinned by digest."""
+
+    uri: QuotedStr
+    """A path inside the fleet repo, or a URL (https://, s3://, oci://)."""
+    sha256: Sha256
+    """Digest of the source file; a build refuses a source that does not match."""
+    format: SourceFormat | None = None
+    """keras or onnx; inferred from the file extension when omitted."""
+
+    @property
+    def is_repo_path(self) -> bool:
+        return not _URI_SCHEME_RE.match(self.uri)
+
+    @property
+    def resolved_format(self) -> str | None:
+        if self.format:
+            return self.format
+        return next((f for ext, f in _SOURCE_EXTENSIONS.items() if self.uri.endswith(ext)), None)
+
+
+class Lineage(SpecModel):
+    """Where a version came from: enough to reproduce it and to compare versions."""
+
+    git_commit: QuotedStr | None = None
+    """Commit of the training code."""
+    dataset: QuotedStr | None = None
+    """Dataset name and version used for training."""
+    metrics: dict[QuotedStr, float] = Field(default_factory=dict)
+    """Metrics measured at training time (e.g. accuracy: 0.97)."""
+
+
+class ModelVersion(SpecModel):
+    """One released version of the model."""
+
+    version: QuotedStr = Field(min_length=1, max_length=63)
+    """Version string, quoted in YAML (1.10 is not 1.1)."""
+    source: ModelSource
+    lineage: Lineage = Field(default_factory=Lineage)
+
+
+class ModelData(SpecModel):
+    """Data files in the fleet repo (``.npz`` with ``x`` and ``y`` arrays) that builds use."""
+
+    train: RepoPath | None = None
+    """Training data for fine-tuning after pruning and for distillation."""
+    eval: RepoPath | None = None
+    """Evaluation data for the accuracy gate."""
+    calibration: RepoPath | None = None
+    """Representative inputs for static quantization."""
+
+
+class PrunePass(SpecModel):
+    """Remove weights, then fine-tune briefly to recover accuracy."""
+
+    method: Literal["magnitude", "structured"]
+    """magnitude: zero the smallest weights; structured: remove whole channels/units."""
+    sparsity: float = Field(gt=0.0, lt=1.0)
+    """Share of weights (magnitude) or channels (structured) to remove."""
+    fine_tune_epochs: int = Field(default=2, ge=0, le=1000)
+
+
+class DistillPass(SpecModel):
+    """Train a smaller student on the teacher's soft labels."""
+
+    width_multiplier: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """Student width relative to the teacher (channels and units)."""
+    temperature: float = Field(default=4.0, gt=0.0)
+    alpha: Fraction = 0.7
+    """Weight of the soft-label loss against the hard-label loss."""
+    epochs: int = Field(default=10, ge=1, le=1000)
+
+
+QuantizeMode = Literal["static", "dynamic", "float16", "int8", "int8-only"]
+ONNX_QUANTIZE_MODES = ("static", "dynamic", "float16")
+TFLITE_QUANTIZE_MODES = ("dynamic", "float16", "int8", "int8-only")
+
+
+class QuantizePass(SpecModel):
+    """Lower precision. ONNX: static (QDQ int8), dynamic (int8), float16.
+    TFLite: dynamic (dynamic range), float16, int8 (full int8, float I/O), int8-only (int8 I/O)."""
+
+    mode: QuantizeMode
+    per_channel: bool = True
+    """Per-channel weight scales where the operator supports them."""
+    calibration_samples: int = Field(default=200, ge=1, le=100_000)
+    """How many calibration inputs static and int8 modes use."""
+
+
+class ConvertPass(SpecModel):
+    """Convert to the profile's artifact format."""
+
+    to: Literal["onnx", "tflite"]
+    opset: int = Field(default=17, ge=7, le=23)
+    """ONNX opset (ignored for TFLite)."""
+
+
+class Pass(SpecModel):
+    """One step of a recipe: exactly one of prune, distill, quantize, convert."""
+
+    model_config = SpecModel.model_config | {"json_schema_extra": {"minProperties": 1, "maxProperties": 1}}
+
+    prune: PrunePass | None = None
+    distill: DistillPass | None = None
+    quantize: QuantizePass | None = None
+    convert: ConvertPass | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Pass:
+        if len(self.model_fields_set) != 1:
+            raise ValueError("a pass has exactly one of: prune, distill, quantize, convert")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(iter(self.model_fields_set))
+
+
+class Recipe(SpecModel):
+    """How to turn the source into the artifact for one device profile."""
+
+    profile: Name
+    """The DeviceProfile this recipe builds for."""
+    passes: list[Pass] = Field(default_factory=list)
+    """Applied in order; conversion to the profile's format is added when no pass converts."""
+
+
+class ModelGates(SpecModel):
+    """Quality bars every variant must meet, on top of the profile's own limits."""
+
+    max_accuracy_drop: Fraction = 0.01
+    """Largest accuracy loss against the fp32 source, as a fraction (0.01 = 1 point)."""
+    max_size: Quantity | None = None
+    max_latency_p95: Duration | None = None
+
+
+class ModelSpec(SpecModel):
+    """A model: its released versions and how to build them for each hardware class."""
+
+    description: str = ""
+    task: Literal["classification", "regression", "anomaly-detection"] = "classification"
+    data: ModelData = Field(default_factory=ModelData)
+    versions: list[ModelVersion] = Field(min_length=1)
+    recipes: list[Recipe] = Field(default_factory=list)
+    gates: ModelGates = Field(default_factory=ModelGates)
+
+
+class Model(Document):
+    """A model with versions, per-profile optimization recipes and quality gates."""
+
+    KIND: ClassVar[str] = "Model"
+    kind: Literal["Model"]
+    spec: ModelSpec
+
+    def version(self, version: str) -> ModelVersion | None:
+        return next((v for v in self.spec.versions if v.version == version), None)
+
+    def recipe_for(self, profile: str) -> Recipe | None:
+        return next((r for r in self.spec.recipes if r.profile == profile), None)
+
+    def problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        seen: dict[str, int] = {}
+        for i, v in enumerate(self.spec.versions):
+            loc = ("spec", "versions", i)
+            if v.version in seen:
+                found.append(((*loc, "version"), f"duplicate version {v.version!r} (also versions[{seen[v.version]}])"))
+            seen.setdefault(v.version, i)
+            if v.source.resolved_format is None:
+                found.append(((*loc, "source", "format"), "cannot infer format from the file name: set keras or onnx"))
+            if v.source.is_repo_path and (problem := _repo_path_problem(v.source.uri)):
+                found.append(((*loc, "source", "uri"), problem))
+        profiles: dict[str, int] = {}
+        for i, recipe in enumerate(self.spec.recipes):
+            if recipe.profile in profiles:
+                found.append(
+                    (
+                        ("spec", "recipes", i, "profile"),
+                        f"duplicate recipe for profile {recipe.profile} (also recipes[{profiles[recipe.profile]}])",
+                    )
+                )
+            profiles.setdefault(recipe.profile, i)
+            kinds = [p.kind for p in recipe.passes]
+            for j, kind in enumerate(kinds):
+                if kind in ("prune", "distill") and "convert" in kinds[:j]:
+                    found.append(
+                        (
+                            ("spec", "recipes", i, "passes", j, kind),
+                            f"{kind} trains the Keras model, so it must come before convert",
+                        )
+                    )
+        needs_train = any(p.kind in ("prune", "distill") for r in self.spec.recipes for p in r.passes)
+        if needs_train and not self.spec.data.train:
+            found.append((("spec", "data", "train"), "prune and distill passes need training data"))
+        needs_calibration = any(
+            p.quantize and p.quantize.mode in ("static", "int8", "int8-only")
+            for r in self.spec.recipes
+            for p in r.passes
+        )
+        if needs_calibration and not self.spec.data.calibration:
+            found.append((("spec", "data", "calibration"), "static and int8 quantization need calibration data"))
+        return found
+
+
+def _repo_path_problem(path: str) -> str | None:
+    parts = path.split("/")
+    if path.startswith("/") or ".." in parts or "\\" in path:
+        return f"invalid path {path!r}: must be relative to the fleet repo, without '..' or backslashes"
+    return None

@@ -1,0 +1,171 @@
+"""``Rollout``: which model version goes to which groups, in which steps, under which health gates.
+
+Pure (no I/O). Steps are cumulative percentages of the targeted devices (like Argo Rollouts' weights);
+device selection per step is a stable hash, so the spec only carries the numbers. Analysis thresholds
+left out here get the defaults of the rollout engine, documented in docs/.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from .document import Document, Problem
+from .types import Duration, Fraction, LabelKey, LabelSelector, Name, QuotedStr, SpecModel
+
+_PERCENT_RE = re.compile(r"^(100|[1-9]?[0-9])%$")
+
+
+def _int_or_percent(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise PydanticCustomError("int_or_percent", "must be a device count (e.g. 2) or a percentage (e.g. 10%)")
+    if isinstance(value, int):
+        if value < 0:
+            raise PydanticCustomError("int_or_percent", "must not be negative")
+        return value
+    if not _PERCENT_RE.match(value):
+        raise PydanticCustomError(
+            "int_or_percent", "invalid value {value!r}: use a count (2) or a percentage (10%)", {"value": value}
+        )
+    return value
+
+
+IntOrPercent = Annotated[
+    int | str,
+    BeforeValidator(_int_or_percent),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _PERCENT_RE.pattern}]}),
+]
+"""A device count or a percentage of the step's devices, as Kubernetes' maxUnavailable."""
+
+
+class Pause(SpecModel):
+    """Wait after a step: for ``duration``, or until a person resumes when it is omitted (``pause: {}``)."""
+
+    duration: Duration | None = None
+
+
+class Step(SpecModel):
+    """One step: the cumulative share of targeted devices that runs the new version."""
+
+    percent: int = Field(ge=1, le=100)
+    pause: Pause | None = None
+
+
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+_CLOCK_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _check_clock(value: Any) -> Any:
+    if isinstance(value, str) and not _CLOCK_RE.match(value):
+        raise PydanticCustomError("clock", "must be a time of day as HH:MM (e.g. 02:30)")
+    return value
+
+
+ClockTime = Annotated[
+    QuotedStr,
+    BeforeValidator(_check_clock),
+    WithJsonSchema({"type": "string", "pattern": _CLOCK_RE.pattern}),
+]
+
+
+class MaintenanceWindow(SpecModel):
+    """When devices may switch versions, in each device's local time."""
+
+    days: list[Weekday] = Field(default_factory=lambda: ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"])
+    start: ClockTime
+    """Start of the window, HH:MM local time."""
+    end: ClockTime
+    """End of the window, HH:MM local time; earlier than start means the window crosses midnight."""
+    timezone: QuotedStr = "UTC"
+    """IANA time zone for devices without the timezone label."""
+    timezone_label: LabelKey = "edgereconciler.io/timezone"
+    """Node label that holds a device's own IANA time zone."""
+
+
+class Analysis(SpecModel):
+    """Health gates evaluated at every step; omitted thresholds take the engine's defaults."""
+
+    max_failure_rate: Fraction | None = None
+    """Devices that failed download/verify/install/health check, over devices in the step."""
+    max_error_rate: Fraction | None = None
+    """Inference errors over requests, from telemetry."""
+    max_latency_regression: float | None = Field(default=None, ge=0)
+    """Allowed rise of p95 latency against the previous version on the same profile, in percent."""
+    max_drift_psi: float | None = Field(default=None, ge=0, alias="maxDriftPSI")
+    """Largest population stability index of predictions against the previous version."""
+    min_devices_reporting: int | None = Field(default=None, ge=1)
+    """Fewer reports than this make a gate Inconclusive, which holds the step."""
+    failure_limit: int | None = Field(default=None, ge=0)
+    """Consecutive failed evaluations tolerated before aborting (0: abort on the first)."""
+
+
+class RollbackPolicy(SpecModel):
+    """What happens when a gate fails."""
+
+    automatic: bool = True
+    """Return every device of the rollout to its previous version and record it as a commit."""
+
+
+class RolloutSpec(SpecModel):
+    """Desired state: ``model`` at ``version`` on ``groups``, reached through ``steps``."""
+
+    model: Name
+    version: QuotedStr
+    groups: list[Name] = Field(min_length=1)
+    """DeviceGroups targeted, in order (the order matters with groupStrategy Sequential)."""
+    group_strategy: Literal["Together", "Sequential"] = "Together"
+    """Together: each step covers every group; Sequential: each group walks all steps before the next."""
+    steps: list[Step] = Field(min_length=1)
+    """Cumulative percentages, strictly increasing, ending at 100."""
+    max_unavailable: IntOrPercent = "10%"
+    """Devices per step allowed to be offline or failed without blocking progress."""
+    progress_deadline: Duration = timedelta(minutes=30)
+    """A device in progress for longer than this counts as failed."""
+    offline_after: Duration = timedelta(minutes=15)
+    """A device not seen for this long counts as unavailable."""
+    maintenance_window: MaintenanceWindow | None = None
+    conditions: LabelSelector | None = None
+    """Devices switch only while their labels satisfy this selector (e.g. network=wifi)."""
+    analysis: Analysis = Field(default_factory=Analysis)
+    rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+    suspend: bool = False
+    """A suspended rollout changes no device; it does not count as active."""
+
+
+class Rollout(Document):
+    """Delivery of one model version to device groups in percentage steps, with health gates."""
+
+    KIND: ClassVar[str] = "Rollout"
+    kind: Literal["Rollout"]
+    spec: RolloutSpec
+
+    @property
+    def active(self) -> bool:
+        return not self.spec.suspend
+
+    def problems(self) -> list[Problem]:
+        spec = self.spec
+        found: list[Problem] = []
+        for i in range(1, len(spec.steps)):
+            previous, current = spec.steps[i - 1].percent, spec.steps[i].percent
+            if current <= previous:
+                found.append(
+                    (("spec", "steps", i, "percent"), f"steps must increase strictly: {current} follows {previous}")
+                )
+        if spec.steps and spec.steps[-1].percent != 100:
+            last = len(spec.steps) - 1
+            found.append(
+                (("spec", "steps", last, "percent"), f"the last step must reach 100, not {spec.steps[-1].percent}")
+            )
+        seen: set[str] = set()
+        for i, group in enumerate(spec.groups):
+            if group in seen:
+                found.append((("spec", "groups", i), f"group {group} is listed twice"))
+            seen.add(group)
+        if spec.conditions:
+            found += [(("spec", "conditions", *loc), msg) for loc, msg in spec.conditions.problems()]
+        return found
