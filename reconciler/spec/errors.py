@@ -19,6 +19,8 @@ def format_field_path(loc: Sequence[str | int]) -> str:
     """``("spec", "steps", 2, "percent")`` → ``spec.steps[2].percent`` (kubectl's spelling)."""
     text = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for "the key itself", not a path element
+            continue
         if isinstance(part, int):
             text += f"[{part}]"
         elif _IDENTIFIER_RE.match(part):

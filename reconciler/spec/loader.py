@@ -153,15 +153,24 @@ def validate_document(raw: RawDocument) -> tuple[Located | None, list[SpecError]
     try:
         document = cls.model_validate(data)
     except ValidationError as exc:
-        errors.extend(error(tuple(e["loc"]), _message(cls, e)) for e in exc.errors())
+        errors.extend(error(tuple(e["loc"]), _message(cls, e, raw)) for e in exc.errors())
         return None, errors
     errors.extend(error(loc, message) for loc, message in document.problems())
     return Located(document, raw), errors
 
 
-def _message(cls: type[BaseModel], error: Any) -> str:
+def _message(cls: type[BaseModel], error: Any, raw: RawDocument) -> str:
     """Pydantic's message, reworded the way kubectl and people say it."""
     kind, message, value = error["type"], error["msg"], error.get("input")
+    if kind == "quote_it":  # show the text as written: YAML already turned 1.10 into 1.1
+        written = raw.scalar_at(tuple(error["loc"]))
+        return (
+            message
+            if written is None
+            else f'must be a string; YAML read {written} as {error["ctx"]["kind"]}, quote it: "{written}"'
+        )
+    if kind == "too_short":
+        return f"must have at least {error['ctx']['min_length']} item(s)"
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":

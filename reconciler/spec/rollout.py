@@ -29,7 +29,7 @@ def _int_or_percent(value: Any) -> Any:
         return value
     if not _PERCENT_RE.match(value):
         raise PydanticCustomError(
-            "int_or_percent", "invalid value {value!r}: use a count (2) or a percentage (10%)", {"value": value}
+            "int_or_percent", "invalid value '{value}': use a count (2) or a percentage (10%)", {"value": value}
         )
     return value
 

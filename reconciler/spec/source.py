@@ -62,19 +62,25 @@ class RawDocument:
                 return line
         return line
 
+    def scalar_at(self, loc: Sequence[str | int]) -> str | None:
+        """The text of the scalar at ``loc`` as written (``1.10``, not the float YAML made of it)."""
+        node = self._node_at(loc)
+        return node.value if isinstance(node, yaml.ScalarNode) else None
+
     def has(self, loc: Sequence[str | int]) -> bool:
         """Whether ``loc`` names a value written in the document (not a default)."""
-        node = self.node
+        return self._node_at(loc) is not None
+
+    def _node_at(self, loc: Sequence[str | int]) -> yaml.Node | None:
+        node: yaml.Node | None = self.node
         for part in loc:
             if isinstance(node, yaml.MappingNode):
                 node = next((v for k, v in node.value if _scalar(k) == str(part)), None)
             elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
                 node = node.value[part]
             else:
-                return False
-            if node is None:
-                return False
-        return True
+                return None
+        return node
 
 
 def _scalar(node: yaml.Node) -> str | None:
@@ -107,56 +113,55 @@ def _scan(content: bytes, limits: Limits) -> tuple[int, str] | None:
     """Event-level checks that must pass before the recursive composer may see the input."""
     loader = yaml.CSafeLoader(content)
     try:
-        depth = documents = 0
-        sizes: list[int] = []  # expanded node count of each open collection
+        documents = total = 0  # total: values of the current document with every alias expanded
+        sizes: list[int] = []  # expanded size of each open collection
         anchors: dict[str, int | None] = {}  # anchor → expanded size; None while still open
         open_anchors: list[str | None] = []
-        doc_nodes = 0
         while loader.check_event():
             event = loader.get_event()
             line = event.start_mark.line + 1 if event.start_mark else 0
             if isinstance(event, yaml.DocumentStartEvent):
                 documents += 1
-                doc_nodes = 0
+                total = 0
                 anchors.clear()
                 if documents > limits.max_documents_per_file:
                     return line, f"more than {limits.max_documents_per_file} documents in one file"
-            elif isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > limits.max_depth:
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                size = sizes.pop()
+                anchor = open_anchors.pop()
+                if anchor:
+                    anchors[anchor] = size
+                if sizes:
+                    sizes[-1] += size
+                continue
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(sizes) >= limits.max_depth:
                     return line, f"nested deeper than {limits.max_depth} levels"
                 sizes.append(1)
                 open_anchors.append(event.anchor)
                 if event.anchor:
                     anchors[event.anchor] = None
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-                size = sizes.pop()
-                anchor = open_anchors.pop()
-                if anchor:
-                    anchors[anchor] = size
-                doc_nodes = _add(sizes, size, doc_nodes)
+                added = 1
             elif isinstance(event, yaml.ScalarEvent):
                 if event.anchor:
                     anchors[event.anchor] = 1
-                doc_nodes = _add(sizes, 1, doc_nodes)
+                added = 1
             elif isinstance(event, yaml.AliasEvent):
                 size = anchors.get(event.anchor, 1)
                 if size is None:
                     return line, f"recursive alias *{event.anchor}"
-                doc_nodes = _add(sizes, size, doc_nodes)
-            if doc_nodes > limits.max_nodes_per_document:
+                added = size
+            else:
+                continue
+            if sizes and not isinstance(event, yaml.CollectionStartEvent):
+                sizes[-1] += added
+            total += added
+            if total > limits.max_nodes_per_document:
                 return line, f"document expands to more than {limits.max_nodes_per_document} values (alias bomb?)"
         return None
     finally:
         loader.dispose()
-
-
-def _add(sizes: list[int], size: int, doc_nodes: int) -> int:
-    if sizes:
-        sizes[-1] += size
-        return doc_nodes
-    return doc_nodes + size
 
 
 def _compose(path: str, content: bytes) -> list[RawDocument]:

@@ -47,10 +47,11 @@ def _require_str(value: Any) -> Any:
     if isinstance(value, str):
         return value
     if isinstance(value, bool | int | float):
+        kind = "a boolean" if isinstance(value, bool) else "a number"
         raise PydanticCustomError(
             "quote_it",
-            'must be a string; YAML read {value!r} as a {type}, quote it: "{text}"',
-            {"value": value, "type": type(value).__name__, "text": _yaml_text(value)},
+            'must be a string; YAML read this as {kind}, quote it: "{text}"',
+            {"kind": kind, "text": _yaml_text(value)},
         )
     raise PydanticCustomError("string_type", "must be a string")
 
@@ -71,7 +72,7 @@ def _check_name(value: str) -> str:
     if len(value) > 63 or not _NAME_RE.match(value):
         raise PydanticCustomError(
             "invalid_name",
-            "invalid name {value!r}: use at most 63 lowercase letters, digits and '-', "
+            "invalid name '{value}': use at most 63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit",
             {"value": value},
         )
@@ -108,7 +109,7 @@ def label_value_problem(value: str) -> str | None:
     """Why ``value`` is not a valid Kubernetes label value, or None when it is."""
     if value and (len(value) > 63 or not _LABEL_NAME_RE.match(value)):
         return (
-            f"invalid label value {value!r}: at most 63 characters of letters, digits, '-', '_' "
+            f"invalid label value '{value}': at most 63 characters of letters, digits, '-', '_' "
             "or '.', starting and ending with a letter or digit"
         )
     return None
@@ -116,13 +117,13 @@ def label_value_problem(value: str) -> str | None:
 
 def _check_label_key(value: Any) -> Any:
     if isinstance(value, str) and (problem := label_key_problem(value)):
-        raise PydanticCustomError("invalid_label_key", problem)
+        raise PydanticCustomError("invalid_label_key", "{problem}", {"problem": problem})
     return value
 
 
 def _check_label_value(value: Any) -> Any:
     if isinstance(value, str) and (problem := label_value_problem(value)):
-        raise PydanticCustomError("invalid_label_value", problem)
+        raise PydanticCustomError("invalid_label_value", "{problem}", {"problem": problem})
     return value
 
 
@@ -146,7 +147,7 @@ def parse_duration(value: Any) -> Any:
     if not _DURATION_RE.match(text):
         raise PydanticCustomError(
             "duration",
-            "invalid duration {value!r}: use a number with a unit (ms, s, m, h, d), e.g. 30s, 10m, 1h30m",
+            "invalid duration '{value}': use a number with a unit (ms, s, m, h, d), e.g. 30s, 10m, 1h30m",
             {"value": value},
         )
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
@@ -207,7 +208,7 @@ def parse_quantity(value: Any) -> Any:
     if not match:
         raise PydanticCustomError(
             "quantity",
-            "invalid size {value!r}: use bytes or a number with Ki, Mi, Gi, k, M or G (e.g. 8Mi)",
+            "invalid size '{value}': use bytes or a number with Ki, Mi, Gi, k, M or G (e.g. 8Mi)",
             {"value": value},
         )
     number, suffix = match.groups()
@@ -238,7 +239,7 @@ def _check_repo_path(value: Any) -> Any:
     if isinstance(value, str) and not _REPO_PATH_RE.match(value):
         raise PydanticCustomError(
             "repo_path",
-            "invalid path {value!r}: must be relative to the fleet repo, without '..' or backslashes",
+            "invalid path '{value}': must be relative to the fleet repo, without '..' or backslashes",
             {"value": value},
         )
     return value
