@@ -1,0 +1,1 @@
+"""edgectl: kubectl-style command line over the library."""

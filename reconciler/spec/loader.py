@@ -15,9 +15,11 @@ Documents under the fleet's status path are ignored: the controller writes them,
 from __future__ import annotations
 
 import difflib
+import gc
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,9 +77,26 @@ class FleetTree:
         }
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Parsing allocates many long-lived node objects, and each automatic GC pass rescans all of them:
+    measured at 3x the parse time on a 4,000-document repo. Reference counting still frees memory."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_fleet(files: Iterable[SourceFile], limits: Limits | None = None) -> FleetTree:
     """Validate a fleet repo's files; raise :class:`SpecErrors` listing every problem found."""
-    limits = limits or Limits()
+    with _cyclic_gc_paused():
+        return _load_fleet(files, limits or Limits())
+
+
+def _load_fleet(files: Iterable[SourceFile], limits: Limits) -> FleetTree:
     errors: list[SpecError] = []
     raw: list[RawDocument] = []
     for source_file in files:

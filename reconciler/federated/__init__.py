@@ -1,0 +1,1 @@
+"""Federated learning rounds, secure aggregation, new model versions as Git changes."""

@@ -1,0 +1,1 @@
+"""Rollout step machine, health gates and rollback decisions."""

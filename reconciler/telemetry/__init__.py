@@ -1,0 +1,1 @@
+"""Telemetry summaries, fleet aggregation, drift (PSI, KL) and Prometheus metrics."""
