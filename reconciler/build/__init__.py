@@ -1,0 +1,1 @@
+"""Artifact builds: optimization passes, conversion, benchmarks and gates, packaging, content-addressed store."""
