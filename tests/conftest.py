@@ -4,7 +4,6 @@ scripts/kube-test-env) and started once per test session, like envtest does for 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,20 +19,11 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Path to an admin kubeconfig for a real kube-apiserver started for this test session."""
     state = tmp_path_factory.mktemp("kube")
-    port = _free_port()
-    started = subprocess.run(
-        [str(KUBE_TEST_ENV), "start", str(state), str(port)], capture_output=True, text=True, timeout=300
-    )
+    started = subprocess.run([str(KUBE_TEST_ENV), "start", str(state)], capture_output=True, text=True, timeout=300)
     if started.returncode != 0:
         pytest.fail(f"kube-test-env start failed:\n{started.stderr}", pytrace=False)
     try:
