@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ONE_LINE = {c: repr(chr(c))[1:-1] for c in (*range(32), 127, 0x85, 0x2028, 0x2029) if c != 9}
 
 
 def format_field_path(loc: Sequence[str | int]) -> str:
@@ -25,8 +26,10 @@ def format_field_path(loc: Sequence[str | int]) -> str:
             text += f"[{part}]"
         elif _IDENTIFIER_RE.match(part):
             text += f".{part}" if text else part
-        else:
+        elif part.isprintable():
             text += f"[{part}]"
+        else:
+            text += f"[{part!r}]"
     return text
 
 
@@ -47,7 +50,8 @@ class SpecError:
             text += f"{self.kind}/{self.name or '<unnamed>'}: "
         if self.field:
             text += f"{self.field}: "
-        return text + self.message
+        # One error, one line: values quoted into messages may hold newlines or control characters.
+        return (text + self.message).translate(_ONE_LINE)
 
 
 class SpecErrors(Exception):

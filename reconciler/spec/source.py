@@ -12,7 +12,7 @@ The composed node tree is kept next to the constructed data so errors can be pin
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -38,7 +38,6 @@ class RawDocument:
     node: yaml.Node
     data: Any
     index: int = 0
-    _key_lines: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def line(self) -> int:
@@ -66,10 +65,6 @@ class RawDocument:
         """The text of the scalar at ``loc`` as written (``1.10``, not the float YAML made of it)."""
         node = self._node_at(loc)
         return node.value if isinstance(node, yaml.ScalarNode) else None
-
-    def has(self, loc: Sequence[str | int]) -> bool:
-        """Whether ``loc`` names a value written in the document (not a default)."""
-        return self._node_at(loc) is not None
 
     def _node_at(self, loc: Sequence[str | int]) -> yaml.Node | None:
         node: yaml.Node | None = self.node

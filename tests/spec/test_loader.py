@@ -127,3 +127,15 @@ def test_documents_keep_their_source_for_later_errors(fleet_example: Path):
     source = tree.sources[("Rollout", "digits-cnn-1-1")]
     assert source.path == "rollouts/digits-cnn-1-1.yaml"
     assert source.line_of(("spec", "steps", 2, "pause")) == 17
+
+
+def test_regression_newline_in_key_keeps_each_error_on_one_line():
+    """Found by the fuzz test: a key holding a newline split one error over two lines."""
+    document = b'apiVersion: edgereconciler.io/v1alpha1\nkind: Fleet\nmetadata: {"na\\nme": x, name: "a\\nb"}\n'
+    with pytest.raises(SpecErrors) as raised:
+        load_fleet([SourceFile("f.yaml", document)])
+    assert [str(e) for e in raised.value.errors] == [
+        r"f.yaml:3: Fleet/a\nb: metadata.name: invalid name 'a\nb': use at most 63 lowercase letters, digits and "
+        "'-', starting and ending with a letter or digit",
+        r"f.yaml:3: Fleet/a\nb: metadata['na\nme']: unknown field 'na\nme'; did you mean 'name'?",
+    ]
