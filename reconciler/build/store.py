@@ -1,0 +1,231 @@
+"""Content-addressed artifact store on the local filesystem.
+
+Who calls it: the build pipeline (writes), the artifact server and ``edgectl`` (reads), garbage collection.
+Layout under the root::
+
+    blobs/sha256/<hex>          file contents, named by their sha256
+    artifacts/<id>.json         an artifact: its id, manifest blob and named file blobs
+    builds/<key>.json           build cache: inputs digest -> artifact id
+    tmp/                        writes in progress (never read)
+
+Every write goes to ``tmp/`` first, is fsynced, then renamed into place, and an artifact's record is
+written only after all its blobs exist: a crash at any moment leaves either no entry or a complete one.
+Names are validated hex digests, so no caller-supplied string ever becomes a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+class StoreError(Exception):
+    """The store is missing something it should have, or holds something corrupt."""
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """An artifact in the store: ``files`` maps file names (``model.onnx``, ``manifest.json``) to blob digests."""
+
+    id: str
+    manifest: str
+    files: Mapping[str, str]
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "manifest": self.manifest, "files": dict(sorted(self.files.items()))}
+
+
+@dataclass(frozen=True)
+class GcReport:
+    artifacts_removed: int
+    blobs_removed: int
+    bytes_freed: int
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_digest(value: str) -> str:
+    if not _HEX64.match(value):
+        raise StoreError(f"not a sha256 hex digest: {value!r}")
+    return value
+
+
+class ArtifactStore:
+    """A filesystem CAS. Safe for concurrent writers: identical content lands on identical names."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        for folder in ("blobs/sha256", "artifacts", "builds", "tmp"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    # --- blobs ---------------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / check_digest(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if not self.has_blob(digest):
+            self._write_atomic(self.blob_path(digest), data)
+        return digest
+
+    def put_file(self, path: Path) -> str:
+        """Copy a file in (streamed, hashed while copying)."""
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            target = self.blob_path(digest.hexdigest())
+            if not target.exists():
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return digest.hexdigest()
+
+    def read_blob(self, digest: str, verify: bool = True) -> bytes:
+        path = self.blob_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(f"blob {digest} is missing") from exc
+        if verify and hashlib.sha256(data).hexdigest() != digest:
+            raise StoreError(f"blob {digest} is corrupt (its content has another digest)")
+        return data
+
+    # --- artifacts -----------------------------------------------------------------------------------
+
+    def add_artifact(self, artifact_id: str, files: Mapping[str, bytes | Path], manifest_name: str) -> ArtifactRecord:
+        """Store an artifact's files, then its record: readers see all of it or nothing."""
+        check_digest(artifact_id)
+        if manifest_name not in files:
+            raise StoreError(f"artifact files lack the manifest {manifest_name!r}")
+        digests = {}
+        for name, content in files.items():
+            if "/" in name or name in ("", ".", ".."):
+                raise StoreError(f"artifact file names are plain names, not {name!r}")
+            digests[name] = self.put_bytes(content) if isinstance(content, bytes) else self.put_file(content)
+        record = ArtifactRecord(artifact_id, digests[manifest_name], digests)
+        self._write_atomic(self._record_path(artifact_id), _json_bytes(record.to_json()))
+        return record
+
+    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        try:
+            data = json.loads(self._record_path(artifact_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        record = ArtifactRecord(data["id"], data["manifest"], data["files"])
+        missing = [d for d in record.files.values() if not self.has_blob(d)]
+        if missing:
+            raise StoreError(f"artifact {artifact_id} references missing blobs {missing}")
+        return record
+
+    def artifact_ids(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "artifacts").glob("*.json"))
+
+    def read_manifest(self, artifact_id: str) -> dict:
+        record = self.get_artifact(artifact_id)
+        if record is None:
+            raise StoreError(f"no artifact {artifact_id}")
+        return json.loads(self.read_blob(record.manifest))
+
+    # --- build cache ---------------------------------------------------------------------------------
+
+    def lookup_build(self, key: str) -> ArtifactRecord | None:
+        """The artifact built from inputs with digest ``key``, if it is still complete in the store."""
+        try:
+            artifact_id = json.loads(self._build_path(key).read_bytes())["artifact"]
+        except FileNotFoundError:
+            return None
+        return self.get_artifact(artifact_id)
+
+    def record_build(self, key: str, artifact_id: str) -> None:
+        self._write_atomic(self._build_path(key), _json_bytes({"key": key, "artifact": check_digest(artifact_id)}))
+
+    # --- garbage collection --------------------------------------------------------------------------
+
+    def gc(self, keep: Iterable[str], tmp_grace_seconds: float = 3600.0) -> GcReport:
+        """Remove artifacts not in ``keep`` (what devices run or should run), then unreferenced blobs."""
+        keep = set(keep)
+        removed = 0
+        for artifact_id in self.artifact_ids():
+            if artifact_id not in keep:
+                self._record_path(artifact_id).unlink(missing_ok=True)
+                removed += 1
+        live_ids = set(self.artifact_ids())
+        live_blobs: set[str] = set()
+        for artifact_id in live_ids:
+            data = json.loads(self._record_path(artifact_id).read_bytes())
+            live_blobs.update(data["files"].values())
+        for entry in (self.root / "builds").glob("*.json"):
+            if json.loads(entry.read_bytes())["artifact"] not in live_ids:
+                entry.unlink(missing_ok=True)
+        blobs = freed = 0
+        for blob in (self.root / "blobs" / "sha256").iterdir():
+            if blob.name not in live_blobs:
+                freed += blob.stat().st_size
+                blob.unlink(missing_ok=True)
+                blobs += 1
+        cutoff = time.time() - tmp_grace_seconds
+        for leftover in (self.root / "tmp").iterdir():  # writes that a crash interrupted
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink(missing_ok=True)
+        return GcReport(removed, blobs, freed)
+
+    # --- internals -----------------------------------------------------------------------------------
+
+    def _record_path(self, artifact_id: str) -> Path:
+        return self.root / "artifacts" / f"{check_digest(artifact_id)}.json"
+
+    def _build_path(self, key: str) -> Path:
+        return self.root / "builds" / f"{check_digest(key)}.json"
+
+    def _write_atomic(self, target: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _json_bytes(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
