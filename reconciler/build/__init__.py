@@ -1,1 +1,9 @@
-"""Artifact builds: optimization passes, conversion, benchmarks and gates, packaging, content-addressed store."""
+"""Artifact builds: optimization passes, conversion, benchmarks and gates, packaging, content-addressed store.
+
+TensorFlow is imported lazily (6-9 s) and only here; its C++ logging is quieted before that happens,
+since build output is read by people in CI logs.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,0 +1,51 @@
+"""Gates: which numbers of a variant break the model's gates or the profile's limits, and by how much.
+
+Pure (no I/O). A failure says which number failed, the limit, and the distance, because "refused" alone
+sends a person hunting through logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.spec.device import DeviceProfile
+from reconciler.spec.model import Model
+
+from .benchmark import Measurement
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    gate: str
+    measured: float
+    limit: float
+    unit: str
+
+    def __str__(self) -> str:
+        over = self.measured - self.limit
+        return f"{self.gate}: {self.measured:g}{self.unit} exceeds {self.limit:g}{self.unit} by {over:g}{self.unit}"
+
+
+def check_gates(measurement: Measurement, reference_accuracy: float, model: Model, profile: DeviceProfile):
+    """Every gate the variant breaks (an empty list means it passes)."""
+    failures: list[GateFailure] = []
+    drop = round((reference_accuracy - measurement.accuracy) * 100, 2)
+    gates, limits = model.spec.gates, profile.spec.limits
+    if drop > gates.max_accuracy_drop * 100:
+        failures.append(GateFailure("accuracy drop", drop, round(gates.max_accuracy_drop * 100, 2), " points"))
+    for gate, limit in (
+        ("model size (model gate)", gates.max_size),
+        ("model size (profile limit)", limits.max_model_size),
+    ):
+        if limit is not None and measurement.size_bytes > limit:
+            failures.append(GateFailure(gate, measurement.size_bytes, limit, " bytes"))
+    for gate, limit in (("latency p95 (model gate)", gates.max_latency_p95),
+                        ("latency p95 (profile limit)", limits.max_latency_p95)):  # fmt: skip
+        latency = measurement.latency_p95_ms  # None when not measurable here: the gate is not evaluated
+        if limit is not None and latency is not None and latency > limit.total_seconds() * 1000:
+            failures.append(GateFailure(gate, latency, limit.total_seconds() * 1000, " ms"))
+    if limits.max_memory is not None and measurement.peak_memory_bytes > limits.max_memory:
+        failures.append(
+            GateFailure("peak memory (profile limit)", measurement.peak_memory_bytes, limits.max_memory, " bytes")
+        )
+    return failures

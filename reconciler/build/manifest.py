@@ -1,0 +1,105 @@
+"""The artifact manifest: everything a device and a reviewer need to know about one built variant.
+
+Who calls it: the pipeline (writes), signing and the agent (read). Contents: identity (model, version,
+profile, format, precision, runtime, opset), file digests, tensor specs, golden vectors for the
+on-device health check, reference histograms on fixed quantile bins (mergeable across devices for
+drift), lineage (source digest, fleet commit, recipe, tool versions), and the benchmark report.
+
+The artifact id is the sha256 of the canonical JSON of the manifest *without* its ``benchmark``
+section: measured latencies differ from run to run, the artifact does not. Same inputs therefore give
+the same id on any machine, and a rebuild is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+GOLDEN_ROWS = 8
+HISTOGRAM_BINS = 10
+TOOLS = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxconverter-common", "ai-edge-litert")
+MANIFEST_NAME = "manifest.json"
+
+
+def canonical_json(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def artifact_id(manifest: dict) -> str:
+    identity = {key: value for key, value in manifest.items() if key != "benchmark"}
+    return hashlib.sha256(canonical_json(identity)).hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for tool in TOOLS:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def tensor_specs(path: Path, fmt: str) -> dict[str, list[dict]]:
+    """Input and output tensors: name, shape (None for dynamic), dtype, and int8 quantization parameters."""
+    if fmt == "onnx":
+        import onnx
+        from onnx import helper
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+
+        def describe(value) -> dict:
+            tensor = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+            return {"name": value.name, "shape": shape, "dtype": helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+
+        return {"inputs": [describe(v) for v in graph.input], "outputs": [describe(v) for v in graph.output]}
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+
+    def describe_lite(detail: dict) -> dict:
+        spec = {"name": detail["name"], "shape": [None, *(int(d) for d in detail["shape"][1:])],
+                "dtype": np.dtype(detail["dtype"]).name}  # fmt: skip
+        scale, zero_point = detail["quantization"]
+        if scale:
+            spec["quantization"] = {"scale": float(scale), "zeroPoint": int(zero_point)}
+        return spec
+
+    return {
+        "inputs": [describe_lite(d) for d in interpreter.get_input_details()],
+        "outputs": [describe_lite(d) for d in interpreter.get_output_details()],
+    }
+
+
+def golden_vectors(inputs: np.ndarray, outputs: np.ndarray) -> dict:
+    """A few evaluation rows with this very artifact's outputs: the device must reproduce them."""
+    rows = min(GOLDEN_ROWS, len(inputs))
+    scale = float(np.max(np.abs(outputs[:rows]))) if rows else 1.0
+    return {
+        "inputs": np.round(inputs[:rows], 6).tolist(),
+        "outputs": np.round(outputs[:rows], 5).tolist(),
+        "tolerance": {"atol": round(max(1e-4, 0.02 * scale), 6), "top1": True},
+    }
+
+
+def reference_histograms(inputs: np.ndarray, predictions: np.ndarray, classes: int) -> dict:
+    """Counts on fixed quantile bins of per-row input statistics, and the prediction distribution.
+
+    Devices count their own traffic into the same bins, so summaries add up across devices and PSI/KL
+    can be computed fleet-wide without raw data leaving a device.
+    """
+    flat = inputs.reshape(len(inputs), -1)
+    features = {"inputMean": flat.mean(axis=1), "inputStd": flat.std(axis=1)}
+    histograms: dict[str, dict] = {}
+    quantiles = np.linspace(0, 1, HISTOGRAM_BINS + 1)[1:-1]
+    for name, values in features.items():
+        edges = np.unique(np.round(np.quantile(values, quantiles), 6))
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        histograms[name] = {"edges": edges.tolist(), "counts": counts.tolist()}
+    histograms["prediction"] = {"classes": classes, "counts": np.bincount(predictions, minlength=classes).tolist()}
+    return histograms

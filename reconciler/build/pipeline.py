@@ -1,0 +1,426 @@
+"""Build one model version for one device profile: passes, candidates, measurements, gates, selection, store.
+
+Who calls it: ``edgectl build`` and the controller (through :func:`build_scope`). Order of work:
+
+1. fetch the source and check its sha256; load the evaluation (and calibration/training) data;
+2. compute the build key (source, data, recipe, profile, gates, tool versions); a hit in the store's
+   build cache ends here;
+3. run the training passes (prune, distill) on the Keras model, then build candidates: the recipe as
+   written, and fp32 (the same recipe without quantization) as reference and fallback;
+4. measure every candidate in a child process with the profile's threads and memory limit, and check
+   the model's gates and the profile's limits against the source model's accuracy;
+5. select the smallest candidate that passes, runs a precision the profile allows, and is not slower
+   than fp32 (INT8 is often slower on small models: measured, never assumed);
+6. write the manifest and the model to the store (atomically), and record the build key.
+
+Nothing reaches the store unless a candidate was selected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reconciler.spec import FleetTree
+from reconciler.spec.device import DeviceProfile
+from reconciler.spec.model import Model, ModelVersion, Pass, Recipe
+
+from . import convert, optimize
+from .benchmark import Measured, Measurement, measure
+from .datasets import Dataset, check_input_shape, load_dataset
+from .errors import BuildContext, BuildError, first_line
+from .gates import GateFailure, check_gates
+from .manifest import (
+    MANIFEST_NAME,
+    artifact_id,
+    canonical_json,
+    golden_vectors,
+    reference_histograms,
+    tensor_specs,
+    tool_versions,
+)
+from .quantize import quantize_onnx
+from .sources import fetch_source
+from .store import ArtifactRecord, ArtifactStore, sha256_file
+
+BUILDER_VERSION = "1"
+LATENCY_TOLERANCE = 1.05
+"""A quantized variant may be up to 5 % slower than fp32 (measurement noise) and still be preferred."""
+_PRECISION = {"static": "int8", "dynamic": "int8", "int8": "int8", "int8-only": "int8", "float16": "fp16"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Variant:
+    """One candidate: its passes, what it measured, which gates it broke, whether it was chosen."""
+
+    name: str
+    precision: str
+    eligible: bool
+    measurement: Measurement | None = None
+    failures: list[GateFailure] = field(default_factory=list)
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    selected: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.measurement is not None and not self.failures and self.error is None
+
+
+@dataclass
+class ProfileBuild:
+    """The outcome for one (model, version, profile)."""
+
+    model: str
+    version: str
+    profile: str
+    variants: list[Variant] = field(default_factory=list)
+    reference_accuracy: float | None = None
+    artifact: ArtifactRecord | None = None
+    cached: bool = False
+    error: str | None = None
+
+    @property
+    def selected(self) -> Variant | None:
+        return next((v for v in self.variants if v.selected), None)
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything a build reads; its digest is the cache key."""
+
+    repo_root: Path
+    model: Model
+    version: ModelVersion
+    profile: DeviceProfile
+    recipe: Recipe
+    fleet_commit: str | None = None
+
+
+def build_scope(
+    tree: FleetTree,
+    repo_root: Path,
+    store: ArtifactStore,
+    models: list[str] | None = None,
+    versions: list[str] | None = None,
+    profiles: list[str] | None = None,
+    fleet_commit: str | None = None,
+    progress: Progress | None = None,
+) -> list[ProfileBuild]:
+    """Build what is missing: by default every version an active rollout needs, for every recipe profile."""
+    wanted: list[tuple[Model, ModelVersion, Recipe]] = []
+    needed = {(r.spec.model, r.spec.version) for r in tree.rollouts.values() if r.active}
+    for model in tree.models.values():
+        if models and model.name not in models:
+            continue
+        for version in model.spec.versions:
+            if versions and version.version not in versions:
+                continue
+            if not versions and not models and (model.name, version.version) not in needed:
+                continue
+            for recipe in model.spec.recipes:
+                if not profiles or recipe.profile in profiles:
+                    wanted.append((model, version, recipe))
+    results = []
+    for model, version, recipe in wanted:
+        inputs = BuildInputs(repo_root, model, version, tree.profiles[recipe.profile], recipe, fleet_commit)
+        results.append(build_profile(inputs, store, progress))
+    return results
+
+
+def build_profile(inputs: BuildInputs, store: ArtifactStore, progress: Progress | None = None) -> ProfileBuild:
+    """Build, measure, gate and store one variant; errors end up in the result, not raised."""
+    result = ProfileBuild(inputs.model.name, inputs.version.version, inputs.profile.name)
+    context = BuildContext(result.model, result.version, result.profile)
+    report = progress or (lambda _message: None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edge-build-") as tmp:
+            _build(inputs, store, Path(tmp), result, context, report)
+    except BuildError as exc:
+        result.error = str(exc.with_context(context))
+    return result
+
+
+def _build(
+    inputs: BuildInputs, store: ArtifactStore, workdir: Path, result: ProfileBuild, context: BuildContext, report
+) -> None:
+    spec, profile = inputs.model.spec, inputs.profile
+    fmt = profile.spec.format
+    with _step(context, "source"):
+        report("checking source")
+        source = fetch_source(inputs.version.source, inputs.repo_root, workdir)
+        if not spec.data.eval:
+            raise BuildError("the model needs data.eval: accuracy gates cannot be checked without it")
+        data = {name: _dataset(inputs.repo_root, path, name) for name, path in spec.data if path}
+    key = build_key(inputs, data)
+    cached = store.lookup_build(key)
+    if cached is not None:
+        manifest = json.loads(store.read_blob(cached.manifest))
+        result.artifact, result.cached = cached, True
+        result.reference_accuracy = manifest["benchmark"]["referenceAccuracy"]
+        result.variants = [_variant_from_manifest(v) for v in manifest["benchmark"]["variants"]]
+        report("cached")
+        return
+
+    source_format = inputs.version.source.resolved_format
+    evaluation = data["eval"]
+    with _step(context, "source"):
+        report("loading source")
+        model = _load_source(source, source_format)
+        reference = _reference_predictions(model, source, source_format, evaluation)
+    result.reference_accuracy = round(float(np.mean(reference == evaluation.y)), 4)
+
+    training = [p for p in inputs.recipe.passes if p.prune or p.distill]
+    quantizers = [p for p in inputs.recipe.passes if p.quantize]
+    pass_metrics: list[dict] = []
+    for index, step in enumerate(training):
+        with _step(context, f"pass {index + 1} ({step.kind})"):
+            if source_format != "keras":
+                raise BuildError(f"{step.kind} trains the model, which needs a Keras source, not {source_format}")
+            report(f"{step.kind}")
+            model, metrics = _train_pass(model, step, data)
+            pass_metrics.append({"pass": step.kind, "metrics": metrics})
+
+    opset = next((p.convert.opset for p in inputs.recipe.passes if p.convert), 17)
+    with _step(context, "convert"):
+        report(f"converting to {fmt}")
+        fp32_bytes = _convert(model, source, source_format, fmt, opset, None, data, workdir)
+    candidates: list[tuple[Variant, bytes]] = []
+    allowed = set(profile.spec.precisions)
+    fp32 = Variant("fp32", "fp32", eligible="fp32" in allowed and not profile.spec.integer_only)
+    candidates.append((fp32, fp32_bytes))
+    if quantizers:
+        quantize = quantizers[-1].quantize
+        assert quantize is not None
+        variant = Variant(quantize.mode, _PRECISION[quantize.mode], eligible=_PRECISION[quantize.mode] in allowed)
+        with _step(context, f"quantize ({quantize.mode})"):
+            report(f"quantizing ({quantize.mode})")
+            if fmt == "onnx":
+                quantized, variant.notes = quantize_onnx(
+                    fp32_bytes, quantize.mode, data.get("calibration"), quantize.calibration_samples,
+                    quantize.per_channel, workdir,
+                )  # fmt: skip
+            else:
+                quantized = _convert(model, source, source_format, fmt, opset, quantize, data, workdir)
+        candidates.append((variant, quantized))
+
+    measured: dict[str, Measured] = {}
+    for variant, payload in candidates:
+        path = workdir / f"{variant.name}.{fmt}"
+        path.write_bytes(payload)
+        report(f"measuring {variant.name}")
+        try:
+            with _step(context, f"benchmark ({variant.name})"):
+                measured[variant.name] = measure(path, fmt, profile, evaluation, workdir, reference)
+        except BuildError as exc:
+            variant.error = exc.message
+            continue
+        variant.measurement = measured[variant.name].measurement
+        variant.failures = check_gates(variant.measurement, result.reference_accuracy, inputs.model, profile)
+    result.variants = [v for v, _ in candidates]
+
+    chosen = _select(result.variants)
+    if chosen is None:
+        raise BuildError(_refusal(result.variants, allowed))
+    chosen.selected = True
+    payload = dict((v.name, p) for v, p in candidates)[chosen.name]
+    model_path = workdir / f"{chosen.name}.{fmt}"
+    outputs = measured[chosen.name].outputs
+    manifest = _manifest(
+        inputs, chosen, model_path, payload, evaluation, outputs, pass_metrics, key, sha256_file(source)
+    )
+    manifest["benchmark"] = {
+        "referenceAccuracy": result.reference_accuracy,
+        "variants": [_variant_json(v) for v in result.variants],
+    }
+    with _step(context, "store"):
+        identifier = artifact_id(manifest)
+        result.artifact = store.add_artifact(
+            identifier, {f"model.{fmt}": payload, MANIFEST_NAME: canonical_json(manifest)}, MANIFEST_NAME
+        )
+        store.record_build(key, identifier)
+    report("stored")
+
+
+def build_key(inputs: BuildInputs, data: dict[str, Dataset]) -> str:
+    """Digest of everything that determines the artifact (and its gating)."""
+    material = {
+        "builder": BUILDER_VERSION,
+        "model": inputs.model.name,
+        "version": inputs.version.model_dump(mode="json", by_alias=True),
+        "gates": inputs.model.spec.gates.model_dump(mode="json", by_alias=True),
+        "profile": inputs.profile.spec.model_dump(mode="json", by_alias=True),
+        "recipe": inputs.recipe.model_dump(mode="json", by_alias=True, exclude_unset=True),
+        "data": {name: hashlib.sha256(d.x.tobytes() + d.y.tobytes()).hexdigest() for name, d in sorted(data.items())},
+        "tools": tool_versions(),
+    }
+    return hashlib.sha256(canonical_json(material)).hexdigest()
+
+
+@contextmanager
+def _step(context: BuildContext, step: str) -> Iterator[None]:
+    """Locate every build error raised inside to (model, version, profile, step)."""
+    try:
+        yield
+    except BuildError as exc:
+        raise exc.with_context(BuildContext(context.model, context.version, context.profile, step)) from None
+
+
+def _dataset(repo_root: Path, path: str, name: str) -> Dataset:
+    return load_dataset(repo_root / path, f"data.{name} ({path})")
+
+
+def _load_source(path: Path, source_format: str | None):
+    if source_format == "keras":
+        keras = optimize.keras_module()
+        try:
+            return keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # corrupt zips and unknown layers raise many types
+            raise BuildError(f"the source is not a loadable Keras model: {first_line(exc)}") from exc
+    if source_format == "onnx":
+        import onnx
+
+        try:
+            onnx.checker.check_model(onnx.load(str(path)))
+        except Exception as exc:
+            raise BuildError(f"the source is not a valid ONNX model: {first_line(exc)}") from exc
+        return None
+    raise BuildError(f"unsupported source format {source_format!r}")
+
+
+def _reference_predictions(model, source: Path, source_format: str | None, evaluation: Dataset) -> np.ndarray:
+    """Predictions of the unoptimized source model: the accuracy baseline and the agreement reference."""
+    if source_format == "keras":
+        check_input_shape(evaluation, tuple(model.input_shape), "data.eval")
+        outputs = model.predict(evaluation.x, verbose=0, batch_size=256)
+    else:
+        from .runtime import ModelRunner
+
+        runner = ModelRunner(source, "onnx")
+        check_input_shape(evaluation, runner.input_shape, "data.eval")
+        outputs = runner.run(evaluation.x)
+    if not np.isfinite(outputs).all():
+        raise BuildError("the source model outputs NaN or infinity on the evaluation data")
+    return np.argmax(outputs, axis=1)
+
+
+def _train_pass(model, step: Pass, data: dict[str, Dataset]):
+    if "train" not in data:
+        raise BuildError(f"{step.kind} needs data.train")
+    if step.prune:
+        prune = optimize.magnitude_prune if step.prune.method == "magnitude" else optimize.structured_prune
+        outcome = prune(model, step.prune, data["train"])
+    else:
+        assert step.distill is not None
+        outcome = optimize.distill(model, step.distill, data["train"], data["eval"])
+    return outcome.model, outcome.metrics
+
+
+def _convert(model, source: Path, source_format, fmt: str, opset: int, quantize, data, workdir: Path) -> bytes:
+    mode = quantize.mode if quantize else None
+    if fmt == "onnx":
+        if source_format == "onnx":
+            return convert.canonical_onnx(source.read_bytes())
+        return convert.keras_to_onnx(model, opset, workdir)
+    if source_format != "keras":
+        raise BuildError("TFLite artifacts are converted from Keras sources")
+    calibration = data.get("calibration")
+    samples = quantize.calibration_samples if quantize else 0
+    return convert.keras_to_tflite(model, mode, calibration, samples)
+
+
+def _select(variants: list[Variant]) -> Variant | None:
+    """Smallest passing, allowed variant that is not slower than fp32."""
+    fp32 = next((v for v in variants if v.name == "fp32" and v.measurement), None)
+    options = []
+    for variant in variants:
+        if not (variant.passed and variant.eligible):
+            continue
+        assert variant.measurement is not None
+        mine = variant.measurement.latency_p50_ms
+        theirs = fp32.measurement.latency_p50_ms if fp32 and fp32.measurement else None
+        slower = variant is not fp32 and mine is not None and theirs is not None and mine > theirs * LATENCY_TOLERANCE
+        if slower and fp32 is not None and fp32.measurement is not None:
+            variant.notes.append(
+                f"not chosen: p50 {variant.measurement.latency_p50_ms:.4f} ms is slower than fp32's "
+                f"{fp32.measurement.latency_p50_ms:.4f} ms"
+            )
+            if fp32.eligible and fp32.passed:
+                continue
+        options.append(variant)
+    return min(options, key=lambda v: v.measurement.size_bytes) if options else None  # type: ignore[union-attr]
+
+
+def _refusal(variants: list[Variant], allowed: set[str]) -> str:
+    reasons = []
+    for variant in variants:
+        if variant.error:
+            reasons.append(f"{variant.name}: {variant.error}")
+        elif variant.failures:
+            reasons.append(f"{variant.name}: " + "; ".join(str(f) for f in variant.failures))
+        elif not variant.eligible:
+            reasons.append(f"{variant.name}: the profile does not run {variant.precision}")
+    return "no variant passes: " + " | ".join(reasons) if reasons else "no variant passes"
+
+
+def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, key, source_digest) -> dict:
+    profile = inputs.profile.spec
+    classes = outputs.shape[1]
+    predictions = np.argmax(outputs, axis=1)
+    return {
+        "apiVersion": "edgereconciler.io/v1alpha1",
+        "kind": "ArtifactManifest",
+        "model": inputs.model.name,
+        "version": inputs.version.version,
+        "profile": inputs.profile.name,
+        "format": profile.format,
+        "precision": chosen.precision,
+        "variant": chosen.name,
+        "runtime": profile.runtime,
+        "opset": next((p.convert.opset for p in inputs.recipe.passes if p.convert), 17)
+        if profile.format == "onnx"
+        else None,
+        "files": {f"model.{profile.format}": {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}},
+        "tensors": tensor_specs(path, profile.format),
+        "golden": golden_vectors(evaluation.x, outputs),
+        "histograms": reference_histograms(evaluation.x, predictions, classes),
+        "passes": pass_metrics,
+        "lineage": {
+            "source": {"uri": inputs.version.source.uri, "sha256": source_digest},
+            "gitCommit": inputs.version.lineage.git_commit,
+            "dataset": inputs.version.lineage.dataset,
+            "fleetCommit": inputs.fleet_commit,
+            "recipe": inputs.recipe.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            "tools": tool_versions(),
+            "buildKey": key,
+        },
+    }
+
+
+def _variant_json(variant: Variant) -> dict:
+    return {
+        "name": variant.name,
+        "precision": variant.precision,
+        "eligible": variant.eligible,
+        "selected": variant.selected,
+        "measurement": variant.measurement.to_json() if variant.measurement else None,
+        "failures": [asdict(f) for f in variant.failures],
+        "error": variant.error,
+        "notes": variant.notes,
+    }
+
+
+def _variant_from_manifest(data: dict) -> Variant:
+    measurement = Measurement(**data["measurement"]) if data["measurement"] else None
+    failures = [GateFailure(**f) for f in data["failures"]]
+    return Variant(data["name"], data["precision"], data["eligible"], measurement, failures, data["error"],
+                   data["notes"], data["selected"])  # fmt: skip

@@ -1,0 +1,94 @@
+"""Benchmark one artifact in a clean process, the way a device of its profile would run it.
+
+    python -m reconciler.build.probe ARTIFACT FORMAT DATA OUT_DIR --threads N [--memory-limit BYTES] [--runs N]
+
+Who calls it: ``benchmark.measure`` (never in-process: a fresh interpreter gives honest peak memory and
+keeps one variant's arenas from inflating the next). The profile's thread count is applied to the
+runtime; its memory limit becomes an address-space limit above what the bare runtime already maps, so
+a model that needs more fails here instead of on a device. Writes OUT_DIR/result.json (latency
+percentiles, peak memory) and OUT_DIR/outputs.npy (outputs for every row of DATA).
+Exit codes: 0 measured, 3 memory limit exceeded, 4 the runtime refused the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from reconciler.build.runtime import ModelRunner
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("format")
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--memory-limit", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--providers", default="")
+    args = parser.parse_args(argv)
+
+    with np.load(args.data) as data:
+        x = data["x"].astype(np.float32)
+    # Import the runtime before measuring: its own footprint is not the model's.
+    if args.format == "onnx":
+        import onnxruntime  # noqa: F401
+    else:
+        import ai_edge_litert.interpreter  # noqa: F401
+    baseline_rss = _status_kib("VmRSS") * 1024
+    if args.memory_limit:
+        limit = _status_kib("VmSize") * 1024 + args.memory_limit
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        runner = ModelRunner(args.artifact, args.format, args.threads, [p for p in args.providers.split(",") if p])
+        outputs = runner.run(x)
+        for i in range(min(10, len(x))):  # warm-up
+            runner.run(x[i : i + 1])
+        times = []
+        for i in range(args.runs):
+            sample = x[i % len(x) : i % len(x) + 1]
+            start = time.perf_counter()
+            runner.run(sample)
+            times.append(time.perf_counter() - start)
+    except MemoryError:
+        print(json.dumps({"error": "memory limit exceeded"}))
+        return 3
+    except Exception as exc:  # the runtimes raise their own types for models they cannot load or run
+        if "alloc" in str(exc).lower() and args.memory_limit:
+            print(json.dumps({"error": f"memory limit exceeded: {exc}"}))
+            return 3
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 4
+    # VmHWM, not ru_maxrss: Linux carries the parent's pre-exec peak into ru_maxrss of a fresh child.
+    peak = _status_kib("VmHWM") * 1024
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.save(args.out / "outputs.npy", outputs)
+    result = {
+        "latency_p50_ms": float(np.percentile(times, 50) * 1000),
+        "latency_p95_ms": float(np.percentile(times, 95) * 1000),
+        "peak_memory_bytes": max(0, peak - baseline_rss),
+        "runs": args.runs,
+        "threads": args.threads,
+        "providers": runner.providers,
+    }
+    (args.out / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

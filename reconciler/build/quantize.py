@@ -1,0 +1,97 @@
+"""Quantize ONNX models with onnxruntime: static INT8 (QDQ), dynamic INT8, and float16.
+
+Who calls it: the pipeline's quantize step for ONNX profiles (TFLite quantizes in ``convert``).
+Static quantization tries per-channel scales first and falls back to per-tensor when onnxruntime
+refuses (it does on Gemm nodes with 2-D biases); the fallback is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .convert import canonical_onnx
+from .datasets import Dataset
+from .errors import BuildError, first_line
+
+ONNX_MODES = ("static", "dynamic", "float16")
+
+
+def quantize_onnx(
+    model: bytes, mode: str, calibration: Dataset | None, samples: int, per_channel: bool, workdir: Path
+) -> tuple[bytes, list[str]]:
+    """The quantized model and notes about what was done differently from the recipe."""
+    if mode not in ONNX_MODES:
+        raise BuildError(f"ONNX has no quantization mode {mode!r} (use {', '.join(ONNX_MODES)})")
+    source = workdir / "to_quantize.onnx"
+    target = workdir / "quantized.onnx"
+    source.write_bytes(model)
+    notes: list[str] = []
+    if mode == "float16":
+        return _float16(model), notes
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime advises pre-processing through the root logger on every call
+    try:
+        if mode == "dynamic":
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        else:
+            if calibration is None:
+                raise BuildError("static quantization needs calibration data")
+            rows = calibration.x[:samples]
+
+            def run(per_channel_scales: bool) -> None:
+                quantize_static(
+                    str(source), str(target), _reader(_input_name(model), rows), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel_scales, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                )  # fmt: skip
+
+            try:
+                run(per_channel)
+            except Exception as exc:  # onnxruntime refuses per-channel on some nodes
+                if not per_channel:
+                    raise
+                notes.append(f"per-channel quantization failed ({first_line(exc)}); used per-tensor scales")
+                run(False)
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"onnxruntime {mode} quantization failed: {first_line(exc)}") from exc
+    finally:
+        root.setLevel(level)
+    return canonical_onnx(target.read_bytes()), notes
+
+
+def _float16(model: bytes) -> bytes:
+    import onnx
+    from onnxconverter_common import float16
+
+    try:
+        converted = float16.convert_float_to_float16(onnx.load_from_string(model), keep_io_types=True)
+    except Exception as exc:
+        raise BuildError(f"float16 conversion failed: {first_line(exc)}") from exc
+    return canonical_onnx(converted.SerializeToString())
+
+
+def _input_name(model: bytes) -> str:
+    import onnx
+
+    return onnx.load_from_string(model).graph.input[0].name
+
+
+def _reader(name: str, rows: np.ndarray):
+    """Calibration rows, one at a time, as onnxruntime's CalibrationDataReader."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter([{name: row[None].astype(np.float32)} for row in rows])
+
+        def get_next(self):
+            return next(self._items, None)
+
+    return Reader()
