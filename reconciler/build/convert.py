@@ -21,15 +21,53 @@ TFLITE_MODES = (None, "dynamic", "float16", "int8", "int8-only")
 
 
 def canonical_onnx(data: bytes) -> bytes:
-    """The model without doc strings that carry paths or times: same graph, same bytes."""
+    """The model with deterministic names and no doc strings: same graph, same bytes.
+
+    Doc strings carry temporary paths; node and tensor names carry Keras' process-wide layer counters
+    (``conv2d_7`` in a process that built six models before). Graph inputs and outputs keep their names,
+    since devices address tensors by them.
+    """
     import onnx
 
     model = onnx.load_from_string(data)
     model.doc_string = ""
-    model.graph.doc_string = ""
-    for node in model.graph.node:
+    graph = model.graph
+    graph.doc_string = ""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        for node in graph.node:  # subgraphs refer to outer names: rename nothing rather than break them
+            node.doc_string = ""
+        return model.SerializeToString()
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    names: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    # Names follow the graph's structure (node order, then each node's inputs and outputs), never the
+    # converter's initializer order, which changes between runs.
+    for index, node in enumerate(graph.node):
+        node.name = f"{node.op_type}_{index}"
         node.doc_string = ""
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for info in graph.value_info:
+        info.name = rename(info.name)
+    _sort_by_name(graph.initializer)
+    _sort_by_name(graph.value_info)
     return model.SerializeToString()
+
+
+def _sort_by_name(field) -> None:
+    items = sorted(field, key=lambda item: (len(item.name), item.name))
+    copies = [type(item)() for item in items]
+    for copy, item in zip(copies, items, strict=True):
+        copy.CopyFrom(item)
+    del field[:]
+    field.extend(copies)
 
 
 def keras_to_onnx(model, opset: int, workdir: Path) -> bytes:

@@ -22,8 +22,15 @@ class GateFailure:
     unit: str
 
     def __str__(self) -> str:
-        over = self.measured - self.limit
-        return f"{self.gate}: {self.measured:g}{self.unit} exceeds {self.limit:g}{self.unit} by {over:g}{self.unit}"
+        measured, limit, over = (
+            _number(v) + self.unit for v in (self.measured, self.limit, self.measured - self.limit)
+        )
+        return f"{self.gate}: {measured} exceeds {limit} by {over}"
+
+
+def _number(value: float) -> str:
+    """Whole numbers in full (byte counts), others to four significant digits."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
 
 
 def check_gates(measurement: Measurement, reference_accuracy: float, model: Model, profile: DeviceProfile):

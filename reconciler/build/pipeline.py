@@ -176,7 +176,8 @@ def _build(
     with _step(context, "source"):
         report("loading source")
         model = _load_source(source, source_format)
-        reference = _reference_predictions(model, source, source_format, evaluation)
+    with _step(context, "data"):
+        reference = _reference_predictions(model, source, source_format, data)
     result.reference_accuracy = round(float(np.mean(reference == evaluation.y)), 4)
 
     training = [p for p in inputs.recipe.passes if p.prune or p.distill]
@@ -240,7 +241,7 @@ def _build(
     )
     manifest["benchmark"] = {
         "referenceAccuracy": result.reference_accuracy,
-        "variants": [_variant_json(v) for v in result.variants],
+        "variants": [variant_json(v) for v in result.variants],
     }
     with _step(context, "store"):
         identifier = artifact_id(manifest)
@@ -297,17 +298,21 @@ def _load_source(path: Path, source_format: str | None):
     raise BuildError(f"unsupported source format {source_format!r}")
 
 
-def _reference_predictions(model, source: Path, source_format: str | None, evaluation: Dataset) -> np.ndarray:
-    """Predictions of the unoptimized source model: the accuracy baseline and the agreement reference."""
+def _reference_predictions(model, source: Path, source_format: str | None, data: dict[str, Dataset]) -> np.ndarray:
+    """Predictions of the unoptimized source model: the accuracy baseline and the agreement reference.
+    Every dataset is checked against the model's input shape first, so a wrong file is named as such."""
+    evaluation = data["eval"]
     if source_format == "keras":
-        check_input_shape(evaluation, tuple(model.input_shape), "data.eval")
-        outputs = model.predict(evaluation.x, verbose=0, batch_size=256)
+        shape = tuple(model.input_shape)
+        run = lambda x: model.predict(x, verbose=0, batch_size=256)  # noqa: E731
     else:
         from .runtime import ModelRunner
 
         runner = ModelRunner(source, "onnx")
-        check_input_shape(evaluation, runner.input_shape, "data.eval")
-        outputs = runner.run(evaluation.x)
+        shape, run = runner.input_shape, runner.run
+    for name, dataset in data.items():
+        check_input_shape(dataset, shape, f"data.{name}")
+    outputs = run(evaluation.x)
     if not np.isfinite(outputs).all():
         raise BuildError("the source model outputs NaN or infinity on the evaluation data")
     return np.argmax(outputs, axis=1)
@@ -406,7 +411,7 @@ def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, 
     }
 
 
-def _variant_json(variant: Variant) -> dict:
+def variant_json(variant: Variant) -> dict:
     return {
         "name": variant.name,
         "precision": variant.precision,

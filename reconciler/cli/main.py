@@ -13,6 +13,7 @@ from reconciler.gitops.files import FleetPathError, read_fleet_dir
 from reconciler.spec import FleetTree, SpecErrors, load_fleet
 from reconciler.spec.schema import export_schemas
 
+from .build import build
 from .overview import print_overview, summary_line
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     """Deliver machine-learning models to fleets of edge devices, declaratively, from Git."""
 
 
-def _load(path: str) -> FleetTree:
+def load_or_exit(path: str) -> FleetTree:
     """Load a fleet repo or exit 1 with every error, one per line (no traceback)."""
     try:
         return load_fleet(read_fleet_dir(path))
@@ -41,7 +42,7 @@ def _load(path: str) -> FleetTree:
 @click.argument("path", default=".", type=click.Path(path_type=str))
 def validate(path: str) -> None:
     """Check every fleet document under PATH; print each error as file:line: Kind/name: field: message."""
-    tree = _load(path)
+    tree = load_or_exit(path)
     click.echo(f"{path}: {summary_line(tree)}: valid")
 
 
@@ -64,10 +65,12 @@ def schema_export(directory: Path) -> None:
 @click.option("--repo", default="fleet-example", show_default=True, help="Fleet repo to run the demo on.")
 def demo(repo: str) -> None:
     """Validate the example fleet and show what it defines."""
-    tree = _load(repo)
+    tree = load_or_exit(repo)
     print_overview(tree, title=f"fleet {repo}")
     click.echo(f"{repo}: {summary_line(tree)}: valid")
 
+
+main.add_command(build)
 
 if __name__ == "__main__":
     main()

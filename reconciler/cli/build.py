@@ -1,0 +1,128 @@
+"""``edgectl build``: build what is missing for a scope, then print the profile x variant matrix.
+
+Thin: it loads the fleet, calls ``reconciler.build.pipeline.build_scope`` (the same entry point the
+controller uses) and renders the results. Exit code 1 when any requested build was refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+DEFAULT_STORE = Path(os.environ.get("EDGE_RECONCILER_STORE", Path.home() / ".cache" / "edge-reconciler" / "store"))
+
+
+@click.command()
+@click.option("--repo", default=".", show_default=True, help="Fleet repo (a checkout).")
+@click.option("--model", "models", multiple=True, help="Only this model (repeatable).")
+@click.option("--version", "versions", multiple=True, help="Only this version (repeatable).")
+@click.option("--profile", "profiles", multiple=True, help="Only this device profile (repeatable).")
+@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=True,
+              help="Content-addressed artifact store (also the build cache).")  # fmt: skip
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def build(repo: str, models, versions, profiles, store: Path, output: str) -> None:
+    """Build, benchmark and gate artifacts per device profile; print the variant matrix.
+
+    Without filters it builds every version an active rollout needs; --model alone builds all its versions.
+    """
+    from reconciler.build.pipeline import build_scope
+    from reconciler.build.store import ArtifactStore
+
+    from .main import load_or_exit
+
+    tree = load_or_exit(repo)
+    for name, known, values in (("model", tree.models, models), ("profile", tree.profiles, profiles)):
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise click.BadParameter(f"unknown {name} {', '.join(unknown)} (known: {', '.join(known)})")
+    artifact_store = ArtifactStore(store)
+    err = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
+        task = progress.add_task("building", total=None)
+
+        def report(message: str) -> None:
+            progress.update(task, description=message)
+
+        results = build_scope(
+            tree, Path(repo), artifact_store, list(models) or None, list(versions) or None, list(profiles) or None,
+            progress=report,
+        )  # fmt: skip
+    if output == "json":
+        click.echo(json.dumps([_result_json(r) for r in results], indent=2))
+    else:
+        _print_matrix(results)
+    if not results:
+        click.echo("nothing to build for this scope", err=True)
+    sys.exit(1 if any(r.error for r in results) else 0)
+
+
+def _result_json(result) -> dict:
+    from reconciler.build.pipeline import variant_json
+
+    return {
+        "model": result.model,
+        "version": result.version,
+        "profile": result.profile,
+        "artifact": result.artifact.id if result.artifact else None,
+        "cached": result.cached,
+        "referenceAccuracy": result.reference_accuracy,
+        "error": result.error,
+        "variants": [variant_json(v) for v in result.variants],
+    }
+
+
+def _size(value: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def _ms(value: float | None) -> str:
+    return "n/m" if value is None else f"{value:.3f}"
+
+
+def _print_matrix(results) -> None:
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table("MODEL", "VERSION", "PROFILE", "VARIANT", "SIZE", "xFP32", "P50 ms", "P95 ms", "MEMORY",
+                  "ACCURACY", "DELTA", "RESULT", title="Build matrix")  # fmt: skip
+    for result in results:
+        fp32 = next((v.measurement for v in result.variants if v.name == "fp32" and v.measurement), None)
+        for variant in result.variants:
+            m = variant.measurement
+            if m is None:
+                table.add_row(result.model, result.version, result.profile, variant.name, *["-"] * 7,
+                              f"[red]error[/]: {variant.error}")  # fmt: skip
+                continue
+            ratio = f"{m.size_bytes / fp32.size_bytes:.2f}" if fp32 else "-"
+            delta = f"{(m.accuracy - (result.reference_accuracy or 0)) * 100:+.2f}"
+            if variant.selected:
+                verdict = "[green]selected[/]" + (" (cached)" if result.cached else "")
+            elif variant.failures:
+                verdict = "[red]fail[/]: " + "; ".join(str(f) for f in variant.failures)
+            elif not variant.eligible:
+                verdict = f"reference ({variant.precision} not in profile)"
+            else:
+                verdict = "pass" + (f": {variant.notes[-1]}" if variant.notes else "")
+            table.add_row(result.model, result.version, result.profile, variant.name, _size(m.size_bytes), ratio,
+                          _ms(m.latency_p50_ms), _ms(m.latency_p95_ms), _size(m.peak_memory_bytes),
+                          f"{m.accuracy:.4f}", delta, verdict)  # fmt: skip
+        if result.error:
+            table.add_row(
+                result.model, result.version, result.profile, "", *[""] * 7, f"[red]refused[/]: {result.error}"
+            )
+    console.print(table)
+    notes = {
+        v.measurement.latency_note for r in results for v in r.variants if v.measurement and v.measurement.latency_note
+    }
+    for note in sorted(notes):
+        console.print(f"n/m: latency {note}")

@@ -1,0 +1,215 @@
+"""The build pipeline end to end on the example fleet: real TensorFlow, tf2onnx, onnxruntime and LiteRT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reconciler.build.pipeline import BuildInputs, build_profile, build_scope
+from reconciler.build.runtime import ModelRunner
+from reconciler.build.store import ArtifactStore
+from reconciler.gitops.files import read_fleet_dir
+from reconciler.spec import load_fleet
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "fleet-example"
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return load_fleet(read_fleet_dir(EXAMPLE))
+
+
+@pytest.fixture(scope="module")
+def built(tree, tmp_path_factory):
+    """digits-cnn 1.0.0 for every profile, built once for the module."""
+    store = ArtifactStore(tmp_path_factory.mktemp("store"))
+    results = build_scope(tree, EXAMPLE, store, models=["digits-cnn"], versions=["1.0.0"])
+    return store, {r.profile: r for r in results}
+
+
+def inputs_for(tree, model="digits-cnn", version="1.0.0", profile="coral-npu", repo=EXAMPLE) -> BuildInputs:
+    m = tree.models[model]
+    return BuildInputs(repo, m, m.version(version), tree.profiles[profile], m.recipe_for(profile))
+
+
+def test_every_profile_gets_a_gated_artifact(built):
+    store, results = built
+    assert sorted(results) == ["arm-cortex-a-cpu", "coral-npu", "jetson-gpu"]
+    for result in results.values():
+        assert result.error is None, result.error
+        assert result.artifact is not None and result.selected is not None
+        assert store.get_artifact(result.artifact.id) == result.artifact
+        selected = result.selected.measurement
+        assert result.reference_accuracy - selected.accuracy <= 0.01  # the model's maxAccuracyDrop
+
+
+def test_integer_only_profile_gets_int8_tflite_with_int8_io(built):
+    store, results = built
+    result = results["coral-npu"]
+    assert result.selected.name == "int8-only"
+    manifest = store.read_manifest(result.artifact.id)
+    assert (manifest["format"], manifest["precision"], manifest["runtime"]) == ("tflite", "int8", "tflite")
+    assert manifest["tensors"]["inputs"][0]["dtype"] == "int8"
+    assert "quantization" in manifest["tensors"]["inputs"][0]
+    fp32 = next(v for v in result.variants if v.name == "fp32")
+    assert not fp32.eligible  # measured as the reference only
+    assert result.selected.measurement.size_bytes / fp32.measurement.size_bytes < 0.35
+
+
+def test_accelerator_latency_is_recorded_as_not_measured(built):
+    _, results = built
+    for profile in ("jetson-gpu", "coral-npu"):
+        for variant in results[profile].variants:
+            assert variant.measurement.latency_p95_ms is None
+            assert variant.measurement.latency_note.startswith("not measured")
+    cpu = results["arm-cortex-a-cpu"].selected.measurement
+    assert cpu.latency_p95_ms is not None and cpu.latency_note is None
+
+
+def test_cpu_selection_follows_measurements_not_assumptions(built):
+    """The smallest passing variant wins unless it is slower than fp32 (INT8 often is on tiny models)."""
+    _, results = built
+    result = results["arm-cortex-a-cpu"]
+    fp32 = next(v for v in result.variants if v.name == "fp32")
+    int8 = next(v for v in result.variants if v.name == "static")
+    assert int8.measurement.size_bytes < fp32.measurement.size_bytes
+    slower = int8.measurement.latency_p50_ms > fp32.measurement.latency_p50_ms * 1.05
+    assert result.selected is (fp32 if slower else int8)
+
+
+def test_manifest_golden_vectors_reproduce_on_the_artifact(built, tmp_path):
+    store, results = built
+    for result in results.values():
+        manifest = store.read_manifest(result.artifact.id)
+        name = f"model.{manifest['format']}"
+        model_file = tmp_path / f"{result.profile}-{name}"
+        model_file.write_bytes(store.read_blob(result.artifact.files[name]))
+        assert hashlib.sha256(model_file.read_bytes()).hexdigest() == manifest["files"][name]["sha256"]
+        golden = manifest["golden"]
+        outputs = ModelRunner(model_file, manifest["format"]).run(np.array(golden["inputs"], dtype=np.float32))
+        np.testing.assert_allclose(outputs, golden["outputs"], atol=golden["tolerance"]["atol"])
+        assert manifest["lineage"]["source"]["sha256"] == tree_digest("digits-cnn", "1.0.0")
+        histogram = manifest["histograms"]["prediction"]
+        assert sum(histogram["counts"]) == 497 and histogram["classes"] == 10
+
+
+def tree_digest(model: str, version: str) -> str:
+    return hashlib.sha256((EXAMPLE / "models" / model / version / "model.keras").read_bytes()).hexdigest()
+
+
+def test_a_rebuild_is_a_cache_hit_and_a_cold_rebuild_gives_the_same_artifact(tree, built, tmp_path):
+    store, results = built
+    again = build_profile(inputs_for(tree), store)
+    assert again.cached and again.artifact == results["coral-npu"].artifact
+    fresh = build_profile(inputs_for(tree), ArtifactStore(tmp_path / "cold"))
+    assert not fresh.cached
+    assert fresh.artifact.id == results["coral-npu"].artifact.id
+    assert fresh.artifact.files["model.tflite"] == results["coral-npu"].artifact.files["model.tflite"]
+
+
+def test_onnx_conversion_is_deterministic(tree, built, tmp_path):
+    """A second build in the same process must not differ (Keras numbers layers process-wide)."""
+    _, results = built
+    fresh = build_profile(inputs_for(tree, profile="jetson-gpu"), ArtifactStore(tmp_path / "cold"))
+    assert fresh.artifact.files["model.onnx"] == results["jetson-gpu"].artifact.files["model.onnx"]
+
+
+def copy_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo)
+    return repo
+
+
+def test_a_source_that_does_not_match_its_digest_is_refused(tree, tmp_path):
+    repo = copy_repo(tmp_path)
+    source = repo / "models" / "digits-cnn" / "1.0.0" / "model.keras"
+    source.write_bytes(source.read_bytes() + b"tampered")
+    store = ArtifactStore(tmp_path / "store")
+    result = build_profile(inputs_for(tree, repo=repo), store)
+    assert result.error.startswith("digits-cnn@1.0.0 for coral-npu, source: source models/digits-cnn/1.0.0/model.keras")
+    assert "but the spec pins" in result.error
+    assert store.artifact_ids() == []
+
+
+def test_a_truncated_model_is_a_clear_error_and_nothing_is_stored(tree, tmp_path):
+    repo = copy_repo(tmp_path)
+    source = repo / "models" / "digits-cnn" / "1.0.0" / "model.keras"
+    source.write_bytes(source.read_bytes()[:5000])
+    m = tree.models["digits-cnn"]
+    version = m.version("1.0.0").model_copy(
+        update={
+            "source": m.version("1.0.0").source.model_copy(
+                update={"sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+            )
+        }
+    )
+    store = ArtifactStore(tmp_path / "store")
+    result = build_profile(BuildInputs(repo, m, version, tree.profiles["coral-npu"], m.recipe_for("coral-npu")), store)
+    assert result.error.startswith("digits-cnn@1.0.0 for coral-npu, source: the source is not a loadable Keras model")
+    assert store.artifact_ids() == []
+
+
+def test_calibration_data_of_the_wrong_shape_names_the_pass(tree, tmp_path):
+    repo = copy_repo(tmp_path)
+    np.savez(
+        repo / "models" / "digits-cnn" / "data" / "calibration.npz", x=np.zeros((20, 5), "float32"), y=np.zeros(20)
+    )
+    result = build_profile(inputs_for(tree, repo=repo), ArtifactStore(tmp_path / "store"))
+    assert result.error == (
+        "digits-cnn@1.0.0 for coral-npu, data: data.calibration: samples have shape (5,), the model expects (8, 8, 1)"
+    )
+
+
+def test_training_that_diverges_is_refused(tree, tmp_path):
+    repo = copy_repo(tmp_path)
+    data = repo / "models" / "digits-cnn" / "data" / "train.npz"
+    with np.load(data) as arrays:
+        np.savez(data, x=arrays["x"] * 1e30, y=arrays["y"])
+    result = build_profile(inputs_for(tree, profile="arm-cortex-a-cpu", repo=repo), ArtifactStore(tmp_path / "s"))
+    assert (
+        result.error
+        == "digits-cnn@1.0.0 for arm-cortex-a-cpu, pass 1 (prune): training diverged: the weights hold NaN or infinity"
+    )
+
+
+def test_gates_refuse_with_the_number_and_the_distance(tree, tmp_path):
+    model = tree.models["digits-cnn"]
+    strict = model.model_copy(
+        update={"spec": model.spec.model_copy(update={"gates": model.spec.gates.model_copy(update={"max_size": 1024})})}
+    )
+    store = ArtifactStore(tmp_path / "store")
+    inputs = BuildInputs(
+        EXAMPLE, strict, strict.version("1.0.0"), tree.profiles["coral-npu"], strict.recipe_for("coral-npu")
+    )
+    result = build_profile(inputs, store)
+    assert result.error.startswith("digits-cnn@1.0.0 for coral-npu: no variant passes:")
+    int8 = next(v for v in result.variants if v.name == "int8-only")
+    size = int8.measurement.size_bytes
+    assert str(int8.failures[0]) == f"model size (model gate): {size} bytes exceeds 1024 bytes by {size - 1024} bytes"
+    assert store.artifact_ids() == []
+
+
+def test_structured_pruning_really_shrinks_the_model(built):
+    store, results = built
+    manifest = store.read_manifest(results["arm-cortex-a-cpu"].artifact.id)
+    metrics = manifest["passes"][0]["metrics"]
+    assert manifest["passes"][0]["pass"] == "prune"
+    assert metrics["parameters_after"] < 0.65 * metrics["parameters_before"]
+
+
+def test_manifest_identity_excludes_measurements(built):
+    store, results = built
+    record = results["jetson-gpu"].artifact
+    manifest = json.loads(store.read_blob(record.manifest))
+    from reconciler.build.manifest import artifact_id
+
+    assert artifact_id(manifest) == record.id
+    manifest["benchmark"]["variants"][0]["measurement"]["latency_p50_ms"] = 123.0
+    assert artifact_id(manifest) == record.id
+    manifest["precision"] = "fp32"
+    assert artifact_id(manifest) != record.id
