@@ -9,6 +9,8 @@ TFLite quantization happens inside the converter, so TFLite modes are converter 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -114,6 +116,7 @@ def keras_to_tflite(model, mode: str | None, calibration: Dataset | None, sample
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     try:
-        return bytes(converter.convert())
+        with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its SavedModel export to stdout
+            return bytes(converter.convert())
     except Exception as exc:  # the converter reports unsupported ops with its own exception types
         raise BuildError(f"TFLite conversion ({mode or 'float32'}) failed: {first_line(exc)}") from exc

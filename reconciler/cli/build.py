@@ -6,6 +6,7 @@ controller uses) and renders the results. Exit code 1 when any requested build w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -51,10 +52,11 @@ def build(repo: str, models, versions, profiles, store: Path, output: str) -> No
         def report(message: str) -> None:
             progress.update(task, description=message)
 
-        results = build_scope(
-            tree, Path(repo), artifact_store, list(models) or None, list(versions) or None, list(profiles) or None,
-            progress=report,
-        )  # fmt: skip
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the matrix (or JSON) only
+            results = build_scope(
+                tree, Path(repo), artifact_store, list(models) or None, list(versions) or None,
+                list(profiles) or None, progress=report,
+            )  # fmt: skip
     if output == "json":
         click.echo(json.dumps([_result_json(r) for r in results], indent=2))
     else:
