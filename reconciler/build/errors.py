@@ -50,7 +50,12 @@ class SourceError(BuildError):
     """The model source is missing, unreadable, corrupt, or its sha256 differs from the spec."""
 
 
+MAX_MESSAGE = 300
+
+
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message: libraries put the useful part there and a dump after it."""
+    """The first line of an exception's message, capped: libraries put the useful part first and may follow
+    it with a dump (onnxruntime lists every missing input on one line)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE] + "..."

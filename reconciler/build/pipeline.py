@@ -208,7 +208,7 @@ def _build(
             if fmt == "onnx":
                 quantized, variant.notes = quantize_onnx(
                     fp32_bytes, quantize.mode, data.get("calibration"), quantize.calibration_samples,
-                    quantize.per_channel, workdir,
+                    quantize.per_channel, workdir, quantize.activation_type,
                 )  # fmt: skip
             else:
                 quantized = _convert(model, source, source_format, fmt, opset, quantize, data, workdir)

@@ -53,9 +53,16 @@ class ModelRunner:
         self.input_shape = (None, *(int(d) for d in self._input["shape"][1:]))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        if self.format == "onnx":
-            return np.asarray(self._session.run(None, {self.input_name: x.astype(np.float32)})[0], dtype=np.float32)
-        return np.concatenate([self._run_tflite_one(sample[None]) for sample in x])
+        if self.format == "tflite":
+            return np.concatenate([self._run_tflite_one(sample[None]) for sample in x])
+        batch = self.input_shape[0]
+        if batch is None or batch == len(x):
+            return self._run_onnx(x)
+        # A model exported with a fixed batch size: feed it in chunks of exactly that size.
+        return np.concatenate([self._run_onnx(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+    def _run_onnx(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._session.run(None, {self.input_name: x.astype(np.float32)})[0], dtype=np.float32)
 
     def _run_tflite_one(self, x: np.ndarray) -> np.ndarray:
         value = x.astype(np.float32)

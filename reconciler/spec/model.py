@@ -105,6 +105,9 @@ class QuantizePass(SpecModel):
     mode: QuantizeMode
     per_channel: bool = True
     """Per-channel weight scales where the operator supports them."""
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    """ONNX static: activation type with int8 weights. uint8 (U8S8) is onnxruntime's fast path on x86
+    (measured 2x faster than int8 on ResNet-50); int8 (S8S8) can be more accurate."""
     calibration_samples: int = Field(default=200, ge=1, le=100_000)
     """How many calibration inputs static and int8 modes use."""
 

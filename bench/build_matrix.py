@@ -1,0 +1,171 @@
+"""Build benchmarks: INT8 vs fp32 on the example digits CNN and on ResNet-50, and fleet build wall times.
+
+    python bench/build_matrix.py [--skip-fleet]
+
+Prints, with fp32 as the baseline measured in the same run:
+- size ratio INT8/fp32 (goal <= 0.30) and latency ratio fp32/INT8 at 1 thread (goal >= 1.5 on ResNet-50);
+- accuracy delta INT8 - fp32 on the digits CNN (goal: within 1 point);
+- wall time of a cold build of fleet-example (empty store) and of a warm one (every build a cache hit).
+
+ResNet-50 comes from the onnx wheel's light test models, whose weights are ConstantOfShape placeholders;
+they are folded into seeded He-normal initializers here (about 100 MB), good for size and latency only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from reconciler.build.benchmark import measure
+from reconciler.build.convert import canonical_onnx, keras_to_onnx
+from reconciler.build.datasets import Dataset, load_dataset
+from reconciler.build.optimize import keras_module
+from reconciler.build.pipeline import build_scope
+from reconciler.build.quantize import quantize_onnx
+from reconciler.build.store import ArtifactStore
+from reconciler.gitops.files import read_fleet_dir
+from reconciler.spec import DeviceProfile, load_fleet
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "fleet-example"
+
+
+def one_thread_cpu() -> DeviceProfile:
+    return DeviceProfile.model_validate(
+        {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "DeviceProfile", "metadata": {"name": "bench-cpu"},
+         "spec": {"selector": {}, "runtime": "onnxruntime", "format": "onnx", "precisions": ["int8", "fp32"],
+                  "threads": 1}}
+    )  # fmt: skip
+
+
+def folded_resnet50() -> bytes:
+    """ResNet-50 with its placeholder ConstantOfShape weights folded into real initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+    model = onnx.load(str(path))
+    graph = model.graph
+    shapes = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    rng = np.random.default_rng(0)
+    kept, folded = [], []
+    for node in graph.node:
+        if node.op_type != "ConstantOfShape" or node.input[0] not in shapes:
+            kept.append(node)
+            continue
+        shape = tuple(int(d) for d in shapes[node.input[0]])
+        name = node.output[0]
+        if len(shape) >= 2:  # conv / gemm weights
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.normal(0, np.sqrt(2.0 / fan_in), shape).astype(np.float32)
+        elif name.endswith(("_s_0", "_riv_0", "_rv_0")):  # batch-norm scale and variance
+            value = np.ones(shape, np.float32)
+        else:
+            value = np.zeros(shape, np.float32)
+        folded.append(numpy_helper.from_array(value, name))
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    initializers = [t for t in graph.initializer if t.name in used] + folded
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    data_input = graph.input[0]  # old IR versions list initializers as inputs too: keep only the image
+    del graph.input[:]
+    graph.input.append(data_input)
+    model.opset_import[0].version = 13
+    model.ir_version = 7
+    return canonical_onnx(model.SerializeToString())
+
+
+def compare(name: str, fp32: bytes, int8: bytes, evaluation: Dataset, workdir: Path, runs: int) -> dict:
+    profile = one_thread_cpu()
+    (workdir / "fp32.onnx").write_bytes(fp32)
+    (workdir / "int8.onnx").write_bytes(int8)
+    base = measure(workdir / "fp32.onnx", "onnx", profile, evaluation, workdir, runs=runs)
+    reference = np.argmax(base.outputs, axis=1)
+    quant = measure(workdir / "int8.onnx", "onnx", profile, evaluation, workdir, reference, runs=runs)
+    b, q = base.measurement, quant.measurement
+    row = {
+        "model": name,
+        "fp32 size": b.size_bytes,
+        "int8 size": q.size_bytes,
+        "size int8/fp32": q.size_bytes / b.size_bytes,
+        "fp32 p50 ms": b.latency_p50_ms,
+        "int8 p50 ms": q.latency_p50_ms,
+        "latency fp32/int8": b.latency_p50_ms / q.latency_p50_ms,
+        "accuracy delta (points)": (q.accuracy - b.accuracy) * 100,
+        "agreement": q.agreement,
+    }
+    print(f"\n{name} (1 thread, {runs} runs, static INT8 QDQ per-channel vs fp32)")
+    for key, value in row.items():
+        if key != "model":
+            print(f"  {key:26s} {value:.4f}" if isinstance(value, float) else f"  {key:26s} {value}")
+    return row
+
+
+def digits(workdir: Path) -> None:
+    keras = keras_module()
+    model = keras.saving.load_model(EXAMPLE / "models/digits-cnn/1.0.0/model.keras", compile=False)
+    data = EXAMPLE / "models/digits-cnn/data"
+    evaluation, calibration = load_dataset(data / "eval.npz", "eval"), load_dataset(data / "calibration.npz", "cal")
+    fp32 = keras_to_onnx(model, 17, workdir)
+    int8, notes = quantize_onnx(fp32, "static", calibration, 200, True, workdir)
+    compare("digits-cnn 1.0.0", fp32, int8, evaluation, workdir, runs=2000)
+    for note in notes:
+        print("  note:", note)
+
+
+def resnet50(workdir: Path) -> None:
+    rng = np.random.default_rng(1)
+    images = rng.normal(0, 1, (40, 3, 224, 224)).astype(np.float32)
+    calibration, evaluation = Dataset(images[:32], np.zeros(32)), Dataset(images[32:], np.zeros(8))
+    fp32 = folded_resnet50()
+    start = time.perf_counter()
+    int8, notes = quantize_onnx(fp32, "static", calibration, 32, True, workdir)
+    print(f"\nresnet50: static quantization with 32 calibration images took {time.perf_counter() - start:.1f} s")
+    compare("resnet50-light (folded, placeholder weights)", fp32, int8, evaluation, workdir, runs=30)
+    for note in notes:
+        print("  note:", note)
+
+
+def fleet(workdir: Path) -> None:
+    tree = load_fleet(read_fleet_dir(EXAMPLE))
+    store = ArtifactStore(workdir / "store")
+    models = list(tree.models)
+    start = time.perf_counter()
+    cold = build_scope(tree, EXAMPLE, store, models=models)
+    cold_s = time.perf_counter() - start
+    start = time.perf_counter()
+    warm = build_scope(tree, EXAMPLE, store, models=models)
+    warm_s = time.perf_counter() - start
+    refused = [r.error for r in cold if r.error]
+    print(f"\nfleet-example: {len(cold)} builds (every version x recipe profile), {len(refused)} refused")
+    print(f"  cold build (empty store)   {cold_s:.1f} s")
+    print(f"  warm build (cache hits)    {warm_s:.2f} s   ({sum(r.cached for r in warm)}/{len(warm)} cached)")
+    print(f"  ratio cold/warm            {cold_s / warm_s:.0f}x")
+    for error in refused:
+        print("  refused:", error)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--skip-fleet", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name, bench in (("digits", digits), ("resnet", resnet50)):
+            (work / name).mkdir()
+            bench(work / name)
+        if not args.skip_fleet:
+            (work / "fleet").mkdir()
+            fleet(work / "fleet")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
