@@ -213,3 +213,57 @@ def test_manifest_identity_excludes_measurements(built):
     assert artifact_id(manifest) == record.id
     manifest["precision"] = "fp32"
     assert artifact_id(manifest) != record.id
+
+
+@pytest.fixture(scope="module")
+def onnx_repo(tmp_path_factory):
+    """A copy of the example fleet whose digits-cnn 1.0.0 source is an ONNX file."""
+    from reconciler.build.convert import keras_to_onnx
+    from reconciler.build.optimize import keras_module
+
+    repo = tmp_path_factory.mktemp("onnx") / "repo"
+    shutil.copytree(EXAMPLE, repo)
+    keras = keras_module()
+    model = keras.saving.load_model(repo / "models/digits-cnn/1.0.0/model.keras", compile=False)
+    (repo / "models/digits-cnn/1.0.0/model.onnx").write_bytes(keras_to_onnx(model, 17, tmp_path_factory.mktemp("w")))
+    return repo
+
+
+def onnx_inputs(tree, repo: Path, profile: str, passes: list[dict]) -> BuildInputs:
+    from reconciler.spec.model import Recipe
+
+    model = tree.models["digits-cnn"]
+    onnx_file = repo / "models/digits-cnn/1.0.0/model.onnx"
+    source = model.version("1.0.0").source.model_copy(
+        update={
+            "uri": "models/digits-cnn/1.0.0/model.onnx",
+            "sha256": hashlib.sha256(onnx_file.read_bytes()).hexdigest(),
+        }
+    )
+    version = model.version("1.0.0").model_copy(update={"source": source})
+    recipe = Recipe.model_validate({"profile": profile, "passes": passes})
+    return BuildInputs(repo, model, version, tree.profiles[profile], recipe)
+
+
+def test_an_onnx_source_is_quantized_and_gated(tree, onnx_repo, tmp_path):
+    inputs = onnx_inputs(tree, onnx_repo, "arm-cortex-a-cpu", [{"quantize": {"mode": "static"}}])
+    result = build_profile(inputs, ArtifactStore(tmp_path / "store"))
+    assert result.error is None, result.error
+    assert result.reference_accuracy == pytest.approx(0.9859, abs=1e-4)
+    assert {v.name for v in result.variants} == {"fp32", "static"}
+    assert all(v.measurement.agreement > 0.98 for v in result.variants)
+
+
+@pytest.mark.parametrize(
+    ("profile", "passes", "expected"),
+    [
+        ("arm-cortex-a-cpu", [{"prune": {"method": "magnitude", "sparsity": 0.5}}],
+         "digits-cnn@1.0.0 for arm-cortex-a-cpu, pass 1 (prune): "
+         "prune trains the model, which needs a Keras source, not onnx"),
+        ("coral-npu", [{"quantize": {"mode": "int8-only"}}],
+         "digits-cnn@1.0.0 for coral-npu, convert: TFLite artifacts are converted from Keras sources"),
+    ],
+)  # fmt: skip
+def test_what_an_onnx_source_cannot_become_is_refused_clearly(tree, onnx_repo, tmp_path, profile, passes, expected):
+    result = build_profile(onnx_inputs(tree, onnx_repo, profile, passes), ArtifactStore(tmp_path / "store"))
+    assert result.error == expected
