@@ -52,7 +52,10 @@ class Trust(SpecModel):
     release_signers: list[ReleaseSigner] = Field(default_factory=list)
     """Model owners' release keys or identities (the offline half of the two-key rule)."""
     trust_root: RepoPath | None = None
-    """Pinned trust root agents start from (TUF root metadata or sigstore trusted root)."""
+    """TUF root metadata (root.json) that agents pin and start from; later roots must be signed by it."""
+    sigstore_trusted_root: RepoPath | None = None
+    """sigstore trusted root (trusted_root.json) for verifying keyless release signatures offline; default:
+    the production root that the sigstore package ships."""
 
 
 class Intervals(SpecModel):
