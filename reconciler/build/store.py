@@ -154,6 +154,18 @@ class ArtifactStore:
             raise StoreError(f"no artifact {artifact_id}")
         return json.loads(self.read_blob(record.manifest))
 
+    def export(self, artifact_id: str, directory: Path) -> Path:
+        """Copy an artifact's files, each checked against its digest, into a new ``directory`` (for signing
+        and serving). Copies, not links: whatever happens to the folder never reaches the store."""
+        record = self.get_artifact(artifact_id)
+        if record is None:
+            raise StoreError(f"no artifact {artifact_id}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=False)
+        for name, digest in sorted(record.files.items()):
+            (directory / name).write_bytes(self.read_blob(digest))
+        return directory
+
     # --- build cache ---------------------------------------------------------------------------------
 
     def lookup_build(self, key: str) -> ArtifactRecord | None:

@@ -15,6 +15,7 @@ from reconciler.spec.schema import export_schemas
 
 from .build import build
 from .overview import print_overview, summary_line
+from .trust import export, keys, sign, verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,6 +72,8 @@ def demo(repo: str) -> None:
 
 
 main.add_command(build)
+for command in (keys, sign, verify, export):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

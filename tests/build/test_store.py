@@ -108,3 +108,19 @@ def test_kill_at_any_moment_leaves_no_partial_artifact(tmp_path: Path):
         for blob in (root / "blobs" / "sha256").iterdir():  # blobs in place are complete, whatever happened
             assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
     assert completed < 12, "every writer finished before the kill: the test did not test anything"
+
+
+def test_export_copies_verified_files_into_a_new_folder(tmp_path: Path):
+    store = ArtifactStore(tmp_path / "store")
+    store.add_artifact(A_ID, {"model.onnx": b"weights", "manifest.json": b"{}"}, "manifest.json")
+    out = store.export(A_ID, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"model.onnx": b"weights", "manifest.json": b"{}"}
+    (out / "model.onnx").write_bytes(b"edited")  # a copy: the store keeps its bytes
+    assert store.read_blob(store.get_artifact(A_ID).files["model.onnx"]) == b"weights"
+    with pytest.raises(FileExistsError):
+        store.export(A_ID, tmp_path / "out")
+    with pytest.raises(StoreError, match="no artifact"):
+        store.export(B_ID, tmp_path / "other")
+    store.blob_path(store.get_artifact(A_ID).files["model.onnx"]).write_bytes(b"rot")
+    with pytest.raises(StoreError, match="corrupt"):
+        store.export(A_ID, tmp_path / "third")
