@@ -1,1 +1,5 @@
-"""Desired state per device from specs + inventory, and diffs for pull requests. Pure: no I/O."""
+"""Planning: pure functions from specs and inventory to desired state (no I/O)."""
+
+from .desired import BUCKETS, Desired, Device, Plan, PlanProblem, RolloutPosition, bucket, plan
+
+__all__ = ["BUCKETS", "Desired", "Device", "Plan", "PlanProblem", "RolloutPosition", "bucket", "plan"]

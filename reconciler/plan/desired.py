@@ -1,0 +1,161 @@
+"""Desired state: for every device and model, the version and artifact it should run.
+
+Pure (no I/O): specs, an inventory of devices (name + labels), where each rollout stands, and the
+artifacts known to exist go in; a :class:`Plan` comes out. Who calls it: the controller on every reconcile,
+``edgectl plan`` for pull requests, and benchmarks (100,000 devices must plan well under a second).
+
+Rules:
+
+- a device's hardware profile is the one profile whose selector matches its labels (none or several: a
+  plan problem for that device, which then gets nothing new);
+- a rollout targets the devices of its groups; a targeted device is *in* the rollout when its bucket is
+  below the rollout's current percent. The bucket is a stable hash of rollout name and device name in
+  [0, 100): the same device always lands in the same place, so raising the percent only adds devices, and
+  the result does not depend on the order of the inventory;
+- a device in a rollout wants the rollout's version; a targeted device not (yet) in it, or every device of
+  an aborted rollout, wants the rollout's *stable* version (what the fleet ran before);
+- two active rollouts that claim the same device for the same model: a plan problem for the device (the
+  spec cross-check already refuses overlapping groups; labels can still overlap at run time).
+
+Selectors are evaluated once per distinct combination of the label values any selector reads, not once
+per device: fleets have many devices and few distinct label combinations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from reconciler.spec import FleetTree
+from reconciler.spec.types import LabelSelector
+
+BUCKETS = 10_000
+"""Percent resolution: buckets of 0.01 %."""
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RolloutPosition:
+    """Where a rollout stands: its current cumulative percent and the version the fleet falls back to."""
+
+    percent: int
+    stable_version: str | None = None
+    aborted: bool = False
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What one device should run for one model, and why."""
+
+    device: str
+    model: str
+    version: str
+    profile: str
+    rollout: str
+    artifact: str | None
+    """Artifact id when the build exists; None while it is being built (the device waits)."""
+    in_rollout: bool
+    """True: the rollout's new version; False: its stable version."""
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    device: str
+    message: str
+    model: str | None = None
+
+
+@dataclass
+class Plan:
+    desired: dict[tuple[str, str], Desired] = field(default_factory=dict)
+    """(device, model) -> what it should run."""
+    problems: list[PlanProblem] = field(default_factory=list)
+    profiles: dict[str, str] = field(default_factory=dict)
+    """device -> hardware profile, for devices with exactly one."""
+
+    def for_rollout(self, rollout: str) -> list[Desired]:
+        return [d for d in self.desired.values() if d.rollout == rollout]
+
+
+def bucket(rollout: str, device: str) -> int:
+    """Stable bucket in [0, BUCKETS): a device is in a rollout at ``percent`` when bucket < percent * 100."""
+    digest = hashlib.blake2b(f"{rollout}\x00{device}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def plan(
+    tree: FleetTree,
+    devices: Iterable[Device],
+    positions: Mapping[str, RolloutPosition] | None = None,
+    artifacts: Mapping[tuple[str, str, str], str] | None = None,
+) -> Plan:
+    """Desired state of every device for every model an active rollout delivers.
+
+    ``positions``: rollout name -> where it stands (default: its first step, no stable version).
+    ``artifacts``: (model, version, profile) -> artifact id of a finished build.
+    """
+    positions = positions or {}
+    artifacts = artifacts or {}
+    result = Plan()
+    rollouts = []
+    for name, rollout in sorted(tree.rollouts.items()):
+        if not rollout.active:
+            continue
+        spec = rollout.spec
+        position = positions.get(name) or RolloutPosition(spec.steps[0].percent)
+        model = tree.models.get(spec.model)
+        recipes = frozenset(r.profile for r in model.spec.recipes) if model else frozenset()
+        groups = [tree.groups[g].spec.selector for g in spec.groups if g in tree.groups]
+        threshold = 0 if position.aborted else position.percent * (BUCKETS // 100)
+        rollouts.append((name, spec.model, spec.version, groups, threshold, recipes, position.stable_version))
+    profiles = sorted(tree.profiles.items())
+    # Every selector reads a few label keys; devices that agree on those keys get the same answers.
+    keys = sorted(
+        {k for _, p in profiles for k in _keys(p.spec.selector)} | {k for r in rollouts for g in r[3] for k in _keys(g)}
+    )
+    memo: dict[tuple[str | None, ...], tuple[list[str], list[tuple]]] = {}
+    claimed: dict[tuple[str, str], str] = {}
+
+    for device in devices:
+        labels = device.labels
+        signature = tuple(map(labels.get, keys))
+        entry = memo.get(signature)
+        if entry is None:
+            matched = [name for name, p in profiles if p.spec.selector.matches(labels)]
+            targeting = [r for r in rollouts if any(g.matches(labels) for g in r[3])]
+            entry = memo[signature] = (matched, targeting)
+        matched, targeting = entry
+        if len(matched) != 1:
+            if targeting:
+                what = "no device profile matches" if not matched else f"several profiles match ({', '.join(matched)})"
+                result.problems.append(PlanProblem(device.name, f"{what} its labels"))
+            continue
+        profile = matched[0]
+        result.profiles[device.name] = profile
+        for name, model, version, _, threshold, recipes, stable in targeting:
+            key = (device.name, model)
+            first = claimed.setdefault(key, name)
+            if first != name:
+                result.problems.append(PlanProblem(device.name, f"rollouts {first} and {name} both target it", model))
+                continue
+            if profile not in recipes:
+                result.problems.append(PlanProblem(device.name, f"model {model} has no recipe for {profile}", model))
+                continue
+            inside = threshold > 0 and bucket(name, device.name) < threshold
+            wanted = version if inside else stable
+            if wanted is None:
+                continue  # not reached yet, and nothing ran before: leave the device alone
+            result.desired[key] = Desired(
+                device.name, model, wanted, profile, name, artifacts.get((model, wanted, profile)), inside
+            )
+    return result
+
+
+def _keys(selector: LabelSelector) -> set[str]:
+    return set(selector.match_labels) | {req.key for req in selector.match_expressions}

@@ -1,0 +1,123 @@
+"""Desired state from specs and inventory: stable buckets, monotonic steps, order independence, and
+plan problems reported per device instead of crashes."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from reconciler.gitops.files import read_fleet_dir
+from reconciler.plan import Device, RolloutPosition, bucket, plan
+from reconciler.spec import FleetTree, SourceFile, load_fleet
+
+FACTORY = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east"}
+CORTEX = {"edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}
+CORAL = {"edgereconciler.io/hardware": "coral-edgetpu"}
+
+
+@pytest.fixture(scope="module")
+def tree() -> FleetTree:
+    return load_fleet(read_fleet_dir(Path(__file__).resolve().parents[2] / "fleet-example"))
+
+
+def factory_devices(n: int, hardware: dict[str, str] = CORTEX) -> list[Device]:
+    return [Device(f"factory-{i:04d}", {**FACTORY, **hardware}) for i in range(n)]
+
+
+def on_new_version(result, rollout: str) -> set[str]:
+    return {d.device for d in result.for_rollout(rollout) if d.in_rollout}
+
+
+def test_buckets_are_stable_and_spread(tree: FleetTree):
+    assert bucket("r", "d1") == bucket("r", "d1")
+    assert bucket("r", "d1") != bucket("other", "d1") or bucket("r", "d2") != bucket("other", "d2")
+    devices = factory_devices(4000)
+    result = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(25, "1.0.0")})
+    share = len(on_new_version(result, "vibration-anomaly-2")) / len(devices)
+    assert 0.22 < share < 0.28
+
+
+def test_raising_the_percent_only_adds_devices(tree: FleetTree):
+    devices = factory_devices(1000)
+    previous: set[str] = set()
+    for percent in (5, 10, 25, 50, 100):
+        result = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(percent, "1.0.0")})
+        current = on_new_version(result, "vibration-anomaly-2")
+        assert previous <= current
+        previous = current
+    assert len(previous) == 1000
+
+
+def test_the_plan_does_not_depend_on_inventory_order(tree: FleetTree):
+    devices = factory_devices(500) + factory_devices(300, CORAL)[::-1]
+    devices = [Device(f"{d.name}-{i}", d.labels) for i, d in enumerate(devices)]
+    shuffled = devices[:]
+    random.Random(3).shuffle(shuffled)
+    positions = {"vibration-anomaly-2": RolloutPosition(50, "1.0.0")}
+    assert plan(tree, devices, positions).desired == plan(tree, shuffled, positions).desired
+
+
+def test_devices_outside_the_step_keep_the_stable_version_and_artifacts_are_attached(tree: FleetTree):
+    devices = factory_devices(200) + factory_devices(100, CORAL)
+    devices = [Device(f"{d.name}-{i}", d.labels) for i, d in enumerate(devices)]
+    artifacts = {("vibration-anomaly", "2.0.0", "arm-cortex-a-cpu"): "a" * 64,
+                 ("vibration-anomaly", "1.0.0", "coral-npu"): "b" * 64}  # fmt: skip
+    result = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(10, "1.0.0")}, artifacts)
+    assert len(result.desired) == 300
+    for desired in result.desired.values():
+        assert desired.version == ("2.0.0" if desired.in_rollout else "1.0.0")
+        assert desired.artifact == artifacts.get((desired.model, desired.version, desired.profile))
+    assert result.profiles["factory-0000-0"] == "arm-cortex-a-cpu"
+
+
+def test_without_a_stable_version_devices_outside_the_step_get_nothing(tree: FleetTree):
+    result = plan(tree, factory_devices(400), {"vibration-anomaly-2": RolloutPosition(10)})
+    assert result.desired and all(d.in_rollout for d in result.desired.values())
+    assert len(result.desired) < 80
+
+
+def test_an_aborted_rollout_returns_everyone_to_the_stable_version(tree: FleetTree):
+    result = plan(tree, factory_devices(300), {"vibration-anomaly-2": RolloutPosition(50, "1.0.0", aborted=True)})
+    assert {d.version for d in result.desired.values()} == {"1.0.0"}
+    assert len(result.desired) == 300
+
+
+def test_devices_of_no_targeted_group_are_not_planned(tree: FleetTree):
+    office = Device("office-1", {**CORTEX, "acme.example/site-type": "office"})
+    decommissioned = Device("factory-x", {**FACTORY, **CORTEX, "acme.example/decommissioned": "2026"})
+    result = plan(tree, [office, decommissioned], {"vibration-anomaly-2": RolloutPosition(100, "1.0.0")})
+    assert result.desired == {} and result.problems == []
+
+
+def test_profile_problems_are_reported_per_device(tree: FleetTree):
+    unknown_hardware = Device("factory-odd", {**FACTORY, "edgereconciler.io/hardware": "abacus"})
+    result = plan(tree, [unknown_hardware, *factory_devices(3)], {"vibration-anomaly-2": RolloutPosition(100)})
+    assert [(p.device, p.message) for p in result.problems] == [("factory-odd", "no device profile matches its labels")]
+    assert len(result.desired) == 3
+
+
+def test_a_device_two_rollouts_claim_is_a_problem_not_a_crash(tree: FleetTree):
+    text = (Path(__file__).resolve().parents[2] / "fleet-example" / "rollouts" / "vibration-anomaly-2.yaml").read_text()
+    # A second rollout of the same model on an overlapping group, with labels that only overlap at run time.
+    second = text.replace("name: vibration-anomaly-2", "name: vibration-anomaly-2-night").replace(
+        "groups: [us-factories]", "groups: [night-shift]"
+    )
+    group = """apiVersion: edgereconciler.io/v1alpha1
+kind: DeviceGroup
+metadata: {name: night-shift}
+spec: {selector: {matchLabels: {acme.example/shift: night}}}
+"""
+    base = read_fleet_dir(Path(__file__).resolve().parents[2] / "fleet-example")
+    tree2 = load_fleet(
+        [*base, SourceFile("rollouts/night.yaml", second.encode()), SourceFile("g.yaml", group.encode())]
+    )
+    both = Device("factory-both", {**FACTORY, **CORTEX, "acme.example/shift": "night"})
+    result = plan(tree2, [both], {})  # first steps, nothing ran before: a conflict all the same
+    assert result.desired == {}
+    assert [p.device for p in result.problems] == ["factory-both"]
+    result = plan(tree2, [both], {r: RolloutPosition(100) for r in tree2.rollouts})
+    assert len(result.desired) == 1
+    [problem] = result.problems
+    assert problem.device == "factory-both" and "both target it" in problem.message
