@@ -64,7 +64,7 @@ def devices(n: int) -> list[Device]:
                 "ring": rng.choice(["canary", "main"]),
                 "kubernetes.io/hostname": f"edge-{i:06d}",
             },
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
 
@@ -86,9 +86,8 @@ def main() -> None:
 
     inside = sum(1 for d in result.desired.values() if d.in_rollout)
     print(f"{count} devices, {len(tree.groups)} groups, {len(tree.rollouts)} rollouts, {len(tree.profiles)} profiles")
-    print(
-        f"  plan                        {plan_s:.3f} s  ({len(result.desired)} assignments, {inside} on the new version)"
-    )
+    planned = f"{len(result.desired)} assignments, {inside} on the new version"
+    print(f"  plan                        {plan_s:.3f} s  ({planned})")
     print(f"  naive selector pass         {naive_s:.3f} s  ({naive} group matches)")
     print(f"  ratio naive/plan            {naive_s / plan_s:.2f}x")
 
