@@ -1,3 +1,21 @@
 """Kubernetes access (inventory, CRDs, server-side apply, status) and the local embedded backend.
 
-The only package that imports the Kubernetes client."""
+The only package that imports the Kubernetes client; ``kubernetes`` is imported lazily through
+:func:`kubernetes_backend` so that local-only processes do not pay for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .backend import FIELD_MANAGER, AssignmentStatus, Backend, ClusterError
+from .local import LocalBackend
+
+
+def kubernetes_backend(kubeconfig: Path | None, namespace: str = "edge-system", node_selector: str | None = None):
+    """A ``KubernetesBackend`` from a kubeconfig (None: in-cluster credentials)."""
+    from .kubernetes import KubernetesBackend, api_client
+
+    return KubernetesBackend(api_client(kubeconfig), namespace, node_selector)
+
+
+__all__ = ["FIELD_MANAGER", "AssignmentStatus", "Backend", "ClusterError", "LocalBackend", "kubernetes_backend"]

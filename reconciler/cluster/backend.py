@@ -1,0 +1,97 @@
+"""What every backend offers the controller and the agents: inventory, assignments, their status.
+
+Two implementations share this interface and its tests: ``KubernetesBackend`` (devices are Nodes,
+assignments are ``ModelAssignment`` custom objects) and ``LocalBackend`` (SQLite in a state directory, the
+embedded default that needs no cluster). The controller writes assignment *specs*; agents write their
+*status*. Both count their writes, so "a reconcile that changes nothing writes nothing" is checkable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from reconciler.plan import Desired, Device
+
+FIELD_MANAGER = "edge-reconciler"
+
+
+class ClusterError(Exception):
+    """A backend call failed. ``temporary`` says whether retrying later may help (network, conflicts)."""
+
+    def __init__(self, message: str, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+@dataclass(frozen=True)
+class AssignmentStatus:
+    """What an agent reports for one model on its device."""
+
+    phase: str = "Pending"
+    """Pending, Downloading, Verifying, Installing, Testing, Healthy, Failed, RolledBack."""
+    installed_version: str | None = None
+    previous_version: str | None = None
+    message: str = ""
+    reason: str = ""
+    last_seen: str | None = None
+    """RFC 3339 time of the agent's last report."""
+    observed_generation: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Anything else the agent reports (bytes transferred, health check figures)."""
+
+    def to_json(self) -> dict[str, Any]:
+        body = {_camel(k): v for k, v in asdict(self).items() if k != "extra" and v not in (None, "")}
+        return {**body, **dict(self.extra)}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any] | None) -> AssignmentStatus:
+        body = dict(body or {})
+        known = {f: body.pop(_camel(f)) for f in cls.__dataclass_fields__ if f != "extra" and _camel(f) in body}
+        return cls(**known, extra=body)
+
+
+def spec_to_json(desired: Desired) -> dict[str, Any]:
+    body = {_camel(k): v for k, v in asdict(desired).items()}
+    if body["artifact"] is None:
+        del body["artifact"]
+    return body
+
+
+def spec_from_json(body: Mapping[str, Any]) -> Desired:
+    return Desired(
+        device=body["device"], model=body["model"], version=body["version"], profile=body["profile"],
+        rollout=body["rollout"], artifact=body.get("artifact"), in_rollout=bool(body.get("inRollout")),
+    )  # fmt: skip
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class Backend(Protocol):
+    writes: int
+    """Write requests sent so far (creates, applies, deletes, status updates)."""
+
+    def sync(self) -> None:
+        """Bring the view of devices and assignments up to date (a no-op while watches keep it current)."""
+
+    def devices(self) -> list[Device]: ...
+
+    def assignments(self) -> dict[tuple[str, str], Desired]:
+        """(device, model) -> the spec last written."""
+        ...
+
+    def statuses(self) -> dict[tuple[str, str], AssignmentStatus]: ...
+
+    def apply(self, desired: Iterable[Desired]) -> int:
+        """Write these specs (create or update); returns how many were written."""
+        ...
+
+    def delete(self, keys: Iterable[tuple[str, str]]) -> int: ...
+
+    def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
+        """An agent's report for its own assignment."""
+        ...

@@ -1,0 +1,271 @@
+"""The Kubernetes backend: devices are Nodes (their labels are the inventory), assignments are
+``ModelAssignment`` objects in one namespace.
+
+Who calls it: the controller (``edgectl run --backend kubernetes``) and agents on K3s nodes. Reads come
+from a cache that watches keep current (one LIST, then a WATCH per kind, re-listed when the server says the
+resource version is gone), so a reconcile costs no requests; without watches ``sync()`` LISTs once. Specs
+are written with server-side apply under field manager ``edge-reconciler``, only for assignments that
+changed, several at a time. Client errors are wrapped in :class:`ClusterError` with the cause chained.
+
+A note on this API server generation: a server-side apply that breaks the CRD schema is answered 500
+("failed to create typed patch object") where a create gets 422; neither is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+from reconciler.plan import Desired, Device
+
+from .backend import FIELD_MANAGER, AssignmentStatus, ClusterError, spec_from_json, spec_to_json
+from .crd import CRD_NAME, GROUP, KIND, MODEL_ASSIGNMENT_CRD, PLURAL, VERSION, assignment_name
+
+log = logging.getLogger(__name__)
+APPLY_WORKERS = 8
+
+
+def api_client(kubeconfig: Path | None) -> client.ApiClient:
+    """From a kubeconfig file, or the in-cluster service account when none is given."""
+    try:
+        if kubeconfig is not None:
+            return config.new_client_from_config(str(kubeconfig))
+        config.load_incluster_config()
+        return client.ApiClient()
+    except (config.ConfigException, OSError) as exc:
+        raise ClusterError(f"no Kubernetes credentials: {exc}", temporary=False) from exc
+
+
+class KubernetesBackend:
+    def __init__(self, api: client.ApiClient, namespace: str = "edge-system", node_selector: str | None = None) -> None:
+        """``node_selector``: a label selector for the Nodes that are edge devices (default: every Node)."""
+        self.api = api
+        self.namespace = namespace
+        self.node_selector = node_selector
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.writes = 0
+        self._lock = threading.Lock()
+        self._nodes: dict[str, Device] = {}
+        self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._watching = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- setup -------------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Create (or update) the CRD and the namespace; wait until the CRD serves."""
+        extensions = client.ApiextensionsV1Api(self.api)
+        with _wrapped("install the ModelAssignment CRD"):
+            extensions.patch_custom_resource_definition(
+                CRD_NAME, MODEL_ASSIGNMENT_CRD, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml",
+            )  # fmt: skip
+            namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+            self.core.patch_namespace(
+                self.namespace, namespace, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml",
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            crd = extensions.read_custom_resource_definition(CRD_NAME)
+            if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
+                return
+            time.sleep(0.1)
+        raise ClusterError(f"CRD {CRD_NAME} did not become Established in 30 s")
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        if self._watching.is_set():
+            return
+        self._list_nodes()
+        self._list_assignments()
+
+    def devices(self) -> list[Device]:
+        with self._lock:
+            return sorted(self._nodes.values(), key=lambda d: d.name)
+
+    def assignments(self) -> dict[tuple[str, str], Desired]:
+        with self._lock:
+            return {key: spec_from_json(obj["spec"]) for key, obj in self._objects.items()}
+
+    def statuses(self) -> dict[tuple[str, str], AssignmentStatus]:
+        with self._lock:
+            return {key: AssignmentStatus.from_json(obj.get("status")) for key, obj in self._objects.items()}
+
+    def assignment_object(self, device: str, model: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get((device, model))
+
+    def _list_nodes(self) -> str:
+        with _wrapped("list nodes"):
+            nodes = self.core.list_node(label_selector=self.node_selector)
+        with self._lock:
+            self._nodes = {n.metadata.name: Device(n.metadata.name, dict(n.metadata.labels or {})) for n in nodes.items}
+        return nodes.metadata.resource_version
+
+    def _list_assignments(self) -> str:
+        with _wrapped("list ModelAssignments"):
+            listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        with self._lock:
+            self._objects = {_key(obj): obj for obj in listing["items"]}
+        return listing["metadata"]["resourceVersion"]
+
+    # --- watches -----------------------------------------------------------------------------------
+
+    def start_watches(self) -> None:
+        """Keep the cache current from WATCH streams (threads); ``sync()`` becomes free."""
+        self._stop.clear()
+        # List first, here: when this returns, the cache is complete and the watches continue from it.
+        versions = (self._list_nodes(), self._list_assignments())
+        for target, version in zip((self._watch_nodes, self._watch_assignments), versions, strict=True):
+            thread = threading.Thread(target=target, args=(version,), daemon=True, name=target.__name__)
+            thread.start()
+            self._threads.append(thread)
+        self._watching.set()
+
+    def stop_watches(self) -> None:
+        self._stop.set()
+        self._watching.clear()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+
+    def _watch_nodes(self, version: str) -> None:
+        def apply_event(kind: str, node: Any) -> None:
+            with self._lock:
+                if kind == "DELETED":
+                    self._nodes.pop(node.metadata.name, None)
+                else:
+                    self._nodes[node.metadata.name] = Device(node.metadata.name, dict(node.metadata.labels or {}))
+
+        args = {"label_selector": self.node_selector} if self.node_selector else {}
+        self._watch_loop(version, self._list_nodes, self.core.list_node, args, apply_event, "nodes")
+
+    def _watch_assignments(self, version: str) -> None:
+        def apply_event(kind: str, obj: dict[str, Any]) -> None:
+            with self._lock:
+                if kind == "DELETED":
+                    self._objects.pop(_key(obj), None)
+                else:
+                    self._objects[_key(obj)] = obj
+
+        args = {"group": GROUP, "version": VERSION, "namespace": self.namespace, "plural": PLURAL}
+        self._watch_loop(
+            version, self._list_assignments, self.custom.list_namespaced_custom_object, args, apply_event, "assignments"
+        )
+
+    def _watch_loop(self, version: str | None, relist, list_call, args: dict, apply_event, what: str) -> None:
+        while not self._stop.is_set():
+            try:
+                version = version or relist()
+                stream = watch.Watch()
+                for event in stream.stream(list_call, resource_version=version, timeout_seconds=5, **args):
+                    if self._stop.is_set():
+                        stream.stop()
+                        return
+                    obj = event["object"]
+                    meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+                    version = meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
+                    apply_event(event["type"], obj)
+            except ApiException as exc:
+                if exc.status == 410:  # resource version too old: list again
+                    version = None
+                    continue
+                log.warning("watch %s: %s; retrying", what, exc.reason)
+                self._stop.wait(1)
+            except Exception as exc:  # connection drops: the stream ends, the loop resumes from `version`
+                log.warning("watch %s: %s; retrying", what, exc)
+                self._stop.wait(1)
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    def apply(self, desired: Iterable[Desired]) -> int:
+        specs = list(desired)
+        if not specs:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(APPLY_WORKERS, len(specs))) as pool:
+            results = list(pool.map(self._apply_one, specs))
+        with self._lock:
+            for obj in results:
+                self._objects[_key(obj)] = obj
+        return len(results)
+
+    def _apply_one(self, spec: Desired) -> dict[str, Any]:
+        name = assignment_name(spec.device, spec.model)
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {
+                "name": name,
+                "labels": {
+                    f"{GROUP}/device": spec.device, f"{GROUP}/model": spec.model, f"{GROUP}/rollout": spec.rollout,
+                },
+            },
+            "spec": spec_to_json(spec),
+        }  # fmt: skip
+        with _wrapped(f"apply ModelAssignment {name}"):
+            # Raw response: this client deserializes 200 only, and an apply that creates answers 201.
+            response = self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, body, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml", _preload_content=False,
+            )  # fmt: skip
+        with self._lock:
+            self.writes += 1
+        return json.loads(response.data)
+
+    def delete(self, keys: Iterable[tuple[str, str]]) -> int:
+        removed = 0
+        for device, model in keys:
+            name = assignment_name(device, model)
+            try:
+                self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise ClusterError(f"delete ModelAssignment {name}: {exc.status} {exc.reason}") from exc
+            with self._lock:
+                self.writes += 1
+                self._objects.pop((device, model), None)
+            removed += 1
+        return removed
+
+    def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
+        body = status.to_json()
+        body.setdefault("lastSeen", datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
+        name = assignment_name(device, model)
+        with _wrapped(f"update the status of ModelAssignment {name}"):
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, name, {"status": body}
+            )
+        with self._lock:
+            self.writes += 1
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["spec"]["device"], obj["spec"]["model"]
+
+
+@contextmanager
+def _wrapped(action: str) -> Iterator[None]:
+    """The client's exceptions become ClusterError; 4xx other than 409/429 are permanent (retrying won't help)."""
+    try:
+        yield
+    except ApiException as exc:
+        temporary = exc.status in (409, 429) or (exc.status or 500) >= 500
+        raise ClusterError(f"{action}: {exc.status} {exc.reason}", temporary=temporary) from exc
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        raise ClusterError(f"{action}: {exc}") from exc

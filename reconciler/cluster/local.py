@@ -1,0 +1,144 @@
+"""The local backend: inventory and assignments in SQLite under a state directory, no Kubernetes needed.
+
+Who calls it: the controller and the agents of the embedded default (``edgectl demo``, ``edgectl run
+--backend local``), and tests. Several processes share one database file: SQLite's WAL mode lets agents
+report while the controller reads, and every write is one short transaction. Specs carry a generation
+that rises with every change, as Kubernetes' ``metadata.generation`` does, so an agent's report says which
+spec it acted on.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reconciler.plan import Desired, Device
+
+from .backend import AssignmentStatus, ClusterError, spec_from_json, spec_to_json
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    name TEXT PRIMARY KEY,
+    labels TEXT NOT NULL,
+    last_seen TEXT
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    device TEXT NOT NULL,
+    model TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    status TEXT,
+    PRIMARY KEY (device, model)
+);
+"""
+
+
+class LocalBackend:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / "fleet.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writes = 0
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- inventory ---------------------------------------------------------------------------------
+
+    def register_device(self, name: str, labels: Mapping[str, str]) -> None:
+        """Add or relabel a device (what joining a K3s cluster with node labels is on Kubernetes)."""
+        self._write(
+            "INSERT INTO devices (name, labels) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET labels = excluded.labels",
+            (name, json.dumps(dict(labels), sort_keys=True)),
+        )
+
+    def remove_device(self, name: str) -> None:
+        self._write("DELETE FROM devices WHERE name = ?", (name,))
+
+    def sync(self) -> None:
+        """Reads go to the database every time: nothing to refresh."""
+
+    def devices(self) -> list[Device]:
+        rows = self._read("SELECT name, labels FROM devices ORDER BY name")
+        return [Device(name, json.loads(labels)) for name, labels in rows]
+
+    # --- assignments -------------------------------------------------------------------------------
+
+    def assignments(self) -> dict[tuple[str, str], Desired]:
+        rows = self._read("SELECT device, model, spec FROM assignments")
+        return {(device, model): spec_from_json(json.loads(spec)) for device, model, spec in rows}
+
+    def assignment(self, device: str, model: str) -> tuple[Desired, int] | None:
+        """One spec and its generation (for agents)."""
+        rows = self._read("SELECT spec, generation FROM assignments WHERE device = ? AND model = ?", (device, model))
+        return (spec_from_json(json.loads(rows[0][0])), rows[0][1]) if rows else None
+
+    def assignments_for(self, device: str) -> dict[str, tuple[Desired, int]]:
+        rows = self._read("SELECT model, spec, generation FROM assignments WHERE device = ?", (device,))
+        return {model: (spec_from_json(json.loads(spec)), generation) for model, spec, generation in rows}
+
+    def statuses(self) -> dict[tuple[str, str], AssignmentStatus]:
+        rows = self._read("SELECT device, model, status FROM assignments WHERE status IS NOT NULL")
+        return {(d, m): AssignmentStatus.from_json(json.loads(s)) for d, m, s in rows}
+
+    def apply(self, desired: Iterable[Desired]) -> int:
+        written = 0
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for spec in desired:
+                    body = json.dumps(spec_to_json(spec), sort_keys=True)
+                    cursor = self._db.execute(
+                        "INSERT INTO assignments (device, model, spec, generation) VALUES (?, ?, ?, 1) "
+                        "ON CONFLICT(device, model) DO UPDATE SET spec = excluded.spec, "
+                        "generation = generation + 1 WHERE spec != excluded.spec",
+                        (spec.device, spec.model, body),
+                    )
+                    written += cursor.rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise ClusterError(f"local backend {self.path}: {exc}") from exc
+        self.writes += written
+        return written
+
+    def delete(self, keys: Iterable[tuple[str, str]]) -> int:
+        removed = 0
+        for device, model in keys:
+            removed += self._write("DELETE FROM assignments WHERE device = ? AND model = ?", (device, model))
+        return removed
+
+    def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
+        body = status.to_json()
+        body.setdefault("lastSeen", datetime.now(UTC).isoformat(timespec="seconds"))
+        self._write(
+            "UPDATE assignments SET status = ? WHERE device = ? AND model = ?",
+            (json.dumps(body, sort_keys=True), device, model),
+        )
+        self._write("UPDATE devices SET last_seen = ? WHERE name = ?", (body["lastSeen"], device))
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise ClusterError(f"local backend {self.path}: {exc}") from exc
+
+    def _write(self, sql: str, args: tuple) -> int:
+        with self._lock:
+            try:
+                count = self._db.execute(sql, args).rowcount
+            except sqlite3.Error as exc:
+                raise ClusterError(f"local backend {self.path}: {exc}") from exc
+        self.writes += count
+        return count
