@@ -17,6 +17,8 @@ KIND = "ModelAssignment"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 _STRING = {"type": "string"}
+PHASES = ("Pending", "Downloading", "Verifying", "Installing", "Testing", "Healthy", "Failed", "RolledBack")
+"""An assignment's phases as agents report them; only Healthy counts as a success for a rollout."""
 
 MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -69,19 +71,7 @@ MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
                                 "type": "object",
                                 "x-kubernetes-preserve-unknown-fields": True,
                                 "properties": {
-                                    "phase": {
-                                        "type": "string",
-                                        "enum": [
-                                            "Pending",
-                                            "Downloading",
-                                            "Verifying",
-                                            "Installing",
-                                            "Testing",
-                                            "Healthy",
-                                            "Failed",
-                                            "RolledBack",
-                                        ],
-                                    },  # fmt: skip
+                                    "phase": {"type": "string", "enum": list(PHASES)},
                                     "installedVersion": _STRING,
                                     "previousVersion": _STRING,
                                     "message": _STRING,
