@@ -1,0 +1,197 @@
+"""The fleet repo as the controller sees it: a bare clone, fetched on demand, read at exact commits.
+
+Who calls it: the controller loop (fetch, files at the head), the status writer (commits on top of the
+head), ``edgectl plan`` (files at two refs). Nothing is checked out: specs are read from the commit's tree,
+so what is applied is exactly what the commit says, never a half-updated working directory.
+
+URLs: ``file://``, plain paths, ``git://``, ``https://`` (token or user/password) and ``ssh://`` /
+``user@host:path`` (key file). Credentials come from files or the environment and are never logged; every
+error message names the URL without its userinfo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from reconciler.spec import Limits, SourceFile
+
+from .files import SPEC_SUFFIXES
+
+
+class GitError(Exception):
+    """Fetching, reading or pushing the fleet repo failed. ``temporary`` says whether a retry may help."""
+
+    def __init__(self, message: str, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to authenticate to the remote. Values are read when needed, never stored in logs or status."""
+
+    username: str = "git"
+    password_file: Path | None = None
+    """HTTPS: a token or password in a file."""
+    ssh_key: Path | None = None
+    """SSH: a private key file (its .pub beside it is used when present)."""
+
+    @classmethod
+    def from_env(cls) -> Credentials | None:
+        """EDGE_RECONCILER_GIT_USERNAME, EDGE_RECONCILER_GIT_PASSWORD_FILE, EDGE_RECONCILER_GIT_SSH_KEY."""
+        password, key = (
+            os.environ.get("EDGE_RECONCILER_GIT_PASSWORD_FILE"),
+            os.environ.get("EDGE_RECONCILER_GIT_SSH_KEY"),
+        )
+        if not password and not key:
+            return None
+        return cls(
+            os.environ.get("EDGE_RECONCILER_GIT_USERNAME", "git"),
+            Path(password) if password else None,
+            Path(key) if key else None,
+        )
+
+    def callbacks(self) -> pygit2.RemoteCallbacks:
+        creds = self
+
+        class _Callbacks(pygit2.RemoteCallbacks):
+            def credentials(self, url, username_from_url, allowed_types):
+                if allowed_types & pygit2.enums.CredentialType.SSH_KEY and creds.ssh_key:
+                    public = Path(f"{creds.ssh_key}.pub")
+                    return pygit2.Keypair(username_from_url or creds.username,
+                                          str(public) if public.exists() else None, str(creds.ssh_key), "")  # fmt: skip
+                if allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT and creds.password_file:
+                    return pygit2.UserPass(creds.username, creds.password_file.read_text().strip())
+                return None
+
+        return _Callbacks()
+
+
+def redact(url: str) -> str:
+    """The URL without userinfo: ``https://user:token@host/x`` -> ``https://host/x``."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^@/]+@", r"\1", url)
+
+
+class GitSource:
+    def __init__(
+        self,
+        url: str,
+        workdir: Path,
+        branch: str = "main",
+        credentials: Credentials | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.url = url
+        self.workdir = Path(workdir)
+        self.branch = branch
+        self.credentials = credentials
+        self.limits = limits or Limits()
+        self._repo: pygit2.Repository | None = None
+
+    @property
+    def remote_ref(self) -> str:
+        return f"refs/remotes/origin/{self.branch}"
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        if self._repo is None:
+            if (self.workdir / "HEAD").exists():
+                self._repo = pygit2.Repository(str(self.workdir))
+            else:
+                self.workdir.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._repo = pygit2.init_repository(str(self.workdir), bare=True)
+                    self._repo.remotes.create("origin", self.url)
+                except (pygit2.GitError, ValueError) as exc:
+                    raise GitError(f"cannot set up a clone of {redact(self.url)} in {self.workdir}: {exc}") from exc
+        return self._repo
+
+    def callbacks(self) -> pygit2.RemoteCallbacks | None:
+        return self.credentials.callbacks() if self.credentials else None
+
+    def fetch(self) -> str:
+        """Fetch the branch; returns its head commit id."""
+        refspec = f"+refs/heads/{self.branch}:{self.remote_ref}"
+        try:
+            self.repo.remotes["origin"].fetch([refspec], callbacks=self.callbacks())
+        except (pygit2.GitError, KeyError, OSError) as exc:
+            raise GitError(f"fetch {redact(self.url)}: {_one_line(exc).replace(self.url, redact(self.url))}") from exc
+        return self.head()
+
+    def head(self) -> str:
+        try:
+            return str(self.repo.references[self.remote_ref].target)
+        except KeyError:
+            raise GitError(f"{redact(self.url)} has no branch {self.branch}", temporary=False) from None
+
+    def files_at(self, commit: str, ignore: Iterable[str] = ()) -> list[SourceFile]:
+        """Every spec file of ``commit``'s tree (hidden paths and ``ignore`` prefixes skipped)."""
+        prefixes = tuple(p.rstrip("/") + "/" for p in ignore)
+        try:
+            tree = self.repo[commit].peel(pygit2.Tree)
+        except (KeyError, ValueError) as exc:
+            raise GitError(f"commit {commit} is not in the clone of {redact(self.url)}", temporary=False) from exc
+        files: list[SourceFile] = []
+        self._walk(tree, "", prefixes, files)
+        return sorted(files, key=lambda f: f.path)
+
+    def _walk(self, tree: pygit2.Tree, base: str, ignore: tuple[str, ...], out: list[SourceFile]) -> None:
+        for entry in tree:
+            path = f"{base}{entry.name}"
+            if entry.name.startswith(".") or (path + "/").startswith(ignore) or path.startswith(ignore):
+                continue
+            if entry.type_str == "tree":
+                self._walk(self.repo[entry.id], f"{path}/", ignore, out)
+            elif entry.type_str == "blob" and entry.name.endswith(SPEC_SUFFIXES):
+                blob = self.repo[entry.id]
+                if blob.size > self.limits.max_file_bytes:
+                    out.append(SourceFile(path, read_error=f"file is {blob.size} bytes, over the limit of "
+                                                           f"{self.limits.max_file_bytes}"))  # fmt: skip
+                else:
+                    out.append(SourceFile(path, blob.data))
+
+    def read_blob(self, commit: str, path: str) -> bytes | None:
+        try:
+            entry = self.repo[commit].peel(pygit2.Tree)[path]
+        except KeyError:
+            return None
+        return self.repo[entry.id].data
+
+    def changed_paths(self, old: str, new: str) -> set[str]:
+        """Paths that differ between two commits (a tree-to-tree diff, no file contents read)."""
+        diff = self.repo.diff(self.repo[old].peel(pygit2.Tree), self.repo[new].peel(pygit2.Tree))
+        return {delta.new_file.path for delta in diff.deltas} | {delta.old_file.path for delta in diff.deltas}
+
+    def verify_commit_signature(self, commit: str, allowed_signers: Path) -> str | None:
+        """None when ``commit`` carries an SSH signature by a key in ``allowed_signers`` (for its committer's
+        e-mail); otherwise the reason it does not, for status."""
+        signature, payload = self.repo[commit].gpg_signature
+        if not signature:
+            return f"commit {commit[:12]} is not signed"
+        principal = self.repo[commit].committer.email
+        with tempfile.NamedTemporaryFile(suffix=".sig") as sig:
+            sig.write(signature)
+            sig.flush()
+            result = subprocess.run(
+                ["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", "git", "-s", sig.name],
+                input=payload, capture_output=True, timeout=30, check=False,
+            )  # fmt: skip
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
+            return (
+                f"commit {commit[:12]} signature is not from an allowed signer ({detail[-1] if detail else 'refused'})"
+            )
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

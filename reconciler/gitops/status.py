@@ -1,0 +1,112 @@
+"""Commit status files to the fleet repo and push them, without losing anyone's commits.
+
+Who calls it: the controller, at most once per reconcile for status and once per rollback decision. The
+controller owns the files it writes (``status/`` by default); a commit replaces exactly those paths in the
+tree of the branch head, so the same change can be re-applied on any newer head:
+
+1. build the new tree from the current remote head with the files replaced (``None`` removes a file);
+2. if that tree equals the head's, there is nothing to commit (restart-safe: same state, no new commit);
+3. commit on top of the head and push;
+4. when the remote moved (non-fast-forward, or the server refused the update), fetch and go back to 1,
+   with exponential backoff; a refusal that persists (a hook, a protected branch) becomes a GitError that
+   names the server's message.
+
+pygit2 reports a server-side refusal only through ``RemoteCallbacks.push_update_reference``; it is
+collected there and treated as a failure, never ignored.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pygit2
+
+from .source import GitError, GitSource, redact
+
+
+@dataclass(frozen=True)
+class Author:
+    name: str = "edge-reconciler"
+    email: str = "edge-reconciler@localhost"
+
+
+@dataclass(frozen=True)
+class Pushed:
+    commit: str
+    attempts: int
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        source: GitSource,
+        author: Author | None = None,
+        attempts: int = 6,
+        backoff: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.source = source
+        self.author = author or Author()
+        self.attempts = attempts
+        self.backoff = backoff
+        self.sleep = sleep
+
+    def commit(self, files: Mapping[str, bytes | None], message: str) -> Pushed | None:
+        """Replace ``files`` on the branch head in one commit and push it; None when nothing changed."""
+        last_error = ""
+        for attempt in range(1, self.attempts + 1):
+            head = self.source.fetch()
+            repo = self.source.repo
+            parent = repo[head].peel(pygit2.Commit)
+            tree = self._tree_with(parent.tree, files)
+            if tree == parent.tree.id:
+                return None
+            signature = pygit2.Signature(self.author.name, self.author.email)
+            commit = repo.create_commit(None, signature, signature, message, tree, [parent.id])
+            refused = self._push(commit)
+            if refused is None:
+                repo.references.create(self.source.remote_ref, commit, force=True)
+                return Pushed(str(commit), attempt)
+            last_error = refused
+            if attempt < self.attempts:
+                self.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+        raise GitError(
+            f"push to {redact(self.source.url)} refused {self.attempts} times; last: {last_error}", temporary=True
+        )
+
+    def _tree_with(self, base: pygit2.Tree, files: Mapping[str, bytes | None]) -> pygit2.Oid:
+        repo = self.source.repo
+        index = pygit2.Index()
+        index.read_tree(base)
+        for path, content in sorted(files.items()):
+            if content is None:
+                if path in index:
+                    index.remove(path)
+            else:
+                index.add(pygit2.IndexEntry(path, repo.create_blob(content), pygit2.enums.FileMode.BLOB))
+        return index.write_tree(repo)
+
+    def _push(self, commit: pygit2.Oid) -> str | None:
+        """Push ``commit`` as the branch; returns why it was refused, or None."""
+        repo, branch = self.source.repo, self.source.branch
+        local = f"refs/edge-reconciler/push/{branch}"
+        repo.references.create(local, commit, force=True)
+        refusals: list[str] = []
+        base = self.source.callbacks()
+
+        class _Callbacks(pygit2.RemoteCallbacks):
+            def credentials(self, url, username_from_url, allowed_types):
+                return base.credentials(url, username_from_url, allowed_types) if base else None
+
+            def push_update_reference(self, refname, message):
+                if message is not None:
+                    refusals.append(f"{refname}: {message}")
+
+        try:
+            repo.remotes["origin"].push([f"{local}:refs/heads/{branch}"], callbacks=_Callbacks())
+        except pygit2.GitError as exc:
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else "push failed"
+        return "; ".join(refusals) or None
