@@ -180,10 +180,8 @@ class GitSource:
         with tempfile.NamedTemporaryFile(suffix=".sig") as sig:
             sig.write(signature)
             sig.flush()
-            result = subprocess.run(
-                ["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", "git", "-s", sig.name],
-                input=payload, capture_output=True, timeout=30, check=False,
-            )  # fmt: skip
+            command = ["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", "git"]
+            result = subprocess.run([*command, "-s", sig.name], input=payload, capture_output=True, timeout=30)
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
             return (
