@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .git_server import GitServer, git_server_at
+
 ROOT = Path(__file__).resolve().parent.parent
 KUBE_TEST_ENV = ROOT / "scripts" / "kube-test-env"
 FLEET_EXAMPLE = ROOT / "fleet-example"
@@ -35,3 +37,10 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture
 def fleet_example() -> Path:
     return FLEET_EXAMPLE
+
+
+@pytest.fixture
+def git_server(tmp_path: Path) -> Iterator[GitServer]:
+    """Bare repos served by a real ``git daemon`` on loopback (pushes run server hooks)."""
+    with git_server_at(tmp_path) as server:
+        yield server

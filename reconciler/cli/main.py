@@ -15,6 +15,7 @@ from reconciler.spec.schema import export_schemas
 
 from .build import build
 from .overview import print_overview, summary_line
+from .run import run
 from .trust import export, keys, sign, verify
 
 
@@ -72,7 +73,7 @@ def demo(repo: str) -> None:
 
 
 main.add_command(build)
-for command in (keys, sign, verify, export):
+for command in (keys, sign, verify, export, run):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -108,5 +108,11 @@ class StatusWriter:
         try:
             repo.remotes["origin"].push([f"{local}:refs/heads/{branch}"], callbacks=_Callbacks())
         except pygit2.GitError as exc:
-            return str(exc).strip().splitlines()[0] if str(exc).strip() else "push failed"
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else "push failed"
+            if "non-bare" in message:
+                message += " (the controller pushes status: serve the fleet repo bare, e.g. git clone --bare)"
+                raise GitError(f"push to {redact(self.source.url)}: {message}", temporary=False) from exc
+            if any(word in message.lower() for word in ("authentication", "credentials", "permission denied")):
+                raise GitError(f"push to {redact(self.source.url)}: {message}", temporary=False) from exc
+            return message  # most often the remote moved (non-fast-forward): fetch and re-apply
         return "; ".join(refusals) or None

@@ -13,7 +13,7 @@ from reconciler.gitops.source import GitError, GitSource, redact
 from reconciler.gitops.status import Author, StatusWriter
 from reconciler.spec import load_fleet
 
-from .conftest import GitServer, git
+from ..git_server import GitServer, git
 
 
 def test_specs_are_read_at_the_exact_commit_and_status_is_ignored(git_server: GitServer, tmp_path: Path):

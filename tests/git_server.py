@@ -8,12 +8,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-FLEET_EXAMPLE = Path(__file__).resolve().parents[2] / "fleet-example"
+FLEET_EXAMPLE = Path(__file__).resolve().parents[1] / "fleet-example"
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -51,8 +50,9 @@ class GitServer:
         path.chmod(0o755)
 
 
-@pytest.fixture
-def git_server(tmp_path: Path) -> Iterator[GitServer]:
+@contextmanager
+def git_server_at(tmp_path: Path) -> Iterator[GitServer]:
+    """``git daemon`` on a free loopback port, serving the bare repos under ``tmp_path/git-server``."""
     base = tmp_path / "git-server"
     base.mkdir()
     with socket.socket() as s:

@@ -1,0 +1,136 @@
+"""The controller end to end on real Git (git daemon) and the local backend: a commit becomes assignments
+and one status commit; an unchanged repo writes nothing; spec errors and unsigned heads stall without
+applying; a controller killed at random points converges with no duplicate status commits."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from reconciler.cluster import LocalBackend
+from reconciler.controller.loop import Controller, ControllerConfig
+from reconciler.plan import bucket
+
+from ..git_server import GitServer, git
+
+EDGECTL = Path(sys.executable).parent / "edgectl"
+FACTORY = {
+    "acme.example/site-type": "factory",
+    "topology.kubernetes.io/region": "us-east",
+    "edgereconciler.io/hardware": "cortex-a",
+    "kubernetes.io/arch": "arm64",
+}
+
+
+def register(state: Path, count: int) -> list[str]:
+    backend = LocalBackend(state)
+    names = [f"factory-{i:03d}" for i in range(count)]
+    for name in names:
+        backend.register_device(name, FACTORY)
+    backend.close()
+    return names
+
+
+def status_commits(git_server: GitServer, name: str = "fleet") -> list[str]:
+    log = git("log", "--format=%an|%s", "main", cwd=git_server.base / f"{name}.git").splitlines()
+    return [line for line in log if line.startswith("edge-reconciler|")]
+
+
+def test_a_commit_becomes_assignments_and_one_status_commit(git_server: GitServer, tmp_path: Path):
+    url, work = git_server.create("fleet")
+    names = register(tmp_path / "state", 100)
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), LocalBackend(tmp_path / "state"))
+    first = controller.cycle()
+    assert first.stalled is None
+    expected = {n for n in names if bucket("vibration-anomaly-2", n) < 10 * 100}
+    assert {d for d, _ in controller.backend.assignments()} == expected and first.applied == len(expected)
+    assert first.status_commit is not None
+    assert len(status_commits(git_server)) == 1
+
+    again = controller.cycle()
+    assert (again.applied, again.status_commit) == (0, None)
+    assert len(status_commits(git_server)) == 1
+
+    # A person promotes the rollout to its second step (50 %) in Git; the controller follows.
+    git("pull", "-q", "origin", "main", cwd=work)
+    status_file = work / "status" / "rollouts" / "vibration-anomaly-2.yaml"
+    status = yaml.safe_load(status_file.read_text())
+    assert status["devices"]["targeted"] == len(expected) and status["observedCommit"] == first.commit
+    status["currentStep"] = 1
+    status_file.write_text(yaml.safe_dump(status))
+    git("commit", "-qam", "Promote vibration-anomaly-2 to 50%", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    promoted = controller.cycle()
+    half = {n for n in names if bucket("vibration-anomaly-2", n) < 50 * 100}
+    assert {d for d, _ in controller.backend.assignments()} == half
+    assert promoted.applied == len(half - expected)
+    rendered = yaml.safe_load(
+        git("show", "main:status/rollouts/vibration-anomaly-2.yaml", cwd=git_server.base / "fleet.git")
+    )
+    assert rendered["currentStep"] == 1 and rendered["devices"]["targeted"] == len(half)
+    assert rendered["observedCommit"] == first.commit  # status edits are not spec changes
+
+
+def test_spec_errors_stall_without_applying(git_server: GitServer, tmp_path: Path):
+    url, work = git_server.create("fleet")
+    register(tmp_path / "state", 50)
+    rollout = work / "rollouts" / "vibration-anomaly-2.yaml"
+    rollout.write_text(rollout.read_text().replace("percent: 100", "percent: 90"))
+    git("commit", "-qam", "Broken steps", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), LocalBackend(tmp_path / "state"))
+    outcome = controller.cycle()
+    assert (
+        outcome.stalled and "spec error" in outcome.stalled and "rollouts/vibration-anomaly-2.yaml" in outcome.stalled
+    )
+    assert controller.backend.assignments() == {} and status_commits(git_server) == []
+
+
+def test_an_unsigned_head_is_not_applied(git_server: GitServer, tmp_path: Path):
+    url, _ = git_server.create("fleet")
+    register(tmp_path / "state", 50)
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    allowed = tmp_path / "allowed"
+    allowed.write_text(f"dev@acme.example {(tmp_path / 'k.pub').read_text()}")
+    controller = Controller(
+        ControllerConfig(url, tmp_path / "state", allowed_signers=allowed), LocalBackend(tmp_path / "state")
+    )
+    outcome = controller.cycle()
+    assert outcome.stalled and "not signed" in outcome.stalled
+    assert controller.backend.assignments() == {}
+
+
+def test_edgectl_run_once_killed_at_random_points_converges_without_duplicate_commits(
+    git_server: GitServer, tmp_path: Path
+):
+    url, _ = git_server.create("fleet")
+    names = register(tmp_path / "state", 300)
+    command = [str(EDGECTL), "run", "--repo", url, "--state-dir", str(tmp_path / "state"), "--once"]
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(12):
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        time.sleep(rng.uniform(0.05, 1.5))
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=30)
+    final = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    assert kills > 0
+    backend = LocalBackend(tmp_path / "state")
+    expected = {n for n in names if bucket("vibration-anomaly-2", n) < 10 * 100}
+    assert {d for d, _ in backend.assignments()} == expected
+    assert len(status_commits(git_server)) == 1
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert "status unchanged" in again.stdout and "0 applied" in again.stdout
