@@ -33,7 +33,14 @@ from reconciler.spec import FleetTree, SpecErrors, load_fleet
 
 from .metrics import ControllerMetrics
 from .reconcile import ReconcileResult, reconcile
-from .status import parse_status, position_from_status, render_group, render_rollout, spec_revision
+from .status import (
+    parse_status,
+    position_from_status,
+    render_controller,
+    render_group,
+    render_rollout,
+    spec_revision,
+)
 
 log = logging.getLogger("edge_reconciler.controller")
 
@@ -104,13 +111,17 @@ class Controller:
 
     def _cycle(self, outcome: CycleOutcome) -> None:
         head = outcome.commit = self.source.fetch()
+        # Status commits are the controller's own: the commit that matters is the last change by people.
+        spec_commit = self.source.last_change_outside(head, "status")
         if self.config.allowed_signers is not None:
-            refusal = self.source.verify_commit_signature(head, self.config.allowed_signers)
+            refusal = self.source.verify_commit_signature(spec_commit, self.config.allowed_signers)
             if refusal:
                 outcome.stalled = refusal
+                self._report(spec_commit, refusal, outcome)
                 return
-        tree, files = self._load(head, outcome)
+        tree, files = self._load(head, spec_commit, outcome)
         if tree is None:
+            self._report(spec_commit, outcome.stalled or "", outcome)
             return
         status_path = tree.fleet.spec.status_path
         previous = {
@@ -133,6 +144,7 @@ class Controller:
             )
         for name in tree.groups:
             rendered[f"{status_path}/groups/{name}.yaml"] = render_group(tree, name, devices, result.plan, statuses)
+        rendered[f"{status_path}/controller.yaml"] = render_controller(None, spec_commit)
         writer = StatusWriter(
             self.source, Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
         )
@@ -142,14 +154,21 @@ class Controller:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
 
-    def _load(self, head: str, outcome: CycleOutcome) -> tuple[FleetTree | None, list]:
+    def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:
+        """Say why nothing was applied, in ``status/controller.yaml`` (once: the same reason commits nothing)."""
+        files = {"status/controller.yaml": render_controller(reason, spec_commit)}
+        pushed = StatusWriter(self.source).commit(files, f"status: stalled at {spec_commit[:12]}")
+        if pushed is not None:
+            outcome.status_commit = pushed.commit
+
+    def _load(self, head: str, spec_commit: str, outcome: CycleOutcome) -> tuple[FleetTree | None, list]:
         # The status path comes from the Fleet document, which may itself be in error: read without status/
         # first using the default, then honour the configured one.
         files = self.source.files_at(head, ignore=["status"])
         try:
             tree = load_fleet(files)
         except SpecErrors as exc:
-            outcome.stalled = f"{len(exc.errors)} spec error(s) at {head[:12]}; first: {exc.errors[0]}"
+            outcome.stalled = f"{len(exc.errors)} spec error(s) at {spec_commit[:12]}; first: {exc.errors[0]}"
             return None, files
         if tree.fleet.spec.status_path != "status":
             files = self.source.files_at(head, ignore=[tree.fleet.spec.status_path])

@@ -123,6 +123,16 @@ def render_group(
     return _dump(body)
 
 
+def render_controller(stalled: str | None, spec_commit: str) -> bytes:
+    """The controller's own condition: Ready, or Stalled with the reason (unsigned head, spec errors)."""
+    body: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "ControllerStatus", "observedCommit": spec_commit}
+    body["ready"] = stalled is None
+    if stalled is not None:
+        body["reason"] = "Stalled"
+        body["message"] = stalled
+    return _dump(body)
+
+
 def _dump(body: Mapping[str, Any]) -> bytes:
     header = "# Written by edge-reconciler; do not edit: the controller owns this file.\n"
     return (header + yaml.safe_dump(dict(body), sort_keys=False, default_flow_style=False)).encode()

@@ -170,6 +170,20 @@ class GitSource:
         diff = self.repo.diff(self.repo[old].peel(pygit2.Tree), self.repo[new].peel(pygit2.Tree))
         return {delta.new_file.path for delta in diff.deltas} | {delta.old_file.path for delta in diff.deltas}
 
+    def last_change_outside(self, commit: str, owned: str, limit: int = 1000) -> str:
+        """The newest first-parent ancestor (or ``commit`` itself) that changed anything outside ``owned``:
+        the controller's own status commits are skipped, so signatures are checked on people's commits."""
+        prefix = owned.rstrip("/") + "/"
+        current = self.repo[commit].peel(pygit2.Commit)
+        for _ in range(limit):
+            if not current.parents:
+                return str(current.id)
+            changed = self.changed_paths(str(current.parents[0].id), str(current.id))
+            if not changed or not all(path.startswith(prefix) for path in changed):
+                return str(current.id)
+            current = current.parents[0]
+        return str(current.id)
+
     def verify_commit_signature(self, commit: str, allowed_signers: Path) -> str | None:
         """None when ``commit`` carries an SSH signature by a key in ``allowed_signers`` (for its committer's
         e-mail); otherwise the reason it does not, for status."""

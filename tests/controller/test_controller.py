@@ -90,11 +90,16 @@ def test_spec_errors_stall_without_applying(git_server: GitServer, tmp_path: Pat
     assert (
         outcome.stalled and "spec error" in outcome.stalled and "rollouts/vibration-anomaly-2.yaml" in outcome.stalled
     )
-    assert controller.backend.assignments() == {} and status_commits(git_server) == []
+    assert controller.backend.assignments() == {}
+    # The reason is in status, committed once: the same stall commits nothing more.
+    assert len(status_commits(git_server)) == 1
+    report = yaml.safe_load(git("show", "main:status/controller.yaml", cwd=git_server.base / "fleet.git"))
+    assert report["ready"] is False and "spec error" in report["message"]
+    assert controller.cycle().status_commit is None and len(status_commits(git_server)) == 1
 
 
 def test_an_unsigned_head_is_not_applied(git_server: GitServer, tmp_path: Path):
-    url, _ = git_server.create("fleet")
+    url, work = git_server.create("fleet")
     register(tmp_path / "state", 50)
     key = tmp_path / "k"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -106,6 +111,21 @@ def test_an_unsigned_head_is_not_applied(git_server: GitServer, tmp_path: Path):
     outcome = controller.cycle()
     assert outcome.stalled and "not signed" in outcome.stalled
     assert controller.backend.assignments() == {}
+
+    # A signed commit is applied, and the controller's own (unsigned) status commit on top does not stall it.
+    for setting in (("gpg.format", "ssh"), ("user.signingkey", str(key))):
+        git("config", *setting, cwd=work)
+    git("pull", "-q", "origin", "main", cwd=work)
+    (work / "notes.yaml").write_text("# reviewed\n")
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-S", "-m", "Signed change", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    for _ in range(2):
+        signed = controller.cycle()
+        assert signed.stalled is None
+    assert controller.backend.assignments()
+    report = yaml.safe_load(git("show", "main:status/controller.yaml", cwd=git_server.base / "fleet.git"))
+    assert report["ready"] is True
 
 
 def test_edgectl_run_once_killed_at_random_points_converges_without_duplicate_commits(
