@@ -113,6 +113,7 @@ def run(nodes: int, work: Path, kubeconfig: Path) -> None:
     git("clone", "-q", "--bare", str(seed), str(bare), cwd=work)
     controller = Controller(ControllerConfig(str(bare), work / "state"), backend)
     controller.cycle()  # steady state at the first step
+    git("-c", "user.email=b@b", "-c", "user.name=b", "pull", "-q", "--rebase", str(bare), "main", cwd=seed)
     rollout = seed / "rollouts" / "vibration-anomaly-2.yaml"
     rollout.write_text(rollout.read_text().replace("percent: 10\n", "percent: 100\n").replace(
         "    - percent: 50\n      pause: {duration: 4h}\n    - percent: 100\n", ""))  # fmt: skip
