@@ -13,6 +13,7 @@ from reconciler.gitops.files import FleetPathError, read_fleet_dir
 from reconciler.spec import FleetTree, SpecErrors, load_fleet
 from reconciler.spec.schema import export_schemas
 
+from .agent import agent
 from .build import build
 from .overview import print_overview, summary_line
 from .run import run
@@ -73,7 +74,7 @@ def demo(repo: str) -> None:
 
 
 main.add_command(build)
-for command in (keys, sign, verify, export, run):
+for command in (keys, sign, verify, export, run, agent):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ class Backend(Protocol):
         """(device, model) -> the spec last written."""
         ...
 
+    def assignments_for(self, device: str) -> dict[str, tuple[Desired, int]]:
+        """model -> (spec, generation) for one device: what its agent acts on."""
+        ...
+
     def statuses(self) -> dict[tuple[str, str], AssignmentStatus]: ...
 
     def apply(self, desired: Iterable[Desired]) -> int:

@@ -103,6 +103,15 @@ class KubernetesBackend:
         with self._lock:
             return {key: spec_from_json(obj["spec"]) for key, obj in self._objects.items()}
 
+    def assignments_for(self, device: str) -> dict[str, tuple[Desired, int]]:
+        """model -> (spec, generation) of one device's assignments (for its agent)."""
+        with self._lock:
+            return {
+                model: (spec_from_json(obj["spec"]), int(obj["metadata"].get("generation", 0)))
+                for (owner, model), obj in self._objects.items()
+                if owner == device
+            }
+
     def statuses(self) -> dict[tuple[str, str], AssignmentStatus]:
         with self._lock:
             return {key: AssignmentStatus.from_json(obj.get("status")) for key, obj in self._objects.items()}

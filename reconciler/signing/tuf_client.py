@@ -37,6 +37,16 @@ class MetadataLimits:
     max_root_rotations: int = 32
 
 
+@dataclass(frozen=True)
+class TargetDownload:
+    """One file of an artifact as TUF vouches for it: download ``url``, then check length and sha256."""
+
+    name: str
+    url: str
+    length: int
+    sha256: str
+
+
 class ArtifactUpdater:
     def __init__(
         self,
@@ -97,6 +107,35 @@ class ArtifactUpdater:
         for name in names:
             self._download(f"{prefix}/{name}", into)
         return into
+
+    def artifact_targets(self, model: str, version: str, profile: str, scratch: Path) -> list[TargetDownload]:
+        """Every file of an artifact with its URL, signed length and sha256, for a resumable downloader.
+        The manifest (small) is fetched through ngclient into ``scratch`` to learn the file names."""
+        if self._updater is None:
+            self.refresh()
+        assert self._updater is not None
+        prefix = f"{model}/{version}/{profile}"
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+        manifest_path = self._download(f"{prefix}/{MANIFEST_NAME}", Path(scratch))
+        try:
+            manifest = json.loads(manifest_path.read_bytes()[:MAX_MANIFEST_BYTES])
+            names = sorted({MANIFEST_NAME, *manifest["files"], "release.json", "release.sig"})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RefusedError(Refusal.MALFORMED, f"{MANIFEST_NAME} of {model}@{version} does not list files") from exc
+        found = []
+        for name in names:
+            path = f"{prefix}/{name}"
+            try:
+                check_target_path(path)
+            except ValueError as exc:
+                raise RefusedError(Refusal.PATH_TRAVERSAL, str(exc)) from None
+            with _translated():
+                info = self._updater.get_targetinfo(path)
+            if info is None:
+                raise RefusedError(Refusal.UNKNOWN_TARGET, f"the repository's signed targets do not list {path}")
+            digest = info.hashes["sha256"]
+            found.append(TargetDownload(name, f"{self._base}/targets/{prefix}/{digest}.{name}", info.length, digest))
+        return found
 
     def _download(self, path: str, into: Path) -> Path:
         try:

@@ -1,0 +1,147 @@
+"""The edge agent: converge one device to its assignments, safely.
+
+Who calls it: ``edgectl agent`` (a DaemonSet pod on K3s, or a plain process with the local backend). For
+each model assigned to the device, one cycle goes:
+
+    Downloading  TUF refresh (fresh, consistent, signed metadata), then every file resumably, each checked
+                 against the signed length and sha256
+    Verifying    verify_artifact: the owner's release signature, the files, this device's profile, the
+                 release counter not below the highest minimum this device has seen
+    Installing   copy into the inactive slot, fsynced
+    Testing      golden vectors in the real runtime, latency against the limit
+    Healthy      the ``active`` link switched atomically; the previous slot kept for rollback
+
+A refusal or a failed health check leaves the active slot as it was (the device keeps serving the model it
+had) and is reported with its reason (Failed, or RolledBack when a new version failed its health check);
+the same spec is not retried until the controller changes it, so a bad artifact cannot loop a device.
+Transport failures are retried on the next cycle, resuming partial files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.cluster import AssignmentStatus
+from reconciler.plan import Desired
+from reconciler.signing import Expectation, FetchError, RefusedError, TrustPolicy, verify_artifact
+from reconciler.signing.tuf_client import ArtifactUpdater
+
+from .download import DownloadConfig, Downloader, DownloadError
+from .health import health_check
+from .slots import ModelSlots
+
+log = logging.getLogger("edge_reconciler.agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device: str
+    profile: str
+    """This device's hardware profile: the agent's own knowledge, never taken from an assignment."""
+    data_dir: Path
+    repository_url: str
+    """Base URL of the controller's TUF repository (``.../tuf``)."""
+    policy: TrustPolicy
+    trusted_root: bytes | None = None
+    threads: int = 1
+    max_latency_ms: float | None = None
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.data_dir = Path(config.data_dir)
+        self.downloader = Downloader(self.data_dir / "partial", config.download)
+        self.bytes_transferred = 0
+        self._reported: dict[str, AssignmentStatus] = {}
+
+    def cycle(self) -> dict[str, AssignmentStatus]:
+        """Converge every assignment of this device once; returns the status reported per model."""
+        self.backend.sync()
+        reports = {}
+        for model, (spec, generation) in sorted(self.backend.assignments_for(self.config.device).items()):
+            reports[model] = self.converge(spec, generation)
+        return reports
+
+    def converge(self, spec: Desired, generation: int) -> AssignmentStatus:
+        slots = ModelSlots(self.data_dir, spec.model)
+        state = slots.state()
+        base = {"installed_version": state.active_version, "previous_version": state.previous_version,
+                "observed_generation": generation}  # fmt: skip
+        if state.active_version == spec.version:
+            return self._report(spec, AssignmentStatus("Healthy", **base))
+        if spec.profile != self.config.profile:
+            message = f"assigned the {spec.profile} build; this device is {self.config.profile}"
+            return self._report(spec, AssignmentStatus("Failed", **base, reason="WrongProfile", message=message))
+        failed = self._failed(slots, spec, generation)
+        if failed is not None:
+            return self._report(spec, failed)
+        staging = self.data_dir / "staging" / spec.model
+        try:
+            self._report(spec, AssignmentStatus("Downloading", **base))
+            self._download(spec, staging)
+            self._report(spec, AssignmentStatus("Verifying", **base))
+            expect = Expectation(spec.model, spec.version, self.config.profile, state.minimum_counter)
+            verified = verify_artifact(staging, self.config.policy, expect)
+            self._report(spec, AssignmentStatus("Installing", **base))
+            slot = slots.stage(staging)
+            self._report(spec, AssignmentStatus("Testing", **base))
+            health = health_check(slot, verified.manifest, self.config.threads, self.config.max_latency_ms)
+            if not health.passed:
+                status = AssignmentStatus("RolledBack", **base, reason="HealthCheckFailed",
+                                          message=f"{spec.version} failed its health check: {health.reason}; "
+                                                  f"still serving {state.active_version or 'nothing'}")  # fmt: skip
+                self._remember_failure(slots, spec, generation, status)
+                return self._report(spec, status)
+            new = slots.activate(slot, verified.release.minimum_counter)
+            return self._report(spec, AssignmentStatus(
+                "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
+                observed_generation=generation, message=f"health check: {health.reason}",
+                extra={"latencyP95Ms": round(health.latency_p95_ms, 3), "bytesTransferred": self.bytes_transferred},
+            ))  # fmt: skip
+        except RefusedError as refused:
+            status = AssignmentStatus("Failed", **base, reason=str(refused.reason), message=refused.message)
+            self._remember_failure(slots, spec, generation, status)
+            return self._report(spec, status)
+        except (FetchError, DownloadError, OSError) as exc:
+            return self._report(spec, AssignmentStatus("Failed", **base, reason="DownloadFailed", message=str(exc)))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _download(self, spec: Desired, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        updater = ArtifactUpdater(self.data_dir / "tuf", self.config.repository_url, self.config.trusted_root)
+        scratch = self.data_dir / "scratch"
+        shutil.rmtree(scratch, ignore_errors=True)
+        targets = updater.artifact_targets(spec.model, spec.version, self.config.profile, scratch)
+        for target in targets:
+            done = self.downloader.fetch(target.url, target.length, target.sha256, staging / target.name)
+            self.bytes_transferred += done.transferred
+
+    def _failed(self, slots: ModelSlots, spec: Desired, generation: int) -> AssignmentStatus | None:
+        try:
+            record = json.loads((slots.root / "failed.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if record.get("version") == spec.version and record.get("generation") == generation:
+            return AssignmentStatus.from_json(record["status"])
+        return None
+
+    def _remember_failure(self, slots: ModelSlots, spec: Desired, generation: int, status: AssignmentStatus) -> None:
+        slots.root.mkdir(parents=True, exist_ok=True)
+        record = {"version": spec.version, "generation": generation, "status": status.to_json()}
+        (slots.root / "failed.json").write_text(json.dumps(record))
+
+    def _report(self, spec: Desired, status: AssignmentStatus) -> AssignmentStatus:
+        if self._reported.get(spec.model) != status:
+            self.backend.report_status(self.config.device, spec.model, status)
+            self._reported[spec.model] = status
+            log.info("status", extra={"model": spec.model, "phase": status.phase, "reason": status.reason})
+        return status

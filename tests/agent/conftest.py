@@ -1,0 +1,118 @@
+"""Fixtures for agent tests: real artifacts from the build pipeline (vibration-anomaly 1.0.0 and 2.0.0 for
+arm-cortex-a-cpu), released with an owner key, published in a TUF repository that the controller's HTTP
+endpoint serves, and a local backend the device reads its assignments from."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.build.pipeline import build_scope
+from reconciler.build.store import ArtifactStore
+from reconciler.cluster import LocalBackend
+from reconciler.controller.server import ControllerServer
+from reconciler.gitops.files import read_fleet_dir
+from reconciler.plan import Desired
+from reconciler.signing import (
+    KeyPair,
+    Release,
+    ReleaseSigner,
+    TrustPolicy,
+    generate_key,
+    load_public_key,
+    sign_with_key,
+    tuf_key,
+    tuf_signer,
+    write_release,
+)
+from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path, utcnow
+from reconciler.spec import load_fleet
+
+FLEET = Path(__file__).resolve().parents[2] / "fleet-example"
+MODEL, PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """version -> an unsigned artifact folder exported from a real build."""
+    store = ArtifactStore(tmp_path_factory.mktemp("agent-store"))
+    tree = load_fleet(read_fleet_dir(FLEET))
+    out = tmp_path_factory.mktemp("agent-artifacts")
+    folders = {}
+    for result in build_scope(tree, FLEET, store, models=[MODEL], profiles=[PROFILE]):
+        assert result.artifact is not None, result.error
+        folders[result.version] = store.export(result.artifact.id, out / result.version)
+    return folders
+
+
+@dataclass
+class Fleet:
+    """One controller's repository and one device, wired together over real HTTP."""
+
+    root: Path
+    repo: TufRepository
+    online: OnlineSigners
+    owner: KeyPair
+    stranger: KeyPair
+    server: ControllerServer
+    backend: LocalBackend
+    artifacts: dict[str, Path]
+    pinned_root: bytes
+
+    def release(self, version: str, counter: int = 1, key: KeyPair | None = None, edit=None, name=None) -> Path:
+        """Copy a built artifact, optionally edit its manifest, release (sign) it; returns the folder."""
+        folder = self.root / "released" / (name or f"{version}-{counter}")
+        shutil.copytree(self.artifacts[version], folder)
+        if edit is not None:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            edit(manifest)
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+        write_release(folder, Release(MODEL, version, (PROFILE,), counter))
+        sign_with_key(folder, (key or self.owner).private)
+        return folder
+
+    def publish(self, *folders: Path, now: datetime | None = None) -> None:
+        files = {}
+        for folder in folders:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            for file in folder.iterdir():
+                files[target_path(manifest["model"], manifest["version"], manifest["profile"], file.name)] = file
+        self.repo.publish(files, self.online, now or utcnow())
+
+    def assign(self, device: str, version: str, profile: str = PROFILE) -> None:
+        self.backend.apply([Desired(device, MODEL, version, profile, "vibration-anomaly-2", None, True)])
+
+    def agent(self, device: str = "factory-1", data_dir: Path | None = None) -> Agent:
+        config = AgentConfig(device, PROFILE, data_dir or self.root / "devices" / device, f"{self.server.url}/tuf",
+                             TrustPolicy((ReleaseSigner("owner", public_key=self.owner.public),)),
+                             self.pinned_root)  # fmt: skip
+        return Agent(config, self.backend)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, built: dict[str, Path]) -> Iterator[Fleet]:
+    keys = {name: generate_key(tmp_path / "keys" / name) for name in ("root", "targets", "snapshot", "timestamp",
+                                                                       "owner", "stranger")}  # fmt: skip
+    public = {
+        role: [tuf_key(load_public_key(keys[role].public))] for role in ("root", "targets", "snapshot", "timestamp")
+    }
+    repo = TufRepository(tmp_path / "tuf")
+    repo.initialize(RoleKeys(public), [tuf_signer(keys["root"].private)], utcnow())
+    online = OnlineSigners([tuf_signer(keys["targets"].private)], tuf_signer(keys["snapshot"].private),
+                           tuf_signer(keys["timestamp"].private))  # fmt: skip
+    server = ControllerServer(("127.0.0.1", 0), tuf=tmp_path / "tuf").start()
+    backend = LocalBackend(tmp_path / "controller-state")
+    backend.register_device("factory-1", {"edgereconciler.io/hardware": "cortex-a"})
+    pinned = (tmp_path / "tuf" / "metadata" / "1.root.json").read_bytes()
+    try:
+        yield Fleet(tmp_path, repo, online, keys["owner"], keys["stranger"], server, backend, built, pinned)
+    finally:
+        server.close()
+        backend.close()

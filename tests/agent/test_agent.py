@@ -1,0 +1,125 @@
+"""The agent converges a device through download, verify, A/B install and health check, and refuses bad
+artifacts and bad metadata without ever changing the model it serves."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from reconciler.agent.slots import ModelSlots
+from reconciler.signing import Expectation, verify_artifact
+from reconciler.signing.tuf_repo import utcnow
+
+from .conftest import MODEL, PROFILE, Fleet
+
+
+def serving(fleet: Fleet, data_dir: Path) -> str | None:
+    """The version the device's active slot holds, after verifying that slot like a fresh boot would."""
+    active = ModelSlots(data_dir, MODEL).active_dir()
+    if active is None:
+        return None
+    policy = fleet.agent().config.policy
+    return verify_artifact(active, policy, Expectation(MODEL, None, PROFILE)).version
+
+
+def test_install_upgrade_and_keep_the_previous_slot(fleet: Fleet):
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2))
+    agent = fleet.agent()
+    fleet.assign("factory-1", "1.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.installed_version) == ("Healthy", "1.0.0")
+    assert fleet.backend.statuses()[("factory-1", MODEL)].phase == "Healthy"
+    assert serving(fleet, agent.data_dir) == "1.0.0"
+
+    fleet.assign("factory-1", "2.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.installed_version, status.previous_version) == ("Healthy", "2.0.0", "1.0.0")
+    assert serving(fleet, agent.data_dir) == "2.0.0"
+    assert status.extra["bytesTransferred"] > 0
+    reported = fleet.backend.statuses()[("factory-1", MODEL)]
+    assert reported.installed_version == "2.0.0" and reported.observed_generation == 2
+
+    # Back to 1.0.0 (a rollback by the controller): allowed, the release is not revoked.
+    fleet.assign("factory-1", "1.0.0")
+    assert agent.cycle()[MODEL].installed_version == "1.0.0"
+
+
+def test_golden_outputs_that_differ_roll_back_on_the_device(fleet: Fleet):
+    def skew(manifest: dict) -> None:
+        manifest["golden"]["outputs"] = [[v + 0.5 for v in row] for row in manifest["golden"]["outputs"]]
+
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2, edit=skew))
+    agent = fleet.agent()
+    fleet.assign("factory-1", "1.0.0")
+    agent.cycle()
+    fleet.assign("factory-1", "2.0.0")
+    status = agent.cycle()[MODEL]
+    assert status.phase == "RolledBack" and status.reason == "HealthCheckFailed"
+    assert "golden outputs differ" in status.message and "still serving 1.0.0" in status.message
+    assert serving(fleet, agent.data_dir) == "1.0.0"
+    # The same spec is not retried (no download, no second install) until the controller changes it.
+    before = fleet.server.bytes_served
+    assert agent.cycle()[MODEL].phase == "RolledBack"
+    assert fleet.server.bytes_served == before
+
+
+def test_an_artifact_signed_by_an_untrusted_key_is_never_loaded(fleet: Fleet):
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2, key=fleet.stranger))
+    agent = fleet.agent()
+    fleet.assign("factory-1", "1.0.0")
+    agent.cycle()
+    fleet.assign("factory-1", "2.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.reason) == ("Failed", "UntrustedSigner")
+    assert serving(fleet, agent.data_dir) == "1.0.0"
+
+
+def test_a_corrupted_file_on_the_server_is_refused(fleet: Fleet):
+    fleet.publish(fleet.release("2.0.0", 2))
+    served = next((fleet.root / "tuf" / "targets" / MODEL / "2.0.0" / PROFILE).glob("*.model.onnx"))
+    data = bytearray(served.read_bytes())
+    served.unlink()
+    data[len(data) // 2] ^= 0xFF
+    served.write_bytes(bytes(data))
+    agent = fleet.agent()
+    agent.downloader.config = type(agent.downloader.config)(attempts=2, backoff_seconds=0.01)
+    fleet.assign("factory-1", "2.0.0")
+    status = agent.cycle()[MODEL]
+    assert status.phase == "Failed" and "sha256" in status.message
+    assert serving(fleet, agent.data_dir) is None
+    assert not list((agent.data_dir / "partial").iterdir())
+
+
+def test_frozen_metadata_is_refused_and_the_device_keeps_its_model(fleet: Fleet):
+    fleet.publish(fleet.release("1.0.0", 1))
+    agent = fleet.agent()
+    fleet.assign("factory-1", "1.0.0")
+    agent.cycle()
+    fleet.publish(fleet.release("1.0.0", 1, name="again"), fleet.release("2.0.0", 2), now=utcnow() - timedelta(days=2))
+    fleet.assign("factory-1", "2.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.reason) == ("Failed", "Frozen")
+    assert serving(fleet, agent.data_dir) == "1.0.0"
+
+
+def test_a_revoked_release_is_refused(fleet: Fleet):
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 3))
+    agent = fleet.agent()
+    fleet.assign("factory-1", "2.0.0")
+    agent.cycle()
+    # The owner revokes everything below counter 3: e.g. 1.0.0 had a flaw.
+    slots = ModelSlots(agent.data_dir, MODEL)
+    slots.activate(slots.active_dir(), minimum_counter=3)
+    fleet.assign("factory-1", "1.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.reason) == ("Failed", "Revoked")
+    assert serving(fleet, agent.data_dir) == "2.0.0"
+
+
+def test_an_assignment_for_another_profile_is_refused(fleet: Fleet):
+    fleet.publish(fleet.release("2.0.0", 2))
+    agent = fleet.agent()
+    fleet.assign("factory-1", "2.0.0", profile="coral-npu")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.reason) == ("Failed", "WrongProfile")
+    assert serving(fleet, agent.data_dir) is None and fleet.server.bytes_served == 0
