@@ -35,6 +35,10 @@ class DiskBudgetError(DownloadError):
     """Not enough free space for the file plus the device's reserve."""
 
 
+class OversizeError(DownloadError):
+    """The server sent more than the signed length: the partial file is discarded, no retry."""
+
+
 @dataclass(frozen=True)
 class DownloadConfig:
     chunk_bytes: int = 256 * 1024
@@ -78,6 +82,9 @@ class Downloader:
                 self._fetch_into(url, length, sha256, part, received)
                 break
             except (urllib3.exceptions.HTTPError, OSError, DownloadError) as exc:
+                if isinstance(exc, OversizeError):
+                    part.unlink(missing_ok=True)
+                    raise
                 if isinstance(exc, DiskBudgetError):
                     raise
                 failure = str(exc)
@@ -117,7 +124,7 @@ class Downloader:
                 out.truncate()
                 for chunk in response.stream(self.config.chunk_bytes):
                     if offset + received + len(chunk) > length:
-                        raise DownloadError(f"{url}: longer than the signed {length} bytes")
+                        raise OversizeError(f"{url}: longer than the signed {length} bytes")
                     out.write(chunk)
                     received += len(chunk)
                     counter[0] += len(chunk)

@@ -65,7 +65,9 @@ class ControllerServer:
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever, which never ran otherwise
+            self.httpd.shutdown()
+            self._thread = None
         self.httpd.server_close()
 
 
