@@ -86,7 +86,9 @@ def test_a_download_cut_halfway_resumes_and_refetches_at_most_one_chunk(blob, tm
     httpd, sent = cutting_server(store, SIZE // 2)
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/artifacts/sha256/{digest}"
-        downloader = Downloader(tmp_path / "partial", DownloadConfig(chunk_bytes=CHUNK, reserve_bytes=0), sleep=lambda _: None)
+        downloader = Downloader(
+            tmp_path / "partial", DownloadConfig(chunk_bytes=CHUNK, reserve_bytes=0), sleep=lambda _: None
+        )
         done = downloader.fetch(url, SIZE, digest, tmp_path / "model.onnx")
     finally:
         httpd.shutdown()

@@ -35,8 +35,10 @@ def test_killed_at_random_points_the_device_always_serves_a_verified_model(fleet
     kills = completed = 0
     for i in range(ITERATIONS):
         fleet.assign("factory-1", ("1.0.0", "2.0.0")[i % 2])
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(0.2, 2.5))
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        time.sleep(rng.uniform(0.05, 1.2))
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             kills += 1
