@@ -100,7 +100,7 @@ def test_a_download_cut_halfway_resumes_and_refetches_at_most_one_chunk(blob, tm
 
 
 def test_a_partial_file_left_by_a_crash_is_continued(blob, server: ControllerServer, tmp_path: Path):
-    store, digest, payload = blob
+    _, digest, payload = blob
     partial_dir = tmp_path / "partial"
     partial_dir.mkdir()
     (partial_dir / f"{digest}.part").write_bytes(payload[: SIZE // 3])  # what a killed agent left behind
