@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,9 +54,11 @@ class AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, backend) -> None:
+    def __init__(self, config: AgentConfig, backend, on_switch: Callable[[str], object] | None = None) -> None:
+        """``on_switch(model)`` runs right after a new slot became active (the model server reloads there)."""
         self.config = config
         self.backend = backend
+        self.on_switch = on_switch
         self.data_dir = Path(config.data_dir)
         self.downloader = Downloader(self.data_dir / "partial", config.download)
         self.bytes_transferred = 0
@@ -100,6 +103,8 @@ class Agent:
                 self._remember_failure(slots, spec, generation, status)
                 return self._report(spec, status)
             new = slots.activate(slot, verified.release.minimum_counter)
+            if self.on_switch is not None:
+                self.on_switch(spec.model)
             return self._report(spec, AssignmentStatus(
                 "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
                 observed_generation=generation, message=f"health check: {health.reason}",

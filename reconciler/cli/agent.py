@@ -36,6 +36,7 @@ import click
 )
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--interval", type=float, default=30.0, show_default=True)
+@click.option("--serve", default="", help="Serve inference on HOST:PORT (e.g. 127.0.0.1:8501); '' disables.")
 @click.option("--once", is_flag=True)
 def agent(
     device: str,
@@ -51,6 +52,7 @@ def agent(
     fleet: str | None,
     threads: int,
     interval: float,
+    serve: str,
     once: bool,
 ) -> None:
     """Download, verify, install (A/B), health-check and report this device's models."""
@@ -68,7 +70,14 @@ def agent(
         raise click.UsageError("say whom to trust: --release-key or --fleet")
     target = LocalBackend(state_dir) if backend == "local" else kubernetes_backend(kubeconfig, namespace)
     root = trusted_root.read_bytes() if trusted_root else None
-    worker = Agent(AgentConfig(device, profile, data_dir, repository, policy, root, threads), target)
+    server = None
+    if serve:
+        from reconciler.agent.serving import ModelServer
+
+        host, _, port = serve.rpartition(":")
+        server = ModelServer(data_dir, (host or "127.0.0.1", int(port)), threads).start()
+    on_switch = server.reload if server is not None else None
+    worker = Agent(AgentConfig(device, profile, data_dir, repository, policy, root, threads), target, on_switch)
     if once:
         reports = worker.cycle()
         for model, status in sorted(reports.items()):
@@ -77,6 +86,10 @@ def agent(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set():
-        worker.cycle()
-        stop.wait(interval)
+    try:
+        while not stop.is_set():
+            worker.cycle()
+            stop.wait(interval)
+    finally:
+        if server is not None:
+            server.close()
