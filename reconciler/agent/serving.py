@@ -3,8 +3,8 @@
 Who calls it: ``edgectl agent --serve HOST:PORT`` (the agent switches models through :meth:`reload`), and
 applications on the device. JSON in and out, in the style of TensorFlow Serving and KServe v1::
 
-    POST /v1/models/<model>:predict   {"instances": [[...], ...]}  ->  {"predictions": [[...]], "modelVersion": "2.0.0"}
-    GET  /v1/models/<model>                                         ->  {"name": ..., "version": ..., "state": "AVAILABLE"}
+    POST /v1/models/<model>:predict   {"instances": [[...]]} -> {"predictions": [[...]], "modelVersion": "2.0.0"}
+    GET  /v1/models/<model>           -> {"name": ..., "version": ..., "state": "AVAILABLE"}
     GET  /healthz
 
 Hot switch without dropped requests: a reload builds the new runtime session first, then replaces one
