@@ -91,6 +91,9 @@ class ModelServer:
                         manifest)  # fmt: skip
         with self._lock:
             self._models[model] = loaded
+        know = getattr(self.recorder, "know", None)
+        if know is not None:
+            know(manifest)
         return loaded
 
     def get(self, model: str) -> Loaded | None:

@@ -37,6 +37,9 @@ import click
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--interval", type=float, default=30.0, show_default=True)
 @click.option("--serve", default="", help="Serve inference on HOST:PORT (e.g. 127.0.0.1:8501); '' disables.")
+@click.option("--telemetry-url", help="Where summaries go (default: the repository's host, /telemetry).")
+@click.option("--telemetry-budget", type=int, default=4 * 1024 * 1024, show_default=True,
+              help="Bytes of summaries kept on disk while the controller is unreachable.")  # fmt: skip
 @click.option("--once", is_flag=True)
 def agent(
     device: str,
@@ -53,6 +56,8 @@ def agent(
     threads: int,
     interval: float,
     serve: str,
+    telemetry_url: str | None,
+    telemetry_budget: int,
     once: bool,
 ) -> None:
     """Download, verify, install (A/B), health-check and report this device's models."""
@@ -70,12 +75,17 @@ def agent(
         raise click.UsageError("say whom to trust: --release-key or --fleet")
     target = LocalBackend(state_dir) if backend == "local" else kubernetes_backend(kubeconfig, namespace)
     root = trusted_root.read_bytes() if trusted_root else None
+    from reconciler.agent.telemetry import TelemetryQueue, TelemetryRecorder
+
+    recorder = TelemetryRecorder(device)
+    queue = TelemetryQueue(data_dir / "telemetry", telemetry_budget)
+    telemetry_url = telemetry_url or repository.rstrip("/").removesuffix("/tuf") + "/telemetry"
     server = None
     if serve:
         from reconciler.agent.serving import ModelServer
 
         host, _, port = serve.rpartition(":")
-        server = ModelServer(data_dir, (host or "127.0.0.1", int(port)), threads).start()
+        server = ModelServer(data_dir, (host or "127.0.0.1", int(port)), threads, recorder).start()
     on_switch = server.reload if server is not None else None
     worker = Agent(AgentConfig(device, profile, data_dir, repository, policy, root, threads), target, on_switch)
     if once:
@@ -89,6 +99,9 @@ def agent(
     try:
         while not stop.is_set():
             worker.cycle()
+            for summary in recorder.flush():
+                queue.put(summary)
+            queue.upload(telemetry_url)
             stop.wait(interval)
     finally:
         if server is not None:

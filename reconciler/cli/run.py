@@ -28,6 +28,20 @@ class JsonLines(logging.Formatter):
         return json.dumps(body, default=str)
 
 
+def _telemetry_sink(path: Path):
+    """Append every summary a device sends to a JSON Lines file (the rollout engine reads it)."""
+    import threading
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    def store(summary: dict) -> None:
+        with lock, path.open("a") as out:
+            out.write(json.dumps(summary, sort_keys=True) + "\n")
+
+    return store
+
+
 def _repo_url(repo: str) -> str:
     return str(Path(repo).resolve()) if "://" not in repo and "@" not in repo else repo
 
@@ -109,7 +123,8 @@ def run(
         secret = webhook_secret_file.read_bytes().strip() if webhook_secret_file else None
         blobs = store / "blobs" / "sha256" if store else None
         server = ControllerServer((host or "127.0.0.1", int(port)), blobs, state_dir / "tuf",
-                                  controller.metrics.registry, secret, controller.wake.set).start()  # fmt: skip
+                                  controller.metrics.registry, secret, controller.wake.set,
+                                  _telemetry_sink(state_dir / "telemetry" / "received.jsonl")).start()  # fmt: skip
         logging.getLogger("edge_reconciler.controller").info("listening", extra={"url": server.url})
 
     def stop(signum: int, _frame: object) -> None:

@@ -3,6 +3,7 @@
     GET|HEAD /artifacts/sha256/<hex>     a blob of the content-addressed store; Range, ETag, Repr-Digest
     GET|HEAD /tuf/<path>                 the TUF repository (metadata/ and targets/), same Range support
     POST     /hooks/git                  fetch now; HMAC-checked (GitHub X-Hub-Signature-256, GitLab X-Gitlab-Token)
+    POST     /telemetry                  a device's TelemetrySummary (JSON, at most 1 MiB)
     GET      /metrics                    Prometheus text format
     GET      /healthz                    200 while the process runs
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import threading
 from base64 import b64encode
@@ -41,9 +43,11 @@ class ControllerServer:
         registry: CollectorRegistry | None = None,
         webhook_secret: bytes | None = None,
         on_webhook: Callable[[], None] | None = None,
+        on_telemetry: Callable[[dict], None] | None = None,
     ) -> None:
         self.blobs, self.tuf, self.registry = blobs, tuf, registry
         self.webhook_secret, self.on_webhook = webhook_secret, on_webhook
+        self.on_telemetry = on_telemetry
         self.bytes_served = 0
         server = self
 
@@ -141,7 +145,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.owner.bytes_served += len(chunk)
 
     def do_POST(self) -> None:
-        if self.path.split("?", 1)[0] != "/hooks/git" or self.owner.on_webhook is None:
+        path = self.path.split("?", 1)[0]
+        if path == "/telemetry" and self.owner.on_telemetry is not None:
+            return self._telemetry()
+        if path != "/hooks/git" or self.owner.on_webhook is None:
             return self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_WEBHOOK_BODY:
@@ -151,6 +158,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(HTTPStatus.UNAUTHORIZED, b"bad signature\n", "text/plain")
         self.owner.on_webhook()
         self._reply(HTTPStatus.ACCEPTED, b"reconciling\n", "text/plain")
+
+    def _telemetry(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_WEBHOOK_BODY:
+            return self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"too large\n", "text/plain")
+        try:
+            body = json.loads(self.rfile.read(length))
+        except ValueError:
+            return self._reply(HTTPStatus.BAD_REQUEST, b"not JSON\n", "text/plain")
+        if not isinstance(body, dict) or body.get("kind") != "TelemetrySummary":
+            return self._reply(HTTPStatus.BAD_REQUEST, b"not a TelemetrySummary\n", "text/plain")
+        assert self.owner.on_telemetry is not None
+        self.owner.on_telemetry(body)
+        self._reply(HTTPStatus.ACCEPTED, b"stored\n", "text/plain")
 
     def _authentic(self, body: bytes) -> bool:
         secret = self.owner.webhook_secret

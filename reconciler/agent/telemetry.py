@@ -1,0 +1,188 @@
+"""Telemetry on the device: fixed-size summaries per model version, an on-disk queue, upload when reachable.
+
+Who calls it: the model server (``TelemetryRecorder`` counts every request), the agent loop (flushes an
+interval's summaries into the queue and uploads). No raw input leaves the device: a summary holds counts
+only, on bins that every device shares, so the controller can add summaries of many devices and compute
+drift (PSI, KL) fleet-wide:
+
+- requests and inference errors;
+- a latency histogram on fixed buckets, with p50/p95/p99 read from it;
+- predicted classes (argmax of the output), counted;
+- per-row input mean and standard deviation, counted on the manifest's reference bins (``histograms``).
+
+The queue is a folder of JSON files named by a rising sequence number, each written atomically. It has a
+byte budget: when full, the oldest summaries are dropped and the drop is counted (and reported with the next
+upload), so a device offline for weeks keeps its newest picture instead of filling its disk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import urllib3
+
+LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, math.inf)
+
+
+@dataclass
+class Summary:
+    model: str
+    version: str
+    device: str
+    input_edges: dict[str, list[float]]
+    classes: int
+    requests: int = 0
+    errors: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
+    predictions: list[int] = field(default_factory=list)
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.predictions = self.predictions or [0] * self.classes
+        self.inputs = self.inputs or {name: [0] * (len(edges) + 1) for name, edges in self.input_edges.items()}
+
+    def add(self, inputs: np.ndarray | None, outputs: np.ndarray | None, seconds: float, failed: bool) -> None:
+        self.requests += 1
+        self.errors += int(failed)
+        self.latency[int(np.searchsorted(LATENCY_BUCKETS_MS, seconds * 1000, side="left"))] += 1
+        if outputs is not None and outputs.ndim == 2 and outputs.shape[1] == self.classes:
+            for predicted in np.argmax(outputs, axis=1):
+                self.predictions[int(predicted)] += 1
+        if inputs is not None and inputs.size and not failed:
+            flat = inputs.reshape(len(inputs), -1)
+            for name, values in (("inputMean", flat.mean(axis=1)), ("inputStd", flat.std(axis=1))):
+                if name in self.input_edges:
+                    bins = np.searchsorted(self.input_edges[name], values, side="right")
+                    for index in bins:
+                        self.inputs[name][int(index)] += 1
+
+    def percentile(self, q: float) -> float | None:
+        """Upper edge of the bucket holding the q-th percentile (None without requests)."""
+        if not self.requests:
+            return None
+        rank, seen = q / 100 * self.requests, 0
+        for bound, count in zip(LATENCY_BUCKETS_MS, self.latency, strict=True):
+            seen += count
+            if seen >= rank:
+                return bound
+        return LATENCY_BUCKETS_MS[-1]
+
+    def to_json(self) -> dict:
+        buckets = [b if b != math.inf else "+Inf" for b in LATENCY_BUCKETS_MS]
+        latency = {"buckets": buckets, "counts": self.latency}
+        latency.update({f"p{q}": self.percentile(q) for q in (50, 95, 99)})
+        inputs = {name: {"edges": self.input_edges[name], "counts": counts} for name, counts in self.inputs.items()}
+        return {
+            "apiVersion": "edgereconciler.io/v1alpha1",
+            "kind": "TelemetrySummary",
+            "device": self.device,
+            "model": self.model,
+            "version": self.version,
+            "requests": self.requests,
+            "errors": self.errors,
+            "latencyMs": latency,
+            "predictions": self.predictions,
+            "inputs": inputs,
+        }
+
+
+class TelemetryRecorder:
+    """Counts requests into one Summary per (model, version); ``flush`` hands them over and starts anew."""
+
+    def __init__(self, device: str, manifests: dict[str, dict] | None = None) -> None:
+        self.device = device
+        self._lock = threading.Lock()
+        self._summaries: dict[tuple[str, str], Summary] = {}
+        self._manifests = manifests or {}
+
+    def know(self, manifest: dict) -> None:
+        """The manifest of a version being served: its reference bins and class count."""
+        with self._lock:
+            self._manifests[f"{manifest['model']}@{manifest['version']}"] = manifest
+
+    def __call__(self, model: str, version: str, inputs, outputs, seconds: float, failed: bool) -> None:
+        with self._lock:
+            summary = self._summaries.get((model, version))
+            if summary is None:
+                histograms = self._manifests.get(f"{model}@{version}", {}).get("histograms", {})
+                edges = {k: v["edges"] for k, v in histograms.items() if isinstance(v, dict) and "edges" in v}
+                classes = int(histograms.get("prediction", {}).get("classes", 0))
+                summary = self._summaries[(model, version)] = Summary(model, version, self.device, edges, classes)
+            summary.add(inputs, outputs, seconds, failed)
+
+    def flush(self) -> list[dict]:
+        with self._lock:
+            summaries, self._summaries = self._summaries, {}
+        return [s.to_json() for s in summaries.values()]
+
+
+class TelemetryQueue:
+    """Store and forward: summaries wait on disk until the controller takes them."""
+
+    def __init__(self, directory: Path, budget_bytes: int = 4 * 1024 * 1024) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.budget_bytes = budget_bytes
+
+    def put(self, summary: dict) -> None:
+        sequence = max((int(p.stem) for p in self._files()), default=0) + 1
+        data = json.dumps(summary, sort_keys=True).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.directory / f"{sequence:012d}.json")
+        self._enforce_budget()
+
+    def pending(self) -> list[Path]:
+        return self._files()
+
+    @property
+    def dropped(self) -> int:
+        try:
+            return int((self.directory / "dropped").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def upload(self, url: str, http: urllib3.PoolManager | None = None, timeout: float = 10.0) -> int:
+        """POST summaries oldest first; stop at the first failure (the rest waits). Returns how many went."""
+        http = http or urllib3.PoolManager(retries=False)
+        sent = 0
+        for path in self._files():
+            body = json.loads(path.read_bytes())
+            body["droppedBefore"] = self.dropped
+            try:
+                response = http.request("POST", url, body=json.dumps(body).encode(), timeout=timeout,
+                                        headers={"Content-Type": "application/json"})  # fmt: skip
+            except urllib3.exceptions.HTTPError:
+                break
+            if not 200 <= response.status < 300:
+                break
+            path.unlink()
+            sent += 1
+            if body["droppedBefore"]:
+                (self.directory / "dropped").write_text("0")
+        return sent
+
+    def _files(self) -> list[Path]:
+        return sorted(p for p in self.directory.glob("*.json") if p.stem.isdigit())
+
+    def _enforce_budget(self) -> None:
+        files = self._files()
+        total = sum(p.stat().st_size for p in files)
+        dropped = 0
+        while files and total > self.budget_bytes:
+            oldest = files.pop(0)
+            total -= oldest.stat().st_size
+            oldest.unlink()
+            dropped += 1
+        if dropped:
+            (self.directory / "dropped").write_text(str(self.dropped + dropped))
