@@ -19,6 +19,7 @@ Transport failures are retried on the next cycle, resuming partial files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.build.delta import apply_delta
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Desired
 from reconciler.signing import Expectation, FetchError, RefusedError, TrustPolicy, verify_artifact
@@ -51,6 +53,10 @@ class AgentConfig:
     threads: int = 1
     max_latency_ms: float | None = None
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    deltas: bool = True
+    """Fetch a delta against the installed model file when the controller offers one."""
+    full_fallback: bool = True
+    """When a delta fails, download the whole file (False: report the failure and wait)."""
 
 
 class Agent:
@@ -62,6 +68,8 @@ class Agent:
         self.data_dir = Path(config.data_dir)
         self.downloader = Downloader(self.data_dir / "partial", config.download)
         self.bytes_transferred = 0
+        self.transfer = "none"
+        """How the last artifact came: full, delta, or delta failed then full (reported in status)."""
         self._reported: dict[str, AssignmentStatus] = {}
 
     def cycle(self) -> dict[str, AssignmentStatus]:
@@ -108,7 +116,8 @@ class Agent:
             return self._report(spec, AssignmentStatus(
                 "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
                 observed_generation=generation, message=f"health check: {health.reason}",
-                extra={"latencyP95Ms": round(health.latency_p95_ms, 3), "bytesTransferred": self.bytes_transferred},
+                extra={"latencyP95Ms": round(health.latency_p95_ms, 3), "bytesTransferred": self.bytes_transferred,
+                       "transfer": self.transfer},
             ))  # fmt: skip
         except RefusedError as refused:
             status = AssignmentStatus("Failed", **base, reason=str(refused.reason), message=refused.message)
@@ -126,9 +135,47 @@ class Agent:
         scratch = self.data_dir / "scratch"
         shutil.rmtree(scratch, ignore_errors=True)
         targets = updater.artifact_targets(spec.model, spec.version, self.config.profile, scratch)
+        self.transfer = "full"
         for target in targets:
+            if self.config.deltas and target.name.startswith("model.") and self._try_delta(spec, target, staging):
+                continue
             done = self.downloader.fetch(target.url, target.length, target.sha256, staging / target.name)
             self.bytes_transferred += done.transferred
+
+    def _try_delta(self, spec: Desired, target, staging: Path) -> bool:
+        """Rebuild ``target`` from the installed file of the same name and a delta; True when it worked.
+        The result must have the signed sha256 like any download; a failure falls back to the full file."""
+        active = ModelSlots(self.data_dir, spec.model).active_dir()
+        base = active / target.name if active is not None else None
+        if base is None or not base.is_file():
+            return False
+        base_bytes = base.read_bytes()
+        base_digest = hashlib.sha256(base_bytes).hexdigest()
+        controller = self.config.repository_url.rstrip("/").removesuffix("/tuf")
+        url = f"{controller}/artifacts/delta/{base_digest}/{target.sha256}"
+        try:
+            response = self.downloader.http.request("GET", url, timeout=self.config.download.timeout_seconds,
+                                                    preload_content=False)  # fmt: skip
+            try:
+                if response.status != 200:
+                    raise DownloadError(f"no delta offered (HTTP {response.status})")
+                delta = response.read(target.length + 1)
+            finally:
+                response.release_conn()
+            self.bytes_transferred += len(delta)
+            if len(delta) > target.length:
+                raise DownloadError("the delta is larger than the file")
+            rebuilt = apply_delta(base_bytes, delta, target.length)
+            if hashlib.sha256(rebuilt).hexdigest() != target.sha256:
+                raise DownloadError("the rebuilt file does not match the signed sha256")
+        except Exception as exc:  # any failure of the delta path: the full file is the answer
+            self.transfer = f"delta failed ({str(exc)[:120]}), full download"
+            if not self.config.full_fallback:
+                raise DownloadError(f"delta failed and full downloads are disabled: {exc}") from exc
+            return False
+        (staging / target.name).write_bytes(rebuilt)
+        self.transfer = f"delta ({len(delta)} of {target.length} bytes)"
+        return True
 
     def _failed(self, slots: ModelSlots, spec: Desired, generation: int) -> AssignmentStatus | None:
         try:

@@ -6,6 +6,7 @@ Layout under the root::
     blobs/sha256/<hex>          file contents, named by their sha256
     artifacts/<id>.json         an artifact: its id, manifest blob and named file blobs
     builds/<key>.json           build cache: inputs digest -> artifact id
+    deltas/<base>-<target>.zst  binary delta from one blob to another, made on first request
     tmp/                        writes in progress (never read)
 
 Every write goes to ``tmp/`` first, is fsynced, then renamed into place, and an artifact's record is
@@ -71,7 +72,7 @@ class ArtifactStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        for folder in ("blobs/sha256", "artifacts", "builds", "tmp"):
+        for folder in ("blobs/sha256", "artifacts", "builds", "deltas", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
     # --- blobs ---------------------------------------------------------------------------------------
@@ -166,6 +167,15 @@ class ArtifactStore:
             (directory / name).write_bytes(self.read_blob(digest))
         return directory
 
+    def delta(self, base: str, target: str) -> Path:
+        """A delta that rebuilds blob ``target`` from blob ``base`` (made once, then served from disk)."""
+        from .delta import make_delta
+
+        path = self.root / "deltas" / f"{check_digest(base)}-{check_digest(target)}.zst"
+        if not path.exists():
+            self._write_atomic(path, make_delta(self.read_blob(base), self.read_blob(target)))
+        return path
+
     # --- build cache ---------------------------------------------------------------------------------
 
     def lookup_build(self, key: str) -> ArtifactRecord | None:
@@ -203,6 +213,10 @@ class ArtifactStore:
                 freed += blob.stat().st_size
                 blob.unlink(missing_ok=True)
                 blobs += 1
+        for delta in (self.root / "deltas").glob("*.zst"):
+            base, _, target = delta.stem.partition("-")
+            if base not in live_blobs or target not in live_blobs:
+                delta.unlink(missing_ok=True)
         cutoff = time.time() - tmp_grace_seconds
         for leftover in (self.root / "tmp").iterdir():  # writes that a crash interrupted
             if leftover.stat().st_mtime < cutoff:

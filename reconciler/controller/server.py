@@ -1,6 +1,7 @@
 """The controller's HTTP endpoint: artifacts for agents, the Git webhook, metrics and health.
 
     GET|HEAD /artifacts/sha256/<hex>     a blob of the content-addressed store; Range, ETag, Repr-Digest
+    GET|HEAD /artifacts/delta/<a>/<b>    a zstd delta that rebuilds blob <b> from blob <a> (made on first request)
     GET|HEAD /tuf/<path>                 the TUF repository (metadata/ and targets/), same Range support
     POST     /hooks/git                  fetch now; HMAC-checked (GitHub X-Hub-Signature-256, GitLab X-Gitlab-Token)
     POST     /telemetry                  a device's TelemetrySummary (JSON, at most 1 MiB)
@@ -28,6 +29,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 _BLOB = re.compile(r"^/artifacts/sha256/([0-9a-f]{64})$")
+_DELTA = re.compile(r"^/artifacts/delta/([0-9a-f]{64})/([0-9a-f]{64})$")
 _TUF = re.compile(r"^/tuf/((?:[A-Za-z0-9][A-Za-z0-9._+-]*/)*[A-Za-z0-9][A-Za-z0-9._+-]*)$")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 CHUNK = 1 << 16
@@ -44,10 +46,12 @@ class ControllerServer:
         webhook_secret: bytes | None = None,
         on_webhook: Callable[[], None] | None = None,
         on_telemetry: Callable[[dict], None] | None = None,
+        deltas: Callable[[str, str], Path] | None = None,
     ) -> None:
         self.blobs, self.tuf, self.registry = blobs, tuf, registry
         self.webhook_secret, self.on_webhook = webhook_secret, on_webhook
         self.on_telemetry = on_telemetry
+        self.deltas = deltas
         self.bytes_served = 0
         server = self
 
@@ -96,6 +100,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(HTTPStatus.OK, generate_latest(self.owner.registry), CONTENT_TYPE_LATEST)
         if (match := _BLOB.match(path)) and self.owner.blobs is not None:
             return self._file(self.owner.blobs / match.group(1), match.group(1), head)
+        if (match := _DELTA.match(path)) and self.owner.deltas is not None:
+            try:
+                delta = self.owner.deltas(match.group(1), match.group(2))
+            except Exception:  # a base or target the store does not hold: no delta, the agent downloads in full
+                return self._reply(HTTPStatus.NOT_FOUND, b"no such delta\n", "text/plain")
+            return self._file(delta, None, head)
         if (match := _TUF.match(path)) and self.owner.tuf is not None and ".." not in match.group(1).split("/"):
             return self._file(self.owner.tuf / match.group(1), None, head)
         self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")

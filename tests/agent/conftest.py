@@ -40,9 +40,14 @@ MODEL, PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def build_store(tmp_path_factory: pytest.TempPathFactory) -> ArtifactStore:
+    return ArtifactStore(tmp_path_factory.mktemp("agent-store"))
+
+
+@pytest.fixture(scope="session")
+def built(build_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """version -> an unsigned artifact folder exported from a real build."""
-    store = ArtifactStore(tmp_path_factory.mktemp("agent-store"))
+    store = build_store
     tree = load_fleet(read_fleet_dir(FLEET))
     out = tmp_path_factory.mktemp("agent-artifacts")
     folders = {}
@@ -97,7 +102,7 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, built: dict[str, Path]) -> Iterator[Fleet]:
+def fleet(tmp_path: Path, built: dict[str, Path], build_store: ArtifactStore) -> Iterator[Fleet]:
     keys = {name: generate_key(tmp_path / "keys" / name) for name in ("root", "targets", "snapshot", "timestamp",
                                                                        "owner", "stranger")}  # fmt: skip
     public = {
@@ -107,7 +112,7 @@ def fleet(tmp_path: Path, built: dict[str, Path]) -> Iterator[Fleet]:
     repo.initialize(RoleKeys(public), [tuf_signer(keys["root"].private)], utcnow())
     online = OnlineSigners([tuf_signer(keys["targets"].private)], tuf_signer(keys["snapshot"].private),
                            tuf_signer(keys["timestamp"].private))  # fmt: skip
-    server = ControllerServer(("127.0.0.1", 0), tuf=tmp_path / "tuf").start()
+    server = ControllerServer(("127.0.0.1", 0), tuf=tmp_path / "tuf", deltas=build_store.delta).start()
     backend = LocalBackend(tmp_path / "controller-state")
     backend.register_device("factory-1", {"edgereconciler.io/hardware": "cortex-a"})
     pinned = (tmp_path / "tuf" / "metadata" / "1.root.json").read_bytes()
