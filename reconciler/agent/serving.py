@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 
 from reconciler.build.runtime import ModelRunner
+from reconciler.httpserver import QuietHTTPServer
 
 from .slots import ModelSlots
 
@@ -58,8 +59,7 @@ class ModelServer:
         class Handler(_Handler):
             owner = server
 
-        self.httpd = ThreadingHTTPServer(address, Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = QuietHTTPServer(address, Handler)
         self._thread: threading.Thread | None = None
 
     @property

@@ -23,10 +23,12 @@ import threading
 from base64 import b64encode
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from reconciler.httpserver import QuietHTTPServer
 
 _BLOB = re.compile(r"^/artifacts/sha256/([0-9a-f]{64})$")
 _DELTA = re.compile(r"^/artifacts/delta/([0-9a-f]{64})/([0-9a-f]{64})$")
@@ -58,8 +60,7 @@ class ControllerServer:
         class Handler(_Handler):
             owner = server
 
-        self.httpd = ThreadingHTTPServer(address, Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = QuietHTTPServer(address, Handler)
         self._thread: threading.Thread | None = None
 
     @property

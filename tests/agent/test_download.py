@@ -7,7 +7,6 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from functools import partial
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from reconciler.agent.download import DiskBudgetError, DownloadConfig, Downloader, DownloadError
 from reconciler.build.store import ArtifactStore
 from reconciler.controller.server import ControllerServer, _Handler
+from reconciler.httpserver import QuietHTTPServer
 
 SIZE = 4 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -37,7 +37,7 @@ def server(blob) -> Iterator[ControllerServer]:
         served.close()
 
 
-def cutting_server(store: ArtifactStore, at: int) -> tuple[ThreadingHTTPServer, dict]:
+def cutting_server(store: ArtifactStore, at: int) -> tuple[QuietHTTPServer, dict]:
     """An HTTP server whose first response is cut after ``at`` bytes; counts bytes sent."""
     owner = ControllerServer(("127.0.0.1", 0), blobs=store.root / "blobs" / "sha256")
     owner.close()  # only its settings are used: the handler below serves with them
@@ -76,7 +76,7 @@ def cutting_server(store: ArtifactStore, at: int) -> tuple[ThreadingHTTPServer, 
             self.close_connection = True
 
     Handler.do_GET = handle_get
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler))
+    httpd = QuietHTTPServer(("127.0.0.1", 0), partial(Handler))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd, sent
 
