@@ -25,6 +25,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.build.delta import apply_delta
@@ -60,9 +61,17 @@ class AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, backend, on_switch: Callable[[str], object] | None = None) -> None:
-        """``on_switch(model)`` runs right after a new slot became active (the model server reloads there)."""
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend,
+        on_switch: Callable[[str], object] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        """``on_switch(model)`` runs right after a new slot became active (the model server reloads there);
+        ``clock`` is read once per model and cycle (maintenance windows), so tests control time."""
         self.config = config
+        self.clock = clock
         self.backend = backend
         self.on_switch = on_switch
         self.data_dir = Path(config.data_dir)
@@ -93,6 +102,9 @@ class Agent:
         failed = self._failed(slots, spec, generation)
         if failed is not None:
             return self._report(spec, failed)
+        staged = self._staged(slots, spec)
+        if staged is not None:
+            return self._activate_staged(slots, spec, generation, staged, base)
         staging = self.data_dir / "staging" / spec.model
         try:
             self._report(spec, AssignmentStatus("Downloading", **base))
@@ -110,7 +122,23 @@ class Agent:
                                                   f"still serving {state.active_version or 'nothing'}")  # fmt: skip
                 self._remember_failure(slots, spec, generation, status)
                 return self._report(spec, status)
+            if spec.window is not None and not spec.window.is_open(self.clock()):
+                (slots.root / "staged.json").write_text(json.dumps(
+                    {"version": spec.version, "minimumCounter": verified.release.minimum_counter}
+                ))  # fmt: skip
+                return self._report(
+                    spec,
+                    AssignmentStatus(
+                        "Staged",
+                        **base,
+                        message=(
+                            f"{spec.version} downloaded, verified and tested; switching in the maintenance window "
+                            f"{','.join(spec.window.days)} {spec.window.start}-{spec.window.end} {spec.window.timezone}"
+                        ),
+                    ),
+                )
             new = slots.activate(slot, verified.release.minimum_counter)
+            (slots.root / "staged.json").unlink(missing_ok=True)
             if self.on_switch is not None:
                 self.on_switch(spec.model)
             return self._report(spec, AssignmentStatus(
@@ -127,6 +155,39 @@ class Agent:
             return self._report(spec, AssignmentStatus("Failed", **base, reason="DownloadFailed", message=str(exc)))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _staged(self, slots: ModelSlots, spec: Desired) -> dict | None:
+        """The marker of a version already staged in the inactive slot, when it is the one assigned now."""
+        try:
+            marker = json.loads((slots.root / "staged.json").read_text())
+        except (OSError, ValueError):
+            return None
+        state = slots.state()
+        if marker.get("version") == spec.version and state.versions.get(state.inactive) == spec.version:
+            return marker
+        return None
+
+    def _activate_staged(self, slots: ModelSlots, spec: Desired, generation: int, marker: dict, base: dict):
+        """Switch to the staged slot once the window opens; re-verified first (the disk may have changed)."""
+        if spec.window is not None and not spec.window.is_open(self.clock()):
+            return self._report(spec, AssignmentStatus("Staged", **base, message=f"{spec.version} staged; waiting "
+                                                       "for the maintenance window"))  # fmt: skip
+        slot = slots.slot(slots.state().inactive)
+        try:
+            verify_artifact(slot, self.config.policy, Expectation(spec.model, spec.version, self.config.profile,
+                                                                  slots.state().minimum_counter))  # fmt: skip
+        except RefusedError as refused:
+            (slots.root / "staged.json").unlink(missing_ok=True)
+            return self._report(spec, AssignmentStatus("Failed", **base, reason=str(refused.reason),
+                                                       message=f"staged slot: {refused.message}"))  # fmt: skip
+        new = slots.activate(slot, int(marker.get("minimumCounter", 0)))
+        (slots.root / "staged.json").unlink(missing_ok=True)
+        if self.on_switch is not None:
+            self.on_switch(spec.model)
+        return self._report(spec, AssignmentStatus(
+            "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
+            observed_generation=generation, message="switched in the maintenance window",
+        ))  # fmt: skip
 
     def _download(self, spec: Desired, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)

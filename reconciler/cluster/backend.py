@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from reconciler.plan import Desired, Device
+from reconciler.plan.window import Window
 
 FIELD_MANAGER = "edge-reconciler"
 
@@ -53,9 +54,11 @@ class AssignmentStatus:
 
 
 def spec_to_json(desired: Desired) -> dict[str, Any]:
-    body = {_camel(k): v for k, v in asdict(desired).items()}
+    body = {_camel(k): v for k, v in asdict(desired).items() if k != "window"}
     if body["artifact"] is None:
         del body["artifact"]
+    if desired.window is not None:
+        body["window"] = desired.window.to_json()
     return body
 
 
@@ -63,6 +66,7 @@ def spec_from_json(body: Mapping[str, Any]) -> Desired:
     return Desired(
         device=body["device"], model=body["model"], version=body["version"], profile=body["profile"],
         rollout=body["rollout"], artifact=body.get("artifact"), in_rollout=bool(body.get("inRollout")),
+        window=Window.from_json(body.get("window")),
     )  # fmt: skip
 
 

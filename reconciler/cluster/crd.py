@@ -17,8 +17,9 @@ KIND = "ModelAssignment"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 _STRING = {"type": "string"}
-PHASES = ("Pending", "Downloading", "Verifying", "Installing", "Testing", "Healthy", "Failed", "RolledBack")
-"""An assignment's phases as agents report them; only Healthy counts as a success for a rollout."""
+PHASES = ("Pending", "Downloading", "Verifying", "Installing", "Testing", "Staged", "Healthy", "Failed", "RolledBack")
+"""An assignment's phases as agents report them; only Healthy counts as a success for a rollout. Staged: the
+new version is downloaded, verified and tested in the inactive slot, waiting for the maintenance window."""
 
 MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -65,6 +66,16 @@ MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
                                     "rollout": _STRING,
                                     "artifact": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                                     "inRollout": {"type": "boolean"},
+                                    "window": {
+                                        "type": "object",
+                                        "description": "When the device may switch, in its own time zone.",
+                                        "properties": {
+                                            "days": {"type": "array", "items": _STRING},
+                                            "start": _STRING,
+                                            "end": _STRING,
+                                            "timezone": _STRING,
+                                        },
+                                    },
                                 },
                             },
                             "status": {

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from reconciler.spec import FleetTree
 from reconciler.spec.types import LabelSelector
 
+from .window import Window, window_for
+
 BUCKETS = 10_000
 """Percent resolution: buckets of 0.01 %."""
 
@@ -62,6 +64,8 @@ class Desired:
     """Artifact id when the build exists; None while it is being built (the device waits)."""
     in_rollout: bool
     """True: the rollout's new version; False: its stable version."""
+    window: Window | None = None
+    """When the device may switch (in its own time zone); None: any time. It may download before."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,18 @@ def plan(
         recipes = frozenset(r.profile for r in model.spec.recipes) if model else frozenset()
         groups = [tree.groups[g].spec.selector for g in spec.groups if g in tree.groups]
         threshold = 0 if position.aborted else position.percent * (BUCKETS // 100)
-        rollouts.append((name, spec.model, spec.version, groups, threshold, recipes, position.stable_version))
+        rollouts.append(
+            (
+                name,
+                spec.model,
+                spec.version,
+                groups,
+                threshold,
+                recipes,
+                position.stable_version,
+                spec.maintenance_window,
+            )
+        )
     profiles = sorted(tree.profiles.items())
     # Every selector reads a few label keys; devices that agree on those keys get the same answers.
     keys = sorted(
@@ -138,7 +153,7 @@ def plan(
             continue
         profile = matched[0]
         result.profiles[device.name] = profile
-        for name, model, version, _, threshold, recipes, stable in targeting:
+        for name, model, version, _, threshold, recipes, stable, maintenance in targeting:
             key = (device.name, model)
             first = claimed.setdefault(key, name)
             if first != name:
@@ -151,8 +166,9 @@ def plan(
             wanted = version if inside else stable
             if wanted is None:
                 continue  # not reached yet, and nothing ran before: leave the device alone
+            window = window_for(maintenance, labels) if maintenance is not None else None
             result.desired[key] = Desired(
-                device.name, model, wanted, profile, name, artifacts.get((model, wanted, profile)), inside
+                device.name, model, wanted, profile, name, artifacts.get((model, wanted, profile)), inside, window
             )
     return result
 

@@ -91,8 +91,8 @@ class Fleet:
                 files[target_path(manifest["model"], manifest["version"], manifest["profile"], file.name)] = file
         self.repo.publish(files, self.online, now or utcnow())
 
-    def assign(self, device: str, version: str, profile: str = PROFILE) -> None:
-        self.backend.apply([Desired(device, MODEL, version, profile, "vibration-anomaly-2", None, True)])
+    def assign(self, device: str, version: str, profile: str = PROFILE, window=None) -> None:
+        self.backend.apply([Desired(device, MODEL, version, profile, "vibration-anomaly-2", None, True, window)])
 
     def agent(self, device: str = "factory-1", data_dir: Path | None = None) -> Agent:
         config = AgentConfig(device, PROFILE, data_dir or self.root / "devices" / device, f"{self.server.url}/tuf",

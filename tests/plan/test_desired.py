@@ -121,3 +121,34 @@ spec: {selector: {matchLabels: {acme.example/shift: night}}}
     assert len(result.desired) == 1
     [problem] = result.problems
     assert problem.device == "factory-both" and "both target it" in problem.message
+
+
+def test_maintenance_windows_in_the_devices_time_zone(tree: FleetTree):
+    from datetime import UTC, datetime
+
+    from reconciler.plan.window import Window
+
+    weeknights = Window(("Mon", "Tue", "Wed", "Thu", "Fri"), "22:00", "05:00", "Europe/Berlin")
+    at = lambda *a: datetime(*a, tzinfo=UTC)  # noqa: E731
+    assert weeknights.is_open(at(2026, 12, 3, 22, 30))  # Thu 23:30 in Berlin
+    assert weeknights.is_open(at(2026, 12, 4, 3, 0))  # Fri 04:00, the morning after Thursday night
+    assert not weeknights.is_open(at(2026, 12, 4, 4, 30))  # Fri 05:30: closed
+    assert weeknights.is_open(at(2026, 12, 5, 2, 0))  # Sat 03:00: Friday night's window
+    assert not weeknights.is_open(at(2026, 12, 6, 2, 0))  # Sun 03:00: Saturday night is not in the window
+    # The plan gives each device the window in its own zone (timezone label), else the rollout's default.
+    devices = [Device("berlin", {**FACTORY, **CORTEX}),
+               Device("tokyo", {**FACTORY, **CORTEX, "edgereconciler.io/timezone": "Asia/Tokyo"})]  # fmt: skip
+    text = (Path(__file__).resolve().parents[2] / "fleet-example" / "rollouts" / "vibration-anomaly-2.yaml").read_text()
+    windowed = text.replace(
+        "  maxUnavailable: 2\n",
+        '  maxUnavailable: 2\n  maintenanceWindow: {start: "22:00", end: "05:00", timezone: Europe/Berlin}\n',
+    )
+    base = [
+        f
+        for f in read_fleet_dir(Path(__file__).resolve().parents[2] / "fleet-example")
+        if "vibration-anomaly-2" not in f.path
+    ]
+    tree2 = load_fleet([*base, SourceFile("rollouts/v.yaml", windowed.encode())])
+    result = plan(tree2, devices, {"vibration-anomaly-2": RolloutPosition(100)})
+    assert result.desired[("berlin", "vibration-anomaly")].window.timezone == "Europe/Berlin"
+    assert result.desired[("tokyo", "vibration-anomaly")].window.timezone == "Asia/Tokyo"
