@@ -83,7 +83,7 @@ class Agent:
 
     def cycle(self) -> dict[str, AssignmentStatus]:
         """Converge every assignment of this device once; returns the status reported per model."""
-        self.backend.sync()
+        self.backend.sync(inventory=False)
         reports = {}
         for model, (spec, generation) in sorted(self.backend.assignments_for(self.config.device).items()):
             reports[model] = self.converge(spec, generation)

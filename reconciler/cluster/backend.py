@@ -79,8 +79,9 @@ class Backend(Protocol):
     writes: int
     """Write requests sent so far (creates, applies, deletes, status updates)."""
 
-    def sync(self) -> None:
-        """Bring the view of devices and assignments up to date (a no-op while watches keep it current)."""
+    def sync(self, inventory: bool = True) -> None:
+        """Bring the view of devices (unless ``inventory`` is False) and assignments up to date; a no-op while
+        watches keep it current."""
 
     def devices(self) -> list[Device]: ...
 

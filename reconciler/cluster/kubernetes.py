@@ -89,10 +89,12 @@ class KubernetesBackend:
 
     # --- reads -------------------------------------------------------------------------------------
 
-    def sync(self) -> None:
+    def sync(self, inventory: bool = True) -> None:
+        """``inventory=False`` for agents: they read assignments only (and may not list Nodes)."""
         if self._watching.is_set():
             return
-        self._list_nodes()
+        if inventory:
+            self._list_nodes()
         self._list_assignments()
 
     def devices(self) -> list[Device]:

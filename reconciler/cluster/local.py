@@ -63,7 +63,7 @@ class LocalBackend:
     def remove_device(self, name: str) -> None:
         self._write("DELETE FROM devices WHERE name = ?", (name,))
 
-    def sync(self) -> None:
+    def sync(self, inventory: bool = True) -> None:
         """Reads go to the database every time: nothing to refresh."""
 
     def devices(self) -> list[Device]:

@@ -123,3 +123,31 @@ def test_an_assignment_for_another_profile_is_refused(fleet: Fleet):
     status = agent.cycle()[MODEL]
     assert (status.phase, status.reason) == ("Failed", "WrongProfile")
     assert serving(fleet, agent.data_dir) is None and fleet.server.bytes_served == 0
+
+
+def test_a_truncated_file_on_the_server_is_refused(fleet: Fleet):
+    fleet.publish(fleet.release("2.0.0", 2))
+    served = next((fleet.root / "tuf" / "targets" / MODEL / "2.0.0" / PROFILE).glob("*.model.onnx"))
+    data = served.read_bytes()
+    served.unlink()
+    served.write_bytes(data[: len(data) // 2])
+    agent = fleet.agent()
+    agent.downloader.config = type(agent.downloader.config)(attempts=2, backoff_seconds=0.01, reserve_bytes=0)
+    fleet.assign("factory-1", "2.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.reason) == ("Failed", "DownloadFailed") and "connection ended" in status.message
+    assert serving(fleet, agent.data_dir) is None
+
+
+def test_replayed_older_metadata_is_refused_and_the_device_keeps_its_model(fleet: Fleet):
+    fleet.publish(fleet.release("1.0.0", 1))
+    old_timestamp = (fleet.root / "tuf" / "metadata" / "timestamp.json").read_bytes()
+    fleet.publish(fleet.release("1.0.0", 1, name="again"), fleet.release("2.0.0", 2))
+    agent = fleet.agent()
+    fleet.assign("factory-1", "1.0.0")
+    agent.cycle()  # the device now trusts the second version of the metadata
+    (fleet.root / "tuf" / "metadata" / "timestamp.json").write_bytes(old_timestamp)  # a replay
+    fleet.assign("factory-1", "2.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.reason) == ("Failed", "Rollback")
+    assert serving(fleet, agent.data_dir) == "1.0.0"
