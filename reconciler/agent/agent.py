@@ -53,6 +53,8 @@ class AgentConfig:
     trusted_root: bytes | None = None
     threads: int = 1
     max_latency_ms: float | None = None
+    max_memory_bytes: int | None = None
+    """The profile's limits, checked by the health check (the DaemonSet passes them from the profile)."""
     download: DownloadConfig = field(default_factory=DownloadConfig)
     deltas: bool = True
     """Fetch a delta against the installed model file when the controller offers one."""
@@ -115,7 +117,8 @@ class Agent:
             self._report(spec, AssignmentStatus("Installing", **base))
             slot = slots.stage(staging)
             self._report(spec, AssignmentStatus("Testing", **base))
-            health = health_check(slot, verified.manifest, self.config.threads, self.config.max_latency_ms)
+            health = health_check(slot, verified.manifest, self.config.threads, self.config.max_latency_ms,
+                                  max_memory_bytes=self.config.max_memory_bytes)  # fmt: skip
             if not health.passed:
                 status = AssignmentStatus("RolledBack", **base, reason="HealthCheckFailed",
                                           message=f"{spec.version} failed its health check: {health.reason}; "
@@ -144,7 +147,8 @@ class Agent:
             return self._report(spec, AssignmentStatus(
                 "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
                 observed_generation=generation, message=f"health check: {health.reason}",
-                extra={"latencyP95Ms": round(health.latency_p95_ms, 3), "bytesTransferred": self.bytes_transferred,
+                extra={"latencyP95Ms": round(health.latency_p95_ms, 3), "memoryBytes": health.memory_bytes,
+                       "bytesTransferred": self.bytes_transferred,
                        "transfer": self.transfer},
             ))  # fmt: skip
         except RefusedError as refused:

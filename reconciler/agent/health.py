@@ -26,11 +26,19 @@ class HealthReport:
     max_abs_error: float = float("nan")
     top1_agreement: float = float("nan")
     latency_p95_ms: float = float("nan")
+    memory_bytes: int = 0
+    """Resident memory the model added to the process while loading and running."""
 
 
 def health_check(
-    slot: Path, manifest: dict, threads: int = 1, max_latency_ms: float | None = None, runs: int = 20
+    slot: Path,
+    manifest: dict,
+    threads: int = 1,
+    max_latency_ms: float | None = None,
+    runs: int = 20,
+    max_memory_bytes: int | None = None,
 ) -> HealthReport:
+    before = _rss()
     try:
         model_file = next(name for name in manifest["files"] if name.startswith("model."))
         runner = ModelRunner(Path(slot) / model_file, manifest["format"], threads)
@@ -52,6 +60,10 @@ def health_check(
         runner.run(inputs[:1])
         latencies.append((time.perf_counter() - start) * 1000)
     p95 = float(np.percentile(latencies, 95))
+    memory = max(0, _rss() - before)
+    if max_memory_bytes is not None and memory > max_memory_bytes:
+        return HealthReport(False, f"the model took {memory} bytes of memory, more than {max_memory_bytes}",
+                            error, agreement, p95, memory)  # fmt: skip
     if error > atol:
         return HealthReport(
             False, f"golden outputs differ by {error:.4g} (tolerance {atol:.4g})", error, agreement, p95
@@ -62,4 +74,12 @@ def health_check(
         )
     if max_latency_ms is not None and p95 > max_latency_ms:
         return HealthReport(False, f"latency p95 {p95:.2f} ms exceeds {max_latency_ms:.2f} ms", error, agreement, p95)
-    return HealthReport(True, "golden outputs reproduced", error, agreement, p95)
+    return HealthReport(True, "golden outputs reproduced", error, agreement, p95, memory)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return 0

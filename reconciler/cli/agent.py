@@ -35,6 +35,8 @@ import click
     "--fleet", type=click.Path(exists=True, file_okay=False), help="Take the trust policy from this checkout."
 )
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--max-latency-ms", type=float, help="The profile's p95 latency limit for the health check.")
+@click.option("--max-memory", type=int, help="The profile's memory limit in bytes for the health check.")
 @click.option("--interval", type=float, default=30.0, show_default=True)
 @click.option("--serve", default="", help="Serve inference on HOST:PORT (e.g. 127.0.0.1:8501); '' disables.")
 @click.option("--telemetry-url", help="Where summaries go (default: the repository's host, /telemetry).")
@@ -54,6 +56,8 @@ def agent(
     release_keys: tuple[Path, ...],
     fleet: str | None,
     threads: int,
+    max_latency_ms: float | None,
+    max_memory: int | None,
     interval: float,
     serve: str,
     telemetry_url: str | None,
@@ -87,7 +91,8 @@ def agent(
         host, _, port = serve.rpartition(":")
         server = ModelServer(data_dir, (host or "127.0.0.1", int(port)), threads, recorder).start()
     on_switch = server.reload if server is not None else None
-    worker = Agent(AgentConfig(device, profile, data_dir, repository, policy, root, threads), target, on_switch)
+    config = AgentConfig(device, profile, data_dir, repository, policy, root, threads, max_latency_ms, max_memory)
+    worker = Agent(config, target, on_switch)
     if once:
         reports = worker.cycle()
         for model, status in sorted(reports.items()):

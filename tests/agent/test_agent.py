@@ -151,3 +151,15 @@ def test_replayed_older_metadata_is_refused_and_the_device_keeps_its_model(fleet
     status = agent.cycle()[MODEL]
     assert (status.phase, status.reason) == ("Failed", "Rollback")
     assert serving(fleet, agent.data_dir) == "1.0.0"
+
+
+def test_a_model_over_the_profiles_limits_fails_its_health_check(fleet: Fleet):
+    from dataclasses import replace
+
+    fleet.publish(fleet.release("2.0.0", 2))
+    agent = fleet.agent()
+    agent.config = replace(agent.config, max_latency_ms=0.000001)
+    fleet.assign("factory-1", "2.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.reason) == ("RolledBack", "HealthCheckFailed") and "latency p95" in status.message
+    assert serving(fleet, agent.data_dir) is None
