@@ -67,6 +67,9 @@ def cutting_server(store: ArtifactStore, at: int) -> tuple[QuietHTTPServer, dict
         def flush(self) -> None:
             self.raw.flush()
 
+        def __getattr__(self, name: str):
+            return getattr(self.raw, name)
+
     def handle_get(self) -> None:
         sent["requests"] += 1
         self.wfile = CutWriter(self.wfile)
