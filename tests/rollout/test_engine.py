@@ -1,0 +1,124 @@
+"""The step machine, table-driven with a fake clock: every phase and transition, and a restart (state written
+to the status file and read back) in every phase gives the same decision."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import yaml
+
+from reconciler.rollout.engine import (
+    Manual,
+    Observation,
+    Phase,
+    RolloutState,
+    Verdict,
+    decide,
+    evaluate_gates,
+)
+from reconciler.spec.rollout import RolloutSpec
+
+T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+def spec(**overrides) -> RolloutSpec:
+    body = {
+        "model": "digits-cnn", "version": "1.1.0", "groups": ["eu-stores"],
+        "steps": [{"percent": 5}, {"percent": 25, "pause": {"duration": "30m"}}, {"percent": 50, "pause": {}},
+                  {"percent": 100}],
+        "maxUnavailable": 1,
+    }  # fmt: skip
+    body.update(overrides)
+    return RolloutSpec.model_validate(yaml.safe_load(yaml.safe_dump(body)))
+
+
+def state(phase: Phase, step: int = 0, **kw) -> RolloutState:
+    return RolloutState(phase, step, "1.0.0", T0.isoformat(), **kw)
+
+
+ALL_HEALTHY = Observation(targeted=10, healthy=10)
+CASES = [
+    # (name, spec, state, observation, now, manual, expected phase, expected step, decision kind)
+    ("pending starts", spec(), RolloutState(), Observation(), T0, Manual(), Phase.PROGRESSING, 0, "Start"),
+    ("settled step without pause promotes", spec(), state(Phase.PROGRESSING, 0), ALL_HEALTHY, T0, Manual(),
+     Phase.PROGRESSING, 1, "Promote"),
+    ("devices still installing hold the step", spec(), state(Phase.PROGRESSING, 0),
+     Observation(targeted=10, healthy=6, in_progress=4), T0, Manual(), Phase.PROGRESSING, 0, None),
+    ("unavailable within maxUnavailable still settles", spec(), state(Phase.PROGRESSING, 0),
+     Observation(targeted=10, healthy=9, unavailable=1), T0, Manual(), Phase.PROGRESSING, 1, "Promote"),
+    ("unavailable beyond maxUnavailable holds", spec(), state(Phase.PROGRESSING, 0),
+     Observation(targeted=10, healthy=8, unavailable=2), T0, Manual(), Phase.PROGRESSING, 0, None),
+    ("a step with no device passes through", spec(), state(Phase.PROGRESSING, 0), Observation(), T0, Manual(),
+     Phase.PROGRESSING, 1, "Promote"),
+    ("failure rate over the threshold aborts", spec(), state(Phase.PROGRESSING, 0),
+     Observation(targeted=10, healthy=9, failed=1), T0, Manual(), Phase.ABORTED, 0, "Abort"),
+    ("too few reports is inconclusive and holds", spec(analysis={"minDevicesReporting": 3}),
+     state(Phase.PROGRESSING, 0), Observation(targeted=10, healthy=2, in_progress=8), T0, Manual(),
+     Phase.PROGRESSING, 0, None),
+    ("a timed pause waits", spec(), state(Phase.PROGRESSING, 1, step_done=T0.isoformat()), ALL_HEALTHY,
+     T0 + timedelta(minutes=10), Manual(), Phase.PROGRESSING, 1, None),
+    ("a timed pause ends", spec(), state(Phase.PROGRESSING, 1, step_done=T0.isoformat()), ALL_HEALTHY,
+     T0 + timedelta(minutes=31), Manual(), Phase.PROGRESSING, 2, "Promote"),
+    ("an open pause waits for a person", spec(), state(Phase.PROGRESSING, 2), ALL_HEALTHY, T0, Manual(),
+     Phase.PAUSED, 2, "Pause"),
+    ("a promotion continues the open pause", spec(), state(Phase.PAUSED, 2, reason="WaitingForPromotion"),
+     ALL_HEALTHY, T0, Manual(promotions=1), Phase.PROGRESSING, 3, "Promote"),
+    ("the last step succeeds", spec(), state(Phase.PROGRESSING, 3), ALL_HEALTHY, T0, Manual(), Phase.SUCCEEDED, 3,
+     "Succeed"),
+    ("succeeded stays", spec(), state(Phase.SUCCEEDED, 3), ALL_HEALTHY, T0, Manual(), Phase.SUCCEEDED, 3, None),
+    ("a person pauses", spec(), state(Phase.PROGRESSING, 0), ALL_HEALTHY, T0, Manual(paused=True), Phase.PAUSED, 0,
+     "Pause"),
+    ("a person resumes", spec(), state(Phase.PAUSED, 0, reason="PausedByPerson"), ALL_HEALTHY, T0, Manual(),
+     Phase.PROGRESSING, 1, "Promote"),
+    ("a person aborts", spec(), state(Phase.PROGRESSING, 1), ALL_HEALTHY, T0, Manual(abort="bad labels"),
+     Phase.ABORTED, 1, "Abort"),
+    ("aborted stays aborted", spec(), state(Phase.ABORTED, 1), ALL_HEALTHY, T0, Manual(), Phase.ABORTED, 1, None),
+    ("a retry starts over", spec(), state(Phase.ABORTED, 1), ALL_HEALTHY, T0, Manual(retries=1),
+     Phase.PROGRESSING, 0, "Retry"),
+    ("a latency regression aborts", spec(analysis={"maxLatencyRegression": 20}), state(Phase.PROGRESSING, 0),
+     Observation(targeted=10, healthy=10, latency_regression=35.0, telemetry_devices=10), T0, Manual(),
+     Phase.ABORTED, 0, "Abort"),
+    ("drift without telemetry is inconclusive", spec(analysis={"maxDriftPSI": 0.2}), state(Phase.PROGRESSING, 0),
+     ALL_HEALTHY, T0, Manual(), Phase.PROGRESSING, 0, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "rollout", "before", "obs", "now", "manual", "phase", "step", "kind"), CASES,
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_transitions(name, rollout, before, obs, now, manual, phase, step, kind):
+    outcome = decide(rollout, before, obs, now, manual)
+    assert (outcome.state.phase, outcome.state.step) == (phase, step)
+    assert (outcome.decision.kind if outcome.decision else None) == kind
+    # Restart in this phase: the state goes through the status file and the next decision is the same.
+    restored = RolloutState.from_json(yaml.safe_load(yaml.safe_dump(before.to_json())))
+    again = decide(rollout, restored, obs, now, manual)
+    assert again.state == outcome.state and again.decision == outcome.decision
+
+
+def test_an_abort_names_the_gate_its_value_and_threshold():
+    outcome = decide(spec(), state(Phase.PROGRESSING, 0), Observation(targeted=4, healthy=1, failed=3), T0, Manual())
+    assert outcome.decision.gate.name == "failureRate" and outcome.decision.devices == 4
+    assert outcome.decision.message == "failureRate 0.75 > 0.05"
+    assert outcome.state.stable_version == "1.0.0"
+
+
+def test_a_failure_limit_tolerates_consecutive_failures_before_aborting():
+    rollout = spec(analysis={"failureLimit": 2})
+    current = state(Phase.PROGRESSING, 0)
+    bad = Observation(targeted=10, healthy=8, failed=2)
+    for expected in (1, 2):
+        outcome = decide(rollout, current, bad, T0, Manual())
+        assert outcome.state.phase is Phase.PROGRESSING and outcome.state.failures == expected
+        current = outcome.state
+    assert decide(rollout, current, bad, T0, Manual()).state.phase is Phase.ABORTED
+    # A passing evaluation resets the count.
+    assert decide(rollout, replace(current, failures=2), ALL_HEALTHY, T0, Manual()).state.failures == 0
+
+
+def test_gate_defaults_and_opt_in_telemetry_gates():
+    gates = evaluate_gates(spec(), ALL_HEALTHY)
+    assert [(g.name, g.threshold, g.verdict) for g in gates] == [("failureRate", 0.05, Verdict.PASS)]
+    gates = evaluate_gates(spec(analysis={"maxErrorRate": 0.01}), replace(ALL_HEALTHY, error_rate=0.002, telemetry_devices=3))
+    assert [g.verdict for g in gates] == [Verdict.PASS, Verdict.PASS]
