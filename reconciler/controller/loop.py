@@ -18,24 +18,29 @@ status commits. Time is read once per cycle and passed down.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.build.store import ArtifactStore
 from reconciler.cluster import Backend
 from reconciler.gitops.source import GitError, GitSource
 from reconciler.gitops.status import Author, StatusWriter
+from reconciler.plan import plan
 from reconciler.spec import FleetTree, SpecErrors, load_fleet
 
 from .metrics import ControllerMetrics
 from .reconcile import ReconcileResult, reconcile
+from .rollouts import initial_state, position, rollback_message, run_rollouts, status_fields
 from .status import (
     parse_status,
-    position_from_status,
     render_controller,
     render_group,
     render_rollout,
@@ -65,6 +70,9 @@ class CycleOutcome:
     """Why nothing was applied (unsigned head, spec errors, Git unreachable)."""
     result: ReconcileResult | None = None
     problems: list[str] = field(default_factory=list)
+    rollbacks: list[str] = field(default_factory=list)
+    """Rollback commits pushed in this cycle (one per aborted rollout)."""
+    decisions: dict[str, str] = field(default_factory=dict)
 
 
 class Controller:
@@ -74,8 +82,10 @@ class Controller:
         backend: Backend,
         source: GitSource | None = None,
         metrics: ControllerMetrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
+        self.clock = clock
         self.backend = backend
         self.source = source or GitSource(config.repo_url, config.state_dir / "git", config.branch)
         self.metrics = metrics or ControllerMetrics()
@@ -124,32 +134,58 @@ class Controller:
             self._report(spec_commit, outcome.stalled or "", outcome)
             return
         status_path = tree.fleet.spec.status_path
+        now = self.clock()
+        revision = spec_revision(files)
         previous = {
             name: parse_status(self.source.read_blob(head, f"{status_path}/rollouts/{name}.yaml"))
             for name in tree.rollouts
         }
-        positions = {name: position_from_status(tree, name, previous[name]) for name in tree.rollouts}
-        result = outcome.result = reconcile(tree, self.backend, positions, self._artifacts())
+        artifacts = self._artifacts()
+        # The step machine looks at the plan as it stands, decides, and the decisions shape this cycle's writes.
+        self.backend.sync()
+        statuses, devices = self.backend.statuses(), self.backend.devices()
+        standing = {n: initial_state(tree, n, previous[n], statuses) for n in tree.rollouts if tree.rollouts[n].active}
+        before = plan(tree, devices, {n: position(tree, n, s) for n, s in standing.items()}, artifacts)
+        cycles = run_rollouts(tree, previous, before, statuses, self._telemetry(), now)
+        engine = {name: status_fields(cycle, previous[name], now) for name, cycle in cycles.items()}
+        author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
+        writer = StatusWriter(self.source, author)
+        for name, cycle in cycles.items():
+            if cycle.outcome.decision is not None and cycle.outcome.decision.kind == "Abort":
+                path = f"{status_path}/rollouts/{name}.yaml"
+                content = render_rollout(
+                    tree, name, before, statuses, previous[name], revision, spec_commit, engine[name]
+                )
+                pushed = writer.commit({path: content}, rollback_message(tree, cycle))
+                if pushed is not None:
+                    outcome.rollbacks.append(pushed.commit)
+        positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
+        result = outcome.result = reconcile(tree, self.backend, positions, artifacts)
         outcome.applied, outcome.deleted = result.applied, result.deleted
         outcome.problems = [f"{p.device}: {p.message}" for p in result.plan.problems]
+        outcome.decisions = {n: c.outcome.decision.kind for n, c in cycles.items() if c.outcome.decision}
 
-        revision = spec_revision(files)
         statuses = self.backend.statuses()
         devices = self.backend.devices()
         self.metrics.observe_phases(Counter(status.phase for status in statuses.values()))
         rendered: dict[str, bytes | None] = {}
         for name in tree.rollouts:
             rendered[f"{status_path}/rollouts/{name}.yaml"] = render_rollout(
-                tree, name, result.plan, statuses, previous[name], revision, head
+                tree, name, result.plan, statuses, previous[name], revision, spec_commit, engine.get(name)
             )
         for name in tree.groups:
             rendered[f"{status_path}/groups/{name}.yaml"] = render_group(tree, name, devices, result.plan, statuses)
         rendered[f"{status_path}/controller.yaml"] = render_controller(None, spec_commit)
-        writer = StatusWriter(
-            self.source, Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
-        )
         changed = len(result.changes.apply) + len(result.changes.delete)
-        pushed = writer.commit(rendered, f"status: {changed} assignment(s) changed at {head[:12]}")
+        decided = "; ".join(
+            f"{n}: {c.outcome.decision.kind.lower()} ({c.outcome.decision.message})"
+            for n, c in cycles.items()
+            if c.outcome.decision and c.outcome.decision.kind != "Abort"
+        )
+        message = f"status: {changed} assignment(s) changed at {spec_commit[:12]}" + (
+            f"\n\n{decided}" if decided else ""
+        )
+        pushed = writer.commit(rendered, message)
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
@@ -174,6 +210,19 @@ class Controller:
             files = self.source.files_at(head, ignore=[tree.fleet.spec.status_path])
             tree = load_fleet(files)
         return tree, files
+
+    def _telemetry(self, limit: int = 200_000) -> list[dict]:
+        """Summaries devices uploaded (the newest ``limit``), for the rollout gates."""
+        path = self.config.state_dir / "telemetry" / "received.jsonl"
+        try:
+            lines = path.read_text().splitlines()[-limit:]
+        except OSError:
+            return []
+        found = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+        return found
 
     def _artifacts(self) -> dict[tuple[str, str, str], str]:
         if self.store is None:

@@ -60,7 +60,9 @@ def render_rollout(
     previous: Mapping[str, Any],
     revision: str,
     commit: str,
+    engine: Mapping[str, Any] | None = None,
 ) -> bytes:
+    """``engine``: the step machine's state, gates and decisions; without it the previous ones are kept."""
     spec = tree.rollouts[name].spec
     mine = target.for_rollout(name)
     versions: dict[str, Counter[str]] = {}
@@ -89,9 +91,14 @@ def render_rollout(
         },
         "problems": sorted({f"{p.device}: {p.message}" for p in target.problems if p.model in (None, spec.model)})[:50],
     }
-    for key in ("lastDecision", "history"):
-        if key in previous:
-            body[key] = previous[key]
+    if engine is not None:
+        problems = body.pop("problems")
+        body.update(engine)
+        body["problems"] = problems
+    else:
+        for key in ("lastDecision", "history"):
+            if key in previous:
+                body[key] = previous[key]
     return _dump(body)
 
 

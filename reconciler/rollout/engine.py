@@ -245,7 +245,10 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
         return Outcome(aborted, Decision("Abort", f"aborted by a person: {manual.abort}", devices=obs.targeted))
     if state.phase is Phase.PENDING:
         started = replace(state, phase=Phase.PROGRESSING, step_started=stamp, reason="Started", message="")
-        return Outcome(started, Decision("Start", f"step 0 ({spec.steps[0].percent}%)"))
+        after = decide(spec, started, obs, now, manual)  # the first step is evaluated at once
+        return Outcome(
+            after.state, after.decision or Decision("Start", f"step 0 ({spec.steps[0].percent}%)"), after.gates
+        )
 
     gates = evaluate_gates(spec, obs) if obs.targeted else []
     failed = next((g for g in gates if g.verdict is Verdict.FAIL), None)

@@ -41,7 +41,10 @@ def state(phase: Phase, step: int = 0, **kw) -> RolloutState:
 ALL_HEALTHY = Observation(targeted=10, healthy=10)
 CASES = [
     # (name, spec, state, observation, now, manual, expected phase, expected step, decision kind)
-    ("pending starts", spec(), RolloutState(), Observation(), T0, Manual(), Phase.PROGRESSING, 0, "Start"),
+    ("pending starts", spec(), RolloutState(), Observation(targeted=5, in_progress=5), T0, Manual(),
+     Phase.PROGRESSING, 0, "Start"),
+    ("pending with an empty first step goes on at once", spec(), RolloutState(), Observation(), T0, Manual(),
+     Phase.PROGRESSING, 1, "Promote"),
     ("settled step without pause promotes", spec(), state(Phase.PROGRESSING, 0), ALL_HEALTHY, T0, Manual(),
      Phase.PROGRESSING, 1, "Promote"),
     ("devices still installing hold the step", spec(), state(Phase.PROGRESSING, 0),
@@ -120,5 +123,7 @@ def test_a_failure_limit_tolerates_consecutive_failures_before_aborting():
 def test_gate_defaults_and_opt_in_telemetry_gates():
     gates = evaluate_gates(spec(), ALL_HEALTHY)
     assert [(g.name, g.threshold, g.verdict) for g in gates] == [("failureRate", 0.05, Verdict.PASS)]
-    gates = evaluate_gates(spec(analysis={"maxErrorRate": 0.01}), replace(ALL_HEALTHY, error_rate=0.002, telemetry_devices=3))
+    gates = evaluate_gates(
+        spec(analysis={"maxErrorRate": 0.01}), replace(ALL_HEALTHY, error_rate=0.002, telemetry_devices=3)
+    )
     assert [g.verdict for g in gates] == [Verdict.PASS, Verdict.PASS]

@@ -1,0 +1,183 @@
+"""Runs the rollout step machine inside a controller cycle: observe each rollout's current step, decide,
+and turn aborts into rollback commits.
+
+Who calls it: ``controller.loop``. The observation is built from the plan (which devices are in the step), the
+agents' reports (phase, installed version, last seen) and the telemetry devices uploaded; the clock is read
+once per cycle by the caller. Manual actions are annotations on the Rollout document, so each one is a commit
+a person made (``edgectl rollout pause|resume|promote|abort|retry``):
+
+    edgereconciler.io/paused: "true"       hold the rollout
+    edgereconciler.io/promotions: "N"      N promotions so far (each past a pause)
+    edgereconciler.io/retries: "N"         N retries of an aborted rollout
+    edgereconciler.io/abort: "reason"      abort and roll back
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from reconciler.cluster import AssignmentStatus
+from reconciler.plan import Plan, RolloutPosition
+from reconciler.rollout.engine import Manual, Observation, Outcome, Phase, RolloutState, decide, is_overdue
+from reconciler.spec import FleetTree, Rollout
+from reconciler.telemetry.aggregate import aggregate, psi
+
+ANNOTATION = "edgereconciler.io"
+IN_PROGRESS = {"Pending", "Downloading", "Verifying", "Installing", "Testing", "Staged"}
+HISTORY = 10
+
+
+@dataclass(frozen=True)
+class RolloutCycle:
+    name: str
+    before: RolloutState
+    outcome: Outcome
+    observation: Observation
+
+
+def manual_actions(rollout: Rollout) -> Manual:
+    notes = rollout.metadata.annotations
+
+    def count(key: str) -> int:
+        try:
+            return max(0, int(notes.get(f"{ANNOTATION}/{key}", "0")))
+        except ValueError:
+            return 0
+
+    abort = notes.get(f"{ANNOTATION}/abort") or None
+    return Manual(notes.get(f"{ANNOTATION}/paused") == "true", count("promotions"), count("retries"), abort)
+
+
+def initial_state(tree: FleetTree, name: str, previous: Mapping[str, Any], statuses) -> RolloutState:
+    """The state a rollout continues from: its status file, unless the spec now asks for another version."""
+    spec = tree.rollouts[name].spec
+    if previous.get("version") == spec.version and previous.get("model") == spec.model:
+        return RolloutState.from_json(dict(previous))
+    # A new version: the fleet falls back to what it ran before.
+    stable = None
+    if previous.get("model") == spec.model:
+        stable = previous.get("version") if previous.get("phase") == "Succeeded" else previous.get("stableVersion")
+    if stable is None:
+        installed = Counter(
+            s.installed_version for (_, model), s in statuses.items()
+            if model == spec.model and s.installed_version and s.installed_version != spec.version
+        )  # fmt: skip
+        stable = installed.most_common(1)[0][0] if installed else _previous_version(tree, spec.model, spec.version)
+    return RolloutState(stable_version=stable)
+
+
+def _previous_version(tree: FleetTree, model: str, version: str) -> str | None:
+    versions = [v.version for v in tree.models[model].spec.versions] if model in tree.models else []
+    return versions[versions.index(version) - 1] if version in versions and versions.index(version) > 0 else None
+
+
+def position(tree: FleetTree, name: str, state: RolloutState) -> RolloutPosition:
+    steps = tree.rollouts[name].spec.steps
+    percent = steps[min(state.step, len(steps) - 1)].percent
+    return RolloutPosition(percent, state.stable_version, state.phase is Phase.ABORTED)
+
+
+def observe(
+    tree: FleetTree,
+    name: str,
+    state: RolloutState,
+    target: Plan,
+    statuses: Mapping[tuple[str, str], AssignmentStatus],
+    summaries: Iterable[Mapping],
+    now: datetime,
+) -> Observation:
+    spec = tree.rollouts[name].spec
+    step_devices = [d for d in target.for_rollout(name) if d.in_rollout]
+    healthy = failed = unavailable = in_progress = 0
+    for desired in step_devices:
+        status = statuses.get((desired.device, desired.model))
+        seen = _time(status.last_seen) if status else None
+        if status is None or seen is None:
+            # Never reported: in progress for a while, then unavailable (offline devices must not wedge a step).
+            if is_overdue(state.step_started, now, spec.offline_after):
+                unavailable += 1
+            else:
+                in_progress += 1
+        elif now - seen > spec.offline_after:
+            unavailable += 1
+        elif status.phase == "Healthy" and status.installed_version == spec.version:
+            healthy += 1
+        elif status.phase in ("Failed", "RolledBack") and status.phase != "Healthy":
+            failed += 1
+        elif is_overdue(state.step_started, now, spec.progress_deadline):
+            failed += 1  # stuck in progress
+        else:
+            in_progress += 1
+    summaries = list(summaries)
+    devices = {d.device for d in step_devices}
+    new = aggregate(summaries, spec.model, spec.version, devices)
+    old = aggregate(summaries, spec.model, state.stable_version or "", None) if state.stable_version else None
+    regression = None
+    if old is not None:
+        new_p95, old_p95 = new.latency_percentile(95), old.latency_percentile(95)
+        if new_p95 is not None and old_p95:
+            regression = (new_p95 / old_p95 - 1) * 100
+    drift = psi(old.predictions, new.predictions) if old is not None else None
+    return Observation(len(step_devices), healthy, failed, unavailable, in_progress, new.error_rate, regression, drift,
+                       len(new.devices))  # fmt: skip
+
+
+def run_rollouts(
+    tree: FleetTree,
+    previous: Mapping[str, Mapping[str, Any]],
+    target: Plan,
+    statuses: Mapping[tuple[str, str], AssignmentStatus],
+    summaries: list[Mapping],
+    now: datetime,
+) -> dict[str, RolloutCycle]:
+    cycles = {}
+    for name, rollout in sorted(tree.rollouts.items()):
+        if not rollout.active:
+            continue
+        before = initial_state(tree, name, previous.get(name, {}), statuses)
+        obs = observe(tree, name, before, target, statuses, summaries, now)
+        cycles[name] = RolloutCycle(name, before, decide(rollout.spec, before, obs, now, manual_actions(rollout)), obs)
+    return cycles
+
+
+def status_fields(cycle: RolloutCycle, previous: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """What the engine adds to the rollout's status file: state, gates, last decision, bounded history."""
+    body = cycle.outcome.state.to_json()
+    body["gates"] = [g.to_json() for g in cycle.outcome.gates]
+    history = list(previous.get("history", []) or [])
+    decision = cycle.outcome.decision
+    if decision is not None:
+        entry = {"time": now.isoformat(timespec="seconds"), "decision": decision.kind, "message": decision.message,
+                 "step": cycle.outcome.state.step}  # fmt: skip
+        body["lastDecision"] = entry
+        history = [*history, dict(entry)][-HISTORY:]  # a copy: YAML would write an alias for a shared dict
+    elif "lastDecision" in previous:
+        body["lastDecision"] = previous["lastDecision"]
+    body["history"] = history
+    return body
+
+
+def rollback_message(tree: FleetTree, cycle: RolloutCycle) -> str:
+    decision = cycle.outcome.decision
+    assert decision is not None
+    spec = tree.rollouts[cycle.name].spec
+    step = cycle.before.step
+    returned = cycle.outcome.state.stable_version or "no version (devices keep what they run)"
+    return (
+        f"rollback: {cycle.name} ({spec.model} {spec.version}) aborted at step {step} "
+        f"({spec.steps[step].percent}%): {decision.message} on {decision.devices} device(s); "
+        f"returning to {returned}"
+    )
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
