@@ -12,8 +12,9 @@ Rules:
   below the rollout's current percent. The bucket is a stable hash of rollout name and device name in
   [0, 100): the same device always lands in the same place, so raising the percent only adds devices, and
   the result does not depend on the order of the inventory;
-- a device in a rollout wants the rollout's version; a targeted device not (yet) in it, or every device of
-  an aborted rollout, wants the rollout's *stable* version (what the fleet ran before);
+- a device in a rollout wants the rollout's version; a targeted device not (yet) in it, one whose labels do
+  not satisfy the rollout's ``conditions`` (e.g. a metered link), or every device of an aborted rollout,
+  wants the rollout's *stable* version (what the fleet ran before);
 - two active rollouts that claim the same device for the same model: a plan problem for the device (the
   spec cross-check already refuses overlapping groups; labels can still overlap at run time).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.spec import FleetTree
 from reconciler.spec.types import LabelSelector
@@ -93,6 +95,25 @@ def bucket(rollout: str, device: str) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
+@dataclass(frozen=True)
+class _Target:
+    """One active rollout, flattened for the per-device loop."""
+
+    name: str
+    model: str
+    version: str
+    groups: tuple[LabelSelector, ...]
+    threshold: int
+    """Buckets below this are in the rollout (0: none, e.g. aborted)."""
+    recipes: frozenset[str]
+    stable: str | None
+    window: Any
+    conditions: LabelSelector | None
+
+    def selectors(self) -> list[LabelSelector]:
+        return [*self.groups, *([self.conditions] if self.conditions is not None else [])]
+
+
 def plan(
     tree: FleetTree,
     devices: Iterable[Device],
@@ -107,34 +128,27 @@ def plan(
     positions = positions or {}
     artifacts = artifacts or {}
     result = Plan()
-    rollouts = []
+    targets: list[_Target] = []
     for name, rollout in sorted(tree.rollouts.items()):
         if not rollout.active:
             continue
         spec = rollout.spec
         position = positions.get(name) or RolloutPosition(spec.steps[0].percent)
         model = tree.models.get(spec.model)
-        recipes = frozenset(r.profile for r in model.spec.recipes) if model else frozenset()
-        groups = [tree.groups[g].spec.selector for g in spec.groups if g in tree.groups]
-        threshold = 0 if position.aborted else position.percent * (BUCKETS // 100)
-        rollouts.append(
-            (
-                name,
-                spec.model,
-                spec.version,
-                groups,
-                threshold,
-                recipes,
-                position.stable_version,
-                spec.maintenance_window,
-            )
-        )
+        groups = tuple(tree.groups[g].spec.selector for g in spec.groups if g in tree.groups)
+        targets.append(_Target(
+            name, spec.model, spec.version, groups,
+            0 if position.aborted else position.percent * (BUCKETS // 100),
+            frozenset(r.profile for r in model.spec.recipes) if model else frozenset(),
+            position.stable_version, spec.maintenance_window, spec.conditions,
+        ))  # fmt: skip
     profiles = sorted(tree.profiles.items())
     # Every selector reads a few label keys; devices that agree on those keys get the same answers.
     keys = sorted(
-        {k for _, p in profiles for k in _keys(p.spec.selector)} | {k for r in rollouts for g in r[3] for k in _keys(g)}
+        {k for _, p in profiles for k in _keys(p.spec.selector)}
+        | {k for t in targets for selector in t.selectors() for k in _keys(selector)}
     )
-    memo: dict[tuple[str | None, ...], tuple[list[str], list[tuple]]] = {}
+    memo: dict[tuple[str | None, ...], tuple[list[str], list[_Target], set[str]]] = {}
     claimed: dict[tuple[str, str], str] = {}
 
     for device in devices:
@@ -143,9 +157,10 @@ def plan(
         entry = memo.get(signature)
         if entry is None:
             matched = [name for name, p in profiles if p.spec.selector.matches(labels)]
-            targeting = [r for r in rollouts if any(g.matches(labels) for g in r[3])]
-            entry = memo[signature] = (matched, targeting)
-        matched, targeting = entry
+            targeting = [t for t in targets if any(g.matches(labels) for g in t.groups)]
+            allowed = {t.name for t in targeting if t.conditions is None or t.conditions.matches(labels)}
+            entry = memo[signature] = (matched, targeting, allowed)
+        matched, targeting, allowed = entry
         if len(matched) != 1:
             if targeting:
                 what = "no device profile matches" if not matched else f"several profiles match ({', '.join(matched)})"
@@ -153,23 +168,29 @@ def plan(
             continue
         profile = matched[0]
         result.profiles[device.name] = profile
-        for name, model, version, _, threshold, recipes, stable, maintenance in targeting:
-            key = (device.name, model)
-            first = claimed.setdefault(key, name)
-            if first != name:
-                result.problems.append(PlanProblem(device.name, f"rollouts {first} and {name} both target it", model))
+        for target in targeting:
+            key = (device.name, target.model)
+            first = claimed.setdefault(key, target.name)
+            if first != target.name:
+                result.problems.append(
+                    PlanProblem(device.name, f"rollouts {first} and {target.name} both target it", target.model)
+                )
                 continue
-            if profile not in recipes:
-                result.problems.append(PlanProblem(device.name, f"model {model} has no recipe for {profile}", model))
+            if profile not in target.recipes:
+                message = f"model {target.model} has no recipe for {profile}"
+                result.problems.append(PlanProblem(device.name, message, target.model))
                 continue
-            inside = threshold > 0 and bucket(name, device.name) < threshold
-            wanted = version if inside else stable
+            inside = (
+                target.name in allowed and target.threshold > 0 and bucket(target.name, device.name) < target.threshold
+            )
+            wanted = target.version if inside else target.stable
             if wanted is None:
                 continue  # not reached yet, and nothing ran before: leave the device alone
-            window = window_for(maintenance, labels) if maintenance is not None else None
+            window = window_for(target.window, labels) if target.window is not None else None
             result.desired[key] = Desired(
-                device.name, model, wanted, profile, name, artifacts.get((model, wanted, profile)), inside, window
-            )
+                device.name, target.model, wanted, profile, target.name,
+                artifacts.get((target.model, wanted, profile)), inside, window,
+            )  # fmt: skip
     return result
 
 

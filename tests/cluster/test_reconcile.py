@@ -23,6 +23,7 @@ from reconciler.spec import FleetTree, load_fleet
 ROLLOUT = "vibration-anomaly-2"
 LABELS = {
     "acme.example/site-type": "factory",
+    "acme.example/network": "ethernet",
     "topology.kubernetes.io/region": "us-east",
     "edgereconciler.io/hardware": "cortex-a",
     "kubernetes.io/arch": "arm64",

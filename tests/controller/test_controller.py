@@ -23,6 +23,7 @@ from ..git_server import GitServer, git
 EDGECTL = Path(sys.executable).parent / "edgectl"
 FACTORY = {
     "acme.example/site-type": "factory",
+    "acme.example/network": "ethernet",
     "topology.kubernetes.io/region": "us-east",
     "edgereconciler.io/hardware": "cortex-a",
     "kubernetes.io/arch": "arm64",

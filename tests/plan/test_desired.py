@@ -12,7 +12,11 @@ from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import Device, RolloutPosition, bucket, plan
 from reconciler.spec import FleetTree, SourceFile, load_fleet
 
-FACTORY = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east"}
+FACTORY = {
+    "acme.example/site-type": "factory",
+    "topology.kubernetes.io/region": "us-east",
+    "acme.example/network": "wifi",
+}
 CORTEX = {"edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}
 CORAL = {"edgereconciler.io/hardware": "coral-edgetpu"}
 
@@ -152,3 +156,10 @@ def test_maintenance_windows_in_the_devices_time_zone(tree: FleetTree):
     result = plan(tree2, devices, {"vibration-anomaly-2": RolloutPosition(100)})
     assert result.desired[("berlin", "vibration-anomaly")].window.timezone == "Europe/Berlin"
     assert result.desired[("tokyo", "vibration-anomaly")].window.timezone == "Asia/Tokyo"
+
+
+def test_devices_outside_the_rollouts_conditions_stay_on_the_stable_version(tree: FleetTree):
+    cellular = [Device(f"lte-{i}", {**FACTORY, **CORTEX, "acme.example/network": "lte"}) for i in range(50)]
+    result = plan(tree, cellular + factory_devices(50), {"vibration-anomaly-2": RolloutPosition(100, "1.0.0")})
+    assert {d.version for (name, _), d in result.desired.items() if name.startswith("lte-")} == {"1.0.0"}
+    assert {d.version for (name, _), d in result.desired.items() if name.startswith("factory-")} == {"2.0.0"}

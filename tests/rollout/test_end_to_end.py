@@ -1,0 +1,125 @@
+"""Rollouts end to end: a real Git remote, the controller on the local backend, real agents (download, verify,
+A/B install, health check) for 20 devices, artifacts from the build pipeline served through TUF.
+
+A good version walks 5 % -> 25 % -> 100 % to Succeeded; an offline device does not block it. A version whose
+health check fails aborts at the first step, exactly one rollback commit names the measured failure rate, and
+every device of that step ends on the previous version."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from reconciler.controller.loop import Controller, ControllerConfig
+from reconciler.plan import bucket
+
+from ..agent.conftest import FLEET, MODEL, Fleet
+from ..git_server import GitServer, git
+
+ROLLOUT = "vibration-anomaly-2"
+LABELS = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east",
+          "edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}  # fmt: skip
+ROLLOUT_YAML = """apiVersion: edgereconciler.io/v1alpha1
+kind: Rollout
+metadata:
+  name: vibration-anomaly-2
+spec:
+  model: vibration-anomaly
+  version: "2.0.0"
+  groups: [us-factories]
+  steps:
+    - percent: 5
+    - percent: 25
+    - percent: 100
+  maxUnavailable: 1
+  offlineAfter: 3s
+  analysis:
+    maxFailureRate: 0.05
+    minDevicesReporting: 1
+"""
+
+
+def fleet_repo(git_server: GitServer, tmp_path: Path) -> str:
+    seed = tmp_path / "seed"
+    shutil.copytree(FLEET, seed, ignore=shutil.ignore_patterns("*.keras", "*.npz"))
+    (seed / "rollouts" / "digits-cnn-1-1.yaml").unlink()
+    (seed / "rollouts" / f"{ROLLOUT}.yaml").write_text(ROLLOUT_YAML)
+    return git_server.create("fleet", seed)[0]
+
+
+def status_of(git_server: GitServer) -> dict:
+    return yaml.safe_load(git("show", f"main:status/rollouts/{ROLLOUT}.yaml", cwd=git_server.base / "fleet.git"))
+
+
+def rollback_commits(git_server: GitServer) -> list[str]:
+    return [s for s in git("log", "--format=%s", "main", cwd=git_server.base / "fleet.git").splitlines()
+            if s.startswith("rollback:")]  # fmt: skip
+
+
+def setup(fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store, devices: int = 20):
+    url = fleet_repo(git_server, tmp_path)
+    names = [f"factory-{i:02d}" for i in range(devices)]
+    for name in names:
+        fleet.backend.register_device(name, LABELS)
+    config = ControllerConfig(url, fleet.root / "controller-state", store=build_store.root)
+    controller = Controller(config, fleet.backend)
+    agents = {name: fleet.agent(name) for name in names}
+    return controller, agents, names
+
+
+def test_a_good_version_walks_every_step_to_succeeded(fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store):
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2))
+    controller, agents, names = setup(fleet, git_server, tmp_path, build_store)
+    offline = names[-1]  # this device never runs its agent
+    steps_seen = []
+    for _ in range(12):
+        controller.cycle()
+        status = status_of(git_server)
+        steps_seen.append(status["currentStep"])
+        if status["phase"] == "Succeeded":
+            break
+        for name, agent in agents.items():
+            if name != offline:
+                agent.cycle()
+    assert status["phase"] == "Succeeded", status
+    decisions = [h["decision"] for h in status["history"]]
+    assert decisions[0] == "Start" and decisions[-1] == "Succeed" and decisions.count("Promote") == 2
+    assert sorted(set(steps_seen)) == [0, 1, 2]
+    assert rollback_commits(git_server) == []
+    healthy = {
+        d for (d, _), s in fleet.backend.statuses().items() if s.phase == "Healthy" and s.installed_version == "2.0.0"
+    }
+    assert healthy == set(names) - {offline}
+    assert fleet.backend.assignment(offline, MODEL)[0].version == "2.0.0"  # waiting for it when it comes back
+
+
+def test_a_failing_canary_aborts_and_the_step_returns_to_the_previous_version(
+    fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store
+):
+    def skew(manifest: dict) -> None:  # the device reproduces other outputs than the build recorded
+        manifest["golden"]["outputs"] = [[v + 0.5 for v in row] for row in manifest["golden"]["outputs"]]
+
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2, edit=skew))
+    controller, agents, names = setup(fleet, git_server, tmp_path, build_store)
+    canaries = {n for n in names if bucket(ROLLOUT, n) < 5 * 100}
+    for _ in range(6):
+        outcome = controller.cycle()
+        for agent in agents.values():
+            agent.cycle()
+        if status_of(git_server)["phase"] == "Aborted":
+            break
+    status = status_of(git_server)
+    assert status["phase"] == "Aborted" and status["currentStep"] == 0
+    [message] = rollback_commits(git_server)
+    assert f"aborted at step 0 (5%): failureRate 1 > 0.05 on {len(canaries)} device(s); returning to 1.0.0" in message
+    # The next cycles write the stable version to the canaries, and their agents install it.
+    for _ in range(2):
+        outcome = controller.cycle()
+        for agent in agents.values():
+            agent.cycle()
+    assert outcome.rollbacks == [] and len(rollback_commits(git_server)) == 1
+    for name in names:
+        state = fleet.backend.statuses()[(name, MODEL)]
+        assert (state.phase, state.installed_version) == ("Healthy", "1.0.0"), name
