@@ -12,6 +12,9 @@ import pytest
 
 from .git_server import GitServer, git_server_at
 
+# Real artifacts, a TUF repository and a device backend, for agent and rollout tests.
+pytest_plugins = ["tests.device_fleet"]
+
 ROOT = Path(__file__).resolve().parent.parent
 KUBE_TEST_ENV = ROOT / "scripts" / "kube-test-env"
 FLEET_EXAMPLE = ROOT / "fleet-example"

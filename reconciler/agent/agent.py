@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +61,8 @@ class AgentConfig:
     """Fetch a delta against the installed model file when the controller offers one."""
     full_fallback: bool = True
     """When a delta fails, download the whole file (False: report the failure and wait)."""
+    heartbeat_seconds: float = 60.0
+    """Report an unchanged status again after this long: the controller counts silent devices as offline."""
 
 
 class Agent:
@@ -81,7 +84,7 @@ class Agent:
         self.bytes_transferred = 0
         self.transfer = "none"
         """How the last artifact came: full, delta, or delta failed then full (reported in status)."""
-        self._reported: dict[str, AssignmentStatus] = {}
+        self._reported: dict[str, tuple[AssignmentStatus, float]] = {}
 
     def cycle(self) -> dict[str, AssignmentStatus]:
         """Converge every assignment of this device once; returns the status reported per model."""
@@ -257,8 +260,11 @@ class Agent:
         (slots.root / "failed.json").write_text(json.dumps(record))
 
     def _report(self, spec: Desired, status: AssignmentStatus) -> AssignmentStatus:
-        if self._reported.get(spec.model) != status:
+        last = self._reported.get(spec.model)
+        now = time.monotonic()
+        if last is None or last[0] != status or now - last[1] >= self.config.heartbeat_seconds:
             self.backend.report_status(self.config.device, spec.model, status)
-            self._reported[spec.model] = status
-            log.info("status", extra={"model": spec.model, "phase": status.phase, "reason": status.reason})
+            self._reported[spec.model] = (status, now)
+            if last is None or last[0] != status:
+                log.info("status", extra={"model": spec.model, "phase": status.phase, "reason": status.reason})
         return status

@@ -102,12 +102,12 @@ def observe(
                 unavailable += 1
             else:
                 in_progress += 1
+        elif status.phase in ("Failed", "RolledBack"):
+            failed += 1  # a failure counts even when the device went quiet afterwards
         elif now - seen > spec.offline_after:
             unavailable += 1
         elif status.phase == "Healthy" and status.installed_version == spec.version:
             healthy += 1
-        elif status.phase in ("Failed", "RolledBack") and status.phase != "Healthy":
-            failed += 1
         elif is_overdue(state.step_started, now, spec.progress_deadline):
             failed += 1  # stuck in progress
         else:

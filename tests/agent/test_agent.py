@@ -10,7 +10,7 @@ from reconciler.agent.slots import ModelSlots
 from reconciler.signing import Expectation, verify_artifact
 from reconciler.signing.tuf_repo import utcnow
 
-from .conftest import MODEL, PROFILE, Fleet
+from ..device_fleet import MODEL, PROFILE, Fleet
 
 
 def serving(fleet: Fleet, data_dir: Path) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from reconciler.agent.agent import Agent
 
-from .conftest import MODEL, Fleet
+from ..device_fleet import MODEL, Fleet
 from .test_agent import serving
 
 

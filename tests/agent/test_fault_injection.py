@@ -14,7 +14,7 @@ from pathlib import Path
 from reconciler.agent.slots import ModelSlots
 from reconciler.signing import Expectation, verify_artifact
 
-from .conftest import MODEL, PROFILE, Fleet
+from ..device_fleet import MODEL, PROFILE, Fleet
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
 ITERATIONS = 50

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from reconciler.plan.window import Window
 
-from .conftest import MODEL, Fleet
+from ..device_fleet import MODEL, Fleet
 from .test_agent import serving
 
 NIGHT = Window(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"), "02:00", "03:00", "Asia/Tokyo")  # 17:00-18:00 UTC

@@ -12,7 +12,7 @@ import numpy as np
 
 from reconciler.agent.serving import ModelServer
 
-from .conftest import MODEL, Fleet
+from ..device_fleet import MODEL, Fleet
 
 
 def predict(url: str, instances: list) -> tuple[int, dict]:

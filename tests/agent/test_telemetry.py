@@ -12,7 +12,7 @@ from reconciler.agent.serving import ModelServer
 from reconciler.agent.telemetry import Summary, TelemetryQueue, TelemetryRecorder
 from reconciler.controller.server import ControllerServer
 
-from .conftest import MODEL, Fleet
+from ..device_fleet import MODEL, Fleet
 from .test_serving import predict
 
 

@@ -35,7 +35,7 @@ from reconciler.signing import (
 from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path, utcnow
 from reconciler.spec import load_fleet
 
-FLEET = Path(__file__).resolve().parents[2] / "fleet-example"
+FLEET = Path(__file__).resolve().parents[1] / "fleet-example"
 MODEL, PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"
 
 
@@ -97,7 +97,7 @@ class Fleet:
     def agent(self, device: str = "factory-1", data_dir: Path | None = None) -> Agent:
         config = AgentConfig(device, PROFILE, data_dir or self.root / "devices" / device, f"{self.server.url}/tuf",
                              TrustPolicy((ReleaseSigner("owner", public_key=self.owner.public),)),
-                             self.pinned_root)  # fmt: skip
+                             self.pinned_root, heartbeat_seconds=1.0)  # fmt: skip
         return Agent(config, self.backend)
 
 
