@@ -16,6 +16,7 @@ from reconciler.spec.schema import export_schemas
 from .agent import agent
 from .build import build
 from .overview import print_overview, summary_line
+from .rollout import rollout
 from .run import run
 from .trust import export, keys, sign, verify
 
@@ -74,7 +75,7 @@ def demo(repo: str) -> None:
 
 
 main.add_command(build)
-for command in (keys, sign, verify, export, run, agent):
+for command in (keys, sign, verify, export, run, agent, rollout):
     main.add_command(command)
 
 if __name__ == "__main__":
