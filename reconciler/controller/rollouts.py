@@ -108,6 +108,8 @@ def observe(
             unavailable += 1
         elif status.phase == "Healthy" and status.installed_version == spec.version:
             healthy += 1
+        elif status.phase == "Staged":
+            in_progress += 1  # ready, waiting for its maintenance window: not stuck, never overdue
         elif is_overdue(state.step_started, now, spec.progress_deadline):
             failed += 1  # stuck in progress
         else:
@@ -116,12 +118,17 @@ def observe(
     devices = {d.device for d in step_devices}
     new = aggregate(summaries, spec.model, spec.version, devices)
     old = aggregate(summaries, spec.model, state.stable_version or "", None) if state.stable_version else None
-    regression = None
-    if old is not None:
-        new_p95, old_p95 = new.latency_percentile(95), old.latency_percentile(95)
-        if new_p95 is not None and old_p95:
-            regression = (new_p95 / old_p95 - 1) * 100
     drift = psi(old.predictions, new.predictions) if old is not None else None
+    # Latency is compared per hardware profile (a Jetson is not a Cortex-A); the worst profile counts.
+    regression = None
+    if state.stable_version:
+        for profile in sorted({target.profiles.get(d) for d in devices} - {None}):
+            members = {d for d, p in target.profiles.items() if p == profile}
+            new_p95 = aggregate(summaries, spec.model, spec.version, devices & members).latency_percentile(95)
+            old_p95 = aggregate(summaries, spec.model, state.stable_version, members).latency_percentile(95)
+            if new_p95 is not None and old_p95:
+                change = (new_p95 / old_p95 - 1) * 100
+                regression = change if regression is None else max(regression, change)
     return Observation(len(step_devices), healthy, failed, unavailable, in_progress, new.error_rate, regression, drift,
                        len(new.devices))  # fmt: skip
 

@@ -1,0 +1,75 @@
+"""Observations the controller feeds the step machine: device phases counted the way the gates need them,
+and telemetry compared per hardware profile."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from reconciler.cluster import AssignmentStatus
+from reconciler.controller.rollouts import observe
+from reconciler.gitops.files import read_fleet_dir
+from reconciler.plan import Device, RolloutPosition, plan
+from reconciler.rollout.engine import RolloutState
+from reconciler.spec import load_fleet
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+BASE = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east", "acme.example/network": "wifi"}
+CORTEX = {**BASE, "edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}
+CORAL = {**BASE, "edgereconciler.io/hardware": "coral-edgetpu"}
+BUCKETS = ["0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf"]
+
+
+def summary(device: str, version: str, bucket: int, requests: int = 100) -> dict:
+    counts = [0] * len(BUCKETS)
+    counts[bucket] = requests
+    return {"kind": "TelemetrySummary", "device": device, "model": "vibration-anomaly", "version": version,
+            "requests": requests, "errors": 0, "latencyMs": {"buckets": BUCKETS, "counts": counts},
+            "predictions": [requests, 0, 0]}  # fmt: skip
+
+
+def setup():
+    tree = load_fleet(read_fleet_dir(Path(__file__).resolve().parents[2] / "fleet-example"))
+    devices = [Device(f"arm-{i}", CORTEX) for i in range(4)] + [Device(f"tpu-{i}", CORAL) for i in range(4)]
+    target = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(100, "1.0.0")})
+    state = RolloutState(step=2, stable_version="1.0.0", step_started=(NOW - timedelta(minutes=5)).isoformat())
+    return tree, target, state
+
+
+def status(phase: str, version: str | None, seen: datetime = NOW) -> AssignmentStatus:
+    return AssignmentStatus(phase, installed_version=version, last_seen=seen.isoformat())
+
+
+def test_phases_are_counted_for_the_gates():
+    tree, target, state = setup()
+    statuses = {
+        ("arm-0", "vibration-anomaly"): status("Healthy", "2.0.0"),
+        ("arm-1", "vibration-anomaly"): status("RolledBack", "1.0.0", NOW - timedelta(hours=2)),  # failed, then quiet
+        ("arm-2", "vibration-anomaly"): status("Healthy", "2.0.0", NOW - timedelta(hours=1)),  # offline
+        ("arm-3", "vibration-anomaly"): status("Staged", "1.0.0"),  # waiting for its window
+        ("tpu-0", "vibration-anomaly"): status("Downloading", "1.0.0"),
+    }
+    obs = observe(tree, "vibration-anomaly-2", state, target, statuses, [], NOW)
+    assert (obs.targeted, obs.healthy, obs.failed, obs.unavailable) == (8, 1, 1, 1)
+    assert obs.in_progress == 5  # Staged, Downloading, and three never seen within offlineAfter
+
+    late = NOW + timedelta(hours=1)
+    overdue = observe(tree, "vibration-anomaly-2", state, target, {
+        ("tpu-0", "vibration-anomaly"): status("Downloading", "1.0.0", late),
+        ("arm-3", "vibration-anomaly"): status("Staged", "1.0.0", late),
+    }, [], late)  # fmt: skip
+    assert overdue.failed == 1  # stuck in progress past progressDeadline; Staged never is
+    assert overdue.unavailable == 6  # never seen for longer than offlineAfter
+
+
+def test_latency_is_compared_per_profile_and_the_worst_counts():
+    tree, target, state = setup()
+    summaries = [summary(f"arm-{i}", "1.0.0", 2) for i in range(4)] + [
+        summary(f"tpu-{i}", "1.0.0", 5) for i in range(4)
+    ]
+    summaries += [summary(f"arm-{i}", "2.0.0", 3) for i in range(4)]  # Cortex-A: p95 0.5 -> 1.0 ms, +100 %
+    summaries += [summary(f"tpu-{i}", "2.0.0", 5) for i in range(4)]  # Edge TPU unchanged
+    obs = observe(tree, "vibration-anomaly-2", state, target, {}, summaries, NOW)
+    assert obs.latency_regression == 100.0
+    assert obs.telemetry_devices == 8 and obs.error_rate == 0.0
+    assert obs.drift_psi is not None and obs.drift_psi < 0.01  # same predictions: no drift
