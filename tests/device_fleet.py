@@ -94,11 +94,11 @@ class Fleet:
     def assign(self, device: str, version: str, profile: str = PROFILE, window=None) -> None:
         self.backend.apply([Desired(device, MODEL, version, profile, "vibration-anomaly-2", None, True, window)])
 
-    def agent(self, device: str = "factory-1", data_dir: Path | None = None) -> Agent:
+    def agent(self, device: str = "factory-1", data_dir: Path | None = None, backend=None) -> Agent:
         config = AgentConfig(device, PROFILE, data_dir or self.root / "devices" / device, f"{self.server.url}/tuf",
                              TrustPolicy((ReleaseSigner("owner", public_key=self.owner.public),)),
                              self.pinned_root, heartbeat_seconds=1.0)  # fmt: skip
-        return Agent(config, self.backend)
+        return Agent(config, backend or self.backend)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from reconciler.controller.loop import Controller, ControllerConfig
@@ -59,20 +60,52 @@ def rollback_commits(git_server: GitServer) -> list[str]:
             if s.startswith("rollback:")]  # fmt: skip
 
 
-def setup(fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store, devices: int = 20):
+def setup(fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store, devices: int = 20, backend=None):
+    """The controller and one agent per device, on ``backend`` (default: the fleet's local backend)."""
     url = fleet_repo(git_server, tmp_path)
     names = [f"factory-{i:02d}" for i in range(devices)]
-    for name in names:
-        fleet.backend.register_device(name, LABELS)
+    if backend is None:
+        backend = fleet.backend
+        for name in names:
+            backend.register_device(name, LABELS)
     config = ControllerConfig(url, fleet.root / "controller-state", store=build_store.root)
-    controller = Controller(config, fleet.backend)
-    agents = {name: fleet.agent(name) for name in names}
+    controller = Controller(config, backend)
+    agents = {name: fleet.agent(name, backend=backend) for name in names}
     return controller, agents, names
 
 
-def test_a_good_version_walks_every_step_to_succeeded(fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store):
+@pytest.fixture(params=["local", "kubernetes"])
+def backend(request, tmp_path: Path):
+    """None for the local backend; a KubernetesBackend over 20 real Nodes of this test's own label."""
+    if request.param == "local":
+        yield None
+        return
+    from kubernetes import client
+
+    from reconciler.cluster import kubernetes_backend
+
+    kubeconfig = request.getfixturevalue("kubeconfig")
+    run = f"e2e{int(time.time() * 1000) % 10**8}"
+    kube = kubernetes_backend(kubeconfig, namespace=run, node_selector=f"test.edgereconciler.io/run={run}")
+    kube.install()
+    core = client.CoreV1Api(kube.api)
+    names = [f"factory-{i:02d}" for i in range(20)]
+    for name in names:
+        labels = {**LABELS, "test.edgereconciler.io/run": run}
+        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+    try:
+        yield kube
+    finally:
+        for name in names:
+            core.delete_node(name)
+
+
+def test_a_good_version_walks_every_step_to_succeeded(
+    fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store, backend
+):
     fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2))
-    controller, agents, names = setup(fleet, git_server, tmp_path, build_store)
+    controller, agents, names = setup(fleet, git_server, tmp_path, build_store, backend=backend)
+    devices = controller.backend
     offline = names[-1]  # this device never runs its agent
     steps_seen = []
     deadline = time.monotonic() + 120
@@ -91,11 +124,10 @@ def test_a_good_version_walks_every_step_to_succeeded(fleet: Fleet, git_server: 
     assert decisions[0] == "Start" and decisions[-1] == "Succeed" and decisions.count("Promote") == 2
     assert sorted(set(steps_seen)) == [0, 1, 2]
     assert rollback_commits(git_server) == []
-    healthy = {
-        d for (d, _), s in fleet.backend.statuses().items() if s.phase == "Healthy" and s.installed_version == "2.0.0"
-    }
+    devices.sync()
+    healthy = {d for (d, _), s in devices.statuses().items() if s.phase == "Healthy" and s.installed_version == "2.0.0"}
     assert healthy == set(names) - {offline}
-    assert fleet.backend.assignment(offline, MODEL)[0].version == "2.0.0"  # waiting for it when it comes back
+    assert devices.assignments()[(offline, MODEL)].version == "2.0.0"  # waiting for it when it comes back
 
 
 def test_a_failing_canary_aborts_and_the_step_returns_to_the_previous_version(
