@@ -101,6 +101,10 @@ class Backend(Protocol):
 
     def delete(self, keys: Iterable[tuple[str, str]]) -> int: ...
 
+    def mirror_rollouts(self, rollouts: dict[str, dict[str, Any]]) -> int:
+        """Show each rollout's status where the backend's users look (kubectl); returns the writes."""
+        ...
+
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         """An agent's report for its own assignment."""
         ...

@@ -103,3 +103,52 @@ MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
 def assignment_name(device: str, model: str) -> str:
     """Object name: ``DEVICE.MODEL`` (both are DNS names already, so the result is a valid object name)."""
     return f"{device}.{model}"
+
+
+ROLLOUT_PLURAL = "fleetrollouts"
+ROLLOUT_KIND = "FleetRollout"
+ROLLOUT_CRD_NAME = f"{ROLLOUT_PLURAL}.{GROUP}"
+
+FLEET_ROLLOUT_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": ROLLOUT_CRD_NAME},
+    "spec": {
+        "group": GROUP,
+        "scope": "Namespaced",
+        "names": {
+            "plural": ROLLOUT_PLURAL,
+            "singular": "fleetrollout",
+            "kind": ROLLOUT_KIND,
+            "shortNames": ["frol"],
+            "categories": ["edge"],
+        },
+        "versions": [
+            {
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "additionalPrinterColumns": [
+                    {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+                    {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
+                    {"name": "Phase", "type": "string", "jsonPath": ".spec.phase"},
+                    {"name": "Step", "type": "integer", "jsonPath": ".spec.currentStep"},
+                    {"name": "Ready", "type": "string", "jsonPath": ".spec.ready"},
+                    {"name": "Reason", "type": "string", "jsonPath": ".spec.reason", "priority": 1},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "description": "A read-only mirror of a rollout's status file in Git, for kubectl.",
+                        "properties": {
+                            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+"""Where kubectl reads rollouts (``kubectl get edge``). Git stays the source of truth: the controller writes
+this mirror from the status file it commits, never the other way round."""

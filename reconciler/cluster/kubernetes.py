@@ -31,7 +31,19 @@ from kubernetes.client.rest import ApiException
 from reconciler.plan import Desired, Device
 
 from .backend import FIELD_MANAGER, AssignmentStatus, ClusterError, spec_from_json, spec_to_json
-from .crd import CRD_NAME, GROUP, KIND, MODEL_ASSIGNMENT_CRD, PLURAL, VERSION, assignment_name
+from .crd import (
+    CRD_NAME,
+    FLEET_ROLLOUT_CRD,
+    GROUP,
+    KIND,
+    MODEL_ASSIGNMENT_CRD,
+    PLURAL,
+    ROLLOUT_CRD_NAME,
+    ROLLOUT_KIND,
+    ROLLOUT_PLURAL,
+    VERSION,
+    assignment_name,
+)
 
 log = logging.getLogger(__name__)
 APPLY_WORKERS = 8
@@ -63,29 +75,32 @@ class KubernetesBackend:
         self._watching = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._mirrored: dict[str, dict[str, Any]] = {}
 
     # --- setup -------------------------------------------------------------------------------------
 
     def install(self) -> None:
         """Create (or update) the CRD and the namespace; wait until the CRD serves."""
         extensions = client.ApiextensionsV1Api(self.api)
-        with _wrapped("install the ModelAssignment CRD"):
-            extensions.patch_custom_resource_definition(
-                CRD_NAME, MODEL_ASSIGNMENT_CRD, field_manager=FIELD_MANAGER, force=True,
-                _content_type="application/apply-patch+yaml",
-            )  # fmt: skip
+        with _wrapped("install the CRDs"):
+            for name, crd in ((CRD_NAME, MODEL_ASSIGNMENT_CRD), (ROLLOUT_CRD_NAME, FLEET_ROLLOUT_CRD)):
+                extensions.patch_custom_resource_definition(
+                    name, crd, field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
+                )  # fmt: skip
             namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
             self.core.patch_namespace(
                 self.namespace, namespace, field_manager=FIELD_MANAGER, force=True,
                 _content_type="application/apply-patch+yaml",
             )  # fmt: skip
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            crd = extensions.read_custom_resource_definition(CRD_NAME)
-            if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
-                return
-            time.sleep(0.1)
-        raise ClusterError(f"CRD {CRD_NAME} did not become Established in 30 s")
+        for name in (CRD_NAME, ROLLOUT_CRD_NAME):
+            while True:
+                crd = extensions.read_custom_resource_definition(name)
+                if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
+                    break
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"CRD {name} did not become Established in 30 s")
+                time.sleep(0.1)
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -253,6 +268,25 @@ class KubernetesBackend:
                 self._objects.pop((device, model), None)
             removed += 1
         return removed
+
+    def mirror_rollouts(self, rollouts: dict[str, dict[str, Any]]) -> int:
+        """Write each rollout's status (from its Git status file) to a FleetRollout for kubectl; only changes."""
+        written = 0
+        for name, body in sorted(rollouts.items()):
+            if self._mirrored.get(name) == body:
+                continue
+            manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": ROLLOUT_KIND, "metadata": {"name": name},
+                        "spec": body}  # fmt: skip
+            with _wrapped(f"mirror rollout {name}"):
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, ROLLOUT_PLURAL, name, manifest, field_manager=FIELD_MANAGER,
+                    force=True, _content_type="application/apply-patch+yaml", _preload_content=False,
+                )  # fmt: skip
+            self._mirrored[name] = body
+            with self._lock:
+                self.writes += 1
+            written += 1
+        return written
 
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         body = status.to_json()

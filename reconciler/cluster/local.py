@@ -116,6 +116,10 @@ class LocalBackend:
             removed += self._write("DELETE FROM assignments WHERE device = ? AND model = ?", (device, model))
         return removed
 
+    def mirror_rollouts(self, rollouts: dict) -> int:
+        """Nothing to mirror: without Kubernetes the status files in Git are the place to read."""
+        return 0
+
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         body = status.to_json()
         body.setdefault("lastSeen", datetime.now(UTC).isoformat(timespec="seconds"))

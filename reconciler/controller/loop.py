@@ -186,6 +186,8 @@ class Controller:
             f"\n\n{decided}" if decided else ""
         )
         pushed = writer.commit(rendered, message)
+        mirror = {name: _mirror(parse_status(rendered[f"{status_path}/rollouts/{name}.yaml"])) for name in cycles}
+        self.backend.mirror_rollouts(mirror)
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
@@ -232,3 +234,15 @@ class Controller:
             manifest = self.store.read_manifest(artifact_id)
             found[(manifest["model"], manifest["version"], manifest["profile"])] = artifact_id
         return found
+
+
+def _mirror(status: dict) -> dict:
+    """The part of a rollout's status worth showing in kubectl (counts, phase, gates, last decision)."""
+    devices = status.get("devices", {})
+    ready = f"{sum(c.get('Healthy', 0) for v, c in devices.get('byVersion', {}).items() if v == status.get('version'))}"
+    body = {key: status.get(key) for key in ("model", "version", "phase", "currentStep", "stableVersion", "reason",
+                                             "message", "observedCommit")}  # fmt: skip
+    body["ready"] = f"{ready}/{devices.get('targeted', 0)}"
+    body["gates"] = status.get("gates", [])
+    body["lastDecision"] = status.get("lastDecision")
+    return body

@@ -128,6 +128,14 @@ def test_a_good_version_walks_every_step_to_succeeded(
     healthy = {d for (d, _), s in devices.statuses().items() if s.phase == "Healthy" and s.installed_version == "2.0.0"}
     assert healthy == set(names) - {offline}
     assert devices.assignments()[(offline, MODEL)].version == "2.0.0"  # waiting for it when it comes back
+    if backend is not None:  # mirrored where kubectl reads it (kubectl get edge / get fleetrollouts)
+        from kubernetes import client
+
+        mirror = client.CustomObjectsApi(backend.api).get_namespaced_custom_object(
+            "edgereconciler.io", "v1alpha1", backend.namespace, "fleetrollouts", ROLLOUT
+        )
+        assert (mirror["spec"]["phase"], mirror["spec"]["version"]) == ("Succeeded", "2.0.0")
+        assert mirror["spec"]["ready"] == f"{len(names) - 1}/{len(names)}"
 
 
 def test_a_failing_canary_aborts_and_the_step_returns_to_the_previous_version(
