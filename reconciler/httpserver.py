@@ -1,13 +1,15 @@
-"""The HTTP server class that the controller's endpoint and the device's model server share.
+"""The HTTP server the controller's endpoint and the device's model server share: quiet, threaded, run in a
+background thread.
 
-Outside the layered packages on purpose: both the controller and the agent serve HTTP, and neither may
+Outside the layered packages on purpose: the controller and the agent both serve HTTP, and neither may
 import the other.
 """
 
 from __future__ import annotations
 
 import sys
-from http.server import ThreadingHTTPServer
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class QuietHTTPServer(ThreadingHTTPServer):
@@ -20,3 +22,29 @@ class QuietHTTPServer(ThreadingHTTPServer):
         if kind is not None and issubclass(kind, (ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)
+
+
+class BackgroundServer:
+    """Serves ``handler`` (a handler class whose ``owner`` attribute is set to this object) in a thread."""
+
+    thread_name = "http"
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        bound = type(handler.__name__, (handler,), {"owner": self})
+        self.httpd = QuietHTTPServer(address, bound)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve(self) -> None:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name=self.thread_name)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:  # shutdown() waits for serve_forever, which never ran otherwise
+            self.httpd.shutdown()
+            self._thread = None
+        self.httpd.server_close()

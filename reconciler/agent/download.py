@@ -26,6 +26,8 @@ from pathlib import Path
 
 import urllib3
 
+from reconciler.durable import fsync_dir
+
 
 class DownloadError(Exception):
     """The file could not be fetched (after retries), or its content is not what was signed."""
@@ -97,7 +99,7 @@ class Downloader:
             raise DownloadError(f"{url}: content does not match the signed sha256 {sha256[:16]}...; discarded")
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, destination)
-        _fsync_dir(destination.parent)
+        fsync_dir(destination.parent)
         return Downloaded(destination, received[0], resumed_from)
 
     def _fetch_into(self, url: str, length: int, sha256: str, part: Path, counter: list[int]) -> None:
@@ -153,11 +155,3 @@ class Downloader:
 def _sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from reconciler.build.runtime import ModelRunner
-from reconciler.httpserver import QuietHTTPServer
+from reconciler.httpserver import BackgroundServer
 
 from .slots import ModelSlots
 
@@ -47,38 +47,22 @@ class Loaded:
     manifest: dict
 
 
-class ModelServer:
+class ModelServer(BackgroundServer):
     def __init__(self, data_dir: Path, address: tuple[str, int], threads: int = 1, recorder: Recorder | None = None):
         self.data_dir = Path(data_dir)
         self.threads = threads
         self.recorder = recorder
         self._models: dict[str, Loaded] = {}
         self._lock = threading.Lock()
-        server = self
+        super().__init__(address, _Handler)
 
-        class Handler(_Handler):
-            owner = server
-
-        self.httpd = QuietHTTPServer(address, Handler)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+    thread_name = "model-server"
 
     def start(self) -> ModelServer:
         for folder in sorted((self.data_dir / "models").glob("*")):
             self.reload(folder.name)
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="model-server")
-        self._thread.start()
+        self.serve()
         return self
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self.httpd.shutdown()
-            self._thread = None
-        self.httpd.server_close()
 
     def reload(self, model: str) -> Loaded | None:
         """Load the model's active slot and swap it in; the old session serves until its requests end."""

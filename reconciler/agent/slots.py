@@ -26,6 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.durable import fsync_dir
+
 SLOTS = ("a", "b")
 
 
@@ -83,8 +85,8 @@ class ModelSlots:
                 shutil.copyfileobj(src, dst, 1 << 20)
                 dst.flush()
                 os.fsync(dst.fileno())
-        _fsync_dir(target)
-        _fsync_dir(target.parent)
+        fsync_dir(target)
+        fsync_dir(target.parent)
         return target
 
     def activate(self, slot: Path, minimum_counter: int | None = None) -> SlotState:
@@ -96,7 +98,7 @@ class ModelSlots:
         tmp.unlink(missing_ok=True)
         os.symlink(f"slots/{name}", tmp)
         os.replace(tmp, self.active_link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         state = self.state()
         floor = max(state.minimum_counter, minimum_counter or 0)
         self._write_state({"active": name, "versions": state.versions, "minimumCounter": floor})
@@ -123,12 +125,4 @@ class ModelSlots:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.root / "state.json")
-        _fsync_dir(self.root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(self.root)

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.durable import fsync_dir
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
@@ -103,7 +105,7 @@ class ArtifactStore:
             target = self.blob_path(digest.hexdigest())
             if not target.exists():
                 os.replace(tmp, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -239,7 +241,7 @@ class ArtifactStore:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -247,11 +249,3 @@ class ArtifactStore:
 
 def _json_bytes(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

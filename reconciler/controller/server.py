@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 from base64 import b64encode
 from collections.abc import Callable
 from http import HTTPStatus
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from reconciler.httpserver import QuietHTTPServer
+from reconciler.httpserver import BackgroundServer
 
 _BLOB = re.compile(r"^/artifacts/sha256/([0-9a-f]{64})$")
 _DELTA = re.compile(r"^/artifacts/delta/([0-9a-f]{64})/([0-9a-f]{64})$")
@@ -38,7 +37,7 @@ CHUNK = 1 << 16
 MAX_WEBHOOK_BODY = 1 << 20
 
 
-class ControllerServer:
+class ControllerServer(BackgroundServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -55,29 +54,13 @@ class ControllerServer:
         self.on_telemetry = on_telemetry
         self.deltas = deltas
         self.bytes_served = 0
-        server = self
+        super().__init__(address, _Handler)
 
-        class Handler(_Handler):
-            owner = server
-
-        self.httpd = QuietHTTPServer(address, Handler)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+    thread_name = "controller-http"
 
     def start(self) -> ControllerServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="controller-http")
-        self._thread.start()
+        self.serve()
         return self
-
-    def close(self) -> None:
-        if self._thread is not None:  # shutdown() waits for serve_forever, which never ran otherwise
-            self.httpd.shutdown()
-            self._thread = None
-        self.httpd.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
