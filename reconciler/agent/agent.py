@@ -98,7 +98,7 @@ class Agent:
         slots = ModelSlots(self.data_dir, spec.model)
         state = slots.state()
         base = {"installed_version": state.active_version, "previous_version": state.previous_version,
-                "observed_generation": generation}  # fmt: skip
+                "observed_generation": generation, "target_version": spec.version}  # fmt: skip
         if state.active_version == spec.version:
             return self._report(spec, AssignmentStatus("Healthy", **base))
         if spec.profile != self.config.profile:
@@ -149,7 +149,7 @@ class Agent:
                 self.on_switch(spec.model)
             return self._report(spec, AssignmentStatus(
                 "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
-                observed_generation=generation, message=f"health check: {health.reason}",
+                observed_generation=generation, target_version=spec.version, message=f"health check: {health.reason}",
                 extra={"latencyP95Ms": round(health.latency_p95_ms, 3), "memoryBytes": health.memory_bytes,
                        "bytesTransferred": self.bytes_transferred,
                        "transfer": self.transfer},
@@ -193,7 +193,7 @@ class Agent:
             self.on_switch(spec.model)
         return self._report(spec, AssignmentStatus(
             "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
-            observed_generation=generation, message="switched in the maintenance window",
+            observed_generation=generation, target_version=spec.version, message="switched in the maintenance window",
         ))  # fmt: skip
 
     def _download(self, spec: Desired, staging: Path) -> None:

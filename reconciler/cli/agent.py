@@ -77,7 +77,7 @@ def agent(
         policy = TrustPolicy(tuple(ReleaseSigner(p.stem, public_key=p) for p in release_keys))
     else:
         raise click.UsageError("say whom to trust: --release-key or --fleet")
-    target = LocalBackend(state_dir) if backend == "local" else kubernetes_backend(kubeconfig, namespace)
+    target = LocalBackend(state_dir) if backend == "local" else kubernetes_backend(kubeconfig, namespace, device=device)
     root = trusted_root.read_bytes() if trusted_root else None
     from reconciler.agent.telemetry import TelemetryQueue, TelemetryRecorder
 

@@ -11,11 +11,13 @@ from .backend import FIELD_MANAGER, AssignmentStatus, Backend, ClusterError
 from .local import LocalBackend
 
 
-def kubernetes_backend(kubeconfig: Path | None, namespace: str = "edge-system", node_selector: str | None = None):
-    """A ``KubernetesBackend`` from a kubeconfig (None: in-cluster credentials)."""
+def kubernetes_backend(
+    kubeconfig: Path | None, namespace: str = "edge-system", node_selector: str | None = None, device: str | None = None
+):
+    """A ``KubernetesBackend`` from a kubeconfig (None: in-cluster credentials); ``device`` for an agent."""
     from .kubernetes import KubernetesBackend, api_client
 
-    return KubernetesBackend(api_client(kubeconfig), namespace, node_selector)
+    return KubernetesBackend(api_client(kubeconfig), namespace, node_selector, device)
 
 
 __all__ = ["FIELD_MANAGER", "AssignmentStatus", "Backend", "ClusterError", "LocalBackend", "kubernetes_backend"]

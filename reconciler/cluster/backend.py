@@ -39,6 +39,8 @@ class AssignmentStatus:
     last_seen: str | None = None
     """RFC 3339 time of the agent's last report."""
     observed_generation: int = 0
+    target_version: str | None = None
+    """The version of the assignment this report answers (a report from an older spec is told apart)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Anything else the agent reports (bytes transferred, health check figures)."""
 

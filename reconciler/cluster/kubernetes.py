@@ -61,11 +61,19 @@ def api_client(kubeconfig: Path | None) -> client.ApiClient:
 
 
 class KubernetesBackend:
-    def __init__(self, api: client.ApiClient, namespace: str = "edge-system", node_selector: str | None = None) -> None:
-        """``node_selector``: a label selector for the Nodes that are edge devices (default: every Node)."""
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str = "edge-system",
+        node_selector: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        """``node_selector``: the Nodes that are edge devices (default: every Node). ``device``: an agent's own
+        Node; it then reads only its own assignments."""
         self.api = api
         self.namespace = namespace
         self.node_selector = node_selector
+        self.assignment_selector = f"{GROUP}/device={device}" if device else None
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.writes = 0
@@ -146,7 +154,9 @@ class KubernetesBackend:
 
     def _list_assignments(self) -> str:
         with _wrapped("list ModelAssignments"):
-            listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+            listing = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, label_selector=self.assignment_selector
+            )
         with self._lock:
             self._objects = {_key(obj): obj for obj in listing["items"]}
         return listing["metadata"]["resourceVersion"]
@@ -191,6 +201,8 @@ class KubernetesBackend:
                     self._objects[_key(obj)] = obj
 
         args = {"group": GROUP, "version": VERSION, "namespace": self.namespace, "plural": PLURAL}
+        if self.assignment_selector:
+            args["label_selector"] = self.assignment_selector
         self._watch_loop(
             version, self._list_assignments, self.custom.list_namespaced_custom_object, args, apply_event, "assignments"
         )

@@ -102,8 +102,8 @@ def observe(
                 unavailable += 1
             else:
                 in_progress += 1
-        elif status.phase in ("Failed", "RolledBack"):
-            failed += 1  # a failure counts even when the device went quiet afterwards
+        elif status.phase in ("Failed", "RolledBack") and status.target_version in (None, spec.version):
+            failed += 1  # a failure of this version counts even when the device went quiet afterwards
         elif now - seen > spec.offline_after:
             unavailable += 1
         elif status.phase == "Healthy" and status.installed_version == spec.version:

@@ -77,7 +77,9 @@ def expected_in(names: list[str], percent: int) -> set[str]:
     return {n for n in names if bucket(ROLLOUT, n) < percent * 100}
 
 
-def test_kubernetes_rollout_writes_the_hashed_quarter_then_the_rest_and_nothing_on_a_noop(kube, tree: FleetTree):
+def test_kubernetes_rollout_writes_the_hashed_quarter_then_the_rest_and_nothing_on_a_noop(
+    kube, tree: FleetTree, kubeconfig: Path
+):
     backend, requests, names = kube
     first = reconcile(tree, backend, {ROLLOUT: RolloutPosition(25)})
     quarter = expected_in(names, 25)
@@ -98,6 +100,13 @@ def test_kubernetes_rollout_writes_the_hashed_quarter_then_the_rest_and_nothing_
     before = requests.writes()
     noop = reconcile(tree, backend, {ROLLOUT: RolloutPosition(25)})
     assert not noop.changes and requests.writes() == before
+
+    # An agent reads only its own assignments (label selector), and never lists Nodes.
+    device = min(quarter)
+    agent_view = kubernetes_backend(kubeconfig, namespace=backend.namespace, device=device)
+    agent_view.sync(inventory=False)
+    assert set(agent_view.assignments()) == {(device, "vibration-anomaly")} and agent_view.devices() == []
+    assert agent_view.assignments_for(device)["vibration-anomaly"][0].version == "2.0.0"
 
     everyone = reconcile(tree, backend, {ROLLOUT: RolloutPosition(100, "1.0.0")})
     assert {d.device for d in everyone.changes.apply} == set(names) - quarter

@@ -62,6 +62,22 @@ def test_phases_are_counted_for_the_gates():
     assert overdue.unavailable == 6  # never seen for longer than offlineAfter
 
 
+def test_a_failure_reported_for_an_older_spec_does_not_count():
+    tree, target, state = setup()
+    stale = AssignmentStatus("RolledBack", installed_version="1.0.0", last_seen=NOW.isoformat(), target_version="1.9.0")
+    current = AssignmentStatus(
+        "RolledBack", installed_version="1.0.0", last_seen=NOW.isoformat(), target_version="2.0.0"
+    )
+    assert (
+        observe(tree, "vibration-anomaly-2", state, target, {("arm-0", "vibration-anomaly"): stale}, [], NOW).failed
+        == 0
+    )
+    assert (
+        observe(tree, "vibration-anomaly-2", state, target, {("arm-0", "vibration-anomaly"): current}, [], NOW).failed
+        == 1
+    )
+
+
 def test_latency_is_compared_per_profile_and_the_worst_counts():
     tree, target, state = setup()
     summaries = [summary(f"arm-{i}", "1.0.0", 2) for i in range(4)] + [
