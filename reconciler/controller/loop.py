@@ -160,7 +160,7 @@ class Controller:
                 if pushed is not None:
                     outcome.rollbacks.append(pushed.commit)
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
-        result = outcome.result = reconcile(tree, self.backend, positions, artifacts)
+        result = outcome.result = reconcile(tree, self.backend, positions, artifacts, sync=False)
         outcome.applied, outcome.deleted = result.applied, result.deleted
         outcome.problems = [f"{p.device}: {p.message}" for p in result.plan.problems]
         outcome.decisions = {n: c.outcome.decision.kind for n, c in cycles.items() if c.outcome.decision}

@@ -32,9 +32,12 @@ def reconcile(
     backend: Backend,
     positions: Mapping[str, RolloutPosition] | None = None,
     artifacts: Mapping[tuple[str, str, str], str] | None = None,
+    sync: bool = True,
 ) -> ReconcileResult:
+    """``sync=False`` when the caller refreshed the backend's view in this cycle already."""
     start = time.perf_counter()
-    backend.sync()
+    if sync:
+        backend.sync()
     devices = backend.devices()
     target = plan(tree, devices, positions, artifacts)
     changes = diff(backend.assignments(), target)
