@@ -141,10 +141,6 @@ class KubernetesBackend:
         with self._lock:
             return {key: AssignmentStatus.from_json(obj.get("status")) for key, obj in self._objects.items()}
 
-    def assignment_object(self, device: str, model: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._objects.get((device, model))
-
     def _list_nodes(self) -> str:
         with _wrapped("list nodes"):
             nodes = self.core.list_node(label_selector=self.node_selector)

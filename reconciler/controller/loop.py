@@ -90,6 +90,7 @@ class Controller:
         self.source = source or GitSource(config.repo_url, config.state_dir / "git", config.branch)
         self.metrics = metrics or ControllerMetrics()
         self.store = ArtifactStore(config.store) if config.store else None
+        self._artifact_keys: dict[str, tuple[str, str, str]] = {}
         self.wake = threading.Event()
         """Set by the webhook: reconcile now instead of at the end of the interval."""
         self.stop = threading.Event()
@@ -231,8 +232,11 @@ class Controller:
             return {}
         found = {}
         for artifact_id in self.store.artifact_ids():
-            manifest = self.store.read_manifest(artifact_id)
-            found[(manifest["model"], manifest["version"], manifest["profile"])] = artifact_id
+            key = self._artifact_keys.get(artifact_id)
+            if key is None:  # an artifact never changes: read its manifest once, not every cycle
+                manifest = self.store.read_manifest(artifact_id)
+                key = self._artifact_keys[artifact_id] = (manifest["model"], manifest["version"], manifest["profile"])
+            found[key] = artifact_id
         return found
 
 

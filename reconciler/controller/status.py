@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from reconciler.cluster import AssignmentStatus
-from reconciler.plan import Device, Plan, RolloutPosition
+from reconciler.plan import Device, Plan
 from reconciler.spec import FleetTree, SourceFile
 
 API_VERSION = "edgereconciler.io/v1alpha1"
@@ -39,17 +39,6 @@ def parse_status(data: bytes | None) -> dict[str, Any]:
     except yaml.YAMLError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def position_from_status(tree: FleetTree, name: str, status: Mapping[str, Any]) -> RolloutPosition:
-    """Where a rollout stands according to its status file (its first step when there is none)."""
-    steps = tree.rollouts[name].spec.steps
-    try:
-        index = min(max(int(status.get("currentStep", 0)), 0), len(steps) - 1)
-    except (TypeError, ValueError):
-        index = 0
-    stable = status.get("stableVersion")
-    return RolloutPosition(steps[index].percent, str(stable) if stable else None, status.get("phase") == "Aborted")
 
 
 def render_rollout(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from .errors import FetchError, Refusal, RefusedError
@@ -45,6 +46,7 @@ class TargetDownload:
     url: str
     length: int
     sha256: str
+    info: TargetFile
 
 
 class ArtifactUpdater:
@@ -91,53 +93,42 @@ class ArtifactUpdater:
         self._updater = updater
 
     def fetch_artifact(self, model: str, version: str, profile: str, into: Path) -> Path:
-        """Download an artifact's files into ``into`` (created empty), each checked against the signed
-        length and sha256. The manifest, itself a target, names the other files."""
-        if self._updater is None:
-            self.refresh()
+        """Download an artifact's files into ``into`` (created empty) through ngclient, each checked against
+        the signed length and sha256. Agents use :meth:`artifact_targets` with a resumable downloader."""
         into = Path(into)
         into.mkdir(parents=True, exist_ok=False)
-        prefix = f"{model}/{version}/{profile}"
-        manifest_path = self._download(f"{prefix}/{MANIFEST_NAME}", into)
-        try:
-            manifest = json.loads(manifest_path.read_bytes()[:MAX_MANIFEST_BYTES])
-            names = sorted({*manifest["files"], "release.json", "release.sig"})
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RefusedError(Refusal.MALFORMED, f"{MANIFEST_NAME} of {model}@{version} does not list files") from exc
-        for name in names:
-            self._download(f"{prefix}/{name}", into)
+        for target in self.artifact_targets(model, version, profile, into):
+            if target.name != MANIFEST_NAME:  # artifact_targets put it there already
+                with _translated():
+                    self._updater.download_target(target.info, str(into / target.name))
         return into
 
     def artifact_targets(self, model: str, version: str, profile: str, scratch: Path) -> list[TargetDownload]:
         """Every file of an artifact with its URL, signed length and sha256, for a resumable downloader.
-        The manifest (small) is fetched through ngclient into ``scratch`` to learn the file names."""
+        The manifest (small) is fetched through ngclient into ``scratch`` to learn the file names; every
+        name is checked before anything else is fetched."""
         if self._updater is None:
             self.refresh()
-        assert self._updater is not None
         prefix = f"{model}/{version}/{profile}"
         Path(scratch).mkdir(parents=True, exist_ok=True)
-        manifest_path = self._download(f"{prefix}/{MANIFEST_NAME}", Path(scratch))
+        manifest_info = self._targetinfo(f"{prefix}/{MANIFEST_NAME}")
+        manifest_path = Path(scratch) / MANIFEST_NAME
+        with _translated():
+            self._updater.download_target(manifest_info, str(manifest_path))
         try:
             manifest = json.loads(manifest_path.read_bytes()[:MAX_MANIFEST_BYTES])
             names = sorted({MANIFEST_NAME, *manifest["files"], "release.json", "release.sig"})
         except (ValueError, KeyError, TypeError) as exc:
             raise RefusedError(Refusal.MALFORMED, f"{MANIFEST_NAME} of {model}@{version} does not list files") from exc
-        found = []
-        for name in names:
-            path = f"{prefix}/{name}"
-            try:
-                check_target_path(path)
-            except ValueError as exc:
-                raise RefusedError(Refusal.PATH_TRAVERSAL, str(exc)) from None
-            with _translated():
-                info = self._updater.get_targetinfo(path)
-            if info is None:
-                raise RefusedError(Refusal.UNKNOWN_TARGET, f"the repository's signed targets do not list {path}")
-            digest = info.hashes["sha256"]
-            found.append(TargetDownload(name, f"{self._base}/targets/{prefix}/{digest}.{name}", info.length, digest))
-        return found
+        infos = {name: self._targetinfo(f"{prefix}/{name}") for name in names}
+        return [
+            TargetDownload(name, f"{self._base}/targets/{prefix}/{info.hashes['sha256']}.{name}", info.length,
+                           info.hashes["sha256"], info)
+            for name, info in infos.items()
+        ]  # fmt: skip
 
-    def _download(self, path: str, into: Path) -> Path:
+    def _targetinfo(self, path: str) -> TargetFile:
+        """The signed description of one target; refuses odd paths and targets the repository does not list."""
         try:
             check_target_path(path)
         except ValueError as exc:
@@ -145,11 +136,9 @@ class ArtifactUpdater:
         assert self._updater is not None
         with _translated():
             info = self._updater.get_targetinfo(path)
-            if info is None:
-                raise RefusedError(Refusal.UNKNOWN_TARGET, f"the repository's signed targets do not list {path}")
-            destination = into / path.rpartition("/")[2]
-            self._updater.download_target(info, str(destination))
-        return destination
+        if info is None:
+            raise RefusedError(Refusal.UNKNOWN_TARGET, f"the repository's signed targets do not list {path}")
+        return info
 
 
 @contextmanager

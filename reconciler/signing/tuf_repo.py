@@ -190,12 +190,6 @@ class TufRepository:
     def _load(self, role: str) -> Metadata:
         return Metadata.from_file(str(self.metadata_dir / f"{role}.json"))
 
-    def current_targets(self) -> dict[str, TargetFile]:
-        version = self._current_version(Targets.type)
-        if version == 0:
-            return {}
-        return dict(Metadata[Targets].from_file(str(self.metadata_dir / f"{version}.targets.json")).signed.targets)
-
     # --- files -------------------------------------------------------------------------------------
 
     def _store_target(self, info: TargetFile, local: Path) -> None:
