@@ -18,7 +18,7 @@ from .build import build
 from .overview import print_overview, summary_line
 from .rollout import rollout
 from .run import run
-from .trust import export, keys, sign, verify
+from .trust import export, keys, sign, tuf, verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,7 +75,7 @@ def demo(repo: str) -> None:
 
 
 main.add_command(build)
-for command in (keys, sign, verify, export, run, agent, rollout):
+for command in (keys, tuf, sign, verify, export, run, agent, rollout):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ def _repo_url(repo: str) -> str:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".edge-reconciler"),
               show_default=True, help="Git clone, local backend database.")  # fmt: skip
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), help="Artifact store to serve and assign.")
+@click.option("--releases", type=click.Path(file_okay=False, path_type=Path),
+              help="Owner-signed release folders to verify and publish to agents (needs --tuf-keys).")  # fmt: skip
+@click.option("--tuf-keys", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Online TUF keys: targets.key, snapshot.key, timestamp.key (edgectl tuf init).")  # fmt: skip
 @click.option("--once", is_flag=True, help="Reconcile once and exit.")
 @click.option("--interval", type=float, default=60.0, show_default=True, help="Seconds between fetches.")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True,
@@ -74,6 +78,8 @@ def run(
     node_selector: str | None,
     state_dir: Path,
     store: Path | None,
+    releases: Path | None,
+    tuf_keys: Path | None,
     once: bool,
     interval: float,
     listen: str,
@@ -91,7 +97,9 @@ def run(
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter("%(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
-    config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store)
+    if releases is not None and tuf_keys is None:
+        raise click.UsageError("--releases needs --tuf-keys (the keys that sign what agents may fetch)")
+    config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys)
     try:
         if backend == "kubernetes":
             target = kubernetes_backend(kubeconfig, namespace, node_selector)

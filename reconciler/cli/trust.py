@@ -65,6 +65,28 @@ def keys_generate(prefix: Path, key_type: str, password_file: Path | None) -> No
     click.echo(f"private key {pair.private}\npublic key  {pair.public}\nkey id      {pair.key_id}")
 
 
+@click.group()
+def tuf() -> None:
+    """The controller's TUF repository (what agents may fetch, signed and fresh)."""
+
+
+@tuf.command("init")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".edge-reconciler"),
+              show_default=True, help="Controller state directory; the repository goes to STATE_DIR/tuf.")  # fmt: skip
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Role keys root/targets/snapshot/timestamp.{key,pub}; missing ones are generated.")  # fmt: skip
+def tuf_init(state_dir: Path, keys_dir: Path) -> None:
+    """Create the repository. Pin the printed root.json on agents (or commit it as spec.trust.trustRoot),
+    and keep root.key offline: only a root rotation needs it."""
+    from reconciler.signing.tuf_repo import create_repository, utcnow
+
+    try:
+        repo = create_repository(state_dir / "tuf", keys_dir, utcnow())
+    except (FileExistsError, KeyFileError) as exc:
+        _fail(str(exc))
+    click.echo(f"created {repo.directory}\npin on agents: {repo.metadata_dir / '1.root.json'}")
+
+
 @click.command()
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--key", type=click.Path(path_type=Path), help="Release key (offline-key mode).")

@@ -34,9 +34,12 @@ from reconciler.cluster import Backend
 from reconciler.gitops.source import GitError, GitSource
 from reconciler.gitops.status import Author, StatusWriter
 from reconciler.plan import plan
+from reconciler.signing import TrustPolicy, policy_from_fleet
+from reconciler.signing.tuf_repo import TufRepository, online_signers
 from reconciler.spec import FleetTree, SpecErrors, load_fleet
 
 from .metrics import ControllerMetrics
+from .publish import Publisher
 from .reconcile import ReconcileResult, reconcile
 from .rollouts import initial_state, position, rollback_message, run_rollouts, status_fields
 from .status import (
@@ -58,6 +61,10 @@ class ControllerConfig:
     interval: float = 60.0
     allowed_signers: Path | None = None
     store: Path | None = None
+    releases: Path | None = None
+    """Owner-signed release folders to verify and publish (needs ``tuf_keys``)."""
+    tuf_keys: Path | None = None
+    """The online TUF keys (targets, snapshot, timestamp); the repository is ``state_dir/tuf``."""
 
 
 @dataclass
@@ -70,6 +77,7 @@ class CycleOutcome:
     """Why nothing was applied (unsigned head, spec errors, Git unreachable)."""
     result: ReconcileResult | None = None
     problems: list[str] = field(default_factory=list)
+    refused_releases: dict[str, str] = field(default_factory=dict)
     rollbacks: list[str] = field(default_factory=list)
     """Rollback commits pushed in this cycle (one per aborted rollout)."""
     decisions: dict[str, str] = field(default_factory=dict)
@@ -91,6 +99,12 @@ class Controller:
         self.metrics = metrics or ControllerMetrics()
         self.store = ArtifactStore(config.store) if config.store else None
         self._artifact_keys: dict[str, tuple[str, str, str]] = {}
+        self.publisher = None
+        if config.releases is not None:
+            if config.tuf_keys is None:
+                raise ValueError("publishing releases needs the online TUF keys (tuf_keys)")
+            repository = TufRepository(config.state_dir / "tuf")
+            self.publisher = Publisher(config.releases, repository, online_signers(config.tuf_keys))
         self.wake = threading.Event()
         """Set by the webhook: reconcile now instead of at the end of the interval."""
         self.stop = threading.Event()
@@ -142,6 +156,10 @@ class Controller:
             for name in tree.rollouts
         }
         artifacts = self._artifacts()
+        if self.publisher is not None:
+            published = self.publisher.sync(self._trust_policy(tree, head), now)
+            artifacts.update(published.artifacts)
+            outcome.refused_releases = published.refused
         # The step machine looks at the plan as it stands, decides, and the decisions shape this cycle's writes.
         self.backend.sync()
         statuses, devices = self.backend.statuses(), self.backend.devices()
@@ -213,6 +231,23 @@ class Controller:
             files = self.source.files_at(head, ignore=[tree.fleet.spec.status_path])
             tree = load_fleet(files)
         return tree, files
+
+    def _trust_policy(self, tree: FleetTree, head: str) -> TrustPolicy:
+        """The Fleet's trust policy, with the key files it names read from the same commit as the specs."""
+        trust = tree.fleet.spec.trust
+        root = self.config.state_dir / "trust"
+        named = [s.public_key for s in trust.release_signers if s.public_key] + [trust.sigstore_trusted_root]
+        for path in filter(None, named):
+            data = self.source.read_blob(head, path)
+            if data is None:
+                continue  # the policy then names a missing file: verification refuses and says which
+            local = root / path
+            if not local.exists() or local.read_bytes() != data:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                tmp = local.with_name(f".{local.name}.tmp")
+                tmp.write_bytes(data)
+                tmp.replace(local)
+        return policy_from_fleet(tree.fleet, root)
 
     def _telemetry(self, limit: int = 200_000) -> list[dict]:
         """Summaries devices uploaded (the newest ``limit``), for the rollout gates."""

@@ -43,6 +43,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from .keys import generate_key, load_public_key, tuf_key, tuf_signer
+
 TOP_LEVEL_ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -144,6 +146,18 @@ class TufRepository:
         self._snapshot(version, signers, now)
         return version
 
+    def published(self) -> dict[str, str]:
+        """The current targets: path -> sha256 (empty before the first publish)."""
+        if not (self.metadata_dir / "timestamp.json").exists():
+            return {}
+        version = self._current_version(Targets.type)
+        targets = Metadata[Targets].from_file(str(self.metadata_dir / f"{version}.targets.json")).signed.targets
+        return {path: info.hashes["sha256"] for path, info in targets.items()}
+
+    def timestamp_expires(self) -> datetime | None:
+        path = self.metadata_dir / "timestamp.json"
+        return Metadata[Timestamp].from_file(str(path)).signed.expires if path.exists() else None
+
     def refresh_timestamp(self, signers: OnlineSigners, now: datetime) -> int:
         """Re-sign the timestamp for the current snapshot: clients that stop seeing this call it a freeze."""
         snapshot = self._load(Timestamp.type).signed.snapshot_meta.version
@@ -219,6 +233,34 @@ class TufRepository:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+ONLINE_ROLES = (Targets.type, Snapshot.type, Timestamp.type)
+
+
+def online_signers(keys_dir: Path, password: bytes | None = None) -> OnlineSigners:
+    """The controller's online keys from ``KEYS_DIR/{targets,snapshot,timestamp}.key``."""
+    keys_dir = Path(keys_dir)
+    return OnlineSigners(
+        [tuf_signer(keys_dir / "targets.key", password)],
+        tuf_signer(keys_dir / "snapshot.key", password),
+        tuf_signer(keys_dir / "timestamp.key", password),
+    )
+
+
+def create_repository(directory: Path, keys_dir: Path, now: datetime) -> TufRepository:
+    """A new repository with one key per role from ``keys_dir`` (each generated when missing), and an empty
+    first publish so that clients can start at once. ``root.key`` belongs offline afterwards."""
+    keys_dir = Path(keys_dir)
+    public = {}
+    for role in TOP_LEVEL_ROLES:
+        if not (keys_dir / f"{role}.key").exists():
+            generate_key(keys_dir / role)
+        public[role] = [tuf_key(load_public_key(keys_dir / f"{role}.pub"))]
+    repo = TufRepository(directory)
+    repo.initialize(RoleKeys(public), [tuf_signer(keys_dir / "root.key")], now)
+    repo.publish({}, online_signers(keys_dir), now)
+    return repo
 
 
 def _assign_roles(root: Root, roles: RoleKeys) -> None:
