@@ -15,6 +15,7 @@ from reconciler.spec.schema import export_schemas
 
 from .agent import agent
 from .build import build
+from .get import describe, get
 from .overview import print_overview, summary_line
 from .rollout import rollout
 from .run import run
@@ -75,7 +76,7 @@ def demo(repo: str) -> None:
 
 
 main.add_command(build)
-for command in (keys, tuf, sign, verify, export, run, agent, rollout):
+for command in (get, describe, keys, tuf, sign, verify, export, run, agent, rollout):
     main.add_command(command)
 
 if __name__ == "__main__":

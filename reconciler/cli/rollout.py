@@ -94,3 +94,58 @@ def retry(name: str, repo: Path) -> None:
     path.write_text(set_annotation(text, index, f"{ANNOTATION}/abort", None))
     edited = commit_annotation(repo, name, f"{ANNOTATION}/retries", str(count), f"rollout {name}: retry ({count})")
     click.echo(f"retry: committed {edited.commit[:12]} ({edited.path}); push it to reach the controller")
+
+
+@rollout.command("status")
+@click.argument("name")
+@click.option("--repo", default=".", show_default=True,
+              help="Fleet repo the controller commits to (a URL or bare repository follows new commits).")  # fmt: skip
+@click.option("--timeout", default="10m", show_default=True, help="Give up after this long (30s, 10m, 1h).")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between reads.")
+@click.option("-w/--no-watch", "--watch", default=True, help="Wait for the end (default) or print once.")
+def rollout_status(name: str, repo: str, timeout: str, interval: float, watch: bool) -> None:
+    """Wait for NAME to finish: exit 0 Succeeded, 1 Aborted, 3 timed out (for CI pipelines)."""
+    import time
+
+    from reconciler.spec.types import parse_duration
+
+    from .view import load_view
+
+    try:
+        limit = parse_duration(timeout).total_seconds()
+    except ValueError as exc:
+        raise click.UsageError(f"--timeout: {exc}") from None
+    deadline = time.monotonic() + limit
+    said = None
+    while True:
+        view = load_view(repo)
+        if name not in view.tree.rollouts:
+            click.echo(f'Error: rollout "{name}" not found in {repo}', err=True)
+            sys.exit(1)
+        line, phase = _status_line(view, name)
+        if line != said:
+            click.echo(line)
+            said = line
+        if phase == "Succeeded":
+            sys.exit(0)
+        if phase == "Aborted":
+            sys.exit(1)
+        if not watch:
+            sys.exit(0 if phase == "Succeeded" else 1 if phase == "Aborted" else 3)
+        if time.monotonic() >= deadline:
+            click.echo(f"error: rollout {name} did not finish within {timeout}", err=True)
+            sys.exit(3)
+        time.sleep(interval)
+
+
+def _status_line(view, name: str) -> tuple[str, str]:
+    spec, status = view.tree.rollouts[name].spec, view.rollout_status(name)
+    if status.get("version") != spec.version or status.get("model") != spec.model:
+        return f"Waiting for the controller to pick up {spec.model} {spec.version}...", "Pending"
+    phase = status.get("phase", "Progressing")
+    step = min(int(status.get("currentStep", 0) or 0), len(spec.steps) - 1)
+    healthy = status.get("devices", {}).get("byVersion", {}).get(spec.version, {}).get("Healthy", 0)
+    targeted = status.get("devices", {}).get("targeted", 0)
+    why = f": {status['message']}" if status.get("message") else ""
+    return (f"{name} {phase} at step {step + 1}/{len(spec.steps)} ({spec.steps[step].percent}%), "
+            f"{healthy}/{targeted} devices healthy on {spec.version}{why}"), phase  # fmt: skip

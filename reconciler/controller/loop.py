@@ -196,7 +196,7 @@ class Controller:
             rendered[f"{status_path}/groups/{name}.yaml"] = render_group(tree, name, devices, result.plan, statuses)
         rendered[f"{status_path}/controller.yaml"] = render_controller(None, spec_commit)
         changed = len(result.changes.apply) + len(result.changes.delete)
-        decided = "; ".join(
+        decided = "\n".join(
             f"{n}: {c.outcome.decision.kind.lower()} ({c.outcome.decision.message})"
             for n, c in cycles.items()
             if c.outcome.decision and c.outcome.decision.kind != "Abort"

@@ -23,7 +23,7 @@ import pygit2
 
 from reconciler.spec import Limits, SourceFile
 
-from .files import SPEC_SUFFIXES
+from .files import SPEC_SUFFIXES, read_fleet_dir
 
 
 class GitError(Exception):
@@ -139,24 +139,7 @@ class GitSource:
             tree = self.repo[commit].peel(pygit2.Tree)
         except (KeyError, ValueError) as exc:
             raise GitError(f"commit {commit} is not in the clone of {redact(self.url)}", temporary=False) from exc
-        files: list[SourceFile] = []
-        self._walk(tree, "", prefixes, files)
-        return sorted(files, key=lambda f: f.path)
-
-    def _walk(self, tree: pygit2.Tree, base: str, ignore: tuple[str, ...], out: list[SourceFile]) -> None:
-        for entry in tree:
-            path = f"{base}{entry.name}"
-            if entry.name.startswith(".") or (path + "/").startswith(ignore) or path.startswith(ignore):
-                continue
-            if entry.type_str == "tree":
-                self._walk(self.repo[entry.id], f"{path}/", ignore, out)
-            elif entry.type_str == "blob" and entry.name.endswith(SPEC_SUFFIXES):
-                blob = self.repo[entry.id]
-                if blob.size > self.limits.max_file_bytes:
-                    out.append(SourceFile(path, read_error=f"file is {blob.size} bytes, over the limit of "
-                                                           f"{self.limits.max_file_bytes}"))  # fmt: skip
-                else:
-                    out.append(SourceFile(path, blob.data))
+        return tree_files(self.repo, tree, prefixes, self.limits)
 
     def read_blob(self, commit: str, path: str) -> bytes | None:
         try:
@@ -207,3 +190,81 @@ class GitSource:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def tree_files(repo: pygit2.Repository, tree: pygit2.Tree, ignore: tuple[str, ...], limits: Limits) -> list[SourceFile]:
+    """Every spec file of ``tree`` (hidden paths and paths under the ``ignore`` prefixes skipped)."""
+    files: list[SourceFile] = []
+
+    def walk(tree: pygit2.Tree, base: str) -> None:
+        for entry in tree:
+            path = f"{base}{entry.name}"
+            if entry.name.startswith(".") or (path + "/").startswith(ignore) or path.startswith(ignore):
+                continue
+            if entry.type_str == "tree":
+                walk(repo[entry.id], f"{path}/")
+            elif entry.type_str == "blob" and entry.name.endswith(SPEC_SUFFIXES):
+                blob = repo[entry.id]
+                if blob.size > limits.max_file_bytes:
+                    files.append(SourceFile(path, read_error=f"file is {blob.size} bytes, over the limit of "
+                                                             f"{limits.max_file_bytes}"))  # fmt: skip
+                else:
+                    files.append(SourceFile(path, blob.data))
+
+    walk(tree, "")
+    return sorted(files, key=lambda f: f.path)
+
+
+@dataclass(frozen=True)
+class RepoFiles:
+    """A fleet repo's files at one commit of a local repository (``commit`` None: a plain directory)."""
+
+    files: list[SourceFile]
+    commit: str | None = None
+    git_dir: str | None = None
+
+
+def read_repo(path: str | os.PathLike[str], ref: str | None = None, limits: Limits | None = None) -> RepoFiles:
+    """The files of a local fleet repo: at ``ref`` when given, at HEAD of a bare repository, else the working
+    directory as it is on disk (what a person is editing)."""
+    limits = limits or Limits()
+    found = pygit2.discover_repository(str(path))
+    if found is None:
+        if ref is not None:
+            raise GitError(f"{path} is not a Git repository; cannot read {ref}", temporary=False)
+        return RepoFiles(read_fleet_dir(path, limits))
+    repo = pygit2.Repository(found)
+    if ref is None and not repo.is_bare:
+        return RepoFiles(read_fleet_dir(path, limits), None, found)
+    try:
+        commit = repo.revparse_single(ref or "HEAD").peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise GitError(f"{ref or 'HEAD'} is not a commit in {path}", temporary=False) from exc
+    root = commit.tree
+    workdir = Path(repo.workdir or found).resolve()
+    inside = Path(path).resolve()
+    if inside != workdir and inside.is_relative_to(workdir):  # a fleet repo in a sub-folder of a larger repo
+        try:
+            root = root[inside.relative_to(workdir).as_posix()].peel(pygit2.Tree)
+        except KeyError as exc:
+            raise GitError(f"{inside.relative_to(workdir)} does not exist at {ref}", temporary=False) from exc
+    return RepoFiles(tree_files(repo, root, (), limits), str(commit.id), found)
+
+
+def decision_commits(git_dir: str, start: str, rollout: str, limit: int = 5, scan: int = 2000) -> list[str]:
+    """``SHORT-ID first line`` of the newest commits that record a decision of ``rollout``: its rollback
+    commits and the status commits whose body names it (advance, pause, promote, succeed)."""
+    repo = pygit2.Repository(git_dir)
+    try:
+        head = repo.revparse_single(start).peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError):
+        return []
+    found: list[str] = []
+    for index, commit in enumerate(repo.walk(head.id, pygit2.enums.SortMode.TIME)):
+        if index >= scan or len(found) >= limit:
+            break
+        message = commit.message
+        first = message.splitlines()[0] if message else ""
+        if first.startswith(f"rollback: {rollout} ") or f"\n{rollout}: " in message:
+            found.append(f"{str(commit.id)[:12]} {first}")
+    return found

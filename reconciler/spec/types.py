@@ -284,6 +284,10 @@ class ObjectMeta(SpecModel):
 SelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 
 
+_SELECTOR_PART = re.compile(r"(?:[^,(]|\([^)]*\))+")
+_SET_TERM = re.compile(r"\s*([^\s!=]+)\s+(in|notin)\s*\(([^)]*)\)\s*")
+
+
 class LabelSelectorRequirement(SpecModel):
     """One requirement of a label selector, as in Kubernetes."""
 
@@ -311,6 +315,36 @@ class LabelSelector(SpecModel):
     """Labels a node must carry with exactly these values."""
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
     """Set-based requirements; all must hold."""
+
+    @classmethod
+    def parse(cls, text: str) -> LabelSelector:
+        """kubectl's ``-l`` syntax: ``k=v``, ``k!=v``, ``k``, ``!k``, ``k in (a,b)``, ``k notin (a,b)``,
+        comma-separated. Raises ValueError naming the part it cannot read."""
+        labels: dict[str, str] = {}
+        expressions: list[dict] = []
+        for part in _SELECTOR_PART.findall(text):
+            part = part.strip()
+            if not part:
+                continue
+            if match := _SET_TERM.fullmatch(part):
+                key, operator, values = match.groups()
+                items = [v.strip() for v in values.split(",") if v.strip()]
+                expressions.append({"key": key, "operator": "In" if operator == "in" else "NotIn", "values": items})
+            elif "!=" in part:
+                key, value = (x.strip() for x in part.split("!=", 1))
+                expressions.append({"key": key, "operator": "NotIn", "values": [value]})
+            elif "=" in part:
+                key, value = (x.strip() for x in part.replace("==", "=").split("=", 1))
+                labels[key] = value
+            elif part.startswith("!"):
+                expressions.append({"key": part[1:].strip(), "operator": "DoesNotExist"})
+            else:
+                expressions.append({"key": part, "operator": "Exists"})
+        try:
+            return cls.model_validate({"matchLabels": labels, "matchExpressions": expressions})
+        except ValueError as exc:
+            reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise ValueError(f"label selector {text!r}: {reason}") from None
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether a node with ``labels`` is selected."""

@@ -1,0 +1,368 @@
+"""``edgectl get devices|groups|models|rollouts|artifacts [NAME]`` and ``edgectl describe rollout NAME``.
+
+Where each comes from: devices from a backend (the local database or the Kubernetes API: the inventory and
+the agents' reports); groups, models and rollouts from the fleet repo, specs and the status files the
+controller committed (``--repo``: checkout, bare repository or URL); artifacts from the build store. On
+Kubernetes the same data is one ``kubectl get edge`` away: the CRDs carry printer columns and that category.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .build import DEFAULT_STORE
+from .output import OUTPUTS, Column, age, duration, emit, summarize
+from .view import FleetView, load_view
+
+RESOURCES = {
+    "devices": "device", "device": "device", "dev": "device",
+    "groups": "group", "group": "group", "dg": "group",
+    "models": "model", "model": "model",
+    "rollouts": "rollout", "rollout": "rollout", "ro": "rollout",
+    "artifacts": "artifact", "artifact": "artifact", "art": "artifact",
+}  # fmt: skip
+
+
+def _repo_option(function: Callable) -> Callable:
+    return click.option("--repo", default=".", show_default=True,
+                        help="Fleet repo: a checkout, a bare repository (HEAD) or a URL.")(function)  # fmt: skip
+
+
+def _backend_options(function: Callable) -> Callable:
+    options = [
+        click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True),
+        click.option(
+            "--state-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path(".edge-reconciler"),
+            show_default=True,
+            help="Local backend: the controller's state directory.",
+        ),
+        click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option("--namespace", "-n", default="edge-system", show_default=True),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.command()
+@click.argument("resource")
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(OUTPUTS), help="wide, json, yaml or name.")
+@click.option("-l", "--selector", help="Label selector (k=v, k!=v, k in (a,b), !k).")
+@click.option("--group", help="Only devices of this DeviceGroup.")
+@click.option("-A", "--all-groups", is_flag=True, help="All devices (the default; kubectl's -A habit).")
+@click.option("--no-headers", is_flag=True)
+@click.option("-w", "--watch", is_flag=True, help="Print again whenever the output changes (Ctrl-C stops).")
+@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=True,
+              help="Build store (artifacts).")  # fmt: skip
+@_repo_option
+@_backend_options
+def get(resource: str, name: str | None, output: str | None, selector: str | None, group: str | None,
+        all_groups: bool, no_headers: bool, watch: bool, store: Path, repo: str, backend: str, state_dir: Path,
+        kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
+    """Show devices, groups, models, rollouts or artifacts (kubectl-style tables)."""
+    kind = RESOURCES.get(resource.lower())
+    if kind is None:
+        raise click.UsageError(f"unknown resource {resource!r}; one of devices, groups, models, rollouts, artifacts")
+    if group and all_groups:
+        raise click.UsageError("--group and -A exclude each other")
+    from reconciler.spec.types import LabelSelector
+
+    try:
+        labels = LabelSelector.parse(selector) if selector else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    def collect() -> tuple[list[dict], list[Column], list[dict]]:
+        if kind == "artifact":
+            return _artifacts(store, name)
+        if kind == "device":
+            view = load_view(repo) if group or Path(repo, "fleet.yaml").exists() or repo != "." else None
+            return _devices(_open_backend(backend, state_dir, kubeconfig, namespace), view, name, labels, group)
+        view = load_view(repo)
+        return {"group": _groups, "model": _models, "rollout": _rollouts}[kind](view, name, labels)
+
+    last = None
+    while True:
+        rows, columns, objects = collect()
+        if name and not rows:
+            click.echo(f'Error from server (NotFound): {kind} "{name}" not found', err=True)
+            sys.exit(1)
+        rendered = (rows, objects)
+        if rendered != last:
+            emit(kind, rows, columns, objects, output, no_headers or (watch and last is not None), single=bool(name))
+            last = rendered
+        if not watch:
+            return
+        time.sleep(2.0)
+
+
+def _open_backend(backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str):
+    from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend
+
+    try:
+        if backend == "kubernetes":
+            target = kubernetes_backend(kubeconfig, namespace, None)
+        else:
+            if not (state_dir / "fleet.sqlite").exists():
+                click.echo(f"error: no local backend in {state_dir} (pass --state-dir)", err=True)
+                sys.exit(1)
+            target = LocalBackend(state_dir)
+        target.sync()
+    except ClusterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    return target
+
+
+def _devices(target, view: FleetView | None, name, labels, group) -> tuple[list[dict], list[Column], list[dict]]:
+    from reconciler.plan import plan
+
+    devices = sorted(target.devices(), key=lambda d: d.name)
+    if group:
+        if view is None or group not in view.tree.groups:
+            click.echo(f'Error: group "{group}" is not defined in the fleet repo', err=True)
+            sys.exit(1)
+        devices = [d for d in devices if view.tree.groups[group].spec.selector.matches(d.labels)]
+    if labels is not None:
+        devices = [d for d in devices if labels.matches(d.labels)]
+    if name:
+        devices = [d for d in devices if d.name == name]
+    profiles = plan(view.tree, devices, {}, {}).profiles if view is not None else {}
+    assignments, statuses = target.assignments(), target.statuses()
+    rows, objects = [], []
+    for device in devices:
+        mine = sorted((m, d) for (dev, m), d in assignments.items() if dev == device.name)
+        for model, desired in mine or [(None, None)]:
+            status = statuses.get((device.name, model)) if model else None
+            row = {
+                "name": device.name,
+                "profile": profiles.get(device.name),
+                "model": model,
+                "version": desired.version if desired else None,
+                "installed": status.installed_version if status else None,
+                "phase": status.phase if status else ("Pending" if desired else None),
+                "lastSeen": age(status.last_seen) if status and status.last_seen else "<never>",
+                "rollout": desired.rollout if desired else None,
+                "message": (status.message if status else "")[:80],
+            }
+            rows.append(row)
+            objects.append({"name": device.name, "labels": dict(device.labels), "profile": row["profile"],
+                            "model": model, "desiredVersion": row["version"],
+                            "status": status.to_json() if status else None})  # fmt: skip
+    columns = [Column("NAME", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
+               Column("INSTALLED", "installed"), Column("PHASE", "phase"), Column("LAST SEEN", "lastSeen"),
+               Column("PROFILE", "profile", wide=True), Column("ROLLOUT", "rollout", wide=True),
+               Column("MESSAGE", "message", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def _rollouts(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
+    rows, objects = [], []
+    for rollout_name, rollout in sorted(view.tree.rollouts.items()):
+        if (name and rollout_name != name) or (labels is not None and not labels.matches(rollout.metadata.labels)):
+            continue
+        spec, status = rollout.spec, view.rollout_status(rollout_name)
+        step = int(status.get("currentStep", 0) or 0)
+        steps = spec.steps
+        by_version = status.get("devices", {}).get("byVersion", {})
+        healthy = by_version.get(spec.version, {}).get("Healthy", 0)
+        phases: Counter[str] = Counter()
+        for counts in by_version.values():
+            for phase, count in counts.items():
+                phases[phase.split("(")[0]] += count
+        gates = status.get("gates", []) or []
+        failing = [g["name"] for g in gates if g.get("verdict") == "Fail"]
+        current = status.get("version") == spec.version
+        rows.append({
+            "name": rollout_name,
+            "model": spec.model,
+            "version": spec.version,
+            "phase": (status.get("phase") if current else None) or ("Suspended" if spec.suspend else "Pending"),
+            "step": f"{min(step, len(steps) - 1) + 1}/{len(steps)} ({steps[min(step, len(steps) - 1)].percent}%)",
+            "ready": f"{healthy if current else 0}/{status.get('devices', {}).get('targeted', 0) if current else 0}",
+            "stable": status.get("stableVersion"),
+            "age": age(status.get("stepStarted")),
+            "status": summarize(phases) if current else "-",
+            "gates": ",".join(f"{g['name']}={g.get('verdict')}" for g in gates) or None,
+            "message": (status.get("message") or "")[:80] or (f"failing: {', '.join(failing)}" if failing else ""),
+        })  # fmt: skip
+        objects.append({"name": rollout_name, "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                        "status": status})  # fmt: skip
+    columns = [Column("NAME", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
+               Column("PHASE", "phase"), Column("STEP", "step"), Column("READY", "ready"), Column("AGE", "age"),
+               Column("STABLE", "stable", wide=True), Column("STATUS", "status", wide=True),
+               Column("GATES", "gates", wide=True), Column("MESSAGE", "message", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def _groups(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
+    rows, objects = [], []
+    for group_name, group in sorted(view.tree.groups.items()):
+        if (name and group_name != name) or (labels is not None and not labels.matches(group.metadata.labels)):
+            continue
+        status = view.group_status(group_name)
+        phases: Counter[str] = Counter()
+        for counts in (status.get("assignments") or {}).values():
+            phases.update(counts)
+        total = sum(phases.values())
+        rollouts = sorted(n for n, r in view.tree.rollouts.items() if group_name in r.spec.groups)
+        rows.append({"name": group_name, "devices": status.get("devices", 0), "ready": f"{phases['Healthy']}/{total}",
+                     "status": summarize(phases), "rollouts": ",".join(rollouts) or None,
+                     "description": group.spec.description})  # fmt: skip
+        objects.append({"name": group_name, "spec": group.spec.model_dump(mode="json", by_alias=True,
+                        exclude_none=True), "status": status})  # fmt: skip
+    columns = [Column("NAME", "name"), Column("DEVICES", "devices"), Column("READY", "ready"),
+               Column("STATUS", "status"), Column("ROLLOUTS", "rollouts", wide=True),
+               Column("DESCRIPTION", "description", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def _models(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
+    rows, objects = [], []
+    for model_name, model in sorted(view.tree.models.items()):
+        if (name and model_name != name) or (labels is not None and not labels.matches(model.metadata.labels)):
+            continue
+        running: Counter[str] = Counter()
+        active = []
+        for rollout_name, rollout in sorted(view.tree.rollouts.items()):
+            if rollout.spec.model != model_name:
+                continue
+            status = view.rollout_status(rollout_name)
+            active.append(f"{rollout_name}@{rollout.spec.version}")
+            for version, counts in (status.get("devices", {}).get("byVersion") or {}).items():
+                running[version] += counts.get("Healthy", 0)
+        rows.append({
+            "name": model_name,
+            "versions": ",".join(v.version for v in model.spec.versions),
+            "profiles": ",".join(r.profile for r in model.spec.recipes),
+            "running": " ".join(f"{v}({n})" for v, n in sorted(running.items()) if n) or None,
+            "rollouts": " ".join(active) or None,
+            "task": model.spec.task,
+        })  # fmt: skip
+        objects.append({"name": model_name, "spec": model.spec.model_dump(mode="json", by_alias=True,
+                        exclude_none=True), "running": dict(running)})  # fmt: skip
+    columns = [Column("NAME", "name"), Column("VERSIONS", "versions"), Column("PROFILES", "profiles"),
+               Column("RUNNING", "running"), Column("ROLLOUTS", "rollouts", wide=True),
+               Column("TASK", "task", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
+    from reconciler.build.store import ArtifactStore
+
+    rows, objects = [], []
+    found = ArtifactStore(store) if Path(store).exists() else None
+    for artifact_id in found.artifact_ids() if found else []:
+        if name and not artifact_id.startswith(name):
+            continue
+        manifest = found.read_manifest(artifact_id)
+        bench = manifest.get("benchmark", {}) or {}
+        size = sum(int(f.get("size", 0)) for f in (manifest.get("files") or {}).values() if isinstance(f, dict))
+        rows.append({
+            "name": artifact_id[:12], "id": artifact_id, "model": manifest.get("model"),
+            "version": manifest.get("version"), "profile": manifest.get("profile"),
+            "format": manifest.get("format"), "precision": manifest.get("precision"),
+            "size": _bytes(size or bench.get("sizeBytes")),
+            "latency": f"{bench['latencyP95Ms']:.2f}ms" if bench.get("latencyP95Ms") is not None else None,
+            "accuracy": f"{bench['accuracy']:.3f}" if bench.get("accuracy") is not None else None,
+        })  # fmt: skip
+        objects.append({"id": artifact_id, "manifest": manifest})
+    rows.sort(key=lambda r: (r["model"] or "", r["version"] or "", r["profile"] or ""))
+    columns = [Column("ID", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
+               Column("PROFILE", "profile"), Column("FORMAT", "format"), Column("PRECISION", "precision"),
+               Column("SIZE", "size"), Column("P95", "latency", wide=True),
+               Column("ACCURACY", "accuracy", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def _bytes(value: Any) -> str | None:
+    if not value:
+        return None
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return None
+
+
+@click.command()
+@click.argument("resource", type=click.Choice(["rollout", "rollouts", "ro"]))
+@click.argument("name")
+@_repo_option
+def describe(resource: str, name: str, repo: str) -> None:
+    """Everything about one rollout: steps, gates against thresholds, devices by version, decisions."""
+    view = load_view(repo)
+    if name not in view.tree.rollouts:
+        click.echo(f'Error from server (NotFound): rollout "{name}" not found', err=True)
+        sys.exit(1)
+    click.echo(describe_rollout(view, name))
+
+
+def describe_rollout(view: FleetView, name: str) -> str:
+    spec, status = view.tree.rollouts[name].spec, view.rollout_status(name)
+    current = status.get("version") == spec.version
+    step = int(status.get("currentStep", 0) or 0) if current else 0
+    lines = [f"Name:            {name}", f"Model:           {spec.model}", f"Version:         {spec.version}",
+             f"Stable version:  {status.get('stableVersion') or '<none>'}",
+             f"Groups:          {', '.join(spec.groups)}",
+             f"Phase:           {(status.get('phase') if current else None) or 'Pending'}"
+             + (f" ({status.get('reason')})" if current and status.get("reason") else ""),
+             f"Message:         {status.get('message') or '<none>'}" if current else "Message:         <none>",
+             f"Observed commit: {status.get('observedCommit') or '<none>'}", "Steps:"]  # fmt: skip
+    for index, s in enumerate(spec.steps):
+        marker = "->" if index == step and current else "  "
+        done = index < step if current else False
+        pause = ""
+        if s.pause is not None:
+            pause = f", pause {duration(s.pause.duration)}" if s.pause.duration else ", pause until promoted"
+        lines.append(f"  {marker} {index + 1}. {s.percent}%{pause}{'  (done)' if done else ''}")
+    lines.append("Gates:")
+    gates = status.get("gates", []) if current else []
+    if not gates:
+        lines.append("  <none evaluated yet>")
+    for gate in gates:
+        value = gate.get("value")
+        shown = "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"  {gate['name']:<26} {shown:>10} / {gate.get('threshold')!s:<8} {gate.get('verdict', '')}"
+                     + (f"  ({gate['message']})" if gate.get("message") else ""))  # fmt: skip
+    devices = status.get("devices", {}) if current else {}
+    lines.append(f"Devices:         {devices.get('targeted', 0)} targeted, {devices.get('onNewVersion', 0)} "
+                 f"on {spec.version}")  # fmt: skip
+    for version, counts in (devices.get("byVersion") or {}).items():
+        lines.append(f"  {version:<12} " + ", ".join(f"{p}: {n}" for p, n in counts.items()))
+    lines.append("Decisions:")
+    history = status.get("history", []) if current else []
+    commits = _decision_commits(view, name)
+    if not history:
+        lines.append("  <none>")
+    for entry in history[-10:]:
+        lines.append(f"  {entry.get('time', '')}  step {int(entry.get('step', 0)) + 1}  {entry.get('decision', ''):<9} "
+                     f"{entry.get('message', '')}")  # fmt: skip
+    if commits:
+        lines.append("Commits:")
+        lines.extend(f"  {commit}" for commit in commits)
+    problems = status.get("problems") or []
+    if problems:
+        lines.append("Problems:")
+        lines.extend(f"  {p}" for p in problems[:10])
+    return "\n".join(lines)
+
+
+def _decision_commits(view: FleetView, name: str, limit: int = 5) -> list[str]:
+    """Rollback and decision commits that touched this rollout's status file (newest first)."""
+    from reconciler.gitops.source import decision_commits
+
+    if view.git_dir is None:
+        return []
+    return decision_commits(view.git_dir, view.commit or "HEAD", name, limit)

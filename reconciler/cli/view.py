@@ -1,0 +1,70 @@
+"""What the read-only commands look at: a fleet repo's specs and the status files the controller wrote.
+
+``--repo`` may be a working checkout (read as it is on disk), a bare repository (its HEAD), or a remote URL
+(fetched into a cache clone on every read, so ``rollout status`` follows the controller's commits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reconciler.controller.status import parse_status
+from reconciler.spec import FleetTree, SpecErrors, load_fleet
+
+CLONES = Path.home() / ".cache" / "edge-reconciler" / "edgectl-clones"
+
+
+@dataclass
+class FleetView:
+    tree: FleetTree
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Status files by path relative to the status folder (``rollouts/NAME.yaml``)."""
+    commit: str | None = None
+    git_dir: str | None = None
+    """The local repository (or cache clone) the view was read from, for history; None for plain folders."""
+
+    def rollout_status(self, name: str) -> dict[str, Any]:
+        return self.status.get(f"rollouts/{name}.yaml", {})
+
+    def group_status(self, name: str) -> dict[str, Any]:
+        return self.status.get(f"groups/{name}.yaml", {})
+
+
+def is_url(repo: str) -> bool:
+    return "://" in repo or ("@" in repo and ":" in repo and not Path(repo).exists())
+
+
+def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetView:
+    """Specs and status of ``repo``; exits 1 with the errors when the specs do not load."""
+    from reconciler.gitops.source import GitError, GitSource, read_repo
+
+    try:
+        if is_url(repo):
+            clone = CLONES / hashlib.sha256(repo.encode()).hexdigest()[:16]
+            source = GitSource(repo, clone, branch)
+            commit = source.fetch() if ref is None else ref
+            files, at, git_dir = source.files_at(commit), commit, str(clone)
+        else:
+            read = read_repo(repo, ref)
+            files, at, git_dir = read.files, read.commit, read.git_dir
+    except (GitError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    specs = [f for f in files if not f.path.startswith("status/")]
+    try:
+        tree = load_fleet(specs)
+    except SpecErrors as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        sys.exit(1)
+    prefix = tree.fleet.spec.status_path.rstrip("/") + "/"
+    if prefix != "status/":
+        tree = load_fleet([f for f in files if not f.path.startswith(prefix)])
+    status = {f.path.removeprefix(prefix): parse_status(f.content) for f in files if f.path.startswith(prefix)}
+    return FleetView(tree, status, at, git_dir)
