@@ -103,3 +103,14 @@ def reference_histograms(inputs: np.ndarray, predictions: np.ndarray, classes: i
         histograms[name] = {"edges": edges.tolist(), "counts": counts.tolist()}
     histograms["prediction"] = {"classes": classes, "counts": np.bincount(predictions, minlength=classes).tolist()}
     return histograms
+
+
+def build_figures(manifest: dict) -> dict:
+    """The selected variant's figures from a manifest: sizeBytes, latencyP95Ms (None when not measurable on
+    the build machine), accuracy."""
+    variants = (manifest.get("benchmark") or {}).get("variants") or []
+    chosen = next((v for v in variants if v.get("selected")), None)
+    measured = (chosen or {}).get("measurement") or {}
+    size = sum(int(f.get("size", 0)) for f in (manifest.get("files") or {}).values() if isinstance(f, dict))
+    return {"sizeBytes": measured.get("size_bytes", size or None), "latencyP95Ms": measured.get("latency_p95_ms"),
+            "accuracy": measured.get("accuracy")}  # fmt: skip

@@ -17,8 +17,10 @@ from typing import Any
 
 import click
 
+from reconciler.spec.types import format_duration
+
 from .build import DEFAULT_STORE
-from .output import OUTPUTS, Column, age, duration, emit, summarize
+from .output import OUTPUTS, Column, age, emit, summarize
 from .view import FleetView, load_view
 
 RESOURCES = {
@@ -258,6 +260,7 @@ def _models(view: FleetView, name, labels) -> tuple[list[dict], list[Column], li
 
 
 def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
+    from reconciler.build.manifest import build_figures
     from reconciler.build.store import ArtifactStore
 
     rows, objects = [], []
@@ -266,15 +269,14 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
         if name and not artifact_id.startswith(name):
             continue
         manifest = found.read_manifest(artifact_id)
-        bench = manifest.get("benchmark", {}) or {}
-        size = sum(int(f.get("size", 0)) for f in (manifest.get("files") or {}).values() if isinstance(f, dict))
+        figures = build_figures(manifest)
         rows.append({
             "name": artifact_id[:12], "id": artifact_id, "model": manifest.get("model"),
             "version": manifest.get("version"), "profile": manifest.get("profile"),
             "format": manifest.get("format"), "precision": manifest.get("precision"),
-            "size": _bytes(size or bench.get("sizeBytes")),
-            "latency": f"{bench['latencyP95Ms']:.2f}ms" if bench.get("latencyP95Ms") is not None else None,
-            "accuracy": f"{bench['accuracy']:.3f}" if bench.get("accuracy") is not None else None,
+            "size": _bytes(figures["sizeBytes"]),
+            "latency": f"{figures['latencyP95Ms']:.2f}ms" if figures["latencyP95Ms"] is not None else None,
+            "accuracy": f"{figures['accuracy']:.3f}" if figures["accuracy"] is not None else None,
         })  # fmt: skip
         objects.append({"id": artifact_id, "manifest": manifest})
     rows.sort(key=lambda r: (r["model"] or "", r["version"] or "", r["profile"] or ""))
@@ -325,7 +327,7 @@ def describe_rollout(view: FleetView, name: str) -> str:
         done = index < step if current else False
         pause = ""
         if s.pause is not None:
-            pause = f", pause {duration(s.pause.duration)}" if s.pause.duration else ", pause until promoted"
+            pause = f", pause {format_duration(s.pause.duration)}" if s.pause.duration else ", pause until promoted"
         lines.append(f"  {marker} {index + 1}. {s.percent}%{pause}{'  (done)' if done else ''}")
     lines.append("Gates:")
     gates = status.get("gates", []) if current else []

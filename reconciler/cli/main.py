@@ -17,6 +17,7 @@ from .agent import agent
 from .build import build
 from .get import describe, get
 from .overview import print_overview, summary_line
+from .plan import plan_command
 from .rollout import rollout
 from .run import run
 from .trust import export, keys, sign, tuf, verify
@@ -76,7 +77,7 @@ def demo(repo: str) -> None:
 
 
 main.add_command(build)
-for command in (get, describe, keys, tuf, sign, verify, export, run, agent, rollout):
+for command in (get, describe, plan_command, keys, tuf, sign, verify, export, run, agent, rollout):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""What merging a pull request would do to the fleet: the review behind ``edgectl plan``.
+
+Pure (no I/O): the base and head spec trees, the device inventory, where each rollout stands (from the
+status files at the base, as the controller would continue), and what the build store holds come in; a
+:class:`Review` comes out, which the CLI renders as Markdown for a PR comment, JSON or text.
+
+It answers the questions a reviewer of a fleet change asks, in this order: which documents changed; how
+many devices change what they run the moment this merges; for every rollout, how many devices run the new
+and the stable version at each step, per group; which artifacts must be built and whether the cached builds
+of the same model suggest the profile's limits will hold; and what looks risky (no canary, no gates, no
+automatic rollback, a changed trust policy).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.spec import FleetTree
+from reconciler.spec.types import format_duration
+
+from .desired import Device, Plan, RolloutPosition, plan
+
+ArtifactKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class StepImpact:
+    step: int
+    percent: int
+    on_new: int
+    on_stable: int
+    pause: str | None
+
+
+@dataclass
+class RolloutReview:
+    name: str
+    model: str
+    version: str
+    base_version: str | None
+    change: str
+    """added, version, modified, unchanged (head rollouts), removed."""
+    stable: str | None
+    starts_at: int
+    """The step the controller continues from after the merge (0 for a new version)."""
+    groups: dict[str, int]
+    """Group -> devices of that group the rollout targets."""
+    targeted: int
+    steps: list[StepImpact] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ArtifactNeed:
+    model: str
+    version: str
+    profile: str
+    devices: int
+    built: bool
+    estimate: str
+    """From this build or the cached build of another version of the model on the profile."""
+    within_limits: bool | None
+    """None: nothing to judge from."""
+
+
+@dataclass
+class Review:
+    documents: list[tuple[str, str]] = field(default_factory=list)
+    """(Kind/name, added|modified|removed)."""
+    transitions: Counter = field(default_factory=Counter)
+    """(model, from version or None, to version or None) -> devices, right after the merge."""
+    rollouts: list[RolloutReview] = field(default_factory=list)
+    artifacts: list[ArtifactNeed] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    devices: int = 0
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.documents or self.transitions)
+
+
+def review(
+    base: FleetTree | None,
+    head: FleetTree,
+    devices: Iterable[Device],
+    base_positions: Mapping[str, RolloutPosition],
+    head_positions: Mapping[str, RolloutPosition],
+    head_steps: Mapping[str, int],
+    base_versions: Mapping[str, str],
+    builds: Mapping[ArtifactKey, Mapping[str, Any]],
+) -> Review:
+    """``head_steps``: rollout -> the step the controller continues from; ``base_versions``: rollout -> the
+    version its status file reports; ``builds``: (model, version, profile) -> the cached build's benchmark."""
+    devices = list(devices)
+    result = Review(devices=len(devices))
+    result.documents = _documents(base, head)
+    before = plan(base, devices, base_positions) if base is not None else Plan()
+    after = plan(head, devices, head_positions)
+    for key in sorted(set(before.desired) | set(after.desired)):
+        old, new = before.desired.get(key), after.desired.get(key)
+        old_version, new_version = (old.version if old else None), (new.version if new else None)
+        if old_version != new_version:
+            result.transitions[(key[1], old_version, new_version)] += 1
+    result.problems = sorted({f"{p.device}: {p.message}" for p in after.problems})
+    needs: Counter[ArtifactKey] = Counter()
+    for name, rollout in sorted(head.rollouts.items()):
+        spec = rollout.spec
+        position = head_positions.get(name, RolloutPosition(spec.steps[0].percent))
+        base_rollout = base.rollouts.get(name) if base is not None else None
+        change = _change(base_rollout, rollout)
+        item = RolloutReview(name, spec.model, spec.version, base_versions.get(name) or (
+            base_rollout.spec.version if base_rollout else None), change, position.stable_version,
+            head_steps.get(name, 0), {}, 0)  # fmt: skip
+        # Targeted: every device the rollout reaches at 100 %, whatever step it stands at now.
+        mine = plan(head, devices, {**head_positions, name: RolloutPosition(100, position.stable_version)}).for_rollout(
+            name
+        )
+        item.targeted = len(mine)
+        for group in spec.groups:
+            if group in head.groups:
+                selector = head.groups[group].spec.selector
+                labels = {d.name: d.labels for d in devices}
+                item.groups[group] = sum(1 for d in mine if selector.matches(labels.get(d.device, {})))
+        if rollout.active:
+            for index, step in enumerate(spec.steps):
+                at_step = plan(head, devices, {**head_positions, name: RolloutPosition(
+                    step.percent, position.stable_version)}).for_rollout(name)  # fmt: skip
+                new = sum(1 for d in at_step if d.in_rollout)
+                pause = None
+                if step.pause is not None:
+                    pause = "until promoted" if step.pause.duration is None else format_duration(step.pause.duration)
+                item.steps.append(StepImpact(index, step.percent, new, len(at_step) - new, pause))
+                # An artifact is needed by as many devices as run it at the busiest step.
+                running = Counter((d.model, d.version, after.profiles[d.device]) for d in at_step
+                                  if d.device in after.profiles)  # fmt: skip
+                for key, count in running.items():
+                    needs[key] = max(needs[key], count)
+        item.warnings = _rollout_warnings(head, name, item)
+        result.rollouts.append(item)
+    if base is not None:
+        for name in sorted(set(base.rollouts) - set(head.rollouts)):
+            old = base.rollouts[name].spec
+            result.rollouts.append(RolloutReview(name, old.model, old.version, old.version, "removed", None, 0, {}, 0))
+    result.artifacts = [_artifact(head, key, count, builds) for key, count in sorted(needs.items())]
+    if base is not None and base.fleet.spec.trust != head.fleet.spec.trust:
+        result.warnings.append("the trust policy (Fleet spec.trust) changes: review who may release which models")
+    return result
+
+
+def _documents(base: FleetTree | None, head: FleetTree) -> list[tuple[str, str]]:
+    def index(tree: FleetTree | None) -> dict[str, Any]:
+        if tree is None:
+            return {}
+        found: dict[str, Any] = {}
+        for kind, items in (("DeviceProfile", tree.profiles), ("DeviceGroup", tree.groups), ("Model", tree.models),
+                            ("Rollout", tree.rollouts)):  # fmt: skip
+            for name, document in items.items():
+                found[f"{kind}/{name}"] = document.model_dump(mode="json", exclude={"source"})
+        found[f"Fleet/{tree.fleet.metadata.name}"] = tree.fleet.model_dump(mode="json", exclude={"source"})
+        return found
+
+    old, new = index(base), index(head)
+    changed = [(key, "added") for key in new if key not in old]
+    changed += [(key, "removed") for key in old if key not in new]
+    changed += [(key, "modified") for key in new if key in old and old[key] != new[key]]
+    return sorted(changed)
+
+
+def _change(base, head) -> str:
+    if base is None:
+        return "added"
+    if base.spec.version != head.spec.version or base.spec.model != head.spec.model:
+        return "version"
+    if base.model_dump(mode="json", exclude={"source"}) != head.model_dump(mode="json", exclude={"source"}):
+        return "modified"
+    return "unchanged"
+
+
+def _rollout_warnings(tree: FleetTree, name: str, item: RolloutReview) -> list[str]:
+    spec = tree.rollouts[name].spec
+    warnings = []
+    if spec.steps[0].percent == 100:
+        warnings.append("goes to 100% in one step: no canary step")
+    elif spec.steps[0].percent > 25:
+        warnings.append(f"the first step already reaches {spec.steps[0].percent}% of the targeted devices")
+    analysis = spec.analysis
+    if all(v is None for v in (analysis.max_error_rate, analysis.max_latency_regression, analysis.max_drift_psi)):
+        warnings.append("no telemetry gates (error rate, latency regression, drift): only device health checks "
+                        "can stop it")  # fmt: skip
+    if not spec.rollback.automatic:
+        warnings.append("automatic rollback is off: a failing gate only pauses it")
+    if item.targeted == 0 and tree.rollouts[name].active:
+        warnings.append("selects no devices of the inventory")
+    if spec.steps[0].percent < 100 and item.steps and item.steps[0].on_new == 0 and item.targeted:
+        warnings.append(f"the first step ({spec.steps[0].percent}%) selects no device: the canary is empty")
+    return warnings
+
+
+def _artifact(tree: FleetTree, key: ArtifactKey, devices: int, builds: Mapping[ArtifactKey, Mapping]) -> ArtifactNeed:
+    model, version, profile = key
+    built = key in builds
+    reference = builds.get(key)
+    source = version
+    if reference is None:  # the cached build of the nearest other version of this model for this profile
+        others = sorted((k for k in builds if k[0] == model and k[2] == profile), key=lambda k: k[1])
+        if others:
+            reference, source = builds[others[-1]], others[-1][1]
+    if reference is None or profile not in tree.profiles:
+        return ArtifactNeed(model, version, profile, devices, built, "no cached build to judge from", None)
+    limits = tree.profiles[profile].spec.limits
+    size, latency = reference.get("sizeBytes"), reference.get("latencyP95Ms")
+    over = []
+    if limits.max_model_size is not None and size is not None and size > limits.max_model_size:
+        over.append(f"size {size} B > {limits.max_model_size} B")
+    limit_ms = limits.max_latency_p95.total_seconds() * 1000 if limits.max_latency_p95 is not None else None
+    if limit_ms is not None and latency is not None and latency > limit_ms:
+        over.append(f"p95 {latency:.2g} ms > {limit_ms:.0f} ms")
+    shown = []
+    if size is not None:
+        shown.append(f"{size / 1024:.0f} KiB")
+    if latency is not None:
+        shown.append(f"p95 {latency:.2g} ms" + (f" of {limit_ms:.0f} ms" if limit_ms else ""))
+    basis = "built" if built else f"estimate from {source}"
+    text = f"{basis}: {', '.join(shown)}" + (f"; over the limit: {'; '.join(over)}" if over else "")
+    return ArtifactNeed(model, version, profile, devices, built, text, not over)
