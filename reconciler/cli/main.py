@@ -15,8 +15,9 @@ from reconciler.spec.schema import export_schemas
 
 from .agent import agent
 from .build import build
+from .demo import demo
 from .get import describe, get
-from .overview import print_overview, summary_line
+from .overview import summary_line
 from .plan import plan_command
 from .rollout import rollout
 from .run import run
@@ -67,17 +68,8 @@ def schema_export(directory: Path) -> None:
         click.echo(f"wrote {directory / name}")
 
 
-@main.command()
-@click.option("--repo", default="fleet-example", show_default=True, help="Fleet repo to run the demo on.")
-def demo(repo: str) -> None:
-    """Validate the example fleet and show what it defines."""
-    tree = load_or_exit(repo)
-    print_overview(tree, title=f"fleet {repo}")
-    click.echo(f"{repo}: {summary_line(tree)}: valid")
-
-
 main.add_command(build)
-for command in (get, describe, plan_command, keys, tuf, sign, verify, export, run, agent, rollout):
+for command in (demo, get, describe, plan_command, keys, tuf, sign, verify, export, run, agent, rollout):
     main.add_command(command)
 
 if __name__ == "__main__":

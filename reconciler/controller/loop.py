@@ -201,9 +201,9 @@ class Controller:
             for n, c in cycles.items()
             if c.outcome.decision and c.outcome.decision.kind != "Abort"
         )
-        message = f"status: {changed} assignment(s) changed at {spec_commit[:12]}" + (
-            f"\n\n{decided}" if decided else ""
-        )
+        counted = f"{changed} assignment(s) changed at {spec_commit[:12]}"
+        # A decision is what a reader of the log looks for: it leads the subject; the count follows.
+        message = f"status: {decided.splitlines()[0]}\n\n{counted}\n{decided}" if decided else f"status: {counted}"
         pushed = writer.commit(rendered, message)
         mirror = {name: _mirror(parse_status(rendered[f"{status_path}/rollouts/{name}.yaml"])) for name in cycles}
         self.backend.mirror_rollouts(mirror)
