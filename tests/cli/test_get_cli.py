@@ -36,8 +36,8 @@ STATUS = {
     "history": [{"time": "2026-01-01T00:00:00+00:00", "decision": "Promote", "message": "step 1 (50%)", "step": 1}],
 }  # fmt: skip
 GROUP = {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "DeviceGroupStatus", "group": "us-factories",
-         "devices": 40, "assignments": {"vibration-anomaly@1.0.0": {"Healthy": 20},
-                                        "vibration-anomaly@2.0.0": {"Downloading": 1, "Failed": 1, "Healthy": 18}}}  # fmt: skip
+         "devices": 40, "assignments": {"vibration-anomaly@1.0.0": {"Healthy": 20}, "vibration-anomaly@2.0.0":
+                                        {"Downloading": 1, "Failed": 1, "Healthy": 18}}}  # fmt: skip
 
 
 def edgectl(*args: str | Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
