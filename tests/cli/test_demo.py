@@ -1,0 +1,53 @@
+"""`edgectl demo`, the README's first command, end to end: real builds, a controller and twelve agent
+processes; 2.0.0 succeeds step by step, the defective 2.1.0 is caught by the canary and rolled back, and
+what it leaves behind (Git history, device slots, status) says so."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from reconciler.cluster import LocalBackend
+
+EDGECTL = Path(sys.executable).parent / "edgectl"
+ROLLOUT = "vibration-anomaly-2"
+
+
+def test_demo_rolls_out_then_rolls_back(tmp_path: Path, fleet_example: Path):
+    workdir = tmp_path / "demo"
+    result = subprocess.run([str(EDGECTL), "demo", "--workdir", str(workdir), "--fleet-example", str(fleet_example)],
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert f"{ROLLOUT} 2.0.0 Succeeded" in out
+    assert f"{ROLLOUT} 2.1.0 Aborted: failureRate" in out
+    assert "answers with vibration-anomaly 2.0.0" in out
+
+    log = subprocess.run(["git", "--git-dir", str(workdir / "fleet.git"), "log", "--format=%an|%s"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    rollbacks = [line for line in log if line.startswith("edge-reconciler|rollback: ")]
+    assert len(rollbacks) == 1 and "(vibration-anomaly 2.1.0) aborted at step 0" in rollbacks[0]
+    assert rollbacks[0].endswith("returning to 2.0.0")
+    assert sum(1 for line in log if line.startswith("Dana (fleet owner)|")) == 2
+
+    status_file = subprocess.run(["git", "--git-dir", str(workdir / "fleet.git"), "show",
+                                  f"HEAD:status/rollouts/{ROLLOUT}.yaml"], capture_output=True, text=True,
+                                 check=True).stdout  # fmt: skip
+    status = yaml.safe_load(status_file)
+    assert (status["version"], status["phase"], status["stableVersion"]) == ("2.1.0", "Aborted", "2.0.0")
+    assert status["devices"]["byVersion"] == {"2.0.0": {"Healthy": 12}}
+
+    backend = LocalBackend(workdir / "controller")
+    try:
+        reports = backend.statuses()
+    finally:
+        backend.close()
+    assert len(reports) == 12
+    assert {(s.phase, s.installed_version) for s in reports.values()} == {("Healthy", "2.0.0")}
+    # The canaries installed 2.1.0 into their other slot, failed its health check, and kept 2.0.0 active.
+    failed = [json.loads(p.read_text()) for p in workdir.glob("devices/*/models/vibration-anomaly/failed.json")]
+    assert failed and all("golden outputs differ" in json.dumps(f) for f in failed)

@@ -1,0 +1,150 @@
+"""`edgectl plan` on a crafted pull request (base and head branches of a real Git repo, an inventory of 80
+devices): the device counts per step are exactly the hashed buckets, the merge moves exactly the canary,
+artifacts to build are judged from cached builds, risky settings are flagged, and exit codes say
+"no changes" (0), "changes" (1) and "broken head" (2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler.build.store import ArtifactStore
+from reconciler.plan import bucket
+
+EDGECTL = Path(sys.executable).parent / "edgectl"
+ROLLOUT = "vibration-anomaly-2"
+
+
+def edgectl(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(EDGECTL), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", "-c", "user.email=dev@acme.example", "-c", "user.name=Dev", *args], cwd=cwd,
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+
+def inventory() -> list[dict]:
+    devices = []
+    for i in range(80):
+        if i < 40:
+            labels = {"edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}
+        elif i < 55:
+            labels = {"edgereconciler.io/hardware": "coral-edgetpu"}
+        else:
+            labels = {"edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}
+        site = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east"} if i < 70 else {
+            "acme.example/site-type": "store", "topology.kubernetes.io/region": "eu-west"}  # fmt: skip
+        network = {"acme.example/network": "cellular" if i % 10 == 9 else "ethernet"}
+        devices.append({"name": f"dev-{i:02d}", "labels": {**labels, **site, **network}})
+    return devices
+
+
+def targeted() -> list[str]:
+    """By the rules, independently of the planner: the US factory devices (the group)."""
+    return [d["name"] for d in inventory() if d["labels"]["acme.example/site-type"] == "factory"]
+
+
+def eligible() -> list[str]:
+    """Those the rollout's conditions let switch (a fixed network); the others stay on the stable version."""
+    cellular = {d["name"] for d in inventory() if d["labels"]["acme.example/network"] == "cellular"}
+    return [name for name in targeted() if name not in cellular]
+
+
+@pytest.fixture
+def pull_request(tmp_path: Path, fleet_example: Path) -> Path:
+    """main: 2.0.0 rolled out (status Succeeded). pr: Model 2.1.0 and the rollout moved to it."""
+    work = Path(shutil.copytree(fleet_example, tmp_path / "fleet", ignore=shutil.ignore_patterns("*.keras", "*.npz")))
+    status = {"rollout": ROLLOUT, "model": "vibration-anomaly", "version": "2.0.0", "phase": "Succeeded",
+              "currentStep": 2, "stableVersion": "1.0.0"}  # fmt: skip
+    (work / "status" / "rollouts").mkdir(parents=True)
+    (work / "status" / "rollouts" / f"{ROLLOUT}.yaml").write_text(yaml.safe_dump(status))
+    git("init", "-q", "-b", "main", cwd=work)
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "fleet", cwd=work)
+    git("checkout", "-qb", "pr", cwd=work)
+    model = work / "models" / "vibration-anomaly.yaml"
+    text = model.read_text()
+    model.write_text(text.replace("  recipes:\n", '    - version: "2.1.0"\n      source:\n'
+                                  "        uri: models/vibration-anomaly/2.0.0/model.keras\n"
+                                  "        sha256: 48e718b98b16d3729e43981c9960916c20cfa53bb67437a3b48cd4a97cbc8456\n"
+                                  "  recipes:\n", 1))  # fmt: skip
+    rollout = work / "rollouts" / f"{ROLLOUT}.yaml"
+    rollout.write_text(rollout.read_text().replace('version: "2.0.0"', 'version: "2.1.0"'))
+    git("commit", "-qam", "vibration-anomaly 2.1.0", cwd=work)
+    git("checkout", "-q", "main", cwd=work)
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inventory()))
+    return work
+
+
+def test_plan_counts_devices_per_step_exactly(pull_request: Path, tmp_path: Path, build_store: ArtifactStore,
+                                              built: dict[str, Path]):  # fmt: skip
+    result = edgectl("plan", "--repo", pull_request, "--base", "main", "--head", "pr", "-o", "json",
+                     "--inventory", tmp_path / "inventory.yaml", "--store", build_store.root)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    names, switching = targeted(), eligible()
+    assert (len(names), len(switching)) == (70, 63)
+    rollout = next(r for r in body["rollouts"] if r["name"] == ROLLOUT)
+    assert (rollout["change"], rollout["base_version"], rollout["version"], rollout["stable"]) == (
+        "version", "2.0.0", "2.1.0", "2.0.0")  # fmt: skip
+    assert rollout["targeted"] == 70 and rollout["groups"] == {"us-factories": 70}
+    for step, percent in zip(rollout["steps"], (10, 50, 100), strict=True):
+        expected = sum(1 for n in switching if bucket(ROLLOUT, n) < percent * 100)
+        assert (step["percent"], step["on_new"], step["on_stable"]) == (percent, expected, 70 - expected)
+    canary = sum(1 for n in switching if bucket(ROLLOUT, n) < 1000)
+    assert 0 < canary < 63
+    # The canary moves to 2.1.0; the devices the conditions held on 1.0.0 now get 2.0.0, the new stable version.
+    assert body["transitions"] == [
+        {"model": "vibration-anomaly", "from": "1.0.0", "to": "2.0.0", "devices": 70 - 63},
+        {"model": "vibration-anomaly", "from": "2.0.0", "to": "2.1.0", "devices": canary},
+    ]
+    assert {d["document"] for d in body["documents"]} == {f"Rollout/{ROLLOUT}", "Model/vibration-anomaly"}
+    needs = {(a["version"], a["profile"]): a for a in body["artifacts"]}
+    # Needed by as many devices as run it at the busiest step: every switching device of the profile at 100 %.
+    coral = {n for n in switching if 40 <= int(n[-2:]) < 55}
+    assert needs[("2.1.0", "arm-cortex-a-cpu")]["devices"] == len(switching) - len(coral)
+    assert needs[("2.1.0", "coral-npu")]["devices"] == len(coral)
+    cortex = needs[("2.1.0", "arm-cortex-a-cpu")]
+    assert not cortex["built"] and cortex["within_limits"] is True and "estimate from 2.0.0" in cortex["estimate"]
+    assert needs[("2.0.0", "arm-cortex-a-cpu")]["built"]
+    # digits-cnn reaches the 10 EU store devices, and its 5 % first step none of them: an empty canary.
+    digits = next(r for r in body["rollouts"] if r["name"] == "digits-cnn-1-1")
+    assert digits["targeted"] == sum(1 for n in inventory() if n["labels"]["acme.example/site-type"] == "store")
+    expected_canary = sum(1 for i in range(70, 80) if bucket("digits-cnn-1-1", f"dev-{i:02d}") < 500)
+    assert digits["steps"][0]["on_new"] == expected_canary
+    assert ("the first step (5%) selects no device: the canary is empty" in digits["warnings"]) == (expected_canary == 0)
+
+
+def test_markdown_and_exit_codes(pull_request: Path, tmp_path: Path):
+    args = ("plan", "--repo", pull_request, "--base", "main", "--inventory", tmp_path / "inventory.yaml")
+    changed = edgectl(*args, "--head", "pr", "-o", "markdown", "--exit-code")
+    assert changed.returncode == 1, changed.stderr
+    assert changed.stdout.startswith("### edge-reconciler plan: `main` ← `pr`")
+    assert f"#### Rollout `{ROLLOUT}`: vibration-anomaly 2.0.0 → **2.1.0** (version)" in changed.stdout
+    assert "| 1 ← | 10% |" in changed.stdout
+    same = edgectl(*args, "--head", "main", "--exit-code")
+    assert same.returncode == 0 and "No spec changes." in same.stdout and "0 device assignment(s)" in same.stdout
+
+    # A rollout straight to 100 % without gates is flagged.
+    git("checkout", "-q", "pr", cwd=pull_request)
+    rollout = pull_request / "rollouts" / f"{ROLLOUT}.yaml"
+    body = yaml.safe_load(rollout.read_text())
+    body["spec"]["steps"] = [{"percent": 100}]
+    body["spec"].pop("analysis")
+    rollout.write_text(yaml.safe_dump(body))
+    risky = edgectl(*args, "-o", "text")  # the working tree as the head
+    assert "warning: goes to 100% in one step: no canary step" in risky.stdout
+    assert "warning: no telemetry gates" in risky.stdout
+
+    rollout.write_text(rollout.read_text().replace("percent: 100", "percent: 150"))
+    broken = edgectl(*args, "-o", "markdown", "--exit-code")
+    assert broken.returncode == 2
+    assert "**The head does not validate: 1 error(s).**" in broken.stdout
+    assert f"rollouts/{ROLLOUT}.yaml" in broken.stderr and "percent" in broken.stderr
