@@ -2,7 +2,7 @@
 .PHONY: demo test lint schemas
 
 demo:
-	@scripts/bootstrap
+	@scripts/bootstrap --build
 	.venv/bin/edgectl demo
 
 test:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+STORE_SHOWN = "$EDGE_RECONCILER_STORE or ~/.cache/edge-reconciler/store"
 DEFAULT_STORE = Path(os.environ.get("EDGE_RECONCILER_STORE", Path.home() / ".cache" / "edge-reconciler" / "store"))
 
 
@@ -25,7 +26,7 @@ DEFAULT_STORE = Path(os.environ.get("EDGE_RECONCILER_STORE", Path.home() / ".cac
 @click.option("--model", "models", multiple=True, help="Only this model (repeatable).")
 @click.option("--version", "versions", multiple=True, help="Only this version (repeatable).")
 @click.option("--profile", "profiles", multiple=True, help="Only this device profile (repeatable).")
-@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=True,
+@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=STORE_SHOWN,
               help="Content-addressed artifact store (also the build cache).")  # fmt: skip
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def build(repo: str, models, versions, profiles, store: Path, output: str) -> None:

@@ -19,7 +19,7 @@ import click
 
 from reconciler.spec.types import format_duration
 
-from .build import DEFAULT_STORE
+from .build import DEFAULT_STORE, STORE_SHOWN
 from .output import OUTPUTS, Column, age, emit, summarize
 from .view import FleetView, load_view
 
@@ -64,7 +64,7 @@ def _backend_options(function: Callable) -> Callable:
 @click.option("-A", "--all-groups", is_flag=True, help="All devices (the default; kubectl's -A habit).")
 @click.option("--no-headers", is_flag=True)
 @click.option("-w", "--watch", is_flag=True, help="Print again whenever the output changes (Ctrl-C stops).")
-@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=True,
+@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=STORE_SHOWN,
               help="Build store (artifacts).")  # fmt: skip
 @_repo_option
 @_backend_options

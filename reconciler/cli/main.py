@@ -19,6 +19,7 @@ from .demo import demo
 from .get import describe, get
 from .overview import summary_line
 from .plan import plan_command
+from .reference import docs
 from .rollout import rollout
 from .run import run
 from .trust import export, keys, sign, tuf, verify
@@ -69,7 +70,7 @@ def schema_export(directory: Path) -> None:
 
 
 main.add_command(build)
-for command in (demo, get, describe, plan_command, keys, tuf, sign, verify, export, run, agent, rollout):
+for command in (demo, get, describe, plan_command, docs, keys, tuf, sign, verify, export, run, agent, rollout):
     main.add_command(command)
 
 if __name__ == "__main__":

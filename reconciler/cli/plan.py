@@ -18,7 +18,7 @@ from typing import Any
 import click
 import yaml
 
-from .build import DEFAULT_STORE
+from .build import DEFAULT_STORE, STORE_SHOWN
 
 FORMATS = ("text", "markdown", "json")
 
@@ -35,7 +35,7 @@ FORMATS = ("text", "markdown", "json")
               help="Take the inventory from a local backend instead.")  # fmt: skip
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Take the inventory from the cluster's Nodes instead.")  # fmt: skip
-@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=True,
+@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=STORE_SHOWN,
               help="Build store: cached builds judge the profile limits.")  # fmt: skip
 @click.option("--exit-code", is_flag=True, help="Exit 1 when merging changes anything.")
 def plan_command(repo: str, base: str, head: str | None, output: str, inventory: Path | None, state_dir: Path | None,

@@ -32,7 +32,7 @@ from reconciler.signing import (
 )
 from reconciler.signing.keys import KEY_TYPES
 
-from .build import DEFAULT_STORE
+from .build import DEFAULT_STORE, STORE_SHOWN
 
 _secret_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -209,7 +209,7 @@ def _policy(
 @click.command()
 @click.argument("artifact_id")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=True)
+@click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=STORE_SHOWN)
 def export(artifact_id: str, directory: Path, store: Path) -> None:
     """Copy a built artifact out of the store into DIRECTORY (to sign it, or to inspect it)."""
     from reconciler.build.store import ArtifactStore, StoreError
