@@ -84,6 +84,8 @@ def repo(tmp_path: Path, fleet_example: Path) -> Path:
         (("get", "groups"), "get-groups.txt"),
         (("get", "models", "-o", "wide"), "get-models-wide.txt"),
         (("describe", "rollout", ROLLOUT), "describe-rollout.txt"),
+        (("get", "rollout", ROLLOUT, "-o", "yaml"), "get-rollout.yaml"),
+        (("get", "groups", "us-factories", "-o", "json"), "get-group.json"),
     ],
 )
 def test_tables_match_their_golden_text(repo: Path, args: tuple[str, ...], golden: str):
