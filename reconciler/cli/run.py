@@ -68,6 +68,12 @@ def _repo_url(repo: str) -> str:
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--allowed-signers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Apply only heads signed by these SSH keys (ssh-keygen allowed_signers format).")  # fmt: skip
+@click.option("--leader-elect", is_flag=True,
+              help="Kubernetes: run cycles only while holding the Lease (several replicas, one writer).")  # fmt: skip
+@click.option("--leader-election-id", default="edge-reconciler-controller", show_default=True,
+              help="Name of the Lease (in --namespace).")  # fmt: skip
+@click.option("--install-crds/--no-install-crds", default=True, show_default=True,
+              help="Apply the CRDs at start (off when the Helm chart installs them: less RBAC).")  # fmt: skip
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
 def run(
     repo: str,
@@ -85,10 +91,13 @@ def run(
     listen: str,
     webhook_secret_file: Path | None,
     allowed_signers: Path | None,
+    leader_elect: bool,
+    leader_election_id: str,
+    install_crds: bool,
     log_format: str,
 ) -> None:
     """Reconcile devices toward the fleet repo, and write status back to it."""
-    from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend
+    from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend, leader_elector
     from reconciler.controller.loop import Controller, ControllerConfig
     from reconciler.controller.server import ControllerServer
     from reconciler.gitops.source import Credentials, GitSource
@@ -97,13 +106,16 @@ def run(
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter("%(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
+    if leader_elect and (backend != "kubernetes" or once):
+        raise click.UsageError("--leader-elect needs --backend kubernetes and a long-running controller")
     if releases is not None and tuf_keys is None:
         raise click.UsageError("--releases needs --tuf-keys (the keys that sign what agents may fetch)")
     config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys)
     try:
         if backend == "kubernetes":
             target = kubernetes_backend(kubeconfig, namespace, node_selector)
-            target.install()
+            if install_crds:
+                target.install()
             if not once:
                 target.start_watches()
         else:
@@ -125,6 +137,17 @@ def run(
         )
         return
 
+    elector = None
+    if leader_elect:
+        import os
+        import socket
+
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        elector = leader_elector(kubeconfig, namespace, leader_election_id, identity).run()
+
+    def ready() -> bool:
+        return controller.cycles_done > 0 and (elector is None or elector.is_leader)
+
     server = None
     if listen:
         host, _, port = listen.rpartition(":")
@@ -132,7 +155,8 @@ def run(
         blobs = store / "blobs" / "sha256" if store else None
         server = ControllerServer((host or "127.0.0.1", int(port)), blobs, state_dir / "tuf",
                                   controller.metrics.registry, secret, controller.wake.set,
-                                  _telemetry_sink(state_dir / "telemetry" / "received.jsonl")).start()  # fmt: skip
+                                  _telemetry_sink(state_dir / "telemetry" / "received.jsonl"),
+                                  ready=ready).start()  # fmt: skip
         logging.getLogger("edge_reconciler.controller").info("listening", extra={"url": server.url})
 
     def stop(signum: int, _frame: object) -> None:
@@ -142,7 +166,9 @@ def run(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        controller.run()
+        controller.run(is_leader=lambda: elector is None or elector.is_leader)
     finally:
+        if elector is not None:
+            elector.stop()
         if server is not None:
             server.close()

@@ -20,4 +20,19 @@ def kubernetes_backend(
     return KubernetesBackend(api_client(kubeconfig), namespace, node_selector, device)
 
 
-__all__ = ["FIELD_MANAGER", "AssignmentStatus", "Backend", "ClusterError", "LocalBackend", "kubernetes_backend"]
+def leader_elector(kubeconfig: Path | None, namespace: str, name: str, identity: str, **timing: float):
+    """A ``LeaderElector`` over the Lease ``namespace/name`` (see :mod:`reconciler.cluster.lease`)."""
+    from .lease import leader_elector as make
+
+    return make(kubeconfig, namespace, name, identity, **timing)
+
+
+__all__ = [
+    "FIELD_MANAGER",
+    "AssignmentStatus",
+    "Backend",
+    "ClusterError",
+    "LocalBackend",
+    "kubernetes_backend",
+    "leader_elector",
+]

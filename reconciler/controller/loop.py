@@ -108,11 +108,22 @@ class Controller:
         self.wake = threading.Event()
         """Set by the webhook: reconcile now instead of at the end of the interval."""
         self.stop = threading.Event()
+        self.cycles_done = 0
 
-    def run(self) -> None:
-        """Reconcile every ``interval`` seconds (or on a webhook) until ``stop`` is set."""
+    def run(self, is_leader: Callable[[], bool] = lambda: True, standby_wait: float = 1.0) -> None:
+        """Reconcile every ``interval`` seconds (or on a webhook) until ``stop`` is set; with leader election,
+        only while ``is_leader()`` (a standby checks again every ``standby_wait`` seconds)."""
+        standing_by = False
         while not self.stop.is_set():
+            if not is_leader():
+                if not standing_by:
+                    log.info("standing by: another replica is the leader")
+                    standing_by = True
+                self.stop.wait(standby_wait)
+                continue
+            standing_by = False
             self.cycle()
+            self.cycles_done += 1
             self.wake.wait(self.config.interval)
             self.wake.clear()
 

@@ -6,7 +6,8 @@
     POST     /hooks/git                  fetch now; HMAC-checked (GitHub X-Hub-Signature-256, GitLab X-Gitlab-Token)
     POST     /telemetry                  a device's TelemetrySummary (JSON, at most 1 MiB)
     GET      /metrics                    Prometheus text format
-    GET      /healthz                    200 while the process runs
+    GET      /healthz                    200 while the process runs (liveness)
+    GET      /readyz                     200 when this replica serves (the leader, after its first cycle), else 503
 
 Paths are digests or plain relative names only: no request can name a file outside the store or the TUF
 folder. Resumable downloads: a ``Range: bytes=N-`` request gets 206 with the rest of the file, and the
@@ -48,8 +49,12 @@ class ControllerServer(BackgroundServer):
         on_webhook: Callable[[], None] | None = None,
         on_telemetry: Callable[[dict], None] | None = None,
         deltas: Callable[[str, str], Path] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
+        """``ready``: whether this replica should get traffic. Only the leader publishes TUF metadata, so a
+        standby's copy is stale: its readiness keeps it out of the Service (agents would call it a rollback)."""
         self.blobs, self.tuf, self.registry = blobs, tuf, registry
+        self.ready = ready
         self.webhook_secret, self.on_webhook = webhook_secret, on_webhook
         self.on_telemetry = on_telemetry
         self.deltas = deltas
@@ -80,6 +85,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             return self._reply(HTTPStatus.OK, b"ok\n", "text/plain")
+        if path == "/readyz":
+            if self.owner.ready is None or self.owner.ready():
+                return self._reply(HTTPStatus.OK, b"ready\n", "text/plain")
+            return self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"standby\n", "text/plain")
         if path == "/metrics" and self.owner.registry is not None:
             return self._reply(HTTPStatus.OK, generate_latest(self.owner.registry), CONTENT_TYPE_LATEST)
         if (match := _BLOB.match(path)) and self.owner.blobs is not None:
