@@ -30,7 +30,7 @@ import click
 @click.option("--trusted-root", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Pinned TUF root.json (first run).")  # fmt: skip
 @click.option("--release-key", "release_keys", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Trust this model owner's release key (repeatable).")  # fmt: skip
+              help="Trust this model owner's release key, or every *.pub in a folder (repeatable).")  # fmt: skip
 @click.option(
     "--fleet", type=click.Path(exists=True, file_okay=False), help="Take the trust policy from this checkout."
 )
@@ -74,7 +74,11 @@ def agent(
 
         policy = policy_from_fleet(load_or_exit(fleet).fleet, Path(fleet))
     elif release_keys:
-        policy = TrustPolicy(tuple(ReleaseSigner(p.stem, public_key=p) for p in release_keys))
+        # A folder stands for every NAME.pub in it (a mounted ConfigMap of release keys).
+        files = [f for p in release_keys for f in (sorted(p.glob("*.pub")) if p.is_dir() else [p])]
+        if not files:
+            raise click.UsageError("--release-key: no *.pub key in the given folder(s)")
+        policy = TrustPolicy(tuple(ReleaseSigner(p.stem, public_key=p) for p in files))
     else:
         raise click.UsageError("say whom to trust: --release-key or --fleet")
     target = LocalBackend(state_dir) if backend == "local" else kubernetes_backend(kubeconfig, namespace, device=device)

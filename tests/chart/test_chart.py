@@ -1,0 +1,241 @@
+"""The Helm chart, with Helm's own library (helm-python-sdk) and the real API server: lint and render for the
+defaults and three realistic value sets, server-side apply of every rendered object (the server validates
+each), an RBAC matrix checked with SubjectAccessReview, and values the schema or the templates refuse."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+from kubernetes import client, dynamic
+
+from reconciler.cluster import kubernetes_backend
+from reconciler.cluster.crd import FLEET_ROLLOUT_CRD, MODEL_ASSIGNMENT_CRD
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "edge-reconciler"
+PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+# fmt: off
+VALUE_SETS = {
+    "defaults": {},
+    # A small fleet on K3s: HTTPS token, one controller, Cortex-A and Coral agents, trust from values.
+    "k3s-token": {
+        "git": {"url": "https://git.acme.example/edge/fleet.git", "auth": "token", "existingSecret": "fleet-git"},
+        "trust": {"rootJson": '{"signed": {"_type": "root"}}', "releaseKeys": {"acme-ml": PEM}},
+        "agent": {
+            "profiles": [
+                {"name": "arm-cortex-a-cpu", "nodeSelector": {"edgereconciler.io/hardware": "cortex-a"}},
+                {"name": "coral-npu", "nodeSelector": {"edgereconciler.io/hardware": "coral-edgetpu"}},
+            ],
+            "hostPort": True,
+            "interval": 15,
+        },
+        "webhook": {"existingSecret": "fleet-webhook"},
+    },
+    # High availability: SSH with known_hosts, two replicas with leader election on a ReadWriteMany volume,
+    # Prometheus ServiceMonitor.
+    "ha-ssh-metrics": {
+        "git": {"url": "ssh://git@git.acme.example/edge/fleet.git", "auth": "ssh", "existingSecret": "fleet-ssh"},
+        "controller": {"replicas": 2, "interval": 30, "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}}},
+        "store": {"pvc": {"size": "50Gi", "storageClass": "longhorn", "accessModes": ["ReadWriteMany"]}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    },
+    # Controller only (agents installed elsewhere), an existing claim, private registry.
+    "controller-only": {
+        "image": {"repository": "registry.acme.example/edge/edge-reconciler", "tag": "0.1.0"},
+        "imagePullSecrets": [{"name": "acme-registry"}],
+        "agent": {"enabled": False},
+        "store": {"pvc": {"existingClaim": "edge-data"}},
+        "controller": {
+            "leaderElection": {"enabled": False},
+            "nodeSelector": {"node-role.kubernetes.io/control-plane": "true"},
+        },
+    },
+}
+# fmt: on
+_names = itertools.count()
+
+
+def render(values: dict, release: str, namespace: str) -> list[dict]:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name=release, namespace=namespace)
+    return [doc for path, text in sorted(manifests.items()) if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]  # fmt: skip
+
+
+def test_chart_crds_are_the_ones_the_controller_installs():
+    with helm.Chart.load(CHART) as chart:
+        crds = {yaml.safe_load(c["data"])["metadata"]["name"]: yaml.safe_load(c["data"]) for c in chart.crds}
+    assert crds == {MODEL_ASSIGNMENT_CRD["metadata"]["name"]: MODEL_ASSIGNMENT_CRD,
+                    FLEET_ROLLOUT_CRD["metadata"]["name"]: FLEET_ROLLOUT_CRD}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_lint_is_clean(name: str):
+    report = helm.lint(CHART, VALUE_SETS[name], strict=True, kube_version="v1.30.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_rendered_objects_apply_to_the_api_server(kubeconfig: Path, name: str):
+    api = kubernetes_backend(kubeconfig).api
+    namespace = f"chart-{name}-{int(time.time()) % 100000}"
+    release = f"er{next(_names)}"
+    objects = render(VALUE_SETS[name], release, namespace)
+    kinds = sorted(o["kind"] for o in objects)
+    expected = {"ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service",
+                "ServiceAccount"}  # fmt: skip
+    assert expected <= set(kinds)
+    client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    resources = dynamic.DynamicClient(api).resources
+    _install_crds(api, monitoring="ServiceMonitor" in kinds)
+    for obj in objects:
+        resource = resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        applied = resource.server_side_apply(body=obj, name=obj["metadata"]["name"],
+                                             namespace=obj["metadata"].get("namespace"),
+                                             field_manager="helm-test", force_conflicts=True)  # fmt: skip
+        assert applied.metadata.name == obj["metadata"]["name"]
+    deployment = client.AppsV1Api(api).read_namespaced_deployment(f"{release}-edge-reconciler-controller", namespace)
+    container = deployment.spec.template.spec.containers[0]
+    assert deployment.spec.template.spec.security_context.run_as_non_root
+    assert container.security_context.read_only_root_filesystem
+    assert ("--leader-elect" in container.args) == VALUE_SETS[name].get("controller", {}).get(
+        "leaderElection", {}).get("enabled", True)  # fmt: skip
+    assert {p.http_get.path for p in (container.liveness_probe, container.readiness_probe)} == {"/healthz", "/readyz"}
+    daemonsets = client.AppsV1Api(api).list_namespaced_daemon_set(namespace).items
+    profiles = VALUE_SETS[name].get("agent", {}).get("profiles", [{"name": "arm-cortex-a-cpu"}])
+    if VALUE_SETS[name].get("agent", {}).get("enabled", True):
+        assert sorted(d.metadata.labels["edgereconciler.io/profile"] for d in daemonsets) == sorted(
+            p["name"] for p in profiles)  # fmt: skip
+        agent = daemonsets[0].spec.template.spec
+        env = {e.name: e.value_from.field_ref.field_path for e in agent.containers[0].env if e.value_from}
+        assert env == {"NODE_NAME": "spec.nodeName"}
+        assert agent.volumes[0].host_path.path == "/var/lib/edge-agent"
+        assert agent.node_selector["node-role.edgereconciler.io/edge"] == "true"
+    else:
+        assert daemonsets == []
+
+
+@pytest.mark.kube
+def test_rbac_matrix(kubeconfig: Path):
+    """What each ServiceAccount may do, as the API server's authorizer answers (SubjectAccessReview)."""
+    api = kubernetes_backend(kubeconfig).api
+    namespace = f"chart-rbac-{int(time.time()) % 100000}"
+    release = f"er{next(_names)}"
+    client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    resources = dynamic.DynamicClient(api).resources
+    _install_crds(api)
+    for obj in render({}, release, namespace):
+        resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).server_side_apply(
+            body=obj, name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"),
+            field_manager="helm-test", force_conflicts=True)  # fmt: skip
+    authorization = client.AuthorizationV1Api(api)
+
+    def allowed(account: str, verb: str, resource: str, group: str = "", subresource: str = "",
+                scope: str | None = namespace) -> bool:  # fmt: skip
+        review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+            user=f"system:serviceaccount:{namespace}:{release}-edge-reconciler-{account}",
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+            resource_attributes=client.V1ResourceAttributes(namespace=scope, verb=verb, group=group,
+                                                            resource=resource, subresource=subresource)))  # fmt: skip
+        return authorization.create_subject_access_review(review).status.allowed
+
+    ma = {"group": "edgereconciler.io", "resource": "modelassignments"}
+    matrix = {
+        ("agent", "list modelassignments"): (allowed("agent", "list", **ma), True),
+        ("agent", "watch modelassignments"): (allowed("agent", "watch", **ma), True),
+        ("agent", "patch modelassignments/status"): (allowed("agent", "patch", **ma, subresource="status"), True),
+        ("agent", "update modelassignments/status"): (allowed("agent", "update", **ma, subresource="status"), True),
+        ("agent", "patch modelassignments"): (allowed("agent", "patch", **ma), False),
+        ("agent", "create modelassignments"): (allowed("agent", "create", **ma), False),
+        ("agent", "delete modelassignments"): (allowed("agent", "delete", **ma), False),
+        ("agent", "get secrets"): (allowed("agent", "get", "secrets"), False),
+        ("agent", "list nodes"): (allowed("agent", "list", "nodes", scope=None), False),
+        ("agent", "update leases"): (allowed("agent", "update", "leases", group="coordination.k8s.io"), False),
+        ("agent", "list modelassignments in another namespace"): (
+            allowed("agent", "list", **ma, scope="default"), False),
+        ("controller", "list nodes"): (allowed("controller", "list", "nodes", scope=None), True),
+        ("controller", "watch nodes"): (allowed("controller", "watch", "nodes", scope=None), True),
+        ("controller", "patch nodes"): (allowed("controller", "patch", "nodes", scope=None), False),
+        ("controller", "patch modelassignments"): (allowed("controller", "patch", **ma), True),
+        ("controller", "delete modelassignments"): (allowed("controller", "delete", **ma), True),
+        ("controller", "patch fleetrollouts"): (
+            allowed("controller", "patch", "fleetrollouts", group="edgereconciler.io"), True),
+        ("controller", "update leases"): (allowed("controller", "update", "leases", group="coordination.k8s.io"), True),
+        ("controller", "get secrets"): (allowed("controller", "get", "secrets"), False),
+        ("controller", "create customresourcedefinitions"): (
+            allowed("controller", "create", "customresourcedefinitions", group="apiextensions.k8s.io", scope=None),
+            False),
+        ("controller", "patch modelassignments in another namespace"): (
+            allowed("controller", "patch", **ma, scope="default"), False),
+    }  # fmt: skip
+    wrong = {k: v for k, v in matrix.items() if v[0] != v[1]}
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"controller": {"replicas": "two"}}, "replicas"),
+        ({"controller": {"replicas": 0}}, "replicas"),
+        ({"git": {"url": "not a url"}}, "url"),
+        ({"git": {"auth": "password"}}, "auth"),
+        ({"store": {"pvc": {"size": "lots"}}}, "size"),
+        ({"agent": {"profiles": [{"name": "Cortex A"}]}}, "name"),
+        ({"agent": {"dataDir": "relative/path"}}, "dataDir"),
+        ({"trust": {"releaseKeys": {"acme": "not a key"}}}, "releaseKeys"),
+        ({"controler": {}}, "controler"),
+    ],
+)
+def test_the_schema_refuses_invalid_values(values: dict, message: str):
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError) as refused:
+        chart.validate_schema(values)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"store": {"type": "oci"}}, "store.type oci"),
+        ({"controller": {"replicas": 2, "leaderElection": {"enabled": False}}}, "needs controller.leaderElection"),
+        ({"git": {"auth": "token"}}, "git.existingSecret is required"),
+    ],
+)
+def test_templates_refuse_combinations_that_cannot_work(values: dict, message: str):
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError) as refused:
+        chart.render(values, name="edge", namespace="edge-system")
+    assert message in str(refused.value)
+
+
+def _install_crds(api: client.ApiClient, monitoring: bool = False) -> None:
+    extensions = client.ApiextensionsV1Api(api)
+    crds = [MODEL_ASSIGNMENT_CRD, FLEET_ROLLOUT_CRD]
+    if monitoring:  # the Prometheus operator's CRD, reduced to what validating a ServiceMonitor needs
+        crds.append({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                     "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+        })  # fmt: skip
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        extensions.patch_custom_resource_definition(name, crd, field_manager="helm-test", force=True,
+                                                    _content_type="application/apply-patch+yaml")  # fmt: skip
+    for crd in crds:
+        deadline = time.monotonic() + 30
+        while not _established(extensions, crd["metadata"]["name"]):
+            assert time.monotonic() < deadline, f"{crd['metadata']['name']} never became Established"
+            time.sleep(0.1)
+    time.sleep(1.0)  # the discovery cache of the dynamic client must see the new kinds
+
+
+def _established(extensions: client.ApiextensionsV1Api, name: str) -> bool:
+    conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
