@@ -107,6 +107,7 @@ def test_rendered_objects_apply_to_the_api_server(kubeconfig: Path, name: str):
     assert ("--leader-elect" in container.args) == VALUE_SETS[name].get("controller", {}).get(
         "leaderElection", {}).get("enabled", True)  # fmt: skip
     assert {p.http_get.path for p in (container.liveness_probe, container.readiness_probe)} == {"/healthz", "/readyz"}
+    assert [c.name for c in deployment.spec.template.spec.init_containers] == ["tuf-root"]
     daemonsets = client.AppsV1Api(api).list_namespaced_daemon_set(namespace).items
     profiles = VALUE_SETS[name].get("agent", {}).get("profiles", [{"name": "arm-cortex-a-cpu"}])
     if VALUE_SETS[name].get("agent", {}).get("enabled", True):
@@ -239,3 +240,33 @@ def _install_crds(api: client.ApiClient, monitoring: bool = False) -> None:
 def _established(extensions: client.ApiextensionsV1Api, name: str) -> bool:
     conditions = extensions.read_custom_resource_definition(name).status.conditions or []
     return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_rendered_command_lines_parse(name: str, tmp_path: Path):
+    """Every argument the chart passes exists in `edgectl` and is valid (files and folders stand in for mounts)."""
+    from reconciler.cli.main import main
+
+    workloads = [o for o in render(VALUE_SETS[name], "edge-reconciler", "edge-system")
+                 if o["kind"] in ("Deployment", "DaemonSet")]  # fmt: skip
+    containers = [c for obj in workloads for c in obj["spec"]["template"]["spec"]["containers"]]
+    assert containers
+    for container in containers:
+        command, *args = [a.replace("$(NODE_NAME)", "node-1") for a in container["args"]]
+        local = []
+        for arg in args:
+            option, _, value = arg.partition("=")
+            if value.startswith("/"):
+                value = str(tmp_path / value.lstrip("/"))
+                target = Path(value)
+                if option in ("--trusted-root", "--webhook-secret-file"):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text("{}")
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    (target / "acme-ml.pub").write_text("key")
+            local.append(f"{option}={value}" if value else option)
+        parent = main.make_context("edgectl", [command], resilient_parsing=True)
+        subcommand = main.get_command(parent, command)
+        assert subcommand is not None, command
+        subcommand.make_context(command, local, parent=parent)  # raises on an unknown or invalid option
