@@ -270,3 +270,32 @@ def test_rendered_command_lines_parse(name: str, tmp_path: Path):
         subcommand = main.get_command(parent, command)
         assert subcommand is not None, command
         subcommand.make_context(command, local, parent=parent)  # raises on an unknown or invalid option
+
+
+@pytest.mark.kube
+def test_install_upgrade_uninstall_with_helm(kubeconfig: Path):
+    """A real Helm release against the API server: install, upgrade, uninstall, and what an uninstall keeps."""
+    api = kubernetes_backend(kubeconfig).api
+    namespace = f"chart-release-{int(time.time()) % 100000}"
+    client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    values = {"trust": {"rootJson": "{}"}}
+    apps = client.AppsV1Api(api)
+    with helm.Config(kubeconfig_path=str(kubeconfig), namespace=namespace) as config:
+        installed = config.install(str(CHART), "edge-reconciler", values)
+        assert (installed["status"], installed["revision"]) == ("deployed", 1)
+        controller = apps.read_namespaced_deployment("edge-reconciler-controller", namespace)
+        assert "--interval=60" in controller.spec.template.spec.containers[0].args
+        extensions = client.ApiextensionsV1Api(api)
+        assert _established(extensions, "modelassignments.edgereconciler.io")
+
+        upgraded = config.upgrade(str(CHART), "edge-reconciler", {**values, "controller": {"interval": 30}})
+        assert (upgraded["status"], upgraded["revision"]) == ("deployed", 2)
+        controller = apps.read_namespaced_deployment("edge-reconciler-controller", namespace)
+        assert "--interval=30" in controller.spec.template.spec.containers[0].args
+
+        removed = config.uninstall("edge-reconciler")
+        assert "edge-reconciler-data" in removed["info"]  # kept on purpose: it holds the TUF repository
+    assert apps.list_namespaced_deployment(namespace).items == []
+    claims = client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace).items
+    assert [c.metadata.name for c in claims] == ["edge-reconciler-data"]
+    assert _established(client.ApiextensionsV1Api(api), "modelassignments.edgereconciler.io")  # CRDs stay
