@@ -108,6 +108,12 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         time.sleep(2.0)
 
 
+def _selected(documents: dict, name: str | None, labels) -> list[tuple[str, Any]]:
+    """The documents asked for: all, or the one named, and only those whose labels match ``-l``."""
+    return [(key, document) for key, document in sorted(documents.items())
+            if (not name or key == name) and (labels is None or labels.matches(document.metadata.labels))]  # fmt: skip
+
+
 def _open_backend(backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str):
     from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend
 
@@ -170,9 +176,7 @@ def _devices(target, view: FleetView | None, name, labels, group) -> tuple[list[
 
 def _rollouts(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
     rows, objects = [], []
-    for rollout_name, rollout in sorted(view.tree.rollouts.items()):
-        if (name and rollout_name != name) or (labels is not None and not labels.matches(rollout.metadata.labels)):
-            continue
+    for rollout_name, rollout in _selected(view.tree.rollouts, name, labels):
         spec, status = rollout.spec, view.rollout_status(rollout_name)
         step = int(status.get("currentStep", 0) or 0)
         steps = spec.steps
@@ -209,9 +213,7 @@ def _rollouts(view: FleetView, name, labels) -> tuple[list[dict], list[Column], 
 
 def _groups(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
     rows, objects = [], []
-    for group_name, group in sorted(view.tree.groups.items()):
-        if (name and group_name != name) or (labels is not None and not labels.matches(group.metadata.labels)):
-            continue
+    for group_name, group in _selected(view.tree.groups, name, labels):
         status = view.group_status(group_name)
         phases: Counter[str] = Counter()
         for counts in (status.get("assignments") or {}).values():
@@ -231,9 +233,7 @@ def _groups(view: FleetView, name, labels) -> tuple[list[dict], list[Column], li
 
 def _models(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
     rows, objects = [], []
-    for model_name, model in sorted(view.tree.models.items()):
-        if (name and model_name != name) or (labels is not None and not labels.matches(model.metadata.labels)):
-            continue
+    for model_name, model in _selected(view.tree.models, name, labels):
         running: Counter[str] = Counter()
         active = []
         for rollout_name, rollout in sorted(view.tree.rollouts.items()):

@@ -203,3 +203,25 @@ def test_rollout_status_exits_by_the_outcome(repo: Path, tmp_path: Path):
         done = edgectl("rollout", "status", ROLLOUT, "--repo", work, "--timeout", "30s")
         assert done.returncode == code, done.stdout + done.stderr
         assert phase in done.stdout
+
+
+@pytest.mark.timeout(60)  # a watch that never prints must fail, not hang the suite
+def test_watch_prints_again_when_the_status_changes(repo: Path, tmp_path: Path):
+    watcher = subprocess.Popen([str(EDGECTL), "get", "rollouts", "--repo", str(repo), "-w"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "EDGECTL_NOW": NOW})  # fmt: skip
+    try:
+        assert watcher.stdout is not None
+        first = [watcher.stdout.readline() for _ in range(3)]
+        assert first[0].split()[:2] == ["NAME", "MODEL"] and "Progressing" in first[2]
+        work = tmp_path / "push"
+        subprocess.run(["git", "clone", "-q", str(repo), str(work)], check=True)
+        path = work / "status" / "rollouts" / f"{ROLLOUT}.yaml"
+        path.write_text(yaml.safe_dump({**STATUS, "phase": "Succeeded", "currentStep": 2}, sort_keys=False))
+        git("commit", "-qam", "status: succeeded", cwd=work)
+        git("push", "-q", "origin", "main", cwd=work)
+        again = [watcher.stdout.readline() for _ in range(2)]  # no headers the second time, as kubectl -w
+        assert again[0].split()[0] == "digits-cnn-1-1"
+        assert again[1].split()[:6] == [ROLLOUT, "vibration-anomaly", "2.0.0", "Succeeded", "3/3", "(100%)"]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
