@@ -97,7 +97,10 @@ def cli_reference(root: click.Group) -> str:
              "Generated from the commands' help by `edgectl docs generate docs/`; do not edit.", ""]  # fmt: skip
 
     def walk(command: click.Command, path: list[str], parent: click.Context | None) -> None:
-        context = click.Context(command, info_name=path[-1], parent=parent, terminal_width=100, max_content_width=100)
+        # The root's settings (``-h``) as a real invocation has them: children inherit them from the parent.
+        settings = dict(command.context_settings) if parent is None else {}
+        settings.update(terminal_width=100, max_content_width=100)
+        context = click.Context(command, info_name=path[-1], parent=parent, **settings)
         if len(path) > 1:
             lines.extend([f"{'#' * min(len(path), 4)} `{' '.join(path)}`", "", "```", command.get_help(context), "```",
                           ""])  # fmt: skip
