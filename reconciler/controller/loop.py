@@ -212,7 +212,8 @@ class Controller:
             for n, c in cycles.items()
             if c.outcome.decision and c.outcome.decision.kind != "Abort"
         )
-        counted = f"{changed} assignment(s) changed at {spec_commit[:12]}"
+        counted = (f"{changed} assignment(s) changed at {spec_commit[:12]}" if changed
+                   else f"device reports at {spec_commit[:12]}")  # fmt: skip
         # A decision is what a reader of the log looks for: it leads the subject; the count follows.
         message = f"status: {decided.splitlines()[0]}\n\n{counted}\n{decided}" if decided else f"status: {counted}"
         pushed = writer.commit(rendered, message)

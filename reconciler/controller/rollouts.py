@@ -154,7 +154,13 @@ def run_rollouts(
 def status_fields(cycle: RolloutCycle, previous: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """What the engine adds to the rollout's status file: state, gates, last decision, bounded history."""
     body = cycle.outcome.state.to_json()
-    body["gates"] = [g.to_json() for g in cycle.outcome.gates]
+    # A finished rollout evaluates no gates: keep the last measured ones, the evidence of how it ended.
+    gates = [g.to_json() for g in cycle.outcome.gates]
+    body["gates"] = (
+        gates
+        if gates or cycle.outcome.state.phase not in (Phase.ABORTED, Phase.SUCCEEDED)
+        else list(previous.get("gates", []) or [])
+    )
     history = list(previous.get("history", []) or [])
     decision = cycle.outcome.decision
     if decision is not None:
@@ -175,7 +181,7 @@ def rollback_message(tree: FleetTree, cycle: RolloutCycle) -> str:
     step = cycle.before.step
     returned = cycle.outcome.state.stable_version or "no version (devices keep what they run)"
     return (
-        f"rollback: {cycle.name} ({spec.model} {spec.version}) aborted at step {step} "
+        f"rollback: {cycle.name} ({spec.model} {spec.version}) aborted at step {step + 1} of {len(spec.steps)} "
         f"({spec.steps[step].percent}%): {decision.message} on {decision.devices} device(s); "
         f"returning to {returned}"
     )

@@ -246,9 +246,7 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
     if state.phase is Phase.PENDING:
         started = replace(state, phase=Phase.PROGRESSING, step_started=stamp, reason="Started", message="")
         after = decide(spec, started, obs, now, manual)  # the first step is evaluated at once
-        return Outcome(
-            after.state, after.decision or Decision("Start", f"step 0 ({spec.steps[0].percent}%)"), after.gates
-        )
+        return Outcome(after.state, after.decision or Decision("Start", _step_text(spec, 0)), after.gates)
 
     gates = evaluate_gates(spec, obs) if obs.targeted else []
     failed = next((g for g in gates if g.verdict is Verdict.FAIL), None)
@@ -290,7 +288,7 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
             state,
             phase=Phase.PAUSED,
             reason="WaitingForPromotion",
-            message=f"step {state.step} done; edgectl rollout promote to continue",
+            message=f"{_step_text(spec, state.step)} done; edgectl rollout promote to continue",
         )
         decision = Decision("Pause", held.message) if state.phase is not Phase.PAUSED else None
         return Outcome(held, decision, gates)
@@ -321,7 +319,7 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
         stamp,
         None,
         "Promoted",
-        f"step {following} ({spec.steps[following].percent}%)",
+        _step_text(spec, following),
         0,
         promotions,
         state.retries_seen,
@@ -332,3 +330,8 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
 def is_overdue(step_started: str | None, now: datetime, limit: timedelta) -> bool:
     """Whether a device still in progress has run past a deadline counted from the step's start."""
     return step_started is not None and now - datetime.fromisoformat(step_started) > limit
+
+
+def _step_text(spec: RolloutSpec, index: int) -> str:
+    """How people count steps: ``step 2 of 3 (50%)`` for index 1 (the state counts from 0)."""
+    return f"step {index + 1} of {len(spec.steps)} ({spec.steps[index].percent}%)"

@@ -30,7 +30,7 @@ def test_demo_rolls_out_then_rolls_back(tmp_path: Path, fleet_example: Path):
     log = subprocess.run(["git", "--git-dir", str(workdir / "fleet.git"), "log", "--format=%an|%s"],
                          capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
     rollbacks = [line for line in log if line.startswith("edge-reconciler|rollback: ")]
-    assert len(rollbacks) == 1 and "(vibration-anomaly 2.1.0) aborted at step 0" in rollbacks[0]
+    assert len(rollbacks) == 1 and "(vibration-anomaly 2.1.0) aborted at step 1 of 3 (25%)" in rollbacks[0]
     assert rollbacks[0].endswith("returning to 2.0.0")
     assert sum(1 for line in log if line.startswith("Dana (fleet owner)|")) == 2
 

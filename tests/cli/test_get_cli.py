@@ -33,7 +33,8 @@ STATUS = {
                 "byVersion": {"1.0.0": {"Healthy": 20}, "2.0.0": {"Downloading": 1, "Failed": 1, "Healthy": 18}}},
     "gates": [{"name": "failureRate", "value": 0.05, "threshold": 0.02, "verdict": "Fail",
                "message": "1 of 20 devices failed"}],
-    "history": [{"time": "2026-01-01T00:00:00+00:00", "decision": "Promote", "message": "step 1 (50%)", "step": 1}],
+    "history": [{"time": "2026-01-01T00:00:00+00:00", "decision": "Promote", "message": "step 2 of 3 (50%)",
+                 "step": 1}],
 }  # fmt: skip
 GROUP = {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "DeviceGroupStatus", "group": "us-factories",
          "devices": 40, "assignments": {"vibration-anomaly@1.0.0": {"Healthy": 20}, "vibration-anomaly@2.0.0":

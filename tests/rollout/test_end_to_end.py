@@ -165,7 +165,7 @@ def test_a_failing_canary_aborts_and_the_step_returns_to_the_previous_version(
     assert status["phase"] == "Aborted" and status["currentStep"] == first
     [message] = rollback_commits(git_server)
     expected = f"failureRate 1 > 0.05 on {len(canaries)} device(s); returning to 1.0.0"
-    assert f"aborted at step {first} ({percents[first]}%): {expected}" in message
+    assert f"aborted at step {first + 1} of {len(percents)} ({percents[first]}%): {expected}" in message
     # The next cycles write the stable version to the canaries, and their agents install it.
     for _ in range(2):
         outcome = controller.cycle()
