@@ -54,6 +54,11 @@ class Publisher:
         self.repository = repository
         self.signers = signers
         self._verified: dict[Path, tuple[float, VerifiedArtifact | str]] = {}
+        self._bundles: dict[Path, tuple[float, str]] = {}
+        """Signature bundle -> (mtime, sha256): the one file of a release that its own digests do not cover."""
+        self._ids: dict[Path, str] = {}
+        self._published: dict[str, str] | None = None
+        """What the repository lists now (path -> sha256), as this publisher last wrote or read it."""
 
     def sync(self, policy: TrustPolicy, now: datetime) -> PublishOutcome:
         outcome = PublishOutcome()
@@ -70,15 +75,31 @@ class Publisher:
         for (model, version, profile), artifact in sorted(chosen.items()):
             for name in [*sorted(artifact.digests), SIGNATURE_NAME]:
                 files[target_path(model, version, profile, name)] = artifact.directory / name
-            outcome.artifacts[(model, version, profile)] = artifact_id(artifact.manifest)
-        wanted = {path: artifact_digest(chosen, path) for path in files}
+            outcome.artifacts[(model, version, profile)] = self._ids[artifact.directory]
+        wanted = {path: self._digest(chosen, path) for path in files}
         expires = self.repository.timestamp_expires()
-        if expires is None or wanted != self.repository.published():  # a new repository publishes at once
+        if self._published is None:
+            self._published = self.repository.published()
+        if expires is None or wanted != self._published:  # a new repository publishes at once
             outcome.targets_version = self.repository.publish(files, self.signers, now)
+            self._published = wanted
             log.info("published", extra={"targetsVersion": outcome.targets_version, "artifacts": len(chosen)})
         elif expires - now < self.repository.lifetimes.timestamp / 2:
             self.repository.refresh_timestamp(self.signers, now)
         return outcome
+
+    def _digest(self, chosen: dict[ArtifactKey, VerifiedArtifact], path: str) -> str:
+        """The sha256 a target should have: the signed digest of an artifact file, or the bundle's own hash."""
+        model, version, profile, name = path.split("/")
+        artifact = chosen[(model, version, profile)]
+        if name in artifact.digests:
+            return artifact.digests[name]
+        bundle = artifact.directory / name
+        stamp = bundle.stat().st_mtime
+        cached = self._bundles.get(bundle)
+        if cached is None or cached[0] != stamp:
+            cached = self._bundles[bundle] = (stamp, hashlib.sha256(bundle.read_bytes()).hexdigest())
+        return cached[1]
 
     def _verify(self, folder: Path, policy: TrustPolicy) -> VerifiedArtifact | str:
         try:
@@ -97,14 +118,7 @@ class Publisher:
             result = str(exc)
         if isinstance(result, str):
             log.warning("release refused", extra={"release": str(folder), "reason": result})
+        else:
+            self._ids[folder] = artifact_id(result.manifest)  # canonical JSON of the manifest: once, not per cycle
         self._verified[folder] = (stamp, result)
         return result
-
-
-def artifact_digest(chosen: dict[ArtifactKey, VerifiedArtifact], path: str) -> str:
-    """The sha256 a target path should have: signed digests for artifact files, the bundle's own hash."""
-    model, version, profile, name = path.split("/")
-    artifact = chosen[(model, version, profile)]
-    if name in artifact.digests:
-        return artifact.digests[name]
-    return hashlib.sha256((artifact.directory / name).read_bytes()).hexdigest()
