@@ -2,8 +2,10 @@
 
 Where each comes from: devices from a backend (the local database or the Kubernetes API: the inventory and
 the agents' reports); groups, models and rollouts from the fleet repo, specs and the status files the
-controller committed (``--repo``: checkout, bare repository or URL); artifacts from the build store. On
-Kubernetes the same data is one ``kubectl get edge`` away: the CRDs carry printer columns and that category.
+controller committed (``--repo``: checkout, bare repository or URL), and rollouts also from the FleetRollout
+objects the controller mirrors them to (``--backend kubernetes`` without ``--repo``); artifacts from the build
+store. On Kubernetes the same data is one ``kubectl get edge`` away: the CRDs carry printer columns and that
+category.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         if kind == "device":
             view = load_view(repo) if group or Path(repo, "fleet.yaml").exists() or repo != "." else None
             return _devices(_open_backend(backend, state_dir, kubeconfig, namespace), view, name, labels, group)
+        if kind == "rollout" and backend == "kubernetes" and repo == ".":  # the mirrors the controller keeps
+            return _mirrored_rollouts(_open_backend(backend, state_dir, kubeconfig, namespace), name)
         view = load_view(repo)
         return {"group": _groups, "model": _models, "rollout": _rollouts}[kind](view, name, labels)
 
@@ -208,6 +212,26 @@ def _rollouts(view: FleetView, name, labels) -> tuple[list[dict], list[Column], 
                Column("PHASE", "phase"), Column("STEP", "step"), Column("READY", "ready"), Column("AGE", "age"),
                Column("STABLE", "stable", wide=True), Column("STATUS", "status", wide=True),
                Column("GATES", "gates", wide=True), Column("MESSAGE", "message", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def _mirrored_rollouts(target, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
+    """Rollouts from the FleetRollout objects (Kubernetes): the same status as Git, without the specs."""
+    rows, objects = [], []
+    for rollout_name, status in sorted(target.mirrored_rollouts().items()):
+        if name and rollout_name != name:
+            continue
+        decision = status.get("lastDecision") or {}
+        rows.append({"name": rollout_name, "model": status.get("model"), "version": status.get("version"),
+                     "phase": status.get("phase"), "step": int(status.get("currentStep") or 0) + 1,
+                     "ready": status.get("ready"), "stable": status.get("stableVersion"),
+                     "age": age(decision.get("time")), "message": (status.get("message") or "")[:80],
+                     "commit": (status.get("observedCommit") or "")[:12]})  # fmt: skip
+        objects.append({"name": rollout_name, "status": status})
+    columns = [Column("NAME", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
+               Column("PHASE", "phase"), Column("STEP", "step"), Column("READY", "ready"), Column("AGE", "age"),
+               Column("STABLE", "stable", wide=True), Column("COMMIT", "commit", wide=True),
+               Column("MESSAGE", "message", wide=True)]  # fmt: skip
     return rows, columns, objects
 
 

@@ -296,6 +296,12 @@ class KubernetesBackend:
             written += 1
         return written
 
+    def mirrored_rollouts(self) -> dict[str, dict[str, Any]]:
+        """The FleetRollout mirrors as the controller last wrote them: name -> status body."""
+        with _wrapped("list FleetRollouts"):
+            listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, ROLLOUT_PLURAL)
+        return {item["metadata"]["name"]: item.get("spec", {}) for item in listing.get("items", [])}
+
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         body = status.to_json()
         body.setdefault("lastSeen", datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))

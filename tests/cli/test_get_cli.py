@@ -185,6 +185,17 @@ def test_devices_from_the_kubernetes_api(kubeconfig: Path):
         assert table[0].split() == ["NAME", "MODEL", "VERSION", "INSTALLED", "PHASE", "LAST", "SEEN"]
         assert table[1].split()[:5] == [names[0], "vibration-anomaly", "2.0.0", "2.0.0", "Healthy"]
         assert table[2].split()[:5] == [names[1], "vibration-anomaly", "2.0.0", "<none>", "Pending"]
+
+        # Rollouts from the FleetRollout mirrors the controller keeps (what `kubectl get frol` shows too).
+        from reconciler.controller.loop import _mirror
+
+        assert backend.mirror_rollouts({ROLLOUT: _mirror(STATUS)}) == 1
+        mirrored = edgectl("get", "rollouts", "--backend", "kubernetes", "--kubeconfig", kubeconfig,
+                           "-n", backend.namespace)  # fmt: skip
+        assert mirrored.returncode == 0, mirrored.stderr
+        lines = mirrored.stdout.splitlines()
+        assert lines[0].split() == ["NAME", "MODEL", "VERSION", "PHASE", "STEP", "READY", "AGE"]
+        assert lines[1].split()[:6] == [ROLLOUT, "vibration-anomaly", "2.0.0", "Progressing", "2", "18/40"]
     finally:
         for name in names:
             core.delete_node(name)
