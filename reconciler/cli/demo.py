@@ -159,7 +159,8 @@ class Demo:
                 folder = store.export(result.artifact.id, self.releases / f"{MODEL}-{version}-{result.profile}")
                 self.release(folder, version, counter=int(version.split(".")[0]))
             seconds = time.perf_counter() - start
-            self.say(f"   built, released and signed {MODEL} {version} for {', '.join(PROFILES)} ({seconds:.1f} s)")
+            took = f"{seconds:.1f} s" if seconds >= 1 else "cached builds"
+            self.say(f"   built, released and signed {MODEL} {version} for {', '.join(PROFILES)} ({took})")
 
     @property
     def releases(self) -> Path:
