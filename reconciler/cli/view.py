@@ -42,12 +42,12 @@ def is_url(repo: str) -> bool:
 
 def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetView:
     """Specs and status of ``repo``; exits 1 with the errors when the specs do not load."""
-    from reconciler.gitops.source import GitError, GitSource, read_repo
+    from reconciler.gitops.source import Credentials, GitError, GitSource, read_repo
 
     try:
         if is_url(repo):
             clone = CLONES / hashlib.sha256(repo.encode()).hexdigest()[:16]
-            source = GitSource(repo, clone, branch)
+            source = GitSource(repo, clone, branch, Credentials.from_env())  # the controller's variables
             commit = source.fetch() if ref is None else ref
             files, at, git_dir = source.files_at(commit), commit, str(clone)
         else:

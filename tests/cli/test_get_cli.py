@@ -237,3 +237,16 @@ def test_watch_prints_again_when_the_status_changes(repo: Path, tmp_path: Path):
     finally:
         watcher.terminate()
         watcher.wait(10)
+
+
+def test_a_remote_url_is_fetched_and_followed(git_server, tmp_path: Path):
+    """`--repo URL`: the remote's branch as the controller sees it, fetched again on every read."""
+    url, work = git_server.create("fleet-url")
+    before = edgectl("get", "rollouts", "--repo", url, "-o", "name", env={"HOME": str(tmp_path)})
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.split() == ["rollout/digits-cnn-1-1", "rollout/vibration-anomaly-2"]
+    (work / "rollouts" / "digits-cnn-1-1.yaml").unlink()
+    git("commit", "-qam", "retire digits-cnn-1-1", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    after = edgectl("get", "rollouts", "--repo", url, "-o", "name", env={"HOME": str(tmp_path)})
+    assert after.stdout.split() == ["rollout/vibration-anomaly-2"]
