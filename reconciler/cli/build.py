@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .output import human_size
+
 STORE_SHOWN = "$EDGE_RECONCILER_STORE or ~/.cache/edge-reconciler/store"
 DEFAULT_STORE = Path(os.environ.get("EDGE_RECONCILER_STORE", Path.home() / ".cache" / "edge-reconciler" / "store"))
 
@@ -82,14 +84,6 @@ def _result_json(result) -> dict:
     }
 
 
-def _size(value: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(value)
-
-
 def _ms(value: float | None) -> str:
     return "n/m" if value is None else f"{value:.3f}"
 
@@ -116,8 +110,8 @@ def _print_matrix(results) -> None:
                 verdict = f"reference ({variant.precision} not in profile)"
             else:
                 verdict = "pass" + (f": {variant.notes[-1]}" if variant.notes else "")
-            table.add_row(result.model, result.version, result.profile, variant.name, _size(m.size_bytes), ratio,
-                          _ms(m.latency_p50_ms), _ms(m.latency_p95_ms), _size(m.peak_memory_bytes),
+            table.add_row(result.model, result.version, result.profile, variant.name, human_size(m.size_bytes), ratio,
+                          _ms(m.latency_p50_ms), _ms(m.latency_p95_ms), human_size(m.peak_memory_bytes),
                           f"{m.accuracy:.4f}", delta, verdict)  # fmt: skip
         if result.error:
             table.add_row(

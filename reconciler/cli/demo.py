@@ -335,11 +335,12 @@ def _free_port() -> int:
 
 
 def status_line(status: dict) -> str:
-    devices = status.get("devices", {})
-    healthy = devices.get("byVersion", {}).get(status.get("version"), {}).get("Healthy", 0)
+    from reconciler.controller.status import ready_counts
+
+    healthy, targeted = ready_counts(status)
     step = int(status.get("currentStep", 0) or 0)
     return (f"{ROLLOUT}: {status.get('version', '-')} {status.get('phase', 'Pending')} step {step + 1}/3, "
-            f"{healthy}/{devices.get('targeted', 0)} healthy on {status.get('version', '-')}"
+            f"{healthy}/{targeted} healthy on {status.get('version', '-')}"
             + (f" ({status['message']})" if status.get("message") else ""))  # fmt: skip
 
 
@@ -347,14 +348,14 @@ def device_table(status: dict, devices: list[dict]):
     from rich.table import Table
     from rich.text import Text
 
-    from .output import _style
+    from .output import phase_style
 
     table = Table(title=status_line(status), title_justify="left", box=None, padding=(0, 2, 0, 0))
     for header in ("DEVICE", "PROFILE", "VERSION", "PHASE", "MESSAGE"):
         table.add_column(header)
     for device in devices:
         table.add_row(device["name"], device["profile"], device["version"],
-                      Text(device["phase"], style=_style(device["phase"])), device["message"])  # fmt: skip
+                      Text(device["phase"], style=phase_style(device["phase"])), device["message"])  # fmt: skip
     return table
 
 

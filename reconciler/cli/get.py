@@ -19,10 +19,11 @@ from typing import Any
 
 import click
 
+from reconciler.controller.status import ready_counts
 from reconciler.spec.types import format_duration
 
 from .build import DEFAULT_STORE, STORE_SHOWN
-from .output import OUTPUTS, Column, age, emit, summarize
+from .output import OUTPUTS, Column, age, emit, human_size, summarize
 from .view import FleetView, load_view
 
 RESOURCES = {
@@ -86,14 +87,21 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
+    opened = []  # the backend, opened once; a watch re-reads it every round
+
+    def target():
+        if not opened:
+            opened.append(_open_backend(backend, state_dir, kubeconfig, namespace))
+        return _synced(opened[0])
+
     def collect() -> tuple[list[dict], list[Column], list[dict]]:
         if kind == "artifact":
             return _artifacts(store, name)
         if kind == "device":
             view = load_view(repo) if group or Path(repo, "fleet.yaml").exists() or repo != "." else None
-            return _devices(_open_backend(backend, state_dir, kubeconfig, namespace), view, name, labels, group)
+            return _devices(target(), view, name, labels, group)
         if kind == "rollout" and backend == "kubernetes" and repo == ".":  # the mirrors the controller keeps
-            return _mirrored_rollouts(_open_backend(backend, state_dir, kubeconfig, namespace), name)
+            return _mirrored_rollouts(target(), name)
         view = load_view(repo)
         return {"group": _groups, "model": _models, "rollout": _rollouts}[kind](view, name, labels)
 
@@ -128,7 +136,18 @@ def _open_backend(backend: str, state_dir: Path, kubeconfig: Path | None, namesp
             if not (state_dir / "fleet.sqlite").exists():
                 click.echo(f"error: no local backend in {state_dir} (pass --state-dir)", err=True)
                 sys.exit(1)
-            target = LocalBackend(state_dir)
+            return LocalBackend(state_dir)
+    except ClusterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    return target
+
+
+def _synced(target):
+    """Read the backend again (a LIST on Kubernetes; the local database is always current)."""
+    from reconciler.cluster import ClusterError
+
+    try:
         target.sync()
     except ClusterError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -185,7 +204,7 @@ def _rollouts(view: FleetView, name, labels) -> tuple[list[dict], list[Column], 
         step = int(status.get("currentStep", 0) or 0)
         steps = spec.steps
         by_version = status.get("devices", {}).get("byVersion", {})
-        healthy = by_version.get(spec.version, {}).get("Healthy", 0)
+        healthy, targeted = ready_counts(status)
         phases: Counter[str] = Counter()
         for counts in by_version.values():
             for phase, count in counts.items():
@@ -199,7 +218,7 @@ def _rollouts(view: FleetView, name, labels) -> tuple[list[dict], list[Column], 
             "version": spec.version,
             "phase": (status.get("phase") if current else None) or ("Suspended" if spec.suspend else "Pending"),
             "step": f"{min(step, len(steps) - 1) + 1}/{len(steps)} ({steps[min(step, len(steps) - 1)].percent}%)",
-            "ready": f"{healthy if current else 0}/{status.get('devices', {}).get('targeted', 0) if current else 0}",
+            "ready": f"{healthy}/{targeted}" if current else "0/0",
             "stable": status.get("stableVersion"),
             "age": age(status.get("stepStarted")),
             "status": summarize(phases) if current else "-",
@@ -298,7 +317,7 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
             "name": artifact_id[:12], "id": artifact_id, "model": manifest.get("model"),
             "version": manifest.get("version"), "profile": manifest.get("profile"),
             "format": manifest.get("format"), "precision": manifest.get("precision"),
-            "size": _bytes(figures["sizeBytes"]),
+            "size": human_size(figures["sizeBytes"], separator="") if figures["sizeBytes"] else None,
             "latency": f"{figures['latencyP95Ms']:.2f}ms" if figures["latencyP95Ms"] is not None else None,
             "accuracy": f"{figures['accuracy']:.3f}" if figures["accuracy"] is not None else None,
         })  # fmt: skip
@@ -309,17 +328,6 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
                Column("SIZE", "size"), Column("P95", "latency", wide=True),
                Column("ACCURACY", "accuracy", wide=True)]  # fmt: skip
     return rows, columns, objects
-
-
-def _bytes(value: Any) -> str | None:
-    if not value:
-        return None
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return None
 
 
 @click.command()

@@ -57,6 +57,15 @@ def age(stamp: str | None, at: datetime | None = None) -> str:
     return f"{seconds}s"
 
 
+def human_size(value: float, separator: str = " ") -> str:
+    """``86.1 KiB``; ``separator=""`` keeps a table cell one word (``86.1KiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{separator}{unit}" if unit == "B" else f"{value:.1f}{separator}{unit}"
+        value /= 1024
+    return str(value)
+
+
 def summarize(phases: Mapping[str, int]) -> str:
     """``Failed(1) Downloading(2)``: the phases that are not Healthy, worst first; ``Healthy`` when all are."""
     order = {phase: i for i, phase in enumerate(WORST_FIRST)}
@@ -117,11 +126,11 @@ def _rich_table(columns: Sequence[Column], table: list[list[str]], no_headers: b
     for column in columns:
         out.add_column(column.header, no_wrap=column.header in ("NAME", "ID"))
     for line in table:
-        out.add_row(*(Text(cell, style=_style(cell)) for cell in line))
+        out.add_row(*(Text(cell, style=phase_style(cell)) for cell in line))
     Console().print(out)
 
 
-def _style(cell: str) -> str:
+def phase_style(cell: str) -> str:
     word = cell.split("(")[0].split(" ")[0]
     if word in BAD:
         return "red"

@@ -43,10 +43,11 @@ def plan_command(repo: str, base: str, head: str | None, output: str, inventory:
     """Show what merging HEAD into BASE would do: devices per version at every rollout step, artifacts to
     build, risky settings."""
     from reconciler.controller.rollouts import initial_state, position
-    from reconciler.controller.status import parse_status
     from reconciler.gitops.source import GitError, read_repo
     from reconciler.plan.review import review
-    from reconciler.spec import SpecErrors, load_fleet
+    from reconciler.spec import SpecErrors
+
+    from .view import load_with_status, status_files
 
     try:
         base_files = read_repo(repo, base)
@@ -55,21 +56,16 @@ def plan_command(repo: str, base: str, head: str | None, output: str, inventory:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2 if exit_code else 1)
 
-    def specs(files, status_path: str = "status") -> list:
-        return [f for f in files.files if not f.path.startswith(status_path.rstrip("/") + "/")]
-
     try:
-        head_tree = load_fleet(specs(head_files))
+        head_tree, _ = load_with_status(head_files.files)
     except SpecErrors as exc:
         _invalid(output, exc.errors, base, head)
         sys.exit(2 if exit_code else 1)
     try:
-        base_tree = load_fleet(specs(base_files))
+        base_tree, status = load_with_status(base_files.files)  # rollouts continue from the base's status
     except SpecErrors:
         base_tree = None  # a broken base: everything at the head is new
-    status_path = (base_tree or head_tree).fleet.spec.status_path.rstrip("/") + "/"
-    status = {f.path.removeprefix(status_path): parse_status(f.content) for f in base_files.files
-              if f.path.startswith(status_path)}  # fmt: skip
+        status = status_files(base_files.files, head_tree.fleet.spec.status_path)
     devices = _inventory(inventory, state_dir, kubeconfig)
     base_positions, head_positions, head_steps, base_versions = {}, {}, {}, {}
     for name in base_tree.rollouts if base_tree else ():

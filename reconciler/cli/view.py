@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from reconciler.controller.status import parse_status
-from reconciler.spec import FleetTree, SpecErrors, load_fleet
+from reconciler.spec import FleetTree, SourceFile, SpecErrors, load_fleet
 
 CLONES = Path.home() / ".cache" / "edge-reconciler" / "edgectl-clones"
 
@@ -56,15 +56,26 @@ def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetV
     except (GitError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    specs = [f for f in files if not f.path.startswith("status/")]
     try:
-        tree = load_fleet(specs)
+        tree, status = load_with_status(files)
     except SpecErrors as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)
         sys.exit(1)
-    prefix = tree.fleet.spec.status_path.rstrip("/") + "/"
-    if prefix != "status/":
-        tree = load_fleet([f for f in files if not f.path.startswith(prefix)])
-    status = {f.path.removeprefix(prefix): parse_status(f.content) for f in files if f.path.startswith(prefix)}
     return FleetView(tree, status, at, git_dir)
+
+
+def load_with_status(files: list[SourceFile]) -> tuple[FleetTree, dict[str, dict[str, Any]]]:
+    """The specs, without the status folder wherever the Fleet puts it, and the parsed status files.
+    Raises SpecErrors."""
+    tree = load_fleet([f for f in files if not f.path.startswith("status/")])
+    if tree.fleet.spec.status_path.rstrip("/") != "status":
+        prefix = tree.fleet.spec.status_path.rstrip("/") + "/"
+        tree = load_fleet([f for f in files if not f.path.startswith(prefix)])
+    return tree, status_files(files, tree.fleet.spec.status_path)
+
+
+def status_files(files: list[SourceFile], status_path: str) -> dict[str, dict[str, Any]]:
+    """Status files by their path inside the status folder (``rollouts/NAME.yaml``), parsed."""
+    prefix = status_path.rstrip("/") + "/"
+    return {f.path.removeprefix(prefix): parse_status(f.content) for f in files if f.path.startswith(prefix)}

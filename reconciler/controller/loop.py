@@ -44,6 +44,7 @@ from .reconcile import ReconcileResult, reconcile
 from .rollouts import initial_state, position, rollback_message, run_rollouts, status_fields
 from .status import (
     parse_status,
+    ready_counts,
     render_controller,
     render_group,
     render_rollout,
@@ -289,11 +290,10 @@ class Controller:
 
 def _mirror(status: dict) -> dict:
     """The part of a rollout's status worth showing in kubectl (counts, phase, gates, last decision)."""
-    devices = status.get("devices", {})
-    ready = f"{sum(c.get('Healthy', 0) for v, c in devices.get('byVersion', {}).items() if v == status.get('version'))}"
+    healthy, targeted = ready_counts(status)
     body = {key: status.get(key) for key in ("model", "version", "phase", "currentStep", "stableVersion", "reason",
                                              "message", "observedCommit")}  # fmt: skip
-    body["ready"] = f"{ready}/{devices.get('targeted', 0)}"
+    body["ready"] = f"{healthy}/{targeted}"
     body["gates"] = status.get("gates", [])
     body["lastDecision"] = status.get("lastDecision")
     return body

@@ -41,6 +41,13 @@ def parse_status(data: bytes | None) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def ready_counts(status: Mapping[str, Any]) -> tuple[int, int]:
+    """(devices Healthy on the rollout's version, devices targeted), read from a rollout status file."""
+    devices = status.get("devices") or {}
+    healthy = (devices.get("byVersion") or {}).get(status.get("version"), {}).get("Healthy", 0)
+    return healthy, devices.get("targeted", 0)
+
+
 def render_rollout(
     tree: FleetTree,
     name: str,

@@ -107,6 +107,7 @@ def review(
             result.transitions[(key[1], old_version, new_version)] += 1
     result.problems = sorted({f"{p.device}: {p.message}" for p in after.problems})
     needs: Counter[ArtifactKey] = Counter()
+    labels = {d.name: d.labels for d in devices}
     for name, rollout in sorted(head.rollouts.items()):
         spec = rollout.spec
         position = head_positions.get(name, RolloutPosition(spec.steps[0].percent))
@@ -123,7 +124,6 @@ def review(
         for group in spec.groups:
             if group in head.groups:
                 selector = head.groups[group].spec.selector
-                labels = {d.name: d.labels for d in devices}
                 item.groups[group] = sum(1 for d in mine if selector.matches(labels.get(d.device, {})))
         if rollout.active:
             for index, step in enumerate(spec.steps):

@@ -93,7 +93,7 @@ def test_rendered_objects_apply_to_the_api_server(kubeconfig: Path, name: str):
     assert expected <= set(kinds)
     client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     resources = dynamic.DynamicClient(api).resources
-    _install_crds(api, monitoring="ServiceMonitor" in kinds)
+    _install_crds(kubeconfig, monitoring="ServiceMonitor" in kinds)
     for obj in objects:
         resource = resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         applied = resource.server_side_apply(body=obj, name=obj["metadata"]["name"],
@@ -130,7 +130,7 @@ def test_rbac_matrix(kubeconfig: Path):
     release = f"er{next(_names)}"
     client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     resources = dynamic.DynamicClient(api).resources
-    _install_crds(api)
+    _install_crds(kubeconfig)
     for obj in render({}, release, namespace):
         resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).server_side_apply(
             body=obj, name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"),
@@ -213,26 +213,25 @@ def test_templates_refuse_combinations_that_cannot_work(values: dict, message: s
     assert message in str(refused.value)
 
 
-def _install_crds(api: client.ApiClient, monitoring: bool = False) -> None:
-    extensions = client.ApiextensionsV1Api(api)
-    crds = [MODEL_ASSIGNMENT_CRD, FLEET_ROLLOUT_CRD]
+def _install_crds(kubeconfig: Path, monitoring: bool = False) -> None:
+    """The product's CRDs as the controller installs them, and a ServiceMonitor CRD when the values need one."""
+    backend = kubernetes_backend(kubeconfig)
+    backend.install()
     if monitoring:  # the Prometheus operator's CRD, reduced to what validating a ServiceMonitor needs
-        crds.append({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        name = "servicemonitors.monitoring.coreos.com"
+        crd = {
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": name},
             "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
                      "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
                      "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
                          "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-        })  # fmt: skip
-    for crd in crds:
-        name = crd["metadata"]["name"]
+        }  # fmt: skip
+        extensions = client.ApiextensionsV1Api(backend.api)
         extensions.patch_custom_resource_definition(name, crd, field_manager="helm-test", force=True,
                                                     _content_type="application/apply-patch+yaml")  # fmt: skip
-    for crd in crds:
         deadline = time.monotonic() + 30
-        while not _established(extensions, crd["metadata"]["name"]):
-            assert time.monotonic() < deadline, f"{crd['metadata']['name']} never became Established"
+        while not _established(extensions, name):
+            assert time.monotonic() < deadline, f"{name} never became Established"
             time.sleep(0.1)
     time.sleep(1.0)  # the discovery cache of the dynamic client must see the new kinds
 
