@@ -24,12 +24,12 @@ from pathlib import Path
 
 import zstandard
 
-from reconciler.build.delta import make_delta
-from reconciler.build.pipeline import build_scope
-from reconciler.build.store import ArtifactStore
+from reconciler.artifact.delta import make_delta
+from reconciler.optimize.pipeline import build_scope
+from reconciler.artifact.store import ArtifactStore
 from reconciler.controller.server import ControllerServer
 from reconciler.gitops.files import read_fleet_dir
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = Path.home() / ".cache" / "edge-reconciler" / "bench-store"
@@ -86,7 +86,7 @@ def deltas() -> None:
 SERVE = """
 import json, sys, time, urllib.request, numpy as np
 from pathlib import Path
-from reconciler.build.runtime import ModelRunner
+from reconciler.artifact.runtime import ModelRunner
 data = Path(sys.argv[1]); manifest = json.loads((data / "models/m/active/manifest.json").read_text())
 row = np.asarray(manifest["golden"]["inputs"][:1], dtype=np.float32)
 def rss(): return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024

@@ -27,7 +27,7 @@ from reconciler.controller.loop import Controller, ControllerConfig
 from reconciler.controller.reconcile import reconcile
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import Desired, RolloutPosition
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east",

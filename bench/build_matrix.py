@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.build.benchmark import measure
-from reconciler.build.convert import canonical_onnx, keras_to_onnx
-from reconciler.build.datasets import Dataset, load_dataset
-from reconciler.build.optimize import keras_module
-from reconciler.build.pipeline import build_scope
-from reconciler.build.quantize import quantize_onnx
-from reconciler.build.store import ArtifactStore
+from reconciler.optimize.benchmark import measure
+from reconciler.optimize.convert import canonical_onnx, keras_to_onnx
+from reconciler.optimize.datasets import Dataset, load_dataset
+from reconciler.optimize.optimize import keras_module
+from reconciler.optimize.pipeline import build_scope
+from reconciler.optimize.quantize import quantize_onnx
+from reconciler.artifact.store import ArtifactStore
 from reconciler.gitops.files import read_fleet_dir
-from reconciler.spec import DeviceProfile, load_fleet
+from reconciler.api import DeviceProfile, load_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "fleet-example"

@@ -12,7 +12,7 @@ import time
 
 import yaml
 
-from reconciler.spec import SourceFile, load_fleet
+from reconciler.api import SourceFile, load_fleet
 
 HEADER = "apiVersion: edgereconciler.io/v1alpha1\n"
 PROFILES = "".join(

@@ -14,7 +14,7 @@ import sys
 import time
 
 from reconciler.plan import Device, RolloutPosition, plan
-from reconciler.spec import SourceFile, load_fleet
+from reconciler.api import SourceFile, load_fleet
 
 HEADER = "apiVersion: edgereconciler.io/v1alpha1\n"
 REGIONS = ["eu-west", "eu-central", "us-east", "us-west", "ap-south"]

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconciler.build.pipeline import build_scope
-from reconciler.build.store import ArtifactStore
+from reconciler.optimize.pipeline import build_scope
+from reconciler.artifact.store import ArtifactStore
 from reconciler.controller.publish import Publisher
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.signing import (
@@ -32,7 +32,7 @@ from reconciler.signing import (
     write_release,
 )
 from reconciler.signing.tuf_repo import create_repository, online_signers, utcnow
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = Path.home() / ".cache" / "edge-reconciler" / "demo-store"

@@ -18,8 +18,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.build.pipeline import build_scope
-from reconciler.build.store import ArtifactStore
+from reconciler.optimize.pipeline import build_scope
+from reconciler.artifact.store import ArtifactStore
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.signing import (
     Expectation,
@@ -35,7 +35,7 @@ from reconciler.signing import (
     write_release,
 )
 from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = Path.home() / ".cache" / "edge-reconciler" / "bench-store"

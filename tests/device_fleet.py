@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.agent.agent import Agent, AgentConfig
-from reconciler.build.pipeline import build_scope
-from reconciler.build.store import ArtifactStore
+from reconciler.optimize.pipeline import build_scope
+from reconciler.artifact.store import ArtifactStore
 from reconciler.cluster import LocalBackend
 from reconciler.controller.server import ControllerServer
 from reconciler.gitops.files import read_fleet_dir
@@ -33,7 +33,7 @@ from reconciler.signing import (
     write_release,
 )
 from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path, utcnow
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 FLEET = Path(__file__).resolve().parents[1] / "fleet-example"
 MODEL, PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.build.delta import apply_delta
+from reconciler.artifact.delta import apply_delta
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Desired
 from reconciler.signing import Expectation, FetchError, RefusedError, TrustPolicy, verify_artifact

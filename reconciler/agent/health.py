@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.build.runtime import ModelRunner
+from reconciler.artifact.runtime import ModelRunner
 
 
 @dataclass(frozen=True)

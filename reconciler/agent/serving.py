@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.build.runtime import ModelRunner
+from reconciler.artifact.runtime import ModelRunner
 from reconciler.httpserver import BackgroundServer
 
 from .slots import ModelSlots

@@ -1,6 +1,6 @@
 """``edgectl build``: build what is missing for a scope, then print the profile x variant matrix.
 
-Thin: it loads the fleet, calls ``reconciler.build.pipeline.build_scope`` (the same entry point the
+Thin: it loads the fleet, calls ``reconciler.optimize.pipeline.build_scope`` (the same entry point the
 controller uses) and renders the results. Exit code 1 when any requested build was refused.
 """
 
@@ -36,8 +36,8 @@ def build(repo: str, models, versions, profiles, store: Path, output: str) -> No
 
     Without filters it builds every version an active rollout needs; --model alone builds all its versions.
     """
-    from reconciler.build.pipeline import build_scope
-    from reconciler.build.store import ArtifactStore
+    from reconciler.optimize.pipeline import build_scope
+    from reconciler.artifact.store import ArtifactStore
 
     from .main import load_or_exit
 
@@ -70,7 +70,7 @@ def build(repo: str, models, versions, profiles, store: Path, output: str) -> No
 
 
 def _result_json(result) -> dict:
-    from reconciler.build.pipeline import variant_json
+    from reconciler.optimize.pipeline import variant_json
 
     return {
         "model": result.model,

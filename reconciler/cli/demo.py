@@ -135,9 +135,9 @@ class Demo:
     # --- the model owner's CI --------------------------------------------------------------------------
 
     def build_and_release(self, versions: list[str]) -> None:
-        from reconciler.build.store import ArtifactStore
+        from reconciler.artifact.store import ArtifactStore
         from reconciler.gitops.files import read_fleet_dir
-        from reconciler.spec import load_fleet
+        from reconciler.api import load_fleet
 
         store = ArtifactStore(DEMO_STORE)
         tree = load_fleet(read_fleet_dir(self.checkout))
@@ -145,7 +145,7 @@ class Demo:
             self._build(tree, store, versions)
 
     def _build(self, tree, store, versions: list[str]) -> None:
-        from reconciler.build.pipeline import build_scope
+        from reconciler.optimize.pipeline import build_scope
 
         for version in versions:
             start = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from reconciler.controller.status import ready_counts
-from reconciler.spec.types import format_duration
+from reconciler.api.types import format_duration
 
 from .build import DEFAULT_STORE, STORE_SHOWN
 from .output import OUTPUTS, Column, age, emit, human_size, summarize
@@ -80,7 +80,7 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         raise click.UsageError(f"unknown resource {resource!r}; one of devices, groups, models, rollouts, artifacts")
     if group and all_groups:
         raise click.UsageError("--group and -A exclude each other")
-    from reconciler.spec.types import LabelSelector
+    from reconciler.api.types import LabelSelector
 
     try:
         labels = LabelSelector.parse(selector) if selector else None
@@ -303,8 +303,8 @@ def _models(view: FleetView, name, labels) -> tuple[list[dict], list[Column], li
 
 
 def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
-    from reconciler.build.manifest import build_figures
-    from reconciler.build.store import ArtifactStore
+    from reconciler.artifact.manifest import build_figures
+    from reconciler.artifact.store import ArtifactStore
 
     rows, objects = [], []
     found = ArtifactStore(store) if Path(store).exists() else None

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from reconciler.gitops.files import FleetPathError, read_fleet_dir
-from reconciler.spec import FleetTree, SpecErrors, load_fleet
-from reconciler.spec.schema import export_schemas
+from reconciler.api import FleetTree, SpecErrors, load_fleet
+from reconciler.api.schema import export_schemas
 
 from .agent import agent
 from .build import build

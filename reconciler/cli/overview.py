@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from reconciler.spec import FleetTree
+from reconciler.api import FleetTree
 
 
 def _plural(count: int, word: str) -> str:

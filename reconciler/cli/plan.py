@@ -45,7 +45,7 @@ def plan_command(repo: str, base: str, head: str | None, output: str, inventory:
     from reconciler.controller.rollouts import initial_state, position
     from reconciler.gitops.source import GitError, read_repo
     from reconciler.plan.review import review
-    from reconciler.spec import SpecErrors
+    from reconciler.api import SpecErrors
 
     from .view import load_with_status, status_files
 
@@ -131,8 +131,8 @@ def _inventory(path: Path | None, state_dir: Path | None, kubeconfig: Path | Non
 
 
 def _builds(store: Path) -> dict:
-    from reconciler.build.manifest import build_figures
-    from reconciler.build.store import ArtifactStore, StoreError
+    from reconciler.artifact.manifest import build_figures
+    from reconciler.artifact.store import ArtifactStore, StoreError
 
     if not Path(store).exists():
         return {}

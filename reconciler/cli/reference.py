@@ -1,5 +1,5 @@
 """Reference pages generated from the code, so they cannot drift: the fleet spec from the JSON Schemas (which
-come from ``reconciler.spec``) and the CLI from the commands' own help. ``edgectl docs generate docs/``
+come from ``reconciler.api``) and the CLI from the commands' own help. ``edgectl docs generate docs/``
 writes both; a test fails when the committed pages differ from what the code says.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 import click
 from pydantic import TypeAdapter
 
-from reconciler.spec.schema import export_schemas
-from reconciler.spec.types import format_duration
+from reconciler.api.schema import export_schemas
+from reconciler.api.types import format_duration
 
 SPEC_PAGE = "spec-reference.md"
 CLI_PAGE = "cli-reference.md"

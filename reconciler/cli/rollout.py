@@ -107,7 +107,7 @@ def rollout_status(name: str, repo: str, timeout: str, interval: float, watch: b
     """Wait for NAME to finish: exit 0 Succeeded, 1 Aborted, 3 timed out (for CI pipelines)."""
     import time
 
-    from reconciler.spec.types import parse_duration
+    from reconciler.api.types import parse_duration
 
     from .view import load_view
 

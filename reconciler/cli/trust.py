@@ -212,7 +212,7 @@ def _policy(
 @click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=STORE_SHOWN)
 def export(artifact_id: str, directory: Path, store: Path) -> None:
     """Copy a built artifact out of the store into DIRECTORY (to sign it, or to inspect it)."""
-    from reconciler.build.store import ArtifactStore, StoreError
+    from reconciler.artifact.store import ArtifactStore, StoreError
 
     try:
         ArtifactStore(store).export(artifact_id, directory)

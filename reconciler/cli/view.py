@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from reconciler.controller.status import parse_status
-from reconciler.spec import FleetTree, SourceFile, SpecErrors, load_fleet
+from reconciler.api import FleetTree, SourceFile, SpecErrors, load_fleet
 
 CLONES = Path.home() / ".cache" / "edge-reconciler" / "edgectl-clones"
 

@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.build.store import ArtifactStore
+from reconciler.artifact.store import ArtifactStore
 from reconciler.cluster import Backend
 from reconciler.gitops.source import GitError, GitSource
 from reconciler.gitops.status import Author, StatusWriter
 from reconciler.plan import plan
 from reconciler.signing import TrustPolicy, policy_from_fleet
 from reconciler.signing.tuf_repo import TufRepository, online_signers
-from reconciler.spec import FleetTree, SpecErrors, load_fleet
+from reconciler.api import FleetTree, SpecErrors, load_fleet
 
 from .metrics import ControllerMetrics
 from .publish import Publisher

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from reconciler.build.manifest import artifact_id
+from reconciler.artifact.manifest import artifact_id
 from reconciler.signing import (
     MANIFEST_NAME,
     SIGNATURE_NAME,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from reconciler.cluster import Backend
 from reconciler.plan import Changes, Plan, RolloutPosition, diff, plan
-from reconciler.spec import FleetTree
+from reconciler.api import FleetTree
 
 
 @dataclass(frozen=True)

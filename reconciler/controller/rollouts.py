@@ -23,7 +23,7 @@ from typing import Any
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Plan, RolloutPosition
 from reconciler.rollout.engine import Manual, Observation, Outcome, Phase, RolloutState, decide, is_overdue
-from reconciler.spec import FleetTree, Rollout
+from reconciler.api import FleetTree, Rollout
 from reconciler.telemetry.aggregate import aggregate, psi
 
 ANNOTATION = "edgereconciler.io"

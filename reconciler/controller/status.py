@@ -19,7 +19,7 @@ import yaml
 
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Device, Plan
-from reconciler.spec import FleetTree, SourceFile
+from reconciler.api import FleetTree, SourceFile
 
 API_VERSION = "edgereconciler.io/v1alpha1"
 

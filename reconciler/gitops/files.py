@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from reconciler.spec import Limits, SourceFile
+from reconciler.api import Limits, SourceFile
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pygit2
 
-from reconciler.spec import Limits, SourceFile
+from reconciler.api import Limits, SourceFile
 
 from .files import SPEC_SUFFIXES, read_fleet_dir
 

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.spec import FleetTree
-from reconciler.spec.types import LabelSelector
+from reconciler.api import FleetTree
+from reconciler.api.types import LabelSelector
 
 from .window import Window, window_for
 

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.spec import FleetTree
-from reconciler.spec.types import format_duration
+from reconciler.api import FleetTree
+from reconciler.api.types import format_duration
 
 from .desired import Device, Plan, RolloutPosition, plan
 

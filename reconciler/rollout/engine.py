@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from reconciler.spec.rollout import RolloutSpec
+from reconciler.api.rollout import RolloutSpec
 
 DEFAULT_MAX_FAILURE_RATE = 0.05
 DEFAULT_MIN_REPORTING = 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from reconciler.spec import Fleet
+from reconciler.api import Fleet
 
 from .bundle import KeylessIdentity
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.agent.download import DiskBudgetError, DownloadConfig, Downloader, DownloadError
-from reconciler.build.store import ArtifactStore
+from reconciler.artifact.store import ArtifactStore
 from reconciler.controller.server import ControllerServer, _Handler
 from reconciler.httpserver import QuietHTTPServer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler.build.store import ArtifactStore
+from reconciler.artifact.store import ArtifactStore
 from reconciler.plan import bucket
 
 EDGECTL = Path(sys.executable).parent / "edgectl"

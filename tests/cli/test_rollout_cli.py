@@ -12,7 +12,7 @@ import yaml
 
 from reconciler.controller.rollouts import manual_actions
 from reconciler.gitops.files import read_fleet_dir
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
 NAME = "digits-cnn-1-1"

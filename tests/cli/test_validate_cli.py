@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reconciler.spec.schema import export_schemas
+from reconciler.api.schema import export_schemas
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
 CORPUS = Path(__file__).resolve().parents[1] / "spec" / "corpus"

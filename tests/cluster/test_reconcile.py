@@ -18,7 +18,7 @@ from reconciler.cluster import AssignmentStatus, LocalBackend, kubernetes_backen
 from reconciler.controller.reconcile import reconcile
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import RolloutPosition, bucket
-from reconciler.spec import FleetTree, load_fleet
+from reconciler.api import FleetTree, load_fleet
 
 ROLLOUT = "vibration-anomaly-2"
 LABELS = {

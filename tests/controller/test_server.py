@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from reconciler.build.store import ArtifactStore
+from reconciler.artifact.store import ArtifactStore
 from reconciler.controller.server import ControllerServer
 
 SECRET = b"webhook-secret"

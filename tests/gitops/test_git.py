@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.gitops.source import GitError, GitSource, redact
 from reconciler.gitops.status import Author, StatusWriter
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 from ..git_server import GitServer, git
 

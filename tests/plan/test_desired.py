@@ -10,7 +10,7 @@ import pytest
 
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import Device, RolloutPosition, bucket, plan
-from reconciler.spec import FleetTree, SourceFile, load_fleet
+from reconciler.api import FleetTree, SourceFile, load_fleet
 
 FACTORY = {
     "acme.example/site-type": "factory",

@@ -18,7 +18,7 @@ from reconciler.rollout.engine import (
     decide,
     evaluate_gates,
 )
-from reconciler.spec.rollout import RolloutSpec
+from reconciler.api.rollout import RolloutSpec
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ from reconciler.controller.rollouts import observe
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import Device, RolloutPosition, plan
 from reconciler.rollout.engine import RolloutState
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 BASE = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east", "acme.example/network": "wifi"}

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reconciler.build.pipeline import BuildInputs, build_profile, build_scope
-from reconciler.build.runtime import ModelRunner
-from reconciler.build.store import ArtifactStore
+from reconciler.optimize.pipeline import BuildInputs, build_profile, build_scope
+from reconciler.artifact.runtime import ModelRunner
+from reconciler.artifact.store import ArtifactStore
 from reconciler.gitops.files import read_fleet_dir
-from reconciler.spec import load_fleet
+from reconciler.api import load_fleet
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "fleet-example"
 
@@ -206,7 +206,7 @@ def test_manifest_identity_excludes_measurements(built):
     store, results = built
     record = results["jetson-gpu"].artifact
     manifest = json.loads(store.read_blob(record.manifest))
-    from reconciler.build.manifest import artifact_id
+    from reconciler.artifact.manifest import artifact_id
 
     assert artifact_id(manifest) == record.id
     manifest["benchmark"]["variants"][0]["measurement"]["latency_p50_ms"] = 123.0
@@ -218,8 +218,8 @@ def test_manifest_identity_excludes_measurements(built):
 @pytest.fixture(scope="module")
 def onnx_repo(tmp_path_factory):
     """A copy of the example fleet whose digits-cnn 1.0.0 source is an ONNX file."""
-    from reconciler.build.convert import keras_to_onnx
-    from reconciler.build.optimize import keras_module
+    from reconciler.optimize.convert import keras_to_onnx
+    from reconciler.optimize.optimize import keras_module
 
     repo = tmp_path_factory.mktemp("onnx") / "repo"
     shutil.copytree(EXAMPLE, repo)
@@ -230,7 +230,7 @@ def onnx_repo(tmp_path_factory):
 
 
 def onnx_inputs(tree, repo: Path, profile: str, passes: list[dict]) -> BuildInputs:
-    from reconciler.spec.model import Recipe
+    from reconciler.api.model import Recipe
 
     model = tree.models["digits-cnn"]
     onnx_file = repo / "models/digits-cnn/1.0.0/model.onnx"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.spec.device import DeviceProfile
+from reconciler.api.device import DeviceProfile
 
 from .datasets import Dataset
 from .errors import BuildError
@@ -63,7 +63,7 @@ def measure(
         np.savez(data, x=evaluation.x)
     out = workdir / f"probe-{artifact.stem}"
     command = [
-        sys.executable, "-m", "reconciler.build.probe", str(artifact), fmt, str(data), str(out),
+        sys.executable, "-m", "reconciler.optimize.probe", str(artifact), fmt, str(data), str(out),
         "--threads", str(profile.spec.threads), "--runs", str(runs),
         "--providers", ",".join(profile.spec.execution_providers),
     ]  # fmt: skip

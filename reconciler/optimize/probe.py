@@ -1,6 +1,6 @@
 """Benchmark one artifact in a clean process, the way a device of its profile would run it.
 
-    python -m reconciler.build.probe ARTIFACT FORMAT DATA OUT_DIR --threads N [--memory-limit BYTES] [--runs N]
+    python -m reconciler.optimize.probe ARTIFACT FORMAT DATA OUT_DIR --threads N [--memory-limit BYTES] [--runs N]
 
 Who calls it: ``benchmark.measure`` (never in-process: a fresh interpreter gives honest peak memory and
 keeps one variant's arenas from inflating the next). The profile's thread count is applied to the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.build.runtime import ModelRunner
+from reconciler.artifact.runtime import ModelRunner
 
 
 def _status_kib(field: str) -> int:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from reconciler.spec.types import Duration, LabelSelector, Quantity, format_duration, label_key_problem
+from reconciler.api.types import Duration, LabelSelector, Quantity, format_duration, label_key_problem
 
 DURATION = TypeAdapter(Duration)
 QUANTITY = TypeAdapter(Quantity)

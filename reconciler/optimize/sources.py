@@ -13,10 +13,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from reconciler.spec.model import ModelSource
+from reconciler.api.model import ModelSource
 
 from .errors import SourceError
-from .store import sha256_file
+from reconciler.artifact.store import sha256_file
 
 MAX_SOURCE_BYTES = 4 << 30
 

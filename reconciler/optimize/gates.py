@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.spec.device import DeviceProfile
-from reconciler.spec.model import Model
+from reconciler.api.device import DeviceProfile
+from reconciler.api.model import Model
 
 from .benchmark import Measurement
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reconciler.spec.model import DistillPass, PrunePass
+from reconciler.api.model import DistillPass, PrunePass
 
 from .datasets import Dataset
 from .errors import BuildError

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reconciler.spec import KINDS
-from reconciler.spec.schema import SCHEMA_BASE_URL, export_schemas
+from reconciler.api import KINDS
+from reconciler.api.schema import SCHEMA_BASE_URL, export_schemas
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -6,7 +6,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.spec import KINDS, SourceFile, SpecErrors, load_fleet
+from reconciler.api import KINDS, SourceFile, SpecErrors, load_fleet
 
 KEYS = ["apiVersion", "kind", "metadata", "name", "spec", "selector", "matchLabels", "matchExpressions", "key",
         "operator", "values", "versions", "version", "source", "uri", "sha256", "steps", "percent", "pause",

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from reconciler.gitops.files import FleetPathError, read_fleet_dir
-from reconciler.spec import Limits, SourceFile, SpecErrors, load_fleet
-from reconciler.spec.schema import export_schemas, schema_file_name
+from reconciler.api import Limits, SourceFile, SpecErrors, load_fleet
+from reconciler.api.schema import export_schemas, schema_file_name
 
 GROUP = """apiVersion: edgereconciler.io/v1alpha1
 kind: DeviceGroup

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.spec import SourceFile, SpecErrors, load_fleet
+from reconciler.api import SourceFile, SpecErrors, load_fleet
 
 CORPUS = Path(__file__).parent / "corpus"
 CASES = sorted((CORPUS / "invalid").glob("*.yaml"))

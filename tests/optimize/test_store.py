@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.build.store import ArtifactStore, StoreError
+from reconciler.artifact.store import ArtifactStore, StoreError
 
 A_ID, B_ID = "a" * 64, "b" * 64
 
@@ -79,7 +79,7 @@ def test_gc_keeps_what_is_referenced_and_shared_blobs(tmp_path: Path):
 
 WRITER = """
 import sys
-from reconciler.build.store import ArtifactStore
+from reconciler.artifact.store import ArtifactStore
 store = ArtifactStore(sys.argv[1])
 payload = bytes(range(256)) * (4 << 12)  # 4 MiB per file: big enough to be killed mid-write
 store.add_artifact(sys.argv[2], {f"part{i}.bin": payload + bytes([i]) for i in range(6)} | {"manifest.json": b"{}"},

@@ -28,16 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.spec import FleetTree
-from reconciler.spec.device import DeviceProfile
-from reconciler.spec.model import Model, ModelVersion, Pass, Recipe
+from reconciler.api import FleetTree
+from reconciler.api.device import DeviceProfile
+from reconciler.api.model import Model, ModelVersion, Pass, Recipe
 
 from . import convert, optimize
 from .benchmark import Measured, Measurement, measure
 from .datasets import Dataset, check_input_shape, load_dataset
 from .errors import BuildContext, BuildError, first_line
 from .gates import GateFailure, check_gates
-from .manifest import (
+from reconciler.artifact.manifest import (
     MANIFEST_NAME,
     artifact_id,
     canonical_json,
@@ -48,7 +48,7 @@ from .manifest import (
 )
 from .quantize import quantize_onnx
 from .sources import fetch_source
-from .store import ArtifactRecord, ArtifactStore, sha256_file
+from reconciler.artifact.store import ArtifactRecord, ArtifactStore, sha256_file
 
 BUILDER_VERSION = "1"
 LATENCY_TOLERANCE = 1.05
@@ -306,7 +306,7 @@ def _reference_predictions(model, source: Path, source_format: str | None, data:
         shape = tuple(model.input_shape)
         run = lambda x: model.predict(x, verbose=0, batch_size=256)  # noqa: E731
     else:
-        from .runtime import ModelRunner
+        from reconciler.artifact.runtime import ModelRunner
 
         runner = ModelRunner(source, "onnx")
         shape, run = runner.input_shape, runner.run
