@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from reconciler.agent.agent import Agent, AgentConfig
-from reconciler.optimize.pipeline import build_scope
+from reconciler.api import load_fleet
 from reconciler.artifact.store import ArtifactStore
 from reconciler.cluster import LocalBackend
 from reconciler.controller.server import ControllerServer
 from reconciler.gitops.files import read_fleet_dir
+from reconciler.optimize.pipeline import build_scope
 from reconciler.plan import Desired
 from reconciler.signing import (
     KeyPair,
@@ -33,7 +34,6 @@ from reconciler.signing import (
     write_release,
 )
 from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path, utcnow
-from reconciler.api import load_fleet
 
 FLEET = Path(__file__).resolve().parents[1] / "fleet-example"
 MODEL, PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"

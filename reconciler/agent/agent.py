@@ -14,7 +14,9 @@ each model assigned to the device, one cycle goes:
 A refusal or a failed health check leaves the active slot as it was (the device keeps serving the model it
 had) and is reported with its reason (Failed, or RolledBack when a new version failed its health check);
 the same spec is not retried until the controller changes it, so a bad artifact cannot loop a device.
-Transport failures are retried on the next cycle, resuming partial files.
+Transport failures are retried on the next cycle, resuming partial files. :meth:`Agent.run` is the loop: a
+device far from anyone must keep serving and keep trying, so a failure to reach the cluster or the
+controller (either kind of :mod:`reconciler.errors`) never ends it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ from pathlib import Path
 
 from reconciler.artifact.delta import apply_delta
 from reconciler.cluster import AssignmentStatus
+from reconciler.durable import write_atomic
+from reconciler.errors import PermanentError, TemporaryError
 from reconciler.plan import Desired
 from reconciler.signing import Expectation, FetchError, RefusedError, TrustPolicy, verify_artifact
 from reconciler.signing.tuf_client import ArtifactUpdater
@@ -86,6 +91,25 @@ class Agent:
         """How the last artifact came: full, delta, or delta failed then full (reported in status)."""
         self._reported: dict[str, tuple[AssignmentStatus, float]] = {}
 
+    def run(self, stop: threading.Event, interval: float, after_cycle: Callable[[], object] | None = None) -> None:
+        """Cycle every ``interval`` seconds until ``stop`` is set; ``after_cycle`` (telemetry upload) runs after
+        each, also after a failed one. A temporary failure waits its ``retry_after`` when that is longer; a
+        permanent one is logged for a person and tried again at the interval: its fix (credentials, RBAC, a
+        CRD) is made elsewhere, and nobody comes to restart the agent afterwards."""
+        while not stop.is_set():
+            wait = interval
+            for step in (self.cycle, after_cycle):
+                if step is None:
+                    continue
+                try:
+                    step()
+                except TemporaryError as exc:
+                    wait = max(wait, exc.retry_after)
+                    log.warning("will retry", extra={"error": str(exc), "retryAfter": exc.retry_after})
+                except PermanentError as exc:
+                    log.error("needs a person", extra={"error": str(exc)})
+            stop.wait(wait)
+
     def cycle(self) -> dict[str, AssignmentStatus]:
         """Converge every assignment of this device once; returns the status reported per model."""
         self.backend.sync(inventory=False)
@@ -129,9 +153,9 @@ class Agent:
                 self._remember_failure(slots, spec, generation, status)
                 return self._report(spec, status)
             if spec.window is not None and not spec.window.is_open(self.clock()):
-                (slots.root / "staged.json").write_text(json.dumps(
+                write_atomic(slots.root / "staged.json", json.dumps(
                     {"version": spec.version, "minimumCounter": verified.release.minimum_counter}
-                ))  # fmt: skip
+                ).encode())  # fmt: skip
                 return self._report(
                     spec,
                     AssignmentStatus(
@@ -257,7 +281,7 @@ class Agent:
     def _remember_failure(self, slots: ModelSlots, spec: Desired, generation: int, status: AssignmentStatus) -> None:
         slots.root.mkdir(parents=True, exist_ok=True)
         record = {"version": spec.version, "generation": generation, "status": status.to_json()}
-        (slots.root / "failed.json").write_text(json.dumps(record))
+        write_atomic(slots.root / "failed.json", json.dumps(record).encode())
 
     def _report(self, spec: Desired, status: AssignmentStatus) -> AssignmentStatus:
         last = self._reported.get(spec.model)

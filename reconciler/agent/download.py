@@ -16,7 +16,6 @@ for. What edge links do to downloads (cut connections, reboots, slow links) is h
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import shutil
 import time
@@ -26,15 +25,19 @@ from pathlib import Path
 
 import urllib3
 
-from reconciler.durable import fsync_dir
+from reconciler.durable import move_into_place, sync_file
+from reconciler.errors import TemporaryError
 
 
-class DownloadError(Exception):
-    """The file could not be fetched (after retries), or its content is not what was signed."""
+class DownloadError(TemporaryError):
+    """The file could not be fetched (after retries), or its content is not what was signed. Temporary: the
+    partial file is kept (or discarded when it cannot be trusted) and the next cycle tries again."""
 
 
 class DiskBudgetError(DownloadError):
-    """Not enough free space for the file plus the device's reserve."""
+    """Not enough free space for the file plus the device's reserve. Temporary like its base: disk use on a
+    device changes by itself (logs, other downloads), and the Failed report names the shortfall for whoever
+    has to make room."""
 
 
 class OversizeError(DownloadError):
@@ -98,8 +101,7 @@ class Downloader:
             part.unlink(missing_ok=True)
             raise DownloadError(f"{url}: content does not match the signed sha256 {sha256[:16]}...; discarded")
         destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, destination)
-        fsync_dir(destination.parent)
+        move_into_place(part, destination)
         return Downloaded(destination, received[0], resumed_from)
 
     def _fetch_into(self, url: str, length: int, sha256: str, part: Path, counter: list[int]) -> None:
@@ -132,11 +134,9 @@ class Downloader:
                     counter[0] += len(chunk)
                     since_sync += len(chunk)
                     if since_sync >= self.config.fsync_every_bytes:
-                        out.flush()
-                        os.fsync(out.fileno())
+                        sync_file(out)
                         since_sync = 0
-                out.flush()
-                os.fsync(out.fileno())
+                sync_file(out)
             if offset + received != length:
                 raise DownloadError(f"{url}: connection ended at {offset + received} of {length} bytes")
         finally:

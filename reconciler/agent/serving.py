@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 
 from reconciler.artifact.runtime import ModelRunner
-from reconciler.httpserver import BackgroundServer
+from reconciler.httpserver import BackgroundServer, JSONHandler
 
 from .slots import ModelSlots
 
@@ -94,54 +93,42 @@ def _check_shape(inputs: np.ndarray, expected: tuple[int | None, ...]) -> None:
         raise ValueError(f"instances have shape {inputs.shape[1:]} per sample; the model takes {sample}")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     owner: ModelServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         if self.path == "/healthz":
-            return self._json(HTTPStatus.OK, {"status": "ok"})
+            return self.send_json(HTTPStatus.OK, {"status": "ok"})
         match = _MODEL.match(self.path)
         loaded = self.owner.get(match.group(1)) if match else None
         if loaded is None:
-            return self._json(HTTPStatus.NOT_FOUND, {"error": "no such model on this device"})
-        self._json(HTTPStatus.OK, {"name": loaded.model, "version": loaded.version, "state": "AVAILABLE",
-                                   "inputs": loaded.manifest.get("tensors", {}).get("inputs", [])})  # fmt: skip
+            return self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such model on this device"})
+        self.send_json(HTTPStatus.OK, {"name": loaded.model, "version": loaded.version, "state": "AVAILABLE",
+                                       "inputs": loaded.manifest.get("tensors", {}).get("inputs", [])})  # fmt: skip
 
     def do_POST(self) -> None:
         match = _PREDICT.match(self.path)
         loaded = self.owner.get(match.group(1)) if match else None
         if loaded is None:
-            return self._json(HTTPStatus.NOT_FOUND, {"error": "no such model on this device"})
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY} bytes"})
+            return self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such model on this device"})
+        raw = self.read_body(MAX_BODY)
+        if raw is None:
+            return
         start = time.perf_counter()
         inputs = None
         try:
-            inputs = np.asarray(json.loads(self.rfile.read(length))["instances"], dtype=np.float32)
+            inputs = np.asarray(json.loads(raw)["instances"], dtype=np.float32)
             _check_shape(inputs, loaded.runner.input_shape)
             outputs = loaded.runner.run(inputs)
         except (ValueError, KeyError, TypeError) as exc:
             self._record(loaded, inputs, None, start, failed=True)
-            return self._json(HTTPStatus.BAD_REQUEST, {"error": f"bad request: {str(exc)[:200]}"})
+            return self.send_json(HTTPStatus.BAD_REQUEST, {"error": f"bad request: {str(exc)[:200]}"})
         except Exception as exc:  # the runtime failed on this input: an inference error, counted
             self._record(loaded, inputs, None, start, failed=True)
-            return self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"inference failed: {str(exc)[:200]}"})
+            return self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"inference failed: {str(exc)[:200]}"})
         self._record(loaded, inputs, outputs, start, failed=False)
-        self._json(HTTPStatus.OK, {"predictions": outputs.tolist(), "modelVersion": loaded.version})
+        self.send_json(HTTPStatus.OK, {"predictions": outputs.tolist(), "modelVersion": loaded.version})
 
     def _record(self, loaded: Loaded, inputs, outputs, start: float, failed: bool) -> None:
         if self.owner.recorder is not None:
             self.owner.recorder(loaded.model, loaded.version, inputs, outputs, time.perf_counter() - start, failed)
-
-    def _json(self, status: HTTPStatus, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)

@@ -22,11 +22,10 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.durable import fsync_dir
+from reconciler.durable import fsync_dir, move_into_place, sync_file, write_atomic
 
 SLOTS = ("a", "b")
 
@@ -83,8 +82,7 @@ class ModelSlots:
         for file in sorted(Path(source).iterdir()):
             with file.open("rb") as src, (target / file.name).open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
+                sync_file(dst)
         fsync_dir(target)
         fsync_dir(target.parent)
         return target
@@ -97,8 +95,7 @@ class ModelSlots:
         tmp = self.root / f".active-{os.getpid()}"
         tmp.unlink(missing_ok=True)
         os.symlink(f"slots/{name}", tmp)
-        os.replace(tmp, self.active_link)
-        fsync_dir(self.root)
+        move_into_place(tmp, self.active_link)
         state = self.state()
         floor = max(state.minimum_counter, minimum_counter or 0)
         self._write_state({"active": name, "versions": state.versions, "minimumCounter": floor})
@@ -119,10 +116,4 @@ class ModelSlots:
             return None
 
     def _write_state(self, body: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".state-")
-        with os.fdopen(fd, "w") as out:
-            json.dump(body, out, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.root / "state.json")
-        fsync_dir(self.root)
+        write_atomic(self.root / "state.json", json.dumps(body, sort_keys=True).encode())

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import urllib3
+
+from reconciler.durable import write_atomic
 
 LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, math.inf)
 
@@ -133,13 +133,7 @@ class TelemetryQueue:
 
     def put(self, summary: dict) -> None:
         sequence = max((int(p.stem) for p in self._files()), default=0) + 1
-        data = json.dumps(summary, sort_keys=True).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.directory / f"{sequence:012d}.json")
+        write_atomic(self.directory / f"{sequence:012d}.json", json.dumps(summary, sort_keys=True).encode())
         self._enforce_budget()
 
     def pending(self) -> list[Path]:
@@ -169,7 +163,7 @@ class TelemetryQueue:
             path.unlink()
             sent += 1
             if body["droppedBefore"]:
-                (self.directory / "dropped").write_text("0")
+                write_atomic(self.directory / "dropped", b"0")
         return sent
 
     def _files(self) -> list[Path]:
@@ -185,4 +179,4 @@ class TelemetryQueue:
             oldest.unlink()
             dropped += 1
         if dropped:
-            (self.directory / "dropped").write_text(str(self.dropped + dropped))
+            write_atomic(self.directory / "dropped", str(self.dropped + dropped).encode())

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.durable import fsync_dir
+from reconciler.durable import move_into_place, sync_file, write_atomic
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -100,12 +100,10 @@ class ArtifactStore:
                 while chunk := src.read(_CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                sync_file(out)
             target = self.blob_path(digest.hexdigest())
             if not target.exists():
-                os.replace(tmp, target)
-                fsync_dir(target.parent)
+                move_into_place(Path(tmp), target)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -234,17 +232,7 @@ class ArtifactStore:
         return self.root / "builds" / f"{check_digest(key)}.json"
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(target, data, temp_dir=self.root / "tmp")
 
 
 def _json_bytes(value: object) -> bytes:

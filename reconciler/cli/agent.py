@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from .common import load_or_exit
+
 
 @click.command()
 @click.option("--device", required=True, help="This device's name (the Node name on Kubernetes).")
@@ -70,8 +72,6 @@ def agent(
     from reconciler.signing import ReleaseSigner, TrustPolicy, policy_from_fleet
 
     if fleet:
-        from .main import load_or_exit
-
         policy = policy_from_fleet(load_or_exit(fleet).fleet, Path(fleet))
     elif release_keys:
         # A folder stands for every NAME.pub in it (a mounted ConfigMap of release keys).
@@ -105,13 +105,14 @@ def agent(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+
+    def upload_telemetry() -> None:
+        for summary in recorder.flush():
+            queue.put(summary)
+        queue.upload(telemetry_url)
+
     try:
-        while not stop.is_set():
-            worker.cycle()
-            for summary in recorder.flush():
-                queue.put(summary)
-            queue.upload(telemetry_url)
-            stop.wait(interval)
+        worker.run(stop, interval, after_cycle=upload_telemetry)
     finally:
         if server is not None:
             server.close()

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from .common import DEFAULT_STORE, STORE_SHOWN, load_or_exit
 from .output import human_size
-
-STORE_SHOWN = "$EDGE_RECONCILER_STORE or ~/.cache/edge-reconciler/store"
-DEFAULT_STORE = Path(os.environ.get("EDGE_RECONCILER_STORE", Path.home() / ".cache" / "edge-reconciler" / "store"))
 
 
 @click.command()
@@ -36,10 +30,11 @@ def build(repo: str, models, versions, profiles, store: Path, output: str) -> No
 
     Without filters it builds every version an active rollout needs; --model alone builds all its versions.
     """
-    from reconciler.optimize.pipeline import build_scope
-    from reconciler.artifact.store import ArtifactStore
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .main import load_or_exit
+    from reconciler.artifact.store import ArtifactStore
+    from reconciler.optimize.pipeline import build_scope
 
     tree = load_or_exit(repo)
     for name, known, values in (("model", tree.models, models), ("profile", tree.profiles, profiles)):
@@ -89,6 +84,9 @@ def _ms(value: float | None) -> str:
 
 
 def _print_matrix(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table("MODEL", "VERSION", "PROFILE", "VARIANT", "SIZE", "xFP32", "P50 ms", "P95 ms", "MEMORY",
                   "ACCURACY", "DELTA", "RESULT", title="Build matrix")  # fmt: skip

@@ -19,10 +19,10 @@ from typing import Any
 
 import click
 
-from reconciler.controller.status import ready_counts
+from reconciler.api.status import DeviceCounts, GroupStatus, RolloutStatus
 from reconciler.api.types import format_duration
 
-from .build import DEFAULT_STORE, STORE_SHOWN
+from .common import DEFAULT_STORE, STORE_SHOWN
 from .output import OUTPUTS, Column, age, emit, human_size, summarize
 from .view import FleetView, load_view
 
@@ -201,32 +201,26 @@ def _rollouts(view: FleetView, name, labels) -> tuple[list[dict], list[Column], 
     rows, objects = [], []
     for rollout_name, rollout in _selected(view.tree.rollouts, name, labels):
         spec, status = rollout.spec, view.rollout_status(rollout_name)
-        step = int(status.get("currentStep", 0) or 0)
+        step = status.state.step
         steps = spec.steps
-        by_version = status.get("devices", {}).get("byVersion", {})
-        healthy, targeted = ready_counts(status)
-        phases: Counter[str] = Counter()
-        for counts in by_version.values():
-            for phase, count in counts.items():
-                phases[phase.split("(")[0]] += count
-        gates = status.get("gates", []) or []
-        failing = [g["name"] for g in gates if g.get("verdict") == "Fail"]
-        current = status.get("version") == spec.version
+        healthy, targeted = status.ready
+        failing = [g.name for g in status.gates if g.verdict == "Fail"]
+        current = status.version == spec.version
         rows.append({
             "name": rollout_name,
             "model": spec.model,
             "version": spec.version,
-            "phase": (status.get("phase") if current else None) or ("Suspended" if spec.suspend else "Pending"),
+            "phase": str(status.phase) if current else ("Suspended" if spec.suspend else "Pending"),
             "step": f"{min(step, len(steps) - 1) + 1}/{len(steps)} ({steps[min(step, len(steps) - 1)].percent}%)",
             "ready": f"{healthy}/{targeted}" if current else "0/0",
-            "stable": status.get("stableVersion"),
-            "age": age(status.get("stepStarted")),
-            "status": summarize(phases) if current else "-",
-            "gates": ",".join(f"{g['name']}={g.get('verdict')}" for g in gates) or None,
-            "message": (status.get("message") or "")[:80] or (f"failing: {', '.join(failing)}" if failing else ""),
+            "stable": status.state.stable_version,
+            "age": age(status.state.step_started),
+            "status": summarize(Counter(status.devices.by_phase())) if current else "-",
+            "gates": ",".join(f"{g.name}={g.verdict}" for g in status.gates) or None,
+            "message": status.state.message[:80] or (f"failing: {', '.join(failing)}" if failing else ""),
         })  # fmt: skip
         objects.append({"name": rollout_name, "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-                        "status": status})  # fmt: skip
+                        "status": _written(view.status.rollouts.get(rollout_name))})  # fmt: skip
     columns = [Column("NAME", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
                Column("PHASE", "phase"), Column("STEP", "step"), Column("READY", "ready"), Column("AGE", "age"),
                Column("STABLE", "stable", wide=True), Column("STATUS", "status", wide=True),
@@ -240,13 +234,14 @@ def _mirrored_rollouts(target, name: str | None) -> tuple[list[dict], list[Colum
     for rollout_name, status in sorted(target.mirrored_rollouts().items()):
         if name and rollout_name != name:
             continue
-        decision = status.get("lastDecision") or {}
-        rows.append({"name": rollout_name, "model": status.get("model"), "version": status.get("version"),
-                     "phase": status.get("phase"), "step": int(status.get("currentStep") or 0) + 1,
-                     "ready": status.get("ready"), "stable": status.get("stableVersion"),
-                     "age": age(decision.get("time")), "message": (status.get("message") or "")[:80],
-                     "commit": (status.get("observedCommit") or "")[:12]})  # fmt: skip
-        objects.append({"name": rollout_name, "status": status})
+        healthy, targeted = status.ready
+        decided = status.last_decision.time if status.last_decision else None
+        rows.append({"name": rollout_name, "model": status.model, "version": status.version,
+                     "phase": str(status.phase), "step": status.state.step + 1,
+                     "ready": f"{healthy}/{targeted}", "stable": status.state.stable_version,
+                     "age": age(decided), "message": status.state.message[:80],
+                     "commit": (status.observed_commit or "")[:12]})  # fmt: skip
+        objects.append({"name": rollout_name, "status": status.to_json()})
     columns = [Column("NAME", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
                Column("PHASE", "phase"), Column("STEP", "step"), Column("READY", "ready"), Column("AGE", "age"),
                Column("STABLE", "stable", wide=True), Column("COMMIT", "commit", wide=True),
@@ -258,16 +253,14 @@ def _groups(view: FleetView, name, labels) -> tuple[list[dict], list[Column], li
     rows, objects = [], []
     for group_name, group in _selected(view.tree.groups, name, labels):
         status = view.group_status(group_name)
-        phases: Counter[str] = Counter()
-        for counts in (status.get("assignments") or {}).values():
-            phases.update(counts)
+        phases = Counter(status.by_phase())
         total = sum(phases.values())
         rollouts = sorted(n for n, r in view.tree.rollouts.items() if group_name in r.spec.groups)
-        rows.append({"name": group_name, "devices": status.get("devices", 0), "ready": f"{phases['Healthy']}/{total}",
+        rows.append({"name": group_name, "devices": status.devices, "ready": f"{phases['Healthy']}/{total}",
                      "status": summarize(phases), "rollouts": ",".join(rollouts) or None,
                      "description": group.spec.description})  # fmt: skip
         objects.append({"name": group_name, "spec": group.spec.model_dump(mode="json", by_alias=True,
-                        exclude_none=True), "status": status})  # fmt: skip
+                        exclude_none=True), "status": _written(view.status.groups.get(group_name))})  # fmt: skip
     columns = [Column("NAME", "name"), Column("DEVICES", "devices"), Column("READY", "ready"),
                Column("STATUS", "status"), Column("ROLLOUTS", "rollouts", wide=True),
                Column("DESCRIPTION", "description", wide=True)]  # fmt: skip
@@ -284,7 +277,7 @@ def _models(view: FleetView, name, labels) -> tuple[list[dict], list[Column], li
                 continue
             status = view.rollout_status(rollout_name)
             active.append(f"{rollout_name}@{rollout.spec.version}")
-            for version, counts in (status.get("devices", {}).get("byVersion") or {}).items():
+            for version, counts in status.devices.by_version.items():
                 running[version] += counts.get("Healthy", 0)
         rows.append({
             "name": model_name,
@@ -345,15 +338,16 @@ def describe(resource: str, name: str, repo: str) -> None:
 
 def describe_rollout(view: FleetView, name: str) -> str:
     spec, status = view.tree.rollouts[name].spec, view.rollout_status(name)
-    current = status.get("version") == spec.version
-    step = int(status.get("currentStep", 0) or 0) if current else 0
+    current = status.version == spec.version
+    state = status.state
+    step = state.step if current else 0
     lines = [f"Name:            {name}", f"Model:           {spec.model}", f"Version:         {spec.version}",
-             f"Stable version:  {status.get('stableVersion') or '<none>'}",
+             f"Stable version:  {state.stable_version or '<none>'}",
              f"Groups:          {', '.join(spec.groups)}",
-             f"Phase:           {(status.get('phase') if current else None) or 'Pending'}"
-             + (f" ({status.get('reason')})" if current and status.get("reason") else ""),
-             f"Message:         {status.get('message') or '<none>'}" if current else "Message:         <none>",
-             f"Observed commit: {status.get('observedCommit') or '<none>'}", "Steps:"]  # fmt: skip
+             f"Phase:           {status.phase if current else 'Pending'}"
+             + (f" ({state.reason})" if current and state.reason else ""),
+             f"Message:         {state.message or '<none>'}" if current else "Message:         <none>",
+             f"Observed commit: {status.observed_commit or '<none>'}", "Steps:"]  # fmt: skip
     for index, s in enumerate(spec.steps):
         marker = "->" if index == step and current else "  "
         done = index < step if current else False
@@ -362,35 +356,36 @@ def describe_rollout(view: FleetView, name: str) -> str:
             pause = f", pause {format_duration(s.pause.duration)}" if s.pause.duration else ", pause until promoted"
         lines.append(f"  {marker} {index + 1}. {s.percent}%{pause}{'  (done)' if done else ''}")
     lines.append("Gates:")
-    gates = status.get("gates", []) if current else []
+    gates = status.gates if current else ()
     if not gates:
         lines.append("  <none evaluated yet>")
     for gate in gates:
-        value = gate.get("value")
-        shown = "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-        lines.append(f"  {gate['name']:<26} {shown:>10} / {gate.get('threshold')!s:<8} {gate.get('verdict', '')}"
-                     + (f"  ({gate['message']})" if gate.get("message") else ""))  # fmt: skip
-    devices = status.get("devices", {}) if current else {}
-    lines.append(f"Devices:         {devices.get('targeted', 0)} targeted, {devices.get('onNewVersion', 0)} "
-                 f"on {spec.version}")  # fmt: skip
-    for version, counts in (devices.get("byVersion") or {}).items():
+        shown = "n/a" if gate.value is None else f"{gate.value:.4g}"
+        lines.append(f"  {gate.name:<26} {shown:>10} / {gate.threshold!s:<8} {gate.verdict}"
+                     + (f"  ({gate.message})" if gate.message else ""))  # fmt: skip
+    devices = status.devices if current else DeviceCounts()
+    lines.append(f"Devices:         {devices.targeted} targeted, {devices.on_new_version} on {spec.version}")
+    for version, counts in devices.by_version.items():
         lines.append(f"  {version:<12} " + ", ".join(f"{p}: {n}" for p, n in counts.items()))
     lines.append("Decisions:")
-    history = status.get("history", []) if current else []
+    history = status.history if current else ()
     commits = _decision_commits(view, name)
     if not history:
         lines.append("  <none>")
     for entry in history[-10:]:
-        lines.append(f"  {entry.get('time', '')}  step {int(entry.get('step', 0)) + 1}  {entry.get('decision', ''):<9} "
-                     f"{entry.get('message', '')}")  # fmt: skip
+        lines.append(f"  {entry.time}  step {entry.step + 1}  {entry.decision:<9} {entry.message}")
     if commits:
         lines.append("Commits:")
         lines.extend(f"  {commit}" for commit in commits)
-    problems = status.get("problems") or []
-    if problems:
+    if status.problems:
         lines.append("Problems:")
-        lines.extend(f"  {p}" for p in problems[:10])
+        lines.extend(f"  {p}" for p in status.problems[:10])
     return "\n".join(lines)
+
+
+def _written(status: RolloutStatus | GroupStatus | None) -> dict[str, Any]:
+    """A status as its file says, for ``-o json|yaml``; ``{}`` when the controller has not written one."""
+    return status.to_json() if status is not None else {}
 
 
 def _decision_commits(view: FleetView, name: str, limit: int = 5) -> list[str]:

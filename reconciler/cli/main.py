@@ -1,77 +1,100 @@
 """``edgectl``: the command line. Thin by design: it parses arguments, calls library entry points,
 and turns their results and errors into text and exit codes (0 ok, 1 invalid input, 2 usage).
+
+Each command's module is imported only when that command runs: the libraries behind them (signing,
+Kubernetes, Git, inference runtimes, TensorFlow) take about a second to import, which ``--help``,
+``validate`` in CI and a device's ``agent --once`` should not pay for the others. ``--help`` lists the
+commands from :data:`COMMANDS` without importing them, so that table carries each command's short help;
+a test checks it against the commands' docstrings.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import importlib
+from typing import NamedTuple
 
 import click
 
-from reconciler.gitops.files import FleetPathError, read_fleet_dir
-from reconciler.api import FleetTree, SpecErrors, load_fleet
-from reconciler.api.schema import export_schemas
 
-from .agent import agent
-from .build import build
-from .demo import demo
-from .get import describe, get
-from .overview import summary_line
-from .plan import plan_command
-from .reference import docs
-from .rollout import rollout
-from .run import run
-from .trust import export, keys, sign, tuf, verify
+class LazyCommand(NamedTuple):
+    module: str
+    attribute: str
+    summary: str
+    """The first paragraph of the command's docstring, which ``--help`` shortens."""
+    hidden: bool = False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+COMMANDS: dict[str, LazyCommand] = {
+    "agent": LazyCommand("reconciler.cli.agent", "agent",
+                         "Download, verify, install (A/B), health-check and report this device's models."),
+    "build": LazyCommand("reconciler.cli.build", "build",
+                         "Build, benchmark and gate artifacts per device profile; print the variant matrix."),
+    "demo": LazyCommand("reconciler.cli.demo", "demo", "Run the product end to end on this machine: repo, builds, "
+                        "controller, 12 agents, a rollout, a rollback."),
+    "describe": LazyCommand("reconciler.cli.get", "describe", "Everything about one rollout: steps, gates against "
+                            "thresholds, devices by version, decisions."),
+    "docs": LazyCommand("reconciler.cli.reference", "docs", "Generated reference pages.", hidden=True),
+    "export": LazyCommand("reconciler.cli.trust", "export",
+                          "Copy a built artifact out of the store into DIRECTORY (to sign it, or to inspect it)."),
+    "get": LazyCommand("reconciler.cli.get", "get",
+                       "Show devices, groups, models, rollouts or artifacts (kubectl-style tables)."),
+    "keys": LazyCommand("reconciler.cli.trust", "keys", "Key files for release signatures and TUF roles."),
+    "plan": LazyCommand("reconciler.cli.plan", "plan_command", "Show what merging HEAD into BASE would do: devices "
+                        "per version at every rollout step, artifacts to build, risky settings."),
+    "rollout": LazyCommand("reconciler.cli.rollout", "rollout",
+                           "Act on a rollout: every action is a commit in the fleet repo."),
+    "run": LazyCommand("reconciler.cli.run", "run",
+                       "Reconcile devices toward the fleet repo, and write status back to it."),
+    "schema": LazyCommand("reconciler.cli.spec", "schema", "JSON Schemas of the fleet documents (for editors and CI)."),
+    "sign": LazyCommand("reconciler.cli.trust", "sign",
+                        "Release ARTIFACT_DIR: write its release statement, then sign every file as one bundle."),
+    "tuf": LazyCommand("reconciler.cli.trust", "tuf",
+                       "The controller's TUF repository (what agents may fetch, signed and fresh)."),
+    "validate": LazyCommand("reconciler.cli.spec", "validate", "Check every fleet document under PATH; print each "
+                            "error as file:line: Kind/name: field: message."),
+    "verify": LazyCommand("reconciler.cli.trust", "verify",
+                          "Verify ARTIFACT_DIR as a device would: exit 0 verified, 1 refused (with the reason)."),
+}  # fmt: skip
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (click's documented lazy-loading pattern)."""
+
+    def __init__(self, *args, lazy: dict[str, LazyCommand], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            entry = self.lazy[cmd_name]
+            command = getattr(importlib.import_module(entry.module), entry.attribute)
+            if not isinstance(command, click.Command) or command.name != cmd_name:
+                raise TypeError(f"{entry.module}.{entry.attribute} is not the command {cmd_name!r}")
+            self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's command list, with each short help made from the table instead of the imported command."""
+        rows = []
+        for name in self.list_commands(ctx):
+            entry = self.lazy.get(name)
+            command = click.Command(name, help=entry.summary, hidden=entry.hidden) if entry else self.commands[name]
+            if not command.hidden:
+                rows.append((name, command))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edge-reconciler", prog_name="edgectl")
 def main() -> None:
     """Deliver machine-learning models to fleets of edge devices, declaratively, from Git."""
 
-
-def load_or_exit(path: str) -> FleetTree:
-    """Load a fleet repo or exit 1 with every error, one per line (no traceback)."""
-    try:
-        return load_fleet(read_fleet_dir(path))
-    except FleetPathError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except SpecErrors as exc:
-        for error in exc.errors:
-            click.echo(str(error), err=True)
-        files = len({e.path for e in exc.errors})
-        click.echo(f"{len(exc.errors)} error(s) in {files} file(s)", err=True)
-        sys.exit(1)
-
-
-@main.command()
-@click.argument("path", default=".", type=click.Path(path_type=str))
-def validate(path: str) -> None:
-    """Check every fleet document under PATH; print each error as file:line: Kind/name: field: message."""
-    tree = load_or_exit(path)
-    click.echo(f"{path}: {summary_line(tree)}: valid")
-
-
-@main.group()
-def schema() -> None:
-    """JSON Schemas of the fleet documents (for editors and CI)."""
-
-
-@schema.command("export")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def schema_export(directory: Path) -> None:
-    """Write one JSON Schema per document kind into DIRECTORY."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in export_schemas().items():
-        (directory / name).write_text(text)
-        click.echo(f"wrote {directory / name}")
-
-
-main.add_command(build)
-for command in (demo, get, describe, plan_command, docs, keys, tuf, sign, verify, export, run, agent, rollout):
-    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,16 @@
-"""Human-readable views of a loaded fleet: a one-line summary and rich tables for terminals."""
+"""Human-readable views of a loaded fleet: a one-line summary and rich tables for terminals.
+
+``edgectl validate`` prints only the summary line, so rich is imported by the tables alone.
+"""
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
-from reconciler.api import FleetTree
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from reconciler.api import FleetTree
 
 
 def _plural(count: int, word: str) -> str:
@@ -31,6 +36,9 @@ def _selector_text(selector) -> str:
 
 def print_overview(tree: FleetTree, title: str, console: Console | None = None) -> None:
     """Tables of profiles, groups, models and rollouts."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = console or Console()
     console.rule(title)
     profiles = Table("PROFILE", "RUNTIME", "FORMAT", "PRECISIONS", "ACCEL", "SELECTOR", title="Device profiles")

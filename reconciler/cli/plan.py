@@ -18,7 +18,7 @@ from typing import Any
 import click
 import yaml
 
-from .build import DEFAULT_STORE, STORE_SHOWN
+from .common import DEFAULT_STORE, STORE_SHOWN
 
 FORMATS = ("text", "markdown", "json")
 
@@ -42,12 +42,11 @@ def plan_command(repo: str, base: str, head: str | None, output: str, inventory:
                  kubeconfig: Path | None, store: Path, exit_code: bool) -> None:  # fmt: skip
     """Show what merging HEAD into BASE would do: devices per version at every rollout step, artifacts to
     build, risky settings."""
+    from reconciler.api import SpecErrors
+    from reconciler.api.status import FleetStatus, StatusPaths, load_with_status
     from reconciler.controller.rollouts import initial_state, position
     from reconciler.gitops.source import GitError, read_repo
     from reconciler.plan.review import review
-    from reconciler.api import SpecErrors
-
-    from .view import load_with_status, status_files
 
     try:
         base_files = read_repo(repo, base)
@@ -57,24 +56,25 @@ def plan_command(repo: str, base: str, head: str | None, output: str, inventory:
         sys.exit(2 if exit_code else 1)
 
     try:
-        head_tree, _ = load_with_status(head_files.files)
+        head_tree = load_with_status(head_files.files).tree
     except SpecErrors as exc:
         _invalid(output, exc.errors, base, head)
         sys.exit(2 if exit_code else 1)
     try:
-        base_tree, status = load_with_status(base_files.files)  # rollouts continue from the base's status
+        loaded = load_with_status(base_files.files)  # rollouts continue from the base's status
+        base_tree, status = loaded.tree, loaded.status
     except SpecErrors:
         base_tree = None  # a broken base: everything at the head is new
-        status = status_files(base_files.files, head_tree.fleet.spec.status_path)
+        status = FleetStatus.from_files(base_files.files, StatusPaths(head_tree.fleet.spec.status_path))
     devices = _inventory(inventory, state_dir, kubeconfig)
     base_positions, head_positions, head_steps, base_versions = {}, {}, {}, {}
     for name in base_tree.rollouts if base_tree else ():
-        previous = status.get(f"rollouts/{name}.yaml", {})
+        previous = status.rollout(name)
         base_positions[name] = position(base_tree, name, initial_state(base_tree, name, previous, {}))
-        if previous.get("version"):
-            base_versions[name] = previous["version"]
+        if previous.version:
+            base_versions[name] = previous.version
     for name in head_tree.rollouts:
-        state = initial_state(head_tree, name, status.get(f"rollouts/{name}.yaml", {}), {})
+        state = initial_state(head_tree, name, status.rollout(name), {})
         head_positions[name], head_steps[name] = position(head_tree, name, state), state.step
     result = review(base_tree, head_tree, devices, base_positions, head_positions, head_steps, base_versions,
                     _builds(store))  # fmt: skip

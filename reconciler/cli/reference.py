@@ -123,9 +123,9 @@ def docs() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def docs_generate(directory: Path) -> None:
     """Write the spec and CLI reference pages into DIRECTORY."""
-    from .main import main
-
+    root = click.get_current_context().find_root().command
+    assert isinstance(root, click.Group)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / SPEC_PAGE).write_text(spec_reference())
-    (directory / CLI_PAGE).write_text(cli_reference(main))
+    (directory / CLI_PAGE).write_text(cli_reference(root))
     click.echo(f"wrote {directory / SPEC_PAGE} and {directory / CLI_PAGE}")

@@ -139,14 +139,11 @@ def rollout_status(name: str, repo: str, timeout: str, interval: float, watch: b
 
 
 def _status_line(view, name: str) -> tuple[str, str]:
-    from reconciler.controller.status import ready_counts
-
     spec, status = view.tree.rollouts[name].spec, view.rollout_status(name)
-    if status.get("version") != spec.version or status.get("model") != spec.model:
+    if not status.describes(spec.model, spec.version):
         return f"Waiting for the controller to pick up {spec.model} {spec.version}...", "Pending"
-    phase = status.get("phase", "Progressing")
-    step = min(int(status.get("currentStep", 0) or 0), len(spec.steps) - 1)
-    healthy, targeted = ready_counts(status)  # the status's version is the spec's (checked above)
-    why = f": {status['message']}" if status.get("message") else ""
-    return (f"{name} {phase} at step {step + 1}/{len(spec.steps)} ({spec.steps[step].percent}%), "
-            f"{healthy}/{targeted} devices healthy on {spec.version}{why}"), phase  # fmt: skip
+    step = min(status.state.step, len(spec.steps) - 1)
+    healthy, targeted = status.ready
+    why = f": {status.state.message}" if status.state.message else ""
+    return (f"{name} {status.phase} at step {step + 1}/{len(spec.steps)} ({spec.steps[step].percent}%), "
+            f"{healthy}/{targeted} devices healthy on {spec.version}{why}"), str(status.phase)  # fmt: skip

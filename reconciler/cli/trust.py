@@ -10,29 +10,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from reconciler.signing import (
-    Expectation,
-    KeyFileError,
-    KeylessIdentity,
-    RefusedError,
-    Release,
-    ReleaseSigner,
-    SigningUnavailableError,
-    TrustPolicy,
-    generate_key,
-    load_private_key,
-    policy_from_fleet,
-    sign_keyless,
-    sign_with_key,
-    verify_artifact,
-    write_release,
-)
-from reconciler.signing.keys import KEY_TYPES
+from reconciler.durable import write_atomic
 
-from .build import DEFAULT_STORE, STORE_SHOWN
+from .common import DEFAULT_STORE, STORE_SHOWN, load_or_exit
+
+if TYPE_CHECKING:
+    from reconciler.signing import TrustPolicy
+
+KEY_TYPES = ("ecdsa-p256", "ed25519")
+"""``reconciler.signing.keys.KEY_TYPES``, repeated so that ``--help`` does not import the signing libraries
+(a test keeps the two equal)."""
 
 _secret_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -58,6 +49,8 @@ def keys() -> None:
 @click.option("--password-file", type=_secret_file, help="Encrypt the private key with this file's content.")
 def keys_generate(prefix: Path, key_type: str, password_file: Path | None) -> None:
     """Write PREFIX.key (mode 0600) and PREFIX.pub."""
+    from reconciler.signing import KeyFileError, generate_key
+
     try:
         pair = generate_key(prefix, key_type, _read_secret(password_file))  # type: ignore[arg-type]
     except KeyFileError as exc:
@@ -78,6 +71,7 @@ def tuf() -> None:
 def tuf_init(state_dir: Path, keys_dir: Path) -> None:
     """Create the repository. Pin the printed root.json on agents (or commit it as spec.trust.trustRoot),
     and keep root.key offline: only a root rotation needs it."""
+    from reconciler.signing import KeyFileError
     from reconciler.signing.tuf_repo import create_repository, utcnow
 
     try:
@@ -110,6 +104,16 @@ def sign(
     profiles: tuple[str, ...],
 ) -> None:
     """Release ARTIFACT_DIR: write its release statement, then sign every file as one bundle."""
+    from reconciler.signing import (
+        KeyFileError,
+        Release,
+        SigningUnavailableError,
+        load_private_key,
+        sign_keyless,
+        sign_with_key,
+        write_release,
+    )
+
     if (key is None) == (identity_token_file is None):
         raise click.UsageError("give exactly one of --key (offline) or --identity-token-file (keyless)")
     try:
@@ -137,7 +141,7 @@ def sign(
         if previous is None:  # leave the folder as it was: signed as before, or not at all
             statement.unlink(missing_ok=True)
         else:
-            statement.write_bytes(previous)
+            write_atomic(statement, previous)
         _fail(str(exc))
     click.echo(f"signed {model}@{version} for {', '.join(release.profiles)} (counter {counter}): {bundle}")
 
@@ -168,6 +172,8 @@ def verify(
     minimum_counter: int,
 ) -> None:
     """Verify ARTIFACT_DIR as a device would: exit 0 verified, 1 refused (with the reason)."""
+    from reconciler.signing import Expectation, KeyFileError, RefusedError, verify_artifact
+
     policy = _policy(repo, public_keys, identity, issuer, trusted_root)
     if model is None:
         try:
@@ -190,6 +196,8 @@ def verify(
 def _policy(
     repo: str | None, public_keys: tuple[Path, ...], identity: str | None, issuer: str | None, root: Path | None
 ) -> TrustPolicy:
+    from reconciler.signing import KeylessIdentity, ReleaseSigner, TrustPolicy, policy_from_fleet
+
     if (identity is None) != (issuer is None):
         raise click.UsageError("--identity and --issuer go together")
     signers = [ReleaseSigner(p.stem, public_key=p) for p in public_keys]
@@ -198,8 +206,6 @@ def _policy(
     if repo is not None:
         if signers:
             raise click.UsageError("use either --repo or explicit --public-key / --identity")
-        from .main import load_or_exit
-
         return policy_from_fleet(load_or_exit(repo).fleet, Path(repo))
     if not signers:
         raise click.UsageError("say whom to trust: --repo, --public-key or --identity/--issuer")

@@ -10,12 +10,11 @@ import hashlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 
-from reconciler.controller.status import parse_status
-from reconciler.api import FleetTree, SourceFile, SpecErrors, load_fleet
+from reconciler.api import FleetTree, SpecErrors
+from reconciler.api.status import FleetStatus, GroupStatus, RolloutStatus, load_with_status
 
 CLONES = Path.home() / ".cache" / "edge-reconciler" / "edgectl-clones"
 
@@ -23,17 +22,16 @@ CLONES = Path.home() / ".cache" / "edge-reconciler" / "edgectl-clones"
 @dataclass
 class FleetView:
     tree: FleetTree
-    status: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Status files by path relative to the status folder (``rollouts/NAME.yaml``)."""
+    status: FleetStatus = field(default_factory=FleetStatus)
     commit: str | None = None
     git_dir: str | None = None
     """The local repository (or cache clone) the view was read from, for history; None for plain folders."""
 
-    def rollout_status(self, name: str) -> dict[str, Any]:
-        return self.status.get(f"rollouts/{name}.yaml", {})
+    def rollout_status(self, name: str) -> RolloutStatus:
+        return self.status.rollout(name)
 
-    def group_status(self, name: str) -> dict[str, Any]:
-        return self.status.get(f"groups/{name}.yaml", {})
+    def group_status(self, name: str) -> GroupStatus:
+        return self.status.group(name)
 
 
 def is_url(repo: str) -> bool:
@@ -57,25 +55,9 @@ def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetV
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     try:
-        tree, status = load_with_status(files)
+        fleet = load_with_status(files)
     except SpecErrors as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)
         sys.exit(1)
-    return FleetView(tree, status, at, git_dir)
-
-
-def load_with_status(files: list[SourceFile]) -> tuple[FleetTree, dict[str, dict[str, Any]]]:
-    """The specs, without the status folder wherever the Fleet puts it, and the parsed status files.
-    Raises SpecErrors."""
-    tree = load_fleet([f for f in files if not f.path.startswith("status/")])
-    if tree.fleet.spec.status_path.rstrip("/") != "status":
-        prefix = tree.fleet.spec.status_path.rstrip("/") + "/"
-        tree = load_fleet([f for f in files if not f.path.startswith(prefix)])
-    return tree, status_files(files, tree.fleet.spec.status_path)
-
-
-def status_files(files: list[SourceFile], status_path: str) -> dict[str, dict[str, Any]]:
-    """Status files by their path inside the status folder (``rollouts/NAME.yaml``), parsed."""
-    prefix = status_path.rstrip("/") + "/"
-    return {f.path.removeprefix(prefix): parse_status(f.content) for f in files if f.path.startswith(prefix)}
+    return FleetView(fleet.tree, fleet.status, at, git_dir)

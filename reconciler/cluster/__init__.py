@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backend import FIELD_MANAGER, AssignmentStatus, Backend, ClusterError
+from .backend import (
+    FIELD_MANAGER,
+    AssignmentStatus,
+    Backend,
+    ClusterError,
+    PermanentClusterError,
+    TemporaryClusterError,
+)
 from .local import LocalBackend
 
 
@@ -33,6 +40,8 @@ __all__ = [
     "Backend",
     "ClusterError",
     "LocalBackend",
+    "PermanentClusterError",
+    "TemporaryClusterError",
     "kubernetes_backend",
     "leader_elector",
 ]

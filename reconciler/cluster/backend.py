@@ -12,18 +12,26 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from reconciler.api.status import RolloutStatus
+from reconciler.errors import EdgeReconcilerError, PermanentError, TemporaryError
 from reconciler.plan import Desired, Device
 from reconciler.plan.window import Window
 
 FIELD_MANAGER = "edge-reconciler"
 
 
-class ClusterError(Exception):
-    """A backend call failed. ``temporary`` says whether retrying later may help (network, conflicts)."""
+class ClusterError(EdgeReconcilerError):
+    """A backend call failed; only its two kinds below are raised."""
 
-    def __init__(self, message: str, temporary: bool = True) -> None:
-        super().__init__(message)
-        self.temporary = temporary
+
+class TemporaryClusterError(ClusterError, TemporaryError):
+    """The server was unreachable, busy or raced with another writer (network, 409, 429, 5xx, a locked
+    database): the same call later may pass."""
+
+
+class PermanentClusterError(ClusterError, PermanentError):
+    """The server understood and said no (credentials, RBAC, validation, a missing CRD or namespace), or the
+    local state cannot be used: a person fixes it."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class Backend(Protocol):
 
     def delete(self, keys: Iterable[tuple[str, str]]) -> int: ...
 
-    def mirror_rollouts(self, rollouts: dict[str, dict[str, Any]]) -> int:
+    def mirror_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> int:
         """Show each rollout's status where the backend's users look (kubectl); returns the writes."""
         ...
 

@@ -8,7 +8,7 @@ are written with server-side apply under field manager ``edge-reconciler``, only
 changed, several at a time. Client errors are wrapped in :class:`ClusterError` with the cause chained.
 
 A note on this API server generation: a server-side apply that breaks the CRD schema is answered 500
-("failed to create typed patch object") where a create gets 422; neither is retried.
+("failed to create typed patch object") where a create gets 422; both are permanent errors.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,9 +28,19 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from reconciler.api.status import RolloutStatus
+from reconciler.errors import DEFAULT_RETRY_AFTER
 from reconciler.plan import Desired, Device
 
-from .backend import FIELD_MANAGER, AssignmentStatus, ClusterError, spec_from_json, spec_to_json
+from .backend import (
+    FIELD_MANAGER,
+    AssignmentStatus,
+    ClusterError,
+    PermanentClusterError,
+    TemporaryClusterError,
+    spec_from_json,
+    spec_to_json,
+)
 from .crd import (
     CRD_NAME,
     FLEET_ROLLOUT_CRD,
@@ -47,6 +57,9 @@ from .crd import (
 
 log = logging.getLogger(__name__)
 APPLY_WORKERS = 8
+CONFLICT_RETRY_SECONDS = 1.0
+"""A 409 means another writer got there first: the next attempt reads its version and wins or merges."""
+SCHEMA_REFUSED = "failed to create typed patch object"
 
 
 def api_client(kubeconfig: Path | None) -> client.ApiClient:
@@ -57,7 +70,7 @@ def api_client(kubeconfig: Path | None) -> client.ApiClient:
         config.load_incluster_config()
         return client.ApiClient()
     except (config.ConfigException, OSError) as exc:
-        raise ClusterError(f"no Kubernetes credentials: {exc}", temporary=False) from exc
+        raise PermanentClusterError(f"no Kubernetes credentials: {exc}") from exc
 
 
 class KubernetesBackend:
@@ -103,11 +116,12 @@ class KubernetesBackend:
         deadline = time.monotonic() + 30
         for name in (CRD_NAME, ROLLOUT_CRD_NAME):
             while True:
-                crd = extensions.read_custom_resource_definition(name)
+                with _wrapped(f"read the CRD {name}"):
+                    crd = extensions.read_custom_resource_definition(name)
                 if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
                     break
                 if time.monotonic() > deadline:
-                    raise ClusterError(f"CRD {name} did not become Established in 30 s")
+                    raise TemporaryClusterError(f"CRD {name} did not become Established in 30 s")
                 time.sleep(0.1)
 
     # --- reads -------------------------------------------------------------------------------------
@@ -270,17 +284,19 @@ class KubernetesBackend:
                 self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
             except ApiException as exc:
                 if exc.status != 404:
-                    raise ClusterError(f"delete ModelAssignment {name}: {exc.status} {exc.reason}") from exc
+                    raise cluster_error(f"delete ModelAssignment {name}", exc) from exc
             with self._lock:
                 self.writes += 1
                 self._objects.pop((device, model), None)
             removed += 1
         return removed
 
-    def mirror_rollouts(self, rollouts: dict[str, dict[str, Any]]) -> int:
-        """Write each rollout's status (from its Git status file) to a FleetRollout for kubectl; only changes."""
+    def mirror_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> int:
+        """Write each rollout's status (as committed to Git) to a FleetRollout for kubectl; only changes."""
         written = 0
-        for name, body in sorted(rollouts.items()):
+        for name, status in sorted(rollouts.items()):
+            healthy, targeted = status.ready
+            body = {**status.to_json(), "ready": f"{healthy}/{targeted}"}  # a printer column of its own
             if self._mirrored.get(name) == body:
                 continue
             manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": ROLLOUT_KIND, "metadata": {"name": name},
@@ -296,11 +312,14 @@ class KubernetesBackend:
             written += 1
         return written
 
-    def mirrored_rollouts(self) -> dict[str, dict[str, Any]]:
-        """The FleetRollout mirrors as the controller last wrote them: name -> status body."""
+    def mirrored_rollouts(self) -> dict[str, RolloutStatus]:
+        """The FleetRollout mirrors as the controller last wrote them."""
         with _wrapped("list FleetRollouts"):
             listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, ROLLOUT_PLURAL)
-        return {item["metadata"]["name"]: item.get("spec", {}) for item in listing.get("items", [])}
+        return {
+            item["metadata"]["name"]: RolloutStatus.from_json(item.get("spec"), item["metadata"]["name"])
+            for item in listing.get("items", [])
+        }
 
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         body = status.to_json()
@@ -320,11 +339,37 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
 
 @contextmanager
 def _wrapped(action: str) -> Iterator[None]:
-    """The client's exceptions become ClusterError; 4xx other than 409/429 are permanent (retrying won't help)."""
+    """The client's exceptions become ClusterError, with the cause chained."""
     try:
         yield
-    except ApiException as exc:
-        temporary = exc.status in (409, 429) or (exc.status or 500) >= 500
-        raise ClusterError(f"{action}: {exc.status} {exc.reason}", temporary=temporary) from exc
-    except (OSError, urllib3.exceptions.HTTPError) as exc:
-        raise ClusterError(f"{action}: {exc}") from exc
+    except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+        raise cluster_error(action, exc) from exc
+
+
+def cluster_error(action: str, exc: ApiException | OSError | urllib3.exceptions.HTTPError) -> ClusterError:
+    """The kind of a client failure. An answer in 4xx other than 409/429 is permanent (RBAC, validation, a
+    missing CRD or namespace): the same request gets the same answer. So is a schema refusal sent as 500.
+    No answer at all (connection refused, timeout, DNS) is temporary, except a TLS certificate the client
+    does not trust: that is configuration."""
+    if isinstance(exc, ApiException):
+        message = f"{action}: {exc.status} {exc.reason}"
+        status = exc.status or 0
+        if status == 429:
+            return TemporaryClusterError(message, retry_after=_retry_after(exc.headers))
+        if status == 409:
+            return TemporaryClusterError(message, retry_after=CONFLICT_RETRY_SECONDS)
+        if (status >= 500 or status == 0) and SCHEMA_REFUSED not in str(exc.body or ""):
+            return TemporaryClusterError(message, retry_after=_retry_after(exc.headers))
+        return PermanentClusterError(message)
+    if isinstance(getattr(exc, "reason", None) or exc, urllib3.exceptions.SSLError):
+        return PermanentClusterError(f"{action}: {exc}")
+    return TemporaryClusterError(f"{action}: {exc}")
+
+
+def _retry_after(headers: Any) -> float:
+    """Seconds from a Retry-After header (the form in seconds; a date falls back to the default)."""
+    value = (headers or {}).get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return DEFAULT_RETRY_AFTER

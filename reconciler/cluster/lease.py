@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from .backend import ClusterError
+from .backend import PermanentClusterError
 
 log = logging.getLogger(__name__)
 
@@ -161,4 +161,4 @@ def leader_elector(kubeconfig, namespace: str, name: str, identity: str, **timin
     try:
         return LeaderElector(api_client(kubeconfig), namespace, name, identity, **timing)
     except ValueError as exc:
-        raise ClusterError(str(exc), temporary=False) from exc
+        raise PermanentClusterError(str(exc)) from exc

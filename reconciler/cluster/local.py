@@ -16,9 +16,17 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.api.status import RolloutStatus
 from reconciler.plan import Desired, Device
 
-from .backend import AssignmentStatus, ClusterError, spec_from_json, spec_to_json
+from .backend import (
+    AssignmentStatus,
+    ClusterError,
+    PermanentClusterError,
+    TemporaryClusterError,
+    spec_from_json,
+    spec_to_json,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -106,7 +114,7 @@ class LocalBackend:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._db.execute("ROLLBACK")
-                raise ClusterError(f"local backend {self.path}: {exc}") from exc
+                raise self._error(exc) from exc
         self.writes += written
         return written
 
@@ -116,7 +124,7 @@ class LocalBackend:
             removed += self._write("DELETE FROM assignments WHERE device = ? AND model = ?", (device, model))
         return removed
 
-    def mirror_rollouts(self, rollouts: dict) -> int:
+    def mirror_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> int:
         """Nothing to mirror: without Kubernetes the status files in Git are the place to read."""
         return 0
 
@@ -136,13 +144,21 @@ class LocalBackend:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise ClusterError(f"local backend {self.path}: {exc}") from exc
+                raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> ClusterError:
+        """Another process holding the database past the busy timeout is temporary; anything else (a
+        read-only or full disk, a corrupt or foreign file) needs a person."""
+        message = f"local backend {self.path}: {exc}"
+        if isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in ("locked", "busy")):
+            return TemporaryClusterError(message, retry_after=1.0)
+        return PermanentClusterError(message)
 
     def _write(self, sql: str, args: tuple) -> int:
         with self._lock:
             try:
                 count = self._db.execute(sql, args).rowcount
             except sqlite3.Error as exc:
-                raise ClusterError(f"local backend {self.path}: {exc}") from exc
+                raise self._error(exc) from exc
         self.writes += count
         return count

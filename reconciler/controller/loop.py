@@ -29,27 +29,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.api import FleetTree, SpecErrors
+from reconciler.api.status import (
+    ControllerStatus,
+    FleetAtCommit,
+    RolloutStatus,
+    StatusPaths,
+    load_with_status,
+)
 from reconciler.artifact.store import ArtifactStore
 from reconciler.cluster import Backend
-from reconciler.gitops.source import GitError, GitSource
+from reconciler.durable import write_atomic
+from reconciler.errors import PermanentError, TemporaryError
+from reconciler.gitops.source import GitSource
 from reconciler.gitops.status import Author, StatusWriter
-from reconciler.plan import plan
+from reconciler.plan import targeting
 from reconciler.signing import TrustPolicy, policy_from_fleet
 from reconciler.signing.tuf_repo import TufRepository, online_signers
-from reconciler.api import FleetTree, SpecErrors, load_fleet
 
 from .metrics import ControllerMetrics
 from .publish import Publisher
-from .reconcile import ReconcileResult, reconcile
-from .rollouts import initial_state, position, rollback_message, run_rollouts, status_fields
-from .status import (
-    parse_status,
-    ready_counts,
-    render_controller,
-    render_group,
-    render_rollout,
-    spec_revision,
-)
+from .reconcile import ReconcileResult, apply_plan
+from .rollouts import initial_state, is_abort, position, rollback_message, run_rollouts
+from .status import group_status, rollout_status
 
 log = logging.getLogger("edge_reconciler.controller")
 
@@ -82,6 +84,8 @@ class CycleOutcome:
     rollbacks: list[str] = field(default_factory=list)
     """Rollback commits pushed in this cycle (one per aborted rollout)."""
     decisions: dict[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+    """Set when a temporary error ended the cycle: try again this soon rather than after the interval."""
 
 
 class Controller:
@@ -110,6 +114,8 @@ class Controller:
         """Set by the webhook: reconcile now instead of at the end of the interval."""
         self.stop = threading.Event()
         self.cycles_done = 0
+        self._paths = StatusPaths()
+        """Where the Fleet keeps status (``spec.statusPath``), as last loaded."""
 
     def run(self, is_leader: Callable[[], bool] = lambda: True, standby_wait: float = 1.0) -> None:
         """Reconcile every ``interval`` seconds (or on a webhook) until ``stop`` is set; with leader election,
@@ -123,9 +129,9 @@ class Controller:
                 self.stop.wait(standby_wait)
                 continue
             standing_by = False
-            self.cycle()
+            outcome = self.cycle()
             self.cycles_done += 1
-            self.wake.wait(self.config.interval)
+            self.wake.wait(min(self.config.interval, outcome.retry_after or self.config.interval))
             self.wake.clear()
 
     def cycle(self) -> CycleOutcome:
@@ -133,8 +139,12 @@ class Controller:
         outcome = CycleOutcome()
         try:
             self._cycle(outcome)
-        except GitError as exc:
-            outcome.stalled = f"git: {exc}"
+        except TemporaryError as exc:  # Git or the cluster is unreachable: the next cycle tries again
+            outcome.stalled = str(exc)
+            outcome.retry_after = exc.retry_after
+            self.metrics.git_errors.inc()
+        except PermanentError as exc:  # needs a person (credentials, a refused push): say so, keep running
+            outcome.stalled = str(exc)
             self.metrics.git_errors.inc()
         finally:
             self.metrics.observe(outcome, time.perf_counter() - start)
@@ -148,102 +158,98 @@ class Controller:
 
     def _cycle(self, outcome: CycleOutcome) -> None:
         head = outcome.commit = self.source.fetch()
-        # Status commits are the controller's own: the commit that matters is the last change by people.
-        spec_commit = self.source.last_change_outside(head, "status")
+        # Status commits are the controller's own: the commit that matters is the last change by people. The
+        # status path is the Fleet's, known after loading: start from the last one seen and check again below.
+        spec_commit = self.source.last_change_outside(head, self._paths.root)
         if self.config.allowed_signers is not None:
             refusal = self.source.verify_commit_signature(spec_commit, self.config.allowed_signers)
             if refusal:
                 outcome.stalled = refusal
                 self._report(spec_commit, refusal, outcome)
                 return
-        tree, files = self._load(head, spec_commit, outcome)
-        if tree is None:
+        fleet = self._load(head, spec_commit, outcome)
+        if fleet is None:
             self._report(spec_commit, outcome.stalled or "", outcome)
             return
-        status_path = tree.fleet.spec.status_path
+        if fleet.status.paths != self._paths:  # the Fleet moved its status path: look again with the new one
+            self._paths = fleet.status.paths
+            self._cycle(outcome)
+            return
+        tree, paths = fleet.tree, fleet.status.paths
         now = self.clock()
-        revision = spec_revision(files)
-        previous = {
-            name: parse_status(self.source.read_blob(head, f"{status_path}/rollouts/{name}.yaml"))
-            for name in tree.rollouts
-        }
+        previous = {name: fleet.status.rollout(name) for name in tree.rollouts}
         artifacts = self._artifacts()
         if self.publisher is not None:
             published = self.publisher.sync(self._trust_policy(tree, head), now)
             artifacts.update(published.artifacts)
             outcome.refused_releases = published.refused
-        # The step machine looks at the plan as it stands, decides, and the decisions shape this cycle's writes.
+        # One targeting per cycle: the plan before the step machine's decisions (what it observes) and the plan
+        # after them (what is applied) differ only in where rollouts stand.
         self.backend.sync()
         statuses, devices = self.backend.statuses(), self.backend.devices()
+        targets = targeting(tree, devices)
         standing = {n: initial_state(tree, n, previous[n], statuses) for n in tree.rollouts if tree.rollouts[n].active}
-        before = plan(tree, devices, {n: position(tree, n, s) for n, s in standing.items()}, artifacts)
+        before_positions = {n: position(tree, n, s) for n, s in standing.items()}
+        before = targets.at(before_positions, artifacts)
         cycles = run_rollouts(tree, previous, before, statuses, self._telemetry(), now)
-        engine = {name: status_fields(cycle, previous[name], now) for name, cycle in cycles.items()}
+        revision = fleet.revision
         author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
         writer = StatusWriter(self.source, author)
         for name, cycle in cycles.items():
-            if cycle.outcome.decision is not None and cycle.outcome.decision.kind == "Abort":
-                path = f"{status_path}/rollouts/{name}.yaml"
-                content = render_rollout(
-                    tree, name, before, statuses, previous[name], revision, spec_commit, engine[name]
-                )
-                pushed = writer.commit({path: content}, rollback_message(tree, cycle))
+            if is_abort(cycle):
+                status = rollout_status(tree, name, before, statuses, previous[name], revision, spec_commit,
+                                        cycle.outcome, now)  # fmt: skip
+                pushed = writer.commit({paths.rollout(name): status.to_yaml()}, rollback_message(tree, cycle))
                 if pushed is not None:
                     outcome.rollbacks.append(pushed.commit)
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
-        result = outcome.result = reconcile(tree, self.backend, positions, artifacts, sync=False)
+        after = before if positions == before_positions else targets.at(positions, artifacts)
+        result = outcome.result = apply_plan(self.backend, after, len(devices))
         outcome.applied, outcome.deleted = result.applied, result.deleted
         outcome.problems = [f"{p.device}: {p.message}" for p in result.plan.problems]
-        outcome.decisions = {n: c.outcome.decision.kind for n, c in cycles.items() if c.outcome.decision}
+        outcome.decisions = {n: str(c.outcome.decision.kind) for n, c in cycles.items() if c.outcome.decision}
 
         statuses = self.backend.statuses()
         devices = self.backend.devices()
         self.metrics.observe_phases(Counter(status.phase for status in statuses.values()))
-        rendered: dict[str, bytes | None] = {}
+        rollouts: dict[str, RolloutStatus] = {}
         for name in tree.rollouts:
-            rendered[f"{status_path}/rollouts/{name}.yaml"] = render_rollout(
-                tree, name, result.plan, statuses, previous[name], revision, spec_commit, engine.get(name)
-            )
+            cycle = cycles.get(name)
+            rollouts[name] = rollout_status(tree, name, result.plan, statuses, previous[name], revision, spec_commit,
+                                            cycle.outcome if cycle else None, now)  # fmt: skip
+        rendered: dict[str, bytes | None] = {paths.rollout(n): s.to_yaml() for n, s in rollouts.items()}
         for name in tree.groups:
-            rendered[f"{status_path}/groups/{name}.yaml"] = render_group(tree, name, devices, result.plan, statuses)
-        rendered[f"{status_path}/controller.yaml"] = render_controller(None, spec_commit)
+            rendered[paths.group(name)] = group_status(tree, name, devices, result.plan, statuses).to_yaml()
+        rendered[paths.controller] = ControllerStatus(spec_commit).to_yaml()
         changed = len(result.changes.apply) + len(result.changes.delete)
         decided = "\n".join(
-            f"{n}: {c.outcome.decision.kind.lower()} ({c.outcome.decision.message})"
+            f"{n}: {str(c.outcome.decision.kind).lower()} ({c.outcome.decision.message})"
             for n, c in cycles.items()
-            if c.outcome.decision and c.outcome.decision.kind != "Abort"
+            if c.outcome.decision and not is_abort(c)
         )
         counted = (f"{changed} assignment(s) changed at {spec_commit[:12]}" if changed
                    else f"device reports at {spec_commit[:12]}")  # fmt: skip
         # A decision is what a reader of the log looks for: it leads the subject; the count follows.
         message = f"status: {decided.splitlines()[0]}\n\n{counted}\n{decided}" if decided else f"status: {counted}"
         pushed = writer.commit(rendered, message)
-        mirror = {name: _mirror(parse_status(rendered[f"{status_path}/rollouts/{name}.yaml"])) for name in cycles}
-        self.backend.mirror_rollouts(mirror)
+        self.backend.mirror_rollouts({name: rollouts[name] for name in cycles})
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
 
     def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:
-        """Say why nothing was applied, in ``status/controller.yaml`` (once: the same reason commits nothing)."""
-        files = {"status/controller.yaml": render_controller(reason, spec_commit)}
+        """Say why nothing was applied, in the controller's status file (once: the same reason commits nothing)."""
+        files = {self._paths.controller: ControllerStatus(spec_commit, reason).to_yaml()}
         pushed = StatusWriter(self.source).commit(files, f"status: stalled at {spec_commit[:12]}")
         if pushed is not None:
             outcome.status_commit = pushed.commit
 
-    def _load(self, head: str, spec_commit: str, outcome: CycleOutcome) -> tuple[FleetTree | None, list]:
-        # The status path comes from the Fleet document, which may itself be in error: read without status/
-        # first using the default, then honour the configured one.
-        files = self.source.files_at(head, ignore=["status"])
+    def _load(self, head: str, spec_commit: str, outcome: CycleOutcome) -> FleetAtCommit | None:
         try:
-            tree = load_fleet(files)
+            return load_with_status(self.source.files_at(head))
         except SpecErrors as exc:
             outcome.stalled = f"{len(exc.errors)} spec error(s) at {spec_commit[:12]}; first: {exc.errors[0]}"
-            return None, files
-        if tree.fleet.spec.status_path != "status":
-            files = self.source.files_at(head, ignore=[tree.fleet.spec.status_path])
-            tree = load_fleet(files)
-        return tree, files
+            return None
 
     def _trust_policy(self, tree: FleetTree, head: str) -> TrustPolicy:
         """The Fleet's trust policy, with the key files it names read from the same commit as the specs."""
@@ -257,9 +263,7 @@ class Controller:
             local = root / path
             if not local.exists() or local.read_bytes() != data:
                 local.parent.mkdir(parents=True, exist_ok=True)
-                tmp = local.with_name(f".{local.name}.tmp")
-                tmp.write_bytes(data)
-                tmp.replace(local)
+                write_atomic(local, data)
         return policy_from_fleet(tree.fleet, root)
 
     def _telemetry(self, limit: int = 200_000) -> list[dict]:
@@ -286,14 +290,3 @@ class Controller:
                 key = self._artifact_keys[artifact_id] = (manifest["model"], manifest["version"], manifest["profile"])
             found[key] = artifact_id
         return found
-
-
-def _mirror(status: dict) -> dict:
-    """The part of a rollout's status worth showing in kubectl (counts, phase, gates, last decision)."""
-    healthy, targeted = ready_counts(status)
-    body = {key: status.get(key) for key in ("model", "version", "phase", "currentStep", "stableVersion", "reason",
-                                             "message", "observedCommit")}  # fmt: skip
-    body["ready"] = f"{healthy}/{targeted}"
-    body["gates"] = status.get("gates", [])
-    body["lastDecision"] = status.get("lastDecision")
-    return body

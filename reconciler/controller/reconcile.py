@@ -12,9 +12,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from reconciler.api import FleetTree
 from reconciler.cluster import Backend
 from reconciler.plan import Changes, Plan, RolloutPosition, diff, plan
-from reconciler.api import FleetTree
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,19 @@ def reconcile(
     backend: Backend,
     positions: Mapping[str, RolloutPosition] | None = None,
     artifacts: Mapping[tuple[str, str, str], str] | None = None,
-    sync: bool = True,
 ) -> ReconcileResult:
-    """``sync=False`` when the caller refreshed the backend's view in this cycle already."""
+    """Refresh the backend's view, plan, and write the difference."""
     start = time.perf_counter()
-    if sync:
-        backend.sync()
+    backend.sync()
     devices = backend.devices()
-    target = plan(tree, devices, positions, artifacts)
+    return apply_plan(backend, plan(tree, devices, positions, artifacts), len(devices), start)
+
+
+def apply_plan(backend: Backend, target: Plan, devices: int, start: float | None = None) -> ReconcileResult:
+    """Write what differs between ``target`` and what the backend holds (the controller plans once per cycle
+    and calls this directly)."""
+    start = time.perf_counter() if start is None else start
     changes = diff(backend.assignments(), target)
     applied = backend.apply(changes.apply) if changes.apply else 0
     deleted = backend.delete(changes.delete) if changes.delete else 0
-    return ReconcileResult(target, changes, applied, deleted, len(devices), time.perf_counter() - start)
+    return ReconcileResult(target, changes, applied, deleted, devices, time.perf_counter() - start)

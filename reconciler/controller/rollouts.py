@@ -18,17 +18,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from reconciler.api import FleetTree, Rollout
+from reconciler.api.status import DecisionKind, RolloutPhase, RolloutState, RolloutStatus
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Plan, RolloutPosition
-from reconciler.rollout.engine import Manual, Observation, Outcome, Phase, RolloutState, decide, is_overdue
-from reconciler.api import FleetTree, Rollout
+from reconciler.rollout.engine import Manual, Observation, Outcome, decide, is_overdue
 from reconciler.telemetry.aggregate import aggregate, psi
 
 ANNOTATION = "edgereconciler.io"
-IN_PROGRESS = {"Pending", "Downloading", "Verifying", "Installing", "Testing", "Staged"}
-HISTORY = 10
 
 
 @dataclass(frozen=True)
@@ -52,15 +50,18 @@ def manual_actions(rollout: Rollout) -> Manual:
     return Manual(notes.get(f"{ANNOTATION}/paused") == "true", count("promotions"), count("retries"), abort)
 
 
-def initial_state(tree: FleetTree, name: str, previous: Mapping[str, Any], statuses) -> RolloutState:
-    """The state a rollout continues from: its status file, unless the spec now asks for another version."""
+def initial_state(
+    tree: FleetTree, name: str, previous: RolloutStatus, statuses: Mapping[tuple[str, str], AssignmentStatus]
+) -> RolloutState:
+    """The state a rollout continues from: its status, unless the spec now asks for another version."""
     spec = tree.rollouts[name].spec
-    if previous.get("version") == spec.version and previous.get("model") == spec.model:
-        return RolloutState.from_json(dict(previous))
+    if previous.describes(spec.model, spec.version):
+        return previous.state
     # A new version: the fleet falls back to what it ran before.
     stable = None
-    if previous.get("model") == spec.model:
-        stable = previous.get("version") if previous.get("phase") == "Succeeded" else previous.get("stableVersion")
+    if previous.model == spec.model:
+        succeeded = previous.phase is RolloutPhase.SUCCEEDED
+        stable = previous.version if succeeded else previous.state.stable_version
     if stable is None:
         installed = Counter(
             s.installed_version for (_, model), s in statuses.items()
@@ -78,7 +79,7 @@ def _previous_version(tree: FleetTree, model: str, version: str) -> str | None:
 def position(tree: FleetTree, name: str, state: RolloutState) -> RolloutPosition:
     steps = tree.rollouts[name].spec.steps
     percent = steps[min(state.step, len(steps) - 1)].percent
-    return RolloutPosition(percent, state.stable_version, state.phase is Phase.ABORTED)
+    return RolloutPosition(percent, state.stable_version, state.phase is RolloutPhase.ABORTED)
 
 
 def observe(
@@ -135,7 +136,7 @@ def observe(
 
 def run_rollouts(
     tree: FleetTree,
-    previous: Mapping[str, Mapping[str, Any]],
+    previous: Mapping[str, RolloutStatus],
     target: Plan,
     statuses: Mapping[tuple[str, str], AssignmentStatus],
     summaries: list[Mapping],
@@ -145,33 +146,14 @@ def run_rollouts(
     for name, rollout in sorted(tree.rollouts.items()):
         if not rollout.active:
             continue
-        before = initial_state(tree, name, previous.get(name, {}), statuses)
+        before = initial_state(tree, name, previous.get(name) or RolloutStatus(name), statuses)
         obs = observe(tree, name, before, target, statuses, summaries, now)
         cycles[name] = RolloutCycle(name, before, decide(rollout.spec, before, obs, now, manual_actions(rollout)), obs)
     return cycles
 
 
-def status_fields(cycle: RolloutCycle, previous: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    """What the engine adds to the rollout's status file: state, gates, last decision, bounded history."""
-    body = cycle.outcome.state.to_json()
-    # A finished rollout evaluates no gates: keep the last measured ones, the evidence of how it ended.
-    gates = [g.to_json() for g in cycle.outcome.gates]
-    body["gates"] = (
-        gates
-        if gates or cycle.outcome.state.phase not in (Phase.ABORTED, Phase.SUCCEEDED)
-        else list(previous.get("gates", []) or [])
-    )
-    history = list(previous.get("history", []) or [])
-    decision = cycle.outcome.decision
-    if decision is not None:
-        entry = {"time": now.isoformat(timespec="seconds"), "decision": decision.kind, "message": decision.message,
-                 "step": cycle.outcome.state.step}  # fmt: skip
-        body["lastDecision"] = entry
-        history = [*history, dict(entry)][-HISTORY:]  # a copy: YAML would write an alias for a shared dict
-    elif "lastDecision" in previous:
-        body["lastDecision"] = previous["lastDecision"]
-    body["history"] = history
-    return body
+def is_abort(cycle: RolloutCycle) -> bool:
+    return cycle.outcome.decision is not None and cycle.outcome.decision.kind is DecisionKind.ABORT
 
 
 def rollback_message(tree: FleetTree, cycle: RolloutCycle) -> str:

@@ -23,12 +23,11 @@ import re
 from base64 import b64encode
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from reconciler.httpserver import BackgroundServer
+from reconciler.httpserver import BackgroundServer, JSONHandler
 
 _BLOB = re.compile(r"^/artifacts/sha256/([0-9a-f]{64})$")
 _DELTA = re.compile(r"^/artifacts/delta/([0-9a-f]{64})/([0-9a-f]{64})$")
@@ -68,12 +67,8 @@ class ControllerServer(BackgroundServer):
         return self
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     owner: ControllerServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
     def do_HEAD(self) -> None:
         self._get(head=True)
@@ -84,30 +79,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _get(self, head: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
-            return self._reply(HTTPStatus.OK, b"ok\n", "text/plain")
+            return self.send_bytes(HTTPStatus.OK, b"ok\n", "text/plain")
         if path == "/readyz":
             if self.owner.ready is None or self.owner.ready():
-                return self._reply(HTTPStatus.OK, b"ready\n", "text/plain")
-            return self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"standby\n", "text/plain")
+                return self.send_bytes(HTTPStatus.OK, b"ready\n", "text/plain")
+            return self.send_bytes(HTTPStatus.SERVICE_UNAVAILABLE, b"standby\n", "text/plain")
         if path == "/metrics" and self.owner.registry is not None:
-            return self._reply(HTTPStatus.OK, generate_latest(self.owner.registry), CONTENT_TYPE_LATEST)
+            return self.send_bytes(HTTPStatus.OK, generate_latest(self.owner.registry), CONTENT_TYPE_LATEST)
         if (match := _BLOB.match(path)) and self.owner.blobs is not None:
             return self._file(self.owner.blobs / match.group(1), match.group(1), head)
         if (match := _DELTA.match(path)) and self.owner.deltas is not None:
             try:
                 delta = self.owner.deltas(match.group(1), match.group(2))
             except Exception:  # a base or target the store does not hold: no delta, the agent downloads in full
-                return self._reply(HTTPStatus.NOT_FOUND, b"no such delta\n", "text/plain")
+                return self.send_bytes(HTTPStatus.NOT_FOUND, b"no such delta\n", "text/plain")
             return self._file(delta, None, head)
         if (match := _TUF.match(path)) and self.owner.tuf is not None and ".." not in match.group(1).split("/"):
             return self._file(self.owner.tuf / match.group(1), None, head)
-        self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        self.send_bytes(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     def _file(self, file: Path, digest: str | None, head: bool) -> None:
         try:
             handle = file.open("rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+            return self.send_bytes(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         with handle:
             size = file.stat().st_size
             etag = f'"{digest}"' if digest else f'"{file.stat().st_mtime_ns:x}-{size:x}"'
@@ -152,29 +147,28 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/telemetry" and self.owner.on_telemetry is not None:
             return self._telemetry()
         if path != "/hooks/git" or self.owner.on_webhook is None:
-            return self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_WEBHOOK_BODY:
-            return self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"too large\n", "text/plain")
-        body = self.rfile.read(length)
+            return self.send_bytes(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        body = self.read_body(MAX_WEBHOOK_BODY)
+        if body is None:
+            return
         if not self._authentic(body):
-            return self._reply(HTTPStatus.UNAUTHORIZED, b"bad signature\n", "text/plain")
+            return self.send_bytes(HTTPStatus.UNAUTHORIZED, b"bad signature\n", "text/plain")
         self.owner.on_webhook()
-        self._reply(HTTPStatus.ACCEPTED, b"reconciling\n", "text/plain")
+        self.send_bytes(HTTPStatus.ACCEPTED, b"reconciling\n", "text/plain")
 
     def _telemetry(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_WEBHOOK_BODY:
-            return self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"too large\n", "text/plain")
+        raw = self.read_body(MAX_WEBHOOK_BODY)
+        if raw is None:
+            return
         try:
-            body = json.loads(self.rfile.read(length))
+            body = json.loads(raw)
         except ValueError:
-            return self._reply(HTTPStatus.BAD_REQUEST, b"not JSON\n", "text/plain")
+            return self.send_bytes(HTTPStatus.BAD_REQUEST, b"not JSON\n", "text/plain")
         if not isinstance(body, dict) or body.get("kind") != "TelemetrySummary":
-            return self._reply(HTTPStatus.BAD_REQUEST, b"not a TelemetrySummary\n", "text/plain")
+            return self.send_bytes(HTTPStatus.BAD_REQUEST, b"not a TelemetrySummary\n", "text/plain")
         assert self.owner.on_telemetry is not None
         self.owner.on_telemetry(body)
-        self._reply(HTTPStatus.ACCEPTED, b"stored\n", "text/plain")
+        self.send_bytes(HTTPStatus.ACCEPTED, b"stored\n", "text/plain")
 
     def _authentic(self, body: bytes) -> bool:
         secret = self.owner.webhook_secret
@@ -186,11 +180,3 @@ class _Handler(BaseHTTPRequestHandler):
             return hmac.compare_digest(github[7:], expected)
         gitlab = self.headers.get("X-Gitlab-Token")
         return gitlab is not None and hmac.compare_digest(gitlab.encode(), secret)
-
-    def _reply(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)

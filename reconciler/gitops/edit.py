@@ -18,7 +18,7 @@ from pathlib import Path
 import pygit2
 import yaml
 
-from .source import GitError
+from .source import PermanentGitError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def find_rollout(root: Path, name: str) -> tuple[Path, int]:
                 and (doc.get("metadata") or {}).get("name") == name
             ):
                 return path, index
-    raise GitError(f"no Rollout named {name} under {root}", temporary=False)
+    raise PermanentGitError(f"no Rollout named {name} under {root}")
 
 
 def current_annotation(root: Path, name: str, key: str) -> str | None:
@@ -65,7 +65,7 @@ def set_annotation(text: str, index: int, key: str, value: str | None) -> str:
     if meta is None:
         flow = next((i for i, line in enumerate(lines) if line.startswith("metadata:")), None)
         if flow is None:
-            raise GitError("the Rollout document has no metadata", temporary=False)
+            raise PermanentGitError("the Rollout document has no metadata")
         body = yaml.safe_load(lines[flow][len("metadata:") :]) or {}
         block = yaml.safe_dump({"metadata": body}, default_flow_style=False, sort_keys=False).rstrip("\n").split("\n")
         lines[flow : flow + 1] = block
@@ -108,7 +108,7 @@ def commit_annotation(checkout: Path, name: str, key: str, value: str | None, me
     try:
         repo = pygit2.Repository(str(checkout))
     except pygit2.GitError as exc:
-        raise GitError(f"{checkout} is not a Git checkout: {exc}", temporary=False) from exc
+        raise PermanentGitError(f"{checkout} is not a Git checkout: {exc}") from exc
     root = Path(repo.workdir)
     path, index = find_rollout(root, name)
     path.write_text(set_annotation(path.read_text(), index, key, value))

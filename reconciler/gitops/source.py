@@ -22,16 +22,42 @@ from pathlib import Path
 import pygit2
 
 from reconciler.api import Limits, SourceFile
+from reconciler.errors import EdgeReconcilerError, PermanentError, TemporaryError
 
 from .files import SPEC_SUFFIXES, read_fleet_dir
 
 
-class GitError(Exception):
-    """Fetching, reading or pushing the fleet repo failed. ``temporary`` says whether a retry may help."""
+class GitError(EdgeReconcilerError):
+    """Fetching, reading or pushing the fleet repo failed; only its two kinds below are raised."""
 
-    def __init__(self, message: str, temporary: bool = True) -> None:
-        super().__init__(message)
-        self.temporary = temporary
+
+class TemporaryGitError(GitError, TemporaryError):
+    """The remote did not answer (network, timeout, 5xx) or moved during a push: the next cycle may pass."""
+
+
+class PermanentGitError(GitError, PermanentError):
+    """The remote refused us or is not what the configuration says: a person fixes the URL, branch or
+    credentials, or the server's policy."""
+
+
+_NEEDS_A_PERSON = (
+    "authentication", "credentials", "permission denied", "certificate", "host key", "hostkey",
+    "status code: 401", "status code: 403", "status code: 404", "not found", "does not appear to be a git",
+    "failed to resolve path", "unsupported url protocol", "invalid argument",
+)  # fmt: skip
+"""libgit2 reports most transport failures as a plain ``pygit2.GitError``; these parts of its message mean a
+retry cannot help (wrong credentials, an unknown repository, a malformed URL). Anything else (refused or
+reset connections, timeouts, DNS, 5xx) is taken as temporary: a network that comes back is the common case."""
+
+
+def transport_error(message: str, cause: BaseException | None = None) -> GitError:
+    """The kind of GitError a failed fetch or push is, from libgit2's exception and message (``KeyError``: a
+    ref or remote the clone lacks, which the configuration names)."""
+    if isinstance(cause, (pygit2.AuthError, pygit2.CertificateError, KeyError)):
+        return PermanentGitError(message)
+    lowered = str(cause or message).lower()
+    kind = PermanentGitError if any(part in lowered for part in _NEEDS_A_PERSON) else TemporaryGitError
+    return kind(message)
 
 
 @dataclass(frozen=True)
@@ -111,7 +137,8 @@ class GitSource:
                     self._repo = pygit2.init_repository(str(self.workdir), bare=True)
                     self._repo.remotes.create("origin", self.url)
                 except (pygit2.GitError, ValueError) as exc:
-                    raise GitError(f"cannot set up a clone of {redact(self.url)} in {self.workdir}: {exc}") from exc
+                    message = f"cannot set up a clone of {redact(self.url)} in {self.workdir}: {exc}"
+                    raise PermanentGitError(message) from exc
         return self._repo
 
     def callbacks(self) -> pygit2.RemoteCallbacks | None:
@@ -123,14 +150,15 @@ class GitSource:
         try:
             self.repo.remotes["origin"].fetch([refspec], callbacks=self.callbacks())
         except (pygit2.GitError, KeyError, OSError) as exc:
-            raise GitError(f"fetch {redact(self.url)}: {_one_line(exc).replace(self.url, redact(self.url))}") from exc
+            message = f"fetch {redact(self.url)}: {_one_line(exc).replace(self.url, redact(self.url))}"
+            raise transport_error(message, exc) from exc
         return self.head()
 
     def head(self) -> str:
         try:
             return str(self.repo.references[self.remote_ref].target)
         except KeyError:
-            raise GitError(f"{redact(self.url)} has no branch {self.branch}", temporary=False) from None
+            raise PermanentGitError(f"{redact(self.url)} has no branch {self.branch}") from None
 
     def files_at(self, commit: str, ignore: Iterable[str] = ()) -> list[SourceFile]:
         """Every spec file of ``commit``'s tree (hidden paths and ``ignore`` prefixes skipped)."""
@@ -138,7 +166,7 @@ class GitSource:
         try:
             tree = self.repo[commit].peel(pygit2.Tree)
         except (KeyError, ValueError) as exc:
-            raise GitError(f"commit {commit} is not in the clone of {redact(self.url)}", temporary=False) from exc
+            raise PermanentGitError(f"commit {commit} is not in the clone of {redact(self.url)}") from exc
         return tree_files(self.repo, tree, prefixes, self.limits)
 
     def read_blob(self, commit: str, path: str) -> bytes | None:
@@ -231,7 +259,7 @@ def read_repo(path: str | os.PathLike[str], ref: str | None = None, limits: Limi
     found = pygit2.discover_repository(str(path))
     if found is None:
         if ref is not None:
-            raise GitError(f"{path} is not a Git repository; cannot read {ref}", temporary=False)
+            raise PermanentGitError(f"{path} is not a Git repository; cannot read {ref}")
         return RepoFiles(read_fleet_dir(path, limits))
     repo = pygit2.Repository(found)
     if ref is None and not repo.is_bare:
@@ -239,7 +267,7 @@ def read_repo(path: str | os.PathLike[str], ref: str | None = None, limits: Limi
     try:
         commit = repo.revparse_single(ref or "HEAD").peel(pygit2.Commit)
     except (KeyError, ValueError, pygit2.GitError) as exc:
-        raise GitError(f"{ref or 'HEAD'} is not a commit in {path}", temporary=False) from exc
+        raise PermanentGitError(f"{ref or 'HEAD'} is not a commit in {path}") from exc
     root = commit.tree
     workdir = Path(repo.workdir or found).resolve()
     inside = Path(path).resolve()
@@ -247,7 +275,7 @@ def read_repo(path: str | os.PathLike[str], ref: str | None = None, limits: Limi
         try:
             root = root[inside.relative_to(workdir).as_posix()].peel(pygit2.Tree)
         except KeyError as exc:
-            raise GitError(f"{inside.relative_to(workdir)} does not exist at {ref}", temporary=False) from exc
+            raise PermanentGitError(f"{inside.relative_to(workdir)} does not exist at {ref}") from exc
     return RepoFiles(tree_files(repo, root, (), limits), str(commit.id), found)
 
 

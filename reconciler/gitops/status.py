@@ -8,8 +8,9 @@ tree of the branch head, so the same change can be re-applied on any newer head:
 2. if that tree equals the head's, there is nothing to commit (restart-safe: same state, no new commit);
 3. commit on top of the head and push;
 4. when the remote moved (non-fast-forward, or the server refused the update), fetch and go back to 1,
-   with exponential backoff; a refusal that persists (a hook, a protected branch) becomes a GitError that
-   names the server's message.
+   with exponential backoff; a refusal that persists becomes a GitError that names the server's message:
+   permanent when the server's policy said no (a hook, a protected branch: a person decides), temporary when
+   the branch kept moving under us (busy, not wrong).
 
 pygit2 reports a server-side refusal only through ``RemoteCallbacks.push_update_reference``; it is
 collected there and treated as a failure, never ignored.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import pygit2
 
-from .source import GitError, GitSource, redact
+from .source import GitSource, PermanentGitError, TemporaryGitError, redact, transport_error
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,17 @@ class Author:
 class Pushed:
     commit: str
     attempts: int
+
+
+@dataclass(frozen=True)
+class _Refused:
+    message: str
+    by_policy: bool
+    """The server looked at the update and said no (not a race with another pusher)."""
+
+
+_RACES = ("non-fast-forward", "non-fastforward", "fetch first", "failed to lock", "failed to update ref", "stale")
+"""Server refusals that mean the branch moved or was busy: re-applying on the new head answers them."""
 
 
 class StatusWriter:
@@ -56,7 +68,7 @@ class StatusWriter:
 
     def commit(self, files: Mapping[str, bytes | None], message: str) -> Pushed | None:
         """Replace ``files`` on the branch head in one commit and push it; None when nothing changed."""
-        last_error = ""
+        last = _Refused("", by_policy=False)
         for attempt in range(1, self.attempts + 1):
             head = self.source.fetch()
             repo = self.source.repo
@@ -70,12 +82,11 @@ class StatusWriter:
             if refused is None:
                 repo.references.create(self.source.remote_ref, commit, force=True)
                 return Pushed(str(commit), attempt)
-            last_error = refused
+            last = refused
             if attempt < self.attempts:
                 self.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
-        raise GitError(
-            f"push to {redact(self.source.url)} refused {self.attempts} times; last: {last_error}", temporary=True
-        )
+        kind = PermanentGitError if last.by_policy else TemporaryGitError
+        raise kind(f"push to {redact(self.source.url)} refused {self.attempts} times; last: {last.message}")
 
     def _tree_with(self, base: pygit2.Tree, files: Mapping[str, bytes | None]) -> pygit2.Oid:
         repo = self.source.repo
@@ -89,7 +100,7 @@ class StatusWriter:
                 index.add(pygit2.IndexEntry(path, repo.create_blob(content), pygit2.enums.FileMode.BLOB))
         return index.write_tree(repo)
 
-    def _push(self, commit: pygit2.Oid) -> str | None:
+    def _push(self, commit: pygit2.Oid) -> _Refused | None:
         """Push ``commit`` as the branch; returns why it was refused, or None."""
         repo, branch = self.source.repo, self.source.branch
         local = f"refs/edge-reconciler/push/{branch}"
@@ -111,8 +122,12 @@ class StatusWriter:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else "push failed"
             if "non-bare" in message:
                 message += " (the controller pushes status: serve the fleet repo bare, e.g. git clone --bare)"
-                raise GitError(f"push to {redact(self.source.url)}: {message}", temporary=False) from exc
-            if any(word in message.lower() for word in ("authentication", "credentials", "permission denied")):
-                raise GitError(f"push to {redact(self.source.url)}: {message}", temporary=False) from exc
-            return message  # most often the remote moved (non-fast-forward): fetch and re-apply
-        return "; ".join(refusals) or None
+                raise PermanentGitError(f"push to {redact(self.source.url)}: {message}") from exc
+            error = transport_error(f"push to {redact(self.source.url)}: {message}", exc)
+            if isinstance(error, PermanentGitError):
+                raise error from exc
+            return _Refused(message, by_policy=False)  # most often the remote moved (non-fast-forward): re-apply
+        if not refusals:
+            return None
+        text = "; ".join(refusals)
+        return _Refused(text, by_policy=not any(race in text.lower() for race in _RACES))

@@ -31,12 +31,6 @@ import numpy as np
 from reconciler.api import FleetTree
 from reconciler.api.device import DeviceProfile
 from reconciler.api.model import Model, ModelVersion, Pass, Recipe
-
-from . import convert, optimize
-from .benchmark import Measured, Measurement, measure
-from .datasets import Dataset, check_input_shape, load_dataset
-from .errors import BuildContext, BuildError, first_line
-from .gates import GateFailure, check_gates
 from reconciler.artifact.manifest import (
     MANIFEST_NAME,
     artifact_id,
@@ -46,9 +40,15 @@ from reconciler.artifact.manifest import (
     tensor_specs,
     tool_versions,
 )
+from reconciler.artifact.store import ArtifactRecord, ArtifactStore, sha256_file
+
+from . import convert, optimize
+from .benchmark import Measured, Measurement, measure
+from .datasets import Dataset, check_input_shape, load_dataset
+from .errors import BuildContext, BuildError, first_line
+from .gates import GateFailure, check_gates
 from .quantize import quantize_onnx
 from .sources import fetch_source
-from reconciler.artifact.store import ArtifactRecord, ArtifactStore, sha256_file
 
 BUILDER_VERSION = "1"
 LATENCY_TOLERANCE = 1.05

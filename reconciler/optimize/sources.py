@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 
 from reconciler.api.model import ModelSource
+from reconciler.artifact.store import sha256_file
 
 from .errors import SourceError
-from reconciler.artifact.store import sha256_file
 
 MAX_SOURCE_BYTES = 4 << 30
 

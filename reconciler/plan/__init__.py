@@ -1,6 +1,6 @@
 """Planning: pure functions from specs and inventory to desired state (no I/O)."""
 
-from .desired import BUCKETS, Desired, Device, Plan, PlanProblem, RolloutPosition, bucket, plan
+from .desired import BUCKETS, Desired, Device, Plan, PlanProblem, RolloutPosition, Targeting, bucket, plan, targeting
 from .diff import Changes, diff
 
 __all__ = [
@@ -11,7 +11,9 @@ __all__ = [
     "Plan",
     "PlanProblem",
     "RolloutPosition",
+    "Targeting",
     "bucket",
     "diff",
     "plan",
+    "targeting",
 ]

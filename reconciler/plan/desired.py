@@ -97,21 +97,73 @@ def bucket(rollout: str, device: str) -> int:
 
 @dataclass(frozen=True)
 class _Target:
-    """One active rollout, flattened for the per-device loop."""
+    """One active rollout, flattened for the per-device loop (what does not depend on where it stands)."""
 
     name: str
     model: str
     version: str
     groups: tuple[LabelSelector, ...]
-    threshold: int
-    """Buckets below this are in the rollout (0: none, e.g. aborted)."""
     recipes: frozenset[str]
-    stable: str | None
     window: Any
     conditions: LabelSelector | None
 
     def selectors(self) -> list[LabelSelector]:
         return [*self.groups, *([self.conditions] if self.conditions is not None else [])]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A device that a rollout targets and can serve (one profile, a recipe for it, no rival rollout)."""
+
+    device: str
+    profile: str
+    target: _Target
+    bucket: int
+    allowed: bool
+    """Whether the device's labels satisfy the rollout's ``conditions``."""
+    window: Window | None
+
+
+@dataclass(frozen=True)
+class Targeting:
+    """Which rollout targets which device: the part of a plan that does not depend on where rollouts stand.
+
+    Matching selectors against every device is the expensive part of planning; the position of each rollout
+    only decides, per candidate, between its new and its stable version. A controller cycle computes the
+    targeting once and derives the plan before and after its rollout decisions from it (:meth:`at`).
+    """
+
+    candidates: tuple[_Candidate, ...]
+    problems: tuple[PlanProblem, ...]
+    profiles: Mapping[str, str]
+    steps: Mapping[str, int]
+    """rollout -> its first step's percent, the position of a rollout nobody placed."""
+
+    def at(
+        self,
+        positions: Mapping[str, RolloutPosition] | None = None,
+        artifacts: Mapping[tuple[str, str, str], str] | None = None,
+    ) -> Plan:
+        """The plan with each rollout at ``positions`` (default: its first step, no stable version).
+
+        ``artifacts``: (model, version, profile) -> artifact id of a finished build.
+        """
+        positions = positions or {}
+        artifacts = artifacts or {}
+        placed = {name: positions.get(name) or RolloutPosition(first) for name, first in self.steps.items()}
+        thresholds = {n: 0 if p.aborted else p.percent * (BUCKETS // 100) for n, p in placed.items()}
+        result = Plan(problems=list(self.problems), profiles=dict(self.profiles))
+        for c in self.candidates:
+            target = c.target
+            inside = c.allowed and c.bucket < thresholds[target.name]
+            wanted = target.version if inside else placed[target.name].stable_version
+            if wanted is None:
+                continue  # not reached yet, and nothing ran before: leave the device alone
+            result.desired[(c.device, target.model)] = Desired(
+                c.device, target.model, wanted, c.profile, target.name,
+                artifacts.get((target.model, wanted, c.profile)), inside, c.window,
+            )  # fmt: skip
+        return result
 
 
 def plan(
@@ -125,23 +177,23 @@ def plan(
     ``positions``: rollout name -> where it stands (default: its first step, no stable version).
     ``artifacts``: (model, version, profile) -> artifact id of a finished build.
     """
-    positions = positions or {}
-    artifacts = artifacts or {}
-    result = Plan()
+    return targeting(tree, devices).at(positions, artifacts)
+
+
+def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
+    """Match every device against the profiles and the active rollouts' groups and conditions, once."""
     targets: list[_Target] = []
+    steps: dict[str, int] = {}
     for name, rollout in sorted(tree.rollouts.items()):
         if not rollout.active:
             continue
         spec = rollout.spec
-        position = positions.get(name) or RolloutPosition(spec.steps[0].percent)
         model = tree.models.get(spec.model)
         groups = tuple(tree.groups[g].spec.selector for g in spec.groups if g in tree.groups)
-        targets.append(_Target(
-            name, spec.model, spec.version, groups,
-            0 if position.aborted else position.percent * (BUCKETS // 100),
-            frozenset(r.profile for r in model.spec.recipes) if model else frozenset(),
-            position.stable_version, spec.maintenance_window, spec.conditions,
-        ))  # fmt: skip
+        recipes = frozenset(r.profile for r in model.spec.recipes) if model else frozenset()
+        targets.append(_Target(name, spec.model, spec.version, groups, recipes, spec.maintenance_window,
+                               spec.conditions))  # fmt: skip
+        steps[name] = spec.steps[0].percent
     profiles = sorted(tree.profiles.items())
     # Every selector reads a few label keys; devices that agree on those keys get the same answers.
     keys = sorted(
@@ -150,6 +202,9 @@ def plan(
     )
     memo: dict[tuple[str | None, ...], tuple[list[str], list[_Target], set[str]]] = {}
     claimed: dict[tuple[str, str], str] = {}
+    candidates: list[_Candidate] = []
+    problems: list[PlanProblem] = []
+    device_profiles: dict[str, str] = {}
 
     for device in devices:
         labels = device.labels
@@ -164,34 +219,26 @@ def plan(
         if len(matched) != 1:
             if targeting:
                 what = "no device profile matches" if not matched else f"several profiles match ({', '.join(matched)})"
-                result.problems.append(PlanProblem(device.name, f"{what} its labels"))
+                problems.append(PlanProblem(device.name, f"{what} its labels"))
             continue
         profile = matched[0]
-        result.profiles[device.name] = profile
+        device_profiles[device.name] = profile
         for target in targeting:
             key = (device.name, target.model)
             first = claimed.setdefault(key, target.name)
             if first != target.name:
-                result.problems.append(
+                problems.append(
                     PlanProblem(device.name, f"rollouts {first} and {target.name} both target it", target.model)
                 )
                 continue
             if profile not in target.recipes:
                 message = f"model {target.model} has no recipe for {profile}"
-                result.problems.append(PlanProblem(device.name, message, target.model))
+                problems.append(PlanProblem(device.name, message, target.model))
                 continue
-            inside = (
-                target.name in allowed and target.threshold > 0 and bucket(target.name, device.name) < target.threshold
-            )
-            wanted = target.version if inside else target.stable
-            if wanted is None:
-                continue  # not reached yet, and nothing ran before: leave the device alone
             window = window_for(target.window, labels) if target.window is not None else None
-            result.desired[key] = Desired(
-                device.name, target.model, wanted, profile, target.name,
-                artifacts.get((target.model, wanted, profile)), inside, window,
-            )  # fmt: skip
-    return result
+            candidates.append(_Candidate(device.name, profile, target, bucket(target.name, device.name),
+                                         target.name in allowed, window))  # fmt: skip
+    return Targeting(tuple(candidates), tuple(problems), device_profiles, steps)
 
 
 def _keys(selector: LabelSelector) -> set[str]:

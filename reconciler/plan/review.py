@@ -21,7 +21,7 @@ from typing import Any
 from reconciler.api import FleetTree
 from reconciler.api.types import format_duration
 
-from .desired import Device, Plan, RolloutPosition, plan
+from .desired import Device, Plan, RolloutPosition, plan, targeting
 
 ArtifactKey = tuple[str, str, str]
 
@@ -99,7 +99,9 @@ def review(
     result = Review(devices=len(devices))
     result.documents = _documents(base, head)
     before = plan(base, devices, base_positions) if base is not None else Plan()
-    after = plan(head, devices, head_positions)
+    # The head is planned at every step of every rollout: match selectors once, place rollouts many times.
+    head_targets = targeting(head, devices)
+    after = head_targets.at(head_positions)
     for key in sorted(set(before.desired) | set(after.desired)):
         old, new = before.desired.get(key), after.desired.get(key)
         old_version, new_version = (old.version if old else None), (new.version if new else None)
@@ -117,7 +119,7 @@ def review(
             base_rollout.spec.version if base_rollout else None), change, position.stable_version,
             head_steps.get(name, 0), {}, 0)  # fmt: skip
         # Targeted: every device the rollout reaches at 100 %, whatever step it stands at now.
-        mine = plan(head, devices, {**head_positions, name: RolloutPosition(100, position.stable_version)}).for_rollout(
+        mine = head_targets.at({**head_positions, name: RolloutPosition(100, position.stable_version)}).for_rollout(
             name
         )
         item.targeted = len(mine)
@@ -127,7 +129,7 @@ def review(
                 item.groups[group] = sum(1 for d in mine if selector.matches(labels.get(d.device, {})))
         if rollout.active:
             for index, step in enumerate(spec.steps):
-                at_step = plan(head, devices, {**head_positions, name: RolloutPosition(
+                at_step = head_targets.at({**head_positions, name: RolloutPosition(
                     step.percent, position.stable_version)}).for_rollout(name)  # fmt: skip
                 new = sum(1 for d in at_step if d.in_rollout)
                 pause = None

@@ -29,51 +29,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Any
 
 from reconciler.api.rollout import RolloutSpec
+from reconciler.api.status import DecisionKind, GateStatus, Reason, RolloutPhase, RolloutState, Verdict
 
 DEFAULT_MAX_FAILURE_RATE = 0.05
 DEFAULT_MIN_REPORTING = 1
 DEFAULT_FAILURE_LIMIT = 0
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    PROGRESSING = "Progressing"
-    PAUSED = "Paused"
-    SUCCEEDED = "Succeeded"
-    ABORTED = "Aborted"
-
-
-class Verdict(StrEnum):
-    PASS = "Pass"
-    FAIL = "Fail"
-    INCONCLUSIVE = "Inconclusive"
-
-
-@dataclass(frozen=True)
-class GateResult:
-    name: str
-    value: float | None
-    threshold: float
-    verdict: Verdict
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        value = None if self.value is None else round(self.value, 4)
-        return {
-            "name": self.name,
-            "value": value,
-            "threshold": self.threshold,
-            "verdict": str(self.verdict),
-            "detail": self.detail,
-        }
-
-    def sentence(self) -> str:
-        shown = "n/a" if self.value is None else f"{self.value:.4g}"
-        return f"{self.name} {shown} > {self.threshold:g}" if self.verdict is Verdict.FAIL else f"{self.name} {shown}"
 
 
 @dataclass(frozen=True)
@@ -107,60 +69,10 @@ class Manual:
 
 
 @dataclass(frozen=True)
-class RolloutState:
-    phase: Phase = Phase.PENDING
-    step: int = 0
-    stable_version: str | None = None
-    step_started: str | None = None
-    """RFC 3339: when the current step began (deadlines and offline counting run from here)."""
-    step_done: str | None = None
-    """RFC 3339: when the step's devices settled (its pause runs from here)."""
-    reason: str = ""
-    message: str = ""
-    failures: int = 0
-    promotions_seen: int = 0
-    retries_seen: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "phase": str(self.phase),
-            "currentStep": self.step,
-            "stableVersion": self.stable_version,
-            "stepStarted": self.step_started,
-            "stepDone": self.step_done,
-            "reason": self.reason,
-            "message": self.message,
-            "consecutiveFailures": self.failures,
-            "promotionsSeen": self.promotions_seen,
-            "retriesSeen": self.retries_seen,
-        }
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> RolloutState:
-        try:
-            phase = Phase(body.get("phase", "Pending"))
-        except ValueError:
-            phase = Phase.PENDING
-        return cls(
-            phase,
-            int(body.get("currentStep") or 0),
-            body.get("stableVersion"),
-            body.get("stepStarted"),
-            body.get("stepDone"),
-            str(body.get("reason") or ""),
-            str(body.get("message") or ""),
-            int(body.get("consecutiveFailures") or 0),
-            int(body.get("promotionsSeen") or 0),
-            int(body.get("retriesSeen") or 0),
-        )
-
-
-@dataclass(frozen=True)
 class Decision:
-    kind: str
-    """Start, Promote, Succeed, Abort, Retry, Pause, Resume."""
+    kind: DecisionKind
     message: str
-    gate: GateResult | None = None
+    gate: GateStatus | None = None
     devices: int = 0
 
 
@@ -168,7 +80,7 @@ class Decision:
 class Outcome:
     state: RolloutState
     decision: Decision | None
-    gates: list[GateResult] = field(default_factory=list)
+    gates: list[GateStatus] = field(default_factory=list)
 
 
 def max_unavailable(spec: RolloutSpec, targeted: int) -> int:
@@ -178,14 +90,14 @@ def max_unavailable(spec: RolloutSpec, targeted: int) -> int:
     return int(value)
 
 
-def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateResult]:
+def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateStatus]:
     analysis = spec.analysis
     needed = analysis.min_devices_reporting or DEFAULT_MIN_REPORTING
-    gates: list[GateResult] = []
+    gates: list[GateStatus] = []
     threshold = analysis.max_failure_rate if analysis.max_failure_rate is not None else DEFAULT_MAX_FAILURE_RATE
     if obs.reporting + obs.unavailable < min(needed, obs.targeted):
         gates.append(
-            GateResult(
+            GateStatus(
                 "failureRate",
                 None,
                 threshold,
@@ -197,7 +109,7 @@ def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateResult]:
         rate = obs.failed / obs.targeted if obs.targeted else 0.0
         verdict = Verdict.FAIL if rate > threshold else Verdict.PASS
         gates.append(
-            GateResult("failureRate", rate, threshold, verdict, f"{obs.failed} of {obs.targeted} devices failed")
+            GateStatus("failureRate", rate, threshold, verdict, f"{obs.failed} of {obs.targeted} devices failed")
         )
     telemetry = [
         ("errorRate", analysis.max_error_rate, obs.error_rate),
@@ -209,7 +121,7 @@ def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateResult]:
             continue
         if value is None or obs.telemetry_devices < min(needed, obs.targeted):
             gates.append(
-                GateResult(
+                GateStatus(
                     name,
                     value,
                     limit,
@@ -218,35 +130,37 @@ def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateResult]:
                 )
             )
         else:
-            gates.append(GateResult(name, value, limit, Verdict.FAIL if value > limit else Verdict.PASS))
+            gates.append(GateStatus(name, value, limit, Verdict.FAIL if value > limit else Verdict.PASS))
     return gates
 
 
 def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: datetime, manual: Manual) -> Outcome:
     stamp = now.isoformat(timespec="seconds")
-    if state.phase is Phase.ABORTED:
+    if state.phase is RolloutPhase.ABORTED:
         if manual.retries > state.retries_seen:
             fresh = RolloutState(
-                Phase.PROGRESSING,
+                RolloutPhase.PROGRESSING,
                 0,
                 state.stable_version,
                 stamp,
                 retries_seen=manual.retries,
                 promotions_seen=manual.promotions,
-                reason="Retried",
+                reason=Reason.RETRIED,
                 message="retried by a person",
             )
-            return Outcome(fresh, Decision("Retry", "retried by a person"))
+            return Outcome(fresh, Decision(DecisionKind.RETRY, "retried by a person"))
         return Outcome(state, None)
-    if state.phase is Phase.SUCCEEDED:
+    if state.phase is RolloutPhase.SUCCEEDED:
         return Outcome(state, None)
     if manual.abort:
-        aborted = replace(state, phase=Phase.ABORTED, reason="AbortedByPerson", message=manual.abort)
-        return Outcome(aborted, Decision("Abort", f"aborted by a person: {manual.abort}", devices=obs.targeted))
-    if state.phase is Phase.PENDING:
-        started = replace(state, phase=Phase.PROGRESSING, step_started=stamp, reason="Started", message="")
+        aborted = replace(state, phase=RolloutPhase.ABORTED, reason=Reason.ABORTED_BY_PERSON, message=manual.abort)
+        return Outcome(
+            aborted, Decision(DecisionKind.ABORT, f"aborted by a person: {manual.abort}", devices=obs.targeted)
+        )
+    if state.phase is RolloutPhase.PENDING:
+        started = replace(state, phase=RolloutPhase.PROGRESSING, step_started=stamp, reason=Reason.STARTED, message="")
         after = decide(spec, started, obs, now, manual)  # the first step is evaluated at once
-        return Outcome(after.state, after.decision or Decision("Start", _step_text(spec, 0)), after.gates)
+        return Outcome(after.state, after.decision or Decision(DecisionKind.START, _step_text(spec, 0)), after.gates)
 
     gates = evaluate_gates(spec, obs) if obs.targeted else []
     failed = next((g for g in gates if g.verdict is Verdict.FAIL), None)
@@ -255,76 +169,88 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
         limit = spec.analysis.failure_limit if spec.analysis.failure_limit is not None else DEFAULT_FAILURE_LIMIT
         if failures > limit:
             aborted = replace(
-                state, phase=Phase.ABORTED, reason="GateFailed", message=failed.sentence(), failures=failures
+                state,
+                phase=RolloutPhase.ABORTED,
+                reason=Reason.GATE_FAILED,
+                message=failed.sentence(),
+                failures=failures,
             )
-            return Outcome(aborted, Decision("Abort", failed.sentence(), failed, obs.targeted), gates)
-        return Outcome(replace(state, failures=failures, reason="GateFailed", message=failed.sentence()), None, gates)
+            return Outcome(aborted, Decision(DecisionKind.ABORT, failed.sentence(), failed, obs.targeted), gates)
+        return Outcome(
+            replace(state, failures=failures, reason=Reason.GATE_FAILED, message=failed.sentence()), None, gates
+        )
     state = replace(state, failures=0)
     if manual.paused:
-        if state.phase is not Phase.PAUSED or state.reason != "PausedByPerson":
-            paused = replace(state, phase=Phase.PAUSED, reason="PausedByPerson", message="paused by a person")
-            return Outcome(paused, Decision("Pause", "paused by a person"), gates)
+        if state.phase is not RolloutPhase.PAUSED or state.reason != Reason.PAUSED_BY_PERSON:
+            paused = replace(
+                state, phase=RolloutPhase.PAUSED, reason=Reason.PAUSED_BY_PERSON, message="paused by a person"
+            )
+            return Outcome(paused, Decision(DecisionKind.PAUSE, "paused by a person"), gates)
         return Outcome(state, None, gates)
-    if state.reason == "PausedByPerson":
-        state = replace(state, phase=Phase.PROGRESSING, reason="Resumed", message="resumed by a person")
+    if state.reason == Reason.PAUSED_BY_PERSON:
+        state = replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.RESUMED, message="resumed by a person")
 
     inconclusive = next((g for g in gates if g.verdict is Verdict.INCONCLUSIVE), None)
     allowed = max_unavailable(spec, obs.targeted)
     settled = obs.healthy + min(obs.unavailable + obs.failed, allowed) >= obs.targeted
     if inconclusive is not None or not settled:
         waiting = (
-            inconclusive.detail
+            inconclusive.message
             if inconclusive
             else (
                 f"{obs.healthy} of {obs.targeted} healthy, {obs.in_progress} in progress, {obs.unavailable} unavailable"
             )
         )
-        return Outcome(replace(state, phase=Phase.PROGRESSING, reason="Waiting", message=waiting), None, gates)
+        return Outcome(
+            replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.WAITING, message=waiting), None, gates
+        )
 
     state = replace(state, step_done=state.step_done or stamp)
     pause = spec.steps[state.step].pause
     if pause is not None and pause.duration is None and manual.promotions <= state.promotions_seen:
         held = replace(
             state,
-            phase=Phase.PAUSED,
-            reason="WaitingForPromotion",
+            phase=RolloutPhase.PAUSED,
+            reason=Reason.WAITING_FOR_PROMOTION,
             message=f"{_step_text(spec, state.step)} done; edgectl rollout promote to continue",
         )
-        decision = Decision("Pause", held.message) if state.phase is not Phase.PAUSED else None
+        decision = Decision(DecisionKind.PAUSE, held.message) if state.phase is not RolloutPhase.PAUSED else None
         return Outcome(held, decision, gates)
     if pause is not None and pause.duration is not None:
         ends = datetime.fromisoformat(state.step_done) + pause.duration
         if now < ends and manual.promotions <= state.promotions_seen:
-            return Outcome(replace(state, reason="Pausing", message=f"pause until {ends.isoformat()}"), None, gates)
+            return Outcome(
+                replace(state, reason=Reason.PAUSING, message=f"pause until {ends.isoformat()}"), None, gates
+            )
     promotions = max(manual.promotions, state.promotions_seen)
     if state.step + 1 >= len(spec.steps):
         done = RolloutState(
-            Phase.SUCCEEDED,
+            RolloutPhase.SUCCEEDED,
             state.step,
             spec.version,
             state.step_started,
             state.step_done,
-            "Succeeded",
+            Reason.SUCCEEDED,
             f"all devices on {spec.version}",
             0,
             promotions,
             state.retries_seen,
         )
-        return Outcome(done, Decision("Succeed", f"{spec.version} on every device of the rollout"), gates)
+        return Outcome(done, Decision(DecisionKind.SUCCEED, f"{spec.version} on every device of the rollout"), gates)
     following = state.step + 1
     promoted = RolloutState(
-        Phase.PROGRESSING,
+        RolloutPhase.PROGRESSING,
         following,
         state.stable_version,
         stamp,
         None,
-        "Promoted",
+        Reason.PROMOTED,
         _step_text(spec, following),
         0,
         promotions,
         state.retries_seen,
     )
-    return Outcome(promoted, Decision("Promote", promoted.message), gates)
+    return Outcome(promoted, Decision(DecisionKind.PROMOTE, promoted.message), gates)
 
 
 def is_overdue(step_started: str | None, now: datetime, limit: timedelta) -> bool:

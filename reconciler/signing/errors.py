@@ -7,12 +7,18 @@ a status field can act on; a failure to reach something is a *transport* error t
     ├── SigningUnavailableError  keyless signing could not reach its certificate authority or log (offline)
     └── FetchError               metadata or a file could not be downloaded; retry later
 
+A loop that does not care where a failure came from catches the kinds of :mod:`reconciler.errors`: a
+FetchError is also a TemporaryError, a KeyFileError also a PermanentError (a person must fix the file). A
+RefusedError is neither: it is a verdict on the data, and the same data gets the same verdict.
+
 Messages name files, roles and keys by path or id, never by content: no key material reaches a log.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from reconciler.errors import PermanentError, TemporaryError
 
 
 class Refusal(StrEnum):
@@ -69,7 +75,7 @@ class RefusedError(TrustError):
         self.message = message
 
 
-class KeyFileError(TrustError):
+class KeyFileError(TrustError, PermanentError):
     """A key file that cannot be used. The message names the path, never the content."""
 
 
@@ -77,5 +83,5 @@ class SigningUnavailableError(TrustError):
     """Keyless signing needs the network (OIDC, Fulcio, Rekor); offline fleets sign with key files."""
 
 
-class FetchError(TrustError):
+class FetchError(TrustError, TemporaryError):
     """A download failed in transport (connection, HTTP status). Nothing was trusted; retry later."""

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.durable import write_atomic
+
 from .errors import Refusal, RefusedError
 
 RELEASE_NAME = "release.json"
@@ -92,5 +94,5 @@ def parse_release(data: bytes) -> Release:
 def write_release(directory: Path, release: Release) -> Path:
     """Put the statement into the artifact directory; sign the directory afterwards so it is covered."""
     path = Path(directory) / RELEASE_NAME
-    path.write_bytes(release.to_json())
+    write_atomic(path, release.to_json())
     return path

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +42,8 @@ from tuf.api.metadata import (
     Timestamp,
 )
 from tuf.api.serialization.json import JSONSerializer
+
+from reconciler.durable import move_into_place, sync_file, write_atomic
 
 from .keys import generate_key, load_public_key, tuf_key, tuf_signer
 
@@ -212,27 +214,21 @@ class TufRepository:
         if target.exists():
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        os.close(fd)
-        os.unlink(tmp)
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
         try:
-            os.link(local, tmp)
-        except OSError:
-            shutil.copyfile(local, tmp)
-        os.replace(tmp, target)
+            try:
+                os.link(local, tmp)  # a second name for the same bytes: no copy (model files are large)
+            except OSError:  # another file system, or no hard links: copy
+                shutil.copyfile(local, tmp)
+            with tmp.open("rb") as written:  # the bytes may not be on disk yet, however they got there
+                sync_file(written)
+            move_into_place(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _write(self, name: str, md: Metadata) -> None:
-        data = md.to_bytes(JSONSerializer(compact=False))
-        fd, tmp = tempfile.mkstemp(dir=self.metadata_dir, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.metadata_dir / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(self.metadata_dir / name, md.to_bytes(JSONSerializer(compact=False)))
 
 
 ONLINE_ROLES = (Targets.type, Snapshot.type, Timestamp.type)

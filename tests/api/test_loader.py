@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
-from reconciler.gitops.files import FleetPathError, read_fleet_dir
 from reconciler.api import Limits, SourceFile, SpecErrors, load_fleet
 from reconciler.api.schema import export_schemas, schema_file_name
+from reconciler.gitops.files import FleetPathError, read_fleet_dir
 
 GROUP = """apiVersion: edgereconciler.io/v1alpha1
 kind: DeviceGroup

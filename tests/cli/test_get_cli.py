@@ -187,9 +187,9 @@ def test_devices_from_the_kubernetes_api(kubeconfig: Path):
         assert table[2].split()[:5] == [names[1], "vibration-anomaly", "2.0.0", "<none>", "Pending"]
 
         # Rollouts from the FleetRollout mirrors the controller keeps (what `kubectl get frol` shows too).
-        from reconciler.controller.loop import _mirror
+        from reconciler.api.status import RolloutStatus
 
-        assert backend.mirror_rollouts({ROLLOUT: _mirror(STATUS)}) == 1
+        assert backend.mirror_rollouts({ROLLOUT: RolloutStatus.from_json(STATUS)}) == 1
         mirrored = edgectl("get", "rollouts", "--backend", "kubernetes", "--kubeconfig", kubeconfig,
                            "-n", backend.namespace)  # fmt: skip
         assert mirrored.returncode == 0, mirrored.stderr

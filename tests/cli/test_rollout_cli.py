@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from reconciler.api import load_fleet
 from reconciler.controller.rollouts import manual_actions
 from reconciler.gitops.files import read_fleet_dir
-from reconciler.api import load_fleet
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
 NAME = "digits-cnn-1-1"

@@ -10,7 +10,7 @@ from pathlib import Path
 from reconciler.api.schema import export_schemas
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
-CORPUS = Path(__file__).resolve().parents[1] / "spec" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "api" / "corpus"
 
 
 def edgectl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from reconciler.api import FleetTree, load_fleet
 from reconciler.cluster import AssignmentStatus, LocalBackend, kubernetes_backend
 from reconciler.controller.reconcile import reconcile
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import RolloutPosition, bucket
-from reconciler.api import FleetTree, load_fleet
 
 ROLLOUT = "vibration-anomaly-2"
 LABELS = {

@@ -149,3 +149,35 @@ def test_edgectl_run_once_killed_at_random_points_converges_without_duplicate_co
     assert len(status_commits(git_server)) == 1
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert "status unchanged" in again.stdout and "0 applied" in again.stdout
+
+
+def test_a_custom_status_path_holds_every_status_file_and_status_commits_are_not_spec_changes(
+    git_server: GitServer, tmp_path: Path
+):
+    url, work = git_server.create("fleet")
+    register(tmp_path / "state", 40)
+    fleet = work / "fleet.yaml"
+    fleet.write_text(fleet.read_text().replace("statusPath: status", "statusPath: ops/state"))
+    git("commit", "-qam", "Status under ops/state", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), LocalBackend(tmp_path / "state"))
+    first = controller.cycle()
+    assert first.stalled is None and first.applied == 40
+    bare = git_server.base / "fleet.git"
+    listed = git("ls-tree", "-r", "--name-only", "main", cwd=bare).splitlines()
+    assert "ops/state/rollouts/vibration-anomaly-2.yaml" in listed and "ops/state/controller.yaml" in listed
+    assert not any(path.startswith("status/") and path.endswith(".yaml") for path in listed)
+    written = yaml.safe_load(git("show", "main:ops/state/rollouts/vibration-anomaly-2.yaml", cwd=bare))
+    assert written["observedCommit"] == git("rev-parse", "main~1", cwd=bare)  # the person's commit
+    # The controller's own commit under ops/state is not a spec change: nothing more to write.
+    assert controller.cycle().status_commit is None and len(status_commits(git_server)) == 1
+
+    # A stall is reported under the configured path too.
+    rollout = work / "rollouts" / "vibration-anomaly-2.yaml"
+    git("pull", "-q", "origin", "main", cwd=work)
+    rollout.write_text(rollout.read_text().replace("percent: 100", "percent: 90"))
+    git("commit", "-qam", "Broken steps", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    assert "spec error" in (controller.cycle().stalled or "")
+    report = yaml.safe_load(git("show", "main:ops/state/controller.yaml", cwd=bare))
+    assert report["ready"] is False and "spec error" in report["message"]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.api import load_fleet
 from reconciler.gitops.source import GitError, GitSource, redact
 from reconciler.gitops.status import Author, StatusWriter
-from reconciler.api import load_fleet
 
 from ..git_server import GitServer, git
 

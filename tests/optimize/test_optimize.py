@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reconciler.api.model import DistillPass, PrunePass
 from reconciler.optimize import optimize
 from reconciler.optimize.datasets import load_dataset
 from reconciler.optimize.errors import BuildError
-from reconciler.api.model import DistillPass, PrunePass
 
 DIGITS = Path(__file__).resolve().parents[2] / "fleet-example" / "models" / "digits-cnn"
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reconciler.optimize.pipeline import BuildInputs, build_profile, build_scope
+from reconciler.api import load_fleet
 from reconciler.artifact.runtime import ModelRunner
 from reconciler.artifact.store import ArtifactStore
 from reconciler.gitops.files import read_fleet_dir
-from reconciler.api import load_fleet
+from reconciler.optimize.pipeline import BuildInputs, build_profile, build_scope
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "fleet-example"
 

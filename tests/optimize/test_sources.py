@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.api.model import ModelSource
 from reconciler.optimize.errors import SourceError
 from reconciler.optimize.sources import fetch_source
-from reconciler.api.model import ModelSource
 
 
 @pytest.fixture

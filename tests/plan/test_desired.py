@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.api import FleetTree, SourceFile, load_fleet
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import Device, RolloutPosition, bucket, plan
-from reconciler.api import FleetTree, SourceFile, load_fleet
 
 FACTORY = {
     "acme.example/site-type": "factory",

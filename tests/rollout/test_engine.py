@@ -9,16 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
-from reconciler.rollout.engine import (
-    Manual,
-    Observation,
-    Phase,
-    RolloutState,
-    Verdict,
-    decide,
-    evaluate_gates,
-)
 from reconciler.api.rollout import RolloutSpec
+from reconciler.api.status import RolloutPhase as Phase
+from reconciler.api.status import RolloutState, Verdict
+from reconciler.rollout.engine import Manual, Observation, decide, evaluate_gates
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from reconciler.api import load_fleet
+from reconciler.api.status import RolloutState
 from reconciler.cluster import AssignmentStatus
 from reconciler.controller.rollouts import observe
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import Device, RolloutPosition, plan
-from reconciler.rollout.engine import RolloutState
-from reconciler.api import load_fleet
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 BASE = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east", "acme.example/network": "wifi"}

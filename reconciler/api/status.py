@@ -1,0 +1,512 @@
+"""The status half of the API: what the controller writes under the fleet's status path, typed.
+
+Pure (no I/O). The controller builds these values and writes them (``to_yaml``); every reader (``edgectl get``,
+``describe``, ``rollout status``, the watch, the demo, the FleetRollout mirror, ``edgectl plan``) reads the same
+types back (``from_yaml`` / ``from_json``), so a field is named, defaulted and tolerated in one place.
+
+Reading is forgiving on purpose: a status file is the controller's own output, but it lives in a Git repository
+that people can edit or break. A file that does not parse, or a field of the wrong type, reads as the default
+(an empty status), never as an exception: a rollout then continues from its start, which is what the controller
+would do without the file.
+
+Writing is deterministic: the bytes are a function of the values only (no timestamps of the write, keys in a
+fixed order, empty fields left out as kubectl leaves them out), so an unchanged fleet renders identical files
+and the status writer commits nothing.
+
+    FleetStatus           every status file of a commit, by kind and name
+    ├── RolloutStatus     one per rollout: where its step machine stands (RolloutState), devices, gates, decisions
+    ├── GroupStatus       one per device group: members and assignments by phase
+    └── ControllerStatus  the controller's own condition: Ready, or Stalled with the reason
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import yaml
+
+from .document import API_VERSION
+from .loader import FleetTree, SourceFile, load_fleet
+
+HEADER = "# Written by edge-reconciler; do not edit: the controller owns this file.\n"
+HISTORY = 10
+"""Decisions kept in a rollout's status file (newest last)."""
+PROBLEMS = 50
+"""Plan problems kept in a rollout's status file."""
+
+
+class RolloutPhase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    SUCCEEDED = "Succeeded"
+    ABORTED = "Aborted"
+
+
+class Verdict(StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class DecisionKind(StrEnum):
+    START = "Start"
+    PROMOTE = "Promote"
+    PAUSE = "Pause"
+    SUCCEED = "Succeed"
+    ABORT = "Abort"
+    RETRY = "Retry"
+
+
+class Reason(StrEnum):
+    """Why a rollout is in its phase (``status.reason``), as Flux and Argo Rollouts name their conditions."""
+
+    STARTED = "Started"
+    WAITING = "Waiting"
+    GATE_FAILED = "GateFailed"
+    PAUSING = "Pausing"
+    WAITING_FOR_PROMOTION = "WaitingForPromotion"
+    PROMOTED = "Promoted"
+    PAUSED_BY_PERSON = "PausedByPerson"
+    RESUMED = "Resumed"
+    ABORTED_BY_PERSON = "AbortedByPerson"
+    RETRIED = "Retried"
+    SUCCEEDED = "Succeeded"
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Where a rollout's step machine stands: the part of its status that the next cycle continues from."""
+
+    phase: RolloutPhase = RolloutPhase.PENDING
+    step: int = 0
+    stable_version: str | None = None
+    step_started: str | None = None
+    """RFC 3339: when the current step began (deadlines and offline counting run from here)."""
+    step_done: str | None = None
+    """RFC 3339: when the step's devices settled (its pause runs from here)."""
+    reason: str = ""
+    message: str = ""
+    failures: int = 0
+    promotions_seen: int = 0
+    retries_seen: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "phase": str(self.phase),
+            "currentStep": self.step,
+            "stableVersion": self.stable_version,
+            "stepStarted": self.step_started,
+            "stepDone": self.step_done,
+            "reason": str(self.reason),
+            "message": self.message,
+            "consecutiveFailures": self.failures,
+            "promotionsSeen": self.promotions_seen,
+            "retriesSeen": self.retries_seen,
+        }
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RolloutState:
+        try:
+            phase = RolloutPhase(body.get("phase", "Pending"))
+        except ValueError:
+            phase = RolloutPhase.PENDING
+        return cls(
+            phase,
+            _int(body.get("currentStep")),
+            _str_or_none(body.get("stableVersion")),
+            _str_or_none(body.get("stepStarted")),
+            _str_or_none(body.get("stepDone")),
+            str(body.get("reason") or ""),
+            str(body.get("message") or ""),
+            _int(body.get("consecutiveFailures")),
+            _int(body.get("promotionsSeen")),
+            _int(body.get("retriesSeen")),
+        )
+
+
+@dataclass(frozen=True)
+class GateStatus:
+    """One analysis gate as last evaluated: its value against its threshold."""
+
+    name: str
+    value: float | None
+    threshold: float
+    verdict: Verdict
+    message: str = ""
+    """What was measured, in words (``1 of 20 devices failed``)."""
+
+    def sentence(self) -> str:
+        shown = "n/a" if self.value is None else f"{self.value:.4g}"
+        return f"{self.name} {shown} > {self.threshold:g}" if self.verdict is Verdict.FAIL else f"{self.name} {shown}"
+
+    def to_json(self) -> dict[str, Any]:
+        value = None if self.value is None else round(self.value, 4)
+        body: dict[str, Any] = {"name": self.name, "value": value, "threshold": self.threshold}
+        body["verdict"] = str(self.verdict)
+        if self.message:
+            body["message"] = self.message
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> GateStatus:
+        try:
+            verdict = Verdict(body.get("verdict"))
+        except ValueError:
+            verdict = Verdict.INCONCLUSIVE
+        value = body.get("value")
+        # ``detail`` is what controllers before 0.2 wrote for ``message``.
+        message = body.get("message") or body.get("detail") or ""
+        return cls(str(body.get("name", "")), _float_or_none(value), _float(body.get("threshold")), verdict,
+                   str(message))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision of the step machine, as kept in the status file's history."""
+
+    time: str
+    decision: str
+    """A :class:`DecisionKind`; kept as read so that a newer controller's kinds still show."""
+    message: str
+    step: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": self.time, "decision": str(self.decision), "message": self.message, "step": self.step}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> DecisionRecord:
+        return cls(str(body.get("time", "")), str(body.get("decision", "")), str(body.get("message", "")),
+                   _int(body.get("step")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DeviceCounts:
+    """The rollout's targeted devices: how many, how many want the new version, and phases per version."""
+
+    targeted: int = 0
+    on_new_version: int = 0
+    by_version: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """version -> phase -> devices. A device that reports another installed version than it should run is
+    counted as ``Phase(installed)``, e.g. ``Downloading(1.0.0)``."""
+
+    def healthy_on(self, version: str) -> int:
+        return int(self.by_version.get(version, {}).get("Healthy", 0))
+
+    def by_phase(self) -> dict[str, int]:
+        """Devices per phase over every version (``Healthy(1.0.0)`` counted as ``Healthy``)."""
+        phases: dict[str, int] = {}
+        for counts in self.by_version.values():
+            for phase, count in counts.items():
+                key = phase.split("(")[0]
+                phases[key] = phases.get(key, 0) + count
+        return phases
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "targeted": self.targeted,
+            "onNewVersion": self.on_new_version,
+            "byVersion": {v: dict(sorted(c.items())) for v, c in sorted(self.by_version.items())},
+        }
+
+    @classmethod
+    def from_json(cls, body: Any) -> DeviceCounts:
+        if not isinstance(body, Mapping):
+            return cls()
+        by_version = body.get("byVersion")
+        counts = {
+            str(version): {str(phase): _int(n) for phase, n in phases.items()}
+            for version, phases in (by_version.items() if isinstance(by_version, Mapping) else ())
+            if isinstance(phases, Mapping)
+        }
+        return cls(_int(body.get("targeted")), _int(body.get("onNewVersion")), counts)
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """A rollout's status file (``STATUS_PATH/rollouts/NAME.yaml``) and its FleetRollout mirror."""
+
+    rollout: str
+    model: str = ""
+    version: str = ""
+    state: RolloutState = field(default_factory=RolloutState)
+    observed_revision: str | None = None
+    """Digest of the spec files the status was computed from (status files excluded)."""
+    observed_commit: str | None = None
+    """The commit that last changed the specs of this revision."""
+    devices: DeviceCounts = field(default_factory=DeviceCounts)
+    gates: tuple[GateStatus, ...] = ()
+    last_decision: DecisionRecord | None = None
+    history: tuple[DecisionRecord, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def phase(self) -> RolloutPhase:
+        return self.state.phase
+
+    @property
+    def ready(self) -> tuple[int, int]:
+        """(devices Healthy on the rollout's version, devices targeted)."""
+        return self.devices.healthy_on(self.version), self.devices.targeted
+
+    def describes(self, model: str, version: str) -> bool:
+        """Whether this status is about the given model version (a new version in the spec starts afresh)."""
+        return self.model == model and self.version == version
+
+    def with_decision(self, record: DecisionRecord) -> RolloutStatus:
+        return replace(self, last_decision=record, history=(*self.history, record)[-HISTORY:])
+
+    def to_json(self) -> dict[str, Any]:
+        state = self.state.to_json()
+        body: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "RolloutStatus", "rollout": self.rollout,
+                                "model": self.model, "version": self.version}  # fmt: skip
+        for key in ("phase", "currentStep", "stableVersion", "stepStarted", "stepDone"):
+            body[key] = state[key]
+        body["observedRevision"] = self.observed_revision
+        body["observedCommit"] = self.observed_commit
+        for key in ("reason", "message", "consecutiveFailures", "promotionsSeen", "retriesSeen"):
+            body[key] = state[key]
+        body["devices"] = self.devices.to_json()
+        body["gates"] = [g.to_json() for g in self.gates]
+        body["lastDecision"] = self.last_decision.to_json() if self.last_decision else None
+        body["history"] = [h.to_json() for h in self.history]
+        body["problems"] = list(self.problems)
+        # As kubectl does: empty fields are left out; the phase and step always show.
+        return {k: v for k, v in body.items() if k in ("phase", "currentStep") or v not in (None, "", 0, [], {})}
+
+    @classmethod
+    def from_json(cls, body: Any, name: str = "") -> RolloutStatus:
+        if not isinstance(body, Mapping):
+            return cls(name)
+        last = body.get("lastDecision")
+        return cls(
+            rollout=str(body.get("rollout") or name),
+            model=str(body.get("model") or ""),
+            version=str(body.get("version") or ""),
+            state=RolloutState.from_json(body),
+            observed_revision=_str_or_none(body.get("observedRevision")),
+            observed_commit=_str_or_none(body.get("observedCommit")),
+            devices=DeviceCounts.from_json(body.get("devices")),
+            gates=tuple(GateStatus.from_json(g) for g in _list(body.get("gates")) if isinstance(g, Mapping)),
+            last_decision=DecisionRecord.from_json(last) if isinstance(last, Mapping) else None,
+            history=tuple(DecisionRecord.from_json(h) for h in _list(body.get("history")) if isinstance(h, Mapping)),
+            problems=tuple(str(p) for p in _list(body.get("problems"))),
+        )
+
+    def to_yaml(self) -> bytes:
+        return _dump(self.to_json())
+
+    @classmethod
+    def from_yaml(cls, data: bytes | None, name: str = "") -> RolloutStatus:
+        return cls.from_json(_load(data), name)
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """A device group's status file (``STATUS_PATH/groups/NAME.yaml``)."""
+
+    group: str
+    devices: int = 0
+    assignments: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """``model@version`` -> phase -> devices of the group."""
+
+    def by_phase(self) -> dict[str, int]:
+        phases: dict[str, int] = {}
+        for counts in self.assignments.values():
+            for phase, count in counts.items():
+                phases[phase] = phases.get(phase, 0) + count
+        return phases
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "DeviceGroupStatus",
+            "group": self.group,
+            "devices": self.devices,
+            "assignments": {k: dict(sorted(v.items())) for k, v in sorted(self.assignments.items())},
+        }
+
+    @classmethod
+    def from_json(cls, body: Any, name: str = "") -> GroupStatus:
+        if not isinstance(body, Mapping):
+            return cls(name)
+        assignments = body.get("assignments")
+        counts = {
+            str(key): {str(phase): _int(n) for phase, n in phases.items()}
+            for key, phases in (assignments.items() if isinstance(assignments, Mapping) else ())
+            if isinstance(phases, Mapping)
+        }
+        return cls(str(body.get("group") or name), _int(body.get("devices")), counts)
+
+    def to_yaml(self) -> bytes:
+        return _dump(self.to_json())
+
+    @classmethod
+    def from_yaml(cls, data: bytes | None, name: str = "") -> GroupStatus:
+        return cls.from_json(_load(data), name)
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    """The controller's own condition (``STATUS_PATH/controller.yaml``): Ready, or Stalled and why."""
+
+    observed_commit: str | None = None
+    stalled: str | None = None
+    """Why nothing was applied (unsigned head, spec errors); None when the controller is Ready."""
+
+    @property
+    def ready(self) -> bool:
+        return self.stalled is None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "ControllerStatus",
+                                "observedCommit": self.observed_commit, "ready": self.ready}  # fmt: skip
+        if self.stalled is not None:
+            body["reason"] = "Stalled"
+            body["message"] = self.stalled
+        return body
+
+    @classmethod
+    def from_json(cls, body: Any) -> ControllerStatus:
+        if not isinstance(body, Mapping):
+            return cls()
+        stalled = None if body.get("ready", True) else str(body.get("message") or body.get("reason") or "Stalled")
+        return cls(_str_or_none(body.get("observedCommit")), stalled)
+
+    def to_yaml(self) -> bytes:
+        return _dump(self.to_json())
+
+    @classmethod
+    def from_yaml(cls, data: bytes | None) -> ControllerStatus:
+        return cls.from_json(_load(data))
+
+
+@dataclass(frozen=True)
+class StatusPaths:
+    """Where each status file lives under the Fleet's ``statusPath``: the one place that spells the layout."""
+
+    root: str = "status"
+
+    @property
+    def prefix(self) -> str:
+        return self.root.rstrip("/") + "/"
+
+    def rollout(self, name: str) -> str:
+        return f"{self.prefix}rollouts/{name}.yaml"
+
+    def group(self, name: str) -> str:
+        return f"{self.prefix}groups/{name}.yaml"
+
+    @property
+    def controller(self) -> str:
+        return f"{self.prefix}controller.yaml"
+
+    def owns(self, path: str) -> bool:
+        return path.startswith(self.prefix)
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """Every status file of one commit, typed; a missing file reads as an empty status."""
+
+    paths: StatusPaths = field(default_factory=StatusPaths)
+    rollouts: Mapping[str, RolloutStatus] = field(default_factory=dict)
+    groups: Mapping[str, GroupStatus] = field(default_factory=dict)
+    controller: ControllerStatus | None = None
+
+    def rollout(self, name: str) -> RolloutStatus:
+        return self.rollouts.get(name) or RolloutStatus(name)
+
+    def group(self, name: str) -> GroupStatus:
+        return self.groups.get(name) or GroupStatus(name)
+
+    @classmethod
+    def from_files(cls, files: Iterable[SourceFile], paths: StatusPaths) -> FleetStatus:
+        rollouts, groups, controller = {}, {}, None
+        for file in files:
+            if not paths.owns(file.path):
+                continue
+            inner = file.path.removeprefix(paths.prefix)
+            folder, _, leaf = inner.rpartition("/")
+            name = leaf.removesuffix(".yaml")
+            if folder == "rollouts":
+                rollouts[name] = RolloutStatus.from_yaml(file.content, name)
+            elif folder == "groups":
+                groups[name] = GroupStatus.from_yaml(file.content, name)
+            elif inner == "controller.yaml":
+                controller = ControllerStatus.from_yaml(file.content)
+        return cls(paths, rollouts, groups, controller)
+
+
+@dataclass(frozen=True)
+class FleetAtCommit:
+    """A fleet repo's specs and status, split where the Fleet document says (``spec.statusPath``)."""
+
+    tree: FleetTree
+    status: FleetStatus
+    spec_files: tuple[SourceFile, ...]
+
+    @property
+    def revision(self) -> str:
+        return spec_revision(self.spec_files)
+
+
+def load_with_status(files: Iterable[SourceFile]) -> FleetAtCommit:
+    """Load the specs and read the status files of one tree of files; raises ``SpecErrors`` for the specs."""
+    files = list(files)
+    tree = load_fleet(files)  # the loader already leaves out whatever lies under the Fleet's status path
+    paths = StatusPaths(tree.fleet.spec.status_path)
+    specs = tuple(f for f in files if not paths.owns(f.path))
+    return FleetAtCommit(tree, FleetStatus.from_files(files, paths), specs)
+
+
+def spec_revision(files: Iterable[SourceFile]) -> str:
+    """A digest of spec files: status commits do not change it, so the controller's own commits never look
+    like a spec change."""
+    digest = hashlib.sha256()
+    for file in sorted(files, key=lambda f: f.path):
+        digest.update(file.path.encode() + b"\0" + hashlib.sha256(file.content or b"").digest())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _dump(body: Mapping[str, Any]) -> bytes:
+    return (HEADER + yaml.safe_dump(dict(body), sort_keys=False, default_flow_style=False)).encode()
+
+
+def _load(data: bytes | None) -> Any:
+    if not data:
+        return None
+    try:
+        return yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else _float(value)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
