@@ -1,6 +1,9 @@
 """Build benchmarks: INT8 vs fp32 on the example digits CNN and on ResNet-50, and fleet build wall times.
 
-    python bench/build_matrix.py [--skip-fleet]
+    python bench/build_matrix.py [--skip-fleet] [--quick]
+
+--quick: 50 latency runs on the digits CNN, 2 calibration images and 3 runs on ResNet-50, and one fleet build
+(vibration-anomaly 1.0.0 for arm-cortex-a-cpu) instead of every version x recipe profile.
 
 Prints, with fp32 as the baseline measured in the same run:
 - size ratio INT8/fp32 (goal <= 0.30) and latency ratio fp32/INT8 at 1 thread (goal >= 1.5 on ResNet-50);
@@ -13,23 +16,23 @@ they are folded into seeded He-normal initializers here (about 100 MB), good for
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _check import parser, ratio, require
 
+from reconciler.api import DeviceProfile, load_fleet
+from reconciler.artifact.store import ArtifactStore
+from reconciler.gitops.files import read_fleet_dir
 from reconciler.optimize.benchmark import measure
 from reconciler.optimize.convert import canonical_onnx, keras_to_onnx
 from reconciler.optimize.datasets import Dataset, load_dataset
 from reconciler.optimize.optimize import keras_module
 from reconciler.optimize.pipeline import build_scope
 from reconciler.optimize.quantize import quantize_onnx
-from reconciler.artifact.store import ArtifactStore
-from reconciler.gitops.files import read_fleet_dir
-from reconciler.api import DeviceProfile, load_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "fleet-example"
@@ -83,6 +86,7 @@ def folded_resnet50() -> bytes:
 
 
 def compare(name: str, fp32: bytes, int8: bytes, evaluation: Dataset, workdir: Path, runs: int) -> dict:
+    require(int8 != fp32, f"{name}: quantization returned the fp32 model unchanged")
     profile = one_thread_cpu()
     (workdir / "fp32.onnx").write_bytes(fp32)
     (workdir / "int8.onnx").write_bytes(int8)
@@ -90,14 +94,15 @@ def compare(name: str, fp32: bytes, int8: bytes, evaluation: Dataset, workdir: P
     reference = np.argmax(base.outputs, axis=1)
     quant = measure(workdir / "int8.onnx", "onnx", profile, evaluation, workdir, reference, runs=runs)
     b, q = base.measurement, quant.measurement
+    require(b.latency_p50_ms and q.latency_p50_ms, f"{name}: no latency measured ({b.latency_note or q.latency_note})")
     row = {
         "model": name,
         "fp32 size": b.size_bytes,
         "int8 size": q.size_bytes,
-        "size int8/fp32": q.size_bytes / b.size_bytes,
+        "size int8/fp32": ratio(q.size_bytes, b.size_bytes, f"{name} size int8/fp32"),
         "fp32 p50 ms": b.latency_p50_ms,
         "int8 p50 ms": q.latency_p50_ms,
-        "latency fp32/int8": b.latency_p50_ms / q.latency_p50_ms,
+        "latency fp32/int8": ratio(b.latency_p50_ms, q.latency_p50_ms, f"{name} latency fp32/int8"),
         "accuracy delta (points)": (q.accuracy - b.accuracy) * 100,
         "agreement": q.agreement,
     }
@@ -108,62 +113,70 @@ def compare(name: str, fp32: bytes, int8: bytes, evaluation: Dataset, workdir: P
     return row
 
 
-def digits(workdir: Path) -> None:
+def digits(workdir: Path, quick: bool) -> None:
     keras = keras_module()
     model = keras.saving.load_model(EXAMPLE / "models/digits-cnn/1.0.0/model.keras", compile=False)
     data = EXAMPLE / "models/digits-cnn/data"
     evaluation, calibration = load_dataset(data / "eval.npz", "eval"), load_dataset(data / "calibration.npz", "cal")
     fp32 = keras_to_onnx(model, 17, workdir)
     int8, notes = quantize_onnx(fp32, "static", calibration, 200, True, workdir)
-    compare("digits-cnn 1.0.0", fp32, int8, evaluation, workdir, runs=2000)
+    row = compare("digits-cnn 1.0.0", fp32, int8, evaluation, workdir, runs=50 if quick else 2000)
+    require(np.isfinite(row["accuracy delta (points)"]), "digits-cnn: the accuracy delta is not a number")
     for note in notes:
         print("  note:", note)
 
 
-def resnet50(workdir: Path) -> None:
+def resnet50(workdir: Path, quick: bool) -> None:
+    cal, evals, runs = (2, 2, 3) if quick else (32, 8, 30)
     rng = np.random.default_rng(1)
-    images = rng.normal(0, 1, (40, 3, 224, 224)).astype(np.float32)
-    calibration, evaluation = Dataset(images[:32], np.zeros(32)), Dataset(images[32:], np.zeros(8))
+    images = rng.normal(0, 1, (cal + evals, 3, 224, 224)).astype(np.float32)
+    calibration, evaluation = Dataset(images[:cal], np.zeros(cal)), Dataset(images[cal:], np.zeros(evals))
     fp32 = folded_resnet50()
     start = time.perf_counter()
-    int8, notes = quantize_onnx(fp32, "static", calibration, 32, True, workdir)
-    print(f"\nresnet50: static quantization with 32 calibration images took {time.perf_counter() - start:.1f} s")
-    compare("resnet50-light (folded, placeholder weights)", fp32, int8, evaluation, workdir, runs=30)
+    int8, notes = quantize_onnx(fp32, "static", calibration, cal, True, workdir)
+    print(f"\nresnet50: static quantization with {cal} calibration images took {time.perf_counter() - start:.1f} s")
+    compare("resnet50-light (folded, placeholder weights)", fp32, int8, evaluation, workdir, runs=runs)
     for note in notes:
         print("  note:", note)
 
 
-def fleet(workdir: Path) -> None:
+def fleet(workdir: Path, quick: bool) -> None:
     tree = load_fleet(read_fleet_dir(EXAMPLE))
     store = ArtifactStore(workdir / "store")
-    models = list(tree.models)
+    quick_scope = (["vibration-anomaly"], ["1.0.0"], ["arm-cortex-a-cpu"])
+    models, versions, profiles = quick_scope if quick else (list(tree.models), None, None)
     start = time.perf_counter()
-    cold = build_scope(tree, EXAMPLE, store, models=models)
+    cold = build_scope(tree, EXAMPLE, store, models=models, versions=versions, profiles=profiles)
     cold_s = time.perf_counter() - start
     start = time.perf_counter()
-    warm = build_scope(tree, EXAMPLE, store, models=models)
+    warm = build_scope(tree, EXAMPLE, store, models=models, versions=versions, profiles=profiles)
     warm_s = time.perf_counter() - start
     refused = [r.error for r in cold if r.error]
-    print(f"\nfleet-example: {len(cold)} builds (every version x recipe profile), {len(refused)} refused")
+    require(len(refused) < len(cold), f"no build of {len(cold)} finished: {refused[:1]}")
+    require(not any(r.cached for r in cold), "the cold build found cache hits in an empty store")
+    hits = sum(r.cached for r in warm)
+    require(hits == len(cold) - len(refused), f"the warm build hit the cache {hits} times for {len(cold)} builds")
+    what = "one version x one recipe profile" if quick else "every version x recipe profile"
+    print(f"\nfleet-example: {len(cold)} builds ({what}), {len(refused)} refused")
     print(f"  cold build (empty store)   {cold_s:.1f} s")
-    print(f"  warm build (cache hits)    {warm_s:.2f} s   ({sum(r.cached for r in warm)}/{len(warm)} cached)")
-    print(f"  ratio cold/warm            {cold_s / warm_s:.0f}x")
+    print(f"  warm build (cache hits)    {warm_s:.2f} s   ({hits}/{len(warm)} cached)")
+    print(f"  ratio cold/warm            {ratio(cold_s, warm_s, 'cold/warm'):.0f}x")
     for error in refused:
         print("  refused:", error)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--skip-fleet", action="store_true")
-    args = parser.parse_args()
+    arguments = parser(__doc__)
+    arguments.add_argument("--skip-fleet", action="store_true")
+    args = arguments.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name, bench in (("digits", digits), ("resnet", resnet50)):
             (work / name).mkdir()
-            bench(work / name)
+            bench(work / name, args.quick)
         if not args.skip_fleet:
             (work / "fleet").mkdir()
-            fleet(work / "fleet")
+            fleet(work / "fleet", args.quick)
     sys.stdout.flush()
 
 

@@ -2,15 +2,16 @@
 
 Prints the time of the full pipeline (event scan, C-loader parse, pydantic validation, cross-checks)
 and, as the baseline in the same run, the time PyYAML's pure-Python safe_load takes to merely parse
-the same bytes. Usage: python bench/load_fleet.py [MODELS]   (each model brings 2 rollouts, 1 group)
+the same bytes. Usage: python bench/load_fleet.py [MODELS] [--quick]   (each model brings 2 rollouts, 1 group;
+default 1,000 models and best of 3 runs, --quick: 20 models and 1 run)
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 import yaml
+from _check import parser, ratio, require
 
 from reconciler.api import SourceFile, load_fleet
 
@@ -68,29 +69,36 @@ spec: {{model: m{i}, version: "1.0.0", groups: [g{i}], steps: [{{percent: 100}}]
     return files
 
 
-def best_of(runs: int, fn) -> float:
+def best_of(runs: int, fn):
+    """The shortest of ``runs`` timings, and what the last call returned (for the caller to check)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        fn()
+        value = fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return min(times), value
 
 
 def main() -> None:
-    models = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    arguments = parser(__doc__)
+    arguments.add_argument("models", type=int, nargs="?", help="models (default 1,000; 20 with --quick)")
+    args = arguments.parse_args()
+    models = args.models if args.models is not None else 20 if args.quick else 1000
+    runs = 1 if args.quick else 3
     files = model_files(models)
     documents = 3 + 4 * models
     size = sum(len(f.content or b"") for f in files)
-    tree = load_fleet(files)
-    assert len(tree.rollouts) == 2 * models
-    full = best_of(3, lambda: load_fleet(files))
-    baseline = best_of(3, lambda: [list(yaml.safe_load_all(f.content)) for f in files])
+    full, tree = best_of(runs, lambda: load_fleet(files))
+    loaded = len(tree.profiles) + len(tree.groups) + len(tree.models) + len(tree.rollouts)
+    require(models > 0, "no models: the fleet holds only its profiles")
+    require(loaded == documents, f"load_fleet kept {loaded} of {documents} documents")
+    baseline, parsed = best_of(runs, lambda: [doc for f in files for doc in yaml.safe_load_all(f.content)])
+    require(len(parsed) == documents, f"the baseline parsed {len(parsed)} of {documents} documents")
     print(f"documents: {documents}  files: {len(files)}  bytes: {size}")
     print(f"load_fleet (scan + C parse + validate + cross-check): {full * 1000:.0f} ms  "
-          f"({documents / full:.0f} documents/s)")  # fmt: skip
+          f"({ratio(documents, full, 'documents/s'):.0f} documents/s)")  # fmt: skip
     print(f"baseline yaml.safe_load_all (pure-Python parse only):  {baseline * 1000:.0f} ms")
-    print(f"ratio baseline / load_fleet: {baseline / full:.2f}x")
+    print(f"ratio baseline / load_fleet: {ratio(baseline, full, 'baseline / load_fleet'):.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,17 +4,18 @@
 10 models, 3 device profiles. Prints the plan time and, as the baseline in the same run, the time of one
 naive pass that evaluates every group selector of every rollout on every device without memoization.
 
-    python bench/plan_fleet.py [DEVICES]
+    python bench/plan_fleet.py [DEVICES] [--quick]      # --quick: 1,000 devices
 """
 
 from __future__ import annotations
 
 import random
-import sys
 import time
 
-from reconciler.plan import Device, RolloutPosition, plan
+from _check import parser, ratio, require
+
 from reconciler.api import SourceFile, load_fleet
+from reconciler.plan import Device, RolloutPosition, plan
 
 HEADER = "apiVersion: edgereconciler.io/v1alpha1\n"
 REGIONS = ["eu-west", "eu-central", "us-east", "us-west", "ap-south"]
@@ -70,7 +71,10 @@ def devices(n: int) -> list[Device]:
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    arguments = parser(__doc__)
+    arguments.add_argument("devices", type=int, nargs="?", help="fleet size (default 100,000; 1,000 with --quick)")
+    args = arguments.parse_args()
+    count = args.devices if args.devices is not None else 1_000 if args.quick else 100_000
     tree = load_fleet(fleet_files())
     fleet = devices(count)
     positions = {name: RolloutPosition(50, "1.0.0") for name in tree.rollouts}
@@ -85,11 +89,15 @@ def main() -> None:
     naive_s = time.perf_counter() - start
 
     inside = sum(1 for d in result.desired.values() if d.in_rollout)
+    require(result.desired, f"the plan for {count} devices holds no assignment (no device matched a group)")
+    require(inside, f"no device of {count} is on the new version at 50 %: the rollouts' percent was not applied")
+    require(naive, f"the naive pass found no group match on {count} devices: the baseline evaluated nothing")
+    require(not result.problems, f"{len(result.problems)} plan problems, first: {result.problems[:1]}")
     print(f"{count} devices, {len(tree.groups)} groups, {len(tree.rollouts)} rollouts, {len(tree.profiles)} profiles")
     planned = f"{len(result.desired)} assignments, {inside} on the new version"
     print(f"  plan                        {plan_s:.3f} s  ({planned})")
     print(f"  naive selector pass         {naive_s:.3f} s  ({naive} group matches)")
-    print(f"  ratio naive/plan            {naive_s / plan_s:.2f}x")
+    print(f"  ratio naive/plan            {ratio(naive_s, plan_s, 'naive/plan'):.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,161 @@
+"""The benchmarks, run as a person runs them (``python bench/X.py --quick``): each must finish, print its figure
+lines, and refuse to print figures of empty work.
+
+A benchmark that times nothing still exits 0 and prints figures (bench/apply_kube.py printed "first apply 0
+assignments" once the example rollout's conditions asked for a network label its Nodes lacked), so every script
+checks its own workload through bench/_check.py; the last tests here show that check failing the run, through
+the scripts' own code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.api import load_fleet
+from reconciler.gitops.files import read_fleet_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+NUMBER = r"\d+(\.\d+)?"
+
+
+def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def quick(script: str, *args: str, timeout: float = 300) -> str:
+    """stdout of a ``--quick`` run that exited 0."""
+    result = run_bench(script, "--quick", *args, timeout=timeout)
+    assert result.returncode == 0, f"{script} exited {result.returncode}\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def assert_lines(output: str, *patterns: str) -> None:
+    """Every pattern matches one whole line of ``output``."""
+    for pattern in patterns:
+        assert re.search(f"^{pattern}$", output, re.MULTILINE), f"no line matches {pattern!r} in:\n{output}"
+
+
+def test_plan_fleet_quick():
+    output = quick("plan_fleet.py", timeout=60)
+    assert_lines(
+        output,
+        r"1000 devices, 20 groups, 10 rollouts, 3 profiles",
+        rf"  plan +{NUMBER} s  \([1-9]\d* assignments, [1-9]\d* on the new version\)",
+        rf"  naive selector pass +{NUMBER} s  \([1-9]\d* group matches\)",
+        rf"  ratio naive/plan +{NUMBER}x",
+    )
+
+
+def test_load_fleet_quick():
+    output = quick("load_fleet.py", timeout=60)
+    assert_lines(
+        output,
+        r"documents: 83  files: 21  bytes: \d+",
+        r"load_fleet \(scan \+ C parse \+ validate \+ cross-check\): \d+ ms  \(\d+ documents/s\)",
+        r"baseline yaml.safe_load_all \(pure-Python parse only\):  \d+ ms",
+        rf"ratio baseline / load_fleet: {NUMBER}x",
+    )
+
+
+@pytest.mark.kube
+def test_apply_kube_quick(kubeconfig: Path):
+    output = quick("apply_kube.py", "--kubeconfig", str(kubeconfig), timeout=180)
+    assert_lines(
+        output,
+        rf"20 Nodes registered in {NUMBER} s",
+        rf"first apply +20 assignments +{NUMBER} s  \d+ requests .*",
+        rf"sequential apply +20 assignments +{NUMBER} s  \(baseline, one at a time\)",
+        rf"ratio sequential/first  {NUMBER}x",
+        rf"no-op reconcile +0 writes +{NUMBER} s  \d+ requests",
+        rf"commit -> [1-9]\d* assignments written and status committed: {NUMBER} s \(stalled: None\)",
+    )
+
+
+def test_publish_releases_quick():
+    output = quick("publish_releases.py", timeout=240)
+    assert_lines(
+        output,
+        r"5 releases of a \d+ KiB artifact",
+        rf"  verify alone \(baseline\): +{NUMBER} s  \({NUMBER} ms each\)",
+        rf"  first sync: +{NUMBER} s  \({NUMBER}x the baseline: verify \+ publish\)",
+        rf"  idle sync: +{NUMBER} ms \({NUMBER}x the baseline\)",
+        rf"  sync after one release: +{NUMBER} ms \(one verification, one new targets version\)",
+        r"  targets metadata: 24 files listed in the newest version; all versions together \d+ KiB",
+    )
+
+
+def test_sign_verify_quick():
+    output = quick("sign_verify.py", timeout=300)
+    timed = rf" +{NUMBER} ms \( *{NUMBER}x\)"
+    measured = rf" +{NUMBER} MB  sha256 +{NUMBER} ms  sign{timed}  verify{timed}"
+    assert_lines(
+        output,
+        r"fleet-example: 2 artifacts \(best of 1 runs\)",
+        rf"  vibration-anomaly@1\.0\.0 arm-cortex-a-cpu{measured}  release.sig\+json \d+ B",
+        rf"  vibration-anomaly@2\.0\.0 arm-cortex-a-cpu{measured}  release.sig\+json \d+ B",
+        rf"  resnet50@1\.0\.0 arm-cortex-a-cpu{measured}  release.sig\+json \d+ B",
+        r"  TUF targets entries +\d+ B \(\d+ B for 2\)",
+        rf"  publish 8 targets +{NUMBER} ms",
+    )
+
+
+def test_agent_transfer_quick():
+    output = quick("agent_transfer.py", timeout=300)
+    assert_lines(
+        output,
+        r"interrupted download of 67108864 bytes, killed at [1-9]\d* bytes on disk:",
+        r"  bytes transferred twice +\d+ \(\d+\.\d+% of the file; chunk size 262144\)",
+        rf"  vibration-anomaly 1\.0\.0->2\.0\.0 arm-cortex-a-cpu +[1-9]\d* +[1-9]\d* +[1-9]\d* +{NUMBER}",
+        r"serving vibration-anomaly 1\.0\.0 \(arm-cortex-a-cpu\), 1 thread, one sample per request, 100 requests",
+        rf"  HTTP predict p50 / p95 +{NUMBER} / {NUMBER} ms",
+        rf"  RSS serving over HTTP +{NUMBER} MiB",
+    )
+
+
+def test_build_matrix_quick():
+    output = quick("build_matrix.py", timeout=600)
+    for model in (r"digits-cnn 1\.0\.0", r"resnet50-light \(folded, placeholder weights\)"):
+        section = re.search(rf"^{model} \(1 thread, .*?(?=^\S|\Z)", output, re.MULTILINE | re.DOTALL)
+        assert section, f"no {model} section in:\n{output}"
+        assert_lines(section.group(), rf"  size int8/fp32 +{NUMBER}", rf"  latency fp32/int8 +{NUMBER}")
+    assert_lines(
+        output,
+        rf"resnet50: static quantization with 2 calibration images took {NUMBER} s",
+        r"fleet-example: 1 builds \(one version x one recipe profile\), 0 refused",
+        rf"  cold build \(empty store\) +{NUMBER} s",
+        rf"  warm build \(cache hits\) +{NUMBER} s   \(1/1 cached\)",
+        r"  ratio cold/warm +\d+x",
+    )
+
+
+def test_a_benchmark_of_empty_work_fails_and_says_why():
+    result = run_bench("plan_fleet.py", "0", timeout=60)
+    assert result.returncode == 1
+    assert "not measured: the plan for 0 devices holds no assignment" in result.stderr
+    assert "ratio" not in result.stdout
+
+
+def test_apply_kube_refuses_nodes_the_example_rollout_does_not_reach(monkeypatch, capsys):
+    """The regression: Nodes without the network label of the rollout's conditions got nothing, and the
+    benchmark timed an apply of 0 assignments. The check names the missing label before any Node exists."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    apply_kube = importlib.import_module("apply_kube")
+    tree = load_fleet(read_fleet_dir(ROOT / "fleet-example"))
+    apply_kube.check_labels(tree, apply_kube.LABELS)
+
+    unlinked = {k: v for k, v in apply_kube.LABELS.items() if k != "acme.example/network"}
+    with pytest.raises(SystemExit) as ended:
+        apply_kube.check_labels(tree, unlinked)
+    assert ended.value.code == 1
+    message = capsys.readouterr().err
+    assert "not measured: Nodes labelled" in message
+    assert "vibration-anomaly-2's conditions need acme.example/network In ['ethernet', 'wifi']" in message
