@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.api import FleetTree
 from reconciler.api.types import LabelSelector
@@ -111,16 +111,15 @@ class _Target:
         return [*self.groups, *([self.conditions] if self.conditions is not None else [])]
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    """A device that a rollout targets and can serve (one profile, a recipe for it, no rival rollout)."""
+class _Candidate(NamedTuple):
+    """A device that a rollout targets and can serve (one profile, a recipe for it, no rival rollout). A tuple:
+    a fleet has one per device and rollout, and tuples are built several times faster than frozen dataclasses."""
 
     device: str
     profile: str
     target: _Target
     bucket: int
-    allowed: bool
-    """Whether the device's labels satisfy the rollout's ``conditions``."""
+    """The device's stable bucket, or ``BUCKETS`` (never inside) when its labels fail the rollout's conditions."""
     window: Window | None
 
 
@@ -153,15 +152,15 @@ class Targeting:
         placed = {name: positions.get(name) or RolloutPosition(first) for name, first in self.steps.items()}
         thresholds = {n: 0 if p.aborted else p.percent * (BUCKETS // 100) for n, p in placed.items()}
         result = Plan(problems=list(self.problems), profiles=dict(self.profiles))
-        for c in self.candidates:
-            target = c.target
-            inside = c.allowed and c.bucket < thresholds[target.name]
+        desired = result.desired
+        for device, profile, target, slot, window in self.candidates:
+            inside = slot < thresholds[target.name]
             wanted = target.version if inside else placed[target.name].stable_version
             if wanted is None:
                 continue  # not reached yet, and nothing ran before: leave the device alone
-            result.desired[(c.device, target.model)] = Desired(
-                c.device, target.model, wanted, c.profile, target.name,
-                artifacts.get((target.model, wanted, c.profile)), inside, c.window,
+            desired[(device, target.model)] = Desired(
+                device, target.model, wanted, profile, target.name, artifacts.get((target.model, wanted, profile)),
+                inside, window,
             )  # fmt: skip
         return result
 
@@ -236,8 +235,8 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
                 problems.append(PlanProblem(device.name, message, target.model))
                 continue
             window = window_for(target.window, labels) if target.window is not None else None
-            candidates.append(_Candidate(device.name, profile, target, bucket(target.name, device.name),
-                                         target.name in allowed, window))  # fmt: skip
+            slot = bucket(target.name, device.name) if target.name in allowed else BUCKETS
+            candidates.append(_Candidate(device.name, profile, target, slot, window))
     return Targeting(tuple(candidates), tuple(problems), device_profiles, steps)
 
 
