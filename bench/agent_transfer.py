@@ -23,6 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import zstandard
@@ -31,7 +32,6 @@ from _check import parser, ratio, require
 from reconciler.api import load_fleet
 from reconciler.artifact.delta import apply_delta, make_delta
 from reconciler.artifact.store import ArtifactRecord, ArtifactStore
-from reconciler.controller.server import ControllerServer
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.optimize.pipeline import build_scope
 
@@ -40,15 +40,43 @@ STORE = Path.home() / ".cache" / "edge-reconciler" / "bench-store"
 QUICK_MODEL, QUICK_PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"
 
 
+def device_api(work: Path, blobs: Path):
+    """The device API over ``blobs`` and one enrolled device (its key and certificate in ``work/device.pem``), as
+    an agent meets it: mutual TLS."""
+    from reconciler.cluster import LocalBackend
+    from reconciler.deviceapi.ca import FleetCA
+    from reconciler.deviceapi.client import DeviceClient
+    from reconciler.deviceapi.identity import Identity
+    from reconciler.deviceapi.registry import DeviceRegistry
+    from reconciler.deviceapi.server import DeviceAPIServer
+
+    ca = FleetCA.load_or_create(work / "ca")
+    registry = DeviceRegistry(work / "devices.sqlite")
+    backend = LocalBackend(work / "state")
+    now = datetime.now(UTC)
+    cert, key = ca.issue_server(["127.0.0.1"], timedelta(days=1), now)
+    (work / "tls.crt").write_bytes(cert)
+    (work / "tls.key").write_bytes(key)
+    server = DeviceAPIServer(("127.0.0.1", 0), Identity(ca, registry), lambda: backend,
+                             ca.server_context(work / "tls.crt", work / "tls.key"), blobs=blobs).start()  # fmt: skip
+    token = registry.create_token(timedelta(hours=1), now, device="bench-device")
+    client = DeviceClient(server.url, "bench-device", work / "identity", work / "ca" / "ca.crt", token)
+    client.ensure_identity()
+    return server, client
+
+
 def interrupted_download(work: Path) -> None:
     store = ArtifactStore(work / "store")
     payload = os.urandom(64 * 1024 * 1024)
     digest = store.put_bytes(payload)
-    server = ControllerServer(("127.0.0.1", 0), blobs=store.root / "blobs" / "sha256").start()
+    server, client = device_api(work, store.root / "blobs" / "sha256")
     script = textwrap.dedent(f"""
         from pathlib import Path
+        import urllib3
         from reconciler.agent.download import Downloader, DownloadConfig
-        Downloader(Path({str(work / "partial")!r}), DownloadConfig(reserve_bytes=0)).fetch(
+        pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs={str(client.files.ca)!r},
+                                   cert_file={str(client.files.pem)!r}, retries=False)
+        Downloader(Path({str(work / "partial")!r}), DownloadConfig(reserve_bytes=0), http=pool).fetch(
             {server.url + "/artifacts/sha256/" + digest!r}, {len(payload)}, {digest!r}, Path({str(work / "out")!r}))
     """)
     part = work / "partial" / f"{digest}.part"

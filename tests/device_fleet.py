@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,11 @@ from reconciler.agent.agent import Agent, AgentConfig
 from reconciler.api import load_fleet
 from reconciler.artifact.store import ArtifactStore
 from reconciler.cluster import LocalBackend
-from reconciler.controller.server import ControllerServer
+from reconciler.deviceapi.ca import FleetCA
+from reconciler.deviceapi.client import DeviceAPIBackend, DeviceClient
+from reconciler.deviceapi.identity import Identity
+from reconciler.deviceapi.registry import DeviceRegistry
+from reconciler.deviceapi.server import DeviceAPIServer
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.optimize.pipeline import build_scope
 from reconciler.plan import Desired
@@ -59,17 +63,24 @@ def built(build_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) 
 
 @dataclass
 class Fleet:
-    """One controller's repository and one device, wired together over real HTTP."""
+    """One controller's repository and its devices, wired together over the real device API (mutual TLS)."""
 
     root: Path
     repo: TufRepository
     online: OnlineSigners
     owner: KeyPair
     stranger: KeyPair
-    server: ControllerServer
+    server: DeviceAPIServer
     backend: LocalBackend
     artifacts: dict[str, Path]
     pinned_root: bytes
+    ca: FleetCA
+    identity: Identity
+    store: ArtifactStore
+    telemetry: list[tuple[str, dict]] = field(default_factory=list)
+    """(device, summary) as the device API accepted them."""
+    servers: dict[int, DeviceAPIServer] = field(default_factory=dict)
+    """Device APIs over other backends (a test's KubernetesBackend), by ``id(backend)``."""
 
     def release(self, version: str, counter: int = 1, key: KeyPair | None = None, edit=None, name=None) -> Path:
         """Copy a built artifact, optionally edit its manifest, release (sign) it; returns the folder."""
@@ -94,11 +105,44 @@ class Fleet:
     def assign(self, device: str, version: str, profile: str = PROFILE, window=None) -> None:
         self.backend.apply([Desired(device, MODEL, version, profile, "vibration-anomaly-2", None, True, window)])
 
+    def client(self, device: str = "factory-1", data_dir: Path | None = None, backend=None) -> DeviceClient:
+        """A device enrolled with a one-time token of its own, talking to the device API over ``backend``."""
+        server = self.server if backend is None or backend is self.backend else self.device_api(backend)
+        data_dir = data_dir or self.root / "devices" / device
+        token = None
+        if not (data_dir / "identity" / "device.pem").exists():
+            token = self.identity.registry.create_token(timedelta(hours=1), utcnow(), device=device)
+        return DeviceClient(server.url, device, data_dir / "identity", self.root / "ca" / "ca.crt", token)
+
     def agent(self, device: str = "factory-1", data_dir: Path | None = None, backend=None) -> Agent:
-        config = AgentConfig(device, PROFILE, data_dir or self.root / "devices" / device, f"{self.server.url}/tuf",
+        client = self.client(device, data_dir, backend)
+        data_dir = data_dir or self.root / "devices" / device
+        config = AgentConfig(device, PROFILE, data_dir, client.repository_url,
                              TrustPolicy((ReleaseSigner("owner", public_key=self.owner.public),)),
                              self.pinned_root, heartbeat_seconds=1.0)  # fmt: skip
-        return Agent(config, backend or self.backend)
+        return Agent(config, DeviceAPIBackend(client), http=lambda: client.pool)
+
+    def device_api(self, backend) -> DeviceAPIServer:
+        """The device API over another backend (started once per backend)."""
+        if id(backend) not in self.servers:
+            self.servers[id(backend)] = start_device_api(self.root, self.ca, self.identity, backend, self.store)
+        return self.servers[id(backend)]
+
+
+def start_device_api(
+    root: Path, ca: FleetCA, identity: Identity, backend, store: ArtifactStore, telemetry: list | None = None
+) -> DeviceAPIServer:
+    tls = root / f"device-api-{id(backend)}"
+    tls.mkdir(parents=True, exist_ok=True)
+    cert, key = ca.issue_server(["127.0.0.1", "localhost"], timedelta(days=1), utcnow())
+    (tls / "tls.crt").write_bytes(cert)
+    (tls / "tls.key").write_bytes(key)
+    context = ca.server_context(tls / "tls.crt", tls / "tls.key")
+    sink = (lambda device, summary: telemetry.append((device, summary))) if telemetry is not None else None
+    server = DeviceAPIServer(("127.0.0.1", 0), identity, lambda: backend, context,
+                             blobs=store.root / "blobs" / "sha256", tuf=root / "tuf", deltas=store.delta,
+                             on_telemetry=sink)  # fmt: skip
+    return server.start()
 
 
 @pytest.fixture
@@ -112,12 +156,19 @@ def fleet(tmp_path: Path, built: dict[str, Path], build_store: ArtifactStore) ->
     repo.initialize(RoleKeys(public), [tuf_signer(keys["root"].private)], utcnow())
     online = OnlineSigners([tuf_signer(keys["targets"].private)], tuf_signer(keys["snapshot"].private),
                            tuf_signer(keys["timestamp"].private))  # fmt: skip
-    server = ControllerServer(("127.0.0.1", 0), tuf=tmp_path / "tuf", deltas=build_store.delta).start()
     backend = LocalBackend(tmp_path / "controller-state")
     backend.register_device("factory-1", {"edgereconciler.io/hardware": "cortex-a"})
+    ca = FleetCA.load_or_create(tmp_path / "ca")
+    identity = Identity(ca, DeviceRegistry(tmp_path / "controller-state" / "devices.sqlite"))
+    telemetry: list[tuple[str, dict]] = []
+    server = start_device_api(tmp_path, ca, identity, backend, build_store, telemetry)
     pinned = (tmp_path / "tuf" / "metadata" / "1.root.json").read_bytes()
+    fleet = Fleet(tmp_path, repo, online, keys["owner"], keys["stranger"], server, backend, built, pinned, ca, identity,
+                  build_store, telemetry)  # fmt: skip
     try:
-        yield Fleet(tmp_path, repo, online, keys["owner"], keys["stranger"], server, backend, built, pinned)
+        yield fleet
     finally:
-        server.close()
+        for other in [server, *fleet.servers.values()]:
+            other.close()
+        identity.registry.close()
         backend.close()

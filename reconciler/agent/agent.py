@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import urllib3
+
 from reconciler.artifact.delta import apply_delta
 from reconciler.cluster import AssignmentStatus
 from reconciler.durable import write_atomic
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.plan import Desired
 from reconciler.signing import Expectation, FetchError, RefusedError, TrustPolicy, verify_artifact
-from reconciler.signing.tuf_client import ArtifactUpdater
+from reconciler.signing.tuf_client import ArtifactUpdater, PoolFetcher
 
 from .download import DownloadConfig, Downloader, DownloadError
 from .health import health_check
@@ -77,13 +79,17 @@ class Agent:
         backend,
         on_switch: Callable[[str], object] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        http: Callable[[], urllib3.PoolManager] | None = None,
     ) -> None:
         """``on_switch(model)`` runs right after a new slot became active (the model server reloads there);
-        ``clock`` is read once per model and cycle (maintenance windows), so tests control time."""
+        ``clock`` is read once per model and cycle (maintenance windows), so tests control time; ``http`` gives
+        the connections for TUF metadata and artifacts (the device API's, with this device's certificate; asked
+        again for every download, since a certificate rotation replaces them)."""
         self.config = config
         self.clock = clock
         self.backend = backend
         self.on_switch = on_switch
+        self.http = http
         self.data_dir = Path(config.data_dir)
         self.downloader = Downloader(self.data_dir / "partial", config.download)
         self.bytes_transferred = 0
@@ -223,7 +229,12 @@ class Agent:
     def _download(self, spec: Desired, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        updater = ArtifactUpdater(self.data_dir / "tuf", self.config.repository_url, self.config.trusted_root)
+        fetcher = None
+        if self.http is not None:
+            self.downloader.http = self.http()
+            fetcher = PoolFetcher(self.downloader.http)
+        updater = ArtifactUpdater(self.data_dir / "tuf", self.config.repository_url, self.config.trusted_root,
+                                  fetcher=fetcher)  # fmt: skip
         scratch = self.data_dir / "scratch"
         shutil.rmtree(scratch, ignore_errors=True)
         targets = updater.artifact_targets(spec.model, spec.version, self.config.profile, scratch)

@@ -1,7 +1,10 @@
 """``edgectl agent``: the process on each device.
 
-Thin: options to an ``AgentConfig``, a backend, and the loop. ``--once`` converges once and exits 0 when
-every assignment is Healthy, 1 otherwise (for scripts and tests). The trust policy comes from release keys
+Thin: options to an ``AgentConfig``, a device API client, and the loop. The device talks to the fleet only
+through the controller's device API (mutual TLS): it enrols once with a bootstrap token (an agent pod on
+Kubernetes: with its projected ServiceAccount token), keeps its key in ``DATA_DIR/identity`` and renews its
+certificate by itself. ``--once`` converges once and exits 0 when every
+assignment is Healthy, 1 otherwise (for scripts and tests). The trust policy comes from release keys
 on the command line or a fleet checkout's ``Fleet`` document; the TUF root is pinned from a file and only
 needed on the first run.
 """
@@ -21,14 +24,18 @@ from .common import load_or_exit
 @click.command()
 @click.option("--device", required=True, help="This device's name (the Node name on Kubernetes).")
 @click.option("--profile", required=True, help="This device's hardware profile.")
-@click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True)
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".edge-reconciler"),
-              show_default=True, help="Local backend: the controller's state directory.")  # fmt: skip
-@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--namespace", default="edge-system", show_default=True)
+@click.option("--device-api", required=True, help="The controller's device API (https://host:8443).")
+@click.option("--ca", "ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The fleet CA's certificate, to check the device API at enrolment.")  # fmt: skip
+@click.option("--token", envvar="EDGE_RECONCILER_BOOTSTRAP_TOKEN",
+              help="One-time bootstrap token for enrolment (edgectl device token create).")  # fmt: skip
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read the bootstrap token from this file, when it exists (a mounted Secret).")  # fmt: skip
+@click.option("--service-account-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Kubernetes: enrol with this projected ServiceAccount token (audience edge-reconciler) instead "
+                   "of a bootstrap token; read at each enrolment, as the kubelet rotates it.")  # fmt: skip
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Slots, partial downloads and trusted metadata.")  # fmt: skip
-@click.option("--repository", required=True, help="The controller's TUF repository URL (http://host:8080/tuf).")
 @click.option("--trusted-root", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Pinned TUF root.json (first run).")  # fmt: skip
 @click.option("--release-key", "release_keys", multiple=True, type=click.Path(exists=True, path_type=Path),
@@ -41,19 +48,18 @@ from .common import load_or_exit
 @click.option("--max-memory", type=int, help="The profile's memory limit in bytes for the health check.")
 @click.option("--interval", type=float, default=30.0, show_default=True)
 @click.option("--serve", default="", help="Serve inference on HOST:PORT (e.g. 127.0.0.1:8501); '' disables.")
-@click.option("--telemetry-url", help="Where summaries go (default: the repository's host, /telemetry).")
 @click.option("--telemetry-budget", type=int, default=4 * 1024 * 1024, show_default=True,
               help="Bytes of summaries kept on disk while the controller is unreachable.")  # fmt: skip
 @click.option("--once", is_flag=True)
 def agent(
     device: str,
     profile: str,
-    backend: str,
-    state_dir: Path,
-    kubeconfig: Path | None,
-    namespace: str,
+    device_api: str,
+    ca_file: Path | None,
+    token: str | None,
+    token_file: Path | None,
+    service_account_token_file: Path | None,
     data_dir: Path,
-    repository: str,
     trusted_root: Path | None,
     release_keys: tuple[Path, ...],
     fleet: str | None,
@@ -62,13 +68,12 @@ def agent(
     max_memory: int | None,
     interval: float,
     serve: str,
-    telemetry_url: str | None,
     telemetry_budget: int,
     once: bool,
 ) -> None:
     """Download, verify, install (A/B), health-check and report this device's models."""
     from reconciler.agent.agent import Agent, AgentConfig
-    from reconciler.cluster import LocalBackend, kubernetes_backend
+    from reconciler.deviceapi.client import DeviceAPIBackend, DeviceClient
     from reconciler.signing import ReleaseSigner, TrustPolicy, policy_from_fleet
 
     if fleet:
@@ -81,13 +86,15 @@ def agent(
         policy = TrustPolicy(tuple(ReleaseSigner(p.stem, public_key=p) for p in files))
     else:
         raise click.UsageError("say whom to trust: --release-key or --fleet")
-    target = LocalBackend(state_dir) if backend == "local" else kubernetes_backend(kubeconfig, namespace, device=device)
+    if token_file is not None and token_file.exists():  # gone after enrolment is fine: the device has its identity
+        token = token_file.read_text().strip()
+    client = DeviceClient(device_api, device, data_dir / "identity", ca_file, token,
+                          service_account_token_file=service_account_token_file)  # fmt: skip
     root = trusted_root.read_bytes() if trusted_root else None
     from reconciler.agent.telemetry import TelemetryQueue, TelemetryRecorder
 
     recorder = TelemetryRecorder(device)
     queue = TelemetryQueue(data_dir / "telemetry", telemetry_budget)
-    telemetry_url = telemetry_url or repository.rstrip("/").removesuffix("/tuf") + "/telemetry"
     server = None
     if serve:
         from reconciler.agent.serving import ModelServer
@@ -95,10 +102,17 @@ def agent(
         host, _, port = serve.rpartition(":")
         server = ModelServer(data_dir, (host or "127.0.0.1", int(port)), threads, recorder).start()
     on_switch = server.reload if server is not None else None
-    config = AgentConfig(device, profile, data_dir, repository, policy, root, threads, max_latency_ms, max_memory)
-    worker = Agent(config, target, on_switch)
+    config = AgentConfig(device, profile, data_dir, client.repository_url, policy, root, threads, max_latency_ms,
+                         max_memory)  # fmt: skip
+    worker = Agent(config, DeviceAPIBackend(client), on_switch, http=lambda: client.pool)
     if once:
-        reports = worker.cycle()
+        from reconciler.errors import EdgeReconcilerError
+
+        try:
+            reports = worker.cycle()
+        except EdgeReconcilerError as exc:  # unreachable, refused, not enrolled: said plainly, no traceback
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
         for model, status in sorted(reports.items()):
             click.echo(f"{model}: {status.phase} {status.installed_version or '-'} {status.message}".rstrip())
         sys.exit(0 if all(s.phase == "Healthy" for s in reports.values()) else 1)
@@ -109,7 +123,7 @@ def agent(
     def upload_telemetry() -> None:
         for summary in recorder.flush():
             queue.put(summary)
-        queue.upload(telemetry_url)
+        queue.upload(client.telemetry_url, client.pool)
 
     try:
         worker.run(stop, interval, after_cycle=upload_telemetry)

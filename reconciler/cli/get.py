@@ -23,7 +23,7 @@ from reconciler.api.status import DeviceCounts, GroupStatus, RolloutStatus
 from reconciler.api.types import format_duration
 
 from .common import DEFAULT_STORE, STORE_SHOWN
-from .output import OUTPUTS, Column, age, emit, human_size, summarize
+from .output import OUTPUTS, Column, age, emit, human_size, now, summarize
 from .view import FleetView, load_view
 
 RESOURCES = {
@@ -99,7 +99,7 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
             return _artifacts(store, name)
         if kind == "device":
             view = load_view(repo) if group or Path(repo, "fleet.yaml").exists() or repo != "." else None
-            return _devices(target(), view, name, labels, group)
+            return _devices(target(), view, name, labels, group, _enrolment(state_dir))
         if kind == "rollout" and backend == "kubernetes" and repo == ".":  # the mirrors the controller keeps
             return _mirrored_rollouts(target(), name)
         view = load_view(repo)
@@ -155,7 +155,23 @@ def _synced(target):
     return target
 
 
-def _devices(target, view: FleetView | None, name, labels, group) -> tuple[list[dict], list[Column], list[dict]]:
+def _enrolment(state_dir: Path) -> dict | None:
+    """Enrolled devices by name, when the controller's device registry is at hand (the local backend's state)."""
+    if not (state_dir / "devices.sqlite").exists():
+        return None
+    from reconciler.deviceapi.registry import DeviceRegistry
+
+    registry = DeviceRegistry(state_dir / "devices.sqlite")
+    try:
+        return {record.name: record for record in registry.devices()}
+    finally:
+        registry.close()
+
+
+def _devices(
+    target, view: FleetView | None, name, labels, group, enrolment: dict | None = None
+) -> tuple[list[dict], list[Column], list[dict]]:
+    """``enrolment``: the device registry's records; with it, ``-o wide`` shows enrolment and certificate expiry."""
     from reconciler.plan import plan
 
     devices = sorted(target.devices(), key=lambda d: d.name)
@@ -186,14 +202,22 @@ def _devices(target, view: FleetView | None, name, labels, group) -> tuple[list[
                 "rollout": desired.rollout if desired else None,
                 "message": (status.message if status else "")[:80],
             }
+            if enrolment is not None:
+                record = enrolment.get(device.name)
+                row["enrolment"] = record.state(now()) if record else "NotEnrolled"
+                row["certExpires"] = record.not_after if record and record.not_after else None
             rows.append(row)
             objects.append({"name": device.name, "labels": dict(device.labels), "profile": row["profile"],
                             "model": model, "desiredVersion": row["version"],
                             "status": status.to_json() if status else None})  # fmt: skip
+            if enrolment is not None:
+                objects[-1]["enrolment"] = {"state": row["enrolment"], "certificateNotAfter": row["certExpires"]}
     columns = [Column("NAME", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
                Column("INSTALLED", "installed"), Column("PHASE", "phase"), Column("LAST SEEN", "lastSeen"),
                Column("PROFILE", "profile", wide=True), Column("ROLLOUT", "rollout", wide=True),
                Column("MESSAGE", "message", wide=True)]  # fmt: skip
+    if enrolment is not None:
+        columns += [Column("ENROLMENT", "enrolment", wide=True), Column("CERT EXPIRES", "certExpires", wide=True)]
     return rows, columns, objects
 
 

@@ -33,6 +33,7 @@ COMMANDS: dict[str, LazyCommand] = {
                         "controller, 12 agents, a rollout, a rollback."),
     "describe": LazyCommand("reconciler.cli.get", "describe", "Everything about one rollout: steps, gates against "
                             "thresholds, devices by version, decisions."),
+    "device": LazyCommand("reconciler.cli.device", "device", "Enrolment tokens, enrolled devices and revocation."),
     "docs": LazyCommand("reconciler.cli.reference", "docs", "Generated reference pages.", hidden=True),
     "export": LazyCommand("reconciler.cli.trust", "export",
                           "Copy a built artifact out of the store into DIRECTORY (to sign it, or to inspect it)."),

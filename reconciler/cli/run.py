@@ -35,11 +35,56 @@ def _telemetry_sink(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
 
-    def store(summary: dict) -> None:
+    def store(device: str, summary: dict) -> None:
         with lock, path.open("a") as out:
-            out.write(json.dumps(summary, sort_keys=True) + "\n")
+            out.write(json.dumps({**summary, "device": device}, sort_keys=True) + "\n")
 
     return store
+
+
+def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: str, state_dir: Path,
+                store: Path | None, target, backend: str, registry, agent_service_account: str | None):  # fmt: skip
+    """The device API on its own port with its own certificate, issued by the fleet CA at every start."""
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    from reconciler.api.types import parse_duration
+    from reconciler.artifact.store import ArtifactStore
+    from reconciler.cluster import LocalBackend
+    from reconciler.deviceapi.ca import FleetCA
+    from reconciler.deviceapi.identity import SERVICE_ACCOUNT_AUDIENCE, Identity
+    from reconciler.deviceapi.registry import DeviceRegistry
+    from reconciler.deviceapi.server import DeviceAPIServer
+    from reconciler.durable import write_atomic
+    from reconciler.errors import PermanentError
+
+    host, _, port = address.rpartition(":")
+    host = host or "127.0.0.1"
+    try:
+        ca = FleetCA.load_or_create(ca_dir)
+    except PermanentError as exc:  # a half or foreign CA folder: say so, never overwrite it
+        raise click.ClickException(f"fleet CA in {ca_dir}: {exc}") from None
+    now = datetime.now(UTC)
+    # A wildcard address is no name a device can check: the machine's name and loopback stand in for it.
+    names = {"localhost", *hosts} | ({"127.0.0.1", socket.gethostname()} if host in ("0.0.0.0", "::") else {host})
+    cert, key = ca.issue_server(sorted(names), timedelta(days=365), now)
+    tls = state_dir / "device-api"
+    tls.mkdir(parents=True, exist_ok=True)
+    write_atomic(tls / "tls.crt", cert)
+    write_atomic(tls / "tls.key", key, mode=0o600)
+    identity = Identity(ca, DeviceRegistry(state_dir / "devices.sqlite"), parse_duration(lifetime))
+    artifacts = ArtifactStore(store) if store else None
+    # The local backend is a SQLite file: each thread of the device API opens its own connection to it.
+    factory = (lambda: LocalBackend(state_dir)) if backend == "local" else (lambda: target)
+    return DeviceAPIServer(
+        (host, int(port)), identity, factory, ca.server_context(tls / "tls.crt", tls / "tls.key"),
+        blobs=store / "blobs" / "sha256" if store else None, tuf=state_dir / "tuf",
+        deltas=artifacts.delta if artifacts else None,
+        on_telemetry=_telemetry_sink(state_dir / "telemetry" / "received.jsonl"), registry=registry,
+        clock=lambda: datetime.now(UTC), register_enrolled=backend == "local",
+        node_of_token=(lambda token: target.node_of_token(token, SERVICE_ACCOUNT_AUDIENCE, agent_service_account))
+        if agent_service_account else None,
+    ).start()  # fmt: skip
 
 
 def _repo_url(repo: str) -> str:
@@ -64,7 +109,23 @@ def _repo_url(repo: str) -> str:
 @click.option("--once", is_flag=True, help="Reconcile once and exit.")
 @click.option("--interval", type=float, default=60.0, show_default=True, help="Seconds between fetches.")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True,
-              help="HTTP address for artifacts, webhook and metrics ('' to disable).")  # fmt: skip
+              help="Operator HTTP address: metrics, health, readiness, Git webhook ('' to disable).")  # fmt: skip
+@click.option("--device-api", default="127.0.0.1:8443", show_default=True,
+              help="Device API address (TLS; devices enrol, poll, report, download) ('' to disable).")  # fmt: skip
+@click.option("--device-api-host", "device_api_hosts", multiple=True,
+              help="A name or address devices use for the device API, for its certificate (repeatable).")  # fmt: skip
+@click.option(
+    "--ca-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The fleet CA (ca.crt/ca.key or tls.crt/tls.key); default: STATE_DIR/ca, made at first start.",
+)
+@click.option(
+    "--agent-service-account",
+    metavar="NAMESPACE:NAME",
+    help="Kubernetes: agent pods of this ServiceAccount enrol with their projected token (TokenReview).",
+)
+@click.option("--certificate-lifetime", default="30d", show_default=True,
+              help="Lifetime of device certificates; agents renew at two thirds of it.")  # fmt: skip
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--allowed-signers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Apply only heads signed by these SSH keys (ssh-keygen allowed_signers format).")  # fmt: skip
@@ -89,6 +150,11 @@ def run(
     once: bool,
     interval: float,
     listen: str,
+    device_api: str,
+    device_api_hosts: tuple[str, ...],
+    ca_dir: Path | None,
+    certificate_lifetime: str,
+    agent_service_account: str | None,
     webhook_secret_file: Path | None,
     allowed_signers: Path | None,
     leader_elect: bool,
@@ -148,16 +214,22 @@ def run(
     def ready() -> bool:
         return controller.cycles_done > 0 and (elector is None or elector.is_leader)
 
-    server = None
+    servers: list = []
     if listen:
         host, _, port = listen.rpartition(":")
         secret = webhook_secret_file.read_bytes().strip() if webhook_secret_file else None
-        blobs = store / "blobs" / "sha256" if store else None
-        server = ControllerServer((host or "127.0.0.1", int(port)), blobs, state_dir / "tuf",
-                                  controller.metrics.registry, secret, controller.wake.set,
-                                  _telemetry_sink(state_dir / "telemetry" / "received.jsonl"),
-                                  ready=ready).start()  # fmt: skip
+        server = ControllerServer((host or "127.0.0.1", int(port)), registry=controller.metrics.registry,
+                                  webhook_secret=secret, on_webhook=controller.wake.set, ready=ready)  # fmt: skip
+        server.start()
+        servers.append(server)
         logging.getLogger("edge_reconciler.controller").info("listening", extra={"url": server.url})
+    if device_api:
+        if agent_service_account and backend != "kubernetes":
+            raise click.UsageError("--agent-service-account needs --backend kubernetes")
+        api = _device_api(device_api, device_api_hosts, ca_dir or state_dir / "ca", certificate_lifetime, state_dir,
+                          store, target, backend, controller.metrics.registry, agent_service_account)  # fmt: skip
+        servers.append(api)
+        logging.getLogger("edge_reconciler.controller").info("device API", extra={"url": api.url})
 
     def stop(signum: int, _frame: object) -> None:
         controller.stop.set()
@@ -170,5 +242,5 @@ def run(
     finally:
         if elector is not None:
             elector.stop()
-        if server is not None:
+        for server in servers:
             server.close()

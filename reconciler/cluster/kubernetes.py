@@ -1,11 +1,13 @@
 """The Kubernetes backend: devices are Nodes (their labels are the inventory), assignments are
 ``ModelAssignment`` objects in one namespace.
 
-Who calls it: the controller (``edgectl run --backend kubernetes``) and agents on K3s nodes. Reads come
-from a cache that watches keep current (one LIST, then a WATCH per kind, re-listed when the server says the
-resource version is gone), so a reconcile costs no requests; without watches ``sync()`` LISTs once. Specs
-are written with server-side apply under field manager ``edge-reconciler``, only for assignments that
-changed, several at a time. Client errors are wrapped in :class:`ClusterError` with the cause chained.
+Who calls it: the controller (``edgectl run --backend kubernetes``), and its device API, which writes the
+status agents report and asks :meth:`KubernetesBackend.node_of_token` which Node an agent pod's token proves
+(agents themselves hold no rights on the cluster). Reads come from a cache that watches keep current (one
+LIST, then a WATCH per kind, re-listed when the server says the resource version is gone), so a reconcile
+costs no requests; without watches ``sync()`` LISTs once. Specs are written with server-side apply under
+field manager ``edge-reconciler``, only for assignments that changed, several at a time. Client errors are
+wrapped in :class:`ClusterError` with the cause chained.
 
 A note on this API server generation: a server-side apply that breaks the CRD schema is answered 500
 ("failed to create typed patch object") where a create gets 422; both are permanent errors.
@@ -60,6 +62,9 @@ APPLY_WORKERS = 8
 CONFLICT_RETRY_SECONDS = 1.0
 """A 409 means another writer got there first: the next attempt reads its version and wins or merges."""
 SCHEMA_REFUSED = "failed to create typed patch object"
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+"""What a TokenReview of a pod-bound ServiceAccount token says about the pod (``status.user.extra``)."""
 
 
 def api_client(kubeconfig: Path | None) -> client.ApiClient:
@@ -240,6 +245,58 @@ class KubernetesBackend:
                 log.warning("watch %s: %s; retrying", what, exc)
                 self._stop.wait(1)
 
+    # --- agent pods --------------------------------------------------------------------------------
+
+    def node_of_token(self, token: str, audience: str, service_account: str) -> str:
+        """The Node an agent pod runs on, as the pod's own projected ServiceAccount token proves it: the device
+        name an agent may enrol under without a bootstrap token. ``service_account``: ``NAMESPACE:NAME`` of the
+        agents' ServiceAccount, the only one whose pods are devices.
+
+        The API server checks signature, expiry, audience and that the bound pod still exists; it caches a
+        success for a few seconds, so the pod is read here again and its uid compared: a token of a deleted pod
+        must not enrol a new pod's Node. The Node comes from the pod's ``spec.nodeName`` (the scheduler's or
+        the DaemonSet's choice), never from what the caller says. Refusals are :class:`PermanentClusterError`;
+        an unreachable API server is a :class:`TemporaryClusterError`."""
+        namespace, _, name = service_account.partition(":")
+        if not namespace or not name or ":" in name:
+            raise ValueError(f"{service_account!r}: the agents' ServiceAccount is NAMESPACE:NAME")
+        review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=[audience]))
+        with _wrapped("review a ServiceAccount token"):
+            status = client.AuthenticationV1Api(self.api).create_token_review(review).status
+        if not status.authenticated:
+            error = status.error or "not authenticated"
+            if "audience" in error:
+                raise PermanentClusterError(f"the ServiceAccount token is not for audience {audience}: {error}")
+            raise PermanentClusterError(f"the ServiceAccount token is not valid: {error}")
+        if audience not in (status.audiences or []):
+            # An empty list means "valid for the API server itself": a token meant for Kubernetes, not for us.
+            raise PermanentClusterError(f"the ServiceAccount token is not for audience {audience} (it is for "
+                                        f"{', '.join(status.audiences or ['the API server'])})")  # fmt: skip
+        user = status.user
+        expected = f"system:serviceaccount:{namespace}:{name}"
+        if user is None or user.username != expected:
+            who = user.username if user is not None else "nobody"
+            raise PermanentClusterError(f"the token is {who}'s, not the agents' ServiceAccount's ({expected})")
+        extra = user.extra or {}
+        pod_name, pod_uid = _single(extra.get(POD_NAME_EXTRA)), _single(extra.get(POD_UID_EXTRA))
+        if not pod_name or not pod_uid:
+            raise PermanentClusterError(f"the token of {expected} is not bound to a pod: mount a projected "
+                                        "ServiceAccount token, not a Secret's")  # fmt: skip
+        try:
+            pod = self.core.read_namespaced_pod(pod_name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise PermanentClusterError(f"pod {namespace}/{pod_name} of the token is gone") from exc
+            raise cluster_error(f"read pod {namespace}/{pod_name}", exc) from exc
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise cluster_error(f"read pod {namespace}/{pod_name}", exc) from exc
+        if pod.metadata.uid != pod_uid:
+            raise PermanentClusterError(f"pod {namespace}/{pod_name} has uid {pod.metadata.uid}, the token's pod had "
+                                        f"uid {pod_uid}: that pod was deleted")  # fmt: skip
+        if not pod.spec.node_name:
+            raise PermanentClusterError(f"pod {namespace}/{pod_name} is not scheduled to a Node yet")
+        return str(pod.spec.node_name)
+
     # --- writes ------------------------------------------------------------------------------------
 
     def apply(self, desired: Iterable[Desired]) -> int:
@@ -335,6 +392,11 @@ class KubernetesBackend:
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     return obj["spec"]["device"], obj["spec"]["model"]
+
+
+def _single(values: Any) -> str | None:
+    """One value of a user's ``extra`` entry (a list by the API's type); anything else counts as none."""
+    return values[0] if isinstance(values, list) and len(values) == 1 and values[0] else None
 
 
 @contextmanager

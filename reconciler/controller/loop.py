@@ -276,7 +276,9 @@ class Controller:
         found = []
         for line in lines:
             with contextlib.suppress(ValueError):
-                found.append(json.loads(line))
+                summary = json.loads(line)
+                if isinstance(summary, dict):  # a torn or foreign line is skipped, never fatal to the cycle
+                    found.append(summary)
         return found
 
     def _artifacts(self) -> dict[tuple[str, str, str], str]:

@@ -6,8 +6,10 @@ What it runs (every part is the real one; the devices are processes on this mach
    whose Fleet trusts the model owner's release key;
 2. the owner's CI: build vibration-anomaly 1.0.0 and 2.0.0 for the Cortex-A and Coral profiles (optimize,
    convert, benchmark, gate; cached under ``~/.cache/edge-reconciler/demo-store``), release and sign them;
-3. the controller (``edgectl run``) on the local backend, with its TUF repository and artifact server;
-4. twelve agents (``edgectl agent``), eight Cortex-A and four Coral devices in US factories;
+3. the controller (``edgectl run``) on the local backend, with its TUF repository and its device API (mutual TLS,
+   certificates from the fleet CA);
+4. twelve agents (``edgectl agent``), eight Cortex-A and four Coral devices in US factories, each enrolled with a
+   one-time bootstrap token of its own;
 5. the rollout of 2.0.0 step by step (25 %, 50 %, 100 %), then 2.1.0, a defective release whose outputs on
    the devices do not match the golden outputs its build recorded (what a broken export does): the canary
    devices' health checks fail, they roll back on their own, the failure-rate gate aborts the rollout, the
@@ -214,10 +216,12 @@ class Demo:
 
     def start_controller(self) -> None:
         from reconciler.cluster import LocalBackend
+        from reconciler.deviceapi.ca import FleetCA
         from reconciler.signing.tuf_repo import create_repository, utcnow
 
         self.state.mkdir(parents=True, exist_ok=True)
         create_repository(self.state / "tuf", self.workdir / "keys" / "tuf", utcnow())
+        FleetCA.load_or_create(self.state / "ca")  # the fleet CA, made once; the controller loads it
         backend = LocalBackend(self.state)
         for name, profile in DEVICES:
             network = "ethernet" if int(name[-2:]) % 3 else "wifi"
@@ -226,16 +230,30 @@ class Demo:
             backend.register_device(name, labels)
         backend.close()
         self.ports["controller"] = _free_port()
+        self.ports["device-api"] = _free_port()
         self.spawn("controller", ["run", "--repo", str(self.remote), "--state-dir", str(self.state),
                                   "--releases", str(self.releases), "--tuf-keys", str(self.workdir / "keys" / "tuf"),
-                                  "--interval", "2", "--listen", f"127.0.0.1:{self.ports['controller']}"])  # fmt: skip
+                                  "--interval", "2", "--listen", f"127.0.0.1:{self.ports['controller']}",
+                                  "--device-api", f"127.0.0.1:{self.ports['device-api']}"])  # fmt: skip
 
     def start_agents(self) -> None:
-        url = f"http://127.0.0.1:{self.ports['controller']}/tuf"
+        """Each device enrols with a one-time token of its own, then talks to the device API over mutual TLS."""
+        from datetime import UTC, datetime, timedelta
+
+        from reconciler.deviceapi.registry import DeviceRegistry
+
+        registry = DeviceRegistry(self.state / "devices.sqlite")
+        try:
+            tokens = {name: registry.create_token(timedelta(hours=1), datetime.now(UTC), device=name)
+                      for name, _ in DEVICES}  # fmt: skip
+        finally:
+            registry.close()
+        url = f"https://127.0.0.1:{self.ports['device-api']}"
         for name, profile in DEVICES:
             self.ports[name] = _free_port()
-            self.spawn(name, ["agent", "--device", name, "--profile", profile, "--state-dir", str(self.state),
-                              "--data-dir", str(self.workdir / "devices" / name), "--repository", url,
+            self.spawn(name, ["agent", "--device", name, "--profile", profile, "--device-api", url,
+                              "--ca", str(self.state / "ca" / "ca.crt"), "--token", tokens[name],
+                              "--data-dir", str(self.workdir / "devices" / name),
                               "--trusted-root", str(self.state / "tuf" / "metadata" / "1.root.json"),
                               "--fleet", str(self.checkout), "--interval", "2",
                               "--serve", f"127.0.0.1:{self.ports[name]}"])  # fmt: skip
@@ -394,7 +412,8 @@ def run_demo(example: Path, workdir: Path | None, timeout: float, phase_style: C
         run.create_repo()
         say("2. acme-ml's CI builds, benchmarks and signs the artifacts")
         run.build_and_release(["1.0.0", "2.0.0"])
-        say("3. controller (local backend, TUF repository, artifact server) and 12 agents")
+        say("3. controller (local backend, TUF repository, device API over mutual TLS) and 12 agents, each enrolled "
+            "with a one-time token")
         run.start_controller()
         run.start_agents()
         say("4. rolling out 2.0.0 (25% -> 50% -> 100%, devices outside the step get 1.0.0)")

@@ -178,3 +178,34 @@ def refusal_for(exc: BaseException) -> RefusedError | FetchError | None:
     if isinstance(exc, tuf_errors.DownloadError):
         return FetchError(f"download failed: {text or type(exc).__name__}")
     return None
+
+
+class PoolFetcher(FetcherInterface):
+    """TUF downloads through a given urllib3 pool: the device API needs the device's client certificate on
+    every request, and one pool keeps one TLS session for metadata, targets and status alike."""
+
+    def __init__(self, pool, socket_timeout: float = 30.0, chunk_size: int = 1 << 16) -> None:
+        self.pool, self.socket_timeout, self.chunk_size = pool, socket_timeout, chunk_size
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        import urllib3
+
+        try:
+            response = self.pool.request("GET", url, preload_content=False, retries=False,
+                                         timeout=urllib3.Timeout(self.socket_timeout))  # fmt: skip
+        except urllib3.exceptions.TimeoutError as exc:
+            raise tuf_errors.SlowRetrievalError from exc
+        if response.status >= 400:
+            response.release_conn()
+            raise tuf_errors.DownloadHTTPError(f"HTTP error occurred with status {response.status}", response.status)
+        return self._chunks(response)
+
+    def _chunks(self, response) -> Iterator[bytes]:
+        import urllib3
+
+        try:
+            yield from response.stream(self.chunk_size)
+        except urllib3.exceptions.TimeoutError as exc:
+            raise tuf_errors.SlowRetrievalError from exc
+        finally:
+            response.release_conn()

@@ -10,7 +10,6 @@ import numpy as np
 
 from reconciler.agent.serving import ModelServer
 from reconciler.agent.telemetry import Summary, TelemetryQueue, TelemetryRecorder
-from reconciler.controller.server import ControllerServer
 
 from ..device_fleet import MODEL, Fleet
 from .test_serving import predict
@@ -51,35 +50,35 @@ def test_the_latency_percentiles_come_from_the_histogram():
     assert (summary.percentile(50), summary.percentile(95)) == (0.25, 50.0)
 
 
-def test_queued_while_offline_then_uploaded_in_order(tmp_path: Path):
+def summary(requests: int, device: str = "factory-1") -> dict:
+    """A summary as an agent's recorder writes it (``requests`` tells them apart)."""
+    return {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "TelemetrySummary", "device": device, "model": MODEL,
+            "version": "1.0.0", "requests": requests, "errors": 0,
+            "latencyMs": {"buckets": [1.0, "+Inf"], "counts": [requests, 0], "p50": 1.0, "p95": 1.0, "p99": 1.0},
+            "predictions": [requests], "inputs": {}}  # fmt: skip
+
+
+def test_queued_while_offline_then_uploaded_in_order(fleet: Fleet, tmp_path: Path):
     queue = TelemetryQueue(tmp_path / "queue")
     for i in range(5):
-        queue.put({"kind": "TelemetrySummary", "device": "d", "interval": i})
-    received: list[dict] = []
-    controller = ControllerServer(("127.0.0.1", 0), on_telemetry=received.append)
-    url = f"{controller.url}/telemetry"
-    controller.close()  # not running: the device is offline
-    assert queue.upload(url) == 0 and len(queue.pending()) == 5
-
-    online = ControllerServer(controller.httpd.server_address, on_telemetry=received.append).start()
-    try:
-        assert queue.upload(f"{online.url}/telemetry") == 5
-    finally:
-        online.close()
-    assert [r["interval"] for r in received] == [0, 1, 2, 3, 4] and queue.pending() == []
+        queue.put(summary(i + 1))
+    client = fleet.client()
+    client.ensure_identity()
+    assert queue.upload("https://127.0.0.1:9/v1/telemetry", client.pool) == 0  # the device is offline
+    assert len(queue.pending()) == 5
+    assert queue.upload(client.telemetry_url, client.pool) == 5
+    assert [s["requests"] for _, s in fleet.telemetry] == [1, 2, 3, 4, 5] and queue.pending() == []
+    assert {device for device, _ in fleet.telemetry} == {"factory-1"}
 
 
-def test_over_budget_the_oldest_are_dropped_and_counted(tmp_path: Path):
+def test_over_budget_the_oldest_are_dropped_and_counted(fleet: Fleet, tmp_path: Path):
     queue = TelemetryQueue(tmp_path / "queue", budget_bytes=2000)
     for i in range(40):
-        queue.put({"kind": "TelemetrySummary", "interval": i, "padding": "x" * 80})
-    kept = [json.loads(p.read_text())["interval"] for p in queue.pending()]
+        queue.put(summary(i + 1))
+    kept = [json.loads(p.read_text())["requests"] - 1 for p in queue.pending()]
     assert kept == list(range(40 - len(kept), 40)) and len(kept) < 40
     assert queue.dropped == 40 - len(kept)
-    received: list[dict] = []
-    controller = ControllerServer(("127.0.0.1", 0), on_telemetry=received.append).start()
-    try:
-        queue.upload(f"{controller.url}/telemetry")
-    finally:
-        controller.close()
-    assert received[0]["droppedBefore"] == 40 - len(kept) and queue.dropped == 0
+    client = fleet.client()
+    client.ensure_identity()
+    queue.upload(client.telemetry_url, client.pool)
+    assert fleet.telemetry[0][1]["droppedBefore"] == 40 - len(kept) and queue.dropped == 0

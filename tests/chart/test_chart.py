@@ -4,6 +4,7 @@ each), an RBAC matrix checked with SubjectAccessReview, and values the schema or
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 from pathlib import Path
@@ -34,6 +35,13 @@ VALUE_SETS = {
             "interval": 15,
         },
         "webhook": {"existingSecret": "fleet-webhook"},
+        # Devices outside the cluster too: a LoadBalancer address and an Ingress passing TLS through.
+        "deviceApi": {
+            "service": {"type": "LoadBalancer", "loadBalancerIP": "192.0.2.10",
+                        "annotations": {"metallb.universe.tf/address-pool": "edge"}},
+            "hosts": ["edge-api.acme.example"],
+            "ingress": {"enabled": True, "className": "nginx", "host": "devices.acme.example"},
+        },
     },
     # High availability: SSH with known_hosts, two replicas with leader election on a ReadWriteMany volume,
     # Prometheus ServiceMonitor.
@@ -42,6 +50,7 @@ VALUE_SETS = {
         "controller": {"replicas": 2, "interval": 30, "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}}},
         "store": {"pvc": {"size": "50Gi", "storageClass": "longhorn", "accessModes": ["ReadWriteMany"]}},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "ca": {"existingSecret": "fleet-ca"},  # a cert-manager Certificate's Secret
     },
     # Controller only (agents installed elsewhere), an existing claim, private registry.
     "controller-only": {
@@ -91,6 +100,7 @@ def test_rendered_objects_apply_to_the_api_server(kubeconfig: Path, name: str):
     expected = {"ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service",
                 "ServiceAccount"}  # fmt: skip
     assert expected <= set(kinds)
+    assert ("Secret" in kinds) == (not VALUE_SETS[name].get("ca", {}).get("existingSecret"))  # the fleet CA
     client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     resources = dynamic.DynamicClient(api).resources
     _install_crds(kubeconfig, monitoring="ServiceMonitor" in kinds)
@@ -108,6 +118,30 @@ def test_rendered_objects_apply_to_the_api_server(kubeconfig: Path, name: str):
         "leaderElection", {}).get("enabled", True)  # fmt: skip
     assert {p.http_get.path for p in (container.liveness_probe, container.readiness_probe)} == {"/healthz", "/readyz"}
     assert [c.name for c in deployment.spec.template.spec.init_containers] == ["tuf-root"]
+    assert {p.name: p.container_port for p in container.ports} == {"http": 8080, "device-api": 8443}
+    device_api = f"{release}-edge-reconciler-device-api"
+    assert {"--listen=0.0.0.0:8080", "--device-api=0.0.0.0:8443", "--ca-dir=/etc/edge-reconciler/ca",
+            f"--device-api-host={device_api}", f"--device-api-host={device_api}.{namespace}.svc",
+            f"--device-api-host={device_api}.{namespace}.svc.cluster.local"} <= set(container.args)  # fmt: skip
+    ca_secret = VALUE_SETS[name].get("ca", {}).get("existingSecret") or f"{release}-edge-reconciler-ca"
+    [ca_volume] = [v for v in deployment.spec.template.spec.volumes if v.name == "ca"]
+    assert ca_volume.secret.secret_name == ca_secret
+    assert any(m.name == "ca" and m.read_only and m.mount_path == "/etc/edge-reconciler/ca"
+               for m in container.volume_mounts)  # fmt: skip
+    services = {s.metadata.name: s for s in client.CoreV1Api(api).list_namespaced_service(namespace).items}
+    assert [p.port for p in services[f"{release}-edge-reconciler-controller"].spec.ports] == [8080]
+    service_values = VALUE_SETS[name].get("deviceApi", {}).get("service", {})
+    assert [p.port for p in services[device_api].spec.ports] == [8443]
+    assert services[device_api].spec.type == service_values.get("type", "ClusterIP")
+    if service_values.get("loadBalancerIP"):
+        assert f"--device-api-host={service_values['loadBalancerIP']}" in container.args
+    ingresses = client.NetworkingV1Api(api).list_namespaced_ingress(namespace).items
+    ingress_values = VALUE_SETS[name].get("deviceApi", {}).get("ingress", {})
+    assert len(ingresses) == int(ingress_values.get("enabled", False))
+    for ingress in ingresses:
+        assert ingress.metadata.annotations["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
+        assert ingress.spec.rules[0].host == ingress_values["host"]
+        assert f"--device-api-host={ingress_values['host']}" in container.args
     daemonsets = client.AppsV1Api(api).list_namespaced_daemon_set(namespace).items
     profiles = VALUE_SETS[name].get("agent", {}).get("profiles", [{"name": "arm-cortex-a-cpu"}])
     if VALUE_SETS[name].get("agent", {}).get("enabled", True):
@@ -118,8 +152,25 @@ def test_rendered_objects_apply_to_the_api_server(kubeconfig: Path, name: str):
         assert env == {"NODE_NAME": "spec.nodeName"}
         assert agent.volumes[0].host_path.path == "/var/lib/edge-agent"
         assert agent.node_selector["node-role.edgereconciler.io/edge"] == "true"
+        # Enrolment by the pod's own token: only the audience-bound one is mounted, and of the CA only its
+        # certificate.
+        assert agent.automount_service_account_token is False
+        volumes = {v.name: v for v in agent.volumes}
+        [source] = volumes["enrolment"].projected.sources
+        token = source.service_account_token
+        assert (token.audience, token.expiration_seconds, token.path) == ("edge-reconciler", 3600, "token")
+        assert volumes["fleet-ca"].secret.secret_name == ca_secret
+        assert [(i.key, i.path) for i in volumes["fleet-ca"].secret.items] == [("tls.crt", "ca.crt")]
+        mounts = {m.name: m for m in agent.containers[0].volume_mounts}
+        assert mounts["enrolment"].mount_path == "/var/run/secrets/edge-reconciler" and mounts["enrolment"].read_only
+        assert mounts["fleet-ca"].mount_path == "/etc/edge-agent/ca" and mounts["fleet-ca"].read_only
+        args = agent.containers[0].args
+        assert {f"--device-api=https://{device_api}.{namespace}.svc:8443", "--ca=/etc/edge-agent/ca/ca.crt",
+                "--service-account-token-file=/var/run/secrets/edge-reconciler/token"} <= set(args)  # fmt: skip
+        assert f"--agent-service-account={namespace}:{release}-edge-reconciler-agent" in container.args
     else:
         assert daemonsets == []
+        assert not any(a.startswith("--agent-service-account") for a in container.args)
 
 
 @pytest.mark.kube
@@ -147,13 +198,20 @@ def test_rbac_matrix(kubeconfig: Path):
         return authorization.create_subject_access_review(review).status.allowed
 
     ma = {"group": "edgereconciler.io", "resource": "modelassignments"}
+    fr = {"group": "edgereconciler.io", "resource": "fleetrollouts"}
+    # The agents hold no rights at all: they speak to the device API, the controller writes what they report.
+    agent_denied = {
+        (f"{verb} {what['resource']}{'/' + sub if sub else ''}"): (allowed("agent", verb, **what, subresource=sub),
+                                                                     False)
+        for verb in ("get", "list", "watch", "patch", "update")
+        for what, sub in ((ma, ""), (ma, "status"), (fr, ""))
+    }  # fmt: skip
     matrix = {
-        ("agent", "list modelassignments"): (allowed("agent", "list", **ma), True),
-        ("agent", "watch modelassignments"): (allowed("agent", "watch", **ma), True),
-        ("agent", "patch modelassignments/status"): (allowed("agent", "patch", **ma, subresource="status"), True),
-        ("agent", "update modelassignments/status"): (allowed("agent", "update", **ma, subresource="status"), True),
-        ("agent", "patch modelassignments"): (allowed("agent", "patch", **ma), False),
+        **{("agent", k): v for k, v in agent_denied.items()},
         ("agent", "create modelassignments"): (allowed("agent", "create", **ma), False),
+        ("agent", "create tokenreviews"): (
+            allowed("agent", "create", "tokenreviews", group="authentication.k8s.io", scope=None), False),
+        ("agent", "get pods"): (allowed("agent", "get", "pods"), False),
         ("agent", "delete modelassignments"): (allowed("agent", "delete", **ma), False),
         ("agent", "get secrets"): (allowed("agent", "get", "secrets"), False),
         ("agent", "list nodes"): (allowed("agent", "list", "nodes", scope=None), False),
@@ -164,6 +222,15 @@ def test_rbac_matrix(kubeconfig: Path):
         ("controller", "watch nodes"): (allowed("controller", "watch", "nodes", scope=None), True),
         ("controller", "patch nodes"): (allowed("controller", "patch", "nodes", scope=None), False),
         ("controller", "patch modelassignments"): (allowed("controller", "patch", **ma), True),
+        ("controller", "patch modelassignments/status"): (
+            allowed("controller", "patch", **ma, subresource="status"), True),
+        ("controller", "update modelassignments/status"): (
+            allowed("controller", "update", **ma, subresource="status"), True),
+        ("controller", "create tokenreviews"): (
+            allowed("controller", "create", "tokenreviews", group="authentication.k8s.io", scope=None), True),
+        ("controller", "get pods"): (allowed("controller", "get", "pods"), True),
+        ("controller", "list pods"): (allowed("controller", "list", "pods"), False),
+        ("controller", "get pods in another namespace"): (allowed("controller", "get", "pods", scope="default"), False),
         ("controller", "delete modelassignments"): (allowed("controller", "delete", **ma), True),
         ("controller", "patch fleetrollouts"): (
             allowed("controller", "patch", "fleetrollouts", group="edgereconciler.io"), True),
@@ -190,6 +257,9 @@ def test_rbac_matrix(kubeconfig: Path):
         ({"agent": {"profiles": [{"name": "Cortex A"}]}}, "name"),
         ({"agent": {"dataDir": "relative/path"}}, "dataDir"),
         ({"trust": {"releaseKeys": {"acme": "not a key"}}}, "releaseKeys"),
+        ({"deviceApi": {"service": {"type": "Ingress"}}}, "type"),
+        ({"deviceApi": {"ingress": {"host": "https://devices.acme.example"}}}, "host"),
+        ({"ca": {"secret": "fleet-ca"}}, "secret"),
         ({"controler": {}}, "controler"),
     ],
 )
@@ -205,12 +275,53 @@ def test_the_schema_refuses_invalid_values(values: dict, message: str):
         ({"store": {"type": "oci"}}, "store.type oci"),
         ({"controller": {"replicas": 2, "leaderElection": {"enabled": False}}}, "needs controller.leaderElection"),
         ({"git": {"auth": "token"}}, "git.existingSecret is required"),
+        ({"deviceApi": {"ingress": {"enabled": True}}}, "needs deviceApi.ingress.host"),
     ],
 )
 def test_templates_refuse_combinations_that_cannot_work(values: dict, message: str):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError) as refused:
         chart.render(values, name="edge", namespace="edge-system")
     assert message in str(refused.value)
+
+
+def test_the_chart_made_ca_is_one_the_controller_uses_and_agents_get_its_certificate_only(tmp_path: Path):
+    """Helm's genCA makes an RSA CA: the controller must load it, issue device and server certificates with it,
+    and the agents' mount must hold exactly the certificate the device API's is checked against."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from reconciler.deviceapi.ca import FleetCA, device_of
+
+    objects = render({}, "edge-reconciler", "edge-system")
+    [secret] = [o for o in objects if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "edge-reconciler-ca"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    folder = tmp_path / "ca"
+    folder.mkdir()
+    for key, value in secret["data"].items():
+        (folder / key).write_bytes(base64.b64decode(value))
+    ca = FleetCA.load_or_create(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]  # read, never written
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-7")]))
+        .sign(key, hashes.SHA256())
+    )
+    issued = ca.issue_device(csr.public_bytes(serialization.Encoding.PEM), "edge-7", timedelta(days=30), now)
+    assert ca.verify_device(issued, now) == device_of(issued) == "edge-7"
+    server, _ = ca.issue_server(["edge-reconciler-device-api.edge-system.svc"], timedelta(days=1), now)
+    x509.load_pem_x509_certificate(server).verify_directly_issued_by(ca.certificate)
+
+    [daemonset] = [o for o in objects if o["kind"] == "DaemonSet"]
+    [fleet_ca] = [v for v in daemonset["spec"]["template"]["spec"]["volumes"] if v["name"] == "fleet-ca"]
+    mounted = {item["path"]: base64.b64decode(secret["data"][item["key"]]) for item in fleet_ca["secret"]["items"]}
+    assert mounted == {"ca.crt": ca.certificate_pem.encode()}
 
 
 def _install_crds(kubeconfig: Path, monitoring: bool = False) -> None:
@@ -258,7 +369,7 @@ def test_rendered_command_lines_parse(name: str, tmp_path: Path):
             if value.startswith("/"):
                 value = str(tmp_path / value.lstrip("/"))
                 target = Path(value)
-                if option in ("--trusted-root", "--webhook-secret-file"):
+                if option in ("--trusted-root", "--webhook-secret-file", "--ca", "--service-account-token-file"):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text("{}")
                 else:
@@ -286,15 +397,21 @@ def test_install_upgrade_uninstall_with_helm(kubeconfig: Path):
         assert "--interval=60" in controller.spec.template.spec.containers[0].args
         extensions = client.ApiextensionsV1Api(api)
         assert _established(extensions, "modelassignments.edgereconciler.io")
+        core = client.CoreV1Api(api)
+        fleet_ca = core.read_namespaced_secret("edge-reconciler-ca", namespace).data
 
         upgraded = config.upgrade(str(CHART), "edge-reconciler", {**values, "controller": {"interval": 30}})
         assert (upgraded["status"], upgraded["revision"]) == ("deployed", 2)
         controller = apps.read_namespaced_deployment("edge-reconciler-controller", namespace)
         assert "--interval=30" in controller.spec.template.spec.containers[0].args
+        # The fleet CA is the same one: a new CA at each upgrade would cut off every enrolled device.
+        assert core.read_namespaced_secret("edge-reconciler-ca", namespace).data == fleet_ca
 
         removed = config.uninstall("edge-reconciler")
-        assert "edge-reconciler-data" in removed["info"]  # kept on purpose: it holds the TUF repository
+        # Kept on purpose: the claim holds the TUF repository, the Secret the CA every device trusts.
+        assert "edge-reconciler-data" in removed["info"] and "edge-reconciler-ca" in removed["info"]
     assert apps.list_namespaced_deployment(namespace).items == []
     claims = client.CoreV1Api(api).list_namespaced_persistent_volume_claim(namespace).items
     assert [c.metadata.name for c in claims] == ["edge-reconciler-data"]
+    assert client.CoreV1Api(api).read_namespaced_secret("edge-reconciler-ca", namespace).data == fleet_ca
     assert _established(client.ApiextensionsV1Api(api), "modelassignments.edgereconciler.io")  # CRDs stay

@@ -149,6 +149,23 @@ def test_devices_from_the_local_backend(tmp_path: Path, fleet_example: Path):
     failed = json.loads(edgectl("get", "device", "factory-2", "--state-dir", state, "-o", "json").stdout)
     assert failed["status"]["phase"] == "Failed" and failed["desiredVersion"] == "2.0.0"
 
+    # With the controller's device registry at hand, -o wide says who is enrolled and until when.
+    from datetime import UTC, datetime, timedelta
+
+    from reconciler.deviceapi.registry import DeviceRegistry
+
+    registry = DeviceRegistry(state / "devices.sqlite")
+    registry.record_certificate(
+        "factory-1", 7, datetime(2026, 2, 1, tzinfo=UTC), None, datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    registry.create_token(timedelta(hours=1), datetime.now(UTC), device="factory-2")
+    registry.close()
+    enrolled = edgectl("get", "devices", "--state-dir", state, "-o", "wide").stdout.splitlines()
+    assert enrolled[0].split()[-3:] == ["ENROLMENT", "CERT", "EXPIRES"]
+    states = {line.split()[0]: line.split()[-2:] for line in enrolled[1:]}
+    assert states["factory-1"][0] == "Enrolled" and states["factory-1"][1].startswith("2026-02-01")
+    assert states["factory-2"][0] == "Pending" and states["lab-1"][0] == "NotEnrolled"
+
 
 _run = itertools.count()
 

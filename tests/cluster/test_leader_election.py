@@ -70,7 +70,8 @@ def test_two_controller_processes_only_the_leader_reconciles(kubeconfig: Path, t
         process = subprocess.Popen(
             [str(EDGECTL), "run", "--repo", str(tmp_path / "fleet.git"), "--backend", "kubernetes",
              "--kubeconfig", str(kubeconfig), "--namespace", ns, "--node-selector", f"test.edgereconciler.io/ns={ns}",
-             "--state-dir", str(tmp_path / name), "--interval", "0.5", "--listen", "", "--leader-elect"],
+             "--state-dir", str(tmp_path / name), "--interval", "0.5", "--listen", "", "--device-api", "",
+             "--leader-elect"],
             stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, "POD_NAME": name},
         )  # fmt: skip
         return process, log

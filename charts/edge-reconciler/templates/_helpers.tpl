@@ -34,3 +34,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "edge-reconciler.claim" -}}
 {{- .Values.store.pvc.existingClaim | default (printf "%s-data" (include "edge-reconciler.fullname" .)) -}}
 {{- end -}}
+
+{{- define "edge-reconciler.caSecret" -}}
+{{- .Values.ca.existingSecret | default (printf "%s-ca" (include "edge-reconciler.fullname" .)) -}}
+{{- end -}}
+
+{{/* The device API's in-cluster name: what agents dial and what its certificate must name. */}}
+{{- define "edge-reconciler.deviceApiService" -}}
+{{- printf "%s-device-api" (include "edge-reconciler.fullname" .) -}}
+{{- end -}}
