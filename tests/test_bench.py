@@ -159,3 +159,20 @@ def test_apply_kube_refuses_nodes_the_example_rollout_does_not_reach(monkeypatch
     message = capsys.readouterr().err
     assert "not measured: Nodes labelled" in message
     assert "vibration-anomaly-2's conditions need acme.example/network In ['ethernet', 'wifi']" in message
+
+
+def test_device_api_quick():
+    output = quick("device_api.py", timeout=120)
+    assert_lines(
+        output,
+        rf"50 devices with one assignment each, certificates issued by the fleet CA directly \({NUMBER} s to prepare\)",
+        r"  requests +250  \(50 x 200, 200 x 304, 0 errors\)",
+        rf"  requests/s +{NUMBER}  \(offered: 25\.0\)",
+        rf"  latency p50 / p99 / max +{NUMBER} / {NUMBER} / {NUMBER} ms",
+        r"  TLS connections opened +[1-9]\d* for 250 requests",
+        rf"  server CPU +{NUMBER} s  \({NUMBER} s per 1,000 requests, {NUMBER}% of one core\)",
+        rf"  server RSS +{NUMBER} MiB  \(before the window: {NUMBER} MiB\)",
+        rf"  device API \(mTLS, aiohttp\) +{NUMBER} MB/s  p50 {NUMBER} s per download  server CPU .*",
+        rf"  http\.server \(HTTP, curl\) +{NUMBER} MB/s  p50 {NUMBER} s per download  server CPU .*",
+        rf"  ratio device API / baseline {NUMBER}x",
+    )
