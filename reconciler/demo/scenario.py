@@ -412,8 +412,10 @@ def run_demo(example: Path, workdir: Path | None, timeout: float, phase_style: C
         run.create_repo()
         say("2. acme-ml's CI builds, benchmarks and signs the artifacts")
         run.build_and_release(["1.0.0", "2.0.0"])
-        say("3. controller (local backend, TUF repository, device API over mutual TLS) and 12 agents, each enrolled "
-            "with a one-time token")
+        say(
+            "3. controller (local backend, TUF repository, device API over mutual TLS) and 12 agents, each enrolled "
+            "with a one-time token"
+        )
         run.start_controller()
         run.start_agents()
         say("4. rolling out 2.0.0 (25% -> 50% -> 100%, devices outside the step get 1.0.0)")
