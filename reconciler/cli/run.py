@@ -70,14 +70,15 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
     cert, key = ca.issue_server(sorted(names), timedelta(days=365), now)
     tls = state_dir / "device-api"
     tls.mkdir(parents=True, exist_ok=True)
-    write_atomic(tls / "tls.crt", cert)
-    write_atomic(tls / "tls.key", key, mode=0o600)
+    # Certificate and key in one file, replaced at once: replicas sharing the state directory never load one
+    # replica's certificate with another's key.
+    write_atomic(tls / "tls.pem", cert + key, mode=0o600)
     identity = Identity(ca, DeviceRegistry(state_dir / "devices.sqlite"), parse_duration(lifetime))
     artifacts = ArtifactStore(store) if store else None
     # The local backend is a SQLite file: each thread of the device API opens its own connection to it.
     factory = (lambda: LocalBackend(state_dir)) if backend == "local" else (lambda: target)
     return DeviceAPIServer(
-        (host, int(port)), identity, factory, ca.server_context(tls / "tls.crt", tls / "tls.key"),
+        (host, int(port)), identity, factory, ca.server_context(tls / "tls.pem", tls / "tls.pem"),
         blobs=store / "blobs" / "sha256" if store else None, tuf=state_dir / "tuf",
         deltas=artifacts.delta if artifacts else None,
         on_telemetry=_telemetry_sink(state_dir / "telemetry" / "received.jsonl"), registry=registry,

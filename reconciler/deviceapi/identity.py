@@ -128,10 +128,13 @@ class Identity:
         labels (the token's) are in the registry afterwards: ``registry.device(result.device).labels``."""
         now = as_utc(now)
         device = self.ca.requested_name(csr_pem)
-        if not _NAME.match(device):
+        if not _NAME.fullmatch(device):
             raise IdentityError(Reason.BAD_NAME, f"{device!r} is not a device name (a DNS subdomain name)")
-        spent = self.registry.redeem(token, device, now)
-        return self._issue(device, csr_pem, dict(spent.labels), now)
+        # Sign first (it needs no state), then spend the token and record the certificate in one transaction:
+        # a failure in between must not burn the token.
+        issued = self.ca.issue_device(csr_pem, device, self.lifetime, now)
+        self.registry.redeem_and_record(token, device, issued.serial_number, issued.not_valid_after_utc, now)
+        return self._answer(device, issued)
 
     def enrol_node(self, node: str, csr_pem: str, now: datetime) -> Certificate:
         """A certificate for the Node ``node``, for a caller who has proved that it runs there (the server checked
@@ -140,7 +143,7 @@ class Identity:
         inventory."""
         now = as_utc(now)
         device = self.ca.requested_name(csr_pem)
-        if not _NAME.match(device):
+        if not _NAME.fullmatch(device):
             raise IdentityError(Reason.BAD_NAME, f"{device!r} is not a device name (a DNS subdomain name)")
         if device != node:
             raise IdentityError(Reason.NODE_MISMATCH, f"the CSR asks for {device!r}, but the caller runs on Node "
@@ -161,8 +164,11 @@ class Identity:
             raise IdentityError(Reason.REVOKED, f"device {device} was revoked at {record.revoked_at}")
         return self._issue(device, csr_pem, None, now)
 
-    def authenticate(self, certificate: x509.Certificate | None, now: datetime) -> str:
-        """The name of the device behind ``certificate`` (the TLS peer's), or :class:`IdentityError`."""
+    def authenticate(self, certificate: x509.Certificate | None, now: datetime, current_only: bool = False) -> str:
+        """The name of the device behind ``certificate`` (the TLS peer's), or :class:`IdentityError`. Besides the
+        device's current certificate, only the one it replaced is accepted, for ``SUPERSEDED_GRACE`` after the
+        rotation (requests in flight); ``current_only`` (a renewal) accepts the current one alone, so an old
+        certificate can never make itself current again."""
         now = as_utc(now)
         if certificate is None:
             raise IdentityError(Reason.NO_CERTIFICATE, "this request needs a device certificate (enrol first)")
@@ -174,7 +180,8 @@ class Identity:
             raise IdentityError(Reason.REVOKED, f"device {device} was revoked at {record.revoked_at}")
         if certificate.serial_number != record.serial:
             replaced = datetime.fromisoformat(record.issued_at) if record.issued_at else None
-            if replaced is None or now - replaced > SUPERSEDED_GRACE:
+            previous = certificate.serial_number == record.previous_serial
+            if current_only or not previous or replaced is None or now - replaced > SUPERSEDED_GRACE:
                 raise IdentityError(
                     Reason.SUPERSEDED,
                     f"certificate {certificate.serial_number:x} of device {device} was replaced by "
@@ -185,6 +192,9 @@ class Identity:
     def _issue(self, device: str, csr_pem: str, labels: dict[str, str] | None, now: datetime) -> Certificate:
         issued = self.ca.issue_device(csr_pem, device, self.lifetime, now)
         self.registry.record_certificate(device, issued.serial_number, issued.not_valid_after_utc, labels, now)
+        return self._answer(device, issued)
+
+    def _answer(self, device: str, issued: x509.Certificate) -> Certificate:
         return Certificate(
             device=device,
             certificate=issued.public_bytes(Encoding.PEM).decode(),

@@ -162,6 +162,6 @@ def extras_problem(extra: Mapping[str, Any]) -> str | None:
             or (isinstance(value, float) and math.isfinite(value))
             or (isinstance(value, str) and len(value) <= MAX_EXTRA_STRING)
         )
-        if not _EXTRA_KEY.match(key) or not small:
+        if not _EXTRA_KEY.fullmatch(key) or not small:
             return f"extra figure {key[:64]!r} must be a small scalar with a plain name"
     return None

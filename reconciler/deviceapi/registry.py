@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS devices (
     serial TEXT,          -- hex: serials have up to 159 bits, more than an SQLite integer holds
     not_after TEXT,
     issued_at TEXT,
-    revoked_at TEXT
+    revoked_at TEXT,
+    previous_serial TEXT  -- the certificate the current one replaced: accepted for a short grace only
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
@@ -81,6 +82,8 @@ class DeviceRecord:
     revoked_at: str | None
     issued_at: str | None = None
     """When the current certificate was issued (microseconds: it decides which of two rotations is newer)."""
+    previous_serial: int | None = None
+    """The certificate the current one replaced (the only other one accepted, for a short grace)."""
 
     def state(self, at: datetime) -> str:
         """Revoked, Pending (reserved by a token, no certificate yet), Expired or Enrolled."""
@@ -114,8 +117,15 @@ class DeviceRegistry:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
+
+    def _migrate(self) -> None:
+        """Add the columns a registry written by an older controller lacks (the table itself is never rebuilt)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+        if "previous_serial" not in columns:
+            self._db.execute("ALTER TABLE devices ADD COLUMN previous_serial TEXT")
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> DeviceRegistry:
@@ -140,7 +150,7 @@ class DeviceRegistry:
             raise ValueError(f"a token must expire within {MAX_TOKEN_LIFETIME.days} days")
         if device is not None and labels:
             raise ValueError("a token for a named device carries no labels (the device keeps its own)")
-        if device is not None and not _NAME.match(device):
+        if device is not None and not _NAME.fullmatch(device):
             raise ValueError(f"{device!r} is not a device name (a DNS subdomain name)")
         now = as_utc(now)
         secret = _random(32)
@@ -169,41 +179,41 @@ class DeviceRegistry:
     def redeem(self, token: str, device: str, now: datetime) -> TokenRecord:
         """Spend ``token`` for ``device``: once, atomically across every process that shares the file. Also
         reserves the device's name, so two new devices cannot enrol under one name with two tokens."""
-        match = _TOKEN.match(token)
+        return self._transaction(lambda db: self._spend(db, token, device, now))
+
+    @staticmethod
+    def _spend(db: sqlite3.Connection, token: str, device: str, now: datetime) -> TokenRecord:
+        match = _TOKEN.fullmatch(token)
         if match is None:
             raise IdentityError(Reason.TOKEN_UNKNOWN, "unknown bootstrap token")
         token_id, secret = match.groups()
         digest = hashlib.sha256(secret.encode()).hexdigest()
         now = as_utc(now)
-
-        def spend(db: sqlite3.Connection) -> TokenRecord:
-            row = db.execute("SELECT secret_sha256, device, labels, created_at, expires_at, used_at, used_by "
-                             "FROM tokens WHERE id = ?", (token_id,)).fetchone()  # fmt: skip
-            # The same answer for an unknown id and a wrong secret: the id alone must not be worth probing.
-            if row is None or not hmac.compare_digest(row[0], digest):
-                raise IdentityError(Reason.TOKEN_UNKNOWN, "unknown bootstrap token")
-            _, named, labels, created_at, expires_at, used_at, used_by = row
-            if used_at is not None:
-                raise IdentityError(Reason.TOKEN_USED, f"token {token_id} was used at {used_at} (by {used_by})")
-            if datetime.fromisoformat(expires_at) <= now:
-                raise IdentityError(Reason.TOKEN_EXPIRED, f"token {token_id} expired at {expires_at}")
-            if named is not None and named != device:
-                raise IdentityError(Reason.TOKEN_DEVICE_MISMATCH, f"token {token_id} is for device {named}, "
-                                    f"not {device}")  # fmt: skip
-            existing = db.execute("SELECT revoked_at FROM devices WHERE name = ?", (device,)).fetchone()
-            if existing is not None and existing[0] is not None:
-                raise IdentityError(Reason.DEVICE_REVOKED, f"device {device} was revoked at {existing[0]}")
-            if existing is not None and named is None:
-                raise IdentityError(Reason.DEVICE_EXISTS, f"device {device} exists; enrolling it again needs a "
-                                    f"token made for it (edgectl device token create --device {device})")  # fmt: skip
-            stamp = rfc3339(now)
-            db.execute("UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ? AND used_at IS NULL",
-                       (stamp, device, token_id))  # fmt: skip
-            db.execute("INSERT INTO devices (name, labels) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
-                       (device, labels))  # fmt: skip
-            return TokenRecord(token_id, named, json.loads(labels), expires_at, stamp, device, created_at)
-
-        return self._transaction(spend)
+        row = db.execute("SELECT secret_sha256, device, labels, created_at, expires_at, used_at, used_by "
+                         "FROM tokens WHERE id = ?", (token_id,)).fetchone()  # fmt: skip
+        # The same answer for an unknown id and a wrong secret: the id alone must not be worth probing.
+        if row is None or not hmac.compare_digest(row[0], digest):
+            raise IdentityError(Reason.TOKEN_UNKNOWN, "unknown bootstrap token")
+        _, named, labels, created_at, expires_at, used_at, used_by = row
+        if used_at is not None:
+            raise IdentityError(Reason.TOKEN_USED, f"token {token_id} was used at {used_at} (by {used_by})")
+        if datetime.fromisoformat(expires_at) <= now:
+            raise IdentityError(Reason.TOKEN_EXPIRED, f"token {token_id} expired at {expires_at}")
+        if named is not None and named != device:
+            raise IdentityError(Reason.TOKEN_DEVICE_MISMATCH, f"token {token_id} is for device {named}, "
+                                f"not {device}")  # fmt: skip
+        existing = db.execute("SELECT revoked_at FROM devices WHERE name = ?", (device,)).fetchone()
+        if existing is not None and existing[0] is not None:
+            raise IdentityError(Reason.DEVICE_REVOKED, f"device {device} was revoked at {existing[0]}")
+        if existing is not None and named is None:
+            raise IdentityError(Reason.DEVICE_EXISTS, f"device {device} exists; enrolling it again needs a "
+                                f"token made for it (edgectl device token create --device {device})")  # fmt: skip
+        stamp = rfc3339(now)
+        db.execute("UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ? AND used_at IS NULL",
+                   (stamp, device, token_id))  # fmt: skip
+        db.execute("INSERT INTO devices (name, labels) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+                   (device, labels))  # fmt: skip
+        return TokenRecord(token_id, named, json.loads(labels), expires_at, stamp, device, created_at)
 
     def tokens(self) -> list[TokenRecord]:
         rows = self._read("SELECT id, device, labels, expires_at, used_at, used_by, created_at FROM tokens "
@@ -217,6 +227,26 @@ class DeviceRegistry:
     ) -> None:
         """Make a newly issued certificate the device's current one. ``labels`` None keeps the device's labels
         (a renewal). Of two certificates issued at once (two replicas renewing), the later one stays current."""
+        self._transaction(lambda db: self._record(db, device, serial, not_after, labels, now))
+
+    def redeem_and_record(
+        self, token: str, device: str, serial: int, not_after: datetime, now: datetime
+    ) -> TokenRecord:
+        """Spend ``token`` and make the certificate issued with it the device's current one, in one transaction:
+        a failure or a crash in between leaves the token unspent, so the device can try again."""
+
+        def both(db: sqlite3.Connection) -> TokenRecord:
+            spent = self._spend(db, token, device, now)
+            self._record(db, device, serial, not_after, dict(spent.labels) if spent.device is None else None, now)
+            return spent
+
+        return self._transaction(both)
+
+    @staticmethod
+    def _record(
+        db: sqlite3.Connection, device: str, serial: int, not_after: datetime, labels: Mapping[str, str] | None,
+        now: datetime,
+    ) -> None:  # fmt: skip
         now = as_utc(now)
         values = {
             "name": device,
@@ -226,16 +256,14 @@ class DeviceRegistry:
             "not_after": rfc3339(not_after),
             "issued": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
-        self._transaction(
-            lambda db: db.execute(
-                "INSERT INTO devices (name, labels, enrolled_at, serial, not_after, issued_at) "
-                "VALUES (:name, COALESCE(:labels, '{}'), :now, :serial, :not_after, :issued) "
-                "ON CONFLICT(name) DO UPDATE SET labels = COALESCE(:labels, devices.labels), "
-                "enrolled_at = COALESCE(devices.enrolled_at, excluded.enrolled_at), serial = excluded.serial, "
-                "not_after = excluded.not_after, issued_at = excluded.issued_at "
-                "WHERE devices.issued_at IS NULL OR devices.issued_at <= excluded.issued_at",
-                values,
-            )
+        db.execute(
+            "INSERT INTO devices (name, labels, enrolled_at, serial, not_after, issued_at) "
+            "VALUES (:name, COALESCE(:labels, '{}'), :now, :serial, :not_after, :issued) "
+            "ON CONFLICT(name) DO UPDATE SET labels = COALESCE(:labels, devices.labels), "
+            "enrolled_at = COALESCE(devices.enrolled_at, excluded.enrolled_at), previous_serial = devices.serial, "
+            "serial = excluded.serial, not_after = excluded.not_after, issued_at = excluded.issued_at "
+            "WHERE devices.issued_at IS NULL OR devices.issued_at <= excluded.issued_at",
+            values,
         )
 
     def revoke(self, device: str, now: datetime) -> bool:
@@ -287,13 +315,13 @@ class DeviceRegistry:
         return PermanentError(message)
 
 
-_DEVICE_COLUMNS = "name, labels, enrolled_at, serial, not_after, revoked_at, issued_at"
+_DEVICE_COLUMNS = "name, labels, enrolled_at, serial, not_after, revoked_at, issued_at, previous_serial"
 
 
 def _device(row: tuple) -> DeviceRecord:
-    name, labels, enrolled_at, serial, not_after, revoked_at, issued_at = row
+    name, labels, enrolled_at, serial, not_after, revoked_at, issued_at, previous = row
     return DeviceRecord(name, json.loads(labels), enrolled_at, int(serial, 16) if serial else None, not_after,
-                        revoked_at, issued_at)  # fmt: skip
+                        revoked_at, issued_at, int(previous, 16) if previous else None)  # fmt: skip
 
 
 def _random(length: int) -> str:

@@ -241,7 +241,7 @@ class DeviceAPIServer:
             backend = self._local.backend = self.backend_factory()
         return backend
 
-    async def _authenticate(self, request: web.Request) -> str:
+    async def _authenticate(self, request: web.Request, current_only: bool = False) -> str:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         certificate = peer_certificate(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
         if certificate is not None:
@@ -249,7 +249,7 @@ class DeviceAPIServer:
                 request[_CERTIFICATE] = device_of(certificate)
             except IdentityError:
                 request[_CERTIFICATE] = f"serial:{certificate.serial_number:x}"
-        device = await self._call(self.identity.authenticate, certificate, self.clock())
+        device = await self._call(self.identity.authenticate, certificate, self.clock(), current_only)
         request[_DEVICE] = device
         return device
 
@@ -366,7 +366,7 @@ class DeviceAPIServer:
             self._backend().register_device(device, dict(record.labels))  # type: ignore[attr-defined]
 
     async def _renew(self, request: web.Request) -> web.Response:
-        device = await self._authenticate(request)
+        device = await self._authenticate(request, current_only=True)
         body = await self._body(request, protocol.MAX_ENROL_BODY, protocol.RenewRequest)
         issued = await self._call(self.identity.renew, device, body.csr, self.clock())
         log.info("renewed", extra={"device": device, "notAfter": issued.not_after})
@@ -404,7 +404,7 @@ class DeviceAPIServer:
         model = request.match_info["model"]
         device = await self._authenticate(request)
         request[_ASKED] = f"model {model[:253]}"
-        if not _NAME.match(model):
+        if not _NAME.fullmatch(model):
             raise _Refused(400, "bad-name", "a model name is a DNS subdomain name")
         report = await self._body(request, protocol.MAX_STATUS_BODY, protocol.StatusReport)
         if problem := protocol.extras_problem(report.model_extra or {}):
@@ -453,7 +453,7 @@ class DeviceAPIServer:
         making = self._deltas_in_flight.get(key)
         if making is None:  # one thread makes a delta however many devices ask for it at once
             assert self.deltas is not None
-            making = self._deltas_in_flight[key] = asyncio.ensure_future(self._call(self.deltas, *key))
+            making = self._deltas_in_flight[key] = asyncio.ensure_future(self._call(self.deltas, *key, files=True))
             making.add_done_callback(lambda _: self._deltas_in_flight.pop(key, None))
         try:
             path = await asyncio.shield(making)
@@ -466,7 +466,7 @@ class DeviceAPIServer:
     async def _tuf(self, request: web.Request) -> web.StreamResponse:
         await self._authenticate(request)
         path = request.match_info["path"]
-        if not _TUF.match(path) or ".." in path.split("/"):
+        if not _TUF.fullmatch(path) or ".." in path.split("/"):
             raise _Refused(404, "not-found", "no such file")
         assert self.tuf is not None
         return await self._file(request, self.tuf / path, None)

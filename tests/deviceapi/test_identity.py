@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from reconciler.deviceapi.ca import FleetCA, device_of, peer_certificate
 from reconciler.deviceapi.identity import Identity, IdentityError
 from reconciler.deviceapi.registry import DeviceRegistry
+from reconciler.errors import PermanentError
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 EDGECTL = Path(sys.executable).parent / "edgectl"
@@ -494,3 +495,63 @@ def test_a_revoked_node_stays_out_even_with_a_valid_pod(identity: Identity, regi
     registry.revoke("edge-7", NOW + timedelta(hours=1))
     refused("device-revoked", identity.enrol_node, "edge-7", csr_for("edge-7"), NOW + timedelta(hours=2))
     assert registry.device("edge-7").revoked_at == "2030-06-01T13:00:00Z"
+
+
+# --- regressions ---------------------------------------------------------------------------------
+
+
+def test_a_replaced_certificate_never_comes_back(identity: Identity, registry: DeviceRegistry):
+    """A stolen old certificate: only the one just replaced is accepted during the grace, never an older one, and
+    no old certificate may renew itself into the current one."""
+    token = registry.create_token(timedelta(hours=1), NOW, device="cam-1")
+    stolen = pem_cert(identity.enrol(token, csr_for("cam-1"), NOW).certificate)
+    second = pem_cert(identity.renew("cam-1", csr_for("cam-1"), NOW + timedelta(days=1)).certificate)
+    third_at = NOW + timedelta(days=2)
+    identity.renew("cam-1", csr_for("cam-1"), third_at)
+    assert identity.authenticate(second, third_at + timedelta(minutes=5)) == "cam-1"  # the one just replaced
+    refused("superseded", identity.authenticate, stolen, third_at + timedelta(minutes=5))  # two rotations ago
+    refused("superseded", identity.authenticate, second, third_at + timedelta(minutes=5), True)  # may not renew
+
+
+def test_a_failed_enrolment_does_not_spend_the_token(identity: Identity, registry: DeviceRegistry, monkeypatch):
+    token = registry.create_token(timedelta(hours=1), NOW, device="cam-1")
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(DeviceRegistry, "_record", staticmethod(broken))
+    with pytest.raises(PermanentError, match="disk I/O error"):
+        identity.enrol(token, csr_for("cam-1"), NOW)
+    monkeypatch.undo()
+    assert registry.tokens()[0].used_at is None  # rolled back with the failed write
+    assert (
+        pem_cert(identity.enrol(token, csr_for("cam-1"), NOW).certificate).serial_number
+        == registry.device("cam-1").serial
+    )
+
+
+def test_a_name_with_a_trailing_newline_is_refused(identity: Identity, registry: DeviceRegistry):
+    token = registry.create_token(timedelta(hours=1), NOW, labels={"site": "a"})
+    refused("bad-name", identity.enrol, token, csr_for("cam-2\n"), NOW)
+    assert registry.tokens()[0].used_at is None and registry.devices() == []
+
+
+def test_enrolling_again_with_a_named_token_keeps_the_labels(identity: Identity, registry: DeviceRegistry):
+    first = registry.create_token(timedelta(hours=1), NOW, labels={"site": "b"})
+    identity.enrol(first, csr_for("cam-3"), NOW)
+    again = registry.create_token(timedelta(hours=1), NOW, device="cam-3")
+    identity.enrol(again, csr_for("cam-3"), NOW + timedelta(minutes=1))
+    assert registry.device("cam-3").labels == {"site": "b"}
+
+
+def test_a_registry_written_before_rotation_grace_opens_and_keeps_its_devices(tmp_path: Path):
+    path = tmp_path / "devices.sqlite"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE devices (name TEXT PRIMARY KEY, labels TEXT NOT NULL DEFAULT '{}', enrolled_at TEXT, "
+                   "serial TEXT, not_after TEXT, issued_at TEXT, revoked_at TEXT)")  # fmt: skip
+        db.execute("INSERT INTO devices (name, labels, serial) VALUES ('cam-1', '{\"zone\": \"a\"}', 'ff')")
+    registry = DeviceRegistry(path)
+    record = registry.device("cam-1")
+    assert (record.serial, record.previous_serial, dict(record.labels)) == (0xFF, None, {"zone": "a"})
+    registry.record_certificate("cam-1", 0x100, NOW + timedelta(days=1), None, NOW)
+    assert registry.device("cam-1").previous_serial == 0xFF
