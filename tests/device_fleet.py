@@ -38,6 +38,7 @@ from reconciler.signing import (
     write_release,
 )
 from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path, utcnow
+from reconciler.telemetry import summaries
 
 FLEET = Path(__file__).resolve().parents[1] / "fleet-example"
 MODEL, PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"
@@ -138,7 +139,12 @@ def start_device_api(
     (tls / "tls.crt").write_bytes(cert)
     (tls / "tls.key").write_bytes(key)
     context = ca.server_context(tls / "tls.crt", tls / "tls.key")
-    sink = (lambda device, summary: telemetry.append((device, summary))) if telemetry is not None else None
+
+    def sink(backend, device: str, summary: dict) -> bool:
+        if telemetry is not None:
+            telemetry.append((device, summary))
+        return summaries.record(backend, device, summary)
+
     server = DeviceAPIServer(("127.0.0.1", 0), identity, lambda: backend, context,
                              blobs=store.root / "blobs" / "sha256", tuf=root / "tuf", deltas=store.delta,
                              on_telemetry=sink)  # fmt: skip

@@ -28,20 +28,6 @@ class JsonLines(logging.Formatter):
         return json.dumps(body, default=str)
 
 
-def _telemetry_sink(path: Path):
-    """Append every summary a device sends to a JSON Lines file (the rollout engine reads it)."""
-    import threading
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = threading.Lock()
-
-    def store(device: str, summary: dict) -> None:
-        with lock, path.open("a") as out:
-            out.write(json.dumps({**summary, "device": device}, sort_keys=True) + "\n")
-
-    return store
-
-
 def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: str, state_dir: Path,
                 store: Path | None, target, backend: str, registry, agent_service_account: str | None):  # fmt: skip
     """The device API on its own port with its own certificate, issued by the fleet CA at every start."""
@@ -57,6 +43,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
     from reconciler.deviceapi.server import DeviceAPIServer
     from reconciler.durable import write_atomic
     from reconciler.errors import PermanentError
+    from reconciler.telemetry import summaries
 
     host, _, port = address.rpartition(":")
     host = host or "127.0.0.1"
@@ -81,7 +68,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
         (host, int(port)), identity, factory, ca.server_context(tls / "tls.pem", tls / "tls.pem"),
         blobs=store / "blobs" / "sha256" if store else None, tuf=state_dir / "tuf",
         deltas=artifacts.delta if artifacts else None,
-        on_telemetry=_telemetry_sink(state_dir / "telemetry" / "received.jsonl"), registry=registry,
+        on_telemetry=summaries.record, registry=registry,
         clock=lambda: datetime.now(UTC), register_enrolled=backend == "local",
         node_of_token=(lambda token: target.node_of_token(token, SERVICE_ACCOUNT_AUDIENCE, agent_service_account))
         if agent_service_account else None,

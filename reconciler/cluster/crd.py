@@ -152,3 +152,103 @@ FLEET_ROLLOUT_CRD: dict[str, Any] = {
 }
 """Where kubectl reads rollouts (``kubectl get edge``). Git stays the source of truth: the controller writes
 this mirror from the status file it commits, never the other way round."""
+
+
+DEVICE_PLURAL = "edgedevices"
+DEVICE_KIND = "EdgeDevice"
+TOKEN_PLURAL = "devicetokens"
+TOKEN_KIND = "DeviceToken"
+
+
+def _identity_crd(plural: str, kind: str, short: str, description: str, columns: list[dict[str, Any]],
+                  properties: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "plural": plural,
+                "singular": kind.lower(),
+                "kind": kind,
+                "shortNames": [short],
+                "categories": ["edge"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": [
+                        *columns,
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "description": description, "properties": properties}
+                    },
+                }
+            ],
+        },
+    }
+
+
+_LABELS = {"type": "object", "additionalProperties": _STRING}
+EDGE_DEVICE_CRD: dict[str, Any] = _identity_crd(
+    DEVICE_PLURAL, DEVICE_KIND, "edev",
+    "A device's identity as the device API knows it: its current client certificate and whether it is revoked. "
+    "Written by the controller's device API (every replica); `edgectl device revoke` sets status.revokedAt.",
+    [
+        {"name": "Serial", "type": "string", "jsonPath": ".status.serial", "priority": 1},
+        {"name": "Cert-Expires", "type": "date", "jsonPath": ".status.notAfter"},
+        {"name": "Revoked", "type": "date", "jsonPath": ".status.revokedAt"},
+    ],
+    {
+        "spec": {"type": "object", "properties": {"labels": _LABELS}},
+        "status": {
+            "type": "object",
+            "properties": {
+                "enrolledAt": {"type": "string", "format": "date-time"},
+                "serial": {"type": "string", "pattern": "^[0-9a-f]+$"},
+                "previousSerial": {"type": "string", "pattern": "^[0-9a-f]+$"},
+                "notAfter": {"type": "string", "format": "date-time"},
+                "issuedAt": _STRING,
+                "revokedAt": {"type": "string", "format": "date-time"},
+            },
+        },
+    },
+)  # fmt: skip
+"""No status subresource: every write replaces the whole object under its resourceVersion (compare-and-swap), so
+two replicas rotating one device's certificate cannot both win."""
+
+DEVICE_TOKEN_CRD: dict[str, Any] = _identity_crd(
+    TOKEN_PLURAL, TOKEN_KIND, "dtok",
+    "A one-time bootstrap token (`edgectl device token create`). Only the SHA-256 of its secret is stored: this "
+    "object is no credential.",
+    [
+        {"name": "Device", "type": "string", "jsonPath": ".spec.device"},
+        {"name": "Expires", "type": "date", "jsonPath": ".spec.expiresAt"},
+        {"name": "Used-By", "type": "string", "jsonPath": ".status.usedBy"},
+    ],
+    {
+        "spec": {
+            "type": "object",
+            "required": ["secretSha256", "expiresAt"],
+            "properties": {
+                "secretSha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "device": _STRING,
+                "labels": _LABELS,
+                "createdAt": {"type": "string", "format": "date-time"},
+                "expiresAt": {"type": "string", "format": "date-time"},
+            },
+        },
+        "status": {
+            "type": "object",
+            "properties": {"usedAt": {"type": "string", "format": "date-time"}, "usedBy": _STRING},
+        },
+    },
+)  # fmt: skip
+
+ALL_CRDS: tuple[dict[str, Any], ...] = (MODEL_ASSIGNMENT_CRD, FLEET_ROLLOUT_CRD, EDGE_DEVICE_CRD, DEVICE_TOKEN_CRD)
+"""What ``KubernetesBackend.install`` applies and the chart's ``crds/`` holds."""

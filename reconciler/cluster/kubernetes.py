@@ -36,21 +36,21 @@ from reconciler.plan import Desired, Device
 
 from .backend import (
     FIELD_MANAGER,
+    TELEMETRY_FIELD,
+    TELEMETRY_VERSIONS,
     AssignmentStatus,
     ClusterError,
+    Merge,
     PermanentClusterError,
     TemporaryClusterError,
     spec_from_json,
     spec_to_json,
 )
 from .crd import (
-    CRD_NAME,
-    FLEET_ROLLOUT_CRD,
+    ALL_CRDS,
     GROUP,
     KIND,
-    MODEL_ASSIGNMENT_CRD,
     PLURAL,
-    ROLLOUT_CRD_NAME,
     ROLLOUT_KIND,
     ROLLOUT_PLURAL,
     VERSION,
@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 APPLY_WORKERS = 8
 CONFLICT_RETRY_SECONDS = 1.0
 """A 409 means another writer got there first: the next attempt reads its version and wins or merges."""
+CONFLICT_ATTEMPTS = 5
+"""Compare-and-swap rounds before a write gives up as temporary (each round reads the winner's version)."""
 SCHEMA_REFUSED = "failed to create typed patch object"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
@@ -109,7 +111,8 @@ class KubernetesBackend:
         """Create (or update) the CRD and the namespace; wait until the CRD serves."""
         extensions = client.ApiextensionsV1Api(self.api)
         with _wrapped("install the CRDs"):
-            for name, crd in ((CRD_NAME, MODEL_ASSIGNMENT_CRD), (ROLLOUT_CRD_NAME, FLEET_ROLLOUT_CRD)):
+            for crd in ALL_CRDS:
+                name = crd["metadata"]["name"]
                 extensions.patch_custom_resource_definition(
                     name, crd, field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
                 )  # fmt: skip
@@ -119,7 +122,7 @@ class KubernetesBackend:
                 _content_type="application/apply-patch+yaml",
             )  # fmt: skip
         deadline = time.monotonic() + 30
-        for name in (CRD_NAME, ROLLOUT_CRD_NAME):
+        for name in (crd["metadata"]["name"] for crd in ALL_CRDS):
             while True:
                 with _wrapped(f"read the CRD {name}"):
                     crd = extensions.read_custom_resource_definition(name)
@@ -223,27 +226,7 @@ class KubernetesBackend:
         )
 
     def _watch_loop(self, version: str | None, relist, list_call, args: dict, apply_event, what: str) -> None:
-        while not self._stop.is_set():
-            try:
-                version = version or relist()
-                stream = watch.Watch()
-                for event in stream.stream(list_call, resource_version=version, timeout_seconds=5, **args):
-                    if self._stop.is_set():
-                        stream.stop()
-                        return
-                    obj = event["object"]
-                    meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
-                    version = meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
-                    apply_event(event["type"], obj)
-            except ApiException as exc:
-                if exc.status == 410:  # resource version too old: list again
-                    version = None
-                    continue
-                log.warning("watch %s: %s; retrying", what, exc.reason)
-                self._stop.wait(1)
-            except Exception as exc:  # connection drops: the stream ends, the loop resumes from `version`
-                log.warning("watch %s: %s; retrying", what, exc)
-                self._stop.wait(1)
+        watch_forever(self._stop, version, relist, list_call, args, apply_event, what)
 
     # --- agent pods --------------------------------------------------------------------------------
 
@@ -348,6 +331,67 @@ class KubernetesBackend:
             removed += 1
         return removed
 
+    def record_telemetry(self, device: str, model: str, version: str, merge: Merge) -> bool:
+        """In the assignment's ``status.telemetry[version]``: a JSON merge patch that names the resourceVersion it
+        was computed from, so a concurrent writer (another replica) makes it 409 and it is computed again."""
+        name = assignment_name(device, model)
+        fresh = False
+        for _ in range(CONFLICT_ATTEMPTS):
+            obj = self._assignment(device, model, fresh)
+            if obj is None:
+                return False
+            stored = (obj.get("status") or {}).get(TELEMETRY_FIELD) or {}
+            entries: dict[str, Any] = {version: merge(stored.get(version))}
+            if version not in stored and len(stored) >= TELEMETRY_VERSIONS:
+                entries[_oldest(stored)] = None  # null removes a key in a merge patch
+            patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                     "status": {TELEMETRY_FIELD: entries}}  # fmt: skip
+            try:
+                response = self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, self.namespace, PLURAL, name, patch, _preload_content=False
+                )
+            except ApiException as exc:
+                if exc.status == 409:
+                    fresh = True
+                    continue
+                if exc.status == 404:
+                    return False
+                raise cluster_error(f"record telemetry on ModelAssignment {name}", exc) from exc
+            except (OSError, urllib3.exceptions.HTTPError) as exc:
+                raise cluster_error(f"record telemetry on ModelAssignment {name}", exc) from exc
+            updated = json.loads(response.data)
+            with self._lock:
+                self._objects[(device, model)] = updated
+                self.writes += 1
+            return True
+        raise TemporaryClusterError(f"ModelAssignment {name}: {CONFLICT_ATTEMPTS} telemetry writes in a row lost "
+                                    "to other writers", retry_after=CONFLICT_RETRY_SECONDS)  # fmt: skip
+
+    def telemetry(self) -> list[dict[str, Any]]:
+        with self._lock:
+            objects = list(self._objects.items())
+        return [
+            {**entry, "device": device, "model": model, "version": version}
+            for (device, model), obj in objects
+            for version, entry in sorted(((obj.get("status") or {}).get(TELEMETRY_FIELD) or {}).items())
+            if isinstance(entry, dict)
+        ]
+
+    def _assignment(self, device: str, model: str, fresh: bool) -> dict[str, Any] | None:
+        """From the cache, or (``fresh``, or no watch keeps the cache) from the API server."""
+        if not fresh and self._watching.is_set():
+            with self._lock:
+                return self._objects.get((device, model))
+        name = assignment_name(device, model)
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise cluster_error(f"read ModelAssignment {name}", exc) from exc
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise cluster_error(f"read ModelAssignment {name}", exc) from exc
+
     def mirror_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> int:
         """Write each rollout's status (as committed to Git) to a FleetRollout for kubectl; only changes."""
         written = 0
@@ -388,6 +432,40 @@ class KubernetesBackend:
             )
         with self._lock:
             self.writes += 1
+
+
+def _oldest(stored: Mapping[str, Any]) -> str:
+    """The version whose telemetry was updated longest ago."""
+    return min(stored, key=lambda version: str((stored[version] or {}).get("updated", "")))
+
+
+def watch_forever(
+    stop: threading.Event, version: str | None, relist, list_call, args: dict, apply_event, what: str
+) -> None:
+    """Apply ``list_call``'s WATCH events until ``stop``: resume from the last version seen after a dropped
+    connection, ``relist()`` (which refills the caller's cache and returns its version) when the server says that
+    version is gone (410)."""
+    while not stop.is_set():
+        try:
+            version = version or relist()
+            stream = watch.Watch()
+            for event in stream.stream(list_call, resource_version=version, timeout_seconds=5, **args):
+                if stop.is_set():
+                    stream.stop()
+                    return
+                obj = event["object"]
+                meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+                version = meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
+                apply_event(event["type"], obj)
+        except ApiException as exc:
+            if exc.status == 410:  # resource version too old: list again
+                version = None
+                continue
+            log.warning("watch %s: %s; retrying", what, exc.reason)
+            stop.wait(1)
+        except Exception as exc:  # connection drops: the stream ends, the loop resumes from `version`
+            log.warning("watch %s: %s; retrying", what, exc)
+            stop.wait(1)
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:

@@ -12,22 +12,26 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from reconciler.api.status import RolloutStatus
 from reconciler.plan import Desired, Device
 
 from .backend import (
+    TELEMETRY_VERSIONS,
     AssignmentStatus,
     ClusterError,
+    Merge,
     PermanentClusterError,
     TemporaryClusterError,
     spec_from_json,
     spec_to_json,
 )
 
+_T = TypeVar("_T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     name TEXT PRIMARY KEY,
@@ -41,6 +45,14 @@ CREATE TABLE IF NOT EXISTS assignments (
     generation INTEGER NOT NULL,
     status TEXT,
     PRIMARY KEY (device, model)
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    device TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (device, model, version)
 );
 """
 
@@ -122,6 +134,7 @@ class LocalBackend:
         removed = 0
         for device, model in keys:
             removed += self._write("DELETE FROM assignments WHERE device = ? AND model = ?", (device, model))
+            self._write("DELETE FROM telemetry WHERE device = ? AND model = ?", (device, model))
         return removed
 
     def mirror_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> int:
@@ -137,6 +150,36 @@ class LocalBackend:
         )
         self._write("UPDATE devices SET last_seen = ? WHERE name = ?", (body["lastSeen"], device))
 
+    # --- telemetry ---------------------------------------------------------------------------------
+
+    def record_telemetry(self, device: str, model: str, version: str, merge: Merge) -> bool:
+        def fold(db: sqlite3.Connection) -> bool:
+            if (
+                db.execute("SELECT 1 FROM assignments WHERE device = ? AND model = ?", (device, model)).fetchone()
+                is None
+            ):
+                return False
+            row = db.execute("SELECT summary FROM telemetry WHERE device = ? AND model = ? AND version = ?",
+                             (device, model, version)).fetchone()  # fmt: skip
+            stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+            merged = json.dumps(merge(json.loads(row[0]) if row else None))
+            db.execute("INSERT INTO telemetry VALUES (?, ?, ?, ?, ?) ON CONFLICT(device, model, version) DO UPDATE "
+                       "SET summary = excluded.summary, updated_at = excluded.updated_at",
+                       (device, model, version, merged, stamp))  # fmt: skip
+            # Keep the newest versions only, as an assignment's status does on Kubernetes.
+            db.execute("DELETE FROM telemetry WHERE device = ? AND model = ? AND version NOT IN (SELECT version FROM "
+                       "telemetry WHERE device = ? AND model = ? ORDER BY updated_at DESC LIMIT ?)",
+                       (device, model, device, model, TELEMETRY_VERSIONS))  # fmt: skip
+            return True
+
+        stored = self._transaction(fold)
+        self.writes += int(stored)
+        return stored
+
+    def telemetry(self) -> list[dict[str, Any]]:
+        rows = self._read("SELECT device, model, version, summary FROM telemetry ORDER BY device, model, version")
+        return [{**json.loads(summary), "device": d, "model": m, "version": v} for d, m, v, summary in rows]
+
     # --- internals ---------------------------------------------------------------------------------
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
@@ -145,6 +188,20 @@ class LocalBackend:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                result = work(self._db)
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from exc
+                raise
+            return result
 
     def _error(self, exc: sqlite3.Error) -> ClusterError:
         """Another process holding the database past the busy timeout is temporary; anything else (a

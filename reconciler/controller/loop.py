@@ -18,8 +18,6 @@ status commits. Time is read once per cycle and passed down.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
 import time
@@ -266,20 +264,9 @@ class Controller:
                 write_atomic(local, data)
         return policy_from_fleet(tree.fleet, root)
 
-    def _telemetry(self, limit: int = 200_000) -> list[dict]:
-        """Summaries devices uploaded (the newest ``limit``), for the rollout gates."""
-        path = self.config.state_dir / "telemetry" / "received.jsonl"
-        try:
-            lines = path.read_text().splitlines()[-limit:]
-        except OSError:
-            return []
-        found = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                summary = json.loads(line)
-                if isinstance(summary, dict):  # a torn or foreign line is skipped, never fatal to the cycle
-                    found.append(summary)
-        return found
+    def _telemetry(self) -> list[dict]:
+        """Each device's merged summaries, as the device API stored them in the backend (any replica's)."""
+        return self.backend.telemetry()
 
     def _artifacts(self) -> dict[tuple[str, str, str], str]:
         if self.store is None:

@@ -108,7 +108,7 @@ class DeviceAPIServer:
         blobs: Path | None = None,
         tuf: Path | None = None,
         deltas: Callable[[str, str], Path] | None = None,
-        on_telemetry: Callable[[str, dict], None] | None = None,
+        on_telemetry: Callable[[Backend, str, dict], bool] | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         register_enrolled: bool = False,
@@ -118,9 +118,11 @@ class DeviceAPIServer:
         """``backend_factory`` is called once in each worker thread (the first time it needs a backend): return
         one shared thread-safe backend (LocalBackend, a watching KubernetesBackend) or a new one per call; the
         caller owns and closes what it returns. ``blobs``: the store's ``blobs/sha256`` folder. ``deltas(a, b)``:
-        the path of a delta (made on first request; any exception is 404). ``on_telemetry(device, summary)``
-        gets validated summaries whose ``device`` is the certificate's. ``register_enrolled``: after an
-        enrolment, ``backend.register_device(name, token's labels)`` (the local backend's inventory).
+        the path of a delta (made on first request; any exception is 404). ``on_telemetry(backend, device,
+        summary)`` stores validated summaries whose ``device`` is the certificate's, with the worker thread's
+        backend (``reconciler.telemetry.summaries.record``); False: nothing was stored (no such assignment).
+        ``register_enrolled``: after an enrolment, ``backend.register_device(name, token's labels)`` (the local
+        backend's inventory).
         ``node_of_token(token)``: the Node an agent pod's ServiceAccount token proves
         (``KubernetesBackend.node_of_token`` with the audience and the agents' ServiceAccount bound); None:
         enrolments with such a token are refused (``service-account-enrolment-disabled``)."""
@@ -435,8 +437,14 @@ class DeviceAPIServer:
         if summary.device != device:
             raise _Refused(403, "wrong-device", f"a summary from {device} must name {device}", asked=summary.device)
         assert self.on_telemetry is not None
-        await self._call(self.on_telemetry, device, summary.model_dump(by_alias=True))
-        return web.json_response({"accepted": 1}, status=202)
+        stored = await self._call(self._store_telemetry, device, summary.model_dump(by_alias=True))
+        # Acknowledged either way: a summary of a model this device is no longer assigned is worth no retry.
+        return web.json_response({"accepted": int(stored)} if stored else
+                                 {"accepted": 0, "reason": "not-assigned"}, status=202)  # fmt: skip
+
+    def _store_telemetry(self, device: str, summary: dict) -> bool:
+        assert self.on_telemetry is not None
+        return bool(self.on_telemetry(self._backend(), device, summary))
 
     # --- files -------------------------------------------------------------------------------------
 

@@ -1,1 +1,2 @@
-"""Telemetry summaries, fleet aggregation, drift (PSI, KL) and Prometheus metrics."""
+"""Telemetry summaries: merged per device and version (:mod:`.summaries`), added up across the fleet, drift (PSI,
+KL) and Prometheus metrics."""

@@ -30,6 +30,7 @@ from reconciler.deviceapi.limits import Limits, TokenBucket
 from reconciler.deviceapi.registry import DeviceRegistry
 from reconciler.deviceapi.server import DeviceAPIServer
 from reconciler.plan import Desired
+from reconciler.telemetry import summaries
 
 MODEL = "vibration-anomaly"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -87,13 +88,17 @@ class DeviceFleet:
         (self.root / "server.key").write_bytes(key)
         options = dict(
             blobs=self.root / "store" / "blobs" / "sha256", tuf=self.root / "tuf", deltas=self.delta,
-            on_telemetry=lambda device, summary: self.telemetry.append((device, summary)), registry=self.metrics,
+            on_telemetry=self.record_telemetry, registry=self.metrics,
             register_enrolled=True, limits=self.limits,
         )  # fmt: skip
         options.update(overrides)
         context = self.ca.server_context(self.root / "server.crt", self.root / "server.key")
         self.server = DeviceAPIServer(("127.0.0.1", 0), self.identity, lambda: self.backend, context, **options)
         return self.server.start()
+
+    def record_telemetry(self, backend: LocalBackend, device: str, summary: dict) -> bool:
+        self.telemetry.append((device, summary))
+        return summaries.record(backend, device, summary)
 
     def delta(self, base: str, target: str) -> Path:
         return ArtifactStore(self.root / "store").delta(base, target)
@@ -195,8 +200,14 @@ def test_a_device_enrols_then_reads_reports_and_uploads_over_mutual_tls(fleet: D
 
     summary = {**TELEMETRY, "device": "sensor-1"}
     accepted = http.request("POST", f"{fleet.url}{protocol.TELEMETRY}", json=summary)
-    assert accepted.status == 202
+    assert accepted.status == 202 and accepted.json() == {"accepted": 1}
     assert fleet.telemetry == [("sensor-1", {**summary, "droppedBefore": 0})]
+    [stored_summary] = fleet.backend.telemetry()
+    assert (stored_summary["device"], stored_summary["model"], stored_summary["requests"]) == (
+        "sensor-1", MODEL, TELEMETRY["requests"])  # fmt: skip
+    other_model = http.request("POST", f"{fleet.url}{protocol.TELEMETRY}", json={**summary, "model": "not-assigned"})
+    assert other_model.status == 202 and other_model.json() == {"accepted": 0, "reason": "not-assigned"}
+    assert len(fleet.backend.telemetry()) == 1  # acknowledged (no use sending it again), never stored
 
 
 def test_a_long_poll_returns_when_the_assignment_changes(fleet: DeviceFleet):
