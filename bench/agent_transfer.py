@@ -47,11 +47,11 @@ def device_api(work: Path, blobs: Path):
     from reconciler.deviceapi.ca import FleetCA
     from reconciler.deviceapi.client import DeviceClient
     from reconciler.deviceapi.identity import Identity
-    from reconciler.deviceapi.registry import DeviceRegistry
     from reconciler.deviceapi.server import DeviceAPIServer
+    from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 
     ca = FleetCA.load_or_create(work / "ca")
-    registry = DeviceRegistry(work / "devices.sqlite")
+    registry = SQLiteRegistry(work / "devices.sqlite")
     backend = LocalBackend(work / "state")
     now = datetime.now(UTC)
     cert, key = ca.issue_server(["127.0.0.1"], timedelta(days=1), now)

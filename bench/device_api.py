@@ -51,7 +51,7 @@ from cryptography.x509.oid import NameOID
 from reconciler.cluster import LocalBackend
 from reconciler.deviceapi import protocol
 from reconciler.deviceapi.ca import FleetCA
-from reconciler.deviceapi.registry import DeviceRegistry
+from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 from reconciler.plan import Desired
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +65,11 @@ from pathlib import Path
 from reconciler.cluster import LocalBackend
 from reconciler.deviceapi.ca import FleetCA
 from reconciler.deviceapi.identity import Identity
-from reconciler.deviceapi.registry import DeviceRegistry
+from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 from reconciler.deviceapi.server import DeviceAPIServer
 root = Path(sys.argv[1])
 ca = FleetCA.load_or_create(root / "ca")
-registry = DeviceRegistry(root / "registry.sqlite")
+registry = SQLiteRegistry(root / "registry.sqlite")
 backend = LocalBackend(root / "state")
 context = ca.server_context(root / "server.crt", root / "server.key")
 server = DeviceAPIServer(("127.0.0.1", 0), Identity(ca, registry), lambda: backend, context,
@@ -106,7 +106,7 @@ def prepare(root: Path, count: int, size: int) -> tuple[FleetCA, dict[str, Path]
     (root / "blobs" / "sha256").mkdir(parents=True)
     (root / "blobs" / "sha256" / digest).write_bytes(payload)
     (root / "devices").mkdir()
-    registry = DeviceRegistry(root / "registry.sqlite")
+    registry = SQLiteRegistry(root / "registry.sqlite")
     backend = LocalBackend(root / "state")
     pems: dict[str, Path] = {}
     try:

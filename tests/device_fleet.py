@@ -20,8 +20,8 @@ from reconciler.cluster import LocalBackend
 from reconciler.deviceapi.ca import FleetCA
 from reconciler.deviceapi.client import DeviceAPIBackend, DeviceClient
 from reconciler.deviceapi.identity import Identity
-from reconciler.deviceapi.registry import DeviceRegistry
 from reconciler.deviceapi.server import DeviceAPIServer
+from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.optimize.pipeline import build_scope
 from reconciler.plan import Desired
@@ -165,7 +165,7 @@ def fleet(tmp_path: Path, built: dict[str, Path], build_store: ArtifactStore) ->
     backend = LocalBackend(tmp_path / "controller-state")
     backend.register_device("factory-1", {"edgereconciler.io/hardware": "cortex-a"})
     ca = FleetCA.load_or_create(tmp_path / "ca")
-    identity = Identity(ca, DeviceRegistry(tmp_path / "controller-state" / "devices.sqlite"))
+    identity = Identity(ca, SQLiteRegistry(tmp_path / "controller-state" / "devices.sqlite"))
     telemetry: list[tuple[str, dict]] = []
     server = start_device_api(tmp_path, ca, identity, backend, build_store, telemetry)
     pinned = (tmp_path / "tuf" / "metadata" / "1.root.json").read_bytes()

@@ -1,5 +1,6 @@
 """``edgectl device``: bootstrap tokens, enrolled devices and revocation, in the registry that every replica of the
-device API shares (``STATE_DIR/devices.sqlite``).
+device API shares: ``STATE_DIR/devices.sqlite`` on the local backend, EdgeDevice and DeviceToken objects in the
+controller's namespace on Kubernetes (``--backend kubernetes``, with the operator's own kubeconfig).
 
 Thin: arguments in, :mod:`reconciler.deviceapi.registry` calls, kubectl-style tables out. A token is printed
 once, alone on stdout, so that ``TOKEN=$(edgectl device token create)`` works; only its digest is kept.
@@ -8,45 +9,20 @@ Listing and revoking never create a registry where there is none.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
+from .common import backend_options, fail, open_registry
 from .output import Column, age, emit, now
 
 if TYPE_CHECKING:
     from reconciler.deviceapi.registry import DeviceRegistry
 
-_state_dir = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".edge-reconciler"),
-    show_default=True,
-    help="The controller's state directory (edgectl run --state-dir), which holds devices.sqlite.",
-)
 _output = click.option("-o", "--output", type=click.Choice(["json", "yaml"]), help="Print full records instead.")
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def _registry(state_dir: Path, create: bool = False) -> DeviceRegistry | None:
-    from reconciler.deviceapi.registry import REGISTRY_FILE, DeviceRegistry
-    from reconciler.errors import EdgeReconcilerError
-
-    path = state_dir / REGISTRY_FILE
-    if not create and not path.is_file():
-        return None
-    try:
-        return DeviceRegistry(path)
-    except EdgeReconcilerError as exc:
-        _fail(str(exc))
 
 
 @click.group()
@@ -64,35 +40,36 @@ def token() -> None:
 @click.option("--device", "name", metavar="NAME", help="Only this device may enrol with it (also to enrol it again).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Labels of the device that enrols with it (repeatable); not with --device.")  # fmt: skip
-@_state_dir
-def token_create(expires: str, name: str | None, labels: tuple[str, ...], state_dir: Path) -> None:
+@backend_options
+def token_create(expires: str, name: str | None, labels: tuple[str, ...], backend: str, state_dir: Path,
+                 kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
     """Print a new one-time token (only the token: the hint goes to stderr). It is shown this once."""
     from reconciler.api.types import label_key_problem, label_value_problem, parse_duration
-    from reconciler.deviceapi.identity import IdentityError
     from reconciler.deviceapi.registry import MAX_TOKEN_LIFETIME
+    from reconciler.errors import EdgeReconcilerError
 
     try:
         lifetime = parse_duration(expires)
     except ValueError as exc:  # pydantic's PydanticCustomError is one
-        _fail(f"--expires: {exc}")
+        fail(f"--expires: {exc}")
     if lifetime.total_seconds() <= 0 or lifetime > MAX_TOKEN_LIFETIME:
-        _fail(f"--expires {expires}: a token lives more than 0s and at most {MAX_TOKEN_LIFETIME.days}d")
+        fail(f"--expires {expires}: a token lives more than 0s and at most {MAX_TOKEN_LIFETIME.days}d")
     if name and labels:
-        _fail("--device and --label do not go together: a named device keeps the labels it has")
+        fail("--device and --label do not go together: a named device keeps the labels it has")
     parsed: dict[str, str] = {}
     for item in labels:
         key, sep, value = item.partition("=")
         problem = "expected KEY=VALUE" if not sep else label_key_problem(key) or label_value_problem(value)
         if problem:
-            _fail(f"--label {item}: {problem}")
+            fail(f"--label {item}: {problem}")
         parsed[key] = value
-    registry = _registry(state_dir, create=True)
+    registry = open_registry(backend, state_dir, kubeconfig, namespace, create=True)
     assert registry is not None
     at = now()
     try:
         secret = registry.create_token(lifetime, at, device=name, labels=parsed or None)
-    except (IdentityError, ValueError) as exc:
-        _fail(str(exc))
+    except (EdgeReconcilerError, ValueError) as exc:  # IdentityError (a revoked device), or the backend
+        fail(str(exc))
     finally:
         registry.close()
     click.echo(secret)
@@ -103,13 +80,10 @@ def token_create(expires: str, name: str | None, labels: tuple[str, ...], state_
 
 @token.command("list")
 @_output
-@_state_dir
-def token_list(output: str | None, state_dir: Path) -> None:
+@backend_options
+def token_list(output: str | None, backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str) -> None:
     """Tokens by ID (never their secrets): whom they are for, when they expire, who used them."""
-    registry = _registry(state_dir)
-    records = registry.tokens() if registry else []
-    if registry:
-        registry.close()
+    records = _read(open_registry(backend, state_dir, kubeconfig, namespace), "tokens")
     at = now()
     rows = [{"name": t.id, "for": t.device or _labels(t.labels) or "any new device",
              "expires": _until(t.expires_at, at) if not t.used_at else "-",
@@ -123,13 +97,10 @@ def token_list(output: str | None, state_dir: Path) -> None:
 
 @device.command("list")
 @_output
-@_state_dir
-def device_list(output: str | None, state_dir: Path) -> None:
+@backend_options
+def device_list(output: str | None, backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str) -> None:
     """Devices the registry knows: enrolled, revoked, expired, or pending (a token names them)."""
-    registry = _registry(state_dir)
-    records = registry.devices() if registry else []
-    if registry:
-        registry.close()
+    records = _read(open_registry(backend, state_dir, kubeconfig, namespace), "devices")
     at = now()
     rows = [{"name": d.name, "enrolled": age(d.enrolled_at, at) if d.enrolled_at else "-",
              "expires": _until(d.not_after, at) if d.not_after else "-", "state": d.state(at),
@@ -144,19 +115,37 @@ def device_list(output: str | None, state_dir: Path) -> None:
 
 @device.command("revoke")
 @click.argument("name")
-@_state_dir
-def device_revoke(name: str, state_dir: Path) -> None:
+@backend_options
+def device_revoke(name: str, backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str) -> None:
     """Refuse NAME's certificates from now on (every replica, next request); it cannot enrol again."""
-    registry = _registry(state_dir)
+    from reconciler.errors import EdgeReconcilerError
+
+    registry = open_registry(backend, state_dir, kubeconfig, namespace)
     if registry is None:
-        _fail(f"no device {name}: there is no registry in {state_dir}")
+        fail(f"no device {name}: there is no registry in {state_dir}")
     try:
         known = registry.revoke(name, now())
+    except EdgeReconcilerError as exc:
+        fail(str(exc))
     finally:
         registry.close()
     if not known:
-        _fail(f"no device {name} in {state_dir}/devices.sqlite (edgectl device list shows the known ones)")
+        fail(f"no device {name} in the registry (edgectl device list shows the known ones)")
     click.echo(f"device/{name} revoked")
+
+
+def _read(registry: DeviceRegistry | None, what: str) -> list:
+    """``registry.tokens()`` or ``registry.devices()``; none without a registry; the backend's errors in one line."""
+    from reconciler.errors import EdgeReconcilerError
+
+    if registry is None:
+        return []
+    try:
+        return getattr(registry, what)()
+    except EdgeReconcilerError as exc:
+        fail(str(exc))
+    finally:
+        registry.close()
 
 
 def _until(stamp: str, at: datetime) -> str:

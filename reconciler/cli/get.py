@@ -22,7 +22,7 @@ import click
 from reconciler.api.status import DeviceCounts, GroupStatus, RolloutStatus
 from reconciler.api.types import format_duration
 
-from .common import DEFAULT_STORE, STORE_SHOWN
+from .common import DEFAULT_STORE, STORE_SHOWN, backend_options, open_registry
 from .output import OUTPUTS, Column, age, emit, human_size, now, summarize
 from .view import FleetView, load_view
 
@@ -40,24 +40,6 @@ def _repo_option(function: Callable) -> Callable:
                         help="Fleet repo: a checkout, a bare repository (HEAD) or a URL.")(function)  # fmt: skip
 
 
-def _backend_options(function: Callable) -> Callable:
-    options = [
-        click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True),
-        click.option(
-            "--state-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=Path(".edge-reconciler"),
-            show_default=True,
-            help="Local backend: the controller's state directory.",
-        ),
-        click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
-        click.option("--namespace", "-n", default="edge-system", show_default=True),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
 @click.command()
 @click.argument("resource")
 @click.argument("name", required=False)
@@ -70,7 +52,7 @@ def _backend_options(function: Callable) -> Callable:
 @click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=STORE_SHOWN,
               help="Build store (artifacts).")  # fmt: skip
 @_repo_option
-@_backend_options
+@backend_options
 def get(resource: str, name: str | None, output: str | None, selector: str | None, group: str | None,
         all_groups: bool, no_headers: bool, watch: bool, store: Path, repo: str, backend: str, state_dir: Path,
         kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
@@ -99,7 +81,7 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
             return _artifacts(store, name)
         if kind == "device":
             view = load_view(repo) if group or Path(repo, "fleet.yaml").exists() or repo != "." else None
-            return _devices(target(), view, name, labels, group, _enrolment(state_dir))
+            return _devices(target(), view, name, labels, group, _enrolment(backend, state_dir, kubeconfig, namespace))
         if kind == "rollout" and backend == "kubernetes" and repo == ".":  # the mirrors the controller keeps
             return _mirrored_rollouts(target(), name)
         view = load_view(repo)
@@ -155,15 +137,18 @@ def _synced(target):
     return target
 
 
-def _enrolment(state_dir: Path) -> dict | None:
-    """Enrolled devices by name, when the controller's device registry is at hand (the local backend's state)."""
-    if not (state_dir / "devices.sqlite").exists():
-        return None
-    from reconciler.deviceapi.registry import DeviceRegistry
+def _enrolment(backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str) -> dict | None:
+    """Enrolled devices by name, from the device registry the controller's device API keeps (None: there is
+    none, or it cannot be read: the table then goes without enrolment columns)."""
+    from reconciler.errors import EdgeReconcilerError
 
-    registry = DeviceRegistry(state_dir / "devices.sqlite")
+    registry = open_registry(backend, state_dir, kubeconfig, namespace)
+    if registry is None:
+        return None
     try:
         return {record.name: record for record in registry.devices()}
+    except EdgeReconcilerError:  # no EdgeDevice CRD (an older install), no RBAC on it
+        return None
     finally:
         registry.close()
 

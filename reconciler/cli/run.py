@@ -39,8 +39,9 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
     from reconciler.cluster import LocalBackend
     from reconciler.deviceapi.ca import FleetCA
     from reconciler.deviceapi.identity import SERVICE_ACCOUNT_AUDIENCE, Identity
-    from reconciler.deviceapi.registry import DeviceRegistry
+    from reconciler.deviceapi.registry import REGISTRY_FILE
     from reconciler.deviceapi.server import DeviceAPIServer
+    from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
     from reconciler.durable import write_atomic
     from reconciler.errors import PermanentError
     from reconciler.telemetry import summaries
@@ -60,7 +61,14 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
     # Certificate and key in one file, replaced at once: replicas sharing the state directory never load one
     # replica's certificate with another's key.
     write_atomic(tls / "tls.pem", cert + key, mode=0o600)
-    identity = Identity(ca, DeviceRegistry(state_dir / "devices.sqlite"), parse_duration(lifetime))
+    # Identity lives in the backend, so that every replica serves every device.
+    if backend == "kubernetes":
+        from reconciler.deviceapi.kube_registry import KubernetesRegistry
+
+        registry_store = KubernetesRegistry(target.api, target.namespace)
+    else:
+        registry_store = SQLiteRegistry(state_dir / REGISTRY_FILE)
+    identity = Identity(ca, registry_store, parse_duration(lifetime))
     artifacts = ArtifactStore(store) if store else None
     # The local backend is a SQLite file: each thread of the device API opens its own connection to it.
     factory = (lambda: LocalBackend(state_dir)) if backend == "local" else (lambda: target)
@@ -197,17 +205,28 @@ def run(
         import socket
 
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-        elector = leader_elector(kubeconfig, namespace, leader_election_id, identity).run()
+        elector = leader_elector(kubeconfig, namespace, leader_election_id, identity, on_poke=controller.wake.set)
+        elector.run()
 
     def ready() -> bool:
-        return controller.cycles_done > 0 and (elector is None or elector.is_leader)
+        """Standbys serve devices (the device API keeps no state of its own), so they are ready too; the leader
+        once its first cycle is done."""
+        if elector is not None and not elector.is_leader:
+            return True
+        return controller.cycles_done > 0
+
+    def on_webhook() -> None:
+        if elector is None or elector.is_leader:
+            controller.wake.set()
+        else:  # the push reached a standby: the leader hears of it at its next renewal
+            elector.poke()
 
     servers: list = []
     if listen:
         host, _, port = listen.rpartition(":")
         secret = webhook_secret_file.read_bytes().strip() if webhook_secret_file else None
         server = ControllerServer((host or "127.0.0.1", int(port)), registry=controller.metrics.registry,
-                                  webhook_secret=secret, on_webhook=controller.wake.set, ready=ready)  # fmt: skip
+                                  webhook_secret=secret, on_webhook=on_webhook, ready=ready)  # fmt: skip
         server.start()
         servers.append(server)
         logging.getLogger("edge_reconciler.controller").info("listening", extra={"url": server.url})

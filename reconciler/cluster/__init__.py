@@ -12,6 +12,7 @@ from .backend import (
     AssignmentStatus,
     Backend,
     ClusterError,
+    ConflictError,
     PermanentClusterError,
     TemporaryClusterError,
 )
@@ -27,11 +28,20 @@ def kubernetes_backend(
     return KubernetesBackend(api_client(kubeconfig), namespace, node_selector, device)
 
 
-def leader_elector(kubeconfig: Path | None, namespace: str, name: str, identity: str, **timing: float):
-    """A ``LeaderElector`` over the Lease ``namespace/name`` (see :mod:`reconciler.cluster.lease`)."""
+def custom_objects(api, namespace: str, plural: str, kind: str):
+    """A ``CustomObjects`` cache of one kind in ``namespace`` (``api``: a backend's ``api`` client); see
+    :mod:`reconciler.cluster.objects`."""
+    from .objects import CustomObjects
+
+    return CustomObjects(api, namespace, plural, kind)
+
+
+def leader_elector(kubeconfig: Path | None, namespace: str, name: str, identity: str, on_poke=None, **timing: float):
+    """A ``LeaderElector`` over the Lease ``namespace/name`` (see :mod:`reconciler.cluster.lease`); ``on_poke``
+    runs on the leader when a standby passes a webhook on."""
     from .lease import leader_elector as make
 
-    return make(kubeconfig, namespace, name, identity, **timing)
+    return make(kubeconfig, namespace, name, identity, on_poke, **timing)
 
 
 __all__ = [
@@ -39,9 +49,11 @@ __all__ = [
     "AssignmentStatus",
     "Backend",
     "ClusterError",
+    "ConflictError",
     "LocalBackend",
     "PermanentClusterError",
     "TemporaryClusterError",
+    "custom_objects",
     "kubernetes_backend",
     "leader_elector",
 ]

@@ -34,6 +34,11 @@ class PermanentClusterError(ClusterError, PermanentError):
     local state cannot be used: a person fixes it."""
 
 
+class ConflictError(TemporaryClusterError):
+    """A compare-and-swap write lost: another writer changed, created or deleted the object first. Read it again
+    and decide again."""
+
+
 @dataclass(frozen=True)
 class AssignmentStatus:
     """What an agent reports for one model on its device."""

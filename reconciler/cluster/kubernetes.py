@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -61,8 +62,10 @@ log = logging.getLogger(__name__)
 APPLY_WORKERS = 8
 CONFLICT_RETRY_SECONDS = 1.0
 """A 409 means another writer got there first: the next attempt reads its version and wins or merges."""
-CONFLICT_ATTEMPTS = 5
+CONFLICT_ATTEMPTS = 8
 """Compare-and-swap rounds before a write gives up as temporary (each round reads the winner's version)."""
+CONFLICT_BACKOFF = 0.02
+"""Seconds: the n-th lost round waits up to n times this (jittered), so racing writers fall out of step."""
 SCHEMA_REFUSED = "failed to create typed patch object"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
@@ -336,7 +339,7 @@ class KubernetesBackend:
         was computed from, so a concurrent writer (another replica) makes it 409 and it is computed again."""
         name = assignment_name(device, model)
         fresh = False
-        for _ in range(CONFLICT_ATTEMPTS):
+        for attempt in range(CONFLICT_ATTEMPTS):
             obj = self._assignment(device, model, fresh)
             if obj is None:
                 return False
@@ -351,8 +354,9 @@ class KubernetesBackend:
                     GROUP, VERSION, self.namespace, PLURAL, name, patch, _preload_content=False
                 )
             except ApiException as exc:
-                if exc.status == 409:
+                if exc.status == 409:  # another replica wrote first: back off a little (jittered), read, redo
                     fresh = True
+                    time.sleep(random.uniform(0, CONFLICT_BACKOFF * (attempt + 1)))
                     continue
                 if exc.status == 404:
                     return False

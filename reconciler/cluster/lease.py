@@ -10,6 +10,10 @@ A leader that cannot renew within ``renew_deadline`` (API server unreachable, or
 being the leader at once, before the Lease expires for the others: the gap between ``renew_deadline`` and
 ``lease_duration`` is the margin that keeps two leaders from overlapping. On a graceful stop the leader
 releases the Lease (empty holder), so a standby takes over in one retry period instead of a lease duration.
+
+Standbys serve devices too, so a Git push's webhook may reach one: it pokes (:meth:`~LeaderElector.poke`) a second
+Lease (``NAME-wake``), which the leader reads after each renewal and answers with ``on_poke`` (a reconcile now).
+Standbys never write the election's Lease: a burst of webhooks cannot make the leader miss a renewal.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ class LeaderElector:
         lease_duration: float = 15.0,
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
+        on_poke=None,
     ) -> None:
+        """``on_poke()``: called on the leader when a standby was poked since the last renewal."""
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("leader election needs retry_period < renew_deadline < lease_duration")
         self.coordination = client.CoordinationV1Api(api)
@@ -52,6 +58,8 @@ class LeaderElector:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_poke = on_poke
+        self._poked_seen: datetime | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -91,7 +99,50 @@ class LeaderElector:
             return self._failed(f"update: {exc.status} {exc.reason}")
         except Exception as exc:
             return self._failed(f"update: {exc}")
+        self._check_poke()
         return self._succeeded(acquired=not mine)
+
+    def poke(self) -> bool:
+        """Ask the leader to act now (a standby got the webhook); False when the wake Lease could not be written."""
+        now = datetime.now(UTC)
+        name = f"{self.name}-wake"
+        spec = client.V1LeaseSpec(holder_identity=self.identity, renew_time=now)
+        try:
+            try:
+                lease = self.coordination.read_namespaced_lease(name, self.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                body = client.V1Lease(metadata=client.V1ObjectMeta(name=name, namespace=self.namespace), spec=spec)
+                self.coordination.create_namespaced_lease(self.namespace, body)
+                return True
+            lease.spec = spec
+            self.coordination.replace_namespaced_lease(name, self.namespace, lease)
+        except ApiException as exc:
+            if exc.status == 409:  # another poke just landed: the leader wakes all the same
+                return True
+            log.warning("could not poke the leader", extra={"lease": name, "error": f"{exc.status} {exc.reason}"})
+            return False
+        except Exception as exc:
+            log.warning("could not poke the leader", extra={"lease": name, "error": str(exc)})
+            return False
+        return True
+
+    def _check_poke(self) -> None:
+        """On the leader, after a renewal: a poke newer than the last one seen calls ``on_poke``."""
+        if self.on_poke is None:
+            return
+        try:
+            wake = self.coordination.read_namespaced_lease(f"{self.name}-wake", self.namespace)
+        except Exception:  # none yet (404) or unreachable: nothing to wake for
+            return
+        poked = wake.spec.renew_time if wake.spec else None
+        if poked is None or poked == self._poked_seen:
+            return
+        just_acquired = self._renewed_at is None  # its first cycle comes anyway and answers the poke
+        self._poked_seen = poked
+        if not just_acquired:
+            self.on_poke()
 
     def run(self) -> LeaderElector:
         """Keep trying and renewing in a background thread until :meth:`stop`."""
@@ -155,10 +206,12 @@ class LeaderElector:
         return self.is_leader
 
 
-def leader_elector(kubeconfig, namespace: str, name: str, identity: str, **timing: float) -> LeaderElector:
+def leader_elector(
+    kubeconfig, namespace: str, name: str, identity: str, on_poke=None, **timing: float
+) -> LeaderElector:
     from .kubernetes import api_client
 
     try:
-        return LeaderElector(api_client(kubeconfig), namespace, name, identity, **timing)
+        return LeaderElector(api_client(kubeconfig), namespace, name, identity, on_poke=on_poke, **timing)
     except ValueError as exc:
         raise PermanentClusterError(str(exc)) from exc

@@ -4,7 +4,7 @@ Who calls it: state that every replica of the device API must see alike (``recon
 Kubernetes: devices and bootstrap tokens). Reads come from a cache that a WATCH keeps current, so authenticating a
 request costs no API call; ``get(name, fresh=True)`` asks the API server, for the moment a cached answer would be
 wrong to act on (a certificate another replica has just issued). Every write carries the resourceVersion it was
-based on: of two replicas changing one object from the same read, the second gets :class:`Conflict` and reads
+based on: of two replicas changing one object from the same read, the second gets :class:`ConflictError` and reads
 again. The cache takes each write's answer at once, so a replica sees its own writes before the watch brings them.
 """
 
@@ -17,13 +17,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from .backend import TemporaryClusterError
+from .backend import ConflictError
 from .crd import GROUP, VERSION
 from .kubernetes import _wrapped, cluster_error, watch_forever
-
-
-class Conflict(TemporaryClusterError):
-    """Another writer changed or created the object first: read it again and decide again."""
 
 
 class CustomObjects:
@@ -85,14 +81,14 @@ class CustomObjects:
     # --- writes ------------------------------------------------------------------------------------
 
     def create(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create ``name``; :class:`Conflict` when it exists."""
+        """Create ``name``; :class:`ConflictError` when it exists."""
         manifest = {**body, "apiVersion": f"{GROUP}/{VERSION}", "kind": self.kind,
                     "metadata": {**body.get("metadata", {}), "name": name}}  # fmt: skip
         return self._write(f"create {self.kind} {name}", lambda: self.custom.create_namespaced_custom_object(
             GROUP, VERSION, self.namespace, self.plural, manifest, _preload_content=False))  # fmt: skip
 
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Write ``obj`` over the version it was read at (``metadata.resourceVersion``); :class:`Conflict` when
+        """Write ``obj`` over the version it was read at (``metadata.resourceVersion``); :class:`ConflictError` when
         another write came in between, or the object is gone."""
         name = obj["metadata"]["name"]
         if not obj["metadata"].get("resourceVersion"):
@@ -105,7 +101,7 @@ class CustomObjects:
             response = call()
         except ApiException as exc:
             if exc.status in (404, 409):  # replaced meanwhile, or deleted: the caller reads again
-                raise Conflict(f"{action}: {exc.status} {exc.reason}", retry_after=0.0) from exc
+                raise ConflictError(f"{action}: {exc.status} {exc.reason}", retry_after=0.0) from exc
             raise cluster_error(action, exc) from exc
         with _wrapped(action):
             obj = json.loads(response.data)

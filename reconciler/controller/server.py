@@ -4,7 +4,7 @@ here: they talk to the device API (``reconciler.deviceapi``) on its own port wit
     POST     /hooks/git                  fetch now; HMAC-checked (GitHub X-Hub-Signature-256, GitLab X-Gitlab-Token)
     GET      /metrics                    Prometheus text format
     GET      /healthz                    200 while the process runs (liveness)
-    GET      /readyz                     200 when this replica serves (the leader, after its first cycle), else 503
+    GET      /readyz                     200 when it serves (a standby; the leader after one cycle), else 503
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class ControllerServer(BackgroundServer):
         on_webhook: Callable[[], None] | None = None,
         ready: Callable[[], bool] | None = None,
     ) -> None:
-        """``ready``: whether this replica should get traffic (the leader, after its first cycle)."""
+        """``ready``: whether this replica should get traffic (a standby serving devices, or the leader after its
+        first cycle)."""
         self.registry, self.ready = registry, ready
         self.webhook_secret, self.on_webhook = webhook_secret, on_webhook
         super().__init__(address, _Handler)

@@ -240,9 +240,9 @@ class Demo:
         """Each device enrols with a one-time token of its own, then talks to the device API over mutual TLS."""
         from datetime import UTC, datetime, timedelta
 
-        from reconciler.deviceapi.registry import DeviceRegistry
+        from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 
-        registry = DeviceRegistry(self.state / "devices.sqlite")
+        registry = SQLiteRegistry(self.state / "devices.sqlite")
         try:
             tokens = {name: registry.create_token(timedelta(hours=1), datetime.now(UTC), device=name)
                       for name, _ in DEVICES}  # fmt: skip

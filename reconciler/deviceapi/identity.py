@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from .ca import FleetCA
-    from .registry import DeviceRegistry
+    from .registry import DeviceRecord, DeviceRegistry
 
 __all__ = [
     "DEFAULT_LIFETIME",
@@ -174,6 +174,9 @@ class Identity:
             raise IdentityError(Reason.NO_CERTIFICATE, "this request needs a device certificate (enrol first)")
         device = self.ca.verify_device(certificate, now)
         record = self.registry.device(device)
+        if record is None or (record.serial != certificate.serial_number and _issued_after(certificate, record)):
+            # Issued after what this replica knows: another replica may have just enrolled or renewed it.
+            record = self.registry.device(device, fresh=True)
         if record is None or record.serial is None:
             raise IdentityError(Reason.UNKNOWN_DEVICE, f"device {device} is not enrolled")
         if record.revoked_at is not None:
@@ -201,6 +204,15 @@ class Identity:
             ca=self.ca.certificate_pem,
             not_after=rfc3339(issued.not_valid_after_utc),
         )
+
+
+def _issued_after(certificate: x509.Certificate, record: DeviceRecord) -> bool:
+    """Whether ``certificate`` was issued after ``record``'s current one (the CA backdates by ``CLOCK_SKEW``)."""
+    from .ca import CLOCK_SKEW  # the CA module depends on this one
+
+    if not record.issued_at:
+        return True
+    return certificate.not_valid_before_utc + CLOCK_SKEW > datetime.fromisoformat(record.issued_at)
 
 
 def rfc3339(moment: datetime) -> str:

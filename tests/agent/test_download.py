@@ -21,8 +21,8 @@ from reconciler.cluster import LocalBackend
 from reconciler.deviceapi.ca import FleetCA
 from reconciler.deviceapi.client import DeviceClient
 from reconciler.deviceapi.identity import Identity
-from reconciler.deviceapi.registry import DeviceRegistry
 from reconciler.deviceapi.server import DeviceAPIServer
+from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 
 SIZE = 4 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -54,7 +54,7 @@ class Served:
 def server(blob, tmp_path: Path) -> Iterator[Served]:
     store, _, _ = blob
     ca = FleetCA.load_or_create(tmp_path / "ca")
-    registry = DeviceRegistry(tmp_path / "devices.sqlite")
+    registry = SQLiteRegistry(tmp_path / "devices.sqlite")
     backend = LocalBackend(tmp_path / "state")
     cert, key = ca.issue_server(["127.0.0.1"], timedelta(days=1), datetime.now(UTC))
     (tmp_path / "tls.crt").write_bytes(cert)

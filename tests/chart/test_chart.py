@@ -15,7 +15,7 @@ import yaml
 from kubernetes import client, dynamic
 
 from reconciler.cluster import kubernetes_backend
-from reconciler.cluster.crd import FLEET_ROLLOUT_CRD, MODEL_ASSIGNMENT_CRD
+from reconciler.cluster.crd import ALL_CRDS
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "edge-reconciler"
 PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
@@ -78,8 +78,7 @@ def render(values: dict, release: str, namespace: str) -> list[dict]:
 def test_chart_crds_are_the_ones_the_controller_installs():
     with helm.Chart.load(CHART) as chart:
         crds = {yaml.safe_load(c["data"])["metadata"]["name"]: yaml.safe_load(c["data"]) for c in chart.crds}
-    assert crds == {MODEL_ASSIGNMENT_CRD["metadata"]["name"]: MODEL_ASSIGNMENT_CRD,
-                    FLEET_ROLLOUT_CRD["metadata"]["name"]: FLEET_ROLLOUT_CRD}  # fmt: skip
+    assert crds == {crd["metadata"]["name"]: crd for crd in ALL_CRDS}
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))

@@ -152,9 +152,9 @@ def test_devices_from_the_local_backend(tmp_path: Path, fleet_example: Path):
     # With the controller's device registry at hand, -o wide says who is enrolled and until when.
     from datetime import UTC, datetime, timedelta
 
-    from reconciler.deviceapi.registry import DeviceRegistry
+    from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 
-    registry = DeviceRegistry(state / "devices.sqlite")
+    registry = SQLiteRegistry(state / "devices.sqlite")
     registry.record_certificate(
         "factory-1", 7, datetime(2026, 2, 1, tzinfo=UTC), None, datetime(2026, 1, 1, tzinfo=UTC)
     )

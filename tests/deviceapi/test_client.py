@@ -16,8 +16,8 @@ from reconciler.cluster import AssignmentStatus, LocalBackend
 from reconciler.deviceapi.ca import FleetCA
 from reconciler.deviceapi.client import DeviceAPIError, DeviceClient, DeviceRefusedError
 from reconciler.deviceapi.identity import Identity
-from reconciler.deviceapi.registry import DeviceRegistry
 from reconciler.deviceapi.server import DeviceAPIServer
+from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 from reconciler.errors import PermanentError
 from reconciler.plan import Desired
 
@@ -25,9 +25,9 @@ LIFETIME = timedelta(hours=3)
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[DeviceAPIServer, DeviceRegistry, LocalBackend]]:
+def api(tmp_path: Path) -> Iterator[tuple[DeviceAPIServer, SQLiteRegistry, LocalBackend]]:
     ca = FleetCA.load_or_create(tmp_path / "ca")
-    registry = DeviceRegistry(tmp_path / "devices.sqlite")
+    registry = SQLiteRegistry(tmp_path / "devices.sqlite")
     backend = LocalBackend(tmp_path / "state")
     cert, key = ca.issue_server(["127.0.0.1"], timedelta(days=1), datetime.now(UTC))
     (tmp_path / "tls.crt").write_bytes(cert)

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.deviceapi.ca import FleetCA, device_of, peer_certificate
 from reconciler.deviceapi.identity import Identity, IdentityError
-from reconciler.deviceapi.registry import DeviceRegistry
+from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 from reconciler.errors import PermanentError
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
@@ -51,20 +51,20 @@ def pem_cert(text: str) -> x509.Certificate:
 
 @pytest.fixture
 def registry(tmp_path: Path):
-    opened = DeviceRegistry(tmp_path / "state" / "devices.sqlite")
+    opened = SQLiteRegistry(tmp_path / "state" / "devices.sqlite")
     yield opened
     opened.close()
 
 
 @pytest.fixture
-def identity(tmp_path: Path, registry: DeviceRegistry) -> Identity:
+def identity(tmp_path: Path, registry: SQLiteRegistry) -> Identity:
     return Identity(FleetCA.load_or_create(tmp_path / "ca"), registry)
 
 
 # --- tokens --------------------------------------------------------------------------------------
 
 
-def test_a_token_enrols_one_device_once(identity: Identity, registry: DeviceRegistry):
+def test_a_token_enrols_one_device_once(identity: Identity, registry: SQLiteRegistry):
     token = registry.create_token(timedelta(hours=1), NOW, labels={"site": "plant-a"})
     token_id, _, secret = token.partition(".")
     assert (len(token_id), len(secret)) == (6, 32) and (token_id + secret).isalnum() and token.islower()
@@ -78,14 +78,14 @@ def test_a_token_enrols_one_device_once(identity: Identity, registry: DeviceRegi
     assert (record.id, record.used_by, record.used_at) == (token_id, "cam-1", "2030-06-01T12:05:00Z")
 
 
-def test_only_the_digest_of_a_token_is_stored(registry: DeviceRegistry):
+def test_only_the_digest_of_a_token_is_stored(registry: SQLiteRegistry):
     token = registry.create_token(timedelta(hours=1), NOW)
     registry.close()
     stored = b"".join(p.read_bytes() for p in registry.path.parent.iterdir())
     assert token.partition(".")[2].encode() not in stored
 
 
-def test_an_expired_unknown_or_forged_token_is_refused(identity: Identity, registry: DeviceRegistry):
+def test_an_expired_unknown_or_forged_token_is_refused(identity: Identity, registry: SQLiteRegistry):
     token = registry.create_token(timedelta(minutes=10), NOW)
     refused("token-expired", identity.enrol, token, csr_for("cam-1"), NOW + timedelta(minutes=10))
     token_id = token.partition(".")[0]
@@ -96,13 +96,13 @@ def test_an_expired_unknown_or_forged_token_is_refused(identity: Identity, regis
         registry.create_token(timedelta(days=7, seconds=1), NOW)
 
 
-def test_a_token_for_one_device_does_not_enrol_another(identity: Identity, registry: DeviceRegistry):
+def test_a_token_for_one_device_does_not_enrol_another(identity: Identity, registry: SQLiteRegistry):
     token = registry.create_token(timedelta(hours=1), NOW, device="cam-1")
     refused("token-device-mismatch", identity.enrol, token, csr_for("cam-2"), NOW)
     assert identity.enrol(token, csr_for("cam-1"), NOW).device == "cam-1"
 
 
-def test_a_token_without_a_name_cannot_take_an_existing_one(identity: Identity, registry: DeviceRegistry):
+def test_a_token_without_a_name_cannot_take_an_existing_one(identity: Identity, registry: SQLiteRegistry):
     identity.enrol(registry.create_token(timedelta(hours=1), NOW), csr_for("cam-1"), NOW)
     refused("device-exists", identity.enrol, registry.create_token(timedelta(hours=1), NOW), csr_for("cam-1"), NOW)
     # A name reserved by a token made for it is not up for grabs either.
@@ -113,7 +113,7 @@ def test_a_token_without_a_name_cannot_take_an_existing_one(identity: Identity, 
     assert registry.device("cam-1").serial == pem_cert(again.certificate).serial_number
 
 
-def test_a_revoked_device_stays_out(identity: Identity, registry: DeviceRegistry):
+def test_a_revoked_device_stays_out(identity: Identity, registry: SQLiteRegistry):
     pending = registry.create_token(timedelta(hours=1), NOW, device="cam-1")
     assert registry.device("cam-1").serial is None  # reserved, not enrolled
     assert registry.revoke("cam-1", NOW) is True
@@ -123,7 +123,7 @@ def test_a_revoked_device_stays_out(identity: Identity, registry: DeviceRegistry
 
 
 def _redeem_in_thread(path: Path, token: str, device: str, start: threading.Barrier, results: list) -> None:
-    registry = DeviceRegistry(path)
+    registry = SQLiteRegistry(path)
     try:
         start.wait()
         registry.redeem(token, device, NOW)
@@ -134,7 +134,7 @@ def _redeem_in_thread(path: Path, token: str, device: str, start: threading.Barr
         registry.close()
 
 
-def test_threads_racing_for_one_token_one_wins(registry: DeviceRegistry):
+def test_threads_racing_for_one_token_one_wins(registry: SQLiteRegistry):
     token = registry.create_token(timedelta(hours=1), NOW)
     start, results = threading.Barrier(8), []
     threads = [threading.Thread(target=_redeem_in_thread, args=(registry.path, token, f"cam-{i}", start, results))
@@ -149,7 +149,7 @@ def test_threads_racing_for_one_token_one_wins(registry: DeviceRegistry):
 
 
 def _redeem_in_process(path: str, token: str, device: str, start, results) -> None:
-    registry = DeviceRegistry(Path(path))
+    registry = SQLiteRegistry(Path(path))
     start.wait()
     try:
         registry.redeem(token, device, NOW)
@@ -160,7 +160,7 @@ def _redeem_in_process(path: str, token: str, device: str, start, results) -> No
         registry.close()
 
 
-def test_replicas_racing_for_one_token_one_wins(registry: DeviceRegistry):
+def test_replicas_racing_for_one_token_one_wins(registry: SQLiteRegistry):
     token = registry.create_token(timedelta(hours=1), NOW)
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(4), context.Queue()
@@ -179,7 +179,7 @@ def test_replicas_racing_for_one_token_one_wins(registry: DeviceRegistry):
 # --- certificate requests ------------------------------------------------------------------------
 
 
-def test_bad_requests_are_refused_before_the_token_is_spent(identity: Identity, registry: DeviceRegistry):
+def test_bad_requests_are_refused_before_the_token_is_spent(identity: Identity, registry: SQLiteRegistry):
     token = registry.create_token(timedelta(hours=1), NOW, device="cam-1")
     refused("bad-csr", identity.enrol, token, "-----BEGIN CERTIFICATE REQUEST-----\nnope\n", NOW)
     refused("bad-csr", identity.enrol, token, csr_for("cam-1", rsa.generate_private_key(65537, 1024)), NOW)
@@ -197,7 +197,7 @@ def test_bad_requests_are_refused_before_the_token_is_spent(identity: Identity, 
     assert identity.enrol(token, csr_for("cam-1", rsa.generate_private_key(65537, 2048)), NOW).device == "cam-1"
 
 
-def test_a_device_certificate_says_who_and_what_for(identity: Identity, registry: DeviceRegistry):
+def test_a_device_certificate_says_who_and_what_for(identity: Identity, registry: SQLiteRegistry):
     key = ec.generate_private_key(ec.SECP384R1())
     issued = identity.enrol(registry.create_token(timedelta(hours=1), NOW), csr_for("cam-1", key), NOW)
     cert = pem_cert(issued.certificate)
@@ -224,7 +224,7 @@ def test_a_device_certificate_says_who_and_what_for(identity: Identity, registry
 
 
 def test_authenticate_accepts_the_current_certificate_and_refuses_the_rest(tmp_path: Path, identity: Identity,
-                                                                           registry: DeviceRegistry):  # fmt: skip
+                                                                           registry: SQLiteRegistry):  # fmt: skip
     cert = pem_cert(identity.enrol(registry.create_token(timedelta(hours=1), NOW), csr_for("cam-1"), NOW).certificate)
     assert identity.authenticate(cert, NOW + timedelta(days=29)) == "cam-1"
     refused("expired", identity.authenticate, cert, NOW + timedelta(days=30, seconds=1))
@@ -244,7 +244,7 @@ def test_authenticate_accepts_the_current_certificate_and_refuses_the_rest(tmp_p
     refused("revoked", identity.renew, "cam-1", csr_for("cam-1"), NOW + timedelta(days=1))
 
 
-def test_a_rotated_out_certificate_stops_working_an_hour_later(identity: Identity, registry: DeviceRegistry):
+def test_a_rotated_out_certificate_stops_working_an_hour_later(identity: Identity, registry: SQLiteRegistry):
     key = ec.generate_private_key(ec.SECP256R1())
     old = pem_cert(identity.enrol(registry.create_token(timedelta(hours=1), NOW), csr_for("cam-1", key), NOW)
                    .certificate)  # fmt: skip
@@ -375,7 +375,7 @@ def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> byt
     return seen[0]
 
 
-def test_tls_carries_the_device_identity(tmp_path: Path, identity: Identity, registry: DeviceRegistry):
+def test_tls_carries_the_device_identity(tmp_path: Path, identity: Identity, registry: SQLiteRegistry):
     now = datetime.now(UTC)  # OpenSSL checks validity against the real clock
     cert_pem, key_pem = identity.ca.issue_server(["127.0.0.1", "localhost"], timedelta(days=1), now)
     (tmp_path / "server.crt").write_bytes(cert_pem)
@@ -427,7 +427,7 @@ def test_edgectl_device_round_trip(tmp_path: Path):
     assert token.partition(".")[2] not in listed.stdout
 
     state = tmp_path / ".edge-reconciler"
-    registry = DeviceRegistry(state / "devices.sqlite")
+    registry = SQLiteRegistry(state / "devices.sqlite")
     try:
         Identity(FleetCA.load_or_create(tmp_path / "ca"), registry).enrol(token, csr_for("cam-1"), NOW)
     finally:
@@ -458,7 +458,7 @@ def test_edgectl_device_round_trip(tmp_path: Path):
 # --- enrolment of a proven Node (agent pods on Kubernetes) ---------------------------------------
 
 
-def test_a_proven_node_enrols_without_a_token_and_again_with_a_new_key(identity: Identity, registry: DeviceRegistry):
+def test_a_proven_node_enrols_without_a_token_and_again_with_a_new_key(identity: Identity, registry: SQLiteRegistry):
     first = pem_cert(identity.enrol_node("edge-7", csr_for("edge-7"), NOW).certificate)
     assert device_of(first) == "edge-7" and identity.authenticate(first, NOW) == "edge-7"
     record = registry.device("edge-7")
@@ -475,13 +475,13 @@ def test_a_proven_node_enrols_without_a_token_and_again_with_a_new_key(identity:
     refused("superseded", identity.authenticate, first, later + timedelta(hours=2))
 
 
-def test_a_proven_node_keeps_labels_it_was_given_by_a_token(identity: Identity, registry: DeviceRegistry):
+def test_a_proven_node_keeps_labels_it_was_given_by_a_token(identity: Identity, registry: SQLiteRegistry):
     identity.enrol(registry.create_token(timedelta(hours=1), NOW, labels={"site": "plant-a"}), csr_for("edge-7"), NOW)
     identity.enrol_node("edge-7", csr_for("edge-7"), NOW + timedelta(days=1))
     assert registry.device("edge-7").labels == {"site": "plant-a"}
 
 
-def test_a_proven_node_gets_a_certificate_for_itself_only(identity: Identity, registry: DeviceRegistry):
+def test_a_proven_node_gets_a_certificate_for_itself_only(identity: Identity, registry: SQLiteRegistry):
     refused("node-mismatch", identity.enrol_node, "edge-7", csr_for("edge-8"), NOW)
     refused("bad-name", identity.enrol_node, "edge-7", csr_for("Edge_7"), NOW)
     refused("bad-csr", identity.enrol_node, "edge-7", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", NOW)
@@ -490,7 +490,7 @@ def test_a_proven_node_gets_a_certificate_for_itself_only(identity: Identity, re
     assert registry.devices() == []  # a refusal records nothing
 
 
-def test_a_revoked_node_stays_out_even_with_a_valid_pod(identity: Identity, registry: DeviceRegistry):
+def test_a_revoked_node_stays_out_even_with_a_valid_pod(identity: Identity, registry: SQLiteRegistry):
     identity.enrol_node("edge-7", csr_for("edge-7"), NOW)
     registry.revoke("edge-7", NOW + timedelta(hours=1))
     refused("device-revoked", identity.enrol_node, "edge-7", csr_for("edge-7"), NOW + timedelta(hours=2))
@@ -500,7 +500,7 @@ def test_a_revoked_node_stays_out_even_with_a_valid_pod(identity: Identity, regi
 # --- regressions ---------------------------------------------------------------------------------
 
 
-def test_a_replaced_certificate_never_comes_back(identity: Identity, registry: DeviceRegistry):
+def test_a_replaced_certificate_never_comes_back(identity: Identity, registry: SQLiteRegistry):
     """A stolen old certificate: only the one just replaced is accepted during the grace, never an older one, and
     no old certificate may renew itself into the current one."""
     token = registry.create_token(timedelta(hours=1), NOW, device="cam-1")
@@ -513,13 +513,13 @@ def test_a_replaced_certificate_never_comes_back(identity: Identity, registry: D
     refused("superseded", identity.authenticate, second, third_at + timedelta(minutes=5), True)  # may not renew
 
 
-def test_a_failed_enrolment_does_not_spend_the_token(identity: Identity, registry: DeviceRegistry, monkeypatch):
+def test_a_failed_enrolment_does_not_spend_the_token(identity: Identity, registry: SQLiteRegistry, monkeypatch):
     token = registry.create_token(timedelta(hours=1), NOW, device="cam-1")
 
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(DeviceRegistry, "_record", staticmethod(broken))
+    monkeypatch.setattr(SQLiteRegistry, "_record", staticmethod(broken))
     with pytest.raises(PermanentError, match="disk I/O error"):
         identity.enrol(token, csr_for("cam-1"), NOW)
     monkeypatch.undo()
@@ -530,13 +530,13 @@ def test_a_failed_enrolment_does_not_spend_the_token(identity: Identity, registr
     )
 
 
-def test_a_name_with_a_trailing_newline_is_refused(identity: Identity, registry: DeviceRegistry):
+def test_a_name_with_a_trailing_newline_is_refused(identity: Identity, registry: SQLiteRegistry):
     token = registry.create_token(timedelta(hours=1), NOW, labels={"site": "a"})
     refused("bad-name", identity.enrol, token, csr_for("cam-2\n"), NOW)
     assert registry.tokens()[0].used_at is None and registry.devices() == []
 
 
-def test_enrolling_again_with_a_named_token_keeps_the_labels(identity: Identity, registry: DeviceRegistry):
+def test_enrolling_again_with_a_named_token_keeps_the_labels(identity: Identity, registry: SQLiteRegistry):
     first = registry.create_token(timedelta(hours=1), NOW, labels={"site": "b"})
     identity.enrol(first, csr_for("cam-3"), NOW)
     again = registry.create_token(timedelta(hours=1), NOW, device="cam-3")
@@ -550,7 +550,7 @@ def test_a_registry_written_before_rotation_grace_opens_and_keeps_its_devices(tm
         db.execute("CREATE TABLE devices (name TEXT PRIMARY KEY, labels TEXT NOT NULL DEFAULT '{}', enrolled_at TEXT, "
                    "serial TEXT, not_after TEXT, issued_at TEXT, revoked_at TEXT)")  # fmt: skip
         db.execute("INSERT INTO devices (name, labels, serial) VALUES ('cam-1', '{\"zone\": \"a\"}', 'ff')")
-    registry = DeviceRegistry(path)
+    registry = SQLiteRegistry(path)
     record = registry.device("cam-1")
     assert (record.serial, record.previous_serial, dict(record.labels)) == (0xFF, None, {"zone": "a"})
     registry.record_certificate("cam-1", 0x100, NOW + timedelta(days=1), None, NOW)

@@ -23,8 +23,8 @@ from reconciler.cluster.kubernetes import KubernetesBackend
 from reconciler.deviceapi.ca import FleetCA, device_of
 from reconciler.deviceapi.client import DeviceClient, DeviceRefusedError
 from reconciler.deviceapi.identity import SERVICE_ACCOUNT_AUDIENCE, Identity, IdentityError
-from reconciler.deviceapi.registry import DeviceRegistry
 from reconciler.deviceapi.server import DeviceAPIServer
+from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 
 pytestmark = pytest.mark.kube
 
@@ -81,7 +81,7 @@ def cluster(kubeconfig: Path) -> Iterator[Cluster]:
 
 @pytest.fixture
 def identity(tmp_path: Path) -> Iterator[Identity]:
-    registry = DeviceRegistry(tmp_path / "devices.sqlite")
+    registry = SQLiteRegistry(tmp_path / "devices.sqlite")
     yield Identity(FleetCA.load_or_create(tmp_path / "ca"), registry)
     registry.close()
 

@@ -27,8 +27,8 @@ from reconciler.deviceapi import protocol
 from reconciler.deviceapi.ca import FleetCA
 from reconciler.deviceapi.identity import Identity
 from reconciler.deviceapi.limits import Limits, TokenBucket
-from reconciler.deviceapi.registry import DeviceRegistry
 from reconciler.deviceapi.server import DeviceAPIServer
+from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 from reconciler.plan import Desired
 from reconciler.telemetry import summaries
 
@@ -68,7 +68,7 @@ class DeviceFleet:
 
     root: Path
     ca: FleetCA
-    registry: DeviceRegistry
+    registry: SQLiteRegistry
     identity: Identity
     backend: LocalBackend
     digest: str
@@ -149,7 +149,7 @@ class DeviceFleet:
 
 def make_fleet(root: Path, limits: Limits) -> DeviceFleet:
     ca = FleetCA.load_or_create(root / "ca")
-    registry = DeviceRegistry(root / "registry.sqlite")
+    registry = SQLiteRegistry(root / "registry.sqlite")
     backend = LocalBackend(root / "state")
     store = ArtifactStore(root / "store")
     digest = store.put_bytes(PAYLOAD)
