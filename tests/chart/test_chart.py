@@ -198,12 +198,14 @@ def test_rbac_matrix(kubeconfig: Path):
 
     ma = {"group": "edgereconciler.io", "resource": "modelassignments"}
     fr = {"group": "edgereconciler.io", "resource": "fleetrollouts"}
+    ed = {"group": "edgereconciler.io", "resource": "edgedevices"}
+    dt = {"group": "edgereconciler.io", "resource": "devicetokens"}
     # The agents hold no rights at all: they speak to the device API, the controller writes what they report.
     agent_denied = {
         (f"{verb} {what['resource']}{'/' + sub if sub else ''}"): (allowed("agent", verb, **what, subresource=sub),
                                                                      False)
         for verb in ("get", "list", "watch", "patch", "update")
-        for what, sub in ((ma, ""), (ma, "status"), (fr, ""))
+        for what, sub in ((ma, ""), (ma, "status"), (fr, ""), (ed, ""), (dt, ""))
     }  # fmt: skip
     matrix = {
         **{("agent", k): v for k, v in agent_denied.items()},
@@ -233,6 +235,14 @@ def test_rbac_matrix(kubeconfig: Path):
         ("controller", "delete modelassignments"): (allowed("controller", "delete", **ma), True),
         ("controller", "patch fleetrollouts"): (
             allowed("controller", "patch", "fleetrollouts", group="edgereconciler.io"), True),
+        # Device identity: every replica reads and compare-and-swaps it; tokens are deleted by people only.
+        ("controller", "watch edgedevices"): (allowed("controller", "watch", **ed), True),
+        ("controller", "update edgedevices"): (allowed("controller", "update", **ed), True),
+        ("controller", "create devicetokens"): (allowed("controller", "create", **dt), True),
+        ("controller", "update devicetokens"): (allowed("controller", "update", **dt), True),
+        ("controller", "delete devicetokens"): (allowed("controller", "delete", **dt), False),
+        ("controller", "update edgedevices in another namespace"): (
+            allowed("controller", "update", **ed, scope="default"), False),
         ("controller", "update leases"): (allowed("controller", "update", "leases", group="coordination.k8s.io"), True),
         ("controller", "get secrets"): (allowed("controller", "get", "secrets"), False),
         ("controller", "create customresourcedefinitions"): (
@@ -414,3 +424,19 @@ def test_install_upgrade_uninstall_with_helm(kubeconfig: Path):
     assert [c.metadata.name for c in claims] == ["edge-reconciler-data"]
     assert client.CoreV1Api(api).read_namespaced_secret("edge-reconciler-ca", namespace).data == fleet_ca
     assert _established(client.ApiextensionsV1Api(api), "modelassignments.edgereconciler.io")  # CRDs stay
+
+
+def test_replicas_on_a_read_write_once_volume_share_a_node_and_spread_on_read_write_many():
+    def affinity(values: dict) -> dict | None:
+        [deployment] = [d for d in render(values, "edge", "edge-system") if d["kind"] == "Deployment"]
+        return deployment["spec"]["template"]["spec"].get("affinity")
+
+    together = affinity({"controller": {"replicas": 3}})
+    assert together is not None
+    [term] = together["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "controller"
+    assert affinity({"controller": {"replicas": 3}, "store": {"pvc": {"accessModes": ["ReadWriteMany"]}}}) is None
+    assert affinity({"controller": {"replicas": 1}}) is None
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    assert affinity({"controller": {"replicas": 3, "affinity": mine}}) == mine  # the user's own wins
