@@ -43,6 +43,22 @@ def fleet_example() -> Path:
 
 
 @pytest.fixture
+def fleet_bare_repo(tmp_path: Path) -> Path:
+    """The example fleet (without its training data) committed once and cloned bare: what `edgectl run --repo`
+    reconciles."""
+    import shutil
+
+    skip = shutil.ignore_patterns("*.keras", "*.npz")
+    work = Path(shutil.copytree(FLEET_EXAMPLE, tmp_path / "fleet-work", ignore=skip))
+    git = ["git", "-c", "user.email=dev@acme.example", "-c", "user.name=Dev"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-qm", "fleet"], cwd=work, check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(tmp_path / "fleet.git")], check=True)
+    return tmp_path / "fleet.git"
+
+
+@pytest.fixture
 def git_server(tmp_path: Path) -> Iterator[GitServer]:
     """Bare repos served by a real ``git daemon`` on loopback (pushes run server hooks)."""
     with git_server_at(tmp_path) as server:

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from reconciler.api.status import RolloutStatus
 from reconciler.plan import Desired, Device
+from reconciler.sqlitefile import SQLiteFile
 
 from .backend import (
     TELEMETRY_VERSIONS,
     AssignmentStatus,
-    ClusterError,
     Merge,
     PermanentClusterError,
     TemporaryClusterError,
@@ -31,7 +30,6 @@ from .backend import (
     spec_to_json,
 )
 
-_T = TypeVar("_T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     name TEXT PRIMARY KEY,
@@ -60,16 +58,12 @@ CREATE TABLE IF NOT EXISTS telemetry (
 class LocalBackend:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / "fleet.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writes = 0
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._file = SQLiteFile(self.path, _SCHEMA, "local backend", "NORMAL", TemporaryClusterError,
+                                PermanentClusterError)  # fmt: skip
 
     def close(self) -> None:
-        self._db.close()
+        self._file.close()
 
     # --- inventory ---------------------------------------------------------------------------------
 
@@ -110,23 +104,19 @@ class LocalBackend:
         return {(d, m): AssignmentStatus.from_json(json.loads(s)) for d, m, s in rows}
 
     def apply(self, desired: Iterable[Desired]) -> int:
-        written = 0
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                for spec in desired:
-                    body = json.dumps(spec_to_json(spec), sort_keys=True)
-                    cursor = self._db.execute(
-                        "INSERT INTO assignments (device, model, spec, generation) VALUES (?, ?, ?, 1) "
-                        "ON CONFLICT(device, model) DO UPDATE SET spec = excluded.spec, "
-                        "generation = generation + 1 WHERE spec != excluded.spec",
-                        (spec.device, spec.model, body),
-                    )
-                    written += cursor.rowcount
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise self._error(exc) from exc
+        def write(db: sqlite3.Connection) -> int:
+            written = 0
+            for spec in desired:
+                body = json.dumps(spec_to_json(spec), sort_keys=True)
+                written += db.execute(
+                    "INSERT INTO assignments (device, model, spec, generation) VALUES (?, ?, ?, 1) "
+                    "ON CONFLICT(device, model) DO UPDATE SET spec = excluded.spec, "
+                    "generation = generation + 1 WHERE spec != excluded.spec",
+                    (spec.device, spec.model, body),
+                ).rowcount
+            return written
+
+        written = self._file.transaction(write)
         self.writes += written
         return written
 
@@ -172,7 +162,7 @@ class LocalBackend:
                        (device, model, device, model, TELEMETRY_VERSIONS))  # fmt: skip
             return True
 
-        stored = self._transaction(fold)
+        stored = self._file.transaction(fold)
         self.writes += int(stored)
         return stored
 
@@ -183,39 +173,9 @@ class LocalBackend:
     # --- internals ---------------------------------------------------------------------------------
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                result = work(self._db)
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error(exc) from exc
-                raise
-            return result
-
-    def _error(self, exc: sqlite3.Error) -> ClusterError:
-        """Another process holding the database past the busy timeout is temporary; anything else (a
-        read-only or full disk, a corrupt or foreign file) needs a person."""
-        message = f"local backend {self.path}: {exc}"
-        if isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in ("locked", "busy")):
-            return TemporaryClusterError(message, retry_after=1.0)
-        return PermanentClusterError(message)
+        return self._file.read(sql, args)
 
     def _write(self, sql: str, args: tuple) -> int:
-        with self._lock:
-            try:
-                count = self._db.execute(sql, args).rowcount
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+        count = self._file.write(sql, args)
         self.writes += count
         return count

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from reconciler.errors import PermanentError, TemporaryError
+from reconciler.sqlitefile import SQLiteFile
 
 from .identity import IdentityError, Reason, as_utc, rfc3339
 from .registry import (
@@ -61,31 +60,22 @@ CREATE TABLE IF NOT EXISTS tokens (
 class SQLiteRegistry:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._migrate()
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+        self._file = SQLiteFile(self.path, _SCHEMA, "device registry", "FULL")
+        self._file.transaction(self._migrate)
 
-    def _migrate(self) -> None:
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
         """Add the columns a registry written by an older controller lacks (the table itself is never rebuilt)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+        columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
         if "previous_serial" not in columns:
-            self._db.execute("ALTER TABLE devices ADD COLUMN previous_serial TEXT")
+            db.execute("ALTER TABLE devices ADD COLUMN previous_serial TEXT")
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> SQLiteRegistry:
         return cls(Path(state_dir) / REGISTRY_FILE)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
     # --- tokens ------------------------------------------------------------------------------------
 
@@ -217,36 +207,10 @@ class SQLiteRegistry:
     # --- internals ---------------------------------------------------------------------------------
 
     def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
-            try:
-                result = work(self._db)
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error(exc) from exc
-                raise
-            return result
+        return self._file.transaction(work)
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
-
-    def _error(self, exc: sqlite3.Error) -> Exception:
-        """Another process holding the file past the busy timeout is temporary; anything else (a read-only or
-        full disk, a foreign file) needs a person."""
-        message = f"device registry {self.path}: {exc}"
-        if isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in ("locked", "busy")):
-            return TemporaryError(message, retry_after=1.0)
-        return PermanentError(message)
+        return self._file.read(sql, args)
 
 
 _DEVICE_COLUMNS = "name, labels, enrolled_at, serial, not_after, revoked_at, issued_at, previous_serial"

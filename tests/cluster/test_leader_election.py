@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -56,19 +55,13 @@ def test_one_holder_handover_and_expiry(kubeconfig: Path):
     assert lease.spec.holder_identity == "third" and lease.spec.lease_transitions == 2
 
 
-def test_two_controller_processes_only_the_leader_reconciles(kubeconfig: Path, tmp_path: Path, fleet_example: Path):
+def test_two_controller_processes_only_the_leader_reconciles(kubeconfig: Path, tmp_path: Path, fleet_bare_repo: Path):
     ns = namespace(kubeconfig)
-    work = Path(shutil.copytree(fleet_example, tmp_path / "work", ignore=shutil.ignore_patterns("*.keras", "*.npz")))
-    git = ["git", "-c", "user.email=dev@acme.example", "-c", "user.name=Dev"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-qm", "fleet"], cwd=work, check=True)
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(tmp_path / "fleet.git")], check=True)
 
     def start(name: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"{name}.log"
         process = subprocess.Popen(
-            [str(EDGECTL), "run", "--repo", str(tmp_path / "fleet.git"), "--backend", "kubernetes",
+            [str(EDGECTL), "run", "--repo", str(fleet_bare_repo), "--backend", "kubernetes",
              "--kubeconfig", str(kubeconfig), "--namespace", ns, "--node-selector", f"test.edgereconciler.io/ns={ns}",
              "--state-dir", str(tmp_path / name), "--interval", "0.5", "--listen", "", "--device-api", "",
              "--leader-elect"],

@@ -10,7 +10,6 @@ import hmac
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -83,7 +82,7 @@ class Replica:
             self.process.wait(30)
 
 
-def test_two_replicas_serve_one_fleet(kubeconfig: Path, tmp_path: Path, fleet_example: Path):
+def test_two_replicas_serve_one_fleet(kubeconfig: Path, tmp_path: Path, fleet_bare_repo: Path):
     namespace = f"replicas{next(_runs)}-{int(time.time()) % 100000}"
     selector = f"test.edgereconciler.io/ns={namespace}"
     core = client.CoreV1Api(kubernetes_backend(kubeconfig).api)
@@ -91,15 +90,9 @@ def test_two_replicas_serve_one_fleet(kubeconfig: Path, tmp_path: Path, fleet_ex
     for name in nodes:
         labels = {**LABELS, "test.edgereconciler.io/ns": namespace, "kubernetes.io/hostname": name}
         core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
-    work = Path(shutil.copytree(fleet_example, tmp_path / "work", ignore=shutil.ignore_patterns("*.keras", "*.npz")))
-    git = ["git", "-c", "user.email=dev@acme.example", "-c", "user.name=Dev"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-qm", "fleet"], cwd=work, check=True)
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(tmp_path / "fleet.git")], check=True)
     FleetCA.load_or_create(tmp_path / "ca")  # the CA both replicas mount
     (tmp_path / "webhook").write_bytes(SECRET)
-    args = ["--repo", str(tmp_path / "fleet.git"), "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+    args = ["--repo", str(fleet_bare_repo), "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
             "--namespace", namespace, "--node-selector", selector, "--interval", "3600", "--ca-dir",
             str(tmp_path / "ca"), "--leader-elect"]  # fmt: skip
     kubernetes_backend(kubeconfig, namespace).install()
