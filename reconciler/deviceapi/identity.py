@@ -212,7 +212,9 @@ def _issued_after(certificate: x509.Certificate, record: DeviceRecord) -> bool:
 
     if not record.issued_at:
         return True
-    return certificate.not_valid_before_utc + CLOCK_SKEW > datetime.fromisoformat(record.issued_at)
+    # Certificates carry whole seconds: one issued in the same second as the cached one counts as after it.
+    cached = datetime.fromisoformat(record.issued_at).replace(microsecond=0)
+    return certificate.not_valid_before_utc + CLOCK_SKEW >= cached
 
 
 def rfc3339(moment: datetime) -> str:
