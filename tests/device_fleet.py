@@ -115,13 +115,15 @@ class Fleet:
             token = self.identity.registry.create_token(timedelta(hours=1), utcnow(), device=device)
         return DeviceClient(server.url, device, data_dir / "identity", self.root / "ca" / "ca.crt", token)
 
-    def agent(self, device: str = "factory-1", data_dir: Path | None = None, backend=None) -> Agent:
+    def agent(self, device: str = "factory-1", data_dir: Path | None = None, backend=None,
+              trial: timedelta = timedelta(0), **options) -> Agent:  # fmt: skip
+        """An agent of ``device``; ``trial`` 0 marks a version good right after its switch (trial tests set one)."""
         client = self.client(device, data_dir, backend)
         data_dir = data_dir or self.root / "devices" / device
         config = AgentConfig(device, PROFILE, data_dir, client.repository_url,
                              TrustPolicy((ReleaseSigner("owner", public_key=self.owner.public),)),
-                             self.pinned_root, heartbeat_seconds=1.0)  # fmt: skip
-        return Agent(config, DeviceAPIBackend(client), http=lambda: client.pool)
+                             self.pinned_root, heartbeat_seconds=1.0, trial_period=trial)  # fmt: skip
+        return Agent(config, DeviceAPIBackend(client), http=lambda: client.pool, **options)
 
     def device_api(self, backend) -> DeviceAPIServer:
         """The device API over another backend (started once per backend)."""

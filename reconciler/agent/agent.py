@@ -1,52 +1,88 @@
 """The edge agent: converge one device to its assignments, safely.
 
-Who calls it: ``edgectl agent`` (a DaemonSet pod on K3s, or a plain process with the local backend). For
-each model assigned to the device, one cycle goes:
+Who calls it: ``edgectl agent`` (a DaemonSet pod on K3s, or a plain process with the local backend). The agent
+is the executor of :mod:`.phases`, the pure machine whose table says what a device does with a model at each
+moment; the agent observes the disk and the assignment, asks the machine for the next step, performs it (each
+step ends in one atomic state write, :mod:`.slots`) and reports the phase it enters:
 
     Downloading  TUF refresh (fresh, consistent, signed metadata), then every file resumably, each checked
                  against the signed length and sha256
     Verifying    verify_artifact: the owner's release signature, the files, this device's profile, the
-                 release counter not below the highest minimum this device has seen
+                 release counter not below the highest minimum this device has marked good
     Installing   copy into the inactive slot, fsynced
-    Testing      golden vectors in the real runtime, latency against the limit
-    Healthy      the ``active`` link switched atomically; the previous slot kept for rollback
+    Testing      golden vectors in the real runtime, in a child process with a time and a memory limit
+    Staged       waiting for the maintenance window
+    Trial        switched; serving within the trial's limits for its period, else rolled back by itself
+    Healthy      the version passed its trial and is marked good (the revocation floor rises only now)
+    Retrying     a transient failure (network, server, TUF freshness): tried again with a capped, jittered
+                 backoff, the active model untouched
+    Failed       a permanent refusal or a failed health check, kept for that spec (no download loop)
+    RolledBack   the trial failed: back on the previous slot
 
-A refusal or a failed health check leaves the active slot as it was (the device keeps serving the model it
-had) and is reported with its reason (Failed, or RolledBack when a new version failed its health check);
-the same spec is not retried until the controller changes it, so a bad artifact cannot loop a device.
-Transport failures are retried on the next cycle, resuming partial files. :meth:`Agent.run` is the loop: a
-device far from anyone must keep serving and keep trying, so a failure to reach the cluster or the
-controller (either kind of :mod:`reconciler.errors`) never ends it.
+:meth:`Agent.run` is the loop: a device far from anyone must keep serving and keep trying, so a failure to reach
+the cluster or the controller (either kind of :mod:`reconciler.errors`) never ends it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import random
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import urllib3
 
 from reconciler.artifact.delta import apply_delta
 from reconciler.cluster import AssignmentStatus
-from reconciler.durable import write_atomic
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.plan import Desired
-from reconciler.signing import Expectation, FetchError, RefusedError, TrustPolicy, verify_artifact
+from reconciler.signing import Expectation, RefusedError, TrustPolicy, verify_artifact
 from reconciler.signing.tuf_client import ArtifactUpdater, PoolFetcher
 
 from .download import DownloadConfig, Downloader, DownloadError
-from .health import health_check
-from .slots import ModelSlots
+from .faults import crash_point
+from .health import health_check_isolated
+from .phases import (
+    DEFAULT_TRIAL,
+    Action,
+    Observation,
+    Outcome,
+    Phase,
+    Recorded,
+    Step,
+    Trial,
+    TrialLimits,
+    TrialStats,
+    after_fetch,
+    next_step,
+    retry_delay,
+)
+from .slots import ModelSlots, SlotState, UnsafeNameError, check_name
 
 log = logging.getLogger("edge_reconciler.agent")
+
+TRANSIENT_REFUSALS = frozenset({"Frozen", "Expired", "Rollback", "MixAndMatch", "UnknownTarget"})
+"""TUF refusals that say "not now" rather than "never": a repository that stopped vouching for freshness (an
+outage, a skewed clock), metadata caught mid-publish, a target not published yet. Retried like a network error."""
+
+
+def _shorten(message: str, limit: int = 600) -> str:
+    """Long messages keep their head (what) and tail (why: "connection ended at ..."), not one of them."""
+    return message if len(message) <= limit else f"{message[: limit // 3]} ... {message[-(2 * limit) // 3 :]}"
+
+
+def _reportable(model: str) -> bool:
+    try:
+        check_name("model", model)
+    except UnsafeNameError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -70,6 +106,10 @@ class AgentConfig:
     """When a delta fails, download the whole file (False: report the failure and wait)."""
     heartbeat_seconds: float = 60.0
     """Report an unchanged status again after this long: the controller counts silent devices as offline."""
+    trial_period: timedelta = DEFAULT_TRIAL
+    """A new version's trial when its assignment names none."""
+    health_timeout_seconds: float = 120.0
+    """A health check that takes longer is a hang: failed."""
 
 
 class Agent:
@@ -80,11 +120,13 @@ class Agent:
         on_switch: Callable[[str], object] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         http: Callable[[], urllib3.PoolManager] | None = None,
+        trial_stats: Callable[[str, str], TrialStats] | None = None,
     ) -> None:
         """``on_switch(model)`` runs right after a new slot became active (the model server reloads there);
         ``clock`` is read once per model and cycle (maintenance windows), so tests control time; ``http`` gives
         the connections for TUF metadata and artifacts (the device API's, with this device's certificate; asked
-        again for every download, since a certificate rotation replaces them)."""
+        again for every download, since a certificate rotation replaces them). ``trial_stats(model, version)``: what
+        the model server saw of a version on trial (None: no server here, a trial is judged by its period)."""
         self.config = config
         self.clock = clock
         self.backend = backend
@@ -95,7 +137,11 @@ class Agent:
         self.bytes_transferred = 0
         self.transfer = "none"
         """How the last artifact came: full, delta, or delta failed then full (reported in status)."""
+        self.trial_stats = trial_stats
         self._reported: dict[str, tuple[AssignmentStatus, float]] = {}
+        self._retries: dict[str, tuple[tuple[str, int], int, datetime]] = {}
+        """model -> ((version, generation), attempts, next attempt): transient failures, kept in memory only."""
+        self._figures: dict[str, object] = {}
 
     def run(self, stop: threading.Event, interval: float, after_cycle: Callable[[], object] | None = None) -> None:
         """Cycle every ``interval`` seconds until ``stop`` is set; ``after_cycle`` (telemetry upload) runs after
@@ -125,106 +171,159 @@ class Agent:
         return reports
 
     def converge(self, spec: Desired, generation: int) -> AssignmentStatus:
+        """Walk ``spec``'s model through :mod:`.phases` until a step needs time (a download waits for the next
+        cycle only when it failed), reporting each phase as it is entered."""
+        try:
+            for kind, value in (("model", spec.model), ("version", spec.version), ("profile", spec.profile)):
+                check_name(kind, value)
+        except UnsafeNameError as exc:  # never a path; reported when the model name itself is reportable
+            log.error("assignment refused", extra={"error": str(exc)})
+            status = AssignmentStatus("Failed", reason="InvalidAssignment", message=str(exc),
+                                      observed_generation=generation)  # fmt: skip
+            return self._report(spec, status) if _reportable(spec.model) else status
         slots = ModelSlots(self.data_dir, spec.model)
-        state = slots.state()
+        limits = self._limits(spec)
+        for _ in range(4):  # FETCH -> SWITCH -> a trial that may end at once: never more steps in one cycle
+            state = slots.state()
+            step = next_step(self._observe(slots, state, spec, generation), limits)
+            if step.action is Action.FETCH:
+                step = self._fetch(slots, state, spec, generation)
+                if step.action is Action.NONE:
+                    return self._report(spec, self._status(slots.state(), spec, generation, step))
+            if step.action is Action.SWITCH:
+                self._switch(slots, spec)
+                continue
+            if step.action is Action.ROLL_BACK:
+                failure = {"version": spec.version, "generation": generation, "phase": str(step.phase),
+                           "reason": step.reason, "message": step.message}  # fmt: skip
+                slots.roll_back(failure)
+                if self.on_switch is not None:
+                    self.on_switch(spec.model)
+                return self._report(spec, self._status(slots.state(), spec, generation, step))
+            if step.phase is Phase.TRIAL:
+                crash_point("trial")
+            if step.action is Action.MARK_GOOD:
+                trial = slots.state().trial
+                slots.mark_good(trial.minimum_counter if trial else 0)
+            return self._report(spec, self._status(slots.state(), spec, generation, step))
+        return self._report(spec, self._status(slots.state(), spec, generation, step))
+
+    # --- the phase machine's inputs and outputs ---------------------------------------------------------
+
+    def _observe(self, slots: ModelSlots, state: SlotState, spec: Desired, generation: int) -> Observation:
+        now = self.clock()
+        failed = state.failed
+        failure = None
+        if failed and failed.get("version") == spec.version and failed.get("generation") == generation:
+            failure = Recorded(Phase(failed.get("phase", "Failed")), str(failed.get("reason", "")),
+                               str(failed.get("message", "")))  # fmt: skip
+        retry = self._retries.get(spec.model)
+        retry_at = retry[2] if retry is not None and retry[0] == (spec.version, generation) else None
+        staged = (state.staged is not None and state.staged.get("version") == spec.version
+                  and state.versions.get(state.inactive) == spec.version)  # fmt: skip
+        stats = None
+        if state.trial is not None and self.trial_stats is not None:
+            stats = self.trial_stats(spec.model, state.trial.version)
+        return Observation(
+            version=spec.version, generation=generation, now=now, active_version=state.active_version,
+            good=state.good == state.active_version, trial=state.trial, stats=stats,
+            profile_matches=spec.profile == self.config.profile, failure=failure, retry_at=retry_at, staged=staged,
+            window_open=spec.window is None or spec.window.is_open(now),
+        )  # fmt: skip
+
+    def _limits(self, spec: Desired) -> TrialLimits:
+        trial = spec.trial
+        if trial is None:
+            return TrialLimits(self.config.trial_period, max_latency_ms=self.config.max_latency_ms)
+        period = timedelta(seconds=trial.seconds) if trial.seconds is not None else self.config.trial_period
+        return TrialLimits(period, trial.requests, trial.max_error_rate, self.config.max_latency_ms)
+
+    def _status(self, state: SlotState, spec: Desired, generation: int, step: Step) -> AssignmentStatus:
+        extra = dict(self._figures) if step.phase in (Phase.TRIAL, Phase.HEALTHY, Phase.STAGED) else {}
+        if step.phase is Phase.RETRYING and spec.model in self._retries:
+            _, attempts, at = self._retries[spec.model]
+            extra = {"attempts": attempts, "nextAttempt": at.isoformat(timespec="seconds")}
+        if step.phase is Phase.STAGED and spec.window is not None:
+            w = spec.window
+            step = replace(step, message=f"{spec.version} downloaded, verified and tested; switching in the "
+                           f"maintenance window {','.join(w.days)} {w.start}-{w.end} {w.timezone}")  # fmt: skip
+        return AssignmentStatus(
+            str(step.phase), installed_version=state.active_version, previous_version=state.previous_version,
+            observed_generation=generation, target_version=spec.version, reason=step.reason, message=step.message,
+            extra=extra,
+        )  # fmt: skip
+
+    # --- actions -------------------------------------------------------------------------------------
+
+    def _fetch(self, slots: ModelSlots, state: SlotState, spec: Desired, generation: int) -> Step:
+        """Downloading -> Verifying -> Installing -> Testing, each reported as entered; ends in the Step that
+        :func:`after_fetch` gives for how it went. Failures that will not change are recorded (no loop)."""
+        staging = self.data_dir / "staging" / spec.model
         base = {"installed_version": state.active_version, "previous_version": state.previous_version,
                 "observed_generation": generation, "target_version": spec.version}  # fmt: skip
-        if state.active_version == spec.version:
-            return self._report(spec, AssignmentStatus("Healthy", **base))
-        if spec.profile != self.config.profile:
-            message = f"assigned the {spec.profile} build; this device is {self.config.profile}"
-            return self._report(spec, AssignmentStatus("Failed", **base, reason="WrongProfile", message=message))
-        failed = self._failed(slots, spec, generation)
-        if failed is not None:
-            return self._report(spec, failed)
-        staged = self._staged(slots, spec)
-        if staged is not None:
-            return self._activate_staged(slots, spec, generation, staged, base)
-        staging = self.data_dir / "staging" / spec.model
+        window_open = spec.window is None or spec.window.is_open(self.clock())
         try:
             self._report(spec, AssignmentStatus("Downloading", **base))
             self._download(spec, staging)
+            crash_point("after-download")
             self._report(spec, AssignmentStatus("Verifying", **base))
+            crash_point("mid-verify")
             expect = Expectation(spec.model, spec.version, self.config.profile, state.minimum_counter)
             verified = verify_artifact(staging, self.config.policy, expect)
             self._report(spec, AssignmentStatus("Installing", **base))
             slot = slots.stage(staging)
             self._report(spec, AssignmentStatus("Testing", **base))
-            health = health_check(slot, verified.manifest, self.config.threads, self.config.max_latency_ms,
-                                  max_memory_bytes=self.config.max_memory_bytes)  # fmt: skip
-            if not health.passed:
-                status = AssignmentStatus("RolledBack", **base, reason="HealthCheckFailed",
-                                          message=f"{spec.version} failed its health check: {health.reason}; "
-                                                  f"still serving {state.active_version or 'nothing'}")  # fmt: skip
-                self._remember_failure(slots, spec, generation, status)
-                return self._report(spec, status)
-            if spec.window is not None and not spec.window.is_open(self.clock()):
-                write_atomic(slots.root / "staged.json", json.dumps(
-                    {"version": spec.version, "minimumCounter": verified.release.minimum_counter}
-                ).encode())  # fmt: skip
-                return self._report(
-                    spec,
-                    AssignmentStatus(
-                        "Staged",
-                        **base,
-                        message=(
-                            f"{spec.version} downloaded, verified and tested; switching in the maintenance window "
-                            f"{','.join(spec.window.days)} {spec.window.start}-{spec.window.end} {spec.window.timezone}"
-                        ),
-                    ),
-                )
-            new = slots.activate(slot, verified.release.minimum_counter)
-            (slots.root / "staged.json").unlink(missing_ok=True)
-            if self.on_switch is not None:
-                self.on_switch(spec.model)
-            return self._report(spec, AssignmentStatus(
-                "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
-                observed_generation=generation, target_version=spec.version, message=f"health check: {health.reason}",
-                extra={"latencyP95Ms": round(health.latency_p95_ms, 3), "memoryBytes": health.memory_bytes,
-                       "bytesTransferred": self.bytes_transferred,
-                       "transfer": self.transfer},
-            ))  # fmt: skip
+            health = health_check_isolated(
+                slot, verified.manifest, self.config.threads, self.config.max_latency_ms,
+                self.config.max_memory_bytes, self.config.health_timeout_seconds,
+            )  # fmt: skip
         except RefusedError as refused:
-            status = AssignmentStatus("Failed", **base, reason=str(refused.reason), message=refused.message)
-            self._remember_failure(slots, spec, generation, status)
-            return self._report(spec, status)
-        except (FetchError, DownloadError, OSError) as exc:
-            return self._report(spec, AssignmentStatus("Failed", **base, reason="DownloadFailed", message=str(exc)))
+            if str(refused.reason) in TRANSIENT_REFUSALS:
+                return self._retry(spec, generation, str(refused.reason), refused.message)
+            return self._fail(slots, spec, generation, after_fetch(Outcome.REFUSED, str(refused.reason),
+                                                                   refused.message, window_open))  # fmt: skip
+        except (TemporaryError, OSError, urllib3.exceptions.HTTPError) as exc:
+            return self._retry(spec, generation, "DownloadFailed", str(exc))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        self._retries.pop(spec.model, None)
+        if not health.passed:
+            message = (f"{spec.version} failed its health check: {health.reason}; "
+                       f"still serving {state.active_version or 'nothing'}")  # fmt: skip
+            return self._fail(slots, spec, generation, after_fetch(Outcome.UNHEALTHY, "", message, window_open))
+        self._figures = {"latencyP95Ms": round(health.latency_p95_ms, 3), "memoryBytes": health.memory_bytes,
+                         "bytesTransferred": self.bytes_transferred, "transfer": self.transfer}  # fmt: skip
+        step = after_fetch(Outcome.PASSED, "", f"health check: {health.reason}", window_open)
+        slots.record_staged(spec.version, verified.release.minimum_counter)
+        return step
 
-    def _staged(self, slots: ModelSlots, spec: Desired) -> dict | None:
-        """The marker of a version already staged in the inactive slot, when it is the one assigned now."""
-        try:
-            marker = json.loads((slots.root / "staged.json").read_text())
-        except (OSError, ValueError):
-            return None
+    def _switch(self, slots: ModelSlots, spec: Desired) -> None:
+        """The staged slot becomes active, on trial; re-verified first (the disk may have changed meanwhile)."""
         state = slots.state()
-        if marker.get("version") == spec.version and state.versions.get(state.inactive) == spec.version:
-            return marker
-        return None
-
-    def _activate_staged(self, slots: ModelSlots, spec: Desired, generation: int, marker: dict, base: dict):
-        """Switch to the staged slot once the window opens; re-verified first (the disk may have changed)."""
-        if spec.window is not None and not spec.window.is_open(self.clock()):
-            return self._report(spec, AssignmentStatus("Staged", **base, message=f"{spec.version} staged; waiting "
-                                                       "for the maintenance window"))  # fmt: skip
-        slot = slots.slot(slots.state().inactive)
-        try:
-            verify_artifact(slot, self.config.policy, Expectation(spec.model, spec.version, self.config.profile,
-                                                                  slots.state().minimum_counter))  # fmt: skip
-        except RefusedError as refused:
-            (slots.root / "staged.json").unlink(missing_ok=True)
-            return self._report(spec, AssignmentStatus("Failed", **base, reason=str(refused.reason),
-                                                       message=f"staged slot: {refused.message}"))  # fmt: skip
-        new = slots.activate(slot, int(marker.get("minimumCounter", 0)))
-        (slots.root / "staged.json").unlink(missing_ok=True)
+        marker = state.staged or {}
+        slot = slots.slot(state.inactive)
+        verify_artifact(slot, self.config.policy, Expectation(spec.model, spec.version, self.config.profile,
+                                                              state.minimum_counter))  # fmt: skip
+        crash_point("switch")
+        slots.switch(slot, Trial(spec.version, self.clock(), int(marker.get("minimumCounter", 0))))
+        crash_point("after-switch")
         if self.on_switch is not None:
             self.on_switch(spec.model)
-        return self._report(spec, AssignmentStatus(
-            "Healthy", installed_version=new.active_version, previous_version=new.previous_version,
-            observed_generation=generation, target_version=spec.version, message="switched in the maintenance window",
-        ))  # fmt: skip
+
+    def _fail(self, slots: ModelSlots, spec: Desired, generation: int, step: Step) -> Step:
+        self._retries.pop(spec.model, None)
+        slots.record_failure({"version": spec.version, "generation": generation, "phase": str(step.phase),
+                              "reason": step.reason, "message": step.message})  # fmt: skip
+        return step
+
+    def _retry(self, spec: Desired, generation: int, reason: str, message: str) -> Step:
+        key = (spec.version, generation)
+        previous = self._retries.get(spec.model)
+        attempts = previous[1] + 1 if previous is not None and previous[0] == key else 1
+        at = self.clock() + retry_delay(attempts, random.random())
+        self._retries[spec.model] = (key, attempts, at)
+        return after_fetch(Outcome.TRANSIENT, reason, f"{_shorten(message)}; attempt {attempts}, next at "
+                           f"{at.isoformat(timespec='seconds')}", True)  # fmt: skip
 
     def _download(self, spec: Desired, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
@@ -279,20 +378,6 @@ class Agent:
         (staging / target.name).write_bytes(rebuilt)
         self.transfer = f"delta ({len(delta)} of {target.length} bytes)"
         return True
-
-    def _failed(self, slots: ModelSlots, spec: Desired, generation: int) -> AssignmentStatus | None:
-        try:
-            record = json.loads((slots.root / "failed.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if record.get("version") == spec.version and record.get("generation") == generation:
-            return AssignmentStatus.from_json(record["status"])
-        return None
-
-    def _remember_failure(self, slots: ModelSlots, spec: Desired, generation: int, status: AssignmentStatus) -> None:
-        slots.root.mkdir(parents=True, exist_ok=True)
-        record = {"version": spec.version, "generation": generation, "status": status.to_json()}
-        write_atomic(slots.root / "failed.json", json.dumps(record).encode())
 
     def _report(self, spec: Desired, status: AssignmentStatus) -> AssignmentStatus:
         last = self._reported.get(spec.model)

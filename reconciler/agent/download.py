@@ -28,6 +28,8 @@ import urllib3
 from reconciler.durable import move_into_place, sync_file
 from reconciler.errors import TemporaryError
 
+from .faults import crash_point
+
 
 class DownloadError(TemporaryError):
     """The file could not be fetched (after retries), or its content is not what was signed. Temporary: the
@@ -130,6 +132,9 @@ class Downloader:
                     if offset + received + len(chunk) > length:
                         raise OversizeError(f"{url}: longer than the signed {length} bytes")
                     out.write(chunk)
+                    if not received:
+                        sync_file(out)
+                        crash_point("mid-download")
                     received += len(chunk)
                     counter[0] += len(chunk)
                     since_sync += len(chunk)

@@ -6,12 +6,24 @@ golden vectors are evaluation inputs with the artifact's own outputs from the bu
 must match them within the manifest's tolerance (and agree on the top class when asked). Latency is
 measured warm and compared with the profile's limit when one is given. Any exception while loading or
 running the model is a failed check, never a crash of the agent.
+
+The agent runs it in a child process (:func:`health_check_isolated`, ``python -m reconciler.agent.health``): a
+model that hangs the runtime is killed at the time limit, one that crashes it (a segfault in a kernel) ends the
+child only, one that takes more memory than the profile allows is stopped by a watchdog in the child as soon as
+it does. Each is a failed check with that reason.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +89,72 @@ def health_check(
     return HealthReport(True, "golden outputs reproduced", error, agreement, p95, memory)
 
 
+OUT_OF_MEMORY_EXIT = 86
+"""The child's exit code when its watchdog stopped it for memory (distinct from a crash by signal)."""
+
+
+def health_check_isolated(
+    slot: Path,
+    manifest: dict,
+    threads: int = 1,
+    max_latency_ms: float | None = None,
+    max_memory_bytes: int | None = None,
+    timeout_seconds: float = 120.0,
+) -> HealthReport:
+    """:func:`health_check` in a child process: a hang, a crash or too much memory is a failed check."""
+    with tempfile.TemporaryDirectory(prefix="health-") as scratch:
+        request = Path(scratch) / "request.json"
+        body = {"slot": str(slot), "manifest": manifest, "threads": threads, "maxLatencyMs": max_latency_ms,
+                "maxMemoryBytes": max_memory_bytes}  # fmt: skip
+        request.write_text(json.dumps(body))
+        child = subprocess.Popen([sys.executable, "-m", "reconciler.agent.health", str(request)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        try:
+            out, err = child.communicate(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            return HealthReport(False, f"the model hung: no answer within {timeout_seconds:g} s")
+    if child.returncode == OUT_OF_MEMORY_EXIT:
+        return HealthReport(False, f"out of memory: {err.decode(errors='replace').strip()[-200:]}")
+    if child.returncode < 0:
+        return HealthReport(False, f"the runtime crashed (signal {signal.Signals(-child.returncode).name})")
+    try:
+        body = json.loads(out.decode().strip().splitlines()[-1])
+        return HealthReport(**body)
+    except (ValueError, IndexError, TypeError) as exc:
+        tail = err.decode(errors="replace").strip()[-300:]
+        return HealthReport(False, f"the health check exited {child.returncode} without a report ({exc}): {tail}")
+
+
+def _child(request_file: str) -> None:
+    request = json.loads(Path(request_file).read_text())
+    limit = request.get("maxMemoryBytes")
+    if limit:
+        baseline = _rss()
+
+        def watch() -> None:  # the runtime allocates outside Python: only a thread that looks can stop it in time
+            while True:
+                used = _rss() - baseline
+                if used > limit:
+                    sys.stderr.write(f"the model took {used} bytes, more than {limit}\n")
+                    sys.stderr.flush()
+                    os._exit(OUT_OF_MEMORY_EXIT)
+                time.sleep(0.01)
+
+        threading.Thread(target=watch, daemon=True).start()
+    report = health_check(Path(request["slot"]), request["manifest"], int(request["threads"]),
+                          request.get("maxLatencyMs"), max_memory_bytes=limit)  # fmt: skip
+    print(json.dumps(asdict(report), allow_nan=True))
+
+
 def _rss() -> int:
     try:
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
     except (OSError, StopIteration, ValueError):
         return 0
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1])

@@ -194,7 +194,9 @@ class ModelServer(BackgroundServer):
     def reload(self, model: str) -> Loaded | None:
         """Load the model's active slot and swap it in; the old session serves until its requests end."""
         active = ModelSlots(self.data_dir, model).active_dir()
-        if active is None:
+        if active is None:  # rolled back to nothing: stop serving the model that failed
+            with self._lock:
+                self._models.pop(model, None)
             return None
         manifest = json.loads((active / "manifest.json").read_bytes())
         model_file = next(name for name in manifest["files"] if name.startswith("model."))

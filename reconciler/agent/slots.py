@@ -1,19 +1,25 @@
 """A/B slots per model on the device: the active model is never touched while a new one is installed.
 
-Who calls it: the agent. Layout under the data directory::
+Who calls it: the agent (the executor of :mod:`.phases`) and the model server (which slot to load). Layout under
+the data directory::
 
     models/<model>/slots/a/         one complete, verified artifact (files + manifest + release + bundle)
     models/<model>/slots/b/         the other one (the previous version, or the one being installed)
-    models/<model>/active -> slots/a
-    models/<model>/state.json       versions per slot, the highest minimumCounter seen
+    models/<model>/state.json       which slot is active; the trial, the good version, the revocation floor,
+                                    a failure kept for a version, a version staged for the maintenance window
+    models/<model>/active -> slots/a   kept in step with state.json, for people and tools
 
 The rules that make a crash at any moment harmless:
 
 - a new artifact is written only into the *inactive* slot: files written, fsynced, folder fsynced;
-- the ``active`` link is switched with one ``rename`` of a new link over the old one (atomic on POSIX),
-  then the folder is fsynced, and only after the new slot passed its health check;
-- ``state.json`` is written the same way (temp file, fsync, rename) after the switch; after a crash
-  between switch and state, the link is the truth and the state is rebuilt from the slots' manifests.
+- ``state.json`` is the truth, and every step of the device's life is one atomic write of it (temporary file,
+  fsync, rename, folder fsync): the switch and the trial it starts are one write; marking the version good and
+  raising the revocation floor are one write; a rollback and the failure it records are one write. A kill
+  before the rename leaves the step undone, after it done, never half;
+- the ``active`` link follows the state; after a crash between the two it is set again on the next read.
+
+Model names come from the fleet: they are pattern-checked (:func:`check_name`) before any path is made of
+them, and slot folders are never followed through a symlink.
 """
 
 from __future__ import annotations
@@ -21,13 +27,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from reconciler.durable import fsync_dir, move_into_place, sync_file, write_atomic
 
+from .faults import crash_point
+from .phases import Trial
+
 SLOTS = ("a", "b")
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
+
+
+class UnsafeNameError(ValueError):
+    """A model, version or profile name from an assignment that must not become part of a path."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """``value`` when it is a plain DNS-style name (or, for a version, a plain version string); else refuse it
+    before it touches the file system (``../../x``, absolute paths, NUL, over-long names)."""
+    pattern = _VERSION if kind == "version" else _NAME
+    if not isinstance(value, str) or len(value) > 253 or not pattern.fullmatch(value):
+        raise UnsafeNameError(f"{kind} {value!r} is not a valid name")
+    return value
 
 
 @dataclass(frozen=True)
@@ -35,6 +62,14 @@ class SlotState:
     active: str | None
     versions: dict[str, str]
     minimum_counter: int = 0
+    good: str | None = None
+    """The version that passed its trial last (the one a rollback returns to)."""
+    trial: Trial | None = None
+    failed: dict[str, Any] | None = None
+    """``{version, generation, phase, reason, message}``: not tried again for that generation."""
+    staged: dict[str, Any] | None = None
+    """``{version, minimumCounter}``: verified and tested in the inactive slot, waiting for its window."""
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def inactive(self) -> str:
@@ -51,8 +86,8 @@ class SlotState:
 
 class ModelSlots:
     def __init__(self, data_dir: Path, model: str) -> None:
+        self.model = check_name("model", model)
         self.root = Path(data_dir) / "models" / model
-        self.model = model
 
     def slot(self, name: str) -> Path:
         return self.root / "slots" / name
@@ -61,45 +96,137 @@ class ModelSlots:
     def active_link(self) -> Path:
         return self.root / "active"
 
+    # --- reads -------------------------------------------------------------------------------------
+
     def state(self) -> SlotState:
-        active = self._active_from_link()
+        raw = self._raw()
         versions = {name: version for name in SLOTS if (version := self._slot_version(name))}
+        active = raw.get("active") if "active" in raw else self._active_from_link()
+        if active not in SLOTS or active not in versions:
+            active = None
+        trial = None
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            record = raw["trial"]
+            trial = Trial(str(record["version"]), datetime.fromisoformat(record["started"]),
+                          int(record.get("minimumCounter", 0)))  # fmt: skip
         minimum = 0
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            minimum = int(json.loads((self.root / "state.json").read_text()).get("minimumCounter", 0))
-        return SlotState(active, versions, minimum)
+        with contextlib.suppress(TypeError, ValueError):
+            minimum = int(raw.get("minimumCounter", 0))
+        failed = raw.get("failed") if isinstance(raw.get("failed"), dict) else None
+        staged = raw.get("staged") if isinstance(raw.get("staged"), dict) else None
+        good = raw.get("good") if "good" in raw else (versions.get(active) if active else None)  # older layouts
+        return SlotState(active, versions, minimum, good, trial, failed, staged)
 
     def active_dir(self) -> Path | None:
-        active = self._active_from_link()
+        active = self.state().active
         return self.slot(active) if active else None
 
+    # --- steps: each one atomic state write ---------------------------------------------------------
+
     def stage(self, source: Path) -> Path:
-        """Copy a verified artifact folder into the inactive slot (fsynced); returns the slot."""
-        target = self.slot(self.state().inactive)
-        if target.exists():
+        """Copy a verified artifact folder into the inactive slot (fsynced); returns the slot. A version staged
+        there before is forgotten first: its files are about to be replaced."""
+        state = self.state()
+        if state.staged is not None:
+            self._write(staged=None)
+        target = self.slot(state.inactive)
+        if target.is_symlink():
+            target.unlink()
+        elif target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
         for file in sorted(Path(source).iterdir()):
-            with file.open("rb") as src, (target / file.name).open("wb") as dst:
+            if file.is_symlink() or not file.is_file():
+                raise UnsafeNameError(f"{file.name}: not a plain file")
+            with file.open("rb") as src, (target / file.name).open("xb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
                 sync_file(dst)
+            crash_point("mid-copy")
         fsync_dir(target)
         fsync_dir(target.parent)
         return target
 
+    def record_staged(self, version: str, minimum_counter: int) -> None:
+        self._write(staged={"version": version, "minimumCounter": minimum_counter})
+
+    def record_failure(self, failure: dict[str, Any]) -> None:
+        self._write(failed=failure)
+
+    def switch(self, slot: Path, trial: Trial) -> SlotState:
+        """Make ``slot`` active with ``trial`` running, in one write; the floor is raised only at :meth:`mark_good`."""
+        name = self._slot_name(slot)
+        self._write(active=name, trial={"version": trial.version, "started": trial.started.isoformat(),
+                                        "minimumCounter": trial.minimum_counter}, staged=None, failed=None)  # fmt: skip
+        self._link(name)
+        return self.state()
+
+    def mark_good(self, minimum_counter: int) -> SlotState:
+        """The version on trial passed: it is the good one now, and the revocation floor rises, in one write."""
+        state = self.state()
+        floor = max(state.minimum_counter, minimum_counter)
+        self._write(good=state.active_version, trial=None, minimumCounter=floor)
+        return self.state()
+
+    def roll_back(self, failure: dict[str, Any]) -> SlotState:
+        """Back to the other slot (the version before the trial) with the failure recorded, in one write. With
+        no other verified version the device serves nothing rather than a model that failed on it."""
+        state = self.state()
+        back = state.inactive if state.inactive in state.versions else None
+        self._write(active=back, trial=None, failed=failure, good=state.versions.get(back) if back else None)
+        self._link(back)
+        return self.state()
+
     def activate(self, slot: Path, minimum_counter: int | None = None) -> SlotState:
-        """Point ``active`` at ``slot`` atomically, then record the state."""
+        """Switch and mark good at once (a version that needs no trial: tests, pre-staged images)."""
+        name = self._slot_name(slot)
+        state = self.state()
+        floor = max(state.minimum_counter, minimum_counter or 0)
+        self._write(active=name, trial=None, staged=None, failed=None, good=state.versions.get(name),
+                    minimumCounter=floor)  # fmt: skip
+        self._link(name)
+        return self.state()
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _slot_name(self, slot: Path) -> str:
         name = Path(slot).name
-        if name not in SLOTS:
-            raise ValueError(f"not a slot: {slot}")
+        if name not in SLOTS or Path(slot).parent != self.root / "slots":
+            raise ValueError(f"not a slot of {self.model}: {slot}")
+        return name
+
+    def _raw(self) -> dict[str, Any]:
+        try:
+            raw = json.loads((self.root / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
+
+    def _write(self, **changes: Any) -> None:
+        body = self._raw()
+        for key, value in changes.items():
+            if value is None:
+                body.pop(key, None)
+            else:
+                body[key] = value
+        if "active" in changes and changes["active"] is None:
+            body["active"] = None  # explicitly nothing: not "ask the link"
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(body, sort_keys=True).encode()
+        if "active" in changes:  # a switch or a rollback: the write a kill must never tear
+            (self.root / ".state.json.partial").write_bytes(data[: len(data) // 2])
+            crash_point("mid-state-write")
+            (self.root / ".state.json.partial").unlink()
+        write_atomic(self.root / "state.json", data)
+
+    def _link(self, name: str | None) -> None:
+        """The ``active`` link follows the state (a convenience: state.json decides)."""
+        if name is None:
+            self.active_link.unlink(missing_ok=True)
+            return
         tmp = self.root / f".active-{os.getpid()}"
         tmp.unlink(missing_ok=True)
         os.symlink(f"slots/{name}", tmp)
         move_into_place(tmp, self.active_link)
-        state = self.state()
-        floor = max(state.minimum_counter, minimum_counter or 0)
-        self._write_state({"active": name, "versions": state.versions, "minimumCounter": floor})
-        return SlotState(name, state.versions, floor)
 
     def _active_from_link(self) -> str | None:
         try:
@@ -107,13 +234,13 @@ class ModelSlots:
         except OSError:
             return None
         name = Path(target).name
-        return name if name in SLOTS and self.slot(name).is_dir() else None
+        return name if name in SLOTS else None
 
     def _slot_version(self, name: str) -> str | None:
+        slot = self.slot(name)
+        if slot.is_symlink() or not slot.is_dir():
+            return None  # a slot is a real folder written by the agent, never a link planted in the data dir
         try:
-            return str(json.loads((self.slot(name) / "manifest.json").read_bytes())["version"])
+            return str(json.loads((slot / "manifest.json").read_bytes())["version"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-    def _write_state(self, body: dict) -> None:
-        write_atomic(self.root / "state.json", json.dumps(body, sort_keys=True).encode())

@@ -100,6 +100,8 @@ class TelemetryRecorder:
         self.device = device
         self._lock = threading.Lock()
         self._summaries: dict[tuple[str, str], Summary] = {}
+        self._totals: dict[tuple[str, str], list[int]] = {}
+        """(model, version) -> [requests, errors] since this process started: what a trial is judged on."""
         self._manifests = manifests or {}
 
     def know(self, manifest: dict) -> None:
@@ -116,6 +118,15 @@ class TelemetryRecorder:
                 classes = int(histograms.get("prediction", {}).get("classes", 0))
                 summary = self._summaries[(model, version)] = Summary(model, version, self.device, edges, classes)
             summary.add(inputs, outputs, seconds, failed)
+            totals = self._totals.setdefault((model, version), [0, 0])
+            totals[0] += 1
+            totals[1] += int(failed)
+
+    def totals(self, model: str, version: str) -> tuple[int, int]:
+        """Requests and inference errors of ``model@version`` since this process started (not reset by flush)."""
+        with self._lock:
+            requests, errors = self._totals.get((model, version), (0, 0))
+        return requests, errors
 
     def flush(self) -> list[dict]:
         with self._lock:

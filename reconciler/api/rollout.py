@@ -110,6 +110,15 @@ class RollbackPolicy(SpecModel):
     """Return every device of the rollout to its previous version and record it as a commit."""
 
 
+class TrialPolicy(SpecModel):
+    """After a device switches to the new version it keeps it on trial: a runtime crash, or an error rate over
+    ``analysis.maxErrorRate``, rolls it back to the previous version by itself. Then it marks the version good."""
+
+    duration: Duration = timedelta(minutes=10)
+    requests: int | None = Field(default=None, ge=1)
+    """Ends the trial early once this many requests were served within the limits."""
+
+
 class RolloutSpec(SpecModel):
     """Desired state: ``model`` at ``version`` on ``groups``, reached through ``steps``."""
 
@@ -128,6 +137,8 @@ class RolloutSpec(SpecModel):
     offline_after: Duration = timedelta(minutes=15)
     """A device not seen for this long counts as unavailable."""
     maintenance_window: MaintenanceWindow | None = None
+    trial: TrialPolicy | None = None
+    """None: each device's own default (``edgectl agent --trial-period``, 10 minutes)."""
     conditions: LabelSelector | None = None
     """Devices switch only while their labels satisfy this selector (e.g. network=wifi)."""
     analysis: Analysis = Field(default_factory=Analysis)

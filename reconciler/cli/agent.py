@@ -50,6 +50,11 @@ from .common import load_or_exit
 @click.option("--serve", default="", help="Serve inference on HOST:PORT (e.g. 127.0.0.1:8501); '' disables.")
 @click.option("--telemetry-budget", type=int, default=4 * 1024 * 1024, show_default=True,
               help="Bytes of summaries kept on disk while the controller is unreachable.")  # fmt: skip
+@click.option("--trial-period", default="10m", show_default=True,
+              help="How long a new version stays on trial when its rollout names no trial (then rolled back by "
+                   "itself on a crash or too many errors, else marked good).")  # fmt: skip
+@click.option("--health-timeout", type=float, default=120.0, show_default=True,
+              help="Seconds a health check may take before it counts as hung.")  # fmt: skip
 @click.option("--once", is_flag=True)
 def agent(
     device: str,
@@ -69,6 +74,8 @@ def agent(
     interval: float,
     serve: str,
     telemetry_budget: int,
+    trial_period: str,
+    health_timeout: float,
     once: bool,
 ) -> None:
     """Download, verify, install (A/B), health-check and report this device's models."""
@@ -102,9 +109,21 @@ def agent(
         host, _, port = serve.rpartition(":")
         server = ModelServer(data_dir, (host or "127.0.0.1", int(port)), threads, recorder).start()
     on_switch = server.reload if server is not None else None
+    from reconciler.agent.phases import TrialStats
+    from reconciler.api.types import parse_duration
+
+    try:
+        period = parse_duration(trial_period)
+    except ValueError as exc:
+        raise click.UsageError(f"--trial-period: {exc}") from None
     config = AgentConfig(device, profile, data_dir, client.repository_url, policy, root, threads, max_latency_ms,
-                         max_memory)  # fmt: skip
-    worker = Agent(config, DeviceAPIBackend(client), on_switch, http=lambda: client.pool)
+                         max_memory, trial_period=period, health_timeout_seconds=health_timeout)  # fmt: skip
+
+    def trial_stats(model: str, version: str) -> TrialStats:
+        requests, errors = recorder.totals(model, version)
+        return TrialStats(requests, errors)
+
+    worker = Agent(config, DeviceAPIBackend(client), on_switch, http=lambda: client.pool, trial_stats=trial_stats)
     if once:
         from reconciler.errors import EdgeReconcilerError
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from reconciler.api.status import RolloutStatus
 from reconciler.errors import EdgeReconcilerError, PermanentError, TemporaryError
 from reconciler.plan import Desired, Device
+from reconciler.plan.desired import Trial
 from reconciler.plan.window import Window
 
 FIELD_MANAGER = "edge-reconciler"
@@ -78,11 +79,13 @@ Merge = Callable[[Mapping[str, Any] | None], dict[str, Any]]
 
 
 def spec_to_json(desired: Desired) -> dict[str, Any]:
-    body = {_camel(k): v for k, v in asdict(desired).items() if k != "window"}
+    body = {_camel(k): v for k, v in asdict(desired).items() if k not in ("window", "trial")}
     if body["artifact"] is None:
         del body["artifact"]
     if desired.window is not None:
         body["window"] = desired.window.to_json()
+    if desired.trial is not None:
+        body["trial"] = desired.trial.to_json()
     return body
 
 
@@ -90,7 +93,7 @@ def spec_from_json(body: Mapping[str, Any]) -> Desired:
     return Desired(
         device=body["device"], model=body["model"], version=body["version"], profile=body["profile"],
         rollout=body["rollout"], artifact=body.get("artifact"), in_rollout=bool(body.get("inRollout")),
-        window=Window.from_json(body.get("window")),
+        window=Window.from_json(body.get("window")), trial=Trial.from_json(body.get("trial")),
     )  # fmt: skip
 
 

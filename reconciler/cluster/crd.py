@@ -17,9 +17,11 @@ KIND = "ModelAssignment"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 _STRING = {"type": "string"}
-PHASES = ("Pending", "Downloading", "Verifying", "Installing", "Testing", "Staged", "Healthy", "Failed", "RolledBack")
-"""An assignment's phases as agents report them; only Healthy counts as a success for a rollout. Staged: the
-new version is downloaded, verified and tested in the inactive slot, waiting for the maintenance window."""
+PHASES = ("Pending", "Downloading", "Verifying", "Installing", "Testing", "Staged", "Trial", "Healthy", "Retrying",
+          "Failed", "RolledBack")  # fmt: skip
+"""An assignment's phases as agents report them (``reconciler.agent.phases``); only Healthy counts as a success
+for a rollout, only Failed and RolledBack as a failure. Staged: downloaded, verified and tested in the inactive
+slot, waiting for the maintenance window. Trial: switched, not yet marked good. Retrying: a transient failure."""
 
 MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -66,6 +68,15 @@ MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
                                     "rollout": _STRING,
                                     "artifact": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                                     "inRollout": {"type": "boolean"},
+                                    "trial": {
+                                        "type": "object",
+                                        "description": "How the device tries the version after switching.",
+                                        "properties": {
+                                            "seconds": {"type": "integer", "minimum": 0},
+                                            "requests": {"type": "integer", "minimum": 1},
+                                            "maxErrorRate": {"type": "number", "minimum": 0, "maximum": 1},
+                                        },
+                                    },
                                     "window": {
                                         "type": "object",
                                         "description": "When the device may switch, in its own time zone.",

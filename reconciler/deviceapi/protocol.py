@@ -13,6 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reconciler.cluster.crd import PHASES
+
+PHASE_PATTERN = f"^({'|'.join(PHASES)})$"
+
 ENROL = "/v1/enrol"
 RENEW = "/v1/renew"
 ASSIGNMENTS = "/v1/assignments"
@@ -83,7 +87,7 @@ class StatusReport(_Message):
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
-    phase: str = Field(pattern=r"^(Pending|Downloading|Verifying|Installing|Testing|Staged|Healthy|Failed|RolledBack)$")
+    phase: str = Field(pattern=PHASE_PATTERN)
     installed_version: str | None = Field(default=None, alias="installedVersion", max_length=64)
     previous_version: str | None = Field(default=None, alias="previousVersion", max_length=64)
     message: str = Field(default="", max_length=2048)

@@ -68,6 +68,34 @@ class Desired:
     """True: the rollout's new version; False: its stable version."""
     window: Window | None = None
     """When the device may switch (in its own time zone); None: any time. It may download before."""
+    trial: Trial | None = None
+    """How the device tries the version after switching; None: the agent's default."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A rollout's trial policy, as the device reads it from its assignment."""
+
+    seconds: int | None = None
+    """None: the device's own default."""
+    requests: int | None = None
+    max_error_rate: float | None = None
+
+    def to_json(self) -> dict:
+        body: dict = {} if self.seconds is None else {"seconds": self.seconds}
+        if self.requests is not None:
+            body["requests"] = self.requests
+        if self.max_error_rate is not None:
+            body["maxErrorRate"] = self.max_error_rate
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping | None) -> Trial | None:
+        if not body:
+            return None
+        rate, seconds = body.get("maxErrorRate"), body.get("seconds")
+        return cls(int(seconds) if seconds is not None else None, body.get("requests"),
+                   float(rate) if rate is not None else None)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -106,6 +134,7 @@ class _Target:
     recipes: frozenset[str]
     window: Any
     conditions: LabelSelector | None
+    trial: Trial | None = None
 
     def selectors(self) -> list[LabelSelector]:
         return [*self.groups, *([self.conditions] if self.conditions is not None else [])]
@@ -160,7 +189,7 @@ class Targeting:
                 continue  # not reached yet, and nothing ran before: leave the device alone
             desired[(device, target.model)] = Desired(
                 device, target.model, wanted, profile, target.name, artifacts.get((target.model, wanted, profile)),
-                inside, window,
+                inside, window, target.trial,
             )  # fmt: skip
         return result
 
@@ -190,8 +219,12 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
         model = tree.models.get(spec.model)
         groups = tuple(tree.groups[g].spec.selector for g in spec.groups if g in tree.groups)
         recipes = frozenset(r.profile for r in model.spec.recipes) if model else frozenset()
+        trial = None
+        if spec.trial is not None or spec.analysis.max_error_rate is not None:
+            seconds = int(spec.trial.duration.total_seconds()) if spec.trial is not None else None
+            trial = Trial(seconds, spec.trial.requests if spec.trial else None, spec.analysis.max_error_rate)
         targets.append(_Target(name, spec.model, spec.version, groups, recipes, spec.maintenance_window,
-                               spec.conditions))  # fmt: skip
+                               spec.conditions, trial))  # fmt: skip
         steps[name] = spec.steps[0].percent
     profiles = sorted(tree.profiles.items())
     # Every selector reads a few label keys; devices that agree on those keys get the same answers.

@@ -51,6 +51,6 @@ def test_without_full_fallback_a_bad_delta_is_reported_and_nothing_changes(fleet
     agent = fleet.agent()
     agent.config = replace(agent.config, full_fallback=False)
     status = upgrade(fleet, agent)
-    assert (status.phase, status.reason) == ("Failed", "DownloadFailed")
+    assert (status.phase, status.reason) == ("Retrying", "DownloadFailed")
     assert "full downloads are disabled" in status.message
     assert serving(fleet, agent.data_dir) == "1.0.0"

@@ -49,7 +49,7 @@ def test_killed_at_random_points_the_device_always_serves_a_verified_model(fleet
     command = [
         str(EDGECTL), "agent", "--device", "factory-1", "--profile", PROFILE, "--device-api", fleet.server.url,
         "--ca", str(fleet.root / "ca" / "ca.crt"), "--token", token, "--data-dir", str(data_dir),
-        "--trusted-root", str(root_file), "--release-key", str(fleet.owner.public), "--once",
+        "--trusted-root", str(root_file), "--release-key", str(fleet.owner.public), "--trial-period", "0s", "--once",
     ]  # fmt: skip
     policy = fleet.agent("factory-2").config.policy
     rng = random.Random(20261203)

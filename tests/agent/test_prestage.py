@@ -30,6 +30,6 @@ def test_staged_outside_the_window_switched_inside_it(fleet: Fleet):
     now["t"] = datetime(2026, 12, 3, 17, 30, tzinfo=UTC)  # 02:30 in Tokyo
     status = agent.cycle()[MODEL]
     assert (status.phase, status.installed_version, status.previous_version) == ("Healthy", "2.0.0", "1.0.0")
-    assert status.message == "switched in the maintenance window"
+    assert status.message == "2.0.0 passed its trial"  # switched in the window, then marked good (trial 0 s)
     assert fleet.server.bytes_served == served
     assert serving(fleet, agent.data_dir) == "2.0.0"
