@@ -25,6 +25,7 @@ from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.optimize.pipeline import build_scope
 from reconciler.plan import Desired
+from reconciler.plan.desired import Trial
 from reconciler.signing import (
     KeyPair,
     Release,
@@ -83,7 +84,8 @@ class Fleet:
     servers: dict[int, DeviceAPIServer] = field(default_factory=dict)
     """Device APIs over other backends (a test's KubernetesBackend), by ``id(backend)``."""
 
-    def release(self, version: str, counter: int = 1, key: KeyPair | None = None, edit=None, name=None) -> Path:
+    def release(self, version: str, counter: int = 1, key: KeyPair | None = None, edit=None, name=None,
+                minimum: int = 0) -> Path:  # fmt: skip
         """Copy a built artifact, optionally edit its manifest, release (sign) it; returns the folder."""
         folder = self.root / "released" / (name or f"{version}-{counter}")
         shutil.copytree(self.artifacts[version], folder)
@@ -91,7 +93,7 @@ class Fleet:
             manifest = json.loads((folder / "manifest.json").read_text())
             edit(manifest)
             (folder / "manifest.json").write_text(json.dumps(manifest))
-        write_release(folder, Release(MODEL, version, (PROFILE,), counter))
+        write_release(folder, Release(MODEL, version, (PROFILE,), counter, minimum))
         sign_with_key(folder, (key or self.owner).private)
         return folder
 
@@ -103,8 +105,11 @@ class Fleet:
                 files[target_path(manifest["model"], manifest["version"], manifest["profile"], file.name)] = file
         self.repo.publish(files, self.online, now or utcnow())
 
-    def assign(self, device: str, version: str, profile: str = PROFILE, window=None) -> None:
-        self.backend.apply([Desired(device, MODEL, version, profile, "vibration-anomaly-2", None, True, window)])
+    def assign(self, device: str, version: str, profile: str = PROFILE, window=None, max_error_rate=None) -> None:
+        """``max_error_rate``: the rollout's trial limit (the trial's period stays the agent's)."""
+        trial = Trial(None, None, max_error_rate) if max_error_rate is not None else None
+        self.backend.apply([Desired(device, MODEL, version, profile, "vibration-anomaly-2", None, True, window,
+                                    trial)])  # fmt: skip
 
     def client(self, device: str = "factory-1", data_dir: Path | None = None, backend=None) -> DeviceClient:
         """A device enrolled with a one-time token of its own, talking to the device API over ``backend``."""

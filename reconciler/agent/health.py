@@ -128,6 +128,9 @@ def health_check_isolated(
 
 
 def _child(request_file: str) -> None:
+    from .faults import crash_point
+
+    crash_point("health")
     request = json.loads(Path(request_file).read_text())
     limit = request.get("maxMemoryBytes")
     if limit:

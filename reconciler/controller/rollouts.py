@@ -111,6 +111,13 @@ def observe(
             healthy += 1
         elif status.phase == "Staged":
             in_progress += 1  # ready, waiting for its maintenance window: not stuck, never overdue
+        elif status.phase == "Retrying":
+            # A transient failure (network, a frozen repository) is no verdict on the version: the device has
+            # not got there yet, and counts as unavailable once the step has waited its deadline for it.
+            if is_overdue(state.step_started, now, spec.progress_deadline):
+                unavailable += 1
+            else:
+                in_progress += 1
         elif is_overdue(state.step_started, now, spec.progress_deadline):
             failed += 1  # stuck in progress
         else:

@@ -255,7 +255,7 @@ class Demo:
                               "--ca", str(self.state / "ca" / "ca.crt"), "--token", tokens[name],
                               "--data-dir", str(self.workdir / "devices" / name),
                               "--trusted-root", str(self.state / "tuf" / "metadata" / "1.root.json"),
-                              "--fleet", str(self.checkout), "--interval", "2",
+                              "--fleet", str(self.checkout), "--interval", "2", "--trial-period", "3s",
                               "--serve", f"127.0.0.1:{self.ports[name]}"])  # fmt: skip
 
     def spawn(self, name: str, args: list[str]) -> None:

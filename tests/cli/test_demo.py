@@ -49,5 +49,7 @@ def test_demo_rolls_out_then_rolls_back(tmp_path: Path, fleet_example: Path):
     assert len(reports) == 12
     assert {(s.phase, s.installed_version) for s in reports.values()} == {("Healthy", "2.0.0")}
     # The canaries installed 2.1.0 into their other slot, failed its health check, and kept 2.0.0 active.
-    failed = [json.loads(p.read_text()) for p in workdir.glob("devices/*/models/vibration-anomaly/failed.json")]
-    assert failed and all("golden outputs differ" in json.dumps(f) for f in failed)
+    states = [json.loads(p.read_text()) for p in workdir.glob("devices/*/models/vibration-anomaly/state.json")]
+    failed = [state["failed"] for state in states if "failed" in state]
+    assert failed and all(f["reason"] == "HealthCheckFailed" and "golden outputs differ" in f["message"]
+                          for f in failed)  # fmt: skip
