@@ -53,14 +53,7 @@ def build_store(tmp_path_factory: pytest.TempPathFactory) -> ArtifactStore:
 @pytest.fixture(scope="session")
 def built(build_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """version -> an unsigned artifact folder exported from a real build."""
-    store = build_store
-    tree = load_fleet(read_fleet_dir(FLEET))
-    out = tmp_path_factory.mktemp("agent-artifacts")
-    folders = {}
-    for result in build_scope(tree, FLEET, store, models=[MODEL], profiles=[PROFILE]):
-        assert result.artifact is not None, result.error
-        folders[result.version] = store.export(result.artifact.id, out / result.version)
-    return folders
+    return build_artifacts(build_store, tmp_path_factory.mktemp("agent-artifacts"))
 
 
 @dataclass
@@ -160,6 +153,26 @@ def start_device_api(
 
 @pytest.fixture
 def fleet(tmp_path: Path, built: dict[str, Path], build_store: ArtifactStore) -> Iterator[Fleet]:
+    opened = open_fleet(tmp_path, built, build_store)
+    try:
+        yield opened
+    finally:
+        close_fleet(opened)
+
+
+def build_artifacts(store: ArtifactStore, out: Path) -> dict[str, Path]:
+    """version -> an unsigned artifact folder of MODEL for PROFILE, exported from a real build (cached by the
+    store: a second call builds nothing)."""
+    tree = load_fleet(read_fleet_dir(FLEET))
+    folders = {}
+    for result in build_scope(tree, FLEET, store, models=[MODEL], profiles=[PROFILE]):
+        assert result.artifact is not None, result.error
+        folders[result.version] = store.export(result.artifact.id, out / result.version)
+    return folders
+
+
+def open_fleet(tmp_path: Path, built: dict[str, Path], build_store: ArtifactStore) -> Fleet:
+    """The controller side of a fleet in ``tmp_path`` (also for bench/agent_faults.py); :func:`close_fleet` ends it."""
     keys = {name: generate_key(tmp_path / "keys" / name) for name in ("root", "targets", "snapshot", "timestamp",
                                                                        "owner", "stranger")}  # fmt: skip
     public = {
@@ -176,12 +189,12 @@ def fleet(tmp_path: Path, built: dict[str, Path], build_store: ArtifactStore) ->
     telemetry: list[tuple[str, dict]] = []
     server = start_device_api(tmp_path, ca, identity, backend, build_store, telemetry)
     pinned = (tmp_path / "tuf" / "metadata" / "1.root.json").read_bytes()
-    fleet = Fleet(tmp_path, repo, online, keys["owner"], keys["stranger"], server, backend, built, pinned, ca, identity,
-                  build_store, telemetry)  # fmt: skip
-    try:
-        yield fleet
-    finally:
-        for other in [server, *fleet.servers.values()]:
-            other.close()
-        identity.registry.close()
-        backend.close()
+    return Fleet(tmp_path, repo, online, keys["owner"], keys["stranger"], server, backend, built, pinned, ca, identity,
+                 build_store, telemetry)  # fmt: skip
+
+
+def close_fleet(fleet: Fleet) -> None:
+    for server in [fleet.server, *fleet.servers.values()]:
+        server.close()
+    fleet.identity.registry.close()
+    fleet.backend.close()

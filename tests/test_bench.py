@@ -176,3 +176,10 @@ def test_device_api_quick():
         rf"  http\.server \(HTTP, curl\) +{NUMBER} MB/s  p50 {NUMBER} s per download  server CPU .*",
         rf"  ratio device API / baseline {NUMBER}x",
     )
+
+
+def test_agent_faults_quick():
+    output = quick("agent_faults.py", timeout=600)
+    assert re.search(r"rounds: 40; killed \d+", output)
+    assert "unverified or missing active model after a kill: 0 of 40 (goal 0)" in output
+    assert "converged after the restart: 40 of 40" in output
