@@ -8,7 +8,8 @@ Unset (the default), a fault point is one dictionary lookup.
 Points: ``mid-download`` (after the first chunk of a file), ``after-download``, ``mid-verify``, ``mid-copy``
 (one file copied into the slot), ``switch`` (verified, before the state write), ``mid-state-write`` (temporary
 file written, not renamed), ``after-switch`` (state written, before the server reloads), ``trial`` (on trial,
-before it is judged). ``health`` kills the health check's child process instead (a runtime that crashes).
+before it is judged). ``health`` kills the health check's child process instead, ``serve`` the model server's at
+its next inference (a runtime that crashes).
 """
 
 from __future__ import annotations

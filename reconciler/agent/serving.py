@@ -47,6 +47,7 @@ import numpy as np
 from reconciler.artifact.runtime import ModelRunner
 from reconciler.httpserver import BackgroundServer, JSONHandler
 
+from .faults import crash_point
 from .slots import ModelSlots
 
 _PREDICT = re.compile(r"^/v1/models/([a-z0-9][-a-z0-9.]{0,62}):predict$")
@@ -361,6 +362,7 @@ class _Handler(JSONHandler):
         try:
             request = decode()
             inputs = request.inputs
+            crash_point("serve")  # tests: a runtime that takes the process down on this input
             outputs = loaded.runner.run(inputs)
         except (ValueError, KeyError, TypeError) as exc:
             self._record(loaded, inputs, None, start, failed=True)

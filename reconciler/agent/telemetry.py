@@ -128,6 +128,15 @@ class TelemetryRecorder:
             requests, errors = self._totals.get((model, version), (0, 0))
         return requests, errors
 
+    def restore(self, model: str, version: str, requests: int, errors: int) -> None:
+        """Start ``model@version``'s totals from what an earlier process counted."""
+        with self._lock:
+            self._totals[(model, version)] = [int(requests), int(errors)]
+
+    def all_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        with self._lock:
+            return {key: (counts[0], counts[1]) for key, counts in self._totals.items()}
+
     def flush(self) -> list[dict]:
         with self._lock:
             summaries, self._summaries = self._summaries, {}

@@ -47,7 +47,9 @@ from .common import load_or_exit
 @click.option("--max-latency-ms", type=float, help="The profile's p95 latency limit for the health check.")
 @click.option("--max-memory", type=int, help="The profile's memory limit in bytes for the health check.")
 @click.option("--interval", type=float, default=30.0, show_default=True)
-@click.option("--serve", default="", help="Serve inference on HOST:PORT (e.g. 127.0.0.1:8501); '' disables.")
+@click.option("--serve", default="",
+              help="Serve inference on HOST:PORT (e.g. 127.0.0.1:8501), in a process of its own that the agent "
+                   "restarts when it ends; '' disables.")  # fmt: skip
 @click.option("--telemetry-budget", type=int, default=4 * 1024 * 1024, show_default=True,
               help="Bytes of summaries kept on disk while the controller is unreachable.")  # fmt: skip
 @click.option("--trial-period", default="10m", show_default=True,
@@ -98,16 +100,15 @@ def agent(
     client = DeviceClient(device_api, device, data_dir / "identity", ca_file, token,
                           service_account_token_file=service_account_token_file)  # fmt: skip
     root = trusted_root.read_bytes() if trusted_root else None
-    from reconciler.agent.telemetry import TelemetryQueue, TelemetryRecorder
+    from reconciler.agent.telemetry import TelemetryQueue
 
-    recorder = TelemetryRecorder(device)
     queue = TelemetryQueue(data_dir / "telemetry", telemetry_budget)
     server = None
-    if serve:
-        from reconciler.agent.serving import ModelServer
+    if serve and not once:
+        from reconciler.agent.supervisor import ServingProcess
 
         host, _, port = serve.rpartition(":")
-        server = ModelServer(data_dir, (host or "127.0.0.1", int(port)), threads, recorder).start()
+        server = ServingProcess(data_dir, (host or "127.0.0.1", int(port)), threads, device, telemetry_budget).start()
     on_switch = server.reload if server is not None else None
     from reconciler.agent.phases import TrialStats
     from reconciler.api.types import parse_duration
@@ -120,8 +121,10 @@ def agent(
                          max_memory, trial_period=period, health_timeout_seconds=health_timeout)  # fmt: skip
 
     def trial_stats(model: str, version: str) -> TrialStats:
-        requests, errors = recorder.totals(model, version)
-        return TrialStats(requests, errors)
+        if server is None:
+            return TrialStats()
+        requests, errors = server.totals(model, version)
+        return TrialStats(requests, errors, server.crashes(model, version))
 
     worker = Agent(config, DeviceAPIBackend(client), on_switch, http=lambda: client.pool, trial_stats=trial_stats)
     if once:
@@ -139,9 +142,7 @@ def agent(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    def upload_telemetry() -> None:
-        for summary in recorder.flush():
-            queue.put(summary)
+    def upload_telemetry() -> None:  # the model server's process puts its summaries in the queue
         queue.upload(client.telemetry_url, client.pool)
 
     try:
