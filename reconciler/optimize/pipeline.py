@@ -32,6 +32,7 @@ from reconciler.api import FleetTree
 from reconciler.api.device import DeviceProfile
 from reconciler.api.model import Model, ModelVersion, Pass, Recipe
 from reconciler.artifact.manifest import (
+    GOLDEN_ROWS,
     MANIFEST_NAME,
     artifact_id,
     canonical_json,
@@ -50,7 +51,9 @@ from .gates import GateFailure, check_gates
 from .quantize import quantize_onnx
 from .sources import fetch_source
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
+"""2: golden tolerances measured across thread counts and against fp32."""
+MAX_GOLDEN_THREADS = 8
 LATENCY_TOLERANCE = 1.05
 """A quantized variant may be up to 5 % slower than fp32 (measurement noise) and still be preferred."""
 _PRECISION = {"static": "int8", "dynamic": "int8", "int8": "int8", "int8-only": "int8", "float16": "fp16"}
@@ -236,8 +239,18 @@ def _build(
     payload = dict((v.name, p) for v, p in candidates)[chosen.name]
     model_path = workdir / f"{chosen.name}.{fmt}"
     outputs = measured[chosen.name].outputs
+    reference_outputs = measured["fp32"].outputs if "fp32" in measured else None
     manifest = _manifest(
-        inputs, chosen, model_path, payload, evaluation, outputs, pass_metrics, key, sha256_file(source)
+        inputs,
+        chosen,
+        model_path,
+        payload,
+        evaluation,
+        outputs,
+        pass_metrics,
+        key,
+        sha256_file(source),
+        reference_outputs,
     )
     manifest["benchmark"] = {
         "referenceAccuracy": result.reference_accuracy,
@@ -377,7 +390,15 @@ def _refusal(variants: list[Variant], allowed: set[str]) -> str:
     return "no variant passes: " + " | ".join(reasons) if reasons else "no variant passes"
 
 
-def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, key, source_digest) -> dict:
+def _thread_runs(path: Path, fmt: str, rows: np.ndarray, threads: int) -> dict[int, np.ndarray]:
+    """The artifact's outputs on ``rows`` under every thread count from 1 to the profile's (at most 8)."""
+    from reconciler.artifact.runtime import ModelRunner
+
+    return {count: ModelRunner(path, fmt, count).run(rows) for count in range(1, min(threads, MAX_GOLDEN_THREADS) + 1)}
+
+
+def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, key, source_digest,
+              reference_outputs=None) -> dict:  # fmt: skip
     profile = inputs.profile.spec
     classes = outputs.shape[1]
     predictions = np.argmax(outputs, axis=1)
@@ -396,7 +417,12 @@ def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, 
         else None,
         "files": {f"model.{profile.format}": {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}},
         "tensors": tensor_specs(path, profile.format),
-        "golden": golden_vectors(evaluation.x, outputs),
+        "golden": golden_vectors(
+            evaluation.x,
+            outputs,
+            _thread_runs(path, profile.format, evaluation.x[:GOLDEN_ROWS], profile.threads),
+            reference_outputs,
+        ),
         "histograms": reference_histograms(evaluation.x, predictions, classes),
         "passes": pass_metrics,
         "lineage": {
