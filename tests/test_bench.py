@@ -183,3 +183,17 @@ def test_agent_faults_quick():
     assert re.search(r"rounds: 40; killed \d+", output)
     assert "unverified or missing active model after a kill: 0 of 40 (goal 0)" in output
     assert "converged after the restart: 40 of 40" in output
+
+
+def test_agent_serve_quick():
+    output = quick("agent_serve.py", timeout=600)
+    assert_lines(
+        output,
+        rf"edgectl agent --serve, vibration-anomaly 1\.0\.0 \(arm-cortex-a-cpu\), 100 requests "
+        rf"\({NUMBER}/s, one client\)",
+        rf"  RSS agent process +{NUMBER} MiB",
+        rf"  RSS model server process +{NUMBER} MiB",
+        rf"  RSS both +{NUMBER} MiB",
+        rf"  RSS bare onnxruntime +{NUMBER} MiB  \(baseline: the model in a session, nothing else\)",
+        rf"  ratio both / baseline +{NUMBER}x",
+    )
