@@ -233,7 +233,7 @@ def test_missing_credentials_and_bad_timing_need_a_person(tmp_path: Path):
 
 def test_a_local_database_that_refuses_writes_needs_a_person(tmp_path: Path):
     backend = LocalBackend(tmp_path / "state")
-    backend._db.execute("PRAGMA query_only = ON")  # what a read-only file or mount does to every write
+    backend._file._db.execute("PRAGMA query_only = ON")  # what a read-only file or mount does to every write
     with pytest.raises(PermanentClusterError, match="readonly"):
         backend.register_device("dev-1", {"a": "b"})
     backend.close()

@@ -109,7 +109,7 @@ class AgentConfig:
     trial_period: timedelta = DEFAULT_TRIAL
     """A new version's trial when its assignment names none."""
     health_timeout_seconds: float = 120.0
-    """A health check that takes longer is a hang: failed."""
+    """CPU seconds a health check may use (a spinning hang); the wall clock allows five times that."""
 
 
 class Agent:

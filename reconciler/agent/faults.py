@@ -9,7 +9,7 @@ Points: ``mid-download`` (after the first chunk of a file), ``after-download``, 
 (one file copied into the slot), ``switch`` (verified, before the state write), ``mid-state-write`` (temporary
 file written, not renamed), ``after-switch`` (state written, before the server reloads), ``trial`` (on trial,
 before it is judged). ``health`` kills the health check's child process instead, ``serve`` the model server's at
-its next inference (a runtime that crashes).
+its next inference (a runtime that crashes); ``EDGE_AGENT_SPIN_AT=health`` makes the health check's child spin.
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ import signal
 POINTS = ("mid-download", "after-download", "mid-verify", "mid-copy", "switch", "mid-state-write", "after-switch",
           "trial")  # fmt: skip
 _passed: dict[str, int] = {}
+
+
+def spin_point(name: str) -> None:
+    """``EDGE_AGENT_SPIN_AT=POINT``: loop on the CPU forever there (a runtime that hangs busy)."""
+    if os.environ.get("EDGE_AGENT_SPIN_AT") == name:
+        while True:
+            pass
 
 
 def crash_point(name: str) -> None:

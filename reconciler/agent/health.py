@@ -8,7 +8,9 @@ measured warm and compared with the profile's limit when one is given. Any excep
 running the model is a failed check, never a crash of the agent.
 
 The agent runs it in a child process (:func:`health_check_isolated`, ``python -m reconciler.agent.health``): a
-model that hangs the runtime is killed at the time limit, one that crashes it (a segfault in a kernel) ends the
+model that hangs the runtime is stopped at its CPU-time limit (a spinning hang) or at five times that on the wall
+clock (a blocked one; a device busy serving gives the check only part of a core, so the wall clock alone would
+call a slow check a hang), one that crashes it (a segfault in a kernel) ends the
 child only, one that takes more memory than the profile allows is stopped by a watchdog in the child as soon as
 it does. Each is a failed check with that reason.
 """
@@ -16,6 +18,7 @@ it does. Each is a failed check with that reason.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -100,23 +103,28 @@ def health_check_isolated(
     max_latency_ms: float | None = None,
     max_memory_bytes: int | None = None,
     timeout_seconds: float = 120.0,
+    wall_seconds: float | None = None,
 ) -> HealthReport:
-    """:func:`health_check` in a child process: a hang, a crash or too much memory is a failed check."""
+    """:func:`health_check` in a child process: a hang, a crash or too much memory is a failed check.
+    ``timeout_seconds``: CPU seconds the child may use; ``wall_seconds`` (default five times that): real time."""
+    wall = wall_seconds if wall_seconds is not None else 5 * timeout_seconds
     with tempfile.TemporaryDirectory(prefix="health-") as scratch:
         request = Path(scratch) / "request.json"
         body = {"slot": str(slot), "manifest": manifest, "threads": threads, "maxLatencyMs": max_latency_ms,
-                "maxMemoryBytes": max_memory_bytes}  # fmt: skip
+                "maxMemoryBytes": max_memory_bytes, "cpuSeconds": timeout_seconds}  # fmt: skip
         request.write_text(json.dumps(body))
         child = subprocess.Popen([sys.executable, "-m", "reconciler.agent.health", str(request)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
         try:
-            out, err = child.communicate(timeout=timeout_seconds)
+            out, err = child.communicate(timeout=wall)
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.communicate()
-            return HealthReport(False, f"the model hung: no answer within {timeout_seconds:g} s")
+            return HealthReport(False, f"the model hung: no answer within {wall:g} s")
     if child.returncode == OUT_OF_MEMORY_EXIT:
         return HealthReport(False, f"out of memory: {err.decode(errors='replace').strip()[-200:]}")
+    if child.returncode == -signal.SIGXCPU:
+        return HealthReport(False, f"the model hung: it spun for {timeout_seconds:g} s of CPU without an answer")
     if child.returncode < 0:
         return HealthReport(False, f"the runtime crashed (signal {signal.Signals(-child.returncode).name})")
     try:
@@ -128,10 +136,17 @@ def health_check_isolated(
 
 
 def _child(request_file: str) -> None:
-    from .faults import crash_point
+    import resource
+
+    from .faults import crash_point, spin_point
 
     crash_point("health")
     request = json.loads(Path(request_file).read_text())
+    cpu = request.get("cpuSeconds")
+    if cpu:  # SIGXCPU at the soft limit, SIGKILL one second later if that is ignored
+        seconds = max(1, math.ceil(cpu))
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    spin_point("health")
     limit = request.get("maxMemoryBytes")
     if limit:
         baseline = _rss()

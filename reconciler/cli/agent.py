@@ -56,7 +56,8 @@ from .common import load_or_exit
               help="How long a new version stays on trial when its rollout names no trial (then rolled back by "
                    "itself on a crash or too many errors, else marked good).")  # fmt: skip
 @click.option("--health-timeout", type=float, default=120.0, show_default=True,
-              help="Seconds a health check may take before it counts as hung.")  # fmt: skip
+              help="CPU seconds a health check may use before it counts as hung (the wall clock allows five "
+                   "times that: a device busy serving gives the check part of a core).")  # fmt: skip
 @click.option("--once", is_flag=True)
 def agent(
     device: str,

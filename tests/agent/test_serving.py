@@ -56,12 +56,14 @@ def test_serving_hot_switch_and_offline(fleet: Fleet):
             while not stop.is_set():
                 code, reply = predict(server.url, golden["inputs"][:1])
                 results.append((code, reply.get("modelVersion", "")))
+                stop.wait(0.005)  # steady traffic, not a busy loop that starves the agent on one core
 
         threads = [threading.Thread(target=client) for _ in range(3)]
         for thread in threads:
             thread.start()
         fleet.assign("factory-1", "2.0.0")
-        assert agent.cycle()[MODEL].installed_version == "2.0.0"
+        switched = agent.cycle()[MODEL]
+        assert switched.installed_version == "2.0.0", switched.message
         time.sleep(0.3)
         stop.set()
         for thread in threads:

@@ -94,8 +94,8 @@ def test_the_health_check_passes_in_its_child_process(installed: tuple[Path, dic
 
 
 def test_a_hung_health_check_is_killed_at_its_time_limit(installed: tuple[Path, dict]):
-    report = health_check_isolated(*installed, timeout_seconds=0.001)  # no runtime loads a model that fast
-    assert not report.passed and "hung" in report.reason
+    report = health_check_isolated(*installed, wall_seconds=0.001)  # no runtime loads a model that fast
+    assert not report.passed and report.reason == "the model hung: no answer within 0.001 s"
 
 
 def test_a_crashed_runtime_fails_the_check_and_not_the_agent(installed: tuple[Path, dict], monkeypatch):
@@ -107,3 +107,11 @@ def test_a_crashed_runtime_fails_the_check_and_not_the_agent(installed: tuple[Pa
 def test_a_model_over_the_memory_limit_fails_the_check(installed: tuple[Path, dict]):
     report = health_check_isolated(*installed, max_memory_bytes=1)
     assert not report.passed and "memory" in report.reason and "more than 1" in report.reason
+
+
+def test_a_spinning_health_check_is_stopped_by_its_cpu_limit(installed: tuple[Path, dict], monkeypatch):
+    # A CPU limit of one second, and a child that spins for it (the crash point's stand-in for a runtime that
+    # loops): the wall clock is never what decides.
+    monkeypatch.setenv("EDGE_AGENT_SPIN_AT", "health")
+    report = health_check_isolated(*installed, timeout_seconds=1, wall_seconds=600)
+    assert not report.passed and report.reason == "the model hung: it spun for 1 s of CPU without an answer"

@@ -254,6 +254,10 @@ def test_a_body_without_a_length_is_411(fleet: DeviceFleet, framing: bytes):
     assert status_of(answer) == 411 and b'"reason":"length-required"' in answer
 
 
+SLACK = 8.0
+"""Seconds a cut-off may come late on a loaded machine; still well inside the slow clients' 15 s."""
+
+
 def test_slow_clients_hold_no_one_up_and_are_cut_off(fleet: DeviceFleet, devices):
     """Slowloris (headers a byte at a time), a body that never completes and a TCP connection that never starts
     TLS, 20 of each at once, while a device is served as usual."""
@@ -285,13 +289,15 @@ def test_slow_clients_hold_no_one_up_and_are_cut_off(fleet: DeviceFleet, devices
         thread.start()
     time.sleep(0.3)
     for _ in range(10):
-        assert_serving(fleet, devices["device-a"], within=1.0)
+        assert_serving(fleet, devices["device-a"], within=5.0)  # served at once, not after the slow ones
     for thread in threads:
         thread.join(timeout=20)
     assert [len(times) for times in closed_after.values()] == [20, 20, 20]
-    assert max(closed_after["headers"]) < LIMITS.idle_seconds + 1.5  # the 1,000-byte header would take 50 s
-    assert max(closed_after["body"]) < LIMITS.body_seconds + 1.5
-    assert max(closed_after["handshake"]) < LIMITS.handshake_seconds + 1.5
+    # Cut off by the server, not by the clients' own 15 s socket timeout; the 1,000-byte header would take 50 s.
+    # The margin is for a slow machine doing 60 TLS handshakes on one core, not a measure of speed.
+    assert max(closed_after["headers"]) < LIMITS.idle_seconds + SLACK
+    assert max(closed_after["body"]) < LIMITS.body_seconds + SLACK
+    assert max(closed_after["handshake"]) < LIMITS.handshake_seconds + SLACK
     assert fleet.refusals("body-timeout") >= 20
 
 
