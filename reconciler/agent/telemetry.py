@@ -143,6 +143,10 @@ class TelemetryRecorder:
         return [s.to_json() for s in summaries.values()]
 
 
+REFUSED_FOR_GOOD = frozenset({400, 404, 409, 413, 422})
+"""Answers about the summary itself; 401, 403, 408, 429 and 5xx are about the moment or the device's identity."""
+
+
 class TelemetryQueue:
     """Store and forward: summaries wait on disk until the controller takes them."""
 
@@ -167,7 +171,9 @@ class TelemetryQueue:
             return 0
 
     def upload(self, url: str, http: urllib3.PoolManager | None = None, timeout: float = 10.0) -> int:
-        """POST summaries oldest first; stop at the first failure (the rest waits). Returns how many went."""
+        """POST summaries oldest first; stop at the first failure that may pass later (unreachable, 5xx, 429,
+        401/403: the rest waits). A summary the server refuses for what it is (another 4xx) is dropped and
+        counted: sent again it would be refused again, and would hold back every summary behind it."""
         http = http or urllib3.PoolManager(retries=False)
         sent = 0
         for path in self._files():
@@ -178,6 +184,10 @@ class TelemetryQueue:
                                         headers={"Content-Type": "application/json"})  # fmt: skip
             except urllib3.exceptions.HTTPError:
                 break
+            if response.status in REFUSED_FOR_GOOD:
+                path.unlink()
+                self._count_dropped(1)
+                continue
             if not 200 <= response.status < 300:
                 break
             path.unlink()
@@ -198,5 +208,8 @@ class TelemetryQueue:
             total -= oldest.stat().st_size
             oldest.unlink()
             dropped += 1
-        if dropped:
-            write_atomic(self.directory / "dropped", str(self.dropped + dropped).encode())
+        self._count_dropped(dropped)
+
+    def _count_dropped(self, count: int) -> None:
+        if count:
+            write_atomic(self.directory / "dropped", str(self.dropped + count).encode())

@@ -82,3 +82,15 @@ def test_over_budget_the_oldest_are_dropped_and_counted(fleet: Fleet, tmp_path: 
     client.ensure_identity()
     queue.upload(client.telemetry_url, client.pool)
     assert fleet.telemetry[0][1]["droppedBefore"] == 40 - len(kept) and queue.dropped == 0
+
+
+def test_a_summary_the_server_refuses_for_good_is_dropped_not_retried_forever(fleet: Fleet, tmp_path: Path):
+    queue = TelemetryQueue(tmp_path / "queue")
+    queue.put(summary(1))
+    queue.put({**summary(2), "requests": -5})  # a summary no server accepts (400)
+    queue.put(summary(3))
+    client = fleet.client()
+    client.ensure_identity()
+    assert queue.upload(client.telemetry_url, client.pool) == 2 and queue.pending() == []
+    assert [s["requests"] for _, s in fleet.telemetry] == [1, 3]
+    assert fleet.telemetry[1][1]["droppedBefore"] == 1 and queue.dropped == 0  # counted, then reported
