@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reconciler.artifact.store import ArtifactStore  # noqa: E402
-from tests.device_fleet import MODEL, PROFILE, build_artifacts, close_fleet, open_fleet  # noqa: E402
+from tests.device_fleet import MODEL, PROFILE, build_artifacts, close_fleet, free_port, open_fleet  # noqa: E402
 
 STORE = Path.home() / ".cache" / "edge-reconciler" / "bench-store"
 EDGECTL = Path(sys.executable).parent / "edgectl"
@@ -39,12 +38,6 @@ EDGECTL = Path(sys.executable).parent / "edgectl"
 def rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return int(next(line for line in status if line.startswith("VmRSS")).split()[1]) * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def until(check, what: str, timeout: float = 300.0):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -128,6 +129,13 @@ class Fleet:
         if id(backend) not in self.servers:
             self.servers[id(backend)] = start_device_api(self.root, self.ca, self.identity, backend, self.store)
         return self.servers[id(backend)]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a process that binds it itself)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def start_device_api(

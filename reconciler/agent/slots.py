@@ -29,7 +29,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,6 @@ class SlotState:
     """``{version, generation, phase, reason, message}``: not tried again for that generation."""
     staged: dict[str, Any] | None = None
     """``{version, minimumCounter}``: verified and tested in the inactive slot, waiting for its window."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def inactive(self) -> str:

@@ -189,7 +189,7 @@ class Controller:
         standing = {n: initial_state(tree, n, previous[n], statuses) for n in tree.rollouts if tree.rollouts[n].active}
         before_positions = {n: position(tree, n, s) for n, s in standing.items()}
         before = targets.at(before_positions, artifacts)
-        cycles = run_rollouts(tree, previous, before, statuses, self._telemetry(), now)
+        cycles = run_rollouts(tree, previous, before, statuses, self.backend.telemetry(), now)
         revision = fleet.revision
         author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
         writer = StatusWriter(self.source, author)
@@ -263,10 +263,6 @@ class Controller:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(local, data)
         return policy_from_fleet(tree.fleet, root)
-
-    def _telemetry(self) -> list[dict]:
-        """Each device's merged summaries, as the device API stored them in the backend (any replica's)."""
-        return self.backend.telemetry()
 
     def _artifacts(self) -> dict[tuple[str, str, str], str]:
         if self.store is None:

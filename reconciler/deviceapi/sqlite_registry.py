@@ -19,7 +19,6 @@ from reconciler.sqlitefile import SQLiteFile
 
 from .identity import IdentityError, Reason, as_utc, rfc3339
 from .registry import (
-    REGISTRY_FILE,
     DeviceRecord,
     TokenRecord,
     check_spend,
@@ -69,10 +68,6 @@ class SQLiteRegistry:
         columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
         if "previous_serial" not in columns:
             db.execute("ALTER TABLE devices ADD COLUMN previous_serial TEXT")
-
-    @classmethod
-    def in_state_dir(cls, state_dir: Path) -> SQLiteRegistry:
-        return cls(Path(state_dir) / REGISTRY_FILE)
 
     def close(self) -> None:
         self._file.close()

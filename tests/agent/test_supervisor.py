@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -19,13 +18,7 @@ from reconciler.agent.phases import TrialStats
 from reconciler.agent.slots import ModelSlots
 from reconciler.agent.supervisor import ServingProcess
 
-from ..device_fleet import MODEL, Fleet
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from ..device_fleet import MODEL, Fleet, free_port
 
 
 def eventually(check, what: str, timeout: float = 120.0):

@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from reconciler.cluster import AssignmentStatus, kubernetes_backend
 from reconciler.deviceapi.ca import FleetCA
 from reconciler.deviceapi.client import DeviceClient, DeviceRefusedError
 
+from ..device_fleet import free_port
+
 pytestmark = pytest.mark.kube
 EDGECTL = Path(sys.executable).parent / "edgectl"
 LABELS = {
@@ -33,12 +34,6 @@ LABELS = {
 }  # fmt: skip
 SECRET = b"push-secret"
 _runs = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def eventually(check, what: str, timeout: float = 60.0):
