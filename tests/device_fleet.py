@@ -4,6 +4,7 @@ endpoint serves, and a local backend the device reads its assignments from."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -90,6 +91,23 @@ class Fleet:
         write_release(folder, Release(MODEL, version, (PROFILE,), counter, minimum))
         sign_with_key(folder, (key or self.owner).private)
         return folder
+
+    def variant(self, version: str, base: str = "1.0.0") -> None:
+        """Another version built from ``base``: the same outputs, a model file with other bytes (its doc string
+        names the version), so that nothing of it can come from a copy of ``base`` on the device."""
+        import onnx
+
+        folder = self.root / "variants" / version
+        shutil.copytree(self.artifacts[base], folder)
+        model = onnx.load(folder / "model.onnx")
+        model.doc_string = f"{MODEL} {version}"
+        data = model.SerializeToString()
+        (folder / "model.onnx").write_bytes(data)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["version"] = version
+        manifest["files"]["model.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        self.artifacts[version] = folder
 
     def publish(self, *folders: Path, now: datetime | None = None) -> None:
         files = {}

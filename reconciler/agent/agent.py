@@ -63,7 +63,7 @@ from .phases import (
     next_step,
     retry_delay,
 )
-from .slots import ModelSlots, SlotState, UnsafeNameError, check_name
+from .slots import KeepPolicy, ModelSlots, SlotState, UnsafeNameError, check_name
 
 log = logging.getLogger("edge_reconciler.agent")
 
@@ -110,6 +110,8 @@ class AgentConfig:
     """A new version's trial when its assignment names none."""
     health_timeout_seconds: float = 120.0
     """CPU seconds a health check may use (a spinning hang); the wall clock allows five times that."""
+    keep: KeepPolicy = field(default_factory=KeepPolicy)
+    """Good versions kept on the device for a rollback without a download."""
 
 
 class Agent:
@@ -136,7 +138,8 @@ class Agent:
         self.downloader = Downloader(self.data_dir / "partial", config.download)
         self.bytes_transferred = 0
         self.transfer = "none"
-        """How the last artifact came: full, delta, or delta failed then full (reported in status)."""
+        """How the last artifact came: full, delta, delta failed then full, or local (every file was already on
+        the device: a kept version or the other slot). Reported in status."""
         self.trial_stats = trial_stats
         self._reported: dict[str, tuple[AssignmentStatus, float]] = {}
         self._retries: dict[str, tuple[tuple[str, int], int, datetime]] = {}
@@ -181,7 +184,7 @@ class Agent:
             status = AssignmentStatus("Failed", reason="InvalidAssignment", message=str(exc),
                                       observed_generation=generation)  # fmt: skip
             return self._report(spec, status) if _reportable(spec.model) else status
-        slots = ModelSlots(self.data_dir, spec.model)
+        slots = ModelSlots(self.data_dir, spec.model, self.config.keep)
         limits = self._limits(spec)
         for _ in range(4):  # FETCH -> SWITCH -> a trial that may end at once: never more steps in one cycle
             state = slots.state()
@@ -264,7 +267,7 @@ class Agent:
         window_open = spec.window is None or spec.window.is_open(self.clock())
         try:
             self._report(spec, AssignmentStatus("Downloading", **base))
-            self._download(spec, staging)
+            self._download(slots, spec, staging)
             crash_point("after-download")
             self._report(spec, AssignmentStatus("Verifying", **base))
             crash_point("mid-verify")
@@ -325,7 +328,7 @@ class Agent:
         return after_fetch(Outcome.TRANSIENT, reason, f"{_shorten(message)}; attempt {attempts}, next at "
                            f"{at.isoformat(timespec='seconds')}", True)  # fmt: skip
 
-    def _download(self, spec: Desired, staging: Path) -> None:
+    def _download(self, slots: ModelSlots, spec: Desired, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         fetcher = None
@@ -336,13 +339,20 @@ class Agent:
                                   fetcher=fetcher)  # fmt: skip
         scratch = self.data_dir / "scratch"
         shutil.rmtree(scratch, ignore_errors=True)
-        targets = updater.artifact_targets(spec.model, spec.version, self.config.profile, scratch)
+        targets = updater.artifact_targets(spec.model, spec.version, self.config.profile, scratch, slots.copy_local)
         self.transfer = "full"
+        local = 0
         for target in targets:
+            # A file already on the device (a kept version, the other slot) with the signed length and sha256.
+            if slots.copy_local(target.name, target.length, target.sha256, staging / target.name) is not None:
+                local += 1
+                continue
             if self.config.deltas and target.name.startswith("model.") and self._try_delta(spec, target, staging):
                 continue
             done = self.downloader.fetch(target.url, target.length, target.sha256, staging / target.name)
             self.bytes_transferred += done.transferred
+        if local == len(targets):
+            self.transfer = "local"
 
     def _try_delta(self, spec: Desired, target, staging: Path) -> bool:
         """Rebuild ``target`` from the installed file of the same name and a delta; True when it worked.

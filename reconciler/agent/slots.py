@@ -8,6 +8,7 @@ the data directory::
     models/<model>/state.json       which slot is active; the trial, the good version, the revocation floor,
                                     a failure kept for a version, a version staged for the maintenance window
     models/<model>/active -> slots/a   kept in step with state.json, for people and tools
+    models/<model>/kept/<version>/  earlier versions that passed their trial here (a rollback without a download)
 
 The rules that make a crash at any moment harmless:
 
@@ -18,6 +19,12 @@ The rules that make a crash at any moment harmless:
   before the rename leaves the step undone, after it done, never half;
 - the ``active`` link follows the state; after a crash between the two it is set again on the next read.
 
+Kept versions: when a slot that holds a version which passed its trial on this device is about to be overwritten,
+its folder is moved (one rename) into ``kept/`` instead of deleted, and :class:`KeepPolicy` prunes the oldest ones
+beyond a count and a disk budget. ``kept/`` is a cache, never trusted: the agent takes a file from it (or from a
+slot) only when it has the length and sha256 that the signed metadata names for the file it needs
+(:meth:`ModelSlots.copy_local`), and verifies the result like any download.
+
 Model names come from the fleet: they are pattern-checked (:func:`check_name`) before any path is made of
 them, and slot folders are never followed through a symlink.
 """
@@ -25,6 +32,7 @@ them, and slot folders are never followed through a symlink.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -40,6 +48,8 @@ from .faults import crash_point
 from .phases import Trial
 
 SLOTS = ("a", "b")
+HISTORY = 16
+"""Versions that passed their trial, remembered per model (newest last): which slots are worth keeping."""
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
 
@@ -58,6 +68,16 @@ def check_name(kind: str, value: str) -> str:
 
 
 @dataclass(frozen=True)
+class KeepPolicy:
+    """How many good versions stay on the device, and how much disk the ones outside the two slots may use."""
+
+    versions: int = 3
+    """Versions that passed their trial, the active one included (2: only the two slots, nothing kept)."""
+    budget_bytes: int = 1 << 30
+    """Disk for ``kept/`` (the oldest go first when it is over)."""
+
+
+@dataclass(frozen=True)
 class SlotState:
     active: str | None
     versions: dict[str, str]
@@ -69,6 +89,8 @@ class SlotState:
     """``{version, generation, phase, reason, message}``: not tried again for that generation."""
     staged: dict[str, Any] | None = None
     """``{version, minimumCounter}``: verified and tested in the inactive slot, waiting for its window."""
+    history: tuple[str, ...] = ()
+    """Versions that passed their trial here, newest last."""
 
     @property
     def inactive(self) -> str:
@@ -84,9 +106,10 @@ class SlotState:
 
 
 class ModelSlots:
-    def __init__(self, data_dir: Path, model: str) -> None:
+    def __init__(self, data_dir: Path, model: str, keep: KeepPolicy | None = None) -> None:
         self.model = check_name("model", model)
         self.root = Path(data_dir) / "models" / model
+        self.keep = keep or KeepPolicy()
 
     def slot(self, name: str) -> Path:
         return self.root / "slots" / name
@@ -114,7 +137,8 @@ class ModelSlots:
         failed = raw.get("failed") if isinstance(raw.get("failed"), dict) else None
         staged = raw.get("staged") if isinstance(raw.get("staged"), dict) else None
         good = raw.get("good") if "good" in raw else (versions.get(active) if active else None)  # older layouts
-        return SlotState(active, versions, minimum, good, trial, failed, staged)
+        history = raw.get("history") if isinstance(raw.get("history"), list) else ([good] if good else [])
+        return SlotState(active, versions, minimum, good, trial, failed, staged, tuple(map(str, history)))
 
     def active_dir(self) -> Path | None:
         active = self.state().active
@@ -122,15 +146,67 @@ class ModelSlots:
 
     # --- steps: each one atomic state write ---------------------------------------------------------
 
+    def kept_versions(self) -> dict[str, Path]:
+        """Version -> folder of each kept version, newest first."""
+        folders = []
+        with contextlib.suppress(OSError):
+            for folder in (self.root / "kept").iterdir():
+                if not folder.is_symlink() and folder.is_dir() and _VERSION.fullmatch(folder.name):
+                    folders.append((folder.stat().st_mtime_ns, folder.name, folder))
+        return {name: folder for _, name, folder in sorted(folders, reverse=True)}
+
+    def copy_local(self, name: str, length: int, sha256: str, destination: Path) -> Path | None:
+        """Copy a file already on the device that has exactly ``length`` bytes and ``sha256`` (a slot's or a kept
+        version's file called ``name``) to ``destination``; returns where it came from, or None (download it)."""
+        state = self.state()
+        folders = [self.slot(slot) for slot in (state.inactive, state.active) if slot in state.versions]
+        for folder in [*folders, *self.kept_versions().values()]:
+            candidate = folder / name
+            if candidate.is_symlink() or not candidate.is_file() or candidate.stat().st_size != length:
+                continue
+            digest = hashlib.sha256()
+            with candidate.open("rb") as src, destination.open("wb") as dst:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    dst.write(chunk)
+            if digest.hexdigest() == sha256:
+                return candidate
+            destination.unlink()
+        return None
+
+    def prune(self) -> list[str]:
+        """Drop kept versions beyond the policy (oldest first) and those a slot holds again; returns the dropped.
+        Runs after each step that changes which versions are good or in a slot."""
+        policy, state = self.keep, self.state()
+        in_slots = set(state.versions.values())
+        room = max(0, policy.versions - len(in_slots & set(state.history)))
+        used, dropped = 0, []
+        for version, folder in self.kept_versions().items():
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and not f.is_symlink())
+            if version in in_slots or version not in state.history or room == 0 or used + size > policy.budget_bytes:
+                shutil.rmtree(folder, ignore_errors=True)
+                dropped.append(version)
+                continue
+            room, used = room - 1, used + size
+        return dropped
+
     def stage(self, source: Path) -> Path:
         """Copy a verified artifact folder into the inactive slot (fsynced); returns the slot. A version staged
-        there before is forgotten first: its files are about to be replaced."""
+        there before is forgotten first: its files are about to be replaced. A version there that passed its
+        trial here is moved to ``kept/`` (one rename), not deleted."""
         state = self.state()
         if state.staged is not None:
             self._write(staged=None)
         target = self.slot(state.inactive)
+        previous = state.versions.get(state.inactive)
         if target.is_symlink():
             target.unlink()
+        elif previous in state.history and previous not in self.kept_versions():
+            kept = self.root / "kept" / previous
+            kept.parent.mkdir(exist_ok=True)
+            os.rename(target, kept)
+            os.utime(kept)  # the newest kept version: pruned last
+            fsync_dir(kept.parent)
         elif target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
@@ -143,6 +219,7 @@ class ModelSlots:
             crash_point("mid-copy")
         fsync_dir(target)
         fsync_dir(target.parent)
+        self.prune()
         return target
 
     def record_staged(self, version: str, minimum_counter: int) -> None:
@@ -163,7 +240,9 @@ class ModelSlots:
         """The version on trial passed: it is the good one now, and the revocation floor rises, in one write."""
         state = self.state()
         floor = max(state.minimum_counter, minimum_counter)
-        self._write(good=state.active_version, trial=None, minimumCounter=floor)
+        self._write(good=state.active_version, trial=None, minimumCounter=floor,
+                    history=_remember(state.history, state.active_version))  # fmt: skip
+        self.prune()
         return self.state()
 
     def roll_back(self, failure: dict[str, Any]) -> SlotState:
@@ -171,7 +250,9 @@ class ModelSlots:
         no other verified version the device serves nothing rather than a model that failed on it."""
         state = self.state()
         back = state.inactive if state.inactive in state.versions else None
-        self._write(active=back, trial=None, failed=failure, good=state.versions.get(back) if back else None)
+        history = [v for v in state.history if v != state.active_version]  # failed here now: not worth keeping
+        self._write(active=back, trial=None, failed=failure, good=state.versions.get(back) if back else None,
+                    history=history)  # fmt: skip
         self._link(back)
         return self.state()
 
@@ -181,7 +262,7 @@ class ModelSlots:
         state = self.state()
         floor = max(state.minimum_counter, minimum_counter or 0)
         self._write(active=name, trial=None, staged=None, failed=None, good=state.versions.get(name),
-                    minimumCounter=floor)  # fmt: skip
+                    minimumCounter=floor, history=_remember(state.history, state.versions.get(name)))  # fmt: skip
         self._link(name)
         return self.state()
 
@@ -243,3 +324,9 @@ class ModelSlots:
             return str(json.loads((slot / "manifest.json").read_bytes())["version"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def _remember(history: tuple[str, ...], version: str | None) -> list[str]:
+    """``history`` with ``version`` as the newest good one (once), at most :data:`HISTORY` long."""
+    versions = [v for v in history if v != version] + ([version] if version else [])
+    return versions[-HISTORY:]

@@ -58,6 +58,15 @@ from .common import load_or_exit
 @click.option("--health-timeout", type=float, default=120.0, show_default=True,
               help="CPU seconds a health check may use before it counts as hung (the wall clock allows five "
                    "times that: a device busy serving gives the check part of a core).")  # fmt: skip
+@click.option("--keep-versions", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Versions that passed their trial kept on the device, the active one included, for a rollback "
+                   "without a download (2: the two slots only).")  # fmt: skip
+@click.option(
+    "--keep-budget",
+    default="1Gi",
+    show_default=True,
+    help="Disk for kept versions outside the two slots (the oldest go first), e.g. 500Mi.",
+)
 @click.option("--once", is_flag=True)
 def agent(
     device: str,
@@ -79,6 +88,8 @@ def agent(
     telemetry_budget: int,
     trial_period: str,
     health_timeout: float,
+    keep_versions: int,
+    keep_budget: str,
     once: bool,
 ) -> None:
     """Download, verify, install (A/B), health-check and report this device's models."""
@@ -112,14 +123,20 @@ def agent(
         server = ServingProcess(data_dir, (host or "127.0.0.1", int(port)), threads, device, telemetry_budget).start()
     on_switch = server.reload if server is not None else None
     from reconciler.agent.phases import TrialStats
-    from reconciler.api.types import parse_duration
+    from reconciler.agent.slots import KeepPolicy
+    from reconciler.api.types import parse_duration, parse_quantity
 
     try:
         period = parse_duration(trial_period)
     except ValueError as exc:
         raise click.UsageError(f"--trial-period: {exc}") from None
+    try:
+        budget = parse_quantity(keep_budget)
+    except ValueError as exc:
+        raise click.UsageError(f"--keep-budget: {exc}") from None
     config = AgentConfig(device, profile, data_dir, client.repository_url, policy, root, threads, max_latency_ms,
-                         max_memory, trial_period=period, health_timeout_seconds=health_timeout)  # fmt: skip
+                         max_memory, trial_period=period, health_timeout_seconds=health_timeout,
+                         keep=KeepPolicy(keep_versions, budget))  # fmt: skip
 
     def trial_stats(model: str, version: str) -> TrialStats:
         if server is None:

@@ -132,6 +132,8 @@ class DeviceAPIServer:
         self.limits, self.node_of_token = limits or Limits(), node_of_token
         self.refusals = Counter("edge_reconciler_device_api_refusals", "Device API requests refused, by reason.",
                                 ["reason"], registry=registry)  # fmt: skip
+        self.sent = Counter("edge_reconciler_device_api_sent_bytes", "Bytes of files sent to devices, by kind "
+                            "(artifact, delta, metadata).", ["kind"], registry=registry)  # fmt: skip
         self.bytes_served = 0
         self.telemetry_bucket = TokenBucket(self.limits.telemetry_per_second, self.limits.telemetry_burst)
         self._local = threading.local()
@@ -442,6 +444,11 @@ class DeviceAPIServer:
         return web.json_response({"accepted": int(stored)} if stored else
                                  {"accepted": 0, "reason": "not-assigned"}, status=202)  # fmt: skip
 
+    def bytes_sent(self, kind: str) -> int:
+        """Bytes of ``kind`` (artifact, delta, metadata) sent since the start."""
+        samples = (s for metric in self.sent.collect() for s in metric.samples if s.name.endswith("_total"))
+        return int(sum(sample.value for sample in samples if sample.labels.get("kind") == kind))
+
     def _store_telemetry(self, device: str, summary: dict) -> bool:
         assert self.on_telemetry is not None
         return bool(self.on_telemetry(self._backend(), device, summary))
@@ -452,7 +459,7 @@ class DeviceAPIServer:
         await self._authenticate(request)
         digest = request.match_info["digest"]
         assert self.blobs is not None
-        return await self._file(request, self.blobs / digest, digest)
+        return await self._file(request, self.blobs / digest, digest, "artifact")
 
     async def _delta(self, request: web.Request) -> web.StreamResponse:
         await self._authenticate(request)
@@ -469,7 +476,7 @@ class DeviceAPIServer:
             raise
         except Exception:  # a base or target the store does not hold: the agent downloads in full
             raise _Refused(404, "no-delta", "no delta between these blobs") from None
-        return await self._file(request, path, None)
+        return await self._file(request, path, None, "delta")
 
     async def _tuf(self, request: web.Request) -> web.StreamResponse:
         await self._authenticate(request)
@@ -477,9 +484,10 @@ class DeviceAPIServer:
         if not _TUF.fullmatch(path) or ".." in path.split("/"):
             raise _Refused(404, "not-found", "no such file")
         assert self.tuf is not None
-        return await self._file(request, self.tuf / path, None)
+        kind = "artifact" if path.startswith("targets/") else "metadata"  # targets/: the signed files themselves
+        return await self._file(request, self.tuf / path, None, kind)
 
-    async def _file(self, request: web.Request, file: Path, digest: str | None) -> web.StreamResponse:
+    async def _file(self, request: web.Request, file: Path, digest: str | None, kind: str) -> web.StreamResponse:
         """A file with Range (``bytes=N-`` and ``bytes=N-M``), If-Range against the strong ETag (the sha256 for
         blobs, else modification time and size), Repr-Digest for blobs, HEAD."""
         try:
@@ -522,6 +530,7 @@ class DeviceAPIServer:
                     raise ConnectionResetError("the client stopped reading") from None
                 offset += len(chunk)
                 self.bytes_served += len(chunk)
+                self.sent.labels(kind).inc(len(chunk))
             await response.write_eof()
             return response
         finally:

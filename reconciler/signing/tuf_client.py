@@ -13,7 +13,7 @@ serves older metadata than the device has seen is refused.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,18 +103,24 @@ class ArtifactUpdater:
                     self._updater.download_target(target.info, str(into / target.name))
         return into
 
-    def artifact_targets(self, model: str, version: str, profile: str, scratch: Path) -> list[TargetDownload]:
+    def artifact_targets(
+        self, model: str, version: str, profile: str, scratch: Path,
+        local: Callable[[str, int, str, Path], object] | None = None,
+    ) -> list[TargetDownload]:  # fmt: skip
         """Every file of an artifact with its URL, signed length and sha256, for a resumable downloader.
         The manifest (small) is fetched through ngclient into ``scratch`` to learn the file names; every
-        name is checked before anything else is fetched."""
+        name is checked before anything else is fetched. ``local(name, length, sha256, destination)`` may put a
+        copy already on the device there instead (truthy when it did; it must check length and sha256)."""
         if self._updater is None:
             self.refresh()
         prefix = f"{model}/{version}/{profile}"
         Path(scratch).mkdir(parents=True, exist_ok=True)
         manifest_info = self._targetinfo(f"{prefix}/{MANIFEST_NAME}")
         manifest_path = Path(scratch) / MANIFEST_NAME
-        with _translated():
-            self._updater.download_target(manifest_info, str(manifest_path))
+        sha256 = manifest_info.hashes.get("sha256", "")
+        if local is None or not local(MANIFEST_NAME, manifest_info.length, sha256, manifest_path):
+            with _translated():
+                self._updater.download_target(manifest_info, str(manifest_path))
         try:
             manifest = json.loads(manifest_path.read_bytes()[:MAX_MANIFEST_BYTES])
             names = sorted({MANIFEST_NAME, *manifest["files"], "release.json", "release.sig"})
