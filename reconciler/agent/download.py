@@ -121,6 +121,9 @@ class Downloader:
         try:
             if response.status == 200 and offset:
                 offset = 0  # the server sent the whole file: start over
+            elif response.status == 416:  # nothing from ``offset`` on: its copy is shorter than what was signed
+                raise DownloadError(f"{url}: the server's copy ends before the signed {length} bytes "
+                                    f"(HTTP 416 for the bytes from {offset})")  # fmt: skip
             elif response.status not in (200, 206):
                 raise DownloadError(f"{url}: HTTP {response.status}")
             received = 0

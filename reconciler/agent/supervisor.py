@@ -59,10 +59,13 @@ class ServingProcess:
         return self
 
     def reload(self, model: str) -> None:
-        """The agent switched ``model``: the server loads its active slot again (SIGHUP)."""
+        """The agent switched ``model``: the server loads its active slot again (SIGHUP). Only a child that said
+        it is ready gets the signal: before its handler is in place SIGHUP would end it (a crash counted against
+        the new version) or, where SIGHUP is ignored (nohup), be lost; a child not yet ready loads every active
+        slot once it is, so the switch is not missed either way."""
         with self._lock:
             child = self._child
-        if child is not None and child.poll() is None:
+        if child is not None and child.poll() is None and _ready_pid(self.data_dir) == child.pid:
             child.send_signal(signal.SIGHUP)
 
     def crashes(self, model: str, version: str) -> int:
@@ -136,6 +139,14 @@ def _active_versions(data_dir: Path) -> list[tuple[str, str]]:
     return found
 
 
+def _ready_pid(data_dir: Path) -> int | None:
+    """The pid of the server child that finished starting (it writes the file then)."""
+    try:
+        return int((data_dir / "serving" / "pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _read_totals(data_dir: Path) -> dict[str, list[int]]:
     try:
         body = json.loads((data_dir / "serving" / "totals.json").read_text())
@@ -146,6 +157,9 @@ def _read_totals(data_dir: Path) -> dict[str, list[int]]:
 
 def _serve(data_dir: Path, listen: str, threads: int, device: str, budget: int) -> None:
     """The child: serve, reload on SIGHUP, hand telemetry to the agent's queue, stop on SIGTERM."""
+    reload, stop = threading.Event(), threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     from .serving import ModelServer
     from .telemetry import TelemetryQueue, TelemetryRecorder
 
@@ -156,11 +170,9 @@ def _serve(data_dir: Path, listen: str, threads: int, device: str, budget: int) 
     queue = TelemetryQueue(data_dir / "telemetry", budget)
     host, _, port = listen.rpartition(":")
     server = ModelServer(data_dir, (host or "127.0.0.1", int(port)), threads, recorder).start()
-    reload, stop = threading.Event(), threading.Event()
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     (data_dir / "serving").mkdir(parents=True, exist_ok=True)
-    write_atomic(data_dir / "serving" / "pid", str(os.getpid()).encode())
+    write_atomic(data_dir / "serving" / "pid", str(os.getpid()).encode())  # ready: SIGHUP is handled from now on
+    reload.set()  # a switch made while the models were loading: load every active slot once more
     last = time.monotonic()
     try:
         while not stop.is_set():

@@ -189,7 +189,8 @@ class Demo:
 
         def defect(manifest: dict) -> None:
             manifest["version"] = version
-            manifest["golden"]["outputs"] = [[v + 0.5 for v in row] for row in manifest["golden"]["outputs"]]
+            shift = 2 * float(manifest["golden"].get("tolerance", {}).get("atol", 0.25)) + 1.0  # beyond tolerance
+            manifest["golden"]["outputs"] = [[v + shift for v in row] for row in manifest["golden"]["outputs"]]
 
         for profile in PROFILES:
             source = self.releases / f"{MODEL}-2.0.0-{profile}"

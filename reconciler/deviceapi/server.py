@@ -69,6 +69,7 @@ __all__ = ["DeviceAPIServer"]
 
 log = logging.getLogger("edge_reconciler.deviceapi.server")
 
+_TARGET_DIGEST = re.compile(r"^([0-9a-f]{64})\.")
 _TUF = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._+-]*/)*[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _RANGE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")
 _NAME = re.compile(protocol.NAME_PATTERN)
@@ -484,12 +485,15 @@ class DeviceAPIServer:
         if not _TUF.fullmatch(path) or ".." in path.split("/"):
             raise _Refused(404, "not-found", "no such file")
         assert self.tuf is not None
-        kind = "artifact" if path.startswith("targets/") else "metadata"  # targets/: the signed files themselves
-        return await self._file(request, self.tuf / path, None, kind)
+        if path.startswith("targets/"):  # the signed files themselves, named <sha256>.<name> (consistent snapshot)
+            named = _TARGET_DIGEST.match(path.rsplit("/", 1)[-1])
+            # Their ETag is that sha256, which is what an agent resuming a download names in If-Range.
+            return await self._file(request, self.tuf / path, named[1] if named else None, "artifact")
+        return await self._file(request, self.tuf / path, None, "metadata")
 
     async def _file(self, request: web.Request, file: Path, digest: str | None, kind: str) -> web.StreamResponse:
         """A file with Range (``bytes=N-`` and ``bytes=N-M``), If-Range against the strong ETag (the sha256 for
-        blobs, else modification time and size), Repr-Digest for blobs, HEAD."""
+        blobs and TUF targets, else modification time and size), Repr-Digest with it, HEAD."""
         try:
             fd, size, mtime = await self._call(_open_regular, file, files=True)
         except OSError:

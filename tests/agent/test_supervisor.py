@@ -67,6 +67,21 @@ def test_a_server_that_dies_is_started_again(installed: Path):
         server.close()
 
 
+def test_a_switch_while_the_server_is_starting_is_loaded_and_no_crash(fleet: Fleet, installed: Path):
+    agent = fleet.agent(data_dir=installed)
+    fleet.assign("factory-1", "2.0.0")
+    assert agent.cycle()[MODEL].installed_version == "2.0.0"
+    slots = ModelSlots(installed, MODEL)
+    server = ServingProcess(installed, ("127.0.0.1", free_port()), 1, "factory-1", 1 << 20).start()
+    try:
+        slots.activate(slots.slot(slots.state().inactive))  # back to 1.0.0 while the child is still importing
+        server.reload(MODEL)  # the agent's switch hook, long before the child can handle SIGHUP
+        eventually(lambda: _loaded(server.url) == "1.0.0", "1.0.0 loaded")
+        assert server.restarts == 0 and server.crashes(MODEL, "1.0.0") == 0 and server.crashes(MODEL, "2.0.0") == 0
+    finally:
+        server.close()
+
+
 def test_a_version_that_crashes_the_server_on_trial_is_rolled_back(fleet: Fleet, installed: Path):
     env = {**os.environ, "EDGE_AGENT_CRASH_AT": "serve"}  # the server's runtime dies at its next inference
     server = ServingProcess(installed, ("127.0.0.1", free_port()), 1, "factory-1", 1 << 20, env=env).start()

@@ -256,6 +256,13 @@ def test_a_blob_download_resumes_with_if_range_and_tuf_files_are_served(fleet: D
     tail = http.request("GET", f"{fleet.url}/tuf/metadata/timestamp.json",
                         headers={"Range": "bytes=2-", "If-Range": metadata.headers["ETag"]})  # fmt: skip
     assert tail.status == 206 and tail.data == b'{"signed": {}}'[2:]
+    # A signed target is named by its sha256, and that is its ETag: the agent's If-Range resumes it.
+    target = fleet.root / "tuf" / "targets" / "m" / "1.0.0" / "p" / f"{fleet.digest}.model.onnx"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(PAYLOAD)
+    target_url = f"{fleet.url}/tuf/targets/m/1.0.0/p/{fleet.digest}.model.onnx"
+    rest = http.request("GET", target_url, headers={"Range": "bytes=700000-", "If-Range": f'"{fleet.digest}"'})
+    assert rest.status == 206 and rest.data == PAYLOAD[700000:] and rest.headers["ETag"] == f'"{fleet.digest}"'
     for path in ["/tuf/../secret.txt", "/tuf/%2e%2e/secret.txt", "/tuf/metadata/%2e%2e/%2e%2e/secret.txt",
                  "/tuf/metadata", "/artifacts/sha256/" + "0" * 64, f"/artifacts/sha256/{fleet.digest.upper()}",
                  "/artifacts/sha256/../../secret.txt"]:  # fmt: skip

@@ -17,7 +17,7 @@ import yaml
 from reconciler.controller.loop import Controller, ControllerConfig
 from reconciler.plan import bucket
 
-from ..device_fleet import FLEET, MODEL, Fleet
+from ..device_fleet import FLEET, MODEL, Fleet, skew_golden
 from ..git_server import GitServer, git
 
 ROLLOUT = "vibration-anomaly-2"
@@ -141,10 +141,8 @@ def test_a_good_version_walks_every_step_to_succeeded(
 def test_a_failing_canary_aborts_and_the_step_returns_to_the_previous_version(
     fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store
 ):
-    def skew(manifest: dict) -> None:  # the device reproduces other outputs than the build recorded
-        manifest["golden"]["outputs"] = [[v + 0.5 for v in row] for row in manifest["golden"]["outputs"]]
-
-    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2, edit=skew))
+    # the device reproduces other outputs than the build recorded
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2, edit=skew_golden))
     controller, agents, names = setup(fleet, git_server, tmp_path, build_store)
     # The first step that holds any device is where the canaries are (5 % of 20 devices may hold none).
     percents = [5, 25, 100]
