@@ -197,3 +197,18 @@ def test_agent_serve_quick():
         rf"  RSS bare onnxruntime +{NUMBER} MiB  \(baseline: the model in a session, nothing else\)",
         rf"  ratio both / baseline +{NUMBER}x",
     )
+
+
+def test_agent_link_quick():
+    output = quick("agent_link.py", timeout=600)
+    assert_lines(
+        output,
+        r"4,\d{3},\d{3} bytes over 1,000,000 B/s with 3 cuts \(agent -> TCP proxy -> device API, mutual TLS\)",
+        rf"  time to Healthy +{NUMBER} s  \(the bytes alone at that rate: {NUMBER} s; {NUMBER}x; unthrottled and "
+        rf"uncut: {NUMBER} s\)",
+        rf"  bytes the agent fetched twice +\d+    \({NUMBER} per cut, {NUMBER} of a 256 KiB chunk\)",
+        rf"  bytes on the wire +\d+    \({NUMBER}x the uncut install's \d+; {NUMBER} more per cut: "
+        r"what was in flight\)",
+    )
+    refetched = int(re.search(r"bytes the agent fetched twice +(\d+)", output)[1])
+    assert refetched <= 3 * 256 * 1024  # a resume repeats at most the chunk in flight, never the file

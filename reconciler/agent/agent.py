@@ -186,9 +186,14 @@ class Agent:
             return self._report(spec, status) if _reportable(spec.model) else status
         slots = ModelSlots(self.data_dir, spec.model, self.config.keep)
         limits = self._limits(spec)
-        for _ in range(4):  # FETCH -> SWITCH -> a trial that may end at once: never more steps in one cycle
+        for _ in range(5):  # END_TRIAL -> FETCH -> SWITCH -> a trial that may end at once: never more in one cycle
             state = slots.state()
             step = next_step(self._observe(slots, state, spec, generation), limits)
+            if step.action is Action.END_TRIAL:
+                log.info("trial superseded", extra={"model": spec.model, "message": step.message})
+                if slots.end_trial().active_version != state.active_version and self.on_switch is not None:
+                    self.on_switch(spec.model)
+                continue
             if step.action is Action.FETCH:
                 step = self._fetch(slots, state, spec, generation)
                 if step.action is Action.NONE:

@@ -6,6 +6,8 @@ install, test; switch; roll back; mark good) and each step ends in one atomic st
 leaves the device as the last completed step left it, and the next start observes that and goes on.
 
     what the agent observes                                  phase        action
+    another version is on trial (the assignment moved on)    Downloading  END_TRIAL  (back to the good slot; no
+                                                                                      failure: superseded)
     the target is active and marked good                     Healthy      -
     the target is on trial, and broke a limit                RolledBack   ROLL_BACK  (previous slot; failure kept)
     the target is on trial, the trial is over                Healthy      MARK_GOOD  (revocation floor raised)
@@ -23,6 +25,11 @@ leaves the device as the last completed step left it, and the next start observe
     health check failed: hang, crash, out of memory, output  Failed       -          (HealthCheckFailed, kept)
     passed, the window closed                                Staged       -
     passed, the window open                                  Trial        SWITCH
+
+END_TRIAL keeps the rule "while a version is on trial, the other slot holds the last good one": the version on
+trial has not earned a place as anybody's fallback, so a new assignment first returns to the good slot (at once,
+no download), and the new version is installed over the unproven one. An assignment back to the good version
+(the controller rolled the rollout back) is then already Healthy.
 
 Only a permanent failure or a trial rollback is a failure for the rollout's gates; Retrying is a device that has
 not got there yet. The active model is never touched before SWITCH, and SWITCH keeps the previous slot, so the
@@ -54,6 +61,7 @@ class Action(StrEnum):
     FETCH = "fetch"
     SWITCH = "switch"
     ROLL_BACK = "roll-back"
+    END_TRIAL = "end-trial"
     MARK_GOOD = "mark-good"
 
 
@@ -142,6 +150,10 @@ class Step:
 
 def next_step(obs: Observation, limits: TrialLimits) -> Step:
     """The table's first half: what to do with what is on disk now."""
+    if obs.trial is not None and obs.trial.version != obs.version and obs.active_version == obs.trial.version:
+        return Step(Phase.DOWNLOADING, Action.END_TRIAL, "Superseded",
+                    f"{obs.trial.version} was on trial when {obs.version} was assigned: back to the last good "
+                    "version first")  # fmt: skip
     if obs.active_version == obs.version:
         if obs.trial is not None and obs.trial.version == obs.version:
             return _judge_trial(obs.trial, obs.stats or TrialStats(), limits, obs.now)

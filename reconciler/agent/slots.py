@@ -256,6 +256,18 @@ class ModelSlots:
         self._link(back)
         return self.state()
 
+    def end_trial(self) -> SlotState:
+        """The version on trial is superseded: back to the other slot when it holds the good version (one write,
+        no failure recorded); with no good version there, the trial just ends and the version keeps serving."""
+        state = self.state()
+        back = state.inactive if state.inactive in state.versions and state.good == state.previous_version else None
+        if back is None:
+            self._write(trial=None)
+            return self.state()
+        self._write(active=back, trial=None)
+        self._link(back)
+        return self.state()
+
     def activate(self, slot: Path, minimum_counter: int | None = None) -> SlotState:
         """Switch and mark good at once (a version that needs no trial: tests, pre-staged images)."""
         name = self._slot_name(slot)

@@ -44,6 +44,17 @@ def on_trial(stats: TrialStats, started: datetime = NOW - timedelta(minutes=1)) 
         (on_trial(TrialStats(10, 5)), Phase.TRIAL, Action.NONE),  # too few requests to judge a rate
         (on_trial(TrialStats(3, 0, crashes=1)), Phase.ROLLED_BACK, Action.ROLL_BACK),
         (on_trial(TrialStats(100, 0, latency_p95_ms=80.0)), Phase.ROLLED_BACK, Action.ROLL_BACK),
+        # Another version on trial when this one is assigned: back to the good slot first, whatever the stats.
+        (
+            observe(version="3.0.0", active_version="2.0.0", trial=Trial("2.0.0", NOW, 7), stats=TrialStats(3, 3)),
+            Phase.DOWNLOADING,
+            Action.END_TRIAL,
+        ),
+        (
+            observe(version="1.0.0", active_version="2.0.0", trial=Trial("2.0.0", NOW, 7)),
+            Phase.DOWNLOADING,
+            Action.END_TRIAL,
+        ),
         (observe(profile_matches=False), Phase.FAILED, Action.NONE),
         (observe(failure=Recorded(Phase.FAILED, "UntrustedSigner", "no")), Phase.FAILED, Action.NONE),
         (observe(failure=Recorded(Phase.ROLLED_BACK, "TrialFailed", "no")), Phase.ROLLED_BACK, Action.NONE),

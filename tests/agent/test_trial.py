@@ -115,3 +115,46 @@ def test_a_spinning_health_check_is_stopped_by_its_cpu_limit(installed: tuple[Pa
     monkeypatch.setenv("EDGE_AGENT_SPIN_AT", "health")
     report = health_check_isolated(*installed, timeout_seconds=1, wall_seconds=600)
     assert not report.passed and report.reason == "the model hung: it spun for 1 s of CPU without an answer"
+
+
+def test_a_new_assignment_during_a_trial_keeps_the_good_version_as_the_fallback(fleet: Fleet):
+    for version in ("3.0.0",):
+        fleet.variant(version)
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2), fleet.release("3.0.0", 3))
+    crashes: dict[str, int] = {}
+    switched: list[str] = []
+    agent = fleet.agent(trial=timedelta(hours=1), on_switch=switched.append,
+                        trial_stats=lambda model, version: TrialStats(crashes=crashes.get(version, 0)))  # fmt: skip
+    agent.config = replace(agent.config, trial_period=timedelta(0))
+    fleet.assign("factory-1", "1.0.0")
+    assert agent.cycle()[MODEL].phase == "Healthy"
+    agent.config = replace(agent.config, trial_period=timedelta(hours=1))
+    fleet.assign("factory-1", "2.0.0")
+    assert agent.cycle()[MODEL].phase == "Trial"
+
+    # The rollout moves on while 2.0.0 is on trial: 3.0.0 goes over the unproven 2.0.0, never over 1.0.0.
+    fleet.assign("factory-1", "3.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.installed_version, status.previous_version) == ("Trial", "3.0.0", "1.0.0")
+    state = ModelSlots(agent.data_dir, MODEL).state()
+    assert (state.good, state.trial.version, state.failed) == ("1.0.0", "3.0.0", None)  # superseded is no failure
+    crashes["3.0.0"] = 1
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.installed_version) == ("RolledBack", "1.0.0")
+    assert serving(fleet, agent.data_dir) == "1.0.0"
+
+
+def test_a_rollback_by_the_controller_during_a_trial_is_instant(fleet: Fleet):
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2))
+    agent = fleet.agent(trial=timedelta(0))
+    fleet.assign("factory-1", "1.0.0")
+    assert agent.cycle()[MODEL].phase == "Healthy"
+    agent.config = replace(agent.config, trial_period=timedelta(hours=1))
+    fleet.assign("factory-1", "2.0.0")
+    assert agent.cycle()[MODEL].phase == "Trial"
+    before = fleet.server.bytes_sent("artifact")
+    fleet.assign("factory-1", "1.0.0")
+    status = agent.cycle()[MODEL]
+    assert (status.phase, status.installed_version) == ("Healthy", "1.0.0")
+    assert fleet.server.bytes_sent("artifact") == before
+    assert ModelSlots(agent.data_dir, MODEL).state().trial is None

@@ -45,7 +45,7 @@ def test_every_profile_gets_a_gated_artifact(built):
         assert result.artifact is not None and result.selected is not None
         assert store.get_artifact(result.artifact.id) == result.artifact
         selected = result.selected.measurement
-        assert result.reference_accuracy - selected.accuracy <= 0.01  # the model's maxAccuracyDrop
+        assert result.reference_accuracy - selected.accuracy <= 0.02  # the model's maxAccuracyDrop
 
 
 def test_integer_only_profile_gets_int8_tflite_with_int8_io(built):
