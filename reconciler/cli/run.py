@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -131,6 +132,8 @@ def _repo_url(repo: str) -> str:
               help="Name of the Lease (in --namespace).")  # fmt: skip
 @click.option("--install-crds/--no-install-crds", default=True, show_default=True,
               help="Apply the CRDs at start (off when the Helm chart installs them: less RBAC).")  # fmt: skip
+@click.option("--reset-state", is_flag=True,
+              help="Start the state directory's clone over (when it was made for another repo or branch).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
 def run(
     repo: str,
@@ -156,13 +159,14 @@ def run(
     leader_elect: bool,
     leader_election_id: str,
     install_crds: bool,
+    reset_state: bool,
     log_format: str,
 ) -> None:
     """Reconcile devices toward the fleet repo, and write status back to it."""
     from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend, leader_elector
     from reconciler.controller.loop import Controller, ControllerConfig
     from reconciler.controller.server import ControllerServer
-    from reconciler.gitops.source import Credentials, GitSource
+    from reconciler.gitops.source import Credentials, GitError, GitSource
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter("%(levelname)s %(message)s"))
@@ -185,7 +189,14 @@ def run(
     except ClusterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    if reset_state:
+        shutil.rmtree(state_dir / "git", ignore_errors=True)
     source = GitSource(config.repo_url, state_dir / "git", branch, Credentials.from_env())
+    try:
+        source.open()  # a clone of another repo or branch is refused before anything is pushed to it
+    except GitError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     controller = Controller(config, target, source)
 
     if once:

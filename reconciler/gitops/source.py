@@ -101,6 +101,10 @@ class Credentials:
         return _Callbacks()
 
 
+BRANCH_KEY = "edge-reconciler.branch"
+"""The branch a clone was made for, kept in the clone's own config."""
+
+
 def redact(url: str) -> str:
     """The URL without userinfo: ``https://user:token@host/x`` -> ``https://host/x``."""
     return re.sub(r"^([a-z][a-z0-9+.-]*://)[^@/]+@", r"\1", url)
@@ -130,16 +134,40 @@ class GitSource:
     def repo(self) -> pygit2.Repository:
         if self._repo is None:
             if (self.workdir / "HEAD").exists():
-                self._repo = pygit2.Repository(str(self.workdir))
+                repo = pygit2.Repository(str(self.workdir))
+                self._check_belongs(repo)
+                self._repo = repo
             else:
                 self.workdir.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     self._repo = pygit2.init_repository(str(self.workdir), bare=True)
                     self._repo.remotes.create("origin", self.url)
+                    self._repo.config[BRANCH_KEY] = self.branch
                 except (pygit2.GitError, ValueError) as exc:
                     message = f"cannot set up a clone of {redact(self.url)} in {self.workdir}: {exc}"
                     raise PermanentGitError(message) from exc
         return self._repo
+
+    def open(self) -> None:
+        """Open or set up the clone now, so that a clone of another repository is refused at start."""
+        _ = self.repo
+
+    def _check_belongs(self, repo: pygit2.Repository) -> None:
+        """A clone made for another repository or branch is never used: its status commits would be pushed to
+        the old remote, its rollout state read as this one's."""
+        try:
+            url = repo.remotes["origin"].url
+        except KeyError:
+            url = None
+        branch = self.branch  # a clone from before the key: taken as made for this branch
+        if BRANCH_KEY in repo.config:
+            branch = repo.config[BRANCH_KEY]
+        if url != self.url or branch != self.branch:
+            raise PermanentGitError(
+                f"{self.workdir} is a clone of {redact(url or '?')} (branch {branch}), not of {redact(self.url)} "
+                f"(branch {self.branch}): use a state directory of its own, or --reset-state to start this one "
+                "over"
+            )
 
     def callbacks(self) -> pygit2.RemoteCallbacks | None:
         return self.credentials.callbacks() if self.credentials else None

@@ -151,6 +151,32 @@ def test_edgectl_run_once_killed_at_random_points_converges_without_duplicate_co
     assert "status unchanged" in again.stdout and "0 applied" in again.stdout
 
 
+def test_a_state_dir_cloned_from_another_repo_is_refused_and_reset_only_on_request(
+    git_server: GitServer, tmp_path: Path
+):
+    first, _ = git_server.create("fleet")
+    other, _ = git_server.create("other-fleet")
+    register(tmp_path / "state", 5)
+    state = ["--state-dir", str(tmp_path / "state"), "--once"]
+    assert subprocess.run([str(EDGECTL), "run", "--repo", first, *state], capture_output=True).returncode == 0
+    before = git("rev-parse", "main", cwd=git_server.base / "fleet.git")
+
+    refused = subprocess.run([str(EDGECTL), "run", "--repo", other, *state], capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert "is a clone of" in refused.stderr and "--reset-state" in refused.stderr
+    assert git("rev-parse", "main", cwd=git_server.base / "fleet.git") == before  # nothing pushed to the old remote
+    wrong_branch = subprocess.run([str(EDGECTL), "run", "--repo", first, "--branch", "prod", *state],
+                                  capture_output=True, text=True)  # fmt: skip
+    assert wrong_branch.returncode == 1 and "(branch main), not of" in wrong_branch.stderr
+
+    reset = subprocess.run([str(EDGECTL), "run", "--repo", other, "--reset-state", *state], capture_output=True,
+                           text=True)  # fmt: skip
+    assert reset.returncode == 0, reset.stderr
+    assert "status/controller.yaml" in git(
+        "ls-tree", "-r", "--name-only", "main", cwd=git_server.base / "other-fleet.git"
+    )
+
+
 def test_a_custom_status_path_holds_every_status_file_and_status_commits_are_not_spec_changes(
     git_server: GitServer, tmp_path: Path
 ):
