@@ -351,12 +351,35 @@ class GroupStatus:
 
 
 @dataclass(frozen=True)
+class TamperRecord:
+    """Status files someone else changed, deleted or rewrote: the controller kept its own state and restored
+    them (``reason: StatusTampered``)."""
+
+    time: str
+    commit: str
+    """The branch head where the change was seen."""
+    paths: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": "StatusTampered", "time": self.time, "commit": self.commit, "paths": list(self.paths),
+                "message": "changed outside the controller; restored from the controller's state (devices kept "
+                           "their assignments)"}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> TamperRecord:
+        return cls(str(body.get("time") or ""), str(body.get("commit") or ""),
+                   tuple(str(p) for p in _list(body.get("paths"))))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ControllerStatus:
     """The controller's own condition (``STATUS_PATH/controller.yaml``): Ready, or Stalled and why."""
 
     observed_commit: str | None = None
     stalled: str | None = None
     """Why nothing was applied (unsigned head, spec errors); None when the controller is Ready."""
+    last_tamper: TamperRecord | None = None
+    """The last time status files were found changed by someone else (and restored)."""
 
     @property
     def ready(self) -> bool:
@@ -368,6 +391,8 @@ class ControllerStatus:
         if self.stalled is not None:
             body["reason"] = "Stalled"
             body["message"] = self.stalled
+        if self.last_tamper is not None:
+            body["lastTamper"] = self.last_tamper.to_json()
         return body
 
     @classmethod
@@ -375,7 +400,9 @@ class ControllerStatus:
         if not isinstance(body, Mapping):
             return cls()
         stalled = None if body.get("ready", True) else str(body.get("message") or body.get("reason") or "Stalled")
-        return cls(_str_or_none(body.get("observedCommit")), stalled)
+        tamper = body.get("lastTamper")
+        record = TamperRecord.from_json(tamper) if isinstance(tamper, Mapping) else None
+        return cls(_str_or_none(body.get("observedCommit")), stalled, record)
 
     def to_yaml(self) -> bytes:
         return _dump(self.to_json())

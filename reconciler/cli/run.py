@@ -132,8 +132,11 @@ def _repo_url(repo: str) -> str:
               help="Name of the Lease (in --namespace).")  # fmt: skip
 @click.option("--install-crds/--no-install-crds", default=True, show_default=True,
               help="Apply the CRDs at start (off when the Helm chart installs them: less RBAC).")  # fmt: skip
-@click.option("--reset-state", is_flag=True,
-              help="Start the state directory's clone over (when it was made for another repo or branch).")
+@click.option(
+    "--reset-state",
+    is_flag=True,
+    help="Start the state directory's clone over (when it was made for another repo or branch).",
+)
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
 def run(
     repo: str,

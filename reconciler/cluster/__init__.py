@@ -14,6 +14,7 @@ from .backend import (
     ClusterError,
     ConflictError,
     PermanentClusterError,
+    StoredRollout,
     TemporaryClusterError,
 )
 from .local import LocalBackend
@@ -52,6 +53,7 @@ __all__ = [
     "ConflictError",
     "LocalBackend",
     "PermanentClusterError",
+    "StoredRollout",
     "TemporaryClusterError",
     "custom_objects",
     "kubernetes_backend",

@@ -78,6 +78,28 @@ Merge = Callable[[Mapping[str, Any] | None], dict[str, Any]]
 """Folds one summary into the stored one (None: nothing stored yet) and returns what to store."""
 
 
+@dataclass(frozen=True)
+class StoredRollout:
+    """A rollout as the controller keeps it in the backend: the authority over where the rollout stands. The
+    status file in Git is the audit trail rendered from it, never read back while this record exists."""
+
+    status: RolloutStatus
+    synced: bool = False
+    """The status commit that carries this status landed: the file in Git must say the same (else it was
+    changed by someone else)."""
+    pending: str | None = None
+    """A rollback commit message still to be pushed (the devices were rolled back already)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.status.to_json(), "gitSynced": self.synced, "pendingCommit": self.pending}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any], name: str) -> StoredRollout:
+        pending = body.get("pendingCommit")
+        return cls(RolloutStatus.from_json(body, name), body.get("gitSynced") is True,
+                   pending if isinstance(pending, str) else None)  # fmt: skip
+
+
 def spec_to_json(desired: Desired) -> dict[str, Any]:
     body = {_camel(k): v for k, v in asdict(desired).items() if k not in ("window", "trial")}
     if body["artifact"] is None:
@@ -128,8 +150,12 @@ class Backend(Protocol):
 
     def delete(self, keys: Iterable[tuple[str, str]]) -> int: ...
 
-    def mirror_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> int:
-        """Show each rollout's status where the backend's users look (kubectl); returns the writes."""
+    def rollouts(self) -> dict[str, StoredRollout]:
+        """The controller's record of each rollout (empty on a fresh backend)."""
+        ...
+
+    def save_rollouts(self, records: Mapping[str, StoredRollout]) -> int:
+        """Keep these records (only those that changed are written); returns the writes."""
         ...
 
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:

@@ -151,7 +151,8 @@ FLEET_ROLLOUT_CRD: dict[str, Any] = {
                 "schema": {
                     "openAPIV3Schema": {
                         "type": "object",
-                        "description": "A read-only mirror of a rollout's status file in Git, for kubectl.",
+                        "description": "Where a rollout stands, as the controller keeps it: the authority over "
+                        "device assignments (the status file in Git is rendered from it).",
                         "properties": {
                             "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                         },
@@ -161,8 +162,9 @@ FLEET_ROLLOUT_CRD: dict[str, Any] = {
         ],
     },
 }
-"""Where kubectl reads rollouts (``kubectl get edge``). Git stays the source of truth: the controller writes
-this mirror from the status file it commits, never the other way round."""
+"""The controller's record of each rollout (``kubectl get edge``): where it stands, whether the status commit
+that shows it landed in Git, a rollback commit still to push. Only the controller writes it (RBAC); the status
+file in Git is the audit trail rendered from it, and a file changed by someone else is restored, not obeyed."""
 
 
 DEVICE_PLURAL = "edgedevices"

@@ -43,6 +43,7 @@ from .backend import (
     ClusterError,
     Merge,
     PermanentClusterError,
+    StoredRollout,
     TemporaryClusterError,
     spec_from_json,
     spec_to_json,
@@ -396,17 +397,17 @@ class KubernetesBackend:
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise cluster_error(f"read ModelAssignment {name}", exc) from exc
 
-    def mirror_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> int:
-        """Write each rollout's status (as committed to Git) to a FleetRollout for kubectl; only changes."""
+    def save_rollouts(self, records: Mapping[str, StoredRollout]) -> int:
+        """Each rollout's record in a FleetRollout (what ``kubectl get edge`` shows); only changes are written."""
         written = 0
-        for name, status in sorted(rollouts.items()):
-            healthy, targeted = status.ready
-            body = {**status.to_json(), "ready": f"{healthy}/{targeted}"}  # a printer column of its own
+        for name, record in sorted(records.items()):
+            healthy, targeted = record.status.ready
+            body = {**record.to_json(), "ready": f"{healthy}/{targeted}"}  # a printer column of its own
             if self._mirrored.get(name) == body:
                 continue
             manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": ROLLOUT_KIND, "metadata": {"name": name},
                         "spec": body}  # fmt: skip
-            with _wrapped(f"mirror rollout {name}"):
+            with _wrapped(f"save rollout {name}"):
                 self.custom.patch_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, ROLLOUT_PLURAL, name, manifest, field_manager=FIELD_MANAGER,
                     force=True, _content_type="application/apply-patch+yaml", _preload_content=False,
@@ -417,14 +418,20 @@ class KubernetesBackend:
             written += 1
         return written
 
-    def mirrored_rollouts(self) -> dict[str, RolloutStatus]:
-        """The FleetRollout mirrors as the controller last wrote them."""
+    def rollouts(self) -> dict[str, StoredRollout]:
         with _wrapped("list FleetRollouts"):
             listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, ROLLOUT_PLURAL)
-        return {
-            item["metadata"]["name"]: RolloutStatus.from_json(item.get("spec"), item["metadata"]["name"])
-            for item in listing.get("items", [])
-        }
+        found = {}
+        for item in listing.get("items", []):
+            name, body = item["metadata"]["name"], item.get("spec")
+            if isinstance(body, Mapping):
+                found[name] = StoredRollout.from_json(body, name)
+                self._mirrored[name] = dict(body)  # what the server holds: a changed object is written again
+        return found
+
+    def mirrored_rollouts(self) -> dict[str, RolloutStatus]:
+        """The rollouts' status as the controller last saved them."""
+        return {name: record.status for name, record in self.rollouts().items()}
 
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         body = status.to_json()

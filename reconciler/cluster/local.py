@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.api.status import RolloutStatus
 from reconciler.plan import Desired, Device
 from reconciler.sqlitefile import SQLiteFile
 
@@ -25,6 +24,7 @@ from .backend import (
     AssignmentStatus,
     Merge,
     PermanentClusterError,
+    StoredRollout,
     TemporaryClusterError,
     spec_from_json,
     spec_to_json,
@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS assignments (
     generation INTEGER NOT NULL,
     status TEXT,
     PRIMARY KEY (device, model)
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    name TEXT PRIMARY KEY,
+    record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS telemetry (
     device TEXT NOT NULL,
@@ -127,9 +131,25 @@ class LocalBackend:
             self._write("DELETE FROM telemetry WHERE device = ? AND model = ?", (device, model))
         return removed
 
-    def mirror_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> int:
-        """Nothing to mirror: without Kubernetes the status files in Git are the place to read."""
-        return 0
+    def rollouts(self) -> dict[str, StoredRollout]:
+        rows = self._read("SELECT name, record FROM rollouts")
+        return {name: StoredRollout.from_json(json.loads(record), name) for name, record in rows}
+
+    def save_rollouts(self, records: Mapping[str, StoredRollout]) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            written = 0
+            for name, record in sorted(records.items()):
+                body = json.dumps(record.to_json(), sort_keys=True)
+                written += db.execute(
+                    "INSERT INTO rollouts (name, record) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                    "record = excluded.record WHERE record != excluded.record",
+                    (name, body),
+                ).rowcount
+            return written
+
+        written = self._file.transaction(write)
+        self.writes += written
+        return written
 
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         body = status.to_json()

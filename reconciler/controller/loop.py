@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,10 +33,11 @@ from reconciler.api.status import (
     FleetAtCommit,
     RolloutStatus,
     StatusPaths,
+    TamperRecord,
     load_with_status,
 )
 from reconciler.artifact.store import ArtifactStore
-from reconciler.cluster import Backend
+from reconciler.cluster import Backend, StoredRollout
 from reconciler.durable import write_atomic
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.gitops.source import GitSource
@@ -175,7 +176,8 @@ class Controller:
             return
         tree, paths = fleet.tree, fleet.status.paths
         now = self.clock()
-        previous = {name: fleet.status.rollout(name) for name in tree.rollouts}
+        stored = self.backend.rollouts()
+        previous, tampered = self._standing(tree, fleet, stored, head)
         artifacts = self._artifacts()
         if self.publisher is not None:
             published = self.publisher.sync(self._trust_policy(tree, head), now)
@@ -191,17 +193,10 @@ class Controller:
         before = targets.at(before_positions, artifacts)
         cycles = run_rollouts(tree, previous, before, statuses, self.backend.telemetry(), now)
         revision = fleet.revision
-        author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
-        writer = StatusWriter(self.source, author)
-        for name, cycle in cycles.items():
-            if is_abort(cycle):
-                status = rollout_status(tree, name, before, statuses, previous[name], revision, spec_commit,
-                                        cycle.outcome, now)  # fmt: skip
-                pushed = writer.commit({paths.rollout(name): status.to_yaml()}, rollback_message(tree, cycle))
-                if pushed is not None:
-                    outcome.rollbacks.append(pushed.commit)
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
         after = before if positions == before_positions else targets.at(positions, artifacts)
+        # Devices first: an abort's return to the stable version is applied before anything is pushed, so a Git
+        # outage never holds a rollback.
         result = outcome.result = apply_plan(self.backend, after, len(devices))
         outcome.applied, outcome.deleted = result.applied, result.deleted
         outcome.problems = [f"{p.device}: {p.message}" for p in result.plan.problems]
@@ -215,10 +210,26 @@ class Controller:
             cycle = cycles.get(name)
             rollouts[name] = rollout_status(tree, name, result.plan, statuses, previous[name], revision, spec_commit,
                                             cycle.outcome if cycle else None, now)  # fmt: skip
+        # The backend's record is the authority: saved (not yet in Git) before the push, marked in Git after it.
+        records = self._records(tree, cycles, rollouts, stored)
+        self.backend.save_rollouts(records)
+        author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
+        writer = StatusWriter(self.source, author)
+        for name, record in sorted(records.items()):
+            if record.pending:  # a rollback commit (the devices returned already); retried until it lands
+                pushed = writer.commit({paths.rollout(name): rollouts[name].to_yaml()}, record.pending)
+                if pushed is not None:
+                    outcome.rollbacks.append(pushed.commit)
         rendered: dict[str, bytes | None] = {paths.rollout(n): s.to_yaml() for n, s in rollouts.items()}
         for name in tree.groups:
             rendered[paths.group(name)] = group_status(tree, name, devices, result.plan, statuses).to_yaml()
-        rendered[paths.controller] = ControllerStatus(spec_commit).to_yaml()
+        last_tamper = fleet.status.controller.last_tamper if fleet.status.controller else None
+        if tampered:
+            last_tamper = TamperRecord(now.isoformat(timespec="seconds"), head, tuple(tampered))
+            self.metrics.status_tampered.inc(len(tampered))
+            log.warning("status changed outside the controller; restoring it",
+                        extra={"commit": head, "paths": tampered})  # fmt: skip
+        rendered[paths.controller] = ControllerStatus(spec_commit, last_tamper=last_tamper).to_yaml()
         changed = len(result.changes.apply) + len(result.changes.delete)
         decided = "\n".join(
             f"{n}: {str(c.outcome.decision.kind).lower()} ({c.outcome.decision.message})"
@@ -227,13 +238,49 @@ class Controller:
         )
         counted = (f"{changed} assignment(s) changed at {spec_commit[:12]}" if changed
                    else f"device reports at {spec_commit[:12]}")  # fmt: skip
+        if tampered:
+            counted = f"restored {', '.join(tampered)} (changed outside the controller); {counted}"
         # A decision is what a reader of the log looks for: it leads the subject; the count follows.
         message = f"status: {decided.splitlines()[0]}\n\n{counted}\n{decided}" if decided else f"status: {counted}"
         pushed = writer.commit(rendered, message)
-        self.backend.mirror_rollouts({name: rollouts[name] for name in cycles})
+        self.backend.save_rollouts({n: replace(r, synced=True, pending=None) for n, r in records.items()})
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
+
+    def _standing(
+        self, tree: FleetTree, fleet: FleetAtCommit, stored: dict[str, StoredRollout], head: str
+    ) -> tuple[dict[str, RolloutStatus], list[str]]:
+        """Where each rollout stands (the backend's record; a rollout it has no record of starts from its status
+        file, as on a fresh backend) and the status files someone else changed since the controller's last
+        status commit landed."""
+        previous, tampered = {}, []
+        for name in tree.rollouts:
+            record = stored.get(name)
+            if record is None:
+                previous[name] = fleet.status.rollout(name)
+                continue
+            previous[name] = record.status
+            path = fleet.status.paths.rollout(name)
+            if record.synced and self.source.read_blob(head, path) != record.status.to_yaml():
+                tampered.append(path)
+        return previous, tampered
+
+    @staticmethod
+    def _records(
+        tree: FleetTree, cycles: dict, rollouts: dict[str, RolloutStatus], stored: dict[str, StoredRollout]
+    ) -> dict[str, StoredRollout]:
+        """The records to save before pushing: those that changed, or still wait for a commit to land."""
+        records = {}
+        for name, status in rollouts.items():
+            old = stored.get(name)
+            cycle = cycles.get(name)
+            pending = rollback_message(tree, cycle) if cycle is not None and is_abort(cycle) else None
+            if pending is None and old is not None and not old.synced:
+                pending = old.pending
+            if old is None or not old.synced or pending or old.status.to_json() != status.to_json():
+                records[name] = StoredRollout(status, synced=False, pending=pending)
+        return records
 
     def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:
         """Say why nothing was applied, in the controller's status file (once: the same reason commits nothing)."""

@@ -203,10 +203,11 @@ def test_devices_from_the_kubernetes_api(kubeconfig: Path):
         assert table[1].split()[:5] == [names[0], "vibration-anomaly", "2.0.0", "2.0.0", "Healthy"]
         assert table[2].split()[:5] == [names[1], "vibration-anomaly", "2.0.0", "<none>", "Pending"]
 
-        # Rollouts from the FleetRollout mirrors the controller keeps (what `kubectl get frol` shows too).
+        # Rollouts from the FleetRollout records the controller keeps (what `kubectl get frol` shows too).
         from reconciler.api.status import RolloutStatus
+        from reconciler.cluster import StoredRollout
 
-        assert backend.mirror_rollouts({ROLLOUT: RolloutStatus.from_json(STATUS)}) == 1
+        assert backend.save_rollouts({ROLLOUT: StoredRollout(RolloutStatus.from_json(STATUS), synced=True)}) == 1
         mirrored = edgectl("get", "rollouts", "--backend", "kubernetes", "--kubeconfig", kubeconfig,
                            "-n", backend.namespace)  # fmt: skip
         assert mirrored.returncode == 0, mirrored.stderr

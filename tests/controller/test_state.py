@@ -1,0 +1,162 @@
+"""Where a rollout stands is the controller's record in its backend, not a file anyone can push: an edited,
+deleted or force-pushed-away status file changes no device's assignment, is restored and reported; an abort
+returns the devices even while Git refuses the rollback commit, and the commit lands once Git takes it.
+On real Git (git daemon) and on both backends (SQLite, and a real Kubernetes API server)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from reconciler.cluster import LocalBackend, kubernetes_backend
+from reconciler.controller.loop import Controller, ControllerConfig
+
+from ..git_server import GitServer, git
+from .test_controller import FACTORY
+
+ROLLOUT = "vibration-anomaly-2"
+STATUS_FILE = f"status/rollouts/{ROLLOUT}.yaml"
+DEVICES = 40
+_run = itertools.count()
+
+
+@pytest.fixture(params=["local", "kubernetes"])
+def backend(request, tmp_path: Path) -> Iterator[object]:
+    """40 factory devices: rows of the local backend, or Nodes of a real API server in a namespace of their own."""
+    if request.param == "local":
+        local = LocalBackend(tmp_path / "state")
+        for i in range(DEVICES):
+            local.register_device(f"factory-{i:03d}", FACTORY)
+        yield local
+        local.close()
+        return
+    kubeconfig = request.getfixturevalue("kubeconfig")
+    run = f"state{next(_run)}-{int(time.time() * 1000) % 10**8}"
+    kube = kubernetes_backend(kubeconfig, namespace=f"edge-{run}", node_selector=f"test.edgereconciler.io/run={run}")
+    kube.install()
+    core = client.CoreV1Api(kube.api)
+    names = [f"{run}-{i:03d}" for i in range(DEVICES)]
+    for name in names:
+        labels = {**FACTORY, "test.edgereconciler.io/run": run, "kubernetes.io/hostname": name}
+        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+    try:
+        yield kube
+    finally:
+        for name in names:
+            core.delete_node(name)
+
+
+def on_new_version(backend) -> set[str]:
+    return {device for (device, _), spec in backend.assignments().items() if spec.version == "2.0.0"}
+
+
+def at_head(git_server: GitServer, path: str) -> dict | None:
+    bare = git_server.base / "fleet.git"
+    if path not in git("ls-tree", "-r", "--name-only", "main", cwd=bare).splitlines():
+        return None
+    return yaml.safe_load(git("show", f"main:{path}", cwd=bare))
+
+
+def person_commits(work: Path, message: str, change) -> None:
+    git("pull", "-q", "--rebase", "origin", "main", cwd=work)
+    change(work)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", message, cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+
+
+def forge_last_step(work: Path) -> None:
+    path = work / STATUS_FILE
+    body = yaml.safe_load(path.read_text())
+    body.update(currentStep=2, phase="Progressing")
+    path.write_text(yaml.safe_dump(body))
+
+
+def delete_status(work: Path) -> None:
+    (work / STATUS_FILE).unlink()
+
+
+def force_push_before_status(work: Path) -> None:
+    """History rewritten: the branch back to the person's first commit, the controller's status commits gone."""
+    git("fetch", "-q", "origin", cwd=work)
+    first = git("rev-list", "--max-parents=0", "origin/main", cwd=work)
+    git("push", "-q", "-f", "origin", f"{first}:main", cwd=work)
+
+
+EVERY_ROLLOUT = ["status/rollouts/digits-cnn-1-1.yaml", STATUS_FILE]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reported"),
+    [
+        pytest.param(lambda w: person_commits(w, "Skip to the last step", forge_last_step), [STATUS_FILE],
+                     id="forged-edit"),
+        pytest.param(lambda w: person_commits(w, "Remove status", delete_status), [STATUS_FILE], id="deleted"),
+        pytest.param(force_push_before_status, EVERY_ROLLOUT, id="force-push"),
+    ],
+)  # fmt: skip
+def test_a_status_file_changed_by_someone_else_moves_no_device_and_is_restored(
+    git_server: GitServer, tmp_path: Path, backend, tamper, reported: list[str]
+):
+    url, work = git_server.create("fleet")
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
+    first = controller.cycle()
+    assert first.stalled is None
+    started = on_new_version(backend)
+    assert 0 < len(started) < DEVICES  # step 1: the hashed 10 %
+    rendered = at_head(git_server, STATUS_FILE)
+    assert rendered["currentStep"] == 0
+
+    tamper(work)
+    after = controller.cycle()
+    assert after.stalled is None and after.applied == 0
+    assert on_new_version(backend) == started  # nobody promoted, nobody sent back
+    assert at_head(git_server, STATUS_FILE) == rendered  # restored from the controller's record
+    report = at_head(git_server, "status/controller.yaml")["lastTamper"]
+    assert (report["reason"], report["paths"]) == ("StatusTampered", reported)
+    tampered = controller.metrics.registry.get_sample_value("edge_reconciler_status_tampered_total")
+    assert tampered == len(reported)
+    # Restored once: the next cycle finds its own file and reports nothing new.
+    again = controller.cycle()
+    assert again.status_commit is None and on_new_version(backend) == started
+    assert controller.metrics.registry.get_sample_value("edge_reconciler_status_tampered_total") == tampered
+
+
+def test_an_abort_returns_the_devices_while_git_refuses_the_rollback_commit(
+    git_server: GitServer, tmp_path: Path, backend
+):
+    url, work = git_server.create("fleet")
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
+    assert controller.cycle().stalled is None
+    assert on_new_version(backend)
+
+    def annotate_abort(folder: Path) -> None:
+        path = folder / "rollouts" / f"{ROLLOUT}.yaml"
+        body = yaml.safe_load(path.read_text())
+        body["metadata"].setdefault("annotations", {})["edgereconciler.io/abort"] = "field reports of bad output"
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+
+    person_commits(work, "Abort the vibration rollout", annotate_abort)
+    git_server.hook("fleet", "pre-receive", "#!/bin/sh\necho 'pushes are frozen' >&2\nexit 1\n")
+    held = controller.cycle()
+    assert held.stalled is not None and "pre-receive hook declined" in held.stalled
+    assert on_new_version(backend) == set()  # every device is back on the stable version already
+    record = backend.rollouts()[ROLLOUT]
+    assert (record.status.phase, record.synced) == ("Aborted", False)
+    assert record.pending.startswith(f"rollback: {ROLLOUT}")
+
+    git_server.hook("fleet", "pre-receive", "#!/bin/sh\nexit 0\n")
+    landed = controller.cycle()
+    assert landed.stalled is None and len(landed.rollbacks) == 1
+    subjects = git("log", "--format=%s", "main", cwd=git_server.base / "fleet.git").splitlines()
+    assert subjects[1].startswith(f"rollback: {ROLLOUT}") and subjects[0].startswith("status:")
+    assert at_head(git_server, STATUS_FILE)["phase"] == "Aborted"
+    record = backend.rollouts()[ROLLOUT]
+    assert record.synced and record.pending is None
+    assert controller.cycle().status_commit is None and on_new_version(backend) == set()
