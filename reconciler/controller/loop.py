@@ -40,6 +40,7 @@ from reconciler.artifact.store import ArtifactStore
 from reconciler.cluster import Backend, StoredRollout
 from reconciler.durable import write_atomic
 from reconciler.errors import PermanentError, TemporaryError
+from reconciler.faults import FaultPoints
 from reconciler.gitops.source import GitSource
 from reconciler.gitops.status import Author, StatusWriter
 from reconciler.plan import targeting
@@ -53,6 +54,8 @@ from .rollouts import initial_state, is_abort, position, rollback_message, run_r
 from .status import group_status, rollout_status
 
 log = logging.getLogger("edge_reconciler.controller")
+FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-apply", "after-save", "after-rollback-push", "after-status-push"))
+"""Where a fault test may kill a cycle (``EDGE_CONTROLLER_CRASH_AT``): between each of its writes."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ class Controller:
         outcome.applied, outcome.deleted = result.applied, result.deleted
         outcome.problems = [f"{p.device}: {p.message}" for p in result.plan.problems]
         outcome.decisions = {n: str(c.outcome.decision.kind) for n, c in cycles.items() if c.outcome.decision}
+        FAULTS.crash("after-apply")
 
         statuses = self.backend.statuses()
         devices = self.backend.devices()
@@ -213,6 +217,7 @@ class Controller:
         # The backend's record is the authority: saved (not yet in Git) before the push, marked in Git after it.
         records = self._records(tree, cycles, rollouts, stored)
         self.backend.save_rollouts(records)
+        FAULTS.crash("after-save")
         author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
         writer = StatusWriter(self.source, author)
         for name, record in sorted(records.items()):
@@ -220,6 +225,9 @@ class Controller:
                 pushed = writer.commit({paths.rollout(name): rollouts[name].to_yaml()}, record.pending)
                 if pushed is not None:
                     outcome.rollbacks.append(pushed.commit)
+                records[name] = replace(record, pending=None)
+                self.backend.save_rollouts({name: records[name]})  # landed: never pushed twice
+                FAULTS.crash("after-rollback-push")
         rendered: dict[str, bytes | None] = {paths.rollout(n): s.to_yaml() for n, s in rollouts.items()}
         for name in tree.groups:
             rendered[paths.group(name)] = group_status(tree, name, devices, result.plan, statuses).to_yaml()
@@ -243,6 +251,7 @@ class Controller:
         # A decision is what a reader of the log looks for: it leads the subject; the count follows.
         message = f"status: {decided.splitlines()[0]}\n\n{counted}\n{decided}" if decided else f"status: {counted}"
         pushed = writer.commit(rendered, message)
+        FAULTS.crash("after-status-push")
         self.backend.save_rollouts({n: replace(r, synced=True, pending=None) for n, r in records.items()})
         if pushed is not None:
             outcome.status_commit = pushed.commit

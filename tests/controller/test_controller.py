@@ -1,21 +1,20 @@
 """The controller end to end on real Git (git daemon) and the local backend: a commit becomes assignments
 and one status commit; an unchanged repo writes nothing; spec errors and unsigned heads stall without
-applying; a controller killed at random points converges with no duplicate status commits."""
+applying; a controller killed between any two of its writes converges with no duplicate status commits."""
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from reconciler.cluster import LocalBackend
-from reconciler.controller.loop import Controller, ControllerConfig
+from reconciler.controller.loop import FAULTS, Controller, ControllerConfig
 from reconciler.plan import bucket
 
 from ..git_server import GitServer, git
@@ -122,31 +121,42 @@ def test_an_unsigned_head_is_not_applied(git_server: GitServer, tmp_path: Path):
     assert report["ready"] is True
 
 
-def test_edgectl_run_once_killed_at_random_points_converges_without_duplicate_commits(
-    git_server: GitServer, tmp_path: Path
+@pytest.mark.parametrize("point", FAULTS.points)
+@pytest.mark.parametrize("scenario", ["start", "abort"])
+def test_edgectl_run_once_killed_between_its_writes_converges_without_duplicate_commits(
+    git_server: GitServer, tmp_path: Path, scenario: str, point: str
 ):
-    url, _ = git_server.create("fleet")
+    url, work = git_server.create("fleet")
     names = register(tmp_path / "state", 300)
     command = [str(EDGECTL), "run", "--repo", url, "--state-dir", str(tmp_path / "state"), "--once"]
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(12):
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        time.sleep(rng.uniform(0.05, 1.5))
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            kills += 1
-        process.wait(timeout=30)
+    expected = {n for n in names if bucket("vibration-anomaly-2", n) < 10 * 100}
+    if scenario == "abort":
+        assert subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+        rollout = work / "rollouts" / "vibration-anomaly-2.yaml"
+        git("pull", "-q", "origin", "main", cwd=work)
+        rollout.write_text(rollout.read_text().replace("  name: vibration-anomaly-2\n",
+                                                       "  name: vibration-anomaly-2\n  annotations:\n"
+                                                       "    edgereconciler.io/abort: bad outputs\n"))  # fmt: skip
+        git("commit", "-qam", "Abort", cwd=work)
+        git("push", "-q", "origin", "HEAD:main", cwd=work)
+        expected = set()
+    killed = subprocess.run(command, capture_output=True, timeout=120,
+                            env={**os.environ, "EDGE_CONTROLLER_CRASH_AT": point})  # fmt: skip
+    reached = killed.returncode == -signal.SIGKILL
+    assert reached or (scenario, point) == ("start", "after-rollback-push")  # no rollback when nothing aborts
     final = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
-    assert kills > 0
     backend = LocalBackend(tmp_path / "state")
-    expected = {n for n in names if bucket("vibration-anomaly-2", n) < 10 * 100}
     assert {d for (d, _), a in backend.assignments().items() if a.version == "2.0.0"} == expected
     assert len(backend.assignments()) == len(names)
-    assert len(status_commits(git_server)) == 1
+    bare = git_server.base / "fleet.git"
+    subjects = [line.split("|", 1)[1] for line in status_commits(git_server)]
+    assert len([s for s in subjects if s.startswith("rollback:")]) == (1 if scenario == "abort" else 0)
+    assert len([s for s in subjects if s.startswith("status:")]) == (2 if scenario == "abort" else 1)
+    report = yaml.safe_load(git("show", "main:status/controller.yaml", cwd=bare))
+    assert "lastTamper" not in report  # its own late status file is no tamper
+    record = backend.rollouts()["vibration-anomaly-2"]
+    assert record.synced and record.pending is None
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert "status unchanged" in again.stdout and "0 applied" in again.stdout
 
