@@ -132,6 +132,13 @@ def _repo_url(repo: str) -> str:
               help="Name of the Lease (in --namespace).")  # fmt: skip
 @click.option("--install-crds/--no-install-crds", default=True, show_default=True,
               help="Apply the CRDs at start (off when the Helm chart installs them: less RBAC).")  # fmt: skip
+@click.option("--signing-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="EDGE_RECONCILER_SIGNING_KEY",
+              help="SSH private key that signs the controller's status commits (publish its allowed-signers "
+                   "line).")  # fmt: skip
+@click.option(
+    "--accept-rewrite", is_flag=True, help="Go on after the branch was rewritten past the last applied commit (once)."
+)
 @click.option(
     "--reset-state",
     is_flag=True,
@@ -162,6 +169,8 @@ def run(
     leader_elect: bool,
     leader_election_id: str,
     install_crds: bool,
+    signing_key: Path | None,
+    accept_rewrite: bool,
     reset_state: bool,
     log_format: str,
 ) -> None:
@@ -179,7 +188,8 @@ def run(
         raise click.UsageError("--leader-elect needs --backend kubernetes and a long-running controller")
     if releases is not None and tuf_keys is None:
         raise click.UsageError("--releases needs --tuf-keys (the keys that sign what agents may fetch)")
-    config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys)
+    config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys,
+                              signing_key, accept_rewrite)  # fmt: skip
     try:
         if backend == "kubernetes":
             target = kubernetes_backend(kubeconfig, namespace, node_selector)

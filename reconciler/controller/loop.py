@@ -54,6 +54,8 @@ from .rollouts import initial_state, is_abort, position, rollback_message, run_r
 from .status import group_status, rollout_status
 
 log = logging.getLogger("edge_reconciler.controller")
+ACCEPT_REWRITE = "edgereconciler.io/accept-rewrite"
+"""Fleet annotation: the last applied commit (12 hex digits or more) whose loss from the branch a person accepts."""
 FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-apply", "after-save", "after-rollback-push", "after-status-push"))
 """Where a fault test may kill a cycle (``EDGE_CONTROLLER_CRASH_AT``): between each of its writes."""
 
@@ -70,6 +72,11 @@ class ControllerConfig:
     """Owner-signed release folders to verify and publish (needs ``tuf_keys``)."""
     tuf_keys: Path | None = None
     """The online TUF keys (targets, snapshot, timestamp); the repository is ``state_dir/tuf``."""
+    signing_key: Path | None = None
+    """The controller's SSH key: it signs every status commit, and with ``allowed_signers`` a status commit must
+    then be signed like any other (else status-only commits pass unsigned: they cannot move a device)."""
+    accept_rewrite: bool = False
+    """Go on after the branch was rewritten past the last applied commit (once; verified as on a first run)."""
 
 
 @dataclass
@@ -116,6 +123,7 @@ class Controller:
         """Set by the webhook: reconcile now instead of at the end of the interval."""
         self.stop = threading.Event()
         self.cycles_done = 0
+        self._accept_rewrite = config.accept_rewrite
         self._paths = StatusPaths()
         """Where the Fleet keeps status (``spec.statusPath``), as last loaded."""
 
@@ -163,13 +171,25 @@ class Controller:
         # Status commits are the controller's own: the commit that matters is the last change by people. The
         # status path is the Fleet's, known after loading: start from the last one seen and check again below.
         spec_commit = self.source.last_change_outside(head, self._paths.root)
+        fleet = self._load(head, spec_commit, outcome)
+        applied = self.source.applied()
+        if applied is not None and not self.source.contains(head, applied):
+            if not self._rewrite_accepted(fleet, applied):
+                outcome.stalled = (
+                    f"HistoryRewritten: the branch no longer contains {applied[:12]}, the last commit applied; the "
+                    f"devices stay where they are until a person accepts it (edgectl run --accept-rewrite, or the "
+                    f"Fleet annotation {ACCEPT_REWRITE}: {applied[:12]})"
+                )  # fmt: skip
+                self._report(spec_commit, outcome.stalled, outcome)
+                return
+            log.warning("history rewrite accepted", extra={"lastApplied": applied, "head": head})
+            applied = None  # verified from here as on a first run
         if self.config.allowed_signers is not None:
-            refusal = self.source.verify_commit_signature(spec_commit, self.config.allowed_signers)
+            refusal = self._verify(head, spec_commit, applied, fleet)
             if refusal:
                 outcome.stalled = refusal
                 self._report(spec_commit, refusal, outcome)
                 return
-        fleet = self._load(head, spec_commit, outcome)
         if fleet is None:
             self._report(spec_commit, outcome.stalled or "", outcome)
             return
@@ -219,7 +239,7 @@ class Controller:
         self.backend.save_rollouts(records)
         FAULTS.crash("after-save")
         author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
-        writer = StatusWriter(self.source, author)
+        writer = StatusWriter(self.source, author, signing_key=self.config.signing_key)
         for name, record in sorted(records.items()):
             if record.pending:  # a rollback commit (the devices returned already); retried until it lands
                 pushed = writer.commit({paths.rollout(name): rollouts[name].to_yaml()}, record.pending)
@@ -253,9 +273,38 @@ class Controller:
         pushed = writer.commit(rendered, message)
         FAULTS.crash("after-status-push")
         self.backend.save_rollouts({n: replace(r, synced=True, pending=None) for n, r in records.items()})
+        self.source.mark_applied(pushed.commit if pushed is not None else head)
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
+
+    def _verify(self, head: str, spec_commit: str, applied: str | None, fleet: FleetAtCommit | None) -> str | None:
+        """Why the commits since the last applied one may not be applied (None: they may). Every one must carry
+        an allowed signature; status-only commits too when the controller signs its own; a commit in the
+        controller's name must change nothing but status. On a first run (nothing applied yet) the last change
+        by people is checked."""
+        assert self.config.allowed_signers is not None
+        commits = [spec_commit] if applied is None else self.source.commits_between(applied, head)
+        status_root = (fleet.status.paths if fleet is not None else self._paths).root
+        controller_email = fleet.tree.fleet.spec.commit_author.email if fleet is not None else None
+        for commit in commits:
+            status_only = self.source.only_under(commit, status_root)
+            if status_only and self.config.signing_key is None:
+                continue  # the controller's unsigned status commits: status files cannot move a device
+            refusal = self.source.verify_commit_signature(commit, self.config.allowed_signers)
+            if refusal:
+                return refusal
+            if not status_only and self.source.committer_email(commit) == controller_email:
+                return f"commit {commit[:12]} is committed as the controller but changes files outside {status_root}/"
+        return None
+
+    def _rewrite_accepted(self, fleet: FleetAtCommit | None, applied: str) -> bool:
+        """``--accept-rewrite`` (once: for the rewrite this process met first), or the Fleet annotation naming
+        the lost commit."""
+        if self._accept_rewrite:
+            self._accept_rewrite = False
+            return True
+        return fleet is not None and _accepts(fleet, applied)
 
     def _standing(
         self, tree: FleetTree, fleet: FleetAtCommit, stored: dict[str, StoredRollout], head: str
@@ -294,7 +343,9 @@ class Controller:
     def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:
         """Say why nothing was applied, in the controller's status file (once: the same reason commits nothing)."""
         files = {self._paths.controller: ControllerStatus(spec_commit, reason).to_yaml()}
-        pushed = StatusWriter(self.source).commit(files, f"status: stalled at {spec_commit[:12]}")
+        pushed = StatusWriter(self.source, signing_key=self.config.signing_key).commit(
+            files, f"status: stalled at {spec_commit[:12]}"
+        )
         if pushed is not None:
             outcome.status_commit = pushed.commit
 
@@ -331,3 +382,8 @@ class Controller:
                 key = self._artifact_keys[artifact_id] = (manifest["model"], manifest["version"], manifest["profile"])
             found[key] = artifact_id
         return found
+
+
+def _accepts(fleet: FleetAtCommit, applied: str) -> bool:
+    noted = fleet.tree.fleet.metadata.annotations.get(ACCEPT_REWRITE, "").strip().lower()
+    return len(noted) >= 12 and applied.startswith(noted)

@@ -101,6 +101,7 @@ class Credentials:
         return _Callbacks()
 
 
+APPLIED_REF = "refs/edge-reconciler/applied"
 BRANCH_KEY = "edge-reconciler.branch"
 """The branch a clone was made for, kept in the clone's own config."""
 
@@ -222,6 +223,41 @@ class GitSource:
                 return str(current.id)
             current = current.parents[0]
         return str(current.id)
+
+    def applied(self) -> str | None:
+        """The last commit the controller applied (a ref in the clone, which also keeps that commit's objects
+        after a force-push drops it from the branch)."""
+        try:
+            return str(self.repo.references[APPLIED_REF].target)
+        except KeyError:
+            return None
+
+    def mark_applied(self, commit: str) -> None:
+        self.repo.references.create(APPLIED_REF, pygit2.Oid(hex=commit), force=True)
+
+    def contains(self, head: str, commit: str) -> bool:
+        """Whether ``commit`` is ``head`` or one of its ancestors (False after a rewrite dropped it)."""
+        try:
+            return head == commit or self.repo.descendant_of(pygit2.Oid(hex=head), pygit2.Oid(hex=commit))
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
+
+    def commits_between(self, since: str, head: str) -> list[str]:
+        """Every commit reachable from ``head`` and not from ``since`` (merged branches too), oldest first."""
+        walker = self.repo.walk(pygit2.Oid(hex=head), pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE)
+        walker.hide(pygit2.Oid(hex=since))
+        return [str(commit.id) for commit in walker]
+
+    def only_under(self, commit: str, prefix: str) -> bool:
+        """Whether ``commit`` changes nothing outside ``prefix`` (against its first parent)."""
+        current = self.repo[commit].peel(pygit2.Commit)
+        if not current.parents:
+            return False
+        owned = prefix.rstrip("/") + "/"
+        return all(path.startswith(owned) for path in self.changed_paths(str(current.parents[0].id), commit))
+
+    def committer_email(self, commit: str) -> str:
+        return self.repo[commit].peel(pygit2.Commit).committer.email
 
     def verify_commit_signature(self, commit: str, allowed_signers: Path) -> str | None:
         """None when ``commit`` carries an SSH signature by a key in ``allowed_signers`` (for its committer's

@@ -121,6 +121,47 @@ def test_an_unsigned_head_is_not_applied(git_server: GitServer, tmp_path: Path):
     assert report["ready"] is True
 
 
+def test_every_commit_since_the_last_applied_must_be_signed_and_status_commits_are_signed_by_the_controller(
+    git_server: GitServer, tmp_path: Path
+):
+    url, work = git_server.create("fleet")
+    register(tmp_path / "state", 50)
+    keys = {}
+    for name in ("person", "controller"):
+        keys[name] = tmp_path / name
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys[name])], check=True)
+    allowed = tmp_path / "allowed"
+    allowed.write_text(f"dev@acme.example {(tmp_path / 'person.pub').read_text()}"
+                       f"edge-reconciler@acme.example {(tmp_path / 'controller.pub').read_text()}")  # fmt: skip
+    for setting in (("gpg.format", "ssh"), ("user.signingkey", str(keys["person"]))):
+        git("config", *setting, cwd=work)
+
+    def commit(name: str, signed: bool) -> str:
+        git("pull", "-q", "--rebase", "origin", "main", cwd=work)
+        (work / f"{name}.yaml").write_text(f"# {name}\n")
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-S" if signed else "--no-gpg-sign", "-m", name, cwd=work)
+        git("push", "-q", "origin", "HEAD:main", cwd=work)
+        return git("rev-parse", "HEAD", cwd=work)
+
+    commit("reviewed", signed=True)
+    config = ControllerConfig(url, tmp_path / "state", allowed_signers=allowed, signing_key=keys["controller"])
+    controller = Controller(config, LocalBackend(tmp_path / "state"))
+    first = controller.cycle()
+    assert first.stalled is None and first.status_commit
+    bare = git_server.base / "fleet.git"
+    shown = git("-c", f"gpg.ssh.allowedSignersFile={allowed}", "log", "--show-signature", "-1", "main", cwd=bare)
+    assert 'Good "git" signature for edge-reconciler@acme.example' in shown
+    assigned = controller.backend.assignments()
+
+    unsigned = commit("slipped-in", signed=False)
+    commit("signed-on-top", signed=True)
+    held = controller.cycle()
+    assert held.stalled == f"commit {unsigned[:12]} is not signed"
+    assert controller.backend.assignments() == assigned
+    assert controller.cycle().stalled == held.stalled  # its own stall report on top changes nothing
+
+
 @pytest.mark.parametrize("point", FAULTS.points)
 @pytest.mark.parametrize("scenario", ["start", "abort"])
 def test_edgectl_run_once_killed_between_its_writes_converges_without_duplicate_commits(

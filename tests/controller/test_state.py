@@ -98,7 +98,6 @@ EVERY_ROLLOUT = ["status/rollouts/digits-cnn-1-1.yaml", STATUS_FILE]
         pytest.param(lambda w: person_commits(w, "Skip to the last step", forge_last_step), [STATUS_FILE],
                      id="forged-edit"),
         pytest.param(lambda w: person_commits(w, "Remove status", delete_status), [STATUS_FILE], id="deleted"),
-        pytest.param(force_push_before_status, EVERY_ROLLOUT, id="force-push"),
     ],
 )  # fmt: skip
 def test_a_status_file_changed_by_someone_else_moves_no_device_and_is_restored(
@@ -160,3 +159,41 @@ def test_an_abort_returns_the_devices_while_git_refuses_the_rollback_commit(
     record = backend.rollouts()[ROLLOUT]
     assert record.synced and record.pending is None
     assert controller.cycle().status_commit is None and on_new_version(backend) == set()
+
+
+@pytest.mark.parametrize("accept", ["flag", "annotation"])
+def test_a_force_push_past_the_applied_commit_stalls_until_a_person_accepts_it(
+    git_server: GitServer, tmp_path: Path, backend, accept: str
+):
+    url, work = git_server.create("fleet")
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
+    assert controller.cycle().stalled is None
+    started = on_new_version(backend)
+    applied = controller.source.applied()
+    force_push_before_status(work)  # the status commits (and the commit last applied) gone from the branch
+    held = controller.cycle()
+    assert held.stalled.startswith("HistoryRewritten") and applied[:12] in held.stalled
+    assert on_new_version(backend) == started and held.applied == 0
+    assert controller.cycle().stalled.startswith("HistoryRewritten")  # until a person says so
+
+    if accept == "flag":
+        controller = Controller(ControllerConfig(url, tmp_path / "state", accept_rewrite=True), backend)
+    else:
+
+        def annotate(folder: Path) -> None:
+            fleet = folder / "fleet.yaml"
+            fleet.write_text(
+                fleet.read_text().replace(
+                    "  name: acme-edge\n",
+                    f'  name: acme-edge\n  annotations:\n    edgereconciler.io/accept-rewrite: "{applied[:12]}"\n',
+                )
+            )
+
+        git("reset", "-q", "--hard", "origin/main", cwd=work)
+        person_commits(work, "Accept the rewrite", annotate)
+    going = controller.cycle()
+    assert going.stalled is None and on_new_version(backend) == started
+    # The rewrite dropped every status file: restored from the controller's record, and reported.
+    assert at_head(git_server, STATUS_FILE)["currentStep"] == 0
+    assert at_head(git_server, "status/controller.yaml")["lastTamper"]["paths"] == EVERY_ROLLOUT
+    assert controller.cycle().stalled is None  # the new head is what was applied last
