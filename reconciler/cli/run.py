@@ -125,7 +125,8 @@ def _repo_url(repo: str) -> str:
               help="Lifetime of device certificates; agents renew at two thirds of it.")  # fmt: skip
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--allowed-signers", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Apply only heads signed by these SSH keys (ssh-keygen allowed_signers format).")  # fmt: skip
+              help="Apply only commits signed by these SSH keys (ssh-keygen allowed_signers format): every "
+                   "commit since the last applied one.")  # fmt: skip
 @click.option("--leader-elect", is_flag=True,
               help="Kubernetes: run cycles only while holding the Lease (several replicas, one writer).")  # fmt: skip
 @click.option("--leader-election-id", default="edge-reconciler-controller", show_default=True,
