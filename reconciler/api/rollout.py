@@ -34,12 +34,23 @@ def _int_or_percent(value: Any) -> Any:
     return value
 
 
+def _percent_only(value: Any) -> Any:
+    if not isinstance(value, str) or not _PERCENT_RE.match(value) or value == "0%":
+        raise PydanticCustomError("percent", "must be a percentage from 1% to 100% (e.g. 95%)")
+    return value
+
+
 IntOrPercent = Annotated[
     int | str,
     BeforeValidator(_int_or_percent),
     WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _PERCENT_RE.pattern}]}),
 ]
 """A device count or a percentage of the step's devices, as Kubernetes' maxUnavailable."""
+
+Percent = Annotated[
+    str, BeforeValidator(_percent_only), WithJsonSchema({"type": "string", "pattern": _PERCENT_RE.pattern})
+]
+"""A share of the step's devices, 1% to 100%."""
 
 
 class Pause(SpecModel):
@@ -53,6 +64,9 @@ class Step(SpecModel):
 
     percent: int = Field(ge=1, le=100)
     pause: Pause | None = None
+    success_threshold: Percent | None = None
+    """The step is done once this share of its devices is Healthy on the new version (e.g. 95%), gates passing:
+    a few slow devices do not hold it. Unset: every device Healthy or within maxUnavailable."""
 
 
 Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
@@ -107,7 +121,8 @@ class RollbackPolicy(SpecModel):
     """What happens when a gate fails."""
 
     automatic: bool = True
-    """Return every device of the rollout to its previous version and record it as a commit."""
+    """True: return every device of the rollout to its previous version and record it as a commit. False: hold
+    the rollout (Paused, HeldAfterGateFailed) for a person to abort it or promote past the failed gate."""
 
 
 class TrialPolicy(SpecModel):

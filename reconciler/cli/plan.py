@@ -171,7 +171,8 @@ def render_text(result, base: str, head: str) -> str:
         for step in item.steps:
             lines.append(f"  step {step.step + 1}: {step.percent:>3}%  {step.on_new:>5} on {item.version}, "
                          f"{step.on_stable:>5} on {item.stable or '(none)'}"
-                         + (f", pause {step.pause}" if step.pause else ""))  # fmt: skip
+                         + (f", pause {step.pause}" if step.pause else "")
+                         + (f", done at {step.done_at} Healthy" if step.done_at else ""))  # fmt: skip
         lines += [f"  warning: {w}" for w in item.warnings]
     if result.artifacts:
         lines += ["", "Artifacts:"]
@@ -208,8 +209,9 @@ def render_markdown(result, base: str, head: str) -> str:
                       "|---:|---:|---:|---:|---|"]  # fmt: skip
             for step in item.steps:
                 marker = " ←" if step.step == item.starts_at else ""
+                done = f"; done at {step.done_at} Healthy" if step.done_at else ""
                 lines.append(f"| {step.step + 1}{marker} | {step.percent}% | {step.on_new} | {step.on_stable} | "
-                             f"{step.pause or '—'} |")  # fmt: skip
+                             f"{step.pause or '—'}{done} |")  # fmt: skip
             lines.append("")
         lines += [f"> ⚠️ {w}" for w in item.warnings]
         if item.warnings:

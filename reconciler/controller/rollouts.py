@@ -93,7 +93,7 @@ def observe(
 ) -> Observation:
     spec = tree.rollouts[name].spec
     step_devices = [d for d in target.for_rollout(name) if d.in_rollout]
-    healthy = failed = unavailable = in_progress = 0
+    healthy = failed = unavailable = in_progress = staged = 0
     for desired in step_devices:
         status = statuses.get((desired.device, desired.model))
         seen = _time(status.last_seen) if status else None
@@ -110,7 +110,7 @@ def observe(
         elif status.phase == "Healthy" and status.installed_version == spec.version:
             healthy += 1
         elif status.phase == "Staged":
-            in_progress += 1  # ready, waiting for its maintenance window: not stuck, never overdue
+            staged += 1  # ready, waiting for its maintenance window: never overdue, never holding the step
         elif status.phase == "Retrying":
             # A transient failure (network, a frozen repository) is no verdict on the version: the device has
             # not got there yet, and counts as unavailable once the step has waited its deadline for it.
@@ -137,8 +137,9 @@ def observe(
             if new_p95 is not None and old_p95:
                 change = (new_p95 / old_p95 - 1) * 100
                 regression = change if regression is None else max(regression, change)
-    return Observation(len(step_devices), healthy, failed, unavailable, in_progress, new.error_rate, regression, drift,
-                       len(new.devices))  # fmt: skip
+    return Observation(len(step_devices), healthy, failed, unavailable, in_progress, staged=staged,
+                       error_rate=new.error_rate, latency_regression=regression, drift_psi=drift,
+                       telemetry_devices=len(new.devices))  # fmt: skip
 
 
 def run_rollouts(

@@ -33,6 +33,8 @@ class StepImpact:
     on_new: int
     on_stable: int
     pause: str | None
+    done_at: str | None = None
+    """The step's successThreshold (e.g. 95%): done once that share is Healthy."""
 
 
 @dataclass
@@ -135,7 +137,8 @@ def review(
                 pause = None
                 if step.pause is not None:
                     pause = "until promoted" if step.pause.duration is None else format_duration(step.pause.duration)
-                item.steps.append(StepImpact(index, step.percent, new, len(at_step) - new, pause))
+                item.steps.append(StepImpact(index, step.percent, new, len(at_step) - new, pause,
+                                             step.success_threshold))  # fmt: skip
                 # An artifact is needed by as many devices as run it at the busiest step.
                 running = Counter((d.model, d.version, after.profiles[d.device]) for d in at_step
                                   if d.device in after.profiles)  # fmt: skip
@@ -194,7 +197,7 @@ def _rollout_warnings(tree: FleetTree, name: str, item: RolloutReview) -> list[s
         warnings.append("no telemetry gates (error rate, latency regression, drift): only device health checks "
                         "can stop it")  # fmt: skip
     if not spec.rollback.automatic:
-        warnings.append("automatic rollback is off: a failing gate only pauses it")
+        warnings.append("automatic rollback is off: a failing gate holds the rollout for a person (abort or promote)")
     if item.targeted == 0 and tree.rollouts[name].active:
         warnings.append("selects no devices of the inventory")
     if spec.steps[0].percent < 100 and item.steps and item.steps[0].on_new == 0 and item.targeted:

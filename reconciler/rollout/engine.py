@@ -8,8 +8,11 @@ one decision.
 Phases: Pending (no device reached yet), Progressing, Paused (a person holds it, or a ``pause: {}`` step
 waits for ``promote``), Succeeded, Aborted (rolled back; stays so until the spec changes or a ``retry``).
 
-A step completes when every device of the step is Healthy on the new version or counted unavailable
-(offline, or failed within ``maxUnavailable``), every gate passed with enough reports, and its pause is over.
+A step completes when every device of the step is Healthy on the new version, Staged (waiting for its
+maintenance window) or counted unavailable (offline, or failed within ``maxUnavailable``), or when the step's
+``successThreshold`` share of its devices is Healthy; and every gate passed with enough reports, and its pause is
+over. With ``rollback.automatic: false`` a failed gate holds the rollout (Paused, HeldAfterGateFailed) instead of
+aborting it, until a person aborts or promotes past the gate.
 Only a device whose new version passed its on-device health check counts as a success. A device still in
 progress after ``progressDeadline`` counts as failed; a device not seen for ``offlineAfter`` as unavailable.
 
@@ -47,6 +50,8 @@ class Observation:
     failed: int = 0
     unavailable: int = 0
     in_progress: int = 0
+    staged: int = 0
+    """Verified and tested, waiting for their maintenance window: they do not hold the step."""
     error_rate: float | None = None
     latency_regression: float | None = None
     """Percent rise of p95 latency, new version vs previous, worst profile."""
@@ -163,10 +168,21 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
         return Outcome(after.state, after.decision or Decision(DecisionKind.START, _step_text(spec, 0)), after.gates)
 
     gates = evaluate_gates(spec, obs) if obs.targeted else []
+    if state.reason == Reason.HELD_AFTER_GATE_FAILED:  # held for a person, whatever the gates say now
+        if manual.promotions > state.promotions_seen:
+            return _next_step(spec, state, gates, stamp, manual.promotions)
+        return Outcome(state, None, gates)
     failed = next((g for g in gates if g.verdict is Verdict.FAIL), None)
     if failed is not None:
         failures = state.failures + 1
         limit = spec.analysis.failure_limit if spec.analysis.failure_limit is not None else DEFAULT_FAILURE_LIMIT
+        if failures > limit and not spec.rollback.automatic:
+            held = replace(state, phase=RolloutPhase.PAUSED, reason=Reason.HELD_AFTER_GATE_FAILED, failures=failures,
+                           message=f"{failed.sentence()}; automatic rollback is off: edgectl rollout abort, or "
+                                   "promote past it")  # fmt: skip
+            decision = None if state.reason == Reason.HELD_AFTER_GATE_FAILED else Decision(
+                DecisionKind.PAUSE, held.message, failed, obs.targeted)  # fmt: skip
+            return Outcome(held, decision, gates)
         if failures > limit:
             aborted = replace(
                 state,
@@ -192,7 +208,10 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
 
     inconclusive = next((g for g in gates if g.verdict is Verdict.INCONCLUSIVE), None)
     allowed = max_unavailable(spec, obs.targeted)
-    settled = obs.healthy + min(obs.unavailable + obs.failed, allowed) >= obs.targeted
+    settled = obs.healthy + obs.staged + min(obs.unavailable + obs.failed, allowed) >= obs.targeted
+    threshold = spec.steps[state.step].success_threshold
+    if threshold is not None and obs.targeted:
+        settled = settled or obs.healthy * 100 >= int(threshold.rstrip("%")) * obs.targeted
     if inconclusive is not None or not settled:
         waiting = (
             inconclusive.message
@@ -222,7 +241,11 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
             return Outcome(
                 replace(state, reason=Reason.PAUSING, message=f"pause until {ends.isoformat()}"), None, gates
             )
-    promotions = max(manual.promotions, state.promotions_seen)
+    return _next_step(spec, state, gates, stamp, max(manual.promotions, state.promotions_seen))
+
+
+def _next_step(spec: RolloutSpec, state: RolloutState, gates: list[GateStatus], stamp: str, promotions: int) -> Outcome:
+    """The step is done: on to the next one, or Succeeded after the last."""
     if state.step + 1 >= len(spec.steps):
         done = RolloutState(
             RolloutPhase.SUCCEEDED,

@@ -76,7 +76,11 @@ def pull_request(tmp_path: Path, fleet_example: Path) -> Path:
                                   "        sha256: 48e718b98b16d3729e43981c9960916c20cfa53bb67437a3b48cd4a97cbc8456\n"
                                   "  recipes:\n", 1))  # fmt: skip
     rollout = work / "rollouts" / f"{ROLLOUT}.yaml"
-    rollout.write_text(rollout.read_text().replace('version: "2.0.0"', 'version: "2.1.0"'))
+    rollout.write_text(
+        rollout.read_text()
+        .replace('version: "2.0.0"', 'version: "2.1.0"')
+        .replace("    - percent: 10\n", '    - percent: 10\n      successThreshold: "90%"\n')
+    )
     git("commit", "-qam", "vibration-anomaly 2.1.0", cwd=work)
     git("checkout", "-q", "main", cwd=work)
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inventory()))
@@ -98,6 +102,7 @@ def test_plan_counts_devices_per_step_exactly(pull_request: Path, tmp_path: Path
     for step, percent in zip(rollout["steps"], (10, 50, 100), strict=True):
         expected = sum(1 for n in switching if bucket(ROLLOUT, n) < percent * 100)
         assert (step["percent"], step["on_new"], step["on_stable"]) == (percent, expected, 70 - expected)
+    assert [step["done_at"] for step in rollout["steps"]] == ["90%", None, None]  # successThreshold
     canary = sum(1 for n in switching if bucket(ROLLOUT, n) < 1000)
     assert 0 < canary < 63
     # The canary moves to 2.1.0; the devices the conditions held on 1.0.0 now get 2.0.0, the new stable version.

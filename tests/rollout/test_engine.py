@@ -94,6 +94,47 @@ def test_transitions(name, rollout, before, obs, now, manual, phase, step, kind)
     assert again.state == outcome.state and again.decision == outcome.decision
 
 
+def test_devices_waiting_for_their_window_do_not_hold_a_step():
+    outcome = decide(spec(), state(Phase.PROGRESSING, 0), Observation(targeted=10, healthy=6, staged=4), T0, Manual())
+    assert (outcome.state.step, outcome.decision.kind) == (1, "Promote")
+    waiting = decide(spec(), state(Phase.PROGRESSING, 0), Observation(targeted=10, healthy=6, in_progress=4), T0,
+                     Manual())  # fmt: skip
+    assert waiting.state.step == 0 and waiting.decision is None
+
+
+def test_a_success_threshold_lets_a_few_slow_devices_not_hold_a_step():
+    steps = [{"percent": 10, "successThreshold": "90%"}, {"percent": 100}]
+    slow = Observation(targeted=20, healthy=18, in_progress=2)
+    assert decide(spec(steps=steps), state(Phase.PROGRESSING, 0), slow, T0, Manual()).state.step == 1
+    short = Observation(targeted=20, healthy=17, in_progress=3)
+    assert decide(spec(steps=steps), state(Phase.PROGRESSING, 0), short, T0, Manual()).state.step == 0
+    # Gates still decide: failures over the threshold abort even when enough devices are healthy.
+    bad = Observation(targeted=20, healthy=18, failed=2)
+    assert decide(spec(steps=steps), state(Phase.PROGRESSING, 0), bad, T0, Manual()).state.phase is Phase.ABORTED
+
+
+@pytest.mark.parametrize("value", ["0%", "101%", "95", 95, "ninety"])
+def test_a_success_threshold_must_be_a_percentage(value):
+    with pytest.raises(ValueError, match="percentage"):
+        spec(steps=[{"percent": 100, "successThreshold": value}])
+
+
+def test_without_automatic_rollback_a_failed_gate_holds_the_rollout_for_a_person():
+    rollout = spec(rollback={"automatic": False})
+    bad = Observation(targeted=10, healthy=7, failed=3)
+    held = decide(rollout, state(Phase.PROGRESSING, 0), bad, T0, Manual())
+    assert (held.state.phase, held.state.reason, held.decision.kind) == (Phase.PAUSED, "HeldAfterGateFailed", "Pause")
+    assert "automatic rollback is off" in held.state.message and held.state.stable_version == "1.0.0"
+    # Held whatever the gates say later, without a new decision each cycle.
+    again = decide(rollout, held.state, ALL_HEALTHY, T0, Manual())
+    assert again.state == held.state and again.decision is None
+    # A person promotes past it, or aborts.
+    promoted = decide(rollout, held.state, bad, T0, Manual(promotions=1))
+    assert (promoted.state.phase, promoted.state.step, promoted.decision.kind) == (Phase.PROGRESSING, 1, "Promote")
+    aborted = decide(rollout, held.state, bad, T0, Manual(abort="bad canary"))
+    assert aborted.state.phase is Phase.ABORTED
+
+
 def test_an_abort_names_the_gate_its_value_and_threshold():
     outcome = decide(spec(), state(Phase.PROGRESSING, 0), Observation(targeted=4, healthy=1, failed=3), T0, Manual())
     assert outcome.decision.gate.name == "failureRate" and outcome.decision.devices == 4
