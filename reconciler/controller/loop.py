@@ -214,7 +214,8 @@ class Controller:
         standing = {n: initial_state(tree, n, previous[n], statuses) for n in tree.rollouts if tree.rollouts[n].active}
         before_positions = {n: position(tree, n, s) for n, s in standing.items()}
         before = targets.at(before_positions, artifacts)
-        cycles = run_rollouts(tree, previous, before, statuses, self.backend.telemetry(), now)
+        tracks = self.store is not None or self.publisher is not None  # it knows which builds exist
+        cycles = run_rollouts(tree, previous, before, statuses, self.backend.telemetry(), now, tracks)
         revision = fleet.revision
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
         after = before if positions == before_positions else targets.at(positions, artifacts)

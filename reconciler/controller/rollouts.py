@@ -90,12 +90,18 @@ def observe(
     statuses: Mapping[tuple[str, str], AssignmentStatus],
     summaries: Iterable[Mapping],
     now: datetime,
+    tracks_artifacts: bool = False,
 ) -> Observation:
+    """``tracks_artifacts``: the controller knows which builds exist (it has a store), so a device whose artifact
+    is missing is waiting for it, never failed, unavailable or overdue."""
     spec = tree.rollouts[name].spec
     step_devices = [d for d in target.for_rollout(name) if d.in_rollout]
-    healthy = failed = unavailable = in_progress = staged = 0
+    healthy = failed = unavailable = in_progress = staged = missing = 0
     for desired in step_devices:
         status = statuses.get((desired.device, desired.model))
+        if tracks_artifacts and desired.artifact is None:
+            missing += 1
+            continue
         seen = _time(status.last_seen) if status else None
         if status is None or seen is None:
             # Never reported: in progress for a while, then unavailable (offline devices must not wedge a step).
@@ -138,6 +144,7 @@ def observe(
                 change = (new_p95 / old_p95 - 1) * 100
                 regression = change if regression is None else max(regression, change)
     return Observation(len(step_devices), healthy, failed, unavailable, in_progress, staged=staged,
+                       missing_artifacts=missing,
                        error_rate=new.error_rate, latency_regression=regression, drift_psi=drift,
                        telemetry_devices=len(new.devices))  # fmt: skip
 
@@ -149,13 +156,14 @@ def run_rollouts(
     statuses: Mapping[tuple[str, str], AssignmentStatus],
     summaries: list[Mapping],
     now: datetime,
+    tracks_artifacts: bool = False,
 ) -> dict[str, RolloutCycle]:
     cycles = {}
     for name, rollout in sorted(tree.rollouts.items()):
         if not rollout.active:
             continue
         before = initial_state(tree, name, previous.get(name) or RolloutStatus(name), statuses)
-        obs = observe(tree, name, before, target, statuses, summaries, now)
+        obs = observe(tree, name, before, target, statuses, summaries, now, tracks_artifacts)
         cycles[name] = RolloutCycle(name, before, decide(rollout.spec, before, obs, now, manual_actions(rollout)), obs)
     return cycles
 

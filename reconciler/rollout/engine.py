@@ -11,8 +11,9 @@ waits for ``promote``), Succeeded, Aborted (rolled back; stays so until the spec
 A step completes when every device of the step is Healthy on the new version, Staged (waiting for its
 maintenance window) or counted unavailable (offline, or failed within ``maxUnavailable``), or when the step's
 ``successThreshold`` share of its devices is Healthy; and every gate passed with enough reports, and its pause is
-over. With ``rollback.automatic: false`` a failed gate holds the rollout (Paused, HeldAfterGateFailed) instead of
-aborting it, until a person aborts or promotes past the gate.
+over. A step whose devices lack a build of the new version waits for it (WaitingForArtifacts); those devices
+count as neither failed nor unavailable. With ``rollback.automatic: false`` a failed gate holds the rollout
+(Paused, HeldAfterGateFailed) instead of aborting it, until a person aborts or promotes past the gate.
 Only a device whose new version passed its on-device health check counts as a success. A device still in
 progress after ``progressDeadline`` counts as failed; a device not seen for ``offlineAfter`` as unavailable.
 
@@ -52,6 +53,8 @@ class Observation:
     in_progress: int = 0
     staged: int = 0
     """Verified and tested, waiting for their maintenance window: they do not hold the step."""
+    missing_artifacts: int = 0
+    """Devices of the step whose build of the new version does not exist yet: the step waits for it."""
     error_rate: float | None = None
     latency_regression: float | None = None
     """Percent rise of p95 latency, new version vs previous, worst profile."""
@@ -206,6 +209,10 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
     if state.reason == Reason.PAUSED_BY_PERSON:
         state = replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.RESUMED, message="resumed by a person")
 
+    if obs.missing_artifacts:
+        waiting = f"{obs.missing_artifacts} device(s) of the step wait for a build of {spec.version}"
+        return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.WAITING_FOR_ARTIFACTS,
+                               message=waiting), None, gates)  # fmt: skip
     inconclusive = next((g for g in gates if g.verdict is Verdict.INCONCLUSIVE), None)
     allowed = max_unavailable(spec, obs.targeted)
     settled = obs.healthy + obs.staged + min(obs.unavailable + obs.failed, allowed) >= obs.targeted

@@ -3,15 +3,17 @@ and telemetry compared per hardware profile."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from reconciler.api import load_fleet
-from reconciler.api.status import RolloutState
+from reconciler.api.status import RolloutPhase, RolloutState
 from reconciler.cluster import AssignmentStatus
 from reconciler.controller.rollouts import observe
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import Device, RolloutPosition, plan
+from reconciler.rollout.engine import Manual, decide
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 BASE = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east", "acme.example/network": "wifi"}
@@ -89,3 +91,32 @@ def test_latency_is_compared_per_profile_and_the_worst_counts():
     assert obs.latency_regression == 100.0
     assert obs.telemetry_devices == 8 and obs.error_rate == 0.0
     assert obs.drift_psi is not None and obs.drift_psi < 0.01  # same predictions: no drift
+
+
+def test_devices_whose_build_is_missing_wait_for_it_and_never_fail():
+    tree = load_fleet(read_fleet_dir(Path(__file__).resolve().parents[2] / "fleet-example"))
+    devices = [Device(f"arm-{i}", CORTEX) for i in range(4)] + [Device(f"tpu-{i}", CORAL) for i in range(4)]
+    # Only the Cortex-A build of 2.0.0 exists; the Coral devices' build is not there yet.
+    built = {("vibration-anomaly", v, "arm-cortex-a-cpu"): f"id-{v}" for v in ("1.0.0", "2.0.0")}
+    built[("vibration-anomaly", "1.0.0", "coral-npu")] = "id-coral-1"
+    target = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(100, "1.0.0")}, built)
+    late = NOW + timedelta(hours=2)  # past progressDeadline and offlineAfter for anything in progress
+    _, _, state = setup()
+    statuses = {(f"tpu-{i}", "vibration-anomaly"): status("Retrying", "1.0.0", late) for i in range(4)}
+    statuses |= {(f"arm-{i}", "vibration-anomaly"): status("Healthy", "2.0.0", late) for i in range(4)}
+    obs = observe(tree, "vibration-anomaly-2", state, target, statuses, [], late, tracks_artifacts=True)
+    assert (obs.missing_artifacts, obs.failed, obs.unavailable, obs.healthy) == (4, 0, 0, 4)
+    outcome = decide(tree.rollouts["vibration-anomaly-2"].spec, replace(state, phase=RolloutPhase.PROGRESSING),
+                     obs, late, Manual())  # fmt: skip
+    assert (outcome.state.reason, outcome.decision) == ("WaitingForArtifacts", None)
+    assert outcome.state.message == "4 device(s) of the step wait for a build of 2.0.0"
+
+    # The build lands: the step is judged like any other (here its latency gate waits for telemetry).
+    built[("vibration-anomaly", "2.0.0", "coral-npu")] = "id-coral-2"
+    target = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(100, "1.0.0")}, built)
+    statuses |= {(f"tpu-{i}", "vibration-anomaly"): status("Healthy", "2.0.0", late) for i in range(4)}
+    obs = observe(tree, "vibration-anomaly-2", state, target, statuses, [], late, tracks_artifacts=True)
+    assert (obs.missing_artifacts, obs.healthy) == (0, 8)
+    done = decide(tree.rollouts["vibration-anomaly-2"].spec, replace(state, phase=RolloutPhase.PROGRESSING), obs,
+                  late, Manual())  # fmt: skip
+    assert done.state.reason == "Waiting" and "telemetry from 0" in done.state.message
