@@ -212,3 +212,17 @@ def test_agent_link_quick():
     )
     refetched = int(re.search(r"bytes the agent fetched twice +(\d+)", output)[1])
     assert refetched <= 3 * 256 * 1024  # a resume repeats at most the chunk in flight, never the file
+
+
+def test_controller_cycle_quick():
+    output = quick("controller_cycle.py", timeout=600)
+    assert_lines(
+        output,
+        r"controller cycle, 300 devices Healthy, 30 days of telemetry merged per device and version",
+        rf"  cycle time with telemetry +{NUMBER} s  \(median of 5; nothing to apply\)",
+        rf"  cycle time without telemetry +{NUMBER} s  \(baseline\)",
+        rf"  ratio +{NUMBER}x",
+        rf"  peak RSS of this process +{NUMBER} MiB  \(both fleets, both controllers\)",
+        rf"  telemetry in the store +{NUMBER} MiB  \(\d+ bytes per device: one record per device and version, "
+        r"whatever the days\)",
+    )
