@@ -147,6 +147,9 @@ class RolloutSpec(SpecModel):
     """Cumulative percentages, strictly increasing, ending at 100."""
     max_unavailable: IntOrPercent = "10%"
     """Devices per step allowed to be offline or failed without blocking progress."""
+    max_concurrent: IntOrPercent | None = None
+    """Devices taking the new version at once (assigned it, no verdict yet), of the rollout's targeted devices;
+    the step's others wait their turn on what they run. Unset: the whole step at once."""
     progress_deadline: Duration = timedelta(minutes=30)
     """A device in progress for longer than this counts as failed."""
     offline_after: Duration = timedelta(minutes=15)

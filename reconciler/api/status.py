@@ -97,6 +97,8 @@ class RolloutState:
     failures: int = 0
     promotions_seen: int = 0
     retries_seen: int = 0
+    last_admitted: str | None = None
+    """RFC 3339: when ``maxConcurrent`` last let devices of the step start (their deadline runs from here)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +112,7 @@ class RolloutState:
             "consecutiveFailures": self.failures,
             "promotionsSeen": self.promotions_seen,
             "retriesSeen": self.retries_seen,
+            "lastAdmitted": self.last_admitted,
         }
 
     @classmethod
@@ -129,6 +132,7 @@ class RolloutState:
             _int(body.get("consecutiveFailures")),
             _int(body.get("promotionsSeen")),
             _int(body.get("retriesSeen")),
+            _str_or_none(body.get("lastAdmitted")),
         )
 
 
@@ -271,7 +275,7 @@ class RolloutStatus:
             body[key] = state[key]
         body["observedRevision"] = self.observed_revision
         body["observedCommit"] = self.observed_commit
-        for key in ("reason", "message", "consecutiveFailures", "promotionsSeen", "retriesSeen"):
+        for key in ("reason", "message", "consecutiveFailures", "promotionsSeen", "retriesSeen", "lastAdmitted"):
             body[key] = state[key]
         body["devices"] = self.devices.to_json()
         body["gates"] = [g.to_json() for g in self.gates]

@@ -44,6 +44,8 @@ from reconciler.faults import FaultPoints
 from reconciler.gitops.source import GitSource
 from reconciler.gitops.status import Author, StatusWriter
 from reconciler.plan import targeting
+from reconciler.rollout.admission import admit
+from reconciler.rollout.engine import max_concurrent
 from reconciler.signing import TrustPolicy, policy_from_fleet
 from reconciler.signing.tuf_repo import TufRepository, online_signers
 
@@ -215,10 +217,12 @@ class Controller:
         before_positions = {n: position(tree, n, s) for n, s in standing.items()}
         before = targets.at(before_positions, artifacts)
         tracks = self.store is not None or self.publisher is not None  # it knows which builds exist
-        cycles = run_rollouts(tree, previous, before, statuses, self.backend.telemetry(), now, tracks)
+        current = self.backend.assignments()
+        cycles = run_rollouts(tree, previous, before, statuses, self.backend.telemetry(), now, tracks, current)
         revision = fleet.revision
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
         after = before if positions == before_positions else targets.at(positions, artifacts)
+        after = self._admit(tree, cycles, after, current, statuses, now)
         # Devices first: an abort's return to the stable version is applied before anything is pushed, so a Git
         # outage never holds a rollback.
         result = outcome.result = apply_plan(self.backend, after, len(devices))
@@ -306,6 +310,21 @@ class Controller:
             self._accept_rewrite = False
             return True
         return fleet is not None and _accepts(fleet, applied)
+
+    @staticmethod
+    def _admit(tree: FleetTree, cycles: dict, target, current, statuses, now: datetime):
+        """``maxConcurrent``: the plan with only as many of each rollout's devices taking its new version at once;
+        a rollout that let devices start records when (their deadline runs from then)."""
+        for name, cycle in list(cycles.items()):
+            limit = max_concurrent(tree.rollouts[name].spec, len(target.for_rollout(name)))
+            if limit is None:
+                continue
+            admission = admit(target, name, limit, current, statuses)
+            target = admission.plan
+            if admission.admitted:
+                state = replace(cycle.outcome.state, last_admitted=now.isoformat(timespec="seconds"))
+                cycles[name] = replace(cycle, outcome=replace(cycle.outcome, state=state))
+        return target
 
     def _standing(
         self, tree: FleetTree, fleet: FleetAtCommit, stored: dict[str, StoredRollout], head: str

@@ -22,7 +22,7 @@ from datetime import datetime
 from reconciler.api import FleetTree, Rollout
 from reconciler.api.status import DecisionKind, RolloutPhase, RolloutState, RolloutStatus
 from reconciler.cluster import AssignmentStatus
-from reconciler.plan import Plan, RolloutPosition
+from reconciler.plan import Desired, Plan, RolloutPosition
 from reconciler.rollout.engine import Manual, Observation, Outcome, decide, is_overdue
 from reconciler.telemetry.aggregate import aggregate, psi
 
@@ -91,16 +91,24 @@ def observe(
     summaries: Iterable[Mapping],
     now: datetime,
     tracks_artifacts: bool = False,
+    current: Mapping[tuple[str, str], Desired] | None = None,
 ) -> Observation:
     """``tracks_artifacts``: the controller knows which builds exist (it has a store), so a device whose artifact
-    is missing is waiting for it, never failed, unavailable or overdue."""
+    is missing is waiting for it, never failed, unavailable or overdue. ``current``: the assignments as written;
+    a device of the step not yet given the new version (``maxConcurrent``) waits its turn, never overdue."""
     spec = tree.rollouts[name].spec
     step_devices = [d for d in target.for_rollout(name) if d.in_rollout]
     healthy = failed = unavailable = in_progress = staged = missing = 0
+    # In-progress deadlines run from the step's start, or from the last admission of devices to it.
+    started = max(filter(None, (state.step_started, state.last_admitted)), default=None)
     for desired in step_devices:
         status = statuses.get((desired.device, desired.model))
         if tracks_artifacts and desired.artifact is None:
             missing += 1
+            continue
+        held = current.get((desired.device, desired.model)) if current is not None else None
+        if current is not None and (held is None or held.version != desired.version):
+            in_progress += 1  # not given the new version yet: waiting for its turn
             continue
         seen = _time(status.last_seen) if status else None
         if status is None or seen is None:
@@ -120,11 +128,11 @@ def observe(
         elif status.phase == "Retrying":
             # A transient failure (network, a frozen repository) is no verdict on the version: the device has
             # not got there yet, and counts as unavailable once the step has waited its deadline for it.
-            if is_overdue(state.step_started, now, spec.progress_deadline):
+            if is_overdue(started, now, spec.progress_deadline):
                 unavailable += 1
             else:
                 in_progress += 1
-        elif is_overdue(state.step_started, now, spec.progress_deadline):
+        elif is_overdue(started, now, spec.progress_deadline):
             failed += 1  # stuck in progress
         else:
             in_progress += 1
@@ -157,13 +165,14 @@ def run_rollouts(
     summaries: list[Mapping],
     now: datetime,
     tracks_artifacts: bool = False,
+    current: Mapping[tuple[str, str], Desired] | None = None,
 ) -> dict[str, RolloutCycle]:
     cycles = {}
     for name, rollout in sorted(tree.rollouts.items()):
         if not rollout.active:
             continue
         before = initial_state(tree, name, previous.get(name) or RolloutStatus(name), statuses)
-        obs = observe(tree, name, before, target, statuses, summaries, now, tracks_artifacts)
+        obs = observe(tree, name, before, target, statuses, summaries, now, tracks_artifacts, current)
         cycles[name] = RolloutCycle(name, before, decide(rollout.spec, before, obs, now, manual_actions(rollout)), obs)
     return cycles
 

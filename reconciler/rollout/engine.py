@@ -92,10 +92,16 @@ class Outcome:
 
 
 def max_unavailable(spec: RolloutSpec, targeted: int) -> int:
-    value = spec.max_unavailable
-    if isinstance(value, str):
-        return targeted * int(value.rstrip("%")) // 100
-    return int(value)
+    return _count(spec.max_unavailable, targeted)
+
+
+def max_concurrent(spec: RolloutSpec, targeted: int) -> int | None:
+    """How many devices may take the new version at once (at least one), or None: no limit."""
+    return None if spec.max_concurrent is None else max(1, _count(spec.max_concurrent, targeted))
+
+
+def _count(value: int | str, total: int) -> int:
+    return total * int(value.rstrip("%")) // 100 if isinstance(value, str) else int(value)
 
 
 def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateStatus]:

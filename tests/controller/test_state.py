@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from reconciler.cluster import LocalBackend, kubernetes_backend
+from reconciler.cluster import AssignmentStatus, LocalBackend, kubernetes_backend
 from reconciler.controller.loop import Controller, ControllerConfig
 
 from ..git_server import GitServer, git
@@ -197,3 +197,42 @@ def test_a_force_push_past_the_applied_commit_stalls_until_a_person_accepts_it(
     assert at_head(git_server, STATUS_FILE)["currentStep"] == 0
     assert at_head(git_server, "status/controller.yaml")["lastTamper"]["paths"] == EVERY_ROLLOUT
     assert controller.cycle().stalled is None  # the new head is what was applied last
+
+
+def test_max_concurrent_lets_devices_take_the_new_version_only_as_others_report_a_verdict(
+    git_server: GitServer, tmp_path: Path, backend
+):
+    url, work = git_server.create("fleet")
+
+    def one_step_three_at_a_time(folder: Path) -> None:
+        path = folder / "rollouts" / f"{ROLLOUT}.yaml"
+        body = yaml.safe_load(path.read_text())
+        body["spec"].update(steps=[{"percent": 100}], maxConcurrent=3, maxUnavailable=0)
+        body["spec"]["analysis"] = {"maxFailureRate": 0.5}
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+
+    person_commits(work, "One step, three devices at a time", one_step_three_at_a_time)
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
+
+    def report(devices: set[str], phase: str) -> None:
+        installed = "2.0.0" if phase == "Healthy" else "1.0.0"
+        for device in devices:
+            status = AssignmentStatus(phase, installed_version=installed, target_version="2.0.0")
+            backend.report_status(device, "vibration-anomaly", status)
+
+    assert controller.cycle().stalled is None
+    first = on_new_version(backend)
+    assert len(first) == 3  # the whole fleet is in the step; three take it at once
+    assert controller.cycle().applied == 0 and on_new_version(backend) == first  # nobody reported: nobody more
+
+    report(first, "Healthy")
+    controller.cycle()
+    second = on_new_version(backend) - first
+    assert len(second) == 3
+    failed, *busy = sorted(second)
+    report({failed}, "Failed")  # a verdict too: its place goes to the next device
+    report(set(busy), "Downloading")
+    controller.cycle()
+    assert len(on_new_version(backend)) == 7
+    status = backend.rollouts()[ROLLOUT].status
+    assert status.phase == "Progressing" and status.state.last_admitted is not None

@@ -120,3 +120,20 @@ def test_devices_whose_build_is_missing_wait_for_it_and_never_fail():
     done = decide(tree.rollouts["vibration-anomaly-2"].spec, replace(state, phase=RolloutPhase.PROGRESSING), obs,
                   late, Manual())  # fmt: skip
     assert done.state.reason == "Waiting" and "telemetry from 0" in done.state.message
+
+
+def test_devices_waiting_their_turn_are_never_overdue_and_deadlines_run_from_the_last_admission():
+    tree, target, state = setup()
+    long_ago = (NOW - timedelta(hours=5)).isoformat()
+    state = replace(state, step_started=long_ago, last_admitted=(NOW - timedelta(minutes=5)).isoformat())
+    step = [d for d in target.for_rollout("vibration-anomaly-2") if d.in_rollout]
+    admitted, waiting = step[:2], step[2:]
+    current = {(d.device, d.model): d for d in admitted}
+    current |= {(d.device, d.model): replace(d, version="1.0.0", in_rollout=False) for d in waiting}
+    statuses = {(d.device, d.model): status("Downloading", "1.0.0") for d in step}
+    obs = observe(tree, "vibration-anomaly-2", state, target, statuses, [], NOW, current=current)
+    assert (obs.in_progress, obs.failed, obs.unavailable) == (len(step), 0, 0)
+    # Without a recent admission the two in flight are overdue; the waiting ones still are not.
+    stale = observe(tree, "vibration-anomaly-2", replace(state, last_admitted=long_ago), target, statuses, [], NOW,
+                    current=current)  # fmt: skip
+    assert (stale.failed, stale.in_progress) == (2, len(waiting))

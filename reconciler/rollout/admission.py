@@ -1,0 +1,66 @@
+"""How many devices may take a rollout's new version at once (``maxConcurrent``): the rest of the step waits.
+
+Pure (no I/O). Who calls it: the controller, after the step machine placed each rollout, on the plan it is about
+to apply. A device is *in flight* from the moment it is assigned the new version until it reports a verdict on it
+(Healthy on it, Failed or RolledBack for it); the step's other devices keep the assignment they have (or get
+none) and are admitted in the order the rollout selected them (their hash bucket), as devices in flight finish.
+The agents' reports are the only clock: nothing here depends on how long a download takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from reconciler.cluster import AssignmentStatus
+from reconciler.plan import Desired, Plan, bucket
+
+VERDICTS = ("Failed", "RolledBack")
+
+
+@dataclass(frozen=True)
+class Admission:
+    plan: Plan
+    """The plan with the devices not admitted left as they are."""
+    in_flight: int
+    admitted: int
+    """Devices given the new version by this plan that did not have it."""
+    waiting: frozenset[str]
+
+
+def in_flight(desired: Desired, status: AssignmentStatus | None) -> bool:
+    """Assigned the new version and no verdict on it yet."""
+    if status is None:
+        return True
+    if status.phase == "Healthy" and status.installed_version == desired.version:
+        return False
+    return not (status.phase in VERDICTS and status.target_version in (None, desired.version))
+
+
+def admit(
+    plan: Plan,
+    rollout: str,
+    limit: int,
+    current: Mapping[tuple[str, str], Desired],
+    statuses: Mapping[tuple[str, str], AssignmentStatus],
+) -> Admission:
+    """``plan`` with at most ``limit`` of ``rollout``'s devices in flight on its new version."""
+    step = [d for d in plan.for_rollout(rollout) if d.in_rollout]
+    started = [d for d in step if (held := current.get((d.device, d.model))) is not None and held.version == d.version]
+    busy = sum(1 for d in started if in_flight(d, statuses.get((d.device, d.model))))
+    started_keys = {(d.device, d.model) for d in started}
+    queue = sorted((d for d in step if (d.device, d.model) not in started_keys),
+                   key=lambda d: bucket(rollout, d.device))  # fmt: skip
+    free = max(0, limit - busy)
+    admitted, waiting = queue[:free], queue[free:]
+    if not waiting:
+        return Admission(plan, busy + len(admitted), len(admitted), frozenset())
+    desired = dict(plan.desired)
+    for held in waiting:
+        key = (held.device, held.model)
+        if key in current:
+            desired[key] = current[key]  # keeps what it runs until its turn
+        else:
+            desired.pop(key)
+    return Admission(Plan(desired, plan.problems, plan.profiles), busy + len(admitted), len(admitted),
+                     frozenset(d.device for d in waiting))  # fmt: skip
