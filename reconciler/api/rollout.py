@@ -117,6 +117,18 @@ class Analysis(SpecModel):
     """Consecutive failed evaluations tolerated before aborting (0: abort on the first)."""
 
 
+class Rate(SpecModel):
+    """How fast devices are given the new version (as AWS IoT Jobs' exponential rollout rate): ``perMinute`` at
+    first, multiplied by ``growthFactor`` for every ``growEvery`` devices Healthy on it, while the share of
+    failures among the devices with a verdict stays at or under ``maxFailureRate``."""
+
+    per_minute: int = Field(ge=1)
+    growth_factor: float = Field(default=1.0, ge=1.0)
+    grow_every: int = Field(default=10, ge=1)
+    max_per_minute: int | None = Field(default=None, ge=1)
+    max_failure_rate: Fraction = 0.05
+
+
 class RollbackPolicy(SpecModel):
     """What happens when a gate fails."""
 
@@ -147,6 +159,8 @@ class RolloutSpec(SpecModel):
     """Cumulative percentages, strictly increasing, ending at 100."""
     max_unavailable: IntOrPercent = "10%"
     """Devices per step allowed to be offline or failed without blocking progress."""
+    rate: Rate | None = None
+    """Devices started per minute (counted per step, paced by the controller's cycles)."""
     max_concurrent: IntOrPercent | None = None
     """Devices taking the new version at once (assigned it, no verdict yet), of the rollout's targeted devices;
     the step's others wait their turn on what they run. Unset: the whole step at once."""

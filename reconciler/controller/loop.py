@@ -44,7 +44,7 @@ from reconciler.faults import FaultPoints
 from reconciler.gitops.source import GitSource
 from reconciler.gitops.status import Author, StatusWriter
 from reconciler.plan import targeting
-from reconciler.rollout.admission import admit
+from reconciler.rollout.admission import admit, in_flight, rate_allowance
 from reconciler.rollout.engine import max_concurrent
 from reconciler.signing import TrustPolicy, policy_from_fleet
 from reconciler.signing.tuf_repo import TufRepository, online_signers
@@ -313,13 +313,25 @@ class Controller:
 
     @staticmethod
     def _admit(tree: FleetTree, cycles: dict, target, current, statuses, now: datetime):
-        """``maxConcurrent``: the plan with only as many of each rollout's devices taking its new version at once;
-        a rollout that let devices start records when (their deadline runs from then)."""
+        """``maxConcurrent`` and ``rate``: the plan with only as many of each rollout's devices taking its new
+        version as may start now; a rollout that let devices start records when (deadlines and the rate run from
+        then)."""
         for name, cycle in list(cycles.items()):
-            limit = max_concurrent(tree.rollouts[name].spec, len(target.for_rollout(name)))
-            if limit is None:
+            spec = tree.rollouts[name].spec
+            limit = max_concurrent(spec, len(target.for_rollout(name)))
+            if limit is None and spec.rate is None:
                 continue
-            admission = admit(target, name, limit, current, statuses)
+            allowance = None
+            if spec.rate is not None:
+                verdicts = Counter(
+                    "healthy" if not in_flight(d, status) and status.phase == "Healthy" else "failed"
+                    for d in target.for_rollout(name)
+                    if d.in_rollout and (status := statuses.get((d.device, d.model))) and not in_flight(d, status)
+                    and current.get((d.device, d.model), d).version == d.version
+                )  # fmt: skip
+                allowance = rate_allowance(spec.rate, cycle.outcome.state.last_admitted, now, verdicts["healthy"],
+                                           verdicts["failed"])  # fmt: skip
+            admission = admit(target, name, limit, current, statuses, allowance)
             target = admission.plan
             if admission.admitted:
                 state = replace(cycle.outcome.state, last_admitted=now.isoformat(timespec="seconds"))

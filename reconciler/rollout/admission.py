@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
+from reconciler.api.rollout import Rate
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Desired, Plan, bucket
 
@@ -40,18 +42,22 @@ def in_flight(desired: Desired, status: AssignmentStatus | None) -> bool:
 def admit(
     plan: Plan,
     rollout: str,
-    limit: int,
+    limit: int | None,
     current: Mapping[tuple[str, str], Desired],
     statuses: Mapping[tuple[str, str], AssignmentStatus],
+    allowance: int | None = None,
 ) -> Admission:
-    """``plan`` with at most ``limit`` of ``rollout``'s devices in flight on its new version."""
+    """``plan`` with at most ``limit`` of ``rollout``'s devices in flight on its new version (None: no limit), and
+    at most ``allowance`` devices newly given it (the rate's share of this cycle; None: no rate)."""
     step = [d for d in plan.for_rollout(rollout) if d.in_rollout]
     started = [d for d in step if (held := current.get((d.device, d.model))) is not None and held.version == d.version]
     busy = sum(1 for d in started if in_flight(d, statuses.get((d.device, d.model))))
     started_keys = {(d.device, d.model) for d in started}
     queue = sorted((d for d in step if (d.device, d.model) not in started_keys),
                    key=lambda d: bucket(rollout, d.device))  # fmt: skip
-    free = max(0, limit - busy)
+    free = len(queue) if limit is None else max(0, limit - busy)
+    if allowance is not None:
+        free = min(free, allowance)
     admitted, waiting = queue[:free], queue[free:]
     if not waiting:
         return Admission(plan, busy + len(admitted), len(admitted), frozenset())
@@ -64,3 +70,19 @@ def admit(
             desired.pop(key)
     return Admission(Plan(desired, plan.problems, plan.profiles), busy + len(admitted), len(admitted),
                      frozenset(d.device for d in waiting))  # fmt: skip
+
+
+def rate_allowance(rate: Rate, last_admitted: str | None, now: datetime, healthy: int, failed: int) -> int:
+    """Devices that may start now: a minute's worth when none started in this step yet, else the rate times the
+    minutes since the last start. The rate grows by its factor for every ``growEvery`` Healthy devices while the
+    failure share of the verdicts stays within its limit (else it is back at ``perMinute``)."""
+    per_minute = float(rate.per_minute)
+    verdicts = healthy + failed
+    if not verdicts or failed / verdicts <= rate.max_failure_rate:
+        per_minute *= rate.growth_factor ** (healthy // rate.grow_every)
+    if rate.max_per_minute is not None:
+        per_minute = min(per_minute, float(rate.max_per_minute))
+    if last_admitted is None:
+        return max(1, int(per_minute))
+    minutes = (now - datetime.fromisoformat(last_admitted)).total_seconds() / 60
+    return int(per_minute * max(0.0, minutes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,43 @@ def test_max_concurrent_lets_devices_take_the_new_version_only_as_others_report_
     assert len(on_new_version(backend)) == 7
     status = backend.rollouts()[ROLLOUT].status
     assert status.phase == "Progressing" and status.state.last_admitted is not None
+
+
+def test_a_rate_starts_devices_per_minute_and_grows_while_they_succeed(git_server: GitServer, tmp_path: Path, backend):
+    url, work = git_server.create("fleet")
+
+    def paced(folder: Path) -> None:
+        path = folder / "rollouts" / f"{ROLLOUT}.yaml"
+        body = yaml.safe_load(path.read_text())
+        body["spec"].update(steps=[{"percent": 100}], maxUnavailable=0,
+                            rate={"perMinute": 2, "growthFactor": 2, "growEvery": 2})  # fmt: skip
+        body["spec"]["analysis"] = {"maxFailureRate": 0.5}
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+
+    person_commits(work, "Two devices a minute, doubling", paced)
+    now = {"t": datetime(2026, 12, 4, 12, 0, tzinfo=UTC)}
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), backend, clock=lambda: now["t"])
+
+    def report(devices, phase: str) -> None:
+        for device in devices:
+            installed = "2.0.0" if phase == "Healthy" else "1.0.0"
+            status = AssignmentStatus(phase, installed_version=installed, target_version="2.0.0")
+            backend.report_status(device, "vibration-anomaly", status)
+
+    controller.cycle()
+    first = on_new_version(backend)
+    assert len(first) == 2  # a minute's worth at once
+    controller.cycle()
+    assert on_new_version(backend) == first  # the same minute: nobody more
+
+    report(first, "Healthy")  # two succeeded: the rate doubles to 4 a minute
+    now["t"] += timedelta(minutes=1)
+    controller.cycle()
+    second = on_new_version(backend) - first
+    assert len(second) == 4
+
+    report(sorted(second)[:2], "Healthy")
+    report(sorted(second)[2:], "Failed")  # 2 of 6 verdicts failed, over the 5 % the rate grows under
+    now["t"] += timedelta(minutes=1)
+    controller.cycle()
+    assert len(on_new_version(backend)) == 8  # back to 2 a minute
