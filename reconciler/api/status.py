@@ -99,6 +99,8 @@ class RolloutState:
     retries_seen: int = 0
     last_admitted: str | None = None
     """RFC 3339: when ``maxConcurrent`` last let devices of the step start (their deadline runs from here)."""
+    group: int = 0
+    """With ``groupStrategy: Sequential``: the group the steps are walking now (0 for the first)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +115,7 @@ class RolloutState:
             "promotionsSeen": self.promotions_seen,
             "retriesSeen": self.retries_seen,
             "lastAdmitted": self.last_admitted,
+            "currentGroup": self.group,
         }
 
     @classmethod
@@ -133,6 +136,7 @@ class RolloutState:
             _int(body.get("promotionsSeen")),
             _int(body.get("retriesSeen")),
             _str_or_none(body.get("lastAdmitted")),
+            _int(body.get("currentGroup")),
         )
 
 
@@ -271,7 +275,7 @@ class RolloutStatus:
         state = self.state.to_json()
         body: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "RolloutStatus", "rollout": self.rollout,
                                 "model": self.model, "version": self.version}  # fmt: skip
-        for key in ("phase", "currentStep", "stableVersion", "stepStarted", "stepDone"):
+        for key in ("phase", "currentGroup", "currentStep", "stableVersion", "stepStarted", "stepDone"):
             body[key] = state[key]
         body["observedRevision"] = self.observed_revision
         body["observedCommit"] = self.observed_commit

@@ -79,7 +79,7 @@ def _previous_version(tree: FleetTree, model: str, version: str) -> str | None:
 def position(tree: FleetTree, name: str, state: RolloutState) -> RolloutPosition:
     steps = tree.rollouts[name].spec.steps
     percent = steps[min(state.step, len(steps) - 1)].percent
-    return RolloutPosition(percent, state.stable_version, state.phase is RolloutPhase.ABORTED)
+    return RolloutPosition(percent, state.stable_version, state.phase is RolloutPhase.ABORTED, state.group)
 
 
 def observe(

@@ -51,6 +51,9 @@ class RolloutPosition:
     percent: int
     stable_version: str | None = None
     aborted: bool = False
+    group: int = 0
+    """With ``groupStrategy: Sequential``: the group whose devices ``percent`` applies to (earlier groups are done,
+    later ones not started)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class _Target:
     window: Any
     conditions: LabelSelector | None
     trial: Trial | None = None
+    sequential: bool = False
 
     def selectors(self) -> list[LabelSelector]:
         return [*self.groups, *([self.conditions] if self.conditions is not None else [])]
@@ -150,6 +154,8 @@ class _Candidate(NamedTuple):
     bucket: int
     """The device's stable bucket, or ``BUCKETS`` (never inside) when its labels fail the rollout's conditions."""
     window: Window | None
+    group: int = 0
+    """Index of the first of the rollout's groups the device belongs to (what Sequential goes by)."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,10 @@ class Targeting:
         thresholds = {n: 0 if p.aborted else p.percent * (BUCKETS // 100) for n, p in placed.items()}
         result = Plan(problems=list(self.problems), profiles=dict(self.profiles))
         desired = result.desired
-        for device, profile, target, slot, window in self.candidates:
+        for device, profile, target, slot, window, group in self.candidates:
             inside = slot < thresholds[target.name]
+            if target.sequential and not placed[target.name].aborted and group != placed[target.name].group:
+                inside = group < placed[target.name].group and slot < BUCKETS  # earlier groups done, later waiting
             wanted = target.version if inside else placed[target.name].stable_version
             if wanted is None:
                 continue  # not reached yet, and nothing ran before: leave the device alone
@@ -224,7 +232,7 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
             seconds = int(spec.trial.duration.total_seconds()) if spec.trial is not None else None
             trial = Trial(seconds, spec.trial.requests if spec.trial else None, spec.analysis.max_error_rate)
         targets.append(_Target(name, spec.model, spec.version, groups, recipes, spec.maintenance_window,
-                               spec.conditions, trial))  # fmt: skip
+                               spec.conditions, trial, spec.group_strategy == "Sequential"))  # fmt: skip
         steps[name] = spec.steps[0].percent
     profiles = sorted(tree.profiles.items())
     # Every selector reads a few label keys; devices that agree on those keys get the same answers.
@@ -269,7 +277,8 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
                 continue
             window = window_for(target.window, labels) if target.window is not None else None
             slot = bucket(target.name, device.name) if target.name in allowed else BUCKETS
-            candidates.append(_Candidate(device.name, profile, target, slot, window))
+            group = next(i for i, selector in enumerate(target.groups) if selector.matches(labels))
+            candidates.append(_Candidate(device.name, profile, target, slot, window, group))
     return Targeting(tuple(candidates), tuple(problems), device_profiles, steps)
 
 

@@ -130,20 +130,24 @@ def review(
                 selector = head.groups[group].spec.selector
                 item.groups[group] = sum(1 for d in mine if selector.matches(labels.get(d.device, {})))
         if rollout.active:
-            for index, step in enumerate(spec.steps):
-                at_step = head_targets.at({**head_positions, name: RolloutPosition(
-                    step.percent, position.stable_version)}).for_rollout(name)  # fmt: skip
+            # Sequential: the steps of the group the rollout walks now, then every device at the end (artifacts).
+            walks = [RolloutPosition(step.percent, position.stable_version, group=position.group)
+                     for step in spec.steps]  # fmt: skip
+            if spec.group_strategy == "Sequential" and len(spec.groups) > 1:
+                walks.append(RolloutPosition(100, position.stable_version, group=len(spec.groups) - 1))
+            for index, walk in enumerate(walks):
+                at_step = head_targets.at({**head_positions, name: walk}).for_rollout(name)
+                if index >= len(spec.steps):  # the end of the last group: only what it needs
+                    _count_needs(needs, at_step, after.profiles)
+                    continue
+                step = spec.steps[index]
                 new = sum(1 for d in at_step if d.in_rollout)
                 pause = None
                 if step.pause is not None:
                     pause = "until promoted" if step.pause.duration is None else format_duration(step.pause.duration)
                 item.steps.append(StepImpact(index, step.percent, new, len(at_step) - new, pause,
                                              step.success_threshold))  # fmt: skip
-                # An artifact is needed by as many devices as run it at the busiest step.
-                running = Counter((d.model, d.version, after.profiles[d.device]) for d in at_step
-                                  if d.device in after.profiles)  # fmt: skip
-                for key, count in running.items():
-                    needs[key] = max(needs[key], count)
+                _count_needs(needs, at_step, after.profiles)
         item.warnings = _rollout_warnings(head, name, item)
         result.rollouts.append(item)
     if base is not None:
@@ -154,6 +158,13 @@ def review(
     if base is not None and base.fleet.spec.trust != head.fleet.spec.trust:
         result.warnings.append("the trust policy (Fleet spec.trust) changes: review who may release which models")
     return result
+
+
+def _count_needs(needs: Counter[ArtifactKey], at_step: list, profiles: Mapping[str, str]) -> None:
+    """An artifact is needed by as many devices as run it at the busiest step."""
+    running = Counter((d.model, d.version, profiles[d.device]) for d in at_step if d.device in profiles)
+    for key, count in running.items():
+        needs[key] = max(needs[key], count)
 
 
 def _documents(base: FleetTree | None, head: FleetTree) -> list[tuple[str, str]]:
@@ -196,6 +207,9 @@ def _rollout_warnings(tree: FleetTree, name: str, item: RolloutReview) -> list[s
     if all(v is None for v in (analysis.max_error_rate, analysis.max_latency_regression, analysis.max_drift_psi)):
         warnings.append("no telemetry gates (error rate, latency regression, drift): only device health checks "
                         "can stop it")  # fmt: skip
+    if spec.group_strategy == "Sequential" and len(spec.groups) > 1:
+        warnings.append("groups one after the other: the steps shown are those of the group it walks now; each "
+                        "next group walks them once the one before succeeded")  # fmt: skip
     if not spec.rollback.automatic:
         warnings.append("automatic rollback is off: a failing gate holds the rollout for a person (abort or promote)")
     if item.targeted == 0 and tree.rollouts[name].active:

@@ -258,8 +258,15 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
 
 
 def _next_step(spec: RolloutSpec, state: RolloutState, gates: list[GateStatus], stamp: str, promotions: int) -> Outcome:
-    """The step is done: on to the next one, or Succeeded after the last."""
-    if state.step + 1 >= len(spec.steps):
+    """The step is done: on to the next one; after the last, on to the next group (Sequential), or Succeeded."""
+    last_step = state.step + 1 >= len(spec.steps)
+    if last_step and spec.group_strategy == "Sequential" and state.group + 1 < len(spec.groups):
+        group = state.group + 1
+        message = f"group {group + 1} of {len(spec.groups)} ({spec.groups[group]}): {_step_text(spec, 0)}"
+        moved = RolloutState(RolloutPhase.PROGRESSING, 0, state.stable_version, stamp, None, Reason.PROMOTED, message,
+                             0, promotions, state.retries_seen, group=group)  # fmt: skip
+        return Outcome(moved, Decision(DecisionKind.PROMOTE, message), gates)
+    if last_step:
         done = RolloutState(
             RolloutPhase.SUCCEEDED,
             state.step,
@@ -271,6 +278,7 @@ def _next_step(spec: RolloutSpec, state: RolloutState, gates: list[GateStatus], 
             0,
             promotions,
             state.retries_seen,
+            group=state.group,
         )
         return Outcome(done, Decision(DecisionKind.SUCCEED, f"{spec.version} on every device of the rollout"), gates)
     following = state.step + 1
@@ -285,6 +293,7 @@ def _next_step(spec: RolloutSpec, state: RolloutState, gates: list[GateStatus], 
         0,
         promotions,
         state.retries_seen,
+        group=state.group,
     )
     return Outcome(promoted, Decision(DecisionKind.PROMOTE, promoted.message), gates)
 

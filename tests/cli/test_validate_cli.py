@@ -21,7 +21,7 @@ def test_validate_example_fleet_prints_a_summary(fleet_example: Path):
     result = edgectl("validate", str(fleet_example))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        f"{fleet_example}: 1 Fleet, 3 DeviceProfiles, 3 DeviceGroups, 2 Models (4 versions), 2 Rollouts: valid"
+        f"{fleet_example}: 1 Fleet, 3 DeviceProfiles, 3 DeviceGroups, 2 Models (5 versions), 2 Rollouts: valid"
     )
 
 

@@ -277,3 +277,46 @@ def test_a_rate_starts_devices_per_minute_and_grows_while_they_succeed(git_serve
     now["t"] += timedelta(minutes=1)
     controller.cycle()
     assert len(on_new_version(backend)) == 8  # back to 2 a minute
+
+
+def test_sequential_groups_walk_every_step_one_group_after_the_other(git_server: GitServer, tmp_path: Path, backend):
+    url, work = git_server.create("fleet")
+
+    def canary_first(folder: Path) -> None:
+        path = folder / "rollouts" / f"{ROLLOUT}.yaml"
+        body = yaml.safe_load(path.read_text())
+        body["spec"].update(groups=["canary-lab", "us-factories"], groupStrategy="Sequential", maxUnavailable=0,
+                            steps=[{"percent": 50}, {"percent": 100}])  # fmt: skip
+        body["spec"]["analysis"] = {"maxFailureRate": 0.5}
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+
+    person_commits(work, "The lab first, then the factories", canary_first)
+    backend.sync()
+    names = sorted(d.name for d in backend.devices())
+    lab = set(names[:10])
+    for name in lab:  # in the canary ring too: the first group of the rollout that matches is the device's
+        if isinstance(backend, LocalBackend):
+            backend.register_device(name, {**FACTORY, "edgereconciler.io/ring": "canary"})
+        else:
+            client.CoreV1Api(backend.api).patch_node(
+                name, {"metadata": {"labels": {"edgereconciler.io/ring": "canary"}}}
+            )
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
+
+    def cycle_and_settle() -> set[str]:
+        assert controller.cycle().stalled is None
+        on_new = on_new_version(backend)
+        for device in on_new:
+            status = AssignmentStatus("Healthy", installed_version="2.0.0", target_version="2.0.0")
+            backend.report_status(device, "vibration-anomaly", status)
+        return on_new
+
+    first = cycle_and_settle()
+    assert first and first < lab and len(first) < len(lab)  # half of the lab, no factory line yet
+    assert cycle_and_settle() == lab  # the lab at 100 %; the factories still wait
+    third = cycle_and_settle()
+    assert lab < third and 0 < len(third - lab) < len(names) - len(lab)  # the factories' first step
+    state = backend.rollouts()[ROLLOUT].status.state
+    assert (state.group, state.step) == (1, 0)
+    assert cycle_and_settle() == set(names)
+    assert cycle_and_settle() == set(names) and backend.rollouts()[ROLLOUT].status.phase == "Succeeded"

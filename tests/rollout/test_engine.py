@@ -135,6 +135,21 @@ def test_without_automatic_rollback_a_failed_gate_holds_the_rollout_for_a_person
     assert aborted.state.phase is Phase.ABORTED
 
 
+def test_sequential_groups_walk_every_step_before_the_next_group_starts():
+    rollout = spec(groups=["canary-lab", "eu-stores"], groupStrategy="Sequential", steps=[{"percent": 50},
+                                                                                       {"percent": 100}])  # fmt: skip
+    last = decide(rollout, state(Phase.PROGRESSING, 1), ALL_HEALTHY, T0, Manual())
+    assert (last.state.group, last.state.step, last.decision.kind) == (1, 0, "Promote")
+    assert last.decision.message == "group 2 of 2 (eu-stores): step 1 of 2 (50%)"
+    restored = RolloutState.from_json(yaml.safe_load(yaml.safe_dump(last.state.to_json())))
+    assert restored == last.state
+    done = decide(rollout, replace(state(Phase.PROGRESSING, 1), group=1), ALL_HEALTHY, T0, Manual())
+    assert (done.state.phase, done.state.group) == (Phase.SUCCEEDED, 1)
+    together = decide(spec(steps=[{"percent": 50}, {"percent": 100}]), state(Phase.PROGRESSING, 1), ALL_HEALTHY, T0,
+                      Manual())  # fmt: skip
+    assert together.state.phase is Phase.SUCCEEDED
+
+
 def test_an_abort_names_the_gate_its_value_and_threshold():
     outcome = decide(spec(), state(Phase.PROGRESSING, 0), Observation(targeted=4, healthy=1, failed=3), T0, Manual())
     assert outcome.decision.gate.name == "failureRate" and outcome.decision.devices == 4
