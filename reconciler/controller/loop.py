@@ -62,6 +62,10 @@ FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-apply", "after-save", "after-rol
 """Where a fault test may kill a cycle (``EDGE_CONTROLLER_CRASH_AT``): between each of its writes."""
 
 
+class UntrustedStatusError(Exception):
+    """A status file a fresh controller would take its state from was not written by the controller."""
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     repo_url: str
@@ -126,6 +130,8 @@ class Controller:
         self.stop = threading.Event()
         self.cycles_done = 0
         self._accept_rewrite = config.accept_rewrite
+        self._author = Author()
+        """Who status commits are by (the Fleet's ``commitAuthor``, as last loaded): stall reports too."""
         self._paths = StatusPaths()
         """Where the Fleet keeps status (``spec.statusPath``), as last loaded."""
 
@@ -174,6 +180,9 @@ class Controller:
         # status path is the Fleet's, known after loading: start from the last one seen and check again below.
         spec_commit = self.source.last_change_outside(head, self._paths.root)
         fleet = self._load(head, spec_commit, outcome)
+        if fleet is not None:
+            author = fleet.tree.fleet.spec.commit_author
+            self._author = Author(author.name, author.email)
         applied = self.source.applied()
         if applied is not None and not self.source.contains(head, applied):
             if not self._rewrite_accepted(fleet, applied):
@@ -202,7 +211,12 @@ class Controller:
         tree, paths = fleet.tree, fleet.status.paths
         now = self.clock()
         stored = self.backend.rollouts()
-        previous, tampered = self._standing(tree, fleet, stored, head)
+        try:
+            previous, tampered = self._standing(tree, fleet, stored, head)
+        except UntrustedStatusError as exc:
+            outcome.stalled = str(exc)
+            self._report(spec_commit, outcome.stalled, outcome)
+            return
         artifacts = self._artifacts()
         if self.publisher is not None:
             published = self.publisher.sync(self._trust_policy(tree, head), now)
@@ -348,6 +362,7 @@ class Controller:
         for name in tree.rollouts:
             record = stored.get(name)
             if record is None:
+                self._check_adopted(tree, fleet, name, head)
                 previous[name] = fleet.status.rollout(name)
                 continue
             previous[name] = record.status
@@ -355,6 +370,25 @@ class Controller:
             if record.synced and self.source.read_blob(head, path) != record.status.to_yaml():
                 tampered.append(path)
         return previous, tampered
+
+    def _check_adopted(self, tree: FleetTree, fleet: FleetAtCommit, name: str, head: str) -> None:
+        """A controller that signs its status commits takes a rollout's state from Git (a fresh backend) only
+        from a file its own signed commit wrote; anything else stalls the cycle, the devices where they are."""
+        if self.config.signing_key is None or self.config.allowed_signers is None:
+            return
+        path = fleet.status.paths.rollout(name)
+        if self.source.read_blob(head, path) is None:
+            return  # a rollout that never ran: it starts at its first step
+        writer = self.source.last_change_of(head, path)
+        refusal = self.source.verify_commit_signature(writer, self.config.allowed_signers)
+        if refusal is None and self.source.committer_email(writer) != tree.fleet.spec.commit_author.email:
+            refusal = f"commit {writer[:12]} is not the controller's"
+        if refusal is not None:
+            raise UntrustedStatusError(
+                f"UntrustedStatus: {path} was last written by commit {writer[:12]}, not a status commit signed by "
+                f"the controller ({refusal}); a controller without a record of the rollout does not take its state "
+                "from it: restore the file from a signed status commit, or delete it to start the rollout over"
+            )
 
     @staticmethod
     def _records(
@@ -375,7 +409,7 @@ class Controller:
     def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:
         """Say why nothing was applied, in the controller's status file (once: the same reason commits nothing)."""
         files = {self._paths.controller: ControllerStatus(spec_commit, reason).to_yaml()}
-        pushed = StatusWriter(self.source, signing_key=self.config.signing_key).commit(
+        pushed = StatusWriter(self.source, self._author, signing_key=self.config.signing_key).commit(
             files, f"status: stalled at {spec_commit[:12]}"
         )
         if pushed is not None:

@@ -256,6 +256,16 @@ class GitSource:
         owned = prefix.rstrip("/") + "/"
         return all(path.startswith(owned) for path in self.changed_paths(str(current.parents[0].id), commit))
 
+    def last_change_of(self, head: str, path: str, limit: int = 10_000) -> str:
+        """The newest first-parent ancestor of ``head`` (or ``head``) that wrote ``path`` as it is at ``head``."""
+        current = self.repo[head].peel(pygit2.Commit)
+        wanted = _entry_id(current.tree, path)
+        for _ in range(limit):
+            if not current.parents or _entry_id(current.parents[0].tree, path) != wanted:
+                return str(current.id)
+            current = current.parents[0]
+        return str(current.id)
+
     def committer_email(self, commit: str) -> str:
         return self.repo[commit].peel(pygit2.Commit).committer.email
 
@@ -276,6 +286,13 @@ class GitSource:
             return (
                 f"commit {commit[:12]} signature is not from an allowed signer ({detail[-1] if detail else 'refused'})"
             )
+        return None
+
+
+def _entry_id(tree: pygit2.Tree, path: str) -> pygit2.Oid | None:
+    try:
+        return tree[path].id
+    except KeyError:
         return None
 
 

@@ -162,6 +162,47 @@ def test_every_commit_since_the_last_applied_must_be_signed_and_status_commits_a
     assert controller.cycle().stalled == held.stalled  # its own stall report on top changes nothing
 
 
+def test_a_fresh_controller_takes_state_only_from_its_own_signed_status_commits(git_server: GitServer, tmp_path: Path):
+    url, work = git_server.create("fleet")
+    keys = {}
+    for name in ("person", "controller"):
+        keys[name] = tmp_path / name
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys[name])], check=True)
+    allowed = tmp_path / "allowed"
+    allowed.write_text(f"dev@acme.example {(tmp_path / 'person.pub').read_text()}"
+                       f"edge-reconciler@acme.example {(tmp_path / 'controller.pub').read_text()}")  # fmt: skip
+    for setting in (("gpg.format", "ssh"), ("user.signingkey", str(keys["person"])), ("commit.gpgsign", "true")):
+        git("config", *setting, cwd=work)
+    git("commit", "-q", "--amend", "--no-edit", cwd=work)  # the seed commit, signed
+    git("push", "-q", "-f", "origin", "HEAD:main", cwd=work)
+
+    def controller(state: str) -> Controller:
+        register(tmp_path / state, 50)
+        config = ControllerConfig(url, tmp_path / state, allowed_signers=allowed, signing_key=keys["controller"])
+        return Controller(config, LocalBackend(tmp_path / state))
+
+    first = controller("state-a")
+    assert first.cycle().stalled is None
+    on_new = {d for (d, _), a in first.backend.assignments().items() if a.version == "2.0.0"}
+    # A new backend (another cluster, a lost state directory) resumes from the controller's own signed commits.
+    fresh = controller("state-b")
+    assert fresh.cycle().stalled is None
+    assert {d for (d, _), a in fresh.backend.assignments().items() if a.version == "2.0.0"} == on_new
+
+    git("pull", "-q", "--rebase", "origin", "main", cwd=work)
+    status = work / "status" / "rollouts" / "vibration-anomaly-2.yaml"
+    status.write_text(status.read_text().replace("currentStep: 0", "currentStep: 2"))
+    git("commit", "-qam", "Skip ahead (signed, but a person's)", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    third = controller("state-c")
+    held = third.cycle()
+    assert held.stalled.startswith("UntrustedStatus: status/rollouts/vibration-anomaly-2.yaml was last written by")
+    assert third.backend.assignments() == {}  # nothing applied from a file a person wrote
+    # The controller with a record is not fooled either: it restores its file.
+    assert first.cycle().stalled is None
+    assert {d for (d, _), a in first.backend.assignments().items() if a.version == "2.0.0"} == on_new
+
+
 @pytest.mark.parametrize("point", FAULTS.points)
 @pytest.mark.parametrize("scenario", ["start", "abort"])
 def test_edgectl_run_once_killed_between_its_writes_converges_without_duplicate_commits(
