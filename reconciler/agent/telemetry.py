@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,10 +157,37 @@ class TelemetryQueue:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.budget_bytes = budget_bytes
 
+    @property
+    def stream(self) -> str:
+        """This queue's id, made once: with the file's sequence number it names each summary for good, so the
+        controller counts a summary sent twice once."""
+        path = self.directory / "stream"
+        try:
+            return path.read_text().strip()
+        except OSError:
+            pass
+        mine = self.directory / f".stream-{os.getpid()}"
+        write_atomic(mine, secrets.token_hex(16).encode())
+        try:  # whole or not at all, and the first of the agent and the model server to get here wins
+            os.link(mine, path)
+        except FileExistsError:
+            pass
+        finally:
+            mine.unlink(missing_ok=True)
+        return path.read_text().strip()
+
     def put(self, summary: dict) -> None:
-        sequence = max((int(p.stem) for p in self._files()), default=0) + 1
+        # Numbers only rise, also after the queue ran empty: the last one is kept beside the files.
+        sequence = max([int(p.stem) for p in self._files()] + [self._last()], default=0) + 1
         write_atomic(self.directory / f"{sequence:012d}.json", json.dumps(summary, sort_keys=True).encode())
+        write_atomic(self.directory / "last", str(sequence).encode())
         self._enforce_budget()
+
+    def _last(self) -> int:
+        try:
+            return int((self.directory / "last").read_text())
+        except (OSError, ValueError):
+            return 0
 
     def pending(self) -> list[Path]:
         return self._files()
@@ -176,9 +205,11 @@ class TelemetryQueue:
         counted: sent again it would be refused again, and would hold back every summary behind it."""
         http = http or urllib3.PoolManager(retries=False)
         sent = 0
+        stream = self.stream
         for path in self._files():
             body = json.loads(path.read_bytes())
             body["droppedBefore"] = self.dropped
+            body["stream"], body["sequence"] = stream, int(path.stem)
             try:
                 response = http.request("POST", url, body=json.dumps(body).encode(), timeout=timeout,
                                         headers={"Content-Type": "application/json"})  # fmt: skip

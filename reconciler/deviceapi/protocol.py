@@ -144,6 +144,11 @@ class TelemetrySummary(_Message):
     inputs: dict[str, Histogram] = Field(max_length=MAX_INPUT_HISTOGRAMS)
     dropped_before: int = Field(default=0, alias="droppedBefore", ge=0)
     """Summaries the device's queue dropped (over its disk budget) before this one."""
+    stream: str | None = Field(default=None, pattern=r"^[0-9a-f]{16,64}$")
+    """The device's telemetry stream (its queue's id: a wiped device starts a new one)."""
+    sequence: int | None = Field(default=None, ge=1)
+    """Rising within ``stream``: a summary sent again (an upload answered but not recorded as sent on the
+    device) is known by it and counted once."""
 
 
 MAX_EXTRAS = 32

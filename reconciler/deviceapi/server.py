@@ -109,7 +109,7 @@ class DeviceAPIServer:
         blobs: Path | None = None,
         tuf: Path | None = None,
         deltas: Callable[[str, str], Path] | None = None,
-        on_telemetry: Callable[[Backend, str, dict], bool] | None = None,
+        on_telemetry: Callable[[Backend, str, dict], bool | str] | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         register_enrolled: bool = False,
@@ -121,7 +121,8 @@ class DeviceAPIServer:
         caller owns and closes what it returns. ``blobs``: the store's ``blobs/sha256`` folder. ``deltas(a, b)``:
         the path of a delta (made on first request; any exception is 404). ``on_telemetry(backend, device,
         summary)`` stores validated summaries whose ``device`` is the certificate's, with the worker thread's
-        backend (``reconciler.telemetry.summaries.record``); False: nothing was stored (no such assignment).
+        backend (``reconciler.telemetry.summaries.record``); False: nothing was stored (no such assignment); a
+        string: nothing was stored, for that reason (``duplicate``).
         ``register_enrolled``: after an enrolment, ``backend.register_device(name, token's labels)`` (the local
         backend's inventory).
         ``node_of_token(token)``: the Node an agent pod's ServiceAccount token proves
@@ -440,19 +441,23 @@ class DeviceAPIServer:
         if summary.device != device:
             raise _Refused(403, "wrong-device", f"a summary from {device} must name {device}", asked=summary.device)
         assert self.on_telemetry is not None
-        stored = await self._call(self._store_telemetry, device, summary.model_dump(by_alias=True))
-        # Acknowledged either way: a summary of a model this device is no longer assigned is worth no retry.
-        return web.json_response({"accepted": int(stored)} if stored else
-                                 {"accepted": 0, "reason": "not-assigned"}, status=202)  # fmt: skip
+        unnamed = {field for field in ("stream", "sequence") if getattr(summary, field) is None}
+        stored = await self._call(self._store_telemetry, device, summary.model_dump(by_alias=True, exclude=unnamed))
+        # Acknowledged either way: a summary of a model this device is no longer assigned, or one counted already
+        # (sent again), is worth no retry.
+        if stored is True:
+            return web.json_response({"accepted": 1}, status=202)
+        return web.json_response({"accepted": 0, "reason": stored or "not-assigned"}, status=202)
 
     def bytes_sent(self, kind: str) -> int:
         """Bytes of ``kind`` (artifact, delta, metadata) sent since the start."""
         samples = (s for metric in self.sent.collect() for s in metric.samples if s.name.endswith("_total"))
         return int(sum(sample.value for sample in samples if sample.labels.get("kind") == kind))
 
-    def _store_telemetry(self, device: str, summary: dict) -> bool:
+    def _store_telemetry(self, device: str, summary: dict) -> bool | str:
         assert self.on_telemetry is not None
-        return bool(self.on_telemetry(self._backend(), device, summary))
+        stored = self.on_telemetry(self._backend(), device, summary)
+        return stored if isinstance(stored, str) else bool(stored)
 
     # --- files -------------------------------------------------------------------------------------
 

@@ -19,9 +19,25 @@ _KEYS = ("apiVersion", "kind", "device", "model", "version")
 """What the backend's key already says: not stored in the record."""
 
 
+STREAMS_KEPT = 4
+"""Telemetry streams remembered per record (a device wiped and enrolled again starts a new one)."""
+
+
+class DuplicateSummary(Exception):
+    """A summary whose stream and sequence the record has counted already."""
+
+
 def merge(stored: Mapping[str, Any] | None, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """``summary`` folded into ``stored`` (None: the first one)."""
+    """``summary`` folded into ``stored`` (None: the first one); :class:`DuplicateSummary` for one counted before."""
     stored = stored or {}
+    streams = dict(stored.get("streams") or {})
+    stream, sequence = summary.get("stream"), summary.get("sequence")
+    if stream and sequence:
+        if int(sequence) <= int(streams.get(stream, 0)):
+            raise DuplicateSummary(f"{stream}#{sequence}")
+        streams.pop(stream, None)
+        streams[stream] = int(sequence)
+        streams = dict(list(streams.items())[-STREAMS_KEPT:])
     latency_new, latency_old = summary.get("latencyMs") or {}, stored.get("latencyMs") or {}
     return {
         "requests": int(stored.get("requests", 0)) + int(summary.get("requests", 0)),
@@ -34,15 +50,21 @@ def merge(stored: Mapping[str, Any] | None, summary: Mapping[str, Any]) -> dict[
         "predictions": _add(stored.get("predictions") or [], summary.get("predictions") or []),
         "inputs": _inputs(stored.get("inputs") or {}, summary.get("inputs") or {}),
         "summaries": int(stored.get("summaries", 0)) + 1,
+        **({"streams": streams} if streams else {}),
         "updated": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
     }
 
 
-def record(backend: Backend, device: str, summary: Mapping[str, Any]) -> bool:
+def record(backend: Backend, device: str, summary: Mapping[str, Any]) -> bool | str:
     """Fold ``summary`` (validated, naming ``device``) into the backend's record; False when ``device`` has no
-    assignment of its model (nothing is stored: a summary of a model the fleet no longer assigns gates nothing)."""
+    assignment of its model (nothing is stored: a summary of a model the fleet no longer assigns gates nothing),
+    ``"duplicate"`` when the record counted this stream and sequence already (nothing is stored again)."""
     body = {k: v for k, v in summary.items() if k not in _KEYS}
-    return backend.record_telemetry(device, summary["model"], summary["version"], lambda stored: merge(stored, body))
+    try:
+        return backend.record_telemetry(device, summary["model"], summary["version"],
+                                        lambda stored: merge(stored, body))  # fmt: skip
+    except DuplicateSummary:
+        return "duplicate"
 
 
 def _inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

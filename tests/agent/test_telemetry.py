@@ -94,3 +94,30 @@ def test_a_summary_the_server_refuses_for_good_is_dropped_not_retried_forever(fl
     assert queue.upload(client.telemetry_url, client.pool) == 2 and queue.pending() == []
     assert [s["requests"] for _, s in fleet.telemetry] == [1, 3]
     assert fleet.telemetry[1][1]["droppedBefore"] == 1 and queue.dropped == 0  # counted, then reported
+
+
+def test_a_summary_sent_again_is_counted_once(fleet: Fleet, tmp_path: Path):
+    fleet.publish(fleet.release("1.0.0", 1))
+    fleet.assign("factory-1", "1.0.0")
+    queue = TelemetryQueue(tmp_path / "queue")
+    queue.put(summary(7))
+    kept = queue.pending()[0].read_bytes()
+    client = fleet.client()
+    client.ensure_identity()
+    assert queue.upload(client.telemetry_url, client.pool) == 1
+    # The device crashed after the server's answer and before it deleted the file: it sends the summary again.
+    (queue.directory / "000000000001.json").write_bytes(kept)
+    assert queue.upload(client.telemetry_url, client.pool) == 1  # acknowledged (nothing to retry) ...
+    [stored] = fleet.backend.telemetry()
+    assert (stored["requests"], stored["summaries"]) == (7, 1)  # ... and counted once
+    # Numbers keep rising after the queue ran empty, so the next summary is a new one.
+    queue.put(summary(5))
+    assert queue.pending()[0].name == "000000000002.json"
+    queue.upload(client.telemetry_url, client.pool)
+    assert fleet.backend.telemetry()[0]["requests"] == 12
+    # Another device's queue (a wiped device starts over at 1) is another stream.
+    other = TelemetryQueue(tmp_path / "wiped")
+    other.put(summary(1))
+    assert other.stream != queue.stream
+    other.upload(client.telemetry_url, client.pool)
+    assert fleet.backend.telemetry()[0]["requests"] == 13

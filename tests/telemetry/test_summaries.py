@@ -122,3 +122,19 @@ def test_two_replicas_on_one_api_server_lose_no_summary(kubeconfig: Path):
     finally:
         for replica in replicas:
             replica.stop_watches()
+
+
+def test_a_summary_counted_before_is_refused_by_its_stream_and_sequence():
+    from reconciler.telemetry.summaries import STREAMS_KEPT, DuplicateSummary
+
+    stored = merge(None, summary("cam-1", stream="a" * 32, sequence=1))
+    stored = merge(stored, summary("cam-1", stream="a" * 32, sequence=2))
+    for again in (1, 2):
+        with pytest.raises(DuplicateSummary):
+            merge(stored, summary("cam-1", stream="a" * 32, sequence=again))
+    restarted = merge(stored, summary("cam-1", stream="b" * 32, sequence=1))  # a wiped device: a new stream
+    assert restarted["requests"] == 30 and restarted["streams"] == {"a" * 32: 2, "b" * 32: 1}
+    for i in range(STREAMS_KEPT + 2):
+        restarted = merge(restarted, summary("cam-1", stream=f"{i:032x}", sequence=1))
+    assert len(restarted["streams"]) == STREAMS_KEPT  # bounded
+    assert merge(stored, summary("cam-1"))["requests"] == 30  # without a sequence (older agents): always counted
