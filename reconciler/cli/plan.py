@@ -168,6 +168,8 @@ def render_text(result, base: str, head: str) -> str:
             continue
         lines.append(f"  groups: {', '.join(f'{g} ({n})' for g, n in item.groups.items())}; {item.targeted} targeted;"
                      f" stable {item.stable or '-'}; continues at step {item.starts_at + 1}")  # fmt: skip
+        if item.pacing:
+            lines.append(f"  pacing: {item.pacing}")
         for step in item.steps:
             lines.append(f"  step {step.step + 1}: {step.percent:>3}%  {step.on_new:>5} on {item.version}, "
                          f"{step.on_stable:>5} on {item.stable or '(none)'}"
@@ -202,7 +204,8 @@ def render_markdown(result, base: str, head: str) -> str:
         lines += [f"#### Rollout `{item.name}`: {item.model} {item.base_version or '—'} → **{item.version}** "
                   f"({item.change})", "",
                   f"Groups: {', '.join(f'`{g}` ({n})' for g, n in item.groups.items())} · {item.targeted} devices "
-                  f"targeted · stable version {item.stable or '—'} · continues at step {item.starts_at + 1}",
+                  f"targeted · stable version {item.stable or '—'} · continues at step {item.starts_at + 1}"
+                  + (f" · {item.pacing}" if item.pacing else ""),
                   ""]  # fmt: skip
         if item.steps:
             lines += [f"| Step | Percent | On {item.version} | On {item.stable or 'stable'} | Pause |",

@@ -53,6 +53,8 @@ class RolloutReview:
     targeted: int
     steps: list[StepImpact] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    pacing: str | None = None
+    """``maxConcurrent`` and ``rate`` in words: how fast devices take the new version within a step."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ def review(
                                              step.success_threshold))  # fmt: skip
                 _count_needs(needs, at_step, after.profiles)
         item.warnings = _rollout_warnings(head, name, item)
+        item.pacing = _pacing(spec)
         result.rollouts.append(item)
     if base is not None:
         for name in sorted(set(base.rollouts) - set(head.rollouts)):
@@ -194,6 +197,18 @@ def _change(base, head) -> str:
     if base.model_dump(mode="json", exclude={"source"}) != head.model_dump(mode="json", exclude={"source"}):
         return "modified"
     return "unchanged"
+
+
+def _pacing(spec) -> str | None:
+    parts = []
+    if spec.max_concurrent is not None:
+        parts.append(f"at most {spec.max_concurrent} device(s) taking it at once")
+    if spec.rate is not None:
+        rate = spec.rate
+        grows = f", x{rate.growth_factor:g} for every {rate.grow_every} Healthy" if rate.growth_factor > 1 else ""
+        cap = f" up to {rate.max_per_minute}" if rate.max_per_minute else ""
+        parts.append(f"{rate.per_minute} started a minute{grows}{cap}")
+    return "; ".join(parts) or None
 
 
 def _rollout_warnings(tree: FleetTree, name: str, item: RolloutReview) -> list[str]:

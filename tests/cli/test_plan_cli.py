@@ -80,7 +80,9 @@ def pull_request(tmp_path: Path, fleet_example: Path) -> Path:
         rollout.read_text()
         .replace('version: "2.0.0"', 'version: "2.1.0"')
         .replace("    - percent: 10\n", '    - percent: 10\n      successThreshold: "90%"\n')
-    )
+        .replace("  maxUnavailable: 2\n", "  maxUnavailable: 2\n  maxConcurrent: 20\n"
+                 "  rate: {perMinute: 5, growthFactor: 2, growEvery: 10}\n")
+    )  # fmt: skip
     git("commit", "-qam", "vibration-anomaly 2.1.0", cwd=work)
     git("checkout", "-q", "main", cwd=work)
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inventory()))
@@ -103,6 +105,7 @@ def test_plan_counts_devices_per_step_exactly(pull_request: Path, tmp_path: Path
         expected = sum(1 for n in switching if bucket(ROLLOUT, n) < percent * 100)
         assert (step["percent"], step["on_new"], step["on_stable"]) == (percent, expected, 70 - expected)
     assert [step["done_at"] for step in rollout["steps"]] == ["90%", None, None]  # successThreshold
+    assert rollout["pacing"] == "at most 20 device(s) taking it at once; 5 started a minute, x2 for every 10 Healthy"
     canary = sum(1 for n in switching if bucket(ROLLOUT, n) < 1000)
     assert 0 < canary < 63
     # The canary moves to 2.1.0; the devices the conditions held on 1.0.0 now get 2.0.0, the new stable version.
