@@ -48,6 +48,8 @@ from .faults import crash_point
 from .phases import Trial
 
 SLOTS = ("a", "b")
+KEEP_RESERVE = 64 * 1024 * 1024
+"""Free disk a kept version must leave besides the version being installed."""
 HISTORY = 16
 """Versions that passed their trial, remembered per model (newest last): which slots are worth keeping."""
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -162,13 +164,17 @@ class ModelSlots:
         folders = [self.slot(slot) for slot in (state.inactive, state.active) if slot in state.versions]
         for folder in [*folders, *self.kept_versions().values()]:
             candidate = folder / name
-            if candidate.is_symlink() or not candidate.is_file() or candidate.stat().st_size != length:
+            try:
+                if candidate.is_symlink() or not candidate.is_file() or candidate.stat().st_size != length:
+                    continue
+                digest = hashlib.sha256()
+                with candidate.open("rb") as src, destination.open("wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+            except OSError:  # an unreadable copy is no copy: the next candidate, else the download
+                destination.unlink(missing_ok=True)
                 continue
-            digest = hashlib.sha256()
-            with candidate.open("rb") as src, destination.open("wb") as dst:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    dst.write(chunk)
             if digest.hexdigest() == sha256:
                 return candidate
             destination.unlink()
@@ -201,7 +207,7 @@ class ModelSlots:
         previous = state.versions.get(state.inactive)
         if target.is_symlink():
             target.unlink()
-        elif previous in state.history and previous not in self.kept_versions():
+        elif previous in state.history and previous not in self.kept_versions() and self._room_to_keep(target, source):
             kept = self.root / "kept" / previous
             kept.parent.mkdir(exist_ok=True)
             os.rename(target, kept)
@@ -279,6 +285,15 @@ class ModelSlots:
         return self.state()
 
     # --- internals ---------------------------------------------------------------------------------
+
+    def _room_to_keep(self, slot: Path, incoming: Path) -> bool:
+        """Whether keeping ``slot``'s version leaves room for the version coming in (plus a reserve): a device
+        short of disk gives up a kept version before it fails to install the new one."""
+        if self.keep.versions <= 2:
+            return False
+        size = sum(f.stat().st_size for f in slot.iterdir() if f.is_file() and not f.is_symlink())
+        needed = sum(f.stat().st_size for f in Path(incoming).iterdir() if f.is_file()) + KEEP_RESERVE
+        return size <= self.keep.budget_bytes and shutil.disk_usage(self.root).free >= needed
 
     def _slot_name(self, slot: Path) -> str:
         name = Path(slot).name

@@ -179,8 +179,9 @@ class TelemetryQueue:
     def put(self, summary: dict) -> None:
         # Numbers only rise, also after the queue ran empty: the last one is kept beside the files.
         sequence = max([int(p.stem) for p in self._files()] + [self._last()], default=0) + 1
-        write_atomic(self.directory / f"{sequence:012d}.json", json.dumps(summary, sort_keys=True).encode())
+        # The number first: a crash between the two writes skips one, never hands one out twice.
         write_atomic(self.directory / "last", str(sequence).encode())
+        write_atomic(self.directory / f"{sequence:012d}.json", json.dumps(summary, sort_keys=True).encode())
         self._enforce_budget()
 
     def _last(self) -> int:

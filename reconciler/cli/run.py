@@ -205,6 +205,8 @@ def run(
         sys.exit(1)
     if reset_state:
         shutil.rmtree(state_dir / "git", ignore_errors=True)
+        if isinstance(target, LocalBackend):
+            target.forget_rollouts()  # the other repository's rollouts are not this one's
     source = GitSource(config.repo_url, state_dir / "git", branch, Credentials.from_env())
     try:
         source.open()  # a clone of another repo or branch is refused before anything is pushed to it

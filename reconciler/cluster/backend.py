@@ -89,15 +89,18 @@ class StoredRollout:
     changed by someone else)."""
     pending: str | None = None
     """A rollback commit message still to be pushed (the devices were rolled back already)."""
+    status_root: str | None = None
+    """The Fleet's statusPath the file was rendered under (a moved path is no tampering)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.status.to_json(), "gitSynced": self.synced, "pendingCommit": self.pending}
+        return {**self.status.to_json(), "gitSynced": self.synced, "pendingCommit": self.pending,
+                "statusRoot": self.status_root}  # fmt: skip
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any], name: str) -> StoredRollout:
-        pending = body.get("pendingCommit")
+        pending, root = body.get("pendingCommit"), body.get("statusRoot")
         return cls(RolloutStatus.from_json(body, name), body.get("gitSynced") is True,
-                   pending if isinstance(pending, str) else None)  # fmt: skip
+                   pending if isinstance(pending, str) else None, root if isinstance(root, str) else None)  # fmt: skip
 
 
 def spec_to_json(desired: Desired) -> dict[str, Any]:

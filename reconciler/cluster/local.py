@@ -135,6 +135,11 @@ class LocalBackend:
         rows = self._read("SELECT name, record FROM rollouts")
         return {name: StoredRollout.from_json(json.loads(record), name) for name, record in rows}
 
+    def forget_rollouts(self) -> int:
+        """Drop every rollout record (``edgectl run --reset-state``: the state directory starts over for another
+        repository, whose rollouts must not be read as its own)."""
+        return self._write("DELETE FROM rollouts", ())
+
     def save_rollouts(self, records: Mapping[str, StoredRollout]) -> int:
         def write(db: sqlite3.Connection) -> int:
             written = 0

@@ -31,6 +31,7 @@ from reconciler.api import FleetTree, SpecErrors
 from reconciler.api.status import (
     ControllerStatus,
     FleetAtCommit,
+    RolloutPhase,
     RolloutStatus,
     StatusPaths,
     TamperRecord,
@@ -52,13 +53,13 @@ from reconciler.signing.tuf_repo import TufRepository, online_signers
 from .metrics import ControllerMetrics
 from .publish import Publisher
 from .reconcile import ReconcileResult, apply_plan
-from .rollouts import initial_state, is_abort, position, rollback_message, run_rollouts
+from .rollouts import initial_state, is_abort, past_waiting, position, rollback_message, run_rollouts
 from .status import group_status, rollout_status
 
 log = logging.getLogger("edge_reconciler.controller")
 ACCEPT_REWRITE = "edgereconciler.io/accept-rewrite"
 """Fleet annotation: the last applied commit (12 hex digits or more) whose loss from the branch a person accepts."""
-FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-apply", "after-save", "after-rollback-push", "after-status-push"))
+FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-save", "after-apply", "after-rollback-push", "after-status-push"))
 """Where a fault test may kill a cycle (``EDGE_CONTROLLER_CRASH_AT``): between each of its writes."""
 
 
@@ -164,6 +165,9 @@ class Controller:
         except PermanentError as exc:  # needs a person (credentials, a refused push): say so, keep running
             outcome.stalled = str(exc)
             self.metrics.git_errors.inc()
+        except Exception as exc:  # a defect, or a library's surprise: logged with its trace, and the loop goes on
+            log.exception("cycle failed unexpectedly")
+            outcome.stalled = f"unexpected {type(exc).__name__}: {exc}"
         finally:
             self.metrics.observe(outcome, time.perf_counter() - start)
             log.info(
@@ -183,6 +187,10 @@ class Controller:
         if fleet is not None:
             author = fleet.tree.fleet.spec.commit_author
             self._author = Author(author.name, author.email)
+            if fleet.status.paths != self._paths:  # the Fleet moved its status path: look again with the new one
+                self._paths = fleet.status.paths
+                self._cycle(outcome)
+                return
         applied = self.source.applied()
         if applied is not None and not self.source.contains(head, applied):
             if not self._rewrite_accepted(fleet, applied):
@@ -203,10 +211,6 @@ class Controller:
                 return
         if fleet is None:
             self._report(spec_commit, outcome.stalled or "", outcome)
-            return
-        if fleet.status.paths != self._paths:  # the Fleet moved its status path: look again with the new one
-            self._paths = fleet.status.paths
-            self._cycle(outcome)
             return
         tree, paths = fleet.tree, fleet.status.paths
         now = self.clock()
@@ -237,6 +241,16 @@ class Controller:
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
         after = before if positions == before_positions else targets.at(positions, artifacts)
         after = self._admit(tree, cycles, after, current, statuses, now)
+        rollouts: dict[str, RolloutStatus] = {}
+        for name in tree.rollouts:
+            cycle = cycles.get(name)
+            rollouts[name] = rollout_status(tree, name, after, statuses, previous[name], revision, spec_commit,
+                                            cycle.outcome if cycle else None, now)  # fmt: skip
+        # The backend's record is the authority: saved (not yet in Git) before anything moves, so a crash after
+        # the devices moved never leaves a record that says otherwise; marked as in Git once the push landed.
+        records = self._records(tree, cycles, rollouts, stored, paths.root)
+        self.backend.save_rollouts(records)
+        FAULTS.crash("after-save")
         # Devices first: an abort's return to the stable version is applied before anything is pushed, so a Git
         # outage never holds a rollback.
         result = outcome.result = apply_plan(self.backend, after, len(devices))
@@ -248,15 +262,6 @@ class Controller:
         statuses = self.backend.statuses()
         devices = self.backend.devices()
         self.metrics.observe_phases(Counter(status.phase for status in statuses.values()))
-        rollouts: dict[str, RolloutStatus] = {}
-        for name in tree.rollouts:
-            cycle = cycles.get(name)
-            rollouts[name] = rollout_status(tree, name, result.plan, statuses, previous[name], revision, spec_commit,
-                                            cycle.outcome if cycle else None, now)  # fmt: skip
-        # The backend's record is the authority: saved (not yet in Git) before the push, marked in Git after it.
-        records = self._records(tree, cycles, rollouts, stored)
-        self.backend.save_rollouts(records)
-        FAULTS.crash("after-save")
         author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
         writer = StatusWriter(self.source, author, signing_key=self.config.signing_key)
         for name, record in sorted(records.items()):
@@ -292,7 +297,10 @@ class Controller:
         pushed = writer.commit(rendered, message)
         FAULTS.crash("after-status-push")
         self.backend.save_rollouts({n: replace(r, synced=True, pending=None) for n, r in records.items()})
-        self.source.mark_applied(pushed.commit if pushed is not None else head)
+        # What was verified and applied is ``head``; a commit pushed by someone while this cycle ran lies between it
+        # and the status commit, and is checked in the next cycle.
+        self.source.mark_applied(head)
+        self._accept_rewrite = False
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
@@ -321,8 +329,7 @@ class Controller:
         """``--accept-rewrite`` (once: for the rewrite this process met first), or the Fleet annotation naming
         the lost commit."""
         if self._accept_rewrite:
-            self._accept_rewrite = False
-            return True
+            return True  # cleared once a cycle applied past the rewrite
         return fleet is not None and _accepts(fleet, applied)
 
     @staticmethod
@@ -335,17 +342,27 @@ class Controller:
             limit = max_concurrent(spec, len(target.for_rollout(name)))
             if limit is None and spec.rate is None:
                 continue
+            state = cycle.outcome.state
+            if state.phase is RolloutPhase.SUCCEEDED:
+                continue  # done: whoever has not got it yet gets it now
+            gone = past_waiting(spec, state, now)
+            group = state.group if spec.group_strategy == "Sequential" else None
             allowance = None
-            if spec.rate is not None:
-                verdicts = Counter(
-                    "healthy" if not in_flight(d, status) and status.phase == "Healthy" else "failed"
-                    for d in target.for_rollout(name)
-                    if d.in_rollout and (status := statuses.get((d.device, d.model))) and not in_flight(d, status)
-                    and current.get((d.device, d.model), d).version == d.version
-                )  # fmt: skip
-                allowance = rate_allowance(spec.rate, cycle.outcome.state.last_admitted, now, verdicts["healthy"],
-                                           verdicts["failed"])  # fmt: skip
-            admission = admit(target, name, limit, current, statuses, allowance)
+            if state.phase is RolloutPhase.PAUSED:
+                allowance = 0  # held or paused: nobody new starts
+            elif spec.rate is not None:
+                healthy = failed = 0
+                for d in target.for_rollout(name):
+                    status = statuses.get((d.device, d.model))
+                    mine = group is None or target.groups.get((d.device, name)) == group
+                    if not (d.in_rollout and mine and status is not None and not in_flight(d, status)):
+                        continue
+                    if status.phase == "Healthy" and status.installed_version == d.version:
+                        healthy += 1
+                    elif status.phase != "Staged":
+                        failed += 1
+                allowance = rate_allowance(spec.rate, state.last_admitted, now, healthy, failed)
+            admission = admit(target, name, limit, current, statuses, allowance, gone, group)
             target = admission.plan
             if admission.admitted:
                 state = replace(cycle.outcome.state, last_admitted=now.isoformat(timespec="seconds"))
@@ -361,13 +378,17 @@ class Controller:
         previous, tampered = {}, []
         for name in tree.rollouts:
             record = stored.get(name)
-            if record is None:
+            if record is None and stored:  # a rollout new to this backend: it starts, whatever a file says
+                previous[name] = RolloutStatus(name)
+                continue
+            if record is None:  # a fresh backend: the status files are where the fleet stands
                 self._check_adopted(tree, fleet, name, head)
                 previous[name] = fleet.status.rollout(name)
                 continue
             previous[name] = record.status
             path = fleet.status.paths.rollout(name)
-            if record.synced and self.source.read_blob(head, path) != record.status.to_yaml():
+            moved = record.status_root != fleet.status.paths.root  # the Fleet moved its statusPath: rendered anew
+            if record.synced and not moved and self.source.read_blob(head, path) != record.status.to_yaml():
                 tampered.append(path)
         return previous, tampered
 
@@ -392,7 +413,11 @@ class Controller:
 
     @staticmethod
     def _records(
-        tree: FleetTree, cycles: dict, rollouts: dict[str, RolloutStatus], stored: dict[str, StoredRollout]
+        tree: FleetTree,
+        cycles: dict,
+        rollouts: dict[str, RolloutStatus],
+        stored: dict[str, StoredRollout],
+        status_root: str,
     ) -> dict[str, StoredRollout]:
         """The records to save before pushing: those that changed, or still wait for a commit to land."""
         records = {}
@@ -402,8 +427,9 @@ class Controller:
             pending = rollback_message(tree, cycle) if cycle is not None and is_abort(cycle) else None
             if pending is None and old is not None and not old.synced:
                 pending = old.pending
-            if old is None or not old.synced or pending or old.status.to_json() != status.to_json():
-                records[name] = StoredRollout(status, synced=False, pending=pending)
+            if (old is None or not old.synced or pending or old.status_root != status_root
+                    or old.status.to_json() != status.to_json()):  # fmt: skip
+                records[name] = StoredRollout(status, synced=False, pending=pending, status_root=status_root)
         return records
 
     def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:

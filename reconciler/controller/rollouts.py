@@ -15,11 +15,12 @@ a person made (``edgectl rollout pause|resume|promote|abort|retry``):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from reconciler.api import FleetTree, Rollout
+from reconciler.api.rollout import RolloutSpec
 from reconciler.api.status import DecisionKind, RolloutPhase, RolloutState, RolloutStatus
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Desired, Plan, RolloutPosition
@@ -82,6 +83,19 @@ def position(tree: FleetTree, name: str, state: RolloutState) -> RolloutPosition
     return RolloutPosition(percent, state.stable_version, state.phase is RolloutPhase.ABORTED, state.group)
 
 
+def past_waiting(spec: RolloutSpec, state: RolloutState, now: datetime) -> Callable[[AssignmentStatus], bool]:
+    """Whether a device given the new version can no longer be waited for: not seen for ``offlineAfter``, or
+    still in progress past ``progressDeadline`` (counted from the step's start or its last admission)."""
+    started = max(filter(None, (state.step_started, state.last_admitted)), default=None)
+
+    def gone(status: AssignmentStatus) -> bool:
+        seen = _time(status.last_seen)
+        offline = seen is not None and now - seen > spec.offline_after
+        return offline or is_overdue(started, now, spec.progress_deadline)
+
+    return gone
+
+
 def observe(
     tree: FleetTree,
     name: str,
@@ -98,6 +112,8 @@ def observe(
     a device of the step not yet given the new version (``maxConcurrent``) waits its turn, never overdue."""
     spec = tree.rollouts[name].spec
     step_devices = [d for d in target.for_rollout(name) if d.in_rollout]
+    if spec.group_strategy == "Sequential":  # the gates judge the group being walked, not the groups done before
+        step_devices = [d for d in step_devices if target.groups.get((d.device, name), state.group) == state.group]
     healthy = failed = unavailable = in_progress = staged = missing = 0
     # In-progress deadlines run from the step's start, or from the last admission of devices to it.
     started = max(filter(None, (state.step_started, state.last_admitted)), default=None)
@@ -108,7 +124,11 @@ def observe(
             continue
         held = current.get((desired.device, desired.model)) if current is not None else None
         if current is not None and (held is None or held.version != desired.version):
-            in_progress += 1  # not given the new version yet: waiting for its turn
+            verdict = status is not None and status.phase in ("Failed", "RolledBack")
+            if verdict and status.target_version == spec.version:
+                failed += 1  # it had the new version and failed it (then was sent back): a failure all the same
+            else:
+                in_progress += 1  # not given the new version yet: waiting for its turn
             continue
         seen = _time(status.last_seen) if status else None
         if status is None or seen is None:

@@ -115,6 +115,8 @@ class Plan:
     problems: list[PlanProblem] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)
     """device -> hardware profile, for devices with exactly one."""
+    groups: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(device, rollout) -> the index of the rollout's group the device belongs to (Sequential rollouts only)."""
 
     def for_rollout(self, rollout: str) -> list[Desired]:
         return [d for d in self.desired.values() if d.rollout == rollout]
@@ -190,8 +192,10 @@ class Targeting:
         desired = result.desired
         for device, profile, target, slot, window, group in self.candidates:
             inside = slot < thresholds[target.name]
-            if target.sequential and not placed[target.name].aborted and group != placed[target.name].group:
-                inside = group < placed[target.name].group and slot < BUCKETS  # earlier groups done, later waiting
+            if target.sequential:
+                result.groups[(device, target.name)] = group
+                if not placed[target.name].aborted and group != placed[target.name].group:
+                    inside = group < placed[target.name].group and slot < BUCKETS  # earlier done, later waiting
             wanted = target.version if inside else placed[target.name].stable_version
             if wanted is None:
                 continue  # not reached yet, and nothing ran before: leave the device alone

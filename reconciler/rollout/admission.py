@@ -9,7 +9,7 @@ The agents' reports are the only clock: nothing here depends on how long a downl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,11 +30,15 @@ class Admission:
     waiting: frozenset[str]
 
 
-def in_flight(desired: Desired, status: AssignmentStatus | None) -> bool:
-    """Assigned the new version and no verdict on it yet."""
+def in_flight(desired: Desired, status: AssignmentStatus | None, gone: Callable[[AssignmentStatus], bool] | None = None
+              ) -> bool:  # fmt: skip
+    """Assigned the new version and no verdict on it yet. A device Staged for its window, or one ``gone`` says
+    is offline or past its deadline, does not hold a place: it cannot be waited for."""
     if status is None:
         return True
     if status.phase == "Healthy" and status.installed_version == desired.version:
+        return False
+    if status.phase == "Staged" or (gone is not None and gone(status)):
         return False
     return not (status.phase in VERDICTS and status.target_version in (None, desired.version))
 
@@ -46,12 +50,16 @@ def admit(
     current: Mapping[tuple[str, str], Desired],
     statuses: Mapping[tuple[str, str], AssignmentStatus],
     allowance: int | None = None,
+    gone: Callable[[AssignmentStatus], bool] | None = None,
+    group: int | None = None,
 ) -> Admission:
     """``plan`` with at most ``limit`` of ``rollout``'s devices in flight on its new version (None: no limit), and
-    at most ``allowance`` devices newly given it (the rate's share of this cycle; None: no rate)."""
-    step = [d for d in plan.for_rollout(rollout) if d.in_rollout]
+    at most ``allowance`` devices newly given it (the rate's share of this cycle; None: no rate). ``group``: with
+    Sequential groups, the one being walked (the groups before it keep the new version and take no place)."""
+    step = [d for d in plan.for_rollout(rollout)
+            if d.in_rollout and (group is None or plan.groups.get((d.device, rollout)) == group)]  # fmt: skip
     started = [d for d in step if (held := current.get((d.device, d.model))) is not None and held.version == d.version]
-    busy = sum(1 for d in started if in_flight(d, statuses.get((d.device, d.model))))
+    busy = sum(1 for d in started if in_flight(d, statuses.get((d.device, d.model)), gone))
     started_keys = {(d.device, d.model) for d in started}
     queue = sorted((d for d in step if (d.device, d.model) not in started_keys),
                    key=lambda d: bucket(rollout, d.device))  # fmt: skip
@@ -68,7 +76,7 @@ def admit(
             desired[key] = current[key]  # keeps what it runs until its turn
         else:
             desired.pop(key)
-    return Admission(Plan(desired, plan.problems, plan.profiles), busy + len(admitted), len(admitted),
+    return Admission(Plan(desired, plan.problems, plan.profiles, plan.groups), busy + len(admitted), len(admitted),
                      frozenset(d.device for d in waiting))  # fmt: skip
 
 

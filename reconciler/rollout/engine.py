@@ -222,7 +222,7 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
     inconclusive = next((g for g in gates if g.verdict is Verdict.INCONCLUSIVE), None)
     allowed = max_unavailable(spec, obs.targeted)
     settled = obs.healthy + obs.staged + min(obs.unavailable + obs.failed, allowed) >= obs.targeted
-    threshold = spec.steps[state.step].success_threshold
+    threshold = spec.steps[min(state.step, len(spec.steps) - 1)].success_threshold
     if threshold is not None and obs.targeted:
         settled = settled or obs.healthy * 100 >= int(threshold.rstrip("%")) * obs.targeted
     if inconclusive is not None or not settled:
@@ -238,7 +238,7 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
         )
 
     state = replace(state, step_done=state.step_done or stamp)
-    pause = spec.steps[state.step].pause
+    pause = spec.steps[min(state.step, len(spec.steps) - 1)].pause
     if pause is not None and pause.duration is None and manual.promotions <= state.promotions_seen:
         held = replace(
             state,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler.cluster import LocalBackend
+from reconciler.api.status import RolloutStatus
+from reconciler.cluster import LocalBackend, StoredRollout
 from reconciler.controller.loop import FAULTS, Controller, ControllerConfig
 from reconciler.plan import bucket
 
@@ -261,9 +262,12 @@ def test_a_state_dir_cloned_from_another_repo_is_refused_and_reset_only_on_reque
                                   capture_output=True, text=True)  # fmt: skip
     assert wrong_branch.returncode == 1 and "(branch main), not of" in wrong_branch.stderr
 
+    LocalBackend(tmp_path / "state").save_rollouts({"ghost": StoredRollout(RolloutStatus("ghost"), synced=True)})
     reset = subprocess.run([str(EDGECTL), "run", "--repo", other, "--reset-state", *state], capture_output=True,
                            text=True)  # fmt: skip
     assert reset.returncode == 0, reset.stderr
+    # The first repository's rollout records went with its clone: only the second repository's are left.
+    assert "ghost" not in LocalBackend(tmp_path / "state").rollouts()
     assert "status/controller.yaml" in git(
         "ls-tree", "-r", "--name-only", "main", cwd=git_server.base / "other-fleet.git"
     )

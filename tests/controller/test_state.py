@@ -6,7 +6,6 @@ On real Git (git daemon) and on both backends (SQLite, and a real Kubernetes API
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +37,7 @@ def backend(request, tmp_path: Path) -> Iterator[object]:
         local.close()
         return
     kubeconfig = request.getfixturevalue("kubeconfig")
-    run = f"state{next(_run)}-{int(time.time() * 1000) % 10**8}"
+    run = f"state{next(_run)}"  # node names fixed per test: which devices a step selects is the same every run
     kube = kubernetes_backend(kubeconfig, namespace=f"edge-{run}", node_selector=f"test.edgereconciler.io/run={run}")
     kube.install()
     core = client.CoreV1Api(kube.api)
@@ -170,8 +169,11 @@ def test_a_force_push_past_the_applied_commit_stalls_until_a_person_accepts_it(
     controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
     assert controller.cycle().stalled is None
     started = on_new_version(backend)
+    person_commits(work, "Notes", lambda folder: (folder / "notes.yaml").write_text("# reviewed\n"))
+    assert controller.cycle().stalled is None
     applied = controller.source.applied()
-    force_push_before_status(work)  # the status commits (and the commit last applied) gone from the branch
+    assert applied == git("rev-parse", "HEAD", cwd=work)  # the person's commit, verified and applied
+    force_push_before_status(work)  # that commit and the status commits gone from the branch
     held = controller.cycle()
     assert held.stalled.startswith("HistoryRewritten") and applied[:12] in held.stalled
     assert on_new_version(backend) == started and held.applied == 0
@@ -237,6 +239,17 @@ def test_max_concurrent_lets_devices_take_the_new_version_only_as_others_report_
     assert len(on_new_version(backend)) == 7
     status = backend.rollouts()[ROLLOUT].status
     assert status.phase == "Progressing" and status.state.last_admitted is not None
+
+    def pause(folder: Path) -> None:
+        path = folder / "rollouts" / f"{ROLLOUT}.yaml"
+        body = yaml.safe_load(path.read_text())
+        body["metadata"].setdefault("annotations", {})["edgereconciler.io/paused"] = "true"
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+
+    person_commits(work, "Pause", pause)
+    report(on_new_version(backend) - first - {failed}, "Healthy")  # places free up, but a paused rollout holds
+    controller.cycle()
+    assert backend.rollouts()[ROLLOUT].status.phase == "Paused" and len(on_new_version(backend)) == 7
 
 
 def test_a_rate_starts_devices_per_minute_and_grows_while_they_succeed(git_server: GitServer, tmp_path: Path, backend):
