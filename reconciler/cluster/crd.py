@@ -139,13 +139,14 @@ FLEET_ROLLOUT_CRD: dict[str, Any] = {
                 "name": VERSION,
                 "served": True,
                 "storage": True,
+                "subresources": {"status": {}},
                 "additionalPrinterColumns": [
-                    {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
-                    {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
-                    {"name": "Phase", "type": "string", "jsonPath": ".spec.phase"},
-                    {"name": "Step", "type": "integer", "jsonPath": ".spec.currentStep"},
-                    {"name": "Ready", "type": "string", "jsonPath": ".spec.ready"},
-                    {"name": "Reason", "type": "string", "jsonPath": ".spec.reason", "priority": 1},
+                    {"name": "Model", "type": "string", "jsonPath": ".status.model"},
+                    {"name": "Version", "type": "string", "jsonPath": ".status.version"},
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
+                    {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+                    {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {
@@ -155,6 +156,7 @@ FLEET_ROLLOUT_CRD: dict[str, Any] = {
                         "device assignments (the status file in Git is rendered from it).",
                         "properties": {
                             "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                         },
                     }
                 },
@@ -162,9 +164,11 @@ FLEET_ROLLOUT_CRD: dict[str, Any] = {
         ],
     },
 }
-"""The controller's record of each rollout (``kubectl get edge``): where it stands, whether the status commit
-that shows it landed in Git, a rollback commit still to push. Only the controller writes it (RBAC); the status
-file in Git is the audit trail rendered from it, and a file changed by someone else is restored, not obeyed."""
+"""The controller's record of each rollout (``kubectl get edge``), in the status subresource: where it stands,
+whether the status commit that shows it landed in Git, a rollback commit still to push, the generation it saw.
+The spec only names the rollout's model and version. Only the controller may write the status (RBAC on
+``fleetrollouts/status``); the status file in Git is the audit trail rendered from it, and a file changed by
+someone else is restored, not obeyed."""
 
 
 DEVICE_PLURAL = "edgedevices"

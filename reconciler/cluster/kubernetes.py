@@ -398,23 +398,33 @@ class KubernetesBackend:
             raise cluster_error(f"read ModelAssignment {name}", exc) from exc
 
     def save_rollouts(self, records: Mapping[str, StoredRollout]) -> int:
-        """Each rollout's record in a FleetRollout (what ``kubectl get edge`` shows); only changes are written."""
+        """Each rollout's record in its FleetRollout's status subresource (what ``kubectl get edge`` shows; the spec
+        names the model and version); only changes are written."""
         written = 0
         for name, record in sorted(records.items()):
             healthy, targeted = record.status.ready
             body = {**record.to_json(), "ready": f"{healthy}/{targeted}"}  # a printer column of its own
             if self._mirrored.get(name) == body:
                 continue
+            spec = {"model": record.status.model, "version": record.status.version}
             manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": ROLLOUT_KIND, "metadata": {"name": name},
-                        "spec": body}  # fmt: skip
+                        "spec": spec}  # fmt: skip
             with _wrapped(f"save rollout {name}"):
-                self.custom.patch_namespaced_custom_object(
+                response = self.custom.patch_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, ROLLOUT_PLURAL, name, manifest, field_manager=FIELD_MANAGER,
+                    force=True, _content_type="application/apply-patch+yaml", _preload_content=False,
+                )  # fmt: skip
+                generation = int(json.loads(response.data).get("metadata", {}).get("generation", 0))
+                # Server-side apply here too: a field the record no longer has is removed, not left behind.
+                status = {"apiVersion": manifest["apiVersion"], "kind": ROLLOUT_KIND, "metadata": {"name": name},
+                          "status": {**body, "observedGeneration": generation}}  # fmt: skip
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, self.namespace, ROLLOUT_PLURAL, name, status, field_manager=FIELD_MANAGER,
                     force=True, _content_type="application/apply-patch+yaml", _preload_content=False,
                 )  # fmt: skip
             self._mirrored[name] = body
             with self._lock:
-                self.writes += 1
+                self.writes += 2
             written += 1
         return written
 
@@ -423,10 +433,14 @@ class KubernetesBackend:
             listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, ROLLOUT_PLURAL)
         found = {}
         for item in listing.get("items", []):
-            name, body = item["metadata"]["name"], item.get("spec")
-            if isinstance(body, Mapping):
+            name = item["metadata"]["name"]
+            body = item.get("status") if isinstance(item.get("status"), Mapping) else None
+            if body is None and isinstance(item.get("spec"), Mapping) and "phase" in item["spec"]:
+                body = item["spec"]  # written by an older controller, before the status subresource
+            if body is not None:
                 found[name] = StoredRollout.from_json(body, name)
-                self._mirrored[name] = dict(body)  # what the server holds: a changed object is written again
+                # What the server holds: a changed object is written again.
+                self._mirrored[name] = {k: v for k, v in body.items() if k != "observedGeneration"}
         return found
 
     def mirrored_rollouts(self) -> dict[str, RolloutStatus]:

@@ -235,6 +235,8 @@ def test_rbac_matrix(kubeconfig: Path):
         ("controller", "delete modelassignments"): (allowed("controller", "delete", **ma), True),
         ("controller", "patch fleetrollouts"): (
             allowed("controller", "patch", "fleetrollouts", group="edgereconciler.io"), True),
+        ("controller", "patch fleetrollouts/status"): (
+            allowed("controller", "patch", "fleetrollouts", group="edgereconciler.io", subresource="status"), True),
         # Device identity: every replica reads and compare-and-swaps it; tokens are deleted by people only.
         ("controller", "watch edgedevices"): (allowed("controller", "watch", **ed), True),
         ("controller", "update edgedevices"): (allowed("controller", "update", **ed), True),

@@ -134,8 +134,9 @@ def test_a_good_version_walks_every_step_to_succeeded(
         mirror = client.CustomObjectsApi(backend.api).get_namespaced_custom_object(
             "edgereconciler.io", "v1alpha1", backend.namespace, "fleetrollouts", ROLLOUT
         )
-        assert (mirror["spec"]["phase"], mirror["spec"]["version"]) == ("Succeeded", "2.0.0")
-        assert mirror["spec"]["ready"] == f"{len(names) - 1}/{len(names)}"
+        assert (mirror["status"]["phase"], mirror["status"]["version"]) == ("Succeeded", "2.0.0")
+        assert mirror["status"]["ready"] == f"{len(names) - 1}/{len(names)}"
+        assert mirror["status"]["observedGeneration"] == mirror["metadata"]["generation"]
 
 
 def test_a_failing_canary_aborts_and_the_step_returns_to_the_previous_version(
