@@ -122,11 +122,8 @@ def test_an_unsigned_head_is_not_applied(git_server: GitServer, tmp_path: Path):
     assert report["ready"] is True
 
 
-def test_every_commit_since_the_last_applied_must_be_signed_and_status_commits_are_signed_by_the_controller(
-    git_server: GitServer, tmp_path: Path
-):
-    url, work = git_server.create("fleet")
-    register(tmp_path / "state", 50)
+def signing_keys(tmp_path: Path) -> tuple[dict[str, Path], Path]:
+    """A person's and the controller's SSH keys, and the allowed-signers file that names both."""
     keys = {}
     for name in ("person", "controller"):
         keys[name] = tmp_path / name
@@ -134,6 +131,15 @@ def test_every_commit_since_the_last_applied_must_be_signed_and_status_commits_a
     allowed = tmp_path / "allowed"
     allowed.write_text(f"dev@acme.example {(tmp_path / 'person.pub').read_text()}"
                        f"edge-reconciler@acme.example {(tmp_path / 'controller.pub').read_text()}")  # fmt: skip
+    return keys, allowed
+
+
+def test_every_commit_since_the_last_applied_must_be_signed_and_status_commits_are_signed_by_the_controller(
+    git_server: GitServer, tmp_path: Path
+):
+    url, work = git_server.create("fleet")
+    register(tmp_path / "state", 50)
+    keys, allowed = signing_keys(tmp_path)
     for setting in (("gpg.format", "ssh"), ("user.signingkey", str(keys["person"]))):
         git("config", *setting, cwd=work)
 
@@ -165,13 +171,7 @@ def test_every_commit_since_the_last_applied_must_be_signed_and_status_commits_a
 
 def test_a_fresh_controller_takes_state_only_from_its_own_signed_status_commits(git_server: GitServer, tmp_path: Path):
     url, work = git_server.create("fleet")
-    keys = {}
-    for name in ("person", "controller"):
-        keys[name] = tmp_path / name
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys[name])], check=True)
-    allowed = tmp_path / "allowed"
-    allowed.write_text(f"dev@acme.example {(tmp_path / 'person.pub').read_text()}"
-                       f"edge-reconciler@acme.example {(tmp_path / 'controller.pub').read_text()}")  # fmt: skip
+    keys, allowed = signing_keys(tmp_path)
     for setting in (("gpg.format", "ssh"), ("user.signingkey", str(keys["person"])), ("commit.gpgsign", "true")):
         git("config", *setting, cwd=work)
     git("commit", "-q", "--amend", "--no-edit", cwd=work)  # the seed commit, signed

@@ -71,6 +71,18 @@ def person_commits(work: Path, message: str, change) -> None:
     git("push", "-q", "origin", "HEAD:main", cwd=work)
 
 
+def annotate(key: str, value: str):
+    """A change that sets an annotation on the rollout (a person's action: abort, pause)."""
+
+    def change(folder: Path) -> None:
+        path = folder / "rollouts" / f"{ROLLOUT}.yaml"
+        body = yaml.safe_load(path.read_text())
+        body["metadata"].setdefault("annotations", {})[key] = value
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+
+    return change
+
+
 def forge_last_step(work: Path) -> None:
     path = work / STATUS_FILE
     body = yaml.safe_load(path.read_text())
@@ -135,13 +147,9 @@ def test_an_abort_returns_the_devices_while_git_refuses_the_rollback_commit(
     assert controller.cycle().stalled is None
     assert on_new_version(backend)
 
-    def annotate_abort(folder: Path) -> None:
-        path = folder / "rollouts" / f"{ROLLOUT}.yaml"
-        body = yaml.safe_load(path.read_text())
-        body["metadata"].setdefault("annotations", {})["edgereconciler.io/abort"] = "field reports of bad output"
-        path.write_text(yaml.safe_dump(body, sort_keys=False))
-
-    person_commits(work, "Abort the vibration rollout", annotate_abort)
+    person_commits(
+        work, "Abort the vibration rollout", annotate("edgereconciler.io/abort", "field reports of bad output")
+    )
     git_server.hook("fleet", "pre-receive", "#!/bin/sh\necho 'pushes are frozen' >&2\nexit 1\n")
     held = controller.cycle()
     assert held.stalled is not None and "pre-receive hook declined" in held.stalled
@@ -240,13 +248,7 @@ def test_max_concurrent_lets_devices_take_the_new_version_only_as_others_report_
     status = backend.rollouts()[ROLLOUT].status
     assert status.phase == "Progressing" and status.state.last_admitted is not None
 
-    def pause(folder: Path) -> None:
-        path = folder / "rollouts" / f"{ROLLOUT}.yaml"
-        body = yaml.safe_load(path.read_text())
-        body["metadata"].setdefault("annotations", {})["edgereconciler.io/paused"] = "true"
-        path.write_text(yaml.safe_dump(body, sort_keys=False))
-
-    person_commits(work, "Pause", pause)
+    person_commits(work, "Pause", annotate("edgereconciler.io/paused", "true"))
     report(on_new_version(backend) - first - {failed}, "Healthy")  # places free up, but a paused rollout holds
     controller.cycle()
     assert backend.rollouts()[ROLLOUT].status.phase == "Paused" and len(on_new_version(backend)) == 7
