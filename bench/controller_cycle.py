@@ -1,11 +1,13 @@
 """The controller's cycle at fleet scale: time and memory with a month of telemetry in the store.
 
 A fleet repo (fleet-example, in a local Git repository) and the local backend with 10,000 factory devices that
-all report Healthy; each device uploaded a summary a day for 30 days (merged per device and version as the device
-API stores them). Prints the steady-state cycle time (fetch, load, plan, observe the gates over every device's
-telemetry, render status; nothing to apply) and the controller process's resident memory, against the same
-fleet with no telemetry stored (the baseline: what the telemetry costs a cycle), and the store's size (merged
-records do not grow with days).
+all report Healthy; each device uploaded a summary every hour for 30 days, into the telemetry store through
+``TelemetryStore.record`` as the device API files them: the last 48 hours one summary an hour, each earlier day
+as one summary of its 24 hours (what the hours fold into), then compacted. Prints the steady-state cycle time
+(fetch, load, plan, read each rollout's gate window and observe, render status; nothing to apply) and the
+process's resident memory, against the same fleet with no telemetry stored (the baseline: what the telemetry
+costs a cycle); the rate of store writes, the time a compaction takes, what a gate window of an hour, a week and
+the whole month reads, and the store's size.
 
     python bench/controller_cycle.py            # 10,000 devices, 30 days
     python bench/controller_cycle.py --quick    # 300 devices, 30 days
@@ -19,13 +21,15 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from _check import parser, ratio, require
 
 from reconciler.cluster import AssignmentStatus, LocalBackend
 from reconciler.controller.loop import Controller, ControllerConfig
-from reconciler.telemetry.summaries import record
+from reconciler.telemetry.store import HOURLY_FOR, TelemetryStore
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = {
@@ -36,7 +40,9 @@ FACTORY = {
     "kubernetes.io/arch": "arm64",
 }
 DAYS = 30
+HOURS = int(HOURLY_FOR.total_seconds() // 3600)
 CYCLES = 5
+MODEL = "vibration-anomaly"
 
 
 def fleet_repo(work: Path) -> Path:
@@ -50,17 +56,25 @@ def fleet_repo(work: Path) -> Path:
     return work / "fleet.git"
 
 
-def summary(day: int, version: str) -> dict:
-    requests = 2000 + day
-    return {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "TelemetrySummary", "model": "vibration-anomaly",
-            "version": version, "requests": requests, "errors": day % 3,
+def summary(hour: int, version: str, hours: int = 1) -> dict:
+    """``hours`` hours of one device's requests at ``version`` (one upload an hour; more: a day folded)."""
+    requests = (2000 + hour % 24) * hours
+    return {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "TelemetrySummary", "model": MODEL,
+            "version": version, "requests": requests, "errors": hour % 3,
             "latencyMs": {"buckets": [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, "+Inf"],
                           "counts": [requests - 60, 30, 15, 10, 3, 2, 0], "p50": 1.0, "p95": 2.0, "p99": 5.0},
-            "predictions": [requests - 300, 200, 100],
+            "predictions": [requests - 300, 200, 100], "summaries": hours,
             "inputs": {"mean": {"edges": [-1.0, 0.0, 1.0], "counts": [10, requests - 20, 5, 5]}}}  # fmt: skip
 
 
-def fleet(work: Path, repo: Path, name: str, devices: int, days: int) -> tuple[Controller, LocalBackend]:
+@dataclass
+class Filled:
+    controller: Controller
+    writes_per_second: float = 0.0
+    compaction: float = 0.0
+
+
+def fleet(work: Path, repo: Path, name: str, devices: int, days: int) -> Filled:
     state = work / name
     backend = LocalBackend(state)
     for i in range(devices):
@@ -69,12 +83,36 @@ def fleet(work: Path, repo: Path, name: str, devices: int, days: int) -> tuple[C
     first = controller.cycle()
     require(first.stalled is None and first.applied == devices,
             f"the first cycle applied {first.applied} of {devices} ({first.stalled or 'not stalled'})")  # fmt: skip
+    filled = Filled(controller)
+    if not days:
+        return filled
+    now = datetime.now(UTC)
+    writes, start = 0, time.perf_counter()
     for (device, model), spec in backend.assignments().items():
         backend.report_status(device, model, AssignmentStatus("Healthy", installed_version=spec.version,
                                                               target_version=spec.version))  # fmt: skip
-        for day in range(days):
-            require(record(backend, device, {**summary(day, spec.version), "device": device}), "not stored")
-    return controller, backend
+        for day in range(HOURS // 24, days):  # the days older than the hourly span, each folded already
+            ended = now - timedelta(days=day)
+            body = {**summary(day, spec.version, hours=24), "device": device, "ended": ended.isoformat()}
+            require(controller.telemetry.record(device, body, now) is True, "not stored")
+        for hour in range(HOURS):
+            ended = now - timedelta(hours=hour)
+            body = {**summary(hour, spec.version), "device": device, "ended": ended.isoformat()}
+            require(controller.telemetry.record(device, body, now) is True, "not stored")
+            writes += 1
+        writes += days - HOURS // 24
+    filled.writes_per_second = writes / (time.perf_counter() - start)
+    start = time.perf_counter()
+    controller.telemetry.compact(now)
+    filled.compaction = time.perf_counter() - start
+    return filled
+
+
+def window_read(store: TelemetryStore, span: timedelta) -> tuple[float, int]:
+    versions = sorted({row[0] for row in store._file.read("SELECT DISTINCT version FROM buckets")})
+    start = time.perf_counter()
+    rows = store.window(MODEL, versions, datetime.now(UTC) - span)
+    return time.perf_counter() - start, len(rows)
 
 
 def cycle_seconds(controller: Controller) -> float:
@@ -94,22 +132,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="controller-cycle-") as tmp:
         work = Path(tmp)
         repo = fleet_repo(work)
-        bare, _ = fleet(work, repo, "baseline", devices, 0)
-        baseline = cycle_seconds(bare)
-        controller, backend = fleet(work, repo, "month", devices, DAYS)
-        stored = backend.telemetry()
-        require(len(stored) == devices and all(s["summaries"] == DAYS for s in stored),
-                f"{len(stored)} telemetry records stored, not {devices} of {DAYS} summaries each")  # fmt: skip
-        took = cycle_seconds(controller)
-        size = (work / "month" / "fleet.sqlite").stat().st_size - (work / "baseline" / "fleet.sqlite").stat().st_size
+        baseline = cycle_seconds(fleet(work, repo, "baseline", devices, 0).controller)
+        month = fleet(work, repo, "month", devices, DAYS)
+        store = month.controller.telemetry
+        rows, size = store.size()
+        month_read = window_read(store, timedelta(days=DAYS))
+        counted = sum(r["summaries"] for r in store.window(MODEL, None, datetime.now(UTC) - timedelta(days=DAYS)))
+        require(counted == devices * DAYS * 24, f"{counted} summaries in the store, not {devices * DAYS * 24}")
+        took = cycle_seconds(month.controller)
+        reads = {span: window_read(store, span) for span in (timedelta(hours=1), timedelta(days=7))}
+        reads[timedelta(days=DAYS)] = month_read
+        on_disk = sum(p.stat().st_size for p in (work / "month").glob("telemetry.sqlite*"))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"controller cycle, {devices:,} devices Healthy, {DAYS} days of telemetry merged per device and version")
-    print(f"  cycle time with telemetry     {took:8.3f} s  (median of {CYCLES}; nothing to apply)")
+    print(f"controller cycle, {devices:,} devices Healthy, {DAYS} days of hourly telemetry in the store")
+    print(f"  cycle time with telemetry     {took:8.3f} s  (median of {CYCLES}; gate window 1 h; nothing to apply)")
     print(f"  cycle time without telemetry  {baseline:8.3f} s  (baseline)")
     print(f"  ratio                         {ratio(took, baseline, 'with vs without telemetry'):8.2f}x")
     print(f"  peak RSS of this process      {rss:8.1f} MiB  (both fleets, both controllers)")
-    print(f"  telemetry in the store        {size / 2**20:8.1f} MiB  ({size / devices:.0f} bytes per device: one "
-          f"record per device and version, whatever the days)")  # fmt: skip
+    print(f"  store writes                  {month.writes_per_second:8.0f} /s  (one transaction per summary)")
+    print(f"  compaction                    {month.compaction:8.3f} s  (a month's hours into days, once)")
+    for span, (seconds, read) in reads.items():
+        label = f"gate window {span.days} d" if span.days else "gate window 1 h"
+        print(f"  {label:<29} {seconds:8.3f} s  ({read:,} rows)")
+    print(f"  telemetry in the store        {on_disk / 2**20:8.1f} MiB  ({rows:,} rows, {size / rows:.0f} bytes of "
+          f"summary each; {on_disk / devices / 1024:.1f} KiB per device)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ from reconciler.signing import (
     write_release,
 )
 from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path, utcnow
-from reconciler.telemetry import summaries
+from reconciler.telemetry.store import TelemetryStore
+from reconciler.telemetry.summaries import merge, recorder
 
 FLEET = Path(__file__).resolve().parents[1] / "fleet-example"
 MODEL, PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"
@@ -78,6 +79,9 @@ class Fleet:
     """(device, summary) as the device API accepted them."""
     servers: dict[int, DeviceAPIServer] = field(default_factory=dict)
     """Device APIs over other backends (a test's KubernetesBackend), by ``id(backend)``."""
+
+    def stored_telemetry(self, model: str = MODEL) -> list[dict]:
+        return stored_telemetry(self.root / "telemetry.sqlite", model)
 
     def release(self, version: str, counter: int = 1, key: KeyPair | None = None, edit=None, name=None,
                 minimum: int = 0) -> Path:  # fmt: skip
@@ -162,6 +166,20 @@ def skew_golden(manifest: dict) -> None:
     manifest["golden"]["outputs"] = [[v + shift for v in row] for row in manifest["golden"]["outputs"]]
 
 
+def stored_telemetry(path: Path, model: str) -> list[dict]:
+    """What a device API filed in the telemetry store at ``path`` over the last day, folded per device and
+    version (a test running across the turn of an hour meets two buckets)."""
+    store = TelemetryStore(path)
+    try:
+        folded: dict[tuple[str, str], dict] = {}
+        for row in store.window(model, None, utcnow() - timedelta(days=1)):
+            key = (row["device"], row["version"])
+            folded[key] = {**merge(folded.get(key), row), "device": key[0], "model": model, "version": key[1]}
+        return [folded[key] for key in sorted(folded)]
+    finally:
+        store.close()
+
+
 def free_port() -> int:
     """A loopback port nobody listens on now (for a process that binds it itself)."""
     with socket.socket() as probe:
@@ -179,10 +197,12 @@ def start_device_api(
     (tls / "tls.key").write_bytes(key)
     context = ca.server_context(tls / "tls.crt", tls / "tls.key")
 
-    def sink(backend, device: str, summary: dict) -> bool:
+    record = recorder(TelemetryStore(root / "telemetry.sqlite"), utcnow)
+
+    def sink(backend, device: str, summary: dict) -> bool | str:
         if telemetry is not None:
             telemetry.append((device, summary))
-        return summaries.record(backend, device, summary)
+        return record(backend, device, summary)
 
     server = DeviceAPIServer(("127.0.0.1", 0), identity, lambda: backend, context,
                              blobs=store.root / "blobs" / "sha256", tuf=root / "tuf", deltas=store.delta,

@@ -218,11 +218,16 @@ def test_controller_cycle_quick():
     output = quick("controller_cycle.py", timeout=600)
     assert_lines(
         output,
-        r"controller cycle, 300 devices Healthy, 30 days of telemetry merged per device and version",
-        rf"  cycle time with telemetry +{NUMBER} s  \(median of 5; nothing to apply\)",
+        r"controller cycle, 300 devices Healthy, 30 days of hourly telemetry in the store",
+        rf"  cycle time with telemetry +{NUMBER} s  \(median of 5; gate window 1 h; nothing to apply\)",
         rf"  cycle time without telemetry +{NUMBER} s  \(baseline\)",
         rf"  ratio +{NUMBER}x",
         rf"  peak RSS of this process +{NUMBER} MiB  \(both fleets, both controllers\)",
-        rf"  telemetry in the store +{NUMBER} MiB  \(\d+ bytes per device: one record per device and version, "
-        r"whatever the days\)",
+        r"  store writes +\d+ /s  \(one transaction per summary\)",
+        rf"  compaction +{NUMBER} s  \(a month's hours into days, once\)",
+        rf"  gate window 1 h +{NUMBER} s  \([\d,]+ rows\)",
+        rf"  gate window 7 d +{NUMBER} s  \([\d,]+ rows\)",
+        rf"  gate window 30 d +{NUMBER} s  \(22,800 rows\)",
+        rf"  telemetry in the store +{NUMBER} MiB  \(22,800 rows, \d+ bytes of summary each; {NUMBER} KiB per "
+        r"device\)",
     )

@@ -23,6 +23,7 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -140,9 +141,11 @@ class TelemetryRecorder:
             return {key: (counts[0], counts[1]) for key, counts in self._totals.items()}
 
     def flush(self) -> list[dict]:
+        """The interval's summaries, each stamped with the moment it ended (the controller files it there)."""
         with self._lock:
             summaries, self._summaries = self._summaries, {}
-        return [s.to_json() for s in summaries.values()]
+        ended = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return [{**s.to_json(), "ended": ended} for s in summaries.values()]
 
 
 REFUSED_FOR_GOOD = frozenset({400, 404, 409, 413, 422})

@@ -115,6 +115,9 @@ class Analysis(SpecModel):
     """Fewer reports than this make a gate Inconclusive, which holds the step."""
     failure_limit: int | None = Field(default=None, ge=0)
     """Consecutive failed evaluations tolerated before aborting (0: abort on the first)."""
+    window: Duration = timedelta(hours=1)
+    """How far back the telemetry gates read (error rate, latency, drift; both versions alike): whole hours of
+    the controller's telemetry store, so one hour reads the current hour and the one before."""
 
 
 class Rate(SpecModel):

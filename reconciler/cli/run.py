@@ -30,7 +30,8 @@ class JsonLines(logging.Formatter):
 
 
 def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: str, state_dir: Path,
-                store: Path | None, target, backend: str, registry, agent_service_account: str | None):  # fmt: skip
+                store: Path | None, target, backend: str, registry, agent_service_account: str | None,
+                telemetry):  # fmt: skip
     """The device API on its own port with its own certificate, issued by the fleet CA at every start."""
     import socket
     from datetime import UTC, datetime, timedelta
@@ -45,7 +46,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
     from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
     from reconciler.durable import write_atomic
     from reconciler.errors import PermanentError
-    from reconciler.telemetry import summaries
+    from reconciler.telemetry.summaries import recorder
 
     host, _, port = address.rpartition(":")
     host = host or "127.0.0.1"
@@ -77,7 +78,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
         (host, int(port)), identity, factory, ca.server_context(tls / "tls.pem", tls / "tls.pem"),
         blobs=store / "blobs" / "sha256" if store else None, tuf=state_dir / "tuf",
         deltas=artifacts.delta if artifacts else None,
-        on_telemetry=summaries.record, registry=registry,
+        on_telemetry=recorder(telemetry, lambda: datetime.now(UTC)), registry=registry,
         clock=lambda: datetime.now(UTC), register_enrolled=backend == "local",
         node_of_token=(lambda token: target.node_of_token(token, SERVICE_ACCOUNT_AUDIENCE, agent_service_account))
         if agent_service_account else None,
@@ -145,6 +146,14 @@ def _repo_url(repo: str) -> str:
     is_flag=True,
     help="Start the state directory's clone over (when it was made for another repo or branch).",
 )
+@click.option("--telemetry-retention", default="30d", show_default=True,
+              help="How long device telemetry is kept (STATE_DIR/telemetry.sqlite: hourly for two days, then "
+                   "daily); at least 1d.")  # fmt: skip
+@click.option(
+    "--telemetry-store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The telemetry store's SQLite file, shared by replicas (default: STATE_DIR/telemetry.sqlite).",
+)
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
 def run(
     repo: str,
@@ -173,13 +182,19 @@ def run(
     signing_key: Path | None,
     accept_rewrite: bool,
     reset_state: bool,
+    telemetry_retention: str,
+    telemetry_store: Path | None,
     log_format: str,
 ) -> None:
     """Reconcile devices toward the fleet repo, and write status back to it."""
+    from datetime import timedelta
+
+    from reconciler.api.types import parse_duration
     from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend, leader_elector
     from reconciler.controller.loop import Controller, ControllerConfig
     from reconciler.controller.server import ControllerServer
     from reconciler.gitops.source import Credentials, GitError, GitSource
+    from reconciler.telemetry.store import TelemetryStore
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter("%(levelname)s %(message)s"))
@@ -189,8 +204,14 @@ def run(
         raise click.UsageError("--leader-elect needs --backend kubernetes and a long-running controller")
     if releases is not None and tuf_keys is None:
         raise click.UsageError("--releases needs --tuf-keys (the keys that sign what agents may fetch)")
+    try:
+        retention = parse_duration(telemetry_retention)
+    except ValueError as exc:
+        raise click.UsageError(f"--telemetry-retention: {exc}") from None
+    if retention < timedelta(days=1):
+        raise click.UsageError("--telemetry-retention must be at least 1d")
     config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys,
-                              signing_key, accept_rewrite)  # fmt: skip
+                              signing_key, accept_rewrite, retention, telemetry_store)  # fmt: skip
     try:
         if backend == "kubernetes":
             target = kubernetes_backend(kubeconfig, namespace, node_selector)
@@ -261,7 +282,8 @@ def run(
         if agent_service_account and backend != "kubernetes":
             raise click.UsageError("--agent-service-account needs --backend kubernetes")
         api = _device_api(device_api, device_api_hosts, ca_dir or state_dir / "ca", certificate_lifetime, state_dir,
-                          store, target, backend, controller.metrics.registry, agent_service_account)  # fmt: skip
+                          store, target, backend, controller.metrics.registry, agent_service_account,
+                          TelemetryStore(config.telemetry_path, config.telemetry_retention))  # fmt: skip
         servers.append(api)
         logging.getLogger("edge_reconciler.controller").info("device API", extra={"url": api.url})
 

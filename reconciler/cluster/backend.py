@@ -8,7 +8,7 @@ embedded default that needs no cluster). The controller writes assignment *specs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -70,12 +70,8 @@ class AssignmentStatus:
 
 
 TELEMETRY_FIELD = "telemetry"
-"""Where an assignment's status keeps its device's merged telemetry, by version (not part of a report)."""
-TELEMETRY_VERSIONS = 3
-"""Versions whose telemetry an assignment keeps: the new, the stable and one before (the oldest goes first)."""
-
-Merge = Callable[[Mapping[str, Any] | None], dict[str, Any]]
-"""Folds one summary into the stored one (None: nothing stored yet) and returns what to store."""
+"""Where assignments written by older controllers kept telemetry in their status: ignored, never a report field
+(telemetry lives in the controller's store, ``reconciler.telemetry.store``)."""
 
 
 @dataclass(frozen=True)
@@ -163,14 +159,4 @@ class Backend(Protocol):
 
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         """An agent's report for its own assignment."""
-        ...
-
-    def record_telemetry(self, device: str, model: str, version: str, merge: Merge) -> bool:
-        """Store ``merge(stored)`` as the telemetry of ``model@version`` on ``device``, atomically against every
-        other writer (replicas of the device API); False, storing nothing, when the device has no assignment of
-        ``model``."""
-        ...
-
-    def telemetry(self) -> list[dict[str, Any]]:
-        """Every stored summary, each naming its ``device``, ``model`` and ``version``."""
         ...

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,11 +36,8 @@ from reconciler.plan import Desired, Device
 
 from .backend import (
     FIELD_MANAGER,
-    TELEMETRY_FIELD,
-    TELEMETRY_VERSIONS,
     AssignmentStatus,
     ClusterError,
-    Merge,
     PermanentClusterError,
     StoredRollout,
     TemporaryClusterError,
@@ -63,10 +59,6 @@ log = logging.getLogger(__name__)
 APPLY_WORKERS = 8
 CONFLICT_RETRY_SECONDS = 1.0
 """A 409 means another writer got there first: the next attempt reads its version and wins or merges."""
-CONFLICT_ATTEMPTS = 8
-"""Compare-and-swap rounds before a write gives up as temporary (each round reads the winner's version)."""
-CONFLICT_BACKOFF = 0.02
-"""Seconds: the n-th lost round waits up to n times this (jittered), so racing writers fall out of step."""
 SCHEMA_REFUSED = "failed to create typed patch object"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
@@ -335,53 +327,6 @@ class KubernetesBackend:
             removed += 1
         return removed
 
-    def record_telemetry(self, device: str, model: str, version: str, merge: Merge) -> bool:
-        """In the assignment's ``status.telemetry[version]``: a JSON merge patch that names the resourceVersion it
-        was computed from, so a concurrent writer (another replica) makes it 409 and it is computed again."""
-        name = assignment_name(device, model)
-        fresh = False
-        for attempt in range(CONFLICT_ATTEMPTS):
-            obj = self._assignment(device, model, fresh)
-            if obj is None:
-                return False
-            stored = (obj.get("status") or {}).get(TELEMETRY_FIELD) or {}
-            entries: dict[str, Any] = {version: merge(stored.get(version))}
-            if version not in stored and len(stored) >= TELEMETRY_VERSIONS:
-                entries[_oldest(stored)] = None  # null removes a key in a merge patch
-            patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                     "status": {TELEMETRY_FIELD: entries}}  # fmt: skip
-            try:
-                response = self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, self.namespace, PLURAL, name, patch, _preload_content=False
-                )
-            except ApiException as exc:
-                if exc.status == 409:  # another replica wrote first: back off a little (jittered), read, redo
-                    fresh = True
-                    time.sleep(random.uniform(0, CONFLICT_BACKOFF * (attempt + 1)))
-                    continue
-                if exc.status == 404:
-                    return False
-                raise cluster_error(f"record telemetry on ModelAssignment {name}", exc) from exc
-            except (OSError, urllib3.exceptions.HTTPError) as exc:
-                raise cluster_error(f"record telemetry on ModelAssignment {name}", exc) from exc
-            updated = json.loads(response.data)
-            with self._lock:
-                self._objects[(device, model)] = updated
-                self.writes += 1
-            return True
-        raise TemporaryClusterError(f"ModelAssignment {name}: {CONFLICT_ATTEMPTS} telemetry writes in a row lost "
-                                    "to other writers", retry_after=CONFLICT_RETRY_SECONDS)  # fmt: skip
-
-    def telemetry(self) -> list[dict[str, Any]]:
-        with self._lock:
-            objects = list(self._objects.items())
-        return [
-            {**entry, "device": device, "model": model, "version": version}
-            for (device, model), obj in objects
-            for version, entry in sorted(((obj.get("status") or {}).get(TELEMETRY_FIELD) or {}).items())
-            if isinstance(entry, dict)
-        ]
-
     def _assignment(self, device: str, model: str, fresh: bool) -> dict[str, Any] | None:
         """From the cache, or (``fresh``, or no watch keeps the cache) from the API server."""
         if not fresh and self._watching.is_set():
@@ -457,11 +402,6 @@ class KubernetesBackend:
             )
         with self._lock:
             self.writes += 1
-
-
-def _oldest(stored: Mapping[str, Any]) -> str:
-    """The version whose telemetry was updated longest ago."""
-    return min(stored, key=lambda version: str((stored[version] or {}).get("updated", "")))
 
 
 def watch_forever(

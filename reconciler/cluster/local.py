@@ -14,15 +14,12 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from reconciler.plan import Desired, Device
 from reconciler.sqlitefile import SQLiteFile
 
 from .backend import (
-    TELEMETRY_VERSIONS,
     AssignmentStatus,
-    Merge,
     PermanentClusterError,
     StoredRollout,
     TemporaryClusterError,
@@ -48,14 +45,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     name TEXT PRIMARY KEY,
     record TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS telemetry (
-    device TEXT NOT NULL,
-    model TEXT NOT NULL,
-    version TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (device, model, version)
-);
+-- Telemetry lives in the controller's telemetry store now: a file of an older controller loses its table.
+DROP TABLE IF EXISTS telemetry;
 """
 
 
@@ -128,7 +119,6 @@ class LocalBackend:
         removed = 0
         for device, model in keys:
             removed += self._write("DELETE FROM assignments WHERE device = ? AND model = ?", (device, model))
-            self._write("DELETE FROM telemetry WHERE device = ? AND model = ?", (device, model))
         return removed
 
     def rollouts(self) -> dict[str, StoredRollout]:
@@ -164,36 +154,6 @@ class LocalBackend:
             (json.dumps(body, sort_keys=True), device, model),
         )
         self._write("UPDATE devices SET last_seen = ? WHERE name = ?", (body["lastSeen"], device))
-
-    # --- telemetry ---------------------------------------------------------------------------------
-
-    def record_telemetry(self, device: str, model: str, version: str, merge: Merge) -> bool:
-        def fold(db: sqlite3.Connection) -> bool:
-            if (
-                db.execute("SELECT 1 FROM assignments WHERE device = ? AND model = ?", (device, model)).fetchone()
-                is None
-            ):
-                return False
-            row = db.execute("SELECT summary FROM telemetry WHERE device = ? AND model = ? AND version = ?",
-                             (device, model, version)).fetchone()  # fmt: skip
-            stamp = datetime.now(UTC).isoformat(timespec="microseconds")
-            merged = json.dumps(merge(json.loads(row[0]) if row else None))
-            db.execute("INSERT INTO telemetry VALUES (?, ?, ?, ?, ?) ON CONFLICT(device, model, version) DO UPDATE "
-                       "SET summary = excluded.summary, updated_at = excluded.updated_at",
-                       (device, model, version, merged, stamp))  # fmt: skip
-            # Keep the newest versions only, as an assignment's status does on Kubernetes.
-            db.execute("DELETE FROM telemetry WHERE device = ? AND model = ? AND version NOT IN (SELECT version FROM "
-                       "telemetry WHERE device = ? AND model = ? ORDER BY updated_at DESC LIMIT ?)",
-                       (device, model, device, model, TELEMETRY_VERSIONS))  # fmt: skip
-            return True
-
-        stored = self._file.transaction(fold)
-        self.writes += int(stored)
-        return stored
-
-    def telemetry(self) -> list[dict[str, Any]]:
-        rows = self._read("SELECT device, model, version, summary FROM telemetry ORDER BY device, model, version")
-        return [{**json.loads(summary), "device": d, "model": m, "version": v} for d, m, v, summary in rows]
 
     # --- internals ---------------------------------------------------------------------------------
 

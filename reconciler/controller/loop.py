@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from reconciler.api import FleetTree, SpecErrors
@@ -49,6 +49,7 @@ from reconciler.rollout.admission import admit, in_flight, rate_allowance
 from reconciler.rollout.engine import max_concurrent
 from reconciler.signing import TrustPolicy, policy_from_fleet
 from reconciler.signing.tuf_repo import TufRepository, online_signers
+from reconciler.telemetry.store import TELEMETRY_FILE, TelemetryStore
 
 from .metrics import ControllerMetrics
 from .publish import Publisher
@@ -84,6 +85,14 @@ class ControllerConfig:
     then be signed like any other (else status-only commits pass unsigned: they cannot move a device)."""
     accept_rewrite: bool = False
     """Go on after the branch was rewritten past the last applied commit (once; verified as on a first run)."""
+    telemetry_retention: timedelta = timedelta(days=30)
+    """How long device telemetry is kept (hourly for two days, then daily)."""
+    telemetry_store: Path | None = None
+    """The telemetry store's file, shared with the device API replicas; None: ``state_dir/telemetry.sqlite``."""
+
+    @property
+    def telemetry_path(self) -> Path:
+        return self.telemetry_store or self.state_dir / TELEMETRY_FILE
 
 
 @dataclass
@@ -112,13 +121,16 @@ class Controller:
         source: GitSource | None = None,
         metrics: ControllerMetrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        telemetry: TelemetryStore | None = None,
     ) -> None:
+        """``telemetry``: where the device API files summaries (default: the state directory's store)."""
         self.config = config
         self.clock = clock
         self.backend = backend
         self.source = source or GitSource(config.repo_url, config.state_dir / "git", config.branch)
         self.metrics = metrics or ControllerMetrics()
         self.store = ArtifactStore(config.store) if config.store else None
+        self.telemetry = telemetry or TelemetryStore(config.telemetry_path, config.telemetry_retention)
         self._artifact_keys: dict[str, tuple[str, str, str]] = {}
         self.publisher = None
         if config.releases is not None:
@@ -169,6 +181,7 @@ class Controller:
             log.exception("cycle failed unexpectedly")
             outcome.stalled = f"unexpected {type(exc).__name__}: {exc}"
         finally:
+            self._compact_telemetry()
             self.metrics.observe(outcome, time.perf_counter() - start)
             log.info(
                 "reconciled",
@@ -236,7 +249,7 @@ class Controller:
         before = targets.at(before_positions, artifacts)
         tracks = self.store is not None or self.publisher is not None  # it knows which builds exist
         current = self.backend.assignments()
-        cycles = run_rollouts(tree, previous, before, statuses, self.backend.telemetry(), now, tracks, current)
+        cycles = run_rollouts(tree, previous, before, statuses, self.telemetry.window, now, tracks, current)
         revision = fleet.revision
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
         after = before if positions == before_positions else targets.at(positions, artifacts)
@@ -304,6 +317,17 @@ class Controller:
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
+
+    def _compact_telemetry(self) -> None:
+        """Hours into days, and the expired out, whatever became of the cycle: a store that cannot be compacted
+        (a full disk) is logged and tried again next cycle; it never stalls one."""
+        try:
+            done = self.telemetry.compact(self.clock())
+        except (TemporaryError, PermanentError) as exc:
+            log.warning("telemetry store not compacted", extra={"error": str(exc)})
+            return
+        if done.folded or done.expired:
+            log.info("telemetry compacted", extra={"folded": done.folded, "expired": done.expired})
 
     def _verify(self, head: str, spec_commit: str, applied: str | None, fleet: FleetAtCommit | None) -> str | None:
         """Why the commits since the last applied one may not be applied (None: they may). Every one must carry

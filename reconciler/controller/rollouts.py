@@ -15,7 +15,7 @@ a person made (``edgectl rollout pause|resume|promote|abort|retry``):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,6 +28,8 @@ from reconciler.rollout.engine import Manual, Observation, Outcome, decide, is_o
 from reconciler.telemetry.aggregate import aggregate, psi
 
 ANNOTATION = "edgereconciler.io"
+TelemetryWindow = Callable[[str, Collection[str], datetime], list[Mapping]]
+"""Summaries of a model's versions since a moment: what a rollout's gates read."""
 
 
 @dataclass(frozen=True)
@@ -182,16 +184,21 @@ def run_rollouts(
     previous: Mapping[str, RolloutStatus],
     target: Plan,
     statuses: Mapping[tuple[str, str], AssignmentStatus],
-    summaries: list[Mapping],
+    telemetry: TelemetryWindow,
     now: datetime,
     tracks_artifacts: bool = False,
     current: Mapping[tuple[str, str], Desired] | None = None,
 ) -> dict[str, RolloutCycle]:
+    """``telemetry(model, versions, since)``: the summaries each rollout's gates read, those of its new and stable
+    versions over its ``analysis.window`` (``TelemetryStore.window``)."""
     cycles = {}
     for name, rollout in sorted(tree.rollouts.items()):
         if not rollout.active:
             continue
         before = initial_state(tree, name, previous.get(name) or RolloutStatus(name), statuses)
+        spec = rollout.spec
+        versions = sorted({spec.version, before.stable_version} - {None})
+        summaries = telemetry(spec.model, versions, now - spec.analysis.window)
         obs = observe(tree, name, before, target, statuses, summaries, now, tracks_artifacts, current)
         cycles[name] = RolloutCycle(name, before, decide(rollout.spec, before, obs, now, manual_actions(rollout)), obs)
     return cycles

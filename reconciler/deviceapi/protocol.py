@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from reconciler.cluster.crd import PHASES
 
@@ -149,6 +149,9 @@ class TelemetrySummary(_Message):
     sequence: int | None = Field(default=None, ge=1)
     """Rising within ``stream``: a summary sent again (an upload answered but not recorded as sent on the
     device) is known by it and counted once."""
+    ended: AwareDatetime | None = None
+    """When the summary's interval ended, by the device's clock: the controller files it under that hour (never
+    later than its arrival), so a summary uploaded after a day offline counts where it was measured."""
 
 
 MAX_EXTRAS = 32

@@ -121,8 +121,8 @@ class DeviceAPIServer:
         caller owns and closes what it returns. ``blobs``: the store's ``blobs/sha256`` folder. ``deltas(a, b)``:
         the path of a delta (made on first request; any exception is 404). ``on_telemetry(backend, device,
         summary)`` stores validated summaries whose ``device`` is the certificate's, with the worker thread's
-        backend (``reconciler.telemetry.summaries.record``); False: nothing was stored (no such assignment); a
-        string: nothing was stored, for that reason (``duplicate``).
+        backend (``reconciler.telemetry.summaries.recorder``); False: nothing was stored (no such assignment); a
+        string: nothing was stored, for that reason (``duplicate``, ``expired``).
         ``register_enrolled``: after an enrolment, ``backend.register_device(name, token's labels)`` (the local
         backend's inventory).
         ``node_of_token(token)``: the Node an agent pod's ServiceAccount token proves
@@ -441,10 +441,11 @@ class DeviceAPIServer:
         if summary.device != device:
             raise _Refused(403, "wrong-device", f"a summary from {device} must name {device}", asked=summary.device)
         assert self.on_telemetry is not None
-        unnamed = {field for field in ("stream", "sequence") if getattr(summary, field) is None}
-        stored = await self._call(self._store_telemetry, device, summary.model_dump(by_alias=True, exclude=unnamed))
-        # Acknowledged either way: a summary of a model this device is no longer assigned, or one counted already
-        # (sent again), is worth no retry.
+        unnamed = {field for field in ("stream", "sequence", "ended") if getattr(summary, field) is None}
+        body = summary.model_dump(mode="json", by_alias=True, exclude=unnamed)
+        stored = await self._call(self._store_telemetry, device, body)
+        # Acknowledged either way: a summary of a model this device is no longer assigned, one counted already
+        # (sent again) or one older than the store keeps is worth no retry.
         if stored is True:
             return web.json_response({"accepted": 1}, status=202)
         return web.json_response({"accepted": 0, "reason": stored or "not-assigned"}, status=202)

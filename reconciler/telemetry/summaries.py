@@ -1,43 +1,29 @@
-"""A device's telemetry, kept merged: one record per device and model version, however long a rollout runs.
+"""Summaries folded into one: what a bucket of the telemetry store keeps per device, model and version.
 
-Who calls it: the device API, for every summary a device uploads (:func:`record`), with the backend doing the
-compare-and-swap so that any replica may take any summary. Every figure of a summary is a count on fixed bins, so
-folding summaries into one loses nothing the gates read: :mod:`.aggregate` adds the merged records exactly as it
-would add every summary. Bins that differ (an agent with other latency buckets, a build with other input edges)
-cannot be added: the newer replaces the older, as Prometheus does when a histogram's buckets change.
+Every figure of a summary is a count on fixed bins, so folding summaries into one loses nothing the gates read:
+:mod:`.aggregate` adds folded records exactly as it would add every summary. Bins that differ (an agent with
+other latency buckets, a build with other input edges) cannot be added: the newer replaces the older, as
+Prometheus does when a histogram's buckets change.
+
+Who calls it: :mod:`.store` (a summary into its hour, an hour into its day) and the device API, through
+:func:`recorder`, which refuses a summary of a model the device is not assigned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from reconciler.cluster import Backend
 
-_KEYS = ("apiVersion", "kind", "device", "model", "version")
-"""What the backend's key already says: not stored in the record."""
-
-
-STREAMS_KEPT = 4
-"""Telemetry streams remembered per record (a device wiped and enrolled again starts a new one)."""
-
-
-class DuplicateSummary(Exception):
-    """A summary whose stream and sequence the record has counted already."""
+if TYPE_CHECKING:
+    from .store import TelemetryStore
 
 
 def merge(stored: Mapping[str, Any] | None, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """``summary`` folded into ``stored`` (None: the first one); :class:`DuplicateSummary` for one counted before."""
+    """``summary`` (a device's, or a folded record) folded into ``stored`` (None: the first one)."""
     stored = stored or {}
-    streams = dict(stored.get("streams") or {})
-    stream, sequence = summary.get("stream"), summary.get("sequence")
-    if stream and sequence:
-        if int(sequence) <= int(streams.get(stream, 0)):
-            raise DuplicateSummary(f"{stream}#{sequence}")
-        streams.pop(stream, None)
-        streams[stream] = int(sequence)
-        streams = dict(list(streams.items())[-STREAMS_KEPT:])
     latency_new, latency_old = summary.get("latencyMs") or {}, stored.get("latencyMs") or {}
     return {
         "requests": int(stored.get("requests", 0)) + int(summary.get("requests", 0)),
@@ -49,22 +35,23 @@ def merge(stored: Mapping[str, Any] | None, summary: Mapping[str, Any]) -> dict[
         },
         "predictions": _add(stored.get("predictions") or [], summary.get("predictions") or []),
         "inputs": _inputs(stored.get("inputs") or {}, summary.get("inputs") or {}),
-        "summaries": int(stored.get("summaries", 0)) + 1,
-        **({"streams": streams} if streams else {}),
-        "updated": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "summaries": int(stored.get("summaries", 0)) + int(summary.get("summaries", 1)),
     }
 
 
-def record(backend: Backend, device: str, summary: Mapping[str, Any]) -> bool | str:
-    """Fold ``summary`` (validated, naming ``device``) into the backend's record; False when ``device`` has no
-    assignment of its model (nothing is stored: a summary of a model the fleet no longer assigns gates nothing),
-    ``"duplicate"`` when the record counted this stream and sequence already (nothing is stored again)."""
-    body = {k: v for k, v in summary.items() if k not in _KEYS}
-    try:
-        return backend.record_telemetry(device, summary["model"], summary["version"],
-                                        lambda stored: merge(stored, body))  # fmt: skip
-    except DuplicateSummary:
-        return "duplicate"
+def recorder(
+    store: TelemetryStore, clock: Callable[[], datetime]
+) -> Callable[[Backend, str, Mapping[str, Any]], bool | str]:
+    """The device API's ``on_telemetry``: a validated summary naming its device goes into ``store`` when the
+    backend assigns the device its model. False (nothing stored) otherwise: a summary of a model the fleet no
+    longer gives the device gates nothing; a string says why a summary was not counted (duplicate, expired)."""
+
+    def record(backend: Backend, device: str, summary: Mapping[str, Any]) -> bool | str:
+        if summary["model"] not in backend.assignments_for(device):
+            return False
+        return store.record(device, summary, clock())
+
+    return record
 
 
 def _inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

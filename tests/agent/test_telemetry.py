@@ -108,16 +108,16 @@ def test_a_summary_sent_again_is_counted_once(fleet: Fleet, tmp_path: Path):
     # The device crashed after the server's answer and before it deleted the file: it sends the summary again.
     (queue.directory / "000000000001.json").write_bytes(kept)
     assert queue.upload(client.telemetry_url, client.pool) == 1  # acknowledged (nothing to retry) ...
-    [stored] = fleet.backend.telemetry()
+    [stored] = fleet.stored_telemetry()
     assert (stored["requests"], stored["summaries"]) == (7, 1)  # ... and counted once
     # Numbers keep rising after the queue ran empty, so the next summary is a new one.
     queue.put(summary(5))
     assert queue.pending()[0].name == "000000000002.json"
     queue.upload(client.telemetry_url, client.pool)
-    assert fleet.backend.telemetry()[0]["requests"] == 12
+    assert fleet.stored_telemetry()[0]["requests"] == 12
     # Another device's queue (a wiped device starts over at 1) is another stream.
     other = TelemetryQueue(tmp_path / "wiped")
     other.put(summary(1))
     assert other.stream != queue.stream
     other.upload(client.telemetry_url, client.pool)
-    assert fleet.backend.telemetry()[0]["requests"] == 13
+    assert fleet.stored_telemetry()[0]["requests"] == 13

@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
 from reconciler.api.status import RolloutStatus
-from reconciler.cluster import LocalBackend, StoredRollout
+from reconciler.cluster import AssignmentStatus, LocalBackend, StoredRollout
 from reconciler.controller.loop import FAULTS, Controller, ControllerConfig
 from reconciler.plan import bucket
 
@@ -303,3 +304,46 @@ def test_a_custom_status_path_holds_every_status_file_and_status_commits_are_not
     assert "spec error" in (controller.cycle().stalled or "")
     report = yaml.safe_load(git("show", "main:ops/state/controller.yaml", cwd=bare))
     assert report["ready"] is False and "spec error" in report["message"]
+
+
+def error_summary(device: str, errors: int, ended: datetime) -> dict:
+    return {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "TelemetrySummary", "device": device,
+            "model": "vibration-anomaly", "version": "2.0.0", "requests": 100, "errors": errors,
+            "latencyMs": {"buckets": [1.0, "+Inf"], "counts": [100, 0]}, "predictions": [], "inputs": {},
+            "ended": ended.isoformat()}  # fmt: skip
+
+
+def test_the_error_rate_gate_reads_the_telemetry_of_its_window(git_server: GitServer, tmp_path: Path):
+    """Errors uploaded today but measured before the gate's window (a device back from hours offline) hold
+    nothing; the same errors inside the window fail the gate."""
+    url, work = git_server.create("fleet")
+    rollout = work / "rollouts" / "vibration-anomaly-2.yaml"
+    rollout.write_text(rollout.read_text().replace("    maxLatencyRegression: 10\n",
+                                                   "    maxErrorRate: 0.05\n    window: 1h\n"))  # fmt: skip
+    git("commit", "-qam", "Gate on errors of the last hour", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    register(tmp_path / "state", 60)
+    now = datetime.now(UTC)
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), LocalBackend(tmp_path / "state"),
+                            clock=lambda: now)  # fmt: skip
+    assert controller.cycle().stalled is None
+    assigned = controller.backend.assignments()
+    for (device, model), spec in assigned.items():
+        controller.backend.report_status(device, model, AssignmentStatus("Healthy", installed_version=spec.version,
+                                                                         target_version=spec.version))  # fmt: skip
+    new = sorted(d for (d, _), spec in assigned.items() if spec.version == "2.0.0")
+    assert len(new) >= 2
+    for device in new:
+        assert controller.telemetry.record(device, error_summary(device, 60, now - timedelta(hours=3)), now) is True
+        assert controller.telemetry.record(device, error_summary(device, 1, now), now) is True
+
+    def error_gate():
+        [gate] = [g for g in controller.backend.rollouts()["vibration-anomaly-2"].status.gates if g.name == "errorRate"]
+        return gate
+
+    controller.cycle()
+    assert (error_gate().value, str(error_gate().verdict)) == (0.01, "Pass")  # the 3-hour-old errors are outside
+    for device in new:
+        controller.telemetry.record(device, error_summary(device, 60, now - timedelta(minutes=5)), now)
+    controller.cycle()
+    assert error_gate().value == 0.305 and str(error_gate().verdict) == "Fail"

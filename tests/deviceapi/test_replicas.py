@@ -1,7 +1,8 @@
 """Two `edgectl run --leader-elect` processes against one real API server, each with its own state directory and
-device API, sharing only the fleet CA (the chart's Secret) and the API server: a device enrolled at one replica is
-served by the other, reports and telemetry sent to either reach the leader's view, a revocation refuses at both,
-both are ready, and a Git webhook that reaches the standby makes the leader reconcile."""
+device API, sharing the fleet CA (the chart's Secret), the API server and the telemetry store's file (the chart's
+state volume): a device enrolled at one replica is served by the other, reports and telemetry sent to either reach
+the leader's view, a revocation refuses at both, both are ready, and a Git webhook that reaches the standby makes
+the leader reconcile."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ from kubernetes import client
 from reconciler.cluster import AssignmentStatus, kubernetes_backend
 from reconciler.deviceapi.ca import FleetCA
 from reconciler.deviceapi.client import DeviceClient, DeviceRefusedError
+from reconciler.telemetry.aggregate import aggregate
+from reconciler.telemetry.store import TelemetryStore
 
 from ..device_fleet import free_port
 
@@ -53,7 +57,8 @@ class Replica:
         self.operator, self.device_port = free_port(), free_port()
         self.process = subprocess.Popen(
             [str(EDGECTL), "run", *args, "--state-dir", str(root / name), "--listen", f"127.0.0.1:{self.operator}",
-             "--device-api", f"127.0.0.1:{self.device_port}", "--webhook-secret-file", str(root / "webhook")],
+             "--device-api", f"127.0.0.1:{self.device_port}", "--webhook-secret-file", str(root / "webhook"),
+             "--telemetry-store", str(root / "telemetry.sqlite")],
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env={**os.environ, "POD_NAME": name},
         )  # fmt: skip
 
@@ -123,8 +128,10 @@ def test_two_replicas_serve_one_fleet(kubeconfig: Path, tmp_path: Path, fleet_ba
             answer = replica_client.pool.request("POST", replica_client.telemetry_url, json=summary)
             assert answer.status == 202 and answer.json() == {"accepted": 1}
         observer.sync()
-        [stored] = [s for s in observer.telemetry() if s["device"] == device]
-        assert (stored["requests"], stored["errors"], stored["summaries"]) == (10, 2, 2)
+        rows = TelemetryStore(tmp_path / "telemetry.sqlite").window(model, [version], datetime.now(UTC) - timedelta(
+            hours=1))  # fmt: skip
+        stored = aggregate(rows, model, version, {device})
+        assert (stored.requests, stored.errors, sum(r["summaries"] for r in rows)) == (10, 2, 2)
         assert observer.statuses()[(device, model)].phase == "Healthy"
 
         # A push's webhook that reaches the standby: the leader reconciles (its interval is an hour).

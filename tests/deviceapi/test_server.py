@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,10 @@ from reconciler.deviceapi.limits import Limits, TokenBucket
 from reconciler.deviceapi.server import DeviceAPIServer
 from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 from reconciler.plan import Desired
-from reconciler.telemetry import summaries
+from reconciler.telemetry.store import TelemetryStore
+from reconciler.telemetry.summaries import recorder
+
+from ..device_fleet import stored_telemetry
 
 MODEL = "vibration-anomaly"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -96,9 +100,16 @@ class DeviceFleet:
         self.server = DeviceAPIServer(("127.0.0.1", 0), self.identity, lambda: self.backend, context, **options)
         return self.server.start()
 
-    def record_telemetry(self, backend: LocalBackend, device: str, summary: dict) -> bool:
+    def record_telemetry(self, backend: LocalBackend, device: str, summary: dict) -> bool | str:
         self.telemetry.append((device, summary))
-        return summaries.record(backend, device, summary)
+        return self._record(backend, device, summary)
+
+    @cached_property
+    def _record(self):
+        return recorder(TelemetryStore(self.root / "telemetry.sqlite"), now)
+
+    def stored_telemetry(self) -> list[dict]:
+        return stored_telemetry(self.root / "telemetry.sqlite", MODEL)
 
     def delta(self, base: str, target: str) -> Path:
         return ArtifactStore(self.root / "store").delta(base, target)
@@ -202,12 +213,12 @@ def test_a_device_enrols_then_reads_reports_and_uploads_over_mutual_tls(fleet: D
     accepted = http.request("POST", f"{fleet.url}{protocol.TELEMETRY}", json=summary)
     assert accepted.status == 202 and accepted.json() == {"accepted": 1}
     assert fleet.telemetry == [("sensor-1", {**summary, "droppedBefore": 0})]
-    [stored_summary] = fleet.backend.telemetry()
+    [stored_summary] = fleet.stored_telemetry()
     assert (stored_summary["device"], stored_summary["model"], stored_summary["requests"]) == (
         "sensor-1", MODEL, TELEMETRY["requests"])  # fmt: skip
     other_model = http.request("POST", f"{fleet.url}{protocol.TELEMETRY}", json={**summary, "model": "not-assigned"})
     assert other_model.status == 202 and other_model.json() == {"accepted": 0, "reason": "not-assigned"}
-    assert len(fleet.backend.telemetry()) == 1  # acknowledged (no use sending it again), never stored
+    assert len(fleet.stored_telemetry()) == 1  # acknowledged (no use sending it again), never stored
 
 
 def test_a_long_poll_returns_when_the_assignment_changes(fleet: DeviceFleet):
