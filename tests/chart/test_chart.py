@@ -262,6 +262,7 @@ def test_rbac_matrix(kubeconfig: Path):
     [
         ({"controller": {"replicas": "two"}}, "replicas"),
         ({"controller": {"replicas": 0}}, "replicas"),
+        ({"controller": {"telemetryRetention": "a month"}}, "telemetryRetention"),
         ({"git": {"url": "not a url"}}, "url"),
         ({"git": {"auth": "password"}}, "auth"),
         ({"store": {"pvc": {"size": "lots"}}}, "size"),

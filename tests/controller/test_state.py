@@ -5,6 +5,7 @@ On real Git (git daemon) and on both backends (SQLite, and a real Kubernetes API
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -335,3 +336,38 @@ def test_sequential_groups_walk_every_step_one_group_after_the_other(git_server:
     assert (state.group, state.step) == (1, 0)
     assert cycle_and_settle() == set(names)
     assert cycle_and_settle() == set(names) and backend.rollouts()[ROLLOUT].status.phase == "Succeeded"
+
+
+def test_a_rollout_whose_build_is_missing_waits_for_it_then_proceeds(git_server: GitServer, tmp_path: Path, backend):
+    """The store has the stable version's build only: the step's devices wait (never failed, the rollout never
+    aborted) and move once the build lands in the store."""
+    from reconciler.artifact.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "store")
+
+    def build(version: str) -> str:
+        manifest = f'{{"model": "vibration-anomaly", "version": "{version}", "profile": "arm-cortex-a-cpu"}}'
+        artifact = hashlib.sha256(manifest.encode()).hexdigest()
+        store.add_artifact(artifact, {"manifest.json": manifest.encode()}, "manifest.json")
+        return artifact
+
+    stable = build("1.0.0")
+    url, _ = git_server.create("fleet")
+    controller = Controller(ControllerConfig(url, tmp_path / "state", store=tmp_path / "store"), backend)
+    for _ in range(2):
+        outcome = controller.cycle()
+        assert outcome.stalled is None
+        waiting = on_new_version(backend)
+        assert 0 < len(waiting) < DEVICES  # the step's hashed share: told the version, with nothing to fetch yet
+        artifacts = {(spec.version, spec.artifact) for spec in backend.assignments().values()}
+        assert artifacts == {("1.0.0", stable), ("2.0.0", None)}
+        state = backend.rollouts()[ROLLOUT].status.state
+        assert (state.phase, state.reason, state.step, state.failures) == ("Progressing", "WaitingForArtifacts", 0, 0)
+        assert "Abort" not in outcome.decisions.values()
+
+    new = build("2.0.0")
+    controller.cycle()
+    assert on_new_version(backend) == waiting
+    assert {backend.assignments()[(d, "vibration-anomaly")].artifact for d in waiting} == {new}
+    state = backend.rollouts()[ROLLOUT].status.state
+    assert state.phase == "Progressing" and state.reason != "WaitingForArtifacts"
