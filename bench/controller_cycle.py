@@ -15,10 +15,13 @@ the whole month reads, and the store's size.
 
 from __future__ import annotations
 
+import argparse
+import json
 import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from _check import parser, ratio, require
 
 from reconciler.cluster import AssignmentStatus, LocalBackend
 from reconciler.controller.loop import Controller, ControllerConfig
-from reconciler.telemetry.store import HOURLY_FOR, TelemetryStore
+from reconciler.telemetry.store import FOLD_PER_CALL, HOURLY_FOR, TelemetryStore
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = {
@@ -103,7 +106,8 @@ def fleet(work: Path, repo: Path, name: str, devices: int, days: int) -> Filled:
         writes += days - HOURS // 24
     filled.writes_per_second = writes / (time.perf_counter() - start)
     start = time.perf_counter()
-    controller.telemetry.compact(now)
+    while controller.telemetry.compact(now).more:  # a month to catch up: a bounded share per call
+        pass
     filled.compaction = time.perf_counter() - start
     return filled
 
@@ -126,31 +130,53 @@ def cycle_seconds(controller: Controller) -> float:
     return statistics.median(times)
 
 
+def measured_cycles(repo: Path, state: Path) -> tuple[float, float]:
+    """Median cycle time and peak RSS (MiB) of a controller process of its own started on ``state``: what a
+    controller restarted on a filled state directory costs, apart from this process's filling."""
+    answer = subprocess.run([sys.executable, __file__, "--measure", str(repo), str(state)], capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    body = json.loads(answer.splitlines()[-1])
+    return body["seconds"], body["rss"]
+
+
+def measure(repo: Path, state: Path) -> None:
+    controller = Controller(ControllerConfig(str(repo), state, interval=3600), LocalBackend(state))
+    seconds = cycle_seconds(controller)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "rss": rss}))
+
+
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    arguments = parser(__doc__)
+    arguments.add_argument("--measure", nargs=2, metavar=("REPO", "STATE"), help=argparse.SUPPRESS)
+    args = arguments.parse_args()
+    if args.measure:
+        measure(Path(args.measure[0]), Path(args.measure[1]))
+        return
     devices = 300 if args.quick else 10_000
     with tempfile.TemporaryDirectory(prefix="controller-cycle-") as tmp:
         work = Path(tmp)
         repo = fleet_repo(work)
-        baseline = cycle_seconds(fleet(work, repo, "baseline", devices, 0).controller)
+        fleet(work, repo, "baseline", devices, 0)
+        baseline, baseline_rss = measured_cycles(repo, work / "baseline")
         month = fleet(work, repo, "month", devices, DAYS)
         store = month.controller.telemetry
         rows, size = store.size()
-        month_read = window_read(store, timedelta(days=DAYS))
+        took, rss = measured_cycles(repo, work / "month")
+        reads = {span: window_read(store, span) for span in (timedelta(hours=1), timedelta(days=7))}
+        reads[timedelta(days=DAYS)] = window_read(store, timedelta(days=DAYS))
         counted = sum(r["summaries"] for r in store.window(MODEL, None, datetime.now(UTC) - timedelta(days=DAYS)))
         require(counted == devices * DAYS * 24, f"{counted} summaries in the store, not {devices * DAYS * 24}")
-        took = cycle_seconds(month.controller)
-        reads = {span: window_read(store, span) for span in (timedelta(hours=1), timedelta(days=7))}
-        reads[timedelta(days=DAYS)] = month_read
         on_disk = sum(p.stat().st_size for p in (work / "month").glob("telemetry.sqlite*"))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"controller cycle, {devices:,} devices Healthy, {DAYS} days of hourly telemetry in the store")
     print(f"  cycle time with telemetry     {took:8.3f} s  (median of {CYCLES}; gate window 1 h; nothing to apply)")
     print(f"  cycle time without telemetry  {baseline:8.3f} s  (baseline)")
     print(f"  ratio                         {ratio(took, baseline, 'with vs without telemetry'):8.2f}x")
-    print(f"  peak RSS of this process      {rss:8.1f} MiB  (both fleets, both controllers)")
+    print(f"  controller peak RSS           {rss:8.1f} MiB  (a controller process started on the month's state)")
+    print(f"  controller peak RSS, baseline {baseline_rss:8.1f} MiB  ({ratio(rss, baseline_rss, 'RSS'):.2f}x)")
     print(f"  store writes                  {month.writes_per_second:8.0f} /s  (one transaction per summary)")
-    print(f"  compaction                    {month.compaction:8.3f} s  (a month's hours into days, once)")
+    print(f"  compaction                    {month.compaction:8.3f} s  (a month's hours into days, "
+          f"{FOLD_PER_CALL:,} rows a call)")  # fmt: skip
     for span, (seconds, read) in reads.items():
         label = f"gate window {span.days} d" if span.days else "gate window 1 h"
         print(f"  {label:<29} {seconds:8.3f} s  ({read:,} rows)")

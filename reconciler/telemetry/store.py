@@ -41,6 +41,9 @@ HOURLY_FOR = timedelta(days=2)
 """Hour-wide buckets younger than this stay hour-wide; older ones are folded into their day."""
 STREAMS_KEPT = 4
 """Telemetry streams remembered per device (a device wiped and enrolled again starts a new one)."""
+FOLD_PER_CALL = 20_000
+"""Hour-wide rows folded by one compaction at most (an hour of 20,000 devices)."""
+"""Telemetry streams remembered per device (a device wiped and enrolled again starts a new one)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -69,6 +72,8 @@ class Compaction:
     """Hour-wide rows folded into day-wide ones."""
     expired: int
     """Rows (and device streams) past the retention, removed."""
+    more: bool = False
+    """Rows are left to fold (the call's limit was reached): the next call goes on."""
 
 
 class TelemetryStore:
@@ -130,17 +135,18 @@ class TelemetryStore:
         return [{**json.loads(summary), "device": device, "model": model, "version": version}
                 for device, version, summary in rows]  # fmt: skip
 
-    def compact(self, now: datetime) -> Compaction:
-        """Fold hour-wide buckets older than ``HOURLY_FOR`` into their day's bucket, and drop what is past the
-        retention. Each call folds what aged since the last (about one hour's rows at each hour's turn): a day's
-        bucket fills an hour at a time, and every summary is in exactly one row all along."""
+    def compact(self, now: datetime, limit: int = FOLD_PER_CALL) -> Compaction:
+        """Fold hour-wide buckets older than ``HOURLY_FOR`` into their day's bucket (the oldest first, at most
+        ``limit`` rows a call, so that a store catching up after downtime costs each cycle a bounded share), and drop
+        what is past the retention. In steady state a call folds what aged since the last: about one hour's rows
+        at each hour's turn; a day's bucket fills an hour at a time, and every summary is in exactly one row."""
         seconds = int(_seconds(now))
         fold_before = (seconds - int(HOURLY_FOR.total_seconds())) // HOUR * HOUR
         expire_before = seconds - int(self.retention.total_seconds())
 
         def work(db: sqlite3.Connection) -> Compaction:
             rows = db.execute("SELECT model, version, start, device, summary FROM buckets WHERE width = ? AND "
-                              "start < ?", (HOUR, fold_before)).fetchall()  # fmt: skip
+                              "start < ? ORDER BY start LIMIT ?", (HOUR, fold_before, limit)).fetchall()  # fmt: skip
             days: dict[tuple[str, str, int, str], dict[str, Any] | None] = {}
             for model, version, start, device, summary in rows:
                 key = (model, version, start // DAY * DAY, device)
@@ -149,10 +155,13 @@ class TelemetryStore:
                     days[key] = json.loads(stored[0]) if stored else None
                 days[key] = merge(days[key], json.loads(summary))
             db.executemany(_UPSERT, [(m, v, s, DAY, d, _dump(body)) for (m, v, s, d), body in days.items()])
-            db.execute("DELETE FROM buckets WHERE width = ? AND start < ?", (HOUR, fold_before))
-            expired = db.execute("DELETE FROM buckets WHERE start + width <= ?", (expire_before,)).rowcount
+            db.executemany("DELETE FROM buckets WHERE model = ? AND version = ? AND start = ? AND width = ? AND "
+                           "device = ?", [(m, v, s, HOUR, d) for m, v, s, d, _ in rows])  # fmt: skip
+            expired = sum(db.execute("DELETE FROM buckets WHERE width = ? AND start <= ?",
+                                     (width, expire_before - width)).rowcount for width in (HOUR, DAY))  # fmt: skip
             db.execute("DELETE FROM streams WHERE seen < ?", (expire_before,))
-            return Compaction(len(rows), expired)
+            more = len(rows) == limit
+            return Compaction(len(rows), expired, more)
 
         return self._file.transaction(work)
 
