@@ -37,6 +37,8 @@ HISTORY = 10
 """Decisions kept in a rollout's status file (newest last)."""
 PROBLEMS = 50
 """Plan problems kept in a rollout's status file."""
+FAILING = 20
+"""Failing devices named in a rollout's status file (the count of all of them is in ``devices``)."""
 
 
 class RolloutPhase(StrEnum):
@@ -196,6 +198,27 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True)
+class FailingDevice:
+    """A device of the rollout that failed its version, with the reason its agent reported: what an operator
+    needs before logging into the device. No report time: a heartbeat must not change the status file."""
+
+    device: str
+    version: str
+    phase: str
+    reason: str = ""
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        body = {"device": self.device, "version": self.version, "phase": self.phase, "reason": self.reason,
+                "message": self.message}  # fmt: skip
+        return {k: v for k, v in body.items() if v}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> FailingDevice:
+        return cls(*(str(body.get(k) or "") for k in ("device", "version", "phase", "reason", "message")))
+
+
+@dataclass(frozen=True)
 class DeviceCounts:
     """The rollout's targeted devices: how many, how many want the new version, and phases per version."""
 
@@ -254,6 +277,8 @@ class RolloutStatus:
     last_decision: DecisionRecord | None = None
     history: tuple[DecisionRecord, ...] = ()
     problems: tuple[str, ...] = ()
+    failing: tuple[FailingDevice, ...] = ()
+    """Up to ``FAILING`` devices that failed the rollout's version, by name; kept after an abort returned them."""
 
     @property
     def phase(self) -> RolloutPhase:
@@ -286,6 +311,7 @@ class RolloutStatus:
         body["lastDecision"] = self.last_decision.to_json() if self.last_decision else None
         body["history"] = [h.to_json() for h in self.history]
         body["problems"] = list(self.problems)
+        body["failingDevices"] = [f.to_json() for f in self.failing]
         # As kubectl does: empty fields are left out; the phase and step always show.
         return {k: v for k, v in body.items() if k in ("phase", "currentStep") or v not in (None, "", 0, [], {})}
 
@@ -306,6 +332,9 @@ class RolloutStatus:
             last_decision=DecisionRecord.from_json(last) if isinstance(last, Mapping) else None,
             history=tuple(DecisionRecord.from_json(h) for h in _list(body.get("history")) if isinstance(h, Mapping)),
             problems=tuple(str(p) for p in _list(body.get("problems"))),
+            failing=tuple(
+                FailingDevice.from_json(f) for f in _list(body.get("failingDevices")) if isinstance(f, Mapping)
+            ),
         )
 
     def to_yaml(self) -> bytes:

@@ -32,6 +32,7 @@ RESOURCES = {
     "models": "model", "model": "model",
     "rollouts": "rollout", "rollout": "rollout", "ro": "rollout",
     "artifacts": "artifact", "artifact": "artifact", "art": "artifact",
+    "events": "event", "event": "event", "ev": "event",
 }  # fmt: skip
 
 
@@ -51,15 +52,20 @@ def _repo_option(function: Callable) -> Callable:
 @click.option("-w", "--watch", is_flag=True, help="Print again whenever the output changes (Ctrl-C stops).")
 @click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=STORE_SHOWN,
               help="Build store (artifacts).")  # fmt: skip
+@click.option("--for", "involved", metavar="KIND/NAME", help="Events: only those of rollout/NAME or device/NAME.")
 @_repo_option
 @backend_options
 def get(resource: str, name: str | None, output: str | None, selector: str | None, group: str | None,
-        all_groups: bool, no_headers: bool, watch: bool, store: Path, repo: str, backend: str, state_dir: Path,
-        kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
-    """Show devices, groups, models, rollouts or artifacts (kubectl-style tables)."""
+        all_groups: bool, no_headers: bool, watch: bool, store: Path, involved: str | None, repo: str, backend: str,
+        state_dir: Path, kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
+    """Show devices, groups, models, rollouts, artifacts or events (kubectl-style tables)."""
     kind = RESOURCES.get(resource.lower())
     if kind is None:
-        raise click.UsageError(f"unknown resource {resource!r}; one of devices, groups, models, rollouts, artifacts")
+        raise click.UsageError(f"unknown resource {resource!r}; one of devices, groups, models, rollouts, artifacts, "
+                               "events")  # fmt: skip
+    if involved is not None and kind != "event":
+        raise click.UsageError("--for goes with events only")
+    about = _involved(involved) if involved else None
     if group and all_groups:
         raise click.UsageError("--group and -A exclude each other")
     from reconciler.api.types import LabelSelector
@@ -79,6 +85,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
     def collect() -> tuple[list[dict], list[Column], list[dict]]:
         if kind == "artifact":
             return _artifacts(store, name)
+        if kind == "event":
+            return _events(target(), about)
         if kind == "device":
             view = load_view(repo) if group or Path(repo, "fleet.yaml").exists() or repo != "." else None
             return _devices(target(), view, name, labels, group, _enrolment(backend, state_dir, kubeconfig, namespace))
@@ -91,7 +99,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
     while True:
         rows, columns, objects = collect()
         if name and not rows:
-            click.echo(f'Error from server (NotFound): {kind} "{name}" not found', err=True)
+            where = {"artifact": f"the store {store}", "device": f"the {backend} backend", "event": "the backend"}
+            click.echo(f'Error (NotFound): {kind} "{name}" not found in {where.get(kind, repo)}', err=True)
             sys.exit(1)
         rendered = (rows, objects)
         if rendered != last:
@@ -100,6 +109,38 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         if not watch:
             return
         time.sleep(2.0)
+
+
+def _involved(value: str) -> tuple[str, str]:
+    """``rollout/NAME`` or ``device/NAME`` (kubectl's ``--for`` form) as the events' (kind, name)."""
+    kind, _, name = value.partition("/")
+    kinds = {"rollout": "Rollout", "rollouts": "Rollout", "ro": "Rollout", "device": "Device", "devices": "Device"}
+    if kind.lower() not in kinds or not name:
+        raise click.UsageError(f"--for {value!r}: give rollout/NAME or device/NAME")
+    return kinds[kind.lower()], name
+
+
+def _events(target, about: tuple[str, str] | None) -> tuple[list[dict], list[Column], list[dict]]:
+    """Events the controller recorded, oldest first (as ``kubectl get events`` lists them)."""
+    from reconciler.cluster import ClusterError
+
+    try:
+        events = target.events(*about) if about else target.events()
+    except ClusterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    rows, objects = [], []
+    for event in events:
+        rows.append({"lastSeen": age(event.last_seen), "type": event.type, "reason": event.reason,
+                     "object": event.involved + (f" ({event.model})" if event.model else ""),
+                     "message": event.message, "count": event.count, "firstSeen": age(event.first_seen)})  # fmt: skip
+        objects.append({"type": event.type, "reason": event.reason, "message": event.message, "count": event.count,
+                        "firstTimestamp": event.first_seen, "lastTimestamp": event.last_seen,
+                        "involvedObject": {"kind": event.kind, "name": event.name, "model": event.model}})  # fmt: skip
+    columns = [Column("LAST SEEN", "lastSeen"), Column("TYPE", "type"), Column("REASON", "reason"),
+               Column("OBJECT", "object"), Column("MESSAGE", "message"), Column("COUNT", "count", wide=True),
+               Column("FIRST SEEN", "firstSeen", wide=True)]  # fmt: skip
+    return rows, columns, objects
 
 
 def _selected(documents: dict, name: str | None, labels) -> list[tuple[str, Any]]:
@@ -333,16 +374,102 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
 
 
 @click.command()
-@click.argument("resource", type=click.Choice(["rollout", "rollouts", "ro"]))
+@click.argument("resource", type=click.Choice(["rollout", "rollouts", "ro", "device", "devices", "dev"]))
 @click.argument("name")
 @_repo_option
-def describe(resource: str, name: str, repo: str) -> None:
-    """Everything about one rollout: steps, gates against thresholds, devices by version, decisions."""
+@backend_options
+def describe(resource: str, name: str, repo: str, backend: str, state_dir: Path, kubeconfig: Path | None,
+             namespace: str) -> None:  # fmt: skip
+    """Everything about one rollout (steps, gates against thresholds, devices by version, failing devices,
+    decisions, events) or one device (labels, enrolment, assignments with their last reasons, events)."""
+    has_backend = backend == "kubernetes" or (state_dir / "fleet.sqlite").exists()
+    if resource.startswith("dev"):
+        if not has_backend:
+            click.echo(f"error: no local backend in {state_dir} (pass --state-dir, or --backend kubernetes)", err=True)
+            sys.exit(1)
+        target = _synced(_open_backend(backend, state_dir, kubeconfig, namespace))
+        view = load_view(repo) if repo != "." or Path(repo, "fleet.yaml").exists() else None
+        enrolment = _enrolment(backend, state_dir, kubeconfig, namespace) or {}
+        text = describe_device(target, view, name, enrolment.get(name))
+        if text is None:
+            click.echo(f'Error: device "{name}" not found in the {backend} backend', err=True)
+            sys.exit(1)
+        click.echo(text)
+        return
     view = load_view(repo)
     if name not in view.tree.rollouts:
-        click.echo(f'Error from server (NotFound): rollout "{name}" not found', err=True)
+        click.echo(f'Error: rollout "{name}" not found in {repo}', err=True)
         sys.exit(1)
-    click.echo(describe_rollout(view, name))
+    text = describe_rollout(view, name)
+    if has_backend:
+        target = _open_backend(backend, state_dir, kubeconfig, namespace)
+        text += "\n" + _event_lines(_events_or_none(target, ("Rollout", name)))
+    click.echo(text)
+
+
+def describe_device(target, view: FleetView | None, name: str, record) -> str | None:
+    """``record``: the device registry's (enrolment, certificate), when there is one. None: no such device."""
+    from reconciler.plan import plan
+
+    device = next((d for d in target.devices() if d.name == name), None)
+    if device is None:
+        return None
+    profile = plan(view.tree, [device], {}, {}).profiles.get(name) if view is not None else None
+    mine = sorted((model, desired) for (owner, model), desired in target.assignments().items() if owner == name)
+    statuses = target.statuses()
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(device.labels.items()))
+    lines = [
+        f"Name:          {name}",
+        f"Labels:        {labels or '<none>'}",
+        f"Profile:       {profile or ('<unknown: pass --repo>' if view is None else '<none matches>')}",
+    ]
+    if record is not None:
+        lines.append(f"Enrolment:     {record.state(now())}, certificate until {record.not_after or '<none>'}"
+                     + (f", revoked at {record.revoked_at}" if record.revoked_at else ""))  # fmt: skip
+    else:
+        lines.append("Enrolment:     <not in the device registry>")
+    lines.append("Assignments:")
+    if not mine:
+        lines.append("  <none>")
+    for model, desired in mine:
+        status = statuses.get((name, model))
+        seen = age(status.last_seen) if status and status.last_seen else "<never>"
+        artifact = desired.artifact[:12] if desired.artifact else "<waiting for its build>"
+        lines.append(f"  {model}: {desired.version} (rollout {desired.rollout or '-'}; artifact {artifact})")
+        if status is None:
+            lines.append("    Phase:     Pending (no report yet)")
+            continue
+        lines.append(f"    Phase:     {status.phase}" + (f" ({status.reason})" if status.reason else ""))
+        lines.append(f"    Installed: {status.installed_version or '<none>'}"
+                     + (f", previous {status.previous_version}" if status.previous_version else ""))  # fmt: skip
+        if status.message:
+            lines.append(f"    Message:   {status.message}")
+        lines.append(f"    Last seen: {seen}")
+    return "\n".join([*lines, _event_lines(_events_or_none(target, ("Device", name)))])
+
+
+def _events_or_none(target, about: tuple[str, str]) -> list | None:
+    """The events of one object; None when the backend cannot list them (an older install, no RBAC)."""
+    from reconciler.cluster import ClusterError
+
+    try:
+        return target.events(*about)
+    except ClusterError:
+        return None
+
+
+def _event_lines(events: list | None) -> str:
+    """kubectl describe's Events section: newest last."""
+    if events is None:
+        return "Events:        <cannot be read>"
+    if not events:
+        return "Events:        <none>"
+    lines = ["Events:", f"  {'TYPE':<8} {'REASON':<20} {'AGE':<8} {'COUNT':<6} MESSAGE"]
+    for event in events[-20:]:
+        about = f"[{event.model}] " if event.model else ""
+        lines.append(f"  {event.type:<8} {event.reason:<20} {age(event.last_seen):<8} {event.count:<6} "
+                     f"{about}{event.message}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def describe_rollout(view: FleetView, name: str) -> str:
@@ -376,6 +503,15 @@ def describe_rollout(view: FleetView, name: str) -> str:
     lines.append(f"Devices:         {devices.targeted} targeted, {devices.on_new_version} on {spec.version}")
     for version, counts in devices.by_version.items():
         lines.append(f"  {version:<12} " + ", ".join(f"{p}: {n}" for p, n in counts.items()))
+    failing = status.failing if current else ()
+    if failing:
+        failed = sum(n for counts in devices.by_version.values() for p, n in counts.items()
+                     if p.split("(")[0] in ("Failed", "RolledBack"))  # fmt: skip
+        lines.append("Failing devices:")
+        for entry in failing:
+            lines.append(f"  {entry.device:<20} {entry.phase:<10} {entry.reason or '-':<22} {entry.message}")
+        if failed > len(failing):
+            lines.append(f"  ... and {failed - len(failing)} more (edgectl get devices -o wide)")
     lines.append("Decisions:")
     history = status.history if current else ()
     commits = _decision_commits(view, name)

@@ -8,8 +8,10 @@ embedded default that needs no cluster). The controller writes assignment *specs
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from reconciler.api.status import RolloutStatus
@@ -118,6 +120,39 @@ def spec_from_json(body: Mapping[str, Any]) -> Desired:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to a rollout or to one device's model, as a Kubernetes Event says it: the same
+    event again raises ``count`` and ``last_seen`` instead of adding a line (kubectl's ``x3 over 10m``)."""
+
+    kind: str
+    """``Rollout`` (a FleetRollout) or ``Device`` (a device's ModelAssignment of ``model``)."""
+    name: str
+    reason: str
+    message: str
+    type: str = "Normal"
+    """``Normal`` or ``Warning``."""
+    model: str | None = None
+    count: int = 1
+    first_seen: str | None = None
+    last_seen: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What makes two events the same one (their times and count aside)."""
+        text = "\0".join((self.kind, self.name, self.model or "", self.reason, self.message))
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    @property
+    def involved(self) -> str:
+        """``rollout/NAME`` or ``device/NAME``, as ``edgectl get events --for`` names it."""
+        return f"{self.kind.lower()}/{self.name}"
+
+
+EVENTS_KEPT = 5000
+"""Events the local backend keeps (the newest); Kubernetes drops them after its event TTL (an hour by default)."""
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
@@ -159,4 +194,14 @@ class Backend(Protocol):
 
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         """An agent's report for its own assignment."""
+        ...
+
+    def record_event(self, event: Event, now: datetime, again: bool = True) -> None:
+        """Keep ``event`` (its times and count are set here); the same event kept before gets ``count`` + 1 and
+        ``now`` as its last time, or (``again`` False: a restarted controller meeting what it may have recorded
+        already) is left as it is."""
+        ...
+
+    def events(self, kind: str | None = None, name: str | None = None) -> list[Event]:
+        """Events kept, oldest last-seen first; only those of ``kind`` (and ``name``) when given."""
         ...

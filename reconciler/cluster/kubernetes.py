@@ -38,6 +38,7 @@ from .backend import (
     FIELD_MANAGER,
     AssignmentStatus,
     ClusterError,
+    Event,
     PermanentClusterError,
     StoredRollout,
     TemporaryClusterError,
@@ -57,6 +58,9 @@ from .crd import (
 
 log = logging.getLogger(__name__)
 APPLY_WORKERS = 8
+EVENT_LABEL = "app.kubernetes.io/managed-by"
+EVENT_MESSAGE = 1024
+"""Characters of an event's message sent (the API server refuses more than 1 KiB in events.k8s.io)."""
 CONFLICT_RETRY_SECONDS = 1.0
 """A 409 means another writer got there first: the next attempt reads its version and wins or merges."""
 SCHEMA_REFUSED = "failed to create typed patch object"
@@ -392,6 +396,47 @@ class KubernetesBackend:
         """The rollouts' status as the controller last saved them."""
         return {name: record.status for name, record in self.rollouts().items()}
 
+    def record_event(self, event: Event, now: datetime, again: bool = True) -> None:
+        """A core/v1 Event on the FleetRollout or the ModelAssignment, named after the event's key so that the
+        same event again is counted on one object (as the kubelet's event aggregation does). Not counted in
+        ``writes``."""
+        involved = assignment_name(event.name, event.model or "") if event.kind == "Device" else event.name
+        name, stamp = f"{involved}.{event.key[:16]}", now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": {EVENT_LABEL: FIELD_MANAGER},
+                         "annotations": {f"{GROUP}/kind": event.kind, f"{GROUP}/name": event.name,
+                                         f"{GROUP}/model": event.model or ""}},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "namespace": self.namespace, "name": involved,
+                               "kind": KIND if event.kind == "Device" else ROLLOUT_KIND},
+            "reason": event.reason, "message": event.message[:EVENT_MESSAGE], "type": event.type,
+            "count": 1, "firstTimestamp": stamp, "lastTimestamp": stamp, "source": {"component": FIELD_MANAGER},
+        }  # fmt: skip
+        with _wrapped(f"record event {name}"):
+            try:
+                self.core.create_namespaced_event(self.namespace, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                if again:
+                    count = (self.core.read_namespaced_event(name, self.namespace).count or 1) + 1
+                    self.core.patch_namespaced_event(name, self.namespace, {"count": count, "lastTimestamp": stamp})
+
+    def events(self, kind: str | None = None, name: str | None = None) -> list[Event]:
+        with _wrapped("list events"):
+            items = self.core.list_namespaced_event(
+                self.namespace, label_selector=f"{EVENT_LABEL}={FIELD_MANAGER}"
+            ).items
+        found = []
+        for item in items:
+            notes = item.metadata.annotations or {}
+            event = Event(notes.get(f"{GROUP}/kind", ""), notes.get(f"{GROUP}/name", ""), item.reason or "",
+                          item.message or "", item.type or "Normal", notes.get(f"{GROUP}/model") or None,
+                          item.count or 1, _stamp(item.first_timestamp), _stamp(item.last_timestamp))  # fmt: skip
+            if (kind is None or event.kind == kind) and (name is None or event.name == name):
+                found.append(event)
+        return sorted(found, key=lambda e: (e.last_seen or "", e.first_seen or ""))
+
     def report_status(self, device: str, model: str, status: AssignmentStatus) -> None:
         body = status.to_json()
         body.setdefault("lastSeen", datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
@@ -440,6 +485,10 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
 def _single(values: Any) -> str | None:
     """One value of a user's ``extra`` entry (a list by the API's type); anything else counts as none."""
     return values[0] if isinstance(values, list) and len(values) == 1 and values[0] else None
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else None
 
 
 @contextmanager

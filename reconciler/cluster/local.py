@@ -19,7 +19,9 @@ from reconciler.plan import Desired, Device
 from reconciler.sqlitefile import SQLiteFile
 
 from .backend import (
+    EVENTS_KEPT,
     AssignmentStatus,
+    Event,
     PermanentClusterError,
     StoredRollout,
     TemporaryClusterError,
@@ -45,6 +47,20 @@ CREATE TABLE IF NOT EXISTS rollouts (
     name TEXT PRIMARY KEY,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    model TEXT,
+    type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, name);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (last_seen);
 -- Telemetry lives in the controller's telemetry store now: a file of an older controller loses its table.
 DROP TABLE IF EXISTS telemetry;
 """
@@ -154,6 +170,33 @@ class LocalBackend:
             (json.dumps(body, sort_keys=True), device, model),
         )
         self._write("UPDATE devices SET last_seen = ? WHERE name = ?", (body["lastSeen"], device))
+
+    # --- events ------------------------------------------------------------------------------------
+
+    def record_event(self, event: Event, now: datetime, again: bool = True) -> None:
+        """Not counted in ``writes``: those are the fleet's state, which an unchanged cycle leaves alone."""
+        stamp = now.astimezone(UTC).isoformat(timespec="seconds")
+        update = "count = count + 1, last_seen = excluded.last_seen" if again else "key = key"
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(f"INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                       f"{update}", (event.key, event.kind, event.name, event.model, event.type, event.reason,
+                                     event.message, stamp, stamp))  # fmt: skip
+            db.execute("DELETE FROM events WHERE key IN (SELECT key FROM events ORDER BY last_seen DESC "
+                       "LIMIT -1 OFFSET ?)", (EVENTS_KEPT,))  # fmt: skip
+
+        self._file.transaction(write)
+
+    def events(self, kind: str | None = None, name: str | None = None) -> list[Event]:
+        where, args = [], []
+        for column, value in (("kind", kind), ("name", name)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self._read("SELECT kind, name, reason, message, type, model, count, first_seen, last_seen FROM events"
+                          + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY last_seen, first_seen",
+                          tuple(args))  # fmt: skip
+        return [Event(*row) for row in rows]
 
     # --- internals ---------------------------------------------------------------------------------
 

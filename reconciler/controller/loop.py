@@ -30,7 +30,9 @@ from pathlib import Path
 from reconciler.api import FleetTree, SpecErrors
 from reconciler.api.status import (
     ControllerStatus,
+    DecisionKind,
     FleetAtCommit,
+    Reason,
     RolloutPhase,
     RolloutStatus,
     StatusPaths,
@@ -38,7 +40,7 @@ from reconciler.api.status import (
     load_with_status,
 )
 from reconciler.artifact.store import ArtifactStore
-from reconciler.cluster import Backend, StoredRollout
+from reconciler.cluster import Backend, Event, StoredRollout
 from reconciler.durable import write_atomic
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.faults import FaultPoints
@@ -62,6 +64,8 @@ ACCEPT_REWRITE = "edgereconciler.io/accept-rewrite"
 """Fleet annotation: the last applied commit (12 hex digits or more) whose loss from the branch a person accepts."""
 FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-save", "after-apply", "after-rollback-push", "after-status-push"))
 """Where a fault test may kill a cycle (``EDGE_CONTROLLER_CRASH_AT``): between each of its writes."""
+_HELD = (Reason.GATE_FAILED, Reason.HELD_AFTER_GATE_FAILED)
+"""Reasons of a decision that deserves a Warning although it is no abort."""
 
 
 class UntrustedStatusError(Exception):
@@ -147,6 +151,8 @@ class Controller:
         """Who status commits are by (the Fleet's ``commitAuthor``, as last loaded): stall reports too."""
         self._paths = StatusPaths()
         """Where the Fleet keeps status (``spec.statusPath``), as last loaded."""
+        self._failures_seen: dict[tuple[str, str], tuple] | None = None
+        """Each failing device's report as last seen (None before the first cycle): a change is an event."""
 
     def run(self, is_leader: Callable[[], bool] = lambda: True, standby_wait: float = 1.0) -> None:
         """Reconcile every ``interval`` seconds (or on a webhook) until ``stop`` is set; with leader election,
@@ -271,6 +277,7 @@ class Controller:
         outcome.problems = [f"{p.device}: {p.message}" for p in result.plan.problems]
         outcome.decisions = {n: str(c.outcome.decision.kind) for n, c in cycles.items() if c.outcome.decision}
         FAULTS.crash("after-apply")
+        self._record_events(cycles, statuses, now)
 
         statuses = self.backend.statuses()
         devices = self.backend.devices()
@@ -317,6 +324,37 @@ class Controller:
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
+
+    def _record_events(self, cycles: dict, statuses: dict, now: datetime) -> None:
+        """Decisions as events on their rollouts, and each device's new failure (a report turning Failed or
+        RolledBack, or failing otherwise than before) on its assignment, with the agent's reason: what ``edgectl
+        get events`` and ``kubectl get events`` show. Best effort: an event that cannot be kept is logged, never
+        a reason to stall the cycle."""
+        events = []
+        for name, cycle in sorted(cycles.items()):
+            decision = cycle.outcome.decision
+            if decision is not None:
+                warn = decision.kind == DecisionKind.ABORT or cycle.outcome.state.reason in _HELD
+                events.append(Event("Rollout", name, str(decision.kind), decision.message,
+                                    "Warning" if warn else "Normal"))  # fmt: skip
+        failing = {
+            key: (status.phase, status.target_version, status.reason, status.message)
+            for key, status in statuses.items()
+            if status.phase in ("Failed", "RolledBack")
+        }
+        again = self._failures_seen is not None  # a restarted controller may have recorded these already
+        for (device, model), seen in sorted(failing.items()):
+            if (self._failures_seen or {}).get((device, model)) != seen:
+                phase, version, reason, message = seen
+                text = f"{version or '?'}: {message}" if message else f"{version or '?'}: {phase}"
+                events.append(Event("Device", device, reason or phase, text, "Warning", model))
+        self._failures_seen = failing
+        for event in events:
+            try:
+                self.backend.record_event(event, now, again=again or event.kind == "Rollout")
+            except (TemporaryError, PermanentError) as exc:
+                log.warning("event not recorded", extra={"event": event.reason, "object": event.involved,
+                                                         "error": str(exc)})  # fmt: skip
 
     def _compact_telemetry(self) -> None:
         """Hours into days, and the expired out, whatever became of the cycle: a store that cannot be compacted

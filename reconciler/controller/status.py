@@ -15,9 +15,11 @@ from datetime import datetime
 
 from reconciler.api import FleetTree
 from reconciler.api.status import (
+    FAILING,
     PROBLEMS,
     DecisionRecord,
     DeviceCounts,
+    FailingDevice,
     GroupStatus,
     RolloutPhase,
     RolloutStatus,
@@ -65,7 +67,11 @@ def rollout_status(
         history=previous.history,
         problems=tuple(sorted({f"{p.device}: {p.message}" for p in target.problems if p.model in (None, spec.model)})
                        [:PROBLEMS]),
+        failing=failing_devices(spec.version, (d.device for d in mine), spec.model, statuses),
     )  # fmt: skip
+    if not status.failing and (outcome.state if outcome else previous.state).phase is RolloutPhase.ABORTED:
+        # Once an abort returned the devices their reports say Healthy on the stable version: the evidence stays.
+        status = replace(status, failing=previous.failing)
     if outcome is None:
         return status
     # A finished rollout evaluates no gates: keep the last measured ones, the evidence of how it ended.
@@ -77,6 +83,26 @@ def rollout_status(
         record = DecisionRecord(now.isoformat(timespec="seconds"), decision.kind, decision.message, outcome.state.step)
         status = status.with_decision(record)
     return status
+
+
+def failing_devices(
+    version: str, devices: Iterable[str], model: str, statuses: Mapping[tuple[str, str], AssignmentStatus]
+) -> tuple[FailingDevice, ...]:
+    """The devices whose agents report that ``version`` failed on them (Failed, or RolledBack from it), with
+    their reasons; the first ``FAILING`` by name."""
+    failing = []
+    for device in sorted(devices):
+        status = statuses.get((device, model))
+        if status is None or status.phase not in ("Failed", "RolledBack"):
+            continue
+        if status.target_version not in (None, version):
+            continue
+        failing.append(FailingDevice(device, version, status.phase, status.reason, status.message[:MESSAGE]))
+    return tuple(failing[:FAILING])
+
+
+MESSAGE = 300
+"""Characters of an agent's failure message kept in the status file."""
 
 
 def group_status(

@@ -246,6 +246,10 @@ def test_rbac_matrix(kubeconfig: Path):
         ("controller", "update edgedevices in another namespace"): (
             allowed("controller", "update", **ed, scope="default"), False),
         ("controller", "update leases"): (allowed("controller", "update", "leases", group="coordination.k8s.io"), True),
+        ("controller", "create events"): (allowed("controller", "create", "events"), True),
+        ("controller", "patch events"): (allowed("controller", "patch", "events"), True),
+        ("controller", "delete events"): (allowed("controller", "delete", "events"), False),
+        ("agent", "create events"): (allowed("agent", "create", "events"), False),
         ("controller", "get secrets"): (allowed("controller", "get", "secrets"), False),
         ("controller", "create customresourcedefinitions"): (
             allowed("controller", "create", "customresourcedefinitions", group="apiextensions.k8s.io", scope=None),

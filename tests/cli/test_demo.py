@@ -53,3 +53,21 @@ def test_demo_rolls_out_then_rolls_back(tmp_path: Path, fleet_example: Path):
     failed = [state["failed"] for state in states if "failed" in state]
     assert failed and all(f["reason"] == "HealthCheckFailed" and "golden outputs differ" in f["message"]
                           for f in failed)  # fmt: skip
+    # The reasons reach the operator without logging into a device: the status file names the failing canaries
+    # with their agents' messages (kept after the rollback returned them), and so does describe.
+    named = status["failingDevices"]
+    assert named and {f["version"] for f in named} == {"2.1.0"}
+    assert all(f["reason"] == "HealthCheckFailed" and "golden outputs differ" in f["message"] for f in named)
+    assert "Failing devices:" in out and all(f["device"] in out for f in named)
+
+    backend = LocalBackend(workdir / "controller")
+    try:
+        events = backend.events()
+    finally:
+        backend.close()
+    decisions = [(e.reason, e.type) for e in events if e.involved == f"rollout/{ROLLOUT}"]
+    assert ("Abort", "Warning") in decisions and ("Succeed", "Normal") in decisions
+    assert {f["device"] for f in named} <= {e.name for e in events if e.reason == "HealthCheckFailed"}
+    command = [EDGECTL, "get", "events", "--for", f"rollout/{ROLLOUT}", "--state-dir", workdir / "controller"]
+    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "Warning" in shown and "Abort" in shown and "HealthCheckFailed" not in shown

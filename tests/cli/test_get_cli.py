@@ -166,6 +166,31 @@ def test_devices_from_the_local_backend(tmp_path: Path, fleet_example: Path):
     assert states["factory-1"][0] == "Enrolled" and states["factory-1"][1].startswith("2026-02-01")
     assert states["factory-2"][0] == "Pending" and states["lab-1"][0] == "NotEnrolled"
 
+    # describe device: what a person needs before logging into it, the agent's reason and the device's events.
+    from reconciler.cluster import Event
+
+    backend = LocalBackend(state)
+    backend.record_event(Event("Device", "factory-2", "HealthCheckFailed", "2.0.0: golden outputs differ by 0.5",
+                               "Warning", "vibration-anomaly"), datetime(2026, 1, 1, 0, 2, tzinfo=UTC))  # fmt: skip
+    backend.close()
+    described = edgectl("describe", "device", "factory-2", "--state-dir", state, "--repo", fleet_example)
+    assert described.returncode == 0, described.stderr
+    text = described.stdout
+    assert "Profile:       arm-cortex-a-cpu" in text and "Enrolment:     Pending" in text
+    assert "Phase:     Failed (HealthCheckFailed)" in text and "Message:   golden outputs differ by 0.5" in text
+    assert "Installed: 1.0.0" in text and "<waiting for its build>" in text
+    assert re.search(r"Warning +HealthCheckFailed +10m +1 +\[vibration-anomaly\] 2.0.0: golden", text), text
+    missing = edgectl("describe", "device", "nope", "--state-dir", state)
+    assert missing.returncode == 1 and 'device "nope" not found' in missing.stderr and "Traceback" not in missing.stderr
+    events = edgectl("get", "events", "--for", "device/factory-2", "--state-dir", state, "-o", "json")
+    [item] = json.loads(events.stdout)["items"]
+    assert (item["reason"], item["involvedObject"]) == (
+        "HealthCheckFailed", {"kind": "Device", "name": "factory-2", "model": "vibration-anomaly"})  # fmt: skip
+    none = edgectl("get", "events", "--for", "rollout/x", "--state-dir", state)
+    assert (none.returncode, none.stdout, none.stderr.strip()) == (0, "", "No events found.")
+    wrong = edgectl("get", "events", "--for", "node/x", "--state-dir", state)
+    assert wrong.returncode == 2 and "rollout/NAME or device/NAME" in wrong.stderr
+
 
 _run = itertools.count()
 

@@ -158,6 +158,9 @@ def test_an_abort_returns_the_devices_while_git_refuses_the_rollback_commit(
     record = backend.rollouts()[ROLLOUT]
     assert (record.status.phase, record.synced) == ("Aborted", False)
     assert record.pending.startswith(f"rollback: {ROLLOUT}")
+    # The decision is an event on the rollout whether or not Git took the commit (kubectl get events shows it).
+    decided = [(e.reason, e.type) for e in backend.events("Rollout", ROLLOUT)]
+    assert decided == [("Start", "Normal"), ("Abort", "Warning")]
 
     git_server.hook("fleet", "pre-receive", "#!/bin/sh\nexit 0\n")
     landed = controller.cycle()
