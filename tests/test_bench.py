@@ -55,6 +55,17 @@ def test_plan_fleet_quick():
     )
 
 
+def test_plan_inventory_quick():
+    output = quick("plan_inventory.py", timeout=300)
+    assert_lines(
+        output,
+        rf"edgectl plan, kubectl node list of 200 nodes \({NUMBER} MiB\)",
+        rf"  plan \(whole process\) +{NUMBER} s  \(best of 3\)",
+        rf"  pure-Python YAML parse alone +{NUMBER} s  \(baseline: how the inventory was read\)",
+        rf"  ratio +{NUMBER}x",
+    )
+
+
 def test_load_fleet_quick():
     output = quick("load_fleet.py", timeout=60)
     assert_lines(

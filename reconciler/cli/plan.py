@@ -21,6 +21,10 @@ import yaml
 from .common import DEFAULT_STORE, STORE_SHOWN
 
 FORMATS = ("text", "markdown", "json")
+PROBLEMS_SHOWN = 20
+"""Problem lines in the text output; the rest are counted (JSON lists every one)."""
+PROBLEMS_LISTED = 50
+"""Problem lines in a pull request comment."""
 
 
 @click.command("plan")
@@ -116,8 +120,8 @@ def _inventory(path: Path | None, state_dir: Path | None, kubeconfig: Path | Non
         click.echo("warning: no inventory (--inventory, --state-dir or --kubeconfig): device counts are 0", err=True)
         return []
     try:
-        body: Any = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        body = read_inventory(path.read_bytes())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise click.UsageError(f"--inventory {path}: {exc}") from None
     items = body.get("items", body.get("devices")) if isinstance(body, dict) else body
     devices = {}
@@ -128,6 +132,14 @@ def _inventory(path: Path | None, state_dir: Path | None, kubeconfig: Path | Non
             raise click.UsageError(f"--inventory {path}: item {index} needs a name and a labels mapping")
         devices[name] = Device(name, {str(k): str(v) for k, v in labels.items()})
     return list(devices.values())
+
+
+def read_inventory(data: bytes) -> Any:
+    """JSON (``kubectl get nodes -o json``: megabytes at fleet scale) with the C JSON parser; YAML otherwise,
+    with libyaml's loader where PyYAML has it. A pure-Python YAML parse of 5,000 Nodes takes most of a minute."""
+    if data.lstrip()[:1] in (b"{", b"["):
+        return json.loads(data)
+    return yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _builds(store: Path) -> dict:
@@ -173,6 +185,7 @@ def render_text(result, base: str, head: str) -> str:
         for step in item.steps:
             lines.append(f"  step {step.step + 1}: {step.percent:>3}%  {step.on_new:>5} on {item.version}, "
                          f"{step.on_stable:>5} on {item.stable or '(none)'}"
+                         + (f", {step.without} without {item.model} yet" if step.without else "")
                          + (f", pause {step.pause}" if step.pause else "")
                          + (f", done at {step.done_at} Healthy" if step.done_at else ""))  # fmt: skip
         lines += [f"  warning: {w}" for w in item.warnings]
@@ -183,7 +196,9 @@ def render_text(result, base: str, head: str) -> str:
             lines.append(f"  {need.model} {need.version} {need.profile}: {state}, {need.devices} device(s); "
                          f"{need.estimate}")  # fmt: skip
     lines += [f"warning: {w}" for w in result.warnings]
-    lines += [f"problem: {p}" for p in result.problems[:20]]
+    lines += [f"problem: {p}" for p in result.problems[:PROBLEMS_SHOWN]]
+    if len(result.problems) > PROBLEMS_SHOWN:
+        lines.append(f"... and {len(result.problems) - PROBLEMS_SHOWN} more problem(s) (-o json lists every one)")
     return "\n".join(lines)
 
 
@@ -208,13 +223,13 @@ def render_markdown(result, base: str, head: str) -> str:
                   + (f" · {item.pacing}" if item.pacing else ""),
                   ""]  # fmt: skip
         if item.steps:
-            lines += [f"| Step | Percent | On {item.version} | On {item.stable or 'stable'} | Pause |",
-                      "|---:|---:|---:|---:|---|"]  # fmt: skip
+            lines += [f"| Step | Percent | On {item.version} | On {item.stable or 'stable'} | Without | Pause |",
+                      "|---:|---:|---:|---:|---:|---|"]  # fmt: skip
             for step in item.steps:
                 marker = " ←" if step.step == item.starts_at else ""
                 done = f"; done at {step.done_at} Healthy" if step.done_at else ""
                 lines.append(f"| {step.step + 1}{marker} | {step.percent}% | {step.on_new} | {step.on_stable} | "
-                             f"{step.pause or '—'}{done} |")  # fmt: skip
+                             f"{step.without} | {step.pause or '—'}{done} |")  # fmt: skip
             lines.append("")
         lines += [f"> ⚠️ {w}" for w in item.warnings]
         if item.warnings:
@@ -230,8 +245,12 @@ def render_markdown(result, base: str, head: str) -> str:
     if result.warnings:
         lines += [f"> ⚠️ {w}" for w in result.warnings] + [""]
     if result.problems:
-        lines += ["<details><summary>Devices the plan cannot serve</summary>", ""]
-        lines += [f"- {p}" for p in result.problems[:50]] + ["", "</details>", ""]
+        lines += [f"<details><summary>Devices the plan cannot serve: {len(result.problems)}</summary>", ""]
+        lines += [f"- {p}" for p in result.problems[:PROBLEMS_LISTED]]
+        if len(result.problems) > PROBLEMS_LISTED:
+            lines.append(f"- … and {len(result.problems) - PROBLEMS_LISTED} more (`edgectl plan -o json` lists every "
+                         "one)")  # fmt: skip
+        lines += ["", "</details>", ""]
     if result.documents:
         lines += ["<details><summary>Changed documents</summary>", ""]
         lines += [f"- `{key}` {what}" for key, what in result.documents] + ["", "</details>"]

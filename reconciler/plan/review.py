@@ -35,6 +35,9 @@ class StepImpact:
     pause: str | None
     done_at: str | None = None
     """The step's successThreshold (e.g. 95%): done once that share is Healthy."""
+    without: int = 0
+    """Targeted devices given neither version at this step (no stable version to keep them on): with ``on_new``
+    and ``on_stable`` they add up to the rollout's targeted devices."""
 
 
 @dataclass
@@ -112,6 +115,7 @@ def review(
         if old_version != new_version:
             result.transitions[(key[1], old_version, new_version)] += 1
     result.problems = sorted({f"{p.device}: {p.message}" for p in after.problems})
+    result.warnings += _transition_warnings(result.transitions)
     needs: Counter[ArtifactKey] = Counter()
     labels = {d.name: d.labels for d in devices}
     for name, rollout in sorted(head.rollouts.items()):
@@ -148,7 +152,7 @@ def review(
                 if step.pause is not None:
                     pause = "until promoted" if step.pause.duration is None else format_duration(step.pause.duration)
                 item.steps.append(StepImpact(index, step.percent, new, len(at_step) - new, pause,
-                                             step.success_threshold))  # fmt: skip
+                                             step.success_threshold, item.targeted - len(at_step)))  # fmt: skip
                 _count_needs(needs, at_step, after.profiles)
         item.warnings = _rollout_warnings(head, name, item)
         item.pacing = _pacing(spec)
@@ -161,6 +165,29 @@ def review(
     if base is not None and base.fleet.spec.trust != head.fleet.spec.trust:
         result.warnings.append("the trust policy (Fleet spec.trust) changes: review who may release which models")
     return result
+
+
+def _transition_warnings(transitions: Mapping[tuple[str, str | None, str | None], int]) -> list[str]:
+    """What a reviewer must not miss among the changes on merge: devices that lose a model they run, and
+    devices sent back to an older version."""
+    lost: Counter[str] = Counter()
+    back: Counter[tuple[str, str, str]] = Counter()
+    for (model, old, new), count in transitions.items():
+        if old is not None and new is None:
+            lost[model] += count
+        elif old is not None and new is not None and version_key(new) < version_key(old):
+            back[(model, old, new)] += count
+    warnings = [f"{n} device(s) lose {model}: nothing of it is assigned to them after the merge (they stop "
+                f"serving it)" for model, n in sorted(lost.items())]  # fmt: skip
+    for (model, old, new), n in sorted(back.items()):
+        warnings.append(f"{n} device(s) move back from {model} {old} to {new}")
+    return warnings
+
+
+def version_key(version: str) -> tuple:
+    """Dotted versions compare by their numbers (1.10.0 after 1.9.0); anything else as text, after numbers."""
+    parts = version.split(".")
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
 def _count_needs(needs: Counter[ArtifactKey], at_step: list, profiles: Mapping[str, str]) -> None:

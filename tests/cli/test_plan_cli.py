@@ -158,3 +158,50 @@ def test_markdown_and_exit_codes(pull_request: Path, tmp_path: Path):
     assert broken.returncode == 2
     assert "**The head does not validate: 1 error(s).**" in broken.stdout
     assert f"rollouts/{ROLLOUT}.yaml" in broken.stderr and "percent" in broken.stderr
+
+
+def test_a_kubectl_node_list_lost_and_moved_back_devices_and_counts_that_add_up(pull_request: Path, tmp_path: Path):
+    """The inventory as `kubectl get nodes -o json` gives it; a head that sends the rollout back to an older
+    version with no stable one: the plan warns that devices move back and lose the model, every step's counts add
+    up to the targeted devices, and problems past the shown ones are counted, not dropped."""
+    nodes = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": d["name"], "labels": d["labels"]},
+                "status": {"images": [{"names": [f"image-{k}"], "sizeBytes": 1} for k in range(5)]},
+            }
+            for d in inventory()
+        ],
+    }
+    factory = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east",
+               "acme.example/network": "ethernet"}  # fmt: skip
+    nodes["items"] += [{"metadata": {"name": f"odd-{i:02d}", "labels": factory}}
+                       for i in range(25)]  # no profile matches: 25 problems  # fmt: skip
+    (tmp_path / "nodes.json").write_text(json.dumps(nodes, indent=2))
+    git("checkout", "-q", "pr", cwd=pull_request)
+    rollout = pull_request / "rollouts" / f"{ROLLOUT}.yaml"
+    rollout.write_text(rollout.read_text().replace('version: "2.1.0"', 'version: "1.0.0"'))
+    args = ("plan", "--repo", pull_request, "--base", "main", "--inventory", tmp_path / "nodes.json")
+    body = json.loads(edgectl(*args, "-o", "json").stdout)
+    assert body["devices"] == 105 and len(body["problems"]) == 25
+    back = next(t for t in body["transitions"] if t["from"] == "2.0.0")
+    assert back["to"] == "1.0.0" and back["devices"] > 0
+    assert f"{back['devices']} device(s) move back from vibration-anomaly 2.0.0 to 1.0.0" in body["warnings"]
+    for item in body["rollouts"]:
+        for step in item["steps"]:
+            assert step["on_new"] + step["on_stable"] + step["without"] == item["targeted"], (item["name"], step)
+    text = edgectl(*args).stdout
+    assert "... and 5 more problem(s) (-o json lists every one)" in text
+    assert text.count("\nproblem: ") == 20
+    markdown = edgectl(*args, "-o", "markdown").stdout
+    assert "<summary>Devices the plan cannot serve: 25</summary>" in markdown
+
+    rollout.unlink()  # the rollout removed: every device it reached loses the model
+    removed = json.loads(edgectl(*args, "-o", "json").stdout)
+    lost = sum(t["devices"] for t in removed["transitions"] if t["to"] is None)
+    assert lost == 70  # the odd devices never had it: no profile matches them
+    assert any(w.startswith(f"{lost} device(s) lose vibration-anomaly") for w in removed["warnings"])
