@@ -420,6 +420,8 @@ class ControllerStatus:
     """Why nothing was applied (unsigned head, spec errors); None when the controller is Ready."""
     last_tamper: TamperRecord | None = None
     """The last time status files were found changed by someone else (and restored)."""
+    version: str | None = None
+    """The controller's release (``edgectl version`` shows it next to the client's)."""
 
     @property
     def ready(self) -> bool:
@@ -433,6 +435,8 @@ class ControllerStatus:
             body["message"] = self.stalled
         if self.last_tamper is not None:
             body["lastTamper"] = self.last_tamper.to_json()
+        if self.version is not None:
+            body["controllerVersion"] = self.version
         return body
 
     @classmethod
@@ -442,7 +446,9 @@ class ControllerStatus:
         stalled = None if body.get("ready", True) else str(body.get("message") or body.get("reason") or "Stalled")
         tamper = body.get("lastTamper")
         record = TamperRecord.from_json(tamper) if isinstance(tamper, Mapping) else None
-        return cls(_str_or_none(body.get("observedCommit")), stalled, record)
+        return cls(
+            _str_or_none(body.get("observedCommit")), stalled, record, _str_or_none(body.get("controllerVersion"))
+        )
 
     def to_yaml(self) -> bytes:
         return _dump(self.to_json())

@@ -43,7 +43,8 @@ def load_or_exit(path: str) -> FleetTree:
 
 
 def backend_options(function: Callable) -> Callable:
-    """``--backend``, ``--state-dir``, ``--kubeconfig``, ``-n/--namespace``: where the controller keeps the fleet."""
+    """``--backend``, ``--state-dir``, ``--kubeconfig`` (or ``$KUBECONFIG``), ``--context``, ``-n/--namespace``:
+    where the controller keeps the fleet."""
     options = [
         click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True),
         click.option(
@@ -56,8 +57,10 @@ def backend_options(function: Callable) -> Callable:
         click.option(
             "--kubeconfig",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Kubernetes backend: a kubeconfig (default: in-cluster credentials).",
+            help="Kubernetes backend: a kubeconfig (default: $KUBECONFIG as kubectl reads it, else in-cluster "
+            "credentials).",
         ),
+        click.option("--context", help="Kubernetes backend: the kubeconfig context (default: its current one)."),
         click.option(
             "--namespace",
             "-n",
@@ -72,7 +75,7 @@ def backend_options(function: Callable) -> Callable:
 
 
 def open_registry(backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str,
-                  create: bool = False) -> DeviceRegistry | None:  # fmt: skip
+                  create: bool = False, context: str | None = None) -> DeviceRegistry | None:  # fmt: skip
     """The device registry the controller's device API shares (no watches: one command, fresh reads). None when
     the local backend has none and ``create`` is False: listing and revoking never make one."""
     from reconciler.errors import EdgeReconcilerError
@@ -82,7 +85,8 @@ def open_registry(backend: str, state_dir: Path, kubeconfig: Path | None, namesp
             from reconciler.cluster import kubernetes_backend
             from reconciler.deviceapi.kube_registry import KubernetesRegistry
 
-            return KubernetesRegistry(kubernetes_backend(kubeconfig, namespace).api, namespace, watch=False)
+            api = kubernetes_backend(kubeconfig, namespace, context=context).api
+            return KubernetesRegistry(api, namespace, watch=False)
         from reconciler.deviceapi.registry import REGISTRY_FILE
         from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 

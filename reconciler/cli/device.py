@@ -42,7 +42,8 @@ def token() -> None:
               help="Labels of the device that enrols with it (repeatable); not with --device.")  # fmt: skip
 @backend_options
 def token_create(expires: str, name: str | None, labels: tuple[str, ...], backend: str, state_dir: Path,
-                 kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
+                 kubeconfig: Path | None, context: str | None,
+                namespace: str) -> None:  # fmt: skip
     """Print a new one-time token (only the token: the hint goes to stderr). It is shown this once."""
     from reconciler.api.types import label_key_problem, label_value_problem, parse_duration
     from reconciler.deviceapi.registry import MAX_TOKEN_LIFETIME
@@ -63,7 +64,7 @@ def token_create(expires: str, name: str | None, labels: tuple[str, ...], backen
         if problem:
             fail(f"--label {item}: {problem}")
         parsed[key] = value
-    registry = open_registry(backend, state_dir, kubeconfig, namespace, create=True)
+    registry = open_registry(backend, state_dir, kubeconfig, namespace, create=True, context=context)
     assert registry is not None
     at = now()
     try:
@@ -81,9 +82,11 @@ def token_create(expires: str, name: str | None, labels: tuple[str, ...], backen
 @token.command("list")
 @_output
 @backend_options
-def token_list(output: str | None, backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str) -> None:
+def token_list(
+    output: str | None, backend: str, state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str
+) -> None:
     """Tokens by ID (never their secrets): whom they are for, when they expire, who used them."""
-    records = _read(open_registry(backend, state_dir, kubeconfig, namespace), "tokens")
+    records = _read(open_registry(backend, state_dir, kubeconfig, namespace, context=context), "tokens")
     at = now()
     rows = [{"name": t.id, "for": t.device or _labels(t.labels) or "any new device",
              "expires": _until(t.expires_at, at) if not t.used_at else "-",
@@ -98,9 +101,11 @@ def token_list(output: str | None, backend: str, state_dir: Path, kubeconfig: Pa
 @device.command("list")
 @_output
 @backend_options
-def device_list(output: str | None, backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str) -> None:
+def device_list(
+    output: str | None, backend: str, state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str
+) -> None:
     """Devices the registry knows: enrolled, revoked, expired, or pending (a token names them)."""
-    records = _read(open_registry(backend, state_dir, kubeconfig, namespace), "devices")
+    records = _read(open_registry(backend, state_dir, kubeconfig, namespace, context=context), "devices")
     at = now()
     rows = [{"name": d.name, "enrolled": age(d.enrolled_at, at) if d.enrolled_at else "-",
              "expires": _until(d.not_after, at) if d.not_after else "-", "state": d.state(at),
@@ -116,11 +121,13 @@ def device_list(output: str | None, backend: str, state_dir: Path, kubeconfig: P
 @device.command("revoke")
 @click.argument("name")
 @backend_options
-def device_revoke(name: str, backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str) -> None:
+def device_revoke(
+    name: str, backend: str, state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str
+) -> None:
     """Refuse NAME's certificates from now on (every replica, next request); it cannot enrol again."""
     from reconciler.errors import EdgeReconcilerError
 
-    registry = open_registry(backend, state_dir, kubeconfig, namespace)
+    registry = open_registry(backend, state_dir, kubeconfig, namespace, context=context)
     if registry is None:
         fail(f"no device {name}: there is no registry in {state_dir}")
     try:

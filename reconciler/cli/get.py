@@ -57,7 +57,7 @@ def _repo_option(function: Callable) -> Callable:
 @backend_options
 def get(resource: str, name: str | None, output: str | None, selector: str | None, group: str | None,
         all_groups: bool, no_headers: bool, watch: bool, store: Path, involved: str | None, repo: str, backend: str,
-        state_dir: Path, kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
+        state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str) -> None:  # fmt: skip
     """Show devices, groups, models, rollouts, artifacts or events (kubectl-style tables)."""
     kind = RESOURCES.get(resource.lower())
     if kind is None:
@@ -79,7 +79,7 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
 
     def target():
         if not opened:
-            opened.append(_open_backend(backend, state_dir, kubeconfig, namespace))
+            opened.append(_open_backend(backend, state_dir, kubeconfig, namespace, context))
         return _synced(opened[0])
 
     def collect() -> tuple[list[dict], list[Column], list[dict]]:
@@ -89,7 +89,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
             return _events(target(), about)
         if kind == "device":
             view = load_view(repo) if group or Path(repo, "fleet.yaml").exists() or repo != "." else None
-            return _devices(target(), view, name, labels, group, _enrolment(backend, state_dir, kubeconfig, namespace))
+            enrolment = _enrolment(backend, state_dir, kubeconfig, namespace, context)
+            return _devices(target(), view, name, labels, group, enrolment)
         if kind == "rollout" and backend == "kubernetes" and repo == ".":  # the mirrors the controller keeps
             return _mirrored_rollouts(target(), name)
         view = load_view(repo)
@@ -149,12 +150,12 @@ def _selected(documents: dict, name: str | None, labels) -> list[tuple[str, Any]
             if (not name or key == name) and (labels is None or labels.matches(document.metadata.labels))]  # fmt: skip
 
 
-def _open_backend(backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str):
+def _open_backend(backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str, context: str | None):
     from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend
 
     try:
         if backend == "kubernetes":
-            target = kubernetes_backend(kubeconfig, namespace, None)
+            target = kubernetes_backend(kubeconfig, namespace, None, context=context)
         else:
             if not (state_dir / "fleet.sqlite").exists():
                 click.echo(f"error: no local backend in {state_dir} (pass --state-dir)", err=True)
@@ -178,12 +179,14 @@ def _synced(target):
     return target
 
 
-def _enrolment(backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str) -> dict | None:
+def _enrolment(
+    backend: str, state_dir: Path, kubeconfig: Path | None, namespace: str, context: str | None
+) -> dict | None:
     """Enrolled devices by name, from the device registry the controller's device API keeps (None: there is
     none, or it cannot be read: the table then goes without enrolment columns)."""
     from reconciler.errors import EdgeReconcilerError
 
-    registry = open_registry(backend, state_dir, kubeconfig, namespace)
+    registry = open_registry(backend, state_dir, kubeconfig, namespace, context=context)
     if registry is None:
         return None
     try:
@@ -379,7 +382,7 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
 @_repo_option
 @backend_options
 def describe(resource: str, name: str, repo: str, backend: str, state_dir: Path, kubeconfig: Path | None,
-             namespace: str) -> None:  # fmt: skip
+             context: str | None, namespace: str) -> None:  # fmt: skip
     """Everything about one rollout (steps, gates against thresholds, devices by version, failing devices,
     decisions, events) or one device (labels, enrolment, assignments with their last reasons, events)."""
     has_backend = backend == "kubernetes" or (state_dir / "fleet.sqlite").exists()
@@ -387,9 +390,9 @@ def describe(resource: str, name: str, repo: str, backend: str, state_dir: Path,
         if not has_backend:
             click.echo(f"error: no local backend in {state_dir} (pass --state-dir, or --backend kubernetes)", err=True)
             sys.exit(1)
-        target = _synced(_open_backend(backend, state_dir, kubeconfig, namespace))
+        target = _synced(_open_backend(backend, state_dir, kubeconfig, namespace, context))
         view = load_view(repo) if repo != "." or Path(repo, "fleet.yaml").exists() else None
-        enrolment = _enrolment(backend, state_dir, kubeconfig, namespace) or {}
+        enrolment = _enrolment(backend, state_dir, kubeconfig, namespace, context) or {}
         text = describe_device(target, view, name, enrolment.get(name))
         if text is None:
             click.echo(f'Error: device "{name}" not found in the {backend} backend', err=True)
@@ -402,7 +405,7 @@ def describe(resource: str, name: str, repo: str, backend: str, state_dir: Path,
         sys.exit(1)
     text = describe_rollout(view, name)
     if has_backend:
-        target = _open_backend(backend, state_dir, kubeconfig, namespace)
+        target = _open_backend(backend, state_dir, kubeconfig, namespace, context)
         text += "\n" + _event_lines(_events_or_none(target, ("Rollout", name)))
     click.echo(text)
 

@@ -29,16 +29,19 @@ COMMANDS: dict[str, LazyCommand] = {
                          "Download, verify, install (A/B), health-check and report this device's models."),
     "build": LazyCommand("reconciler.cli.build", "build",
                          "Build, benchmark and gate artifacts per device profile; print the variant matrix."),
+    "completion": LazyCommand("reconciler.cli.version", "completion",
+                              "Print the shell completion script for SHELL (bash: source <(edgectl completion bash))."),
     "demo": LazyCommand("reconciler.cli.demo", "demo", "Run the product end to end on this machine: repo, builds, "
                         "controller, 12 agents, a rollout, a rollback."),
-    "describe": LazyCommand("reconciler.cli.get", "describe", "Everything about one rollout: steps, gates against "
-                            "thresholds, devices by version, decisions."),
+    "describe": LazyCommand("reconciler.cli.get", "describe", "Everything about one rollout (steps, gates against "
+                            "thresholds, devices by version, failing devices, decisions, events) or one device "
+                            "(labels, enrolment, assignments with their last reasons, events)."),
     "device": LazyCommand("reconciler.cli.device", "device", "Enrolment tokens, enrolled devices and revocation."),
     "docs": LazyCommand("reconciler.cli.reference", "docs", "Generated reference pages.", hidden=True),
     "export": LazyCommand("reconciler.cli.trust", "export",
                           "Copy a built artifact out of the store into DIRECTORY (to sign it, or to inspect it)."),
     "get": LazyCommand("reconciler.cli.get", "get",
-                       "Show devices, groups, models, rollouts or artifacts (kubectl-style tables)."),
+                       "Show devices, groups, models, rollouts, artifacts or events (kubectl-style tables)."),
     "keys": LazyCommand("reconciler.cli.trust", "keys", "Key files for release signatures and TUF roles."),
     "plan": LazyCommand("reconciler.cli.plan", "plan_command", "Show what merging HEAD into BASE would do: devices "
                         "per version at every rollout step, artifacts to build, risky settings."),
@@ -53,6 +56,8 @@ COMMANDS: dict[str, LazyCommand] = {
                        "The controller's TUF repository (what agents may fetch, signed and fresh)."),
     "validate": LazyCommand("reconciler.cli.spec", "validate", "Check every fleet document under PATH; print each "
                             "error as file:line: Kind/name: field: message."),
+    "version": LazyCommand("reconciler.cli.version", "version",
+                           "Print the client's version, and the controller's from the fleet repo's status."),
     "verify": LazyCommand("reconciler.cli.trust", "verify",
                           "Verify ARTIFACT_DIR as a device would: exit 0 verified, 1 refused (with the reason)."),
 }  # fmt: skip

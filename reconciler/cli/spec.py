@@ -33,7 +33,10 @@ def schema_export(directory: Path) -> None:
     """Write one JSON Schema per document kind into DIRECTORY."""
     from reconciler.api.schema import export_schemas
 
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in export_schemas().items():
-        (directory / name).write_text(text)
-        click.echo(f"wrote {directory / name}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in export_schemas().items():
+            (directory / name).write_text(text)
+            click.echo(f"wrote {directory / name}")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the schemas into {directory}: {exc.strerror or exc}") from None

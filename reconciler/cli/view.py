@@ -40,10 +40,24 @@ def is_url(repo: str) -> bool:
 
 def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetView:
     """Specs and status of ``repo``; exits 1 with the errors when the specs do not load."""
+    import pygit2
+
+    from reconciler.gitops.files import FleetPathError
     from reconciler.gitops.source import Credentials, GitError, GitSource, read_repo
 
+    local = not is_url(repo)
+    if (
+        local
+        and Path(repo).is_dir()
+        and pygit2.discover_repository(repo) is None
+        and not Path(repo, "fleet.yaml").exists()
+    ):
+        # Not a repository and no Fleet document: reading every YAML file below it (a home, /tmp) helps nobody.
+        click.echo(f"error: {repo} is neither a Git repository nor a fleet checkout (no fleet.yaml): pass --repo",
+                   err=True)  # fmt: skip
+        sys.exit(1)
     try:
-        if is_url(repo):
+        if not local:
             clone = CLONES / hashlib.sha256(repo.encode()).hexdigest()[:16]
             source = GitSource(repo, clone, branch, Credentials.from_env())  # the controller's variables
             commit = source.fetch() if ref is None else ref
@@ -51,7 +65,7 @@ def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetV
         else:
             read = read_repo(repo, ref)
             files, at, git_dir = read.files, read.commit, read.git_dir
-    except (GitError, OSError) as exc:
+    except (GitError, FleetPathError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     try:

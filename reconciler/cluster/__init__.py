@@ -22,12 +22,17 @@ from .local import LocalBackend
 
 
 def kubernetes_backend(
-    kubeconfig: Path | None, namespace: str = "edge-system", node_selector: str | None = None, device: str | None = None
+    kubeconfig: Path | None,
+    namespace: str = "edge-system",
+    node_selector: str | None = None,
+    device: str | None = None,
+    context: str | None = None,
 ):
-    """A ``KubernetesBackend`` from a kubeconfig (None: in-cluster credentials); ``device`` for an agent."""
+    """A ``KubernetesBackend`` from a kubeconfig at ``context`` (None: in-cluster credentials); ``device`` for an
+    agent."""
     from .kubernetes import KubernetesBackend, api_client
 
-    return KubernetesBackend(api_client(kubeconfig), namespace, node_selector, device)
+    return KubernetesBackend(api_client(kubeconfig, context), namespace, node_selector, device)
 
 
 def custom_objects(api, namespace: str, plural: str, kind: str):

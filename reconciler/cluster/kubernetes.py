@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -69,15 +70,20 @@ POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 """What a TokenReview of a pod-bound ServiceAccount token says about the pod (``status.user.extra``)."""
 
 
-def api_client(kubeconfig: Path | None) -> client.ApiClient:
-    """From a kubeconfig file, or the in-cluster service account when none is given."""
+def api_client(kubeconfig: Path | None, context: str | None = None) -> client.ApiClient:
+    """From a kubeconfig file (at ``context``, else its current one); without one, from ``$KUBECONFIG`` (a list
+    of files merged, as kubectl does) or ``~/.kube/config`` when a context is named or ``$KUBECONFIG`` is set, and
+    from the in-cluster service account otherwise."""
     try:
-        if kubeconfig is not None:
-            return config.new_client_from_config(str(kubeconfig))
+        if kubeconfig is not None or context is not None or os.environ.get("KUBECONFIG"):
+            path = str(kubeconfig) if kubeconfig is not None else None
+            return config.new_client_from_config(path, context=context)
         config.load_incluster_config()
         return client.ApiClient()
-    except (config.ConfigException, OSError) as exc:
-        raise PermanentClusterError(f"no Kubernetes credentials: {exc}") from exc
+    except (config.ConfigException, OSError, TypeError, ValueError, AttributeError) as exc:
+        # The client raises whatever its parse of a file that is no kubeconfig meets (TypeError on a bare string).
+        where = f" from {kubeconfig}" if kubeconfig is not None else ""
+        raise PermanentClusterError(f"no Kubernetes credentials{where}: {exc or type(exc).__name__}") from exc
 
 
 class KubernetesBackend:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from reconciler import release
 from reconciler.api import FleetTree, SpecErrors
 from reconciler.api.status import (
     ControllerStatus,
@@ -301,7 +302,7 @@ class Controller:
             self.metrics.status_tampered.inc(len(tampered))
             log.warning("status changed outside the controller; restoring it",
                         extra={"commit": head, "paths": tampered})  # fmt: skip
-        rendered[paths.controller] = ControllerStatus(spec_commit, last_tamper=last_tamper).to_yaml()
+        rendered[paths.controller] = ControllerStatus(spec_commit, last_tamper=last_tamper, version=release()).to_yaml()
         changed = len(result.changes.apply) + len(result.changes.delete)
         decided = "\n".join(
             f"{n}: {str(c.outcome.decision.kind).lower()} ({c.outcome.decision.message})"
@@ -496,7 +497,7 @@ class Controller:
 
     def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:
         """Say why nothing was applied, in the controller's status file (once: the same reason commits nothing)."""
-        files = {self._paths.controller: ControllerStatus(spec_commit, reason).to_yaml()}
+        files = {self._paths.controller: ControllerStatus(spec_commit, reason, version=release()).to_yaml()}
         pushed = StatusWriter(self.source, self._author, signing_key=self.config.signing_key).commit(
             files, f"status: stalled at {spec_commit[:12]}"
         )
