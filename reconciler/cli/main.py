@@ -45,8 +45,10 @@ COMMANDS: dict[str, LazyCommand] = {
     "keys": LazyCommand("reconciler.cli.trust", "keys", "Key files for release signatures and TUF roles."),
     "plan": LazyCommand("reconciler.cli.plan", "plan_command", "Show what merging HEAD into BASE would do: devices "
                         "per version at every rollout step, artifacts to build, risky settings."),
+    "reconcile": LazyCommand("reconciler.cli.rollout", "reconcile",
+                             "Make the controller fetch and reconcile now (as a Git webhook does)."),
     "rollout": LazyCommand("reconciler.cli.rollout", "rollout",
-                           "Act on a rollout: every action is a commit in the fleet repo."),
+                           "Act on a rollout through the controller (now), or as a commit (--via-git)."),
     "run": LazyCommand("reconciler.cli.run", "run",
                        "Reconcile devices toward the fleet repo, and write status back to it."),
     "schema": LazyCommand("reconciler.cli.spec", "schema", "JSON Schemas of the fleet documents (for editors and CI)."),

@@ -1,30 +1,117 @@
-"""``edgectl rollout pause|resume|promote|abort|retry NAME``: a person's actions, each one a commit.
+"""``edgectl rollout pause|resume|promote|abort|retry NAME`` and ``edgectl reconcile``: a person's actions.
 
-Thin: it sets an annotation on the Rollout in a working checkout of the fleet repo (``--repo``, default the
-current directory) and commits it with a clear message; ``git push`` (or a pull request) takes it to the
-controller, which reads it on its next cycle. Nothing is hidden in the controller's state.
+By default an action goes to the controller's operator API (``--controller URL`` or ``$EDGECTL_CONTROLLER``, a
+bearer token from ``--token-file`` or ``$EDGECTL_TOKEN_FILE``): it takes effect in the cycle it wakes, and the
+controller's status commit records who did what. ``--via-git`` keeps the commit-only path: the action is an
+annotation on the Rollout, committed in a working checkout (``--repo``) of the fleet's branch, which reaches the
+controller once pushed. Either way an action that makes no sense in the rollout's phase is refused with the phase.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
 ANNOTATION = "edgereconciler.io"
+ATTEMPTS = 5
+"""Tries of an action that a standby answered 503 (the Service sends the next one elsewhere)."""
 
 
-def _act(repo: Path, name: str, key: str, value: str | None, action: str) -> None:
+def _act(options: dict, name: str, action: str, key: str, value: str | None, message: str) -> None:
+    if options["via_git"]:
+        _via_git(options["repo"], name, action, key, value, message)
+    else:
+        _via_api(options, name, action, options.get("reason") or "")
+
+
+def _via_api(options: dict, name: str, action: str, reason: str) -> None:
+    controller, token_file = options["controller"], options["token_file"]
+    if not controller:
+        raise click.UsageError("say where the controller is: --controller URL (or $EDGECTL_CONTROLLER), or "
+                               "commit the action instead with --via-git")  # fmt: skip
+    status, message = call_controller(controller, token_file, f"/v1/rollouts/{name}/{action}", {"reason": reason})
+    if status in (200, 202):
+        click.echo(message)
+        return
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def call_controller(controller: str, token_file: Path | None, path: str, body: dict) -> tuple[int, str]:
+    """POST ``body`` to the controller's operator API; (status, message). A standby's 503 is tried again."""
+    import urllib3
+
+    if token_file is None:
+        raise click.UsageError("the operator API needs a token: --token-file (or $EDGECTL_TOKEN_FILE)")
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as exc:
+        raise click.UsageError(f"--token-file {token_file}: {exc.strerror or exc}") from None
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    url, data, timeout = controller.rstrip("/") + path, json.dumps(body).encode(), urllib3.Timeout(connect=10, read=90)
+    for attempt in range(ATTEMPTS):
+        try:
+            answer = urllib3.request("POST", url, body=data, headers=headers, timeout=timeout, retries=False)
+        except urllib3.exceptions.HTTPError as exc:
+            click.echo(f"error: cannot reach the controller at {controller}: {exc}", err=True)
+            sys.exit(1)
+        try:
+            message = str(json.loads(answer.data).get("message", ""))
+        except (ValueError, AttributeError):
+            message = answer.data.decode(errors="replace").strip()[:300]
+        if answer.status != 503 or attempt == ATTEMPTS - 1:
+            return answer.status, message or f"HTTP {answer.status}"
+        time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def _via_git(repo: Path, name: str, action: str, key: str, value: str | None, message: str) -> None:
     from reconciler.gitops.edit import commit_annotation
     from reconciler.gitops.source import GitError
 
+    _check_checkout(repo, name, action)
     try:
-        edited = commit_annotation(repo, name, f"{ANNOTATION}/{key}", value, f"rollout {name}: {action}")
+        edited = commit_annotation(repo, name, f"{ANNOTATION}/{key}", value, f"rollout {name}: {message}")
     except GitError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(f"{action}: committed {edited.commit[:12]} ({edited.path}); push it to reach the controller")
+
+
+def _check_checkout(repo: Path, name: str, action: str) -> None:
+    """Refuse a commit onto another branch than the fleet's, and an action its rollout's phase (as the
+    checkout's status files say) makes no sense for."""
+    import pygit2
+
+    from reconciler.controller.actions import ActionKind, OperatorActions, refusal
+    from reconciler.controller.rollouts import manual_actions
+
+    from .view import load_view
+
+    view = load_view(str(repo))
+    if name not in view.tree.rollouts:
+        click.echo(f'error: rollout "{name}" not found in {repo}', err=True)
+        sys.exit(1)
+    try:
+        checkout = pygit2.Repository(str(repo))
+        branch = None if checkout.head_is_detached or checkout.head_is_unborn else checkout.head.shorthand
+    except pygit2.GitError:
+        branch = None  # commit_annotation says what is wrong with the folder
+    wanted = view.tree.fleet.spec.branch
+    if branch is not None and branch != wanted:
+        click.echo(f"error: the checkout is on branch {branch}, not on the fleet's branch {wanted}: the controller "
+                   f"would never see this commit (git switch {wanted})", err=True)  # fmt: skip
+        sys.exit(1)
+    rollout, status = view.tree.rollouts[name], view.rollout_status(name)
+    started = status.describes(rollout.spec.model, rollout.spec.version)
+    why = refusal(ActionKind(action), status.phase, started, OperatorActions(), manual_actions(rollout), via_git=True)
+    if why is not None:
+        click.echo(f"error: cannot {action} {name}: {why}", err=True)
+        sys.exit(1)
 
 
 def _count(repo: Path, name: str, key: str) -> int:
@@ -36,64 +123,97 @@ def _count(repo: Path, name: str, key: str) -> int:
         return 0
 
 
-_repo = click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
-                     show_default=True, help="Working checkout of the fleet repo.")  # fmt: skip
+def _action_options(function):
+    """Where an action goes: the controller (default) or a commit (``--via-git``)."""
+    options = [
+        click.option("--controller", envvar="EDGECTL_CONTROLLER",
+                     help="The controller's operator URL (edgectl run --listen); default $EDGECTL_CONTROLLER."),
+        click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGECTL_TOKEN_FILE",
+                     help="A file holding your operator token (edgectl run --operator-tokens)."),
+        click.option("--via-git", is_flag=True, help="Commit the action in --repo instead (a pull request's path)."),
+        click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
+                     show_default=True, help="With --via-git: a working checkout of the fleet repo."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        function = option(function)
+    return function
 
 
 @click.group()
 def rollout() -> None:
-    """Act on a rollout: every action is a commit in the fleet repo."""
+    """Act on a rollout through the controller (now), or as a commit (--via-git)."""
 
 
 @rollout.command()
 @click.argument("name")
-@_repo
-def pause(name: str, repo: Path) -> None:
+@click.option("--reason", default="", help="Recorded with the action.")
+@_action_options
+def pause(name: str, **options) -> None:
     """Hold NAME where it is (devices keep what they run)."""
-    _act(repo, name, "paused", "true", "pause")
+    _act(options, name, "pause", "paused", "true", "pause")
 
 
 @rollout.command()
 @click.argument("name")
-@_repo
-def resume(name: str, repo: Path) -> None:
+@click.option("--reason", default="", help="Recorded with the action.")
+@_action_options
+def resume(name: str, **options) -> None:
     """Let a paused NAME continue."""
-    _act(repo, name, "paused", None, "resume")
+    _act(options, name, "resume", "paused", None, "resume")
 
 
 @rollout.command()
 @click.argument("name")
-@_repo
-def promote(name: str, repo: Path) -> None:
+@click.option("--reason", default="", help="Recorded with the action.")
+@_action_options
+def promote(name: str, **options) -> None:
     """Continue past the current pause of NAME."""
-    count = _count(repo, name, "promotions") + 1
-    _act(repo, name, "promotions", str(count), f"promote (promotion {count})")
+    count = _count(options["repo"], name, "promotions") + 1 if options["via_git"] else 0
+    _act(options, name, "promote", "promotions", str(count), f"promote (promotion {count})")
 
 
 @rollout.command()
 @click.argument("name")
 @click.option("--reason", default="aborted by a person", show_default=True)
-@_repo
-def abort(name: str, reason: str, repo: Path) -> None:
+@_action_options
+def abort(name: str, **options) -> None:
     """Abort NAME and return its devices to the previous version."""
-    _act(repo, name, "abort", reason, f"abort ({reason})")
+    reason = options["reason"]
+    _act(options, name, "abort", "abort", reason, f"abort ({reason})")
 
 
 @rollout.command()
 @click.argument("name")
-@_repo
-def retry(name: str, repo: Path) -> None:
+@click.option("--reason", default="", help="Recorded with the action.")
+@_action_options
+def retry(name: str, **options) -> None:
     """Start an aborted NAME again from its first step."""
-    from reconciler.gitops.edit import commit_annotation, find_rollout
+    if not options["via_git"]:
+        _via_api(options, name, "retry", options["reason"])
+        return
+    from reconciler.gitops.edit import commit_annotation, find_rollout, set_annotation
 
+    repo = options["repo"]
+    _check_checkout(repo, name, "retry")
     count = _count(repo, name, "retries") + 1
     path, index = find_rollout(Path(repo).resolve(), name)
-    text = path.read_text()
-    from reconciler.gitops.edit import set_annotation
-
-    path.write_text(set_annotation(text, index, f"{ANNOTATION}/abort", None))
+    path.write_text(set_annotation(path.read_text(), index, f"{ANNOTATION}/abort", None))
     edited = commit_annotation(repo, name, f"{ANNOTATION}/retries", str(count), f"rollout {name}: retry ({count})")
     click.echo(f"retry: committed {edited.commit[:12]} ({edited.path}); push it to reach the controller")
+
+
+@click.command()
+@click.option("--controller", envvar="EDGECTL_CONTROLLER", required=True,
+              help="The controller's operator URL; default $EDGECTL_CONTROLLER.")  # fmt: skip
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGECTL_TOKEN_FILE",
+              help="A file holding your operator token.")  # fmt: skip
+def reconcile(controller: str, token_file: Path | None) -> None:
+    """Make the controller fetch and reconcile now (as a Git webhook does)."""
+    status, message = call_controller(controller, token_file, "/v1/reconcile", {})
+    if status != 202:
+        click.echo(f"error: {message}", err=True)
+        sys.exit(1)
+    click.echo(message)
 
 
 @rollout.command("status")

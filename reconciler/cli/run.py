@@ -149,6 +149,9 @@ def _repo_url(repo: str) -> str:
 @click.option("--telemetry-retention", default="30d", show_default=True,
               help="How long device telemetry is kept (STATE_DIR/telemetry.sqlite: hourly for two days, then "
                    "daily); at least 1d.")  # fmt: skip
+@click.option("--operator-tokens", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="'TOKEN NAME' per line: who may pause, resume, promote, abort or retry rollouts through the "
+                   "operator port (edgectl rollout ... --controller URL); without it that API is off.")  # fmt: skip
 @click.option(
     "--telemetry-store",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -183,6 +186,7 @@ def run(
     accept_rewrite: bool,
     reset_state: bool,
     telemetry_retention: str,
+    operator_tokens: Path | None,
     telemetry_store: Path | None,
     log_format: str,
 ) -> None:
@@ -191,8 +195,9 @@ def run(
 
     from reconciler.api.types import parse_duration
     from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend, leader_elector
+    from reconciler.controller.actions import ActionKind
     from reconciler.controller.loop import Controller, ControllerConfig
-    from reconciler.controller.server import ControllerServer
+    from reconciler.controller.server import ControllerServer, read_tokens
     from reconciler.gitops.source import Credentials, GitError, GitSource
     from reconciler.telemetry.store import TelemetryStore
 
@@ -204,6 +209,10 @@ def run(
         raise click.UsageError("--leader-elect needs --backend kubernetes and a long-running controller")
     if releases is not None and tuf_keys is None:
         raise click.UsageError("--releases needs --tuf-keys (the keys that sign what agents may fetch)")
+    try:
+        tokens = read_tokens(operator_tokens) if operator_tokens is not None else {}
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"--operator-tokens: {exc}") from None
     try:
         retention = parse_duration(telemetry_retention)
     except ValueError as exc:
@@ -269,12 +278,19 @@ def run(
         else:  # the push reached a standby: the leader hears of it at its next renewal
             elector.poke()
 
+    def act(rollout: str, action: str, by: str, reason: str) -> tuple[int, str]:
+        if elector is not None and not elector.is_leader:
+            return 503, "this replica is a standby: the leader takes actions (try again)"
+        result = controller.request(rollout, ActionKind(action), by, reason)
+        return result.status, result.message
+
     servers: list = []
     if listen:
         host, _, port = listen.rpartition(":")
         secret = webhook_secret_file.read_bytes().strip() if webhook_secret_file else None
         server = ControllerServer((host or "127.0.0.1", int(port)), registry=controller.metrics.registry,
-                                  webhook_secret=secret, on_webhook=on_webhook, ready=ready)  # fmt: skip
+                                  webhook_secret=secret, on_webhook=on_webhook, ready=ready, tokens=tokens,
+                                  act=act)  # fmt: skip
         server.start()
         servers.append(server)
         logging.getLogger("edge_reconciler.controller").info("listening", extra={"url": server.url})

@@ -89,16 +89,20 @@ class StoredRollout:
     """A rollback commit message still to be pushed (the devices were rolled back already)."""
     status_root: str | None = None
     """The Fleet's statusPath the file was rendered under (a moved path is no tampering)."""
+    actions: Mapping[str, Any] = field(default_factory=dict)
+    """What people asked through the operator API (``reconciler.controller.actions.OperatorActions``)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.status.to_json(), "gitSynced": self.synced, "pendingCommit": self.pending,
+        body = {**self.status.to_json(), "gitSynced": self.synced, "pendingCommit": self.pending,
                 "statusRoot": self.status_root}  # fmt: skip
+        return {**body, "operatorActions": dict(self.actions)} if self.actions else body
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any], name: str) -> StoredRollout:
-        pending, root = body.get("pendingCommit"), body.get("statusRoot")
+        pending, root, actions = body.get("pendingCommit"), body.get("statusRoot"), body.get("operatorActions")
         return cls(RolloutStatus.from_json(body, name), body.get("gitSynced") is True,
-                   pending if isinstance(pending, str) else None, root if isinstance(root, str) else None)  # fmt: skip
+                   pending if isinstance(pending, str) else None, root if isinstance(root, str) else None,
+                   dict(actions) if isinstance(actions, Mapping) else {})  # fmt: skip
 
 
 def spec_to_json(desired: Desired) -> dict[str, Any]:

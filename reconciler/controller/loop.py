@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,10 +54,19 @@ from reconciler.signing import TrustPolicy, policy_from_fleet
 from reconciler.signing.tuf_repo import TufRepository, online_signers
 from reconciler.telemetry.store import TELEMETRY_FILE, TelemetryStore
 
+from .actions import ActionKind, OperatorActions, refusal
 from .metrics import ControllerMetrics
 from .publish import Publisher
 from .reconcile import ReconcileResult, apply_plan
-from .rollouts import initial_state, is_abort, past_waiting, position, rollback_message, run_rollouts
+from .rollouts import (
+    initial_state,
+    is_abort,
+    manual_actions,
+    past_waiting,
+    position,
+    rollback_message,
+    run_rollouts,
+)
 from .status import group_status, rollout_status
 
 log = logging.getLogger("edge_reconciler.controller")
@@ -67,6 +76,26 @@ FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-save", "after-apply", "after-rol
 """Where a fault test may kill a cycle (``EDGE_CONTROLLER_CRASH_AT``): between each of its writes."""
 _HELD = (Reason.GATE_FAILED, Reason.HELD_AFTER_GATE_FAILED)
 """Reasons of a decision that deserves a Warning although it is no abort."""
+
+
+@dataclass
+class _Request:
+    """An operator API action waiting for the cycle that takes it."""
+
+    rollout: str
+    kind: ActionKind
+    by: str
+    reason: str
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: str = ""
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """The operator API's answer: an HTTP status and a sentence."""
+
+    status: int
+    message: str
 
 
 class UntrustedStatusError(Exception):
@@ -152,6 +181,11 @@ class Controller:
         """Who status commits are by (the Fleet's ``commitAuthor``, as last loaded): stall reports too."""
         self._paths = StatusPaths()
         """Where the Fleet keeps status (``spec.statusPath``), as last loaded."""
+        self._last_tree: FleetTree | None = None
+        """The fleet as the last cycle loaded it: what operator requests are checked against."""
+        self._requests: list[_Request] = []
+        self._requests_lock = threading.Lock()
+        self._taken: list[_Request] = []
         self._failures_seen: dict[tuple[str, str], tuple] | None = None
         """Each failing device's report as last seen (None before the first cycle): a change is an event."""
 
@@ -175,6 +209,8 @@ class Controller:
     def cycle(self) -> CycleOutcome:
         start = time.perf_counter()
         outcome = CycleOutcome()
+        self._cycles_of_last: dict = {}
+        self._actions_saved = False
         try:
             self._cycle(outcome)
         except TemporaryError as exc:  # Git or the cluster is unreachable: the next cycle tries again
@@ -188,6 +224,7 @@ class Controller:
             log.exception("cycle failed unexpectedly")
             outcome.stalled = f"unexpected {type(exc).__name__}: {exc}"
         finally:
+            self._answer_requests(self._cycles_of_last, outcome)
             self._compact_telemetry()
             self.metrics.observe(outcome, time.perf_counter() - start)
             log.info(
@@ -233,6 +270,7 @@ class Controller:
             self._report(spec_commit, outcome.stalled or "", outcome)
             return
         tree, paths = fleet.tree, fleet.status.paths
+        self._last_tree = tree
         now = self.clock()
         stored = self.backend.rollouts()
         try:
@@ -256,7 +294,9 @@ class Controller:
         before = targets.at(before_positions, artifacts)
         tracks = self.store is not None or self.publisher is not None  # it knows which builds exist
         current = self.backend.assignments()
-        cycles = run_rollouts(tree, previous, before, statuses, self.telemetry.window, now, tracks, current)
+        operator = self._take_requests(tree, stored)
+        cycles = run_rollouts(tree, previous, before, statuses, self.telemetry.window, now, tracks, current, operator)
+        self._cycles_of_last = cycles
         revision = fleet.revision
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
         after = before if positions == before_positions else targets.at(positions, artifacts)
@@ -268,8 +308,9 @@ class Controller:
                                             cycle.outcome if cycle else None, now)  # fmt: skip
         # The backend's record is the authority: saved (not yet in Git) before anything moves, so a crash after
         # the devices moved never leaves a record that says otherwise; marked as in Git once the push landed.
-        records = self._records(tree, cycles, rollouts, stored, paths.root)
+        records = self._records(tree, cycles, rollouts, stored, paths.root, operator)
         self.backend.save_rollouts(records)
+        self._actions_saved = True
         FAULTS.crash("after-save")
         # Devices first: an abort's return to the stable version is applied before anything is pushed, so a Git
         # outage never holds a rollback.
@@ -325,6 +366,71 @@ class Controller:
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
+
+    def request(self, rollout: str, kind: ActionKind, by: str, reason: str = "", wait: float = 30.0) -> ActionResult:
+        """A person's action through the operator API: refused with the reason when it makes no sense now, else
+        taken by the next cycle, which this call wakes and waits for (up to ``wait`` seconds)."""
+        tree = self._last_tree
+        if tree is None:
+            return ActionResult(503, "the controller has not loaded the fleet yet")
+        if rollout not in tree.rollouts:
+            return ActionResult(404, f"no Rollout {rollout} in the fleet repo at the last commit applied")
+        spec = tree.rollouts[rollout].spec
+        record = self.backend.rollouts().get(rollout)
+        status = record.status if record is not None else RolloutStatus(rollout)
+        operator = OperatorActions.from_json(record.actions if record else None).of(spec.version)
+        started = status.describes(spec.model, spec.version)
+        why = refusal(kind, status.phase, started, operator, manual_actions(tree.rollouts[rollout]))
+        if why is not None:
+            return ActionResult(409, f"cannot {kind} {rollout}: {why}")
+        pending = _Request(rollout, kind, by, reason or f"{kind} by {by}")
+        with self._requests_lock:
+            self._requests.append(pending)
+        self.wake.set()
+        if not pending.done.wait(wait):
+            return ActionResult(202, f"{kind} {rollout}: accepted; the controller takes it in its next cycle")
+        return ActionResult(200, pending.outcome)
+
+    def _take_requests(self, tree: FleetTree, stored: dict[str, StoredRollout]) -> dict[str, OperatorActions]:
+        """The operator API's requests waiting for this cycle, folded into each rollout's recorded actions (the
+        requests are answered when the cycle ends)."""
+        with self._requests_lock:
+            taken, self._requests = self._requests, []
+        operator = {}
+        for name, rollout in tree.rollouts.items():
+            record = stored.get(name)
+            actions = OperatorActions.from_json(record.actions if record else None).of(rollout.spec.version)
+            for request in taken:
+                if request.rollout == name:
+                    reason = f"{request.reason} ({request.by}, operator API)"
+                    actions = actions.after(request.kind, reason)
+            if actions != OperatorActions(rollout.spec.version):
+                operator[name] = actions
+        for request in taken:
+            log.info("operator action", extra={"rollout": request.rollout, "action": str(request.kind),
+                                               "by": request.by, "reason": request.reason})  # fmt: skip
+        self._taken = taken
+        return operator
+
+    def _answer_requests(self, cycles: dict, outcome: CycleOutcome) -> None:
+        """Tell each waiting request what its cycle did; requests of a cycle that failed before it saved its
+        records go back to the queue for the next one."""
+        taken, self._taken = self._taken, []
+        if taken and not self._actions_saved:
+            with self._requests_lock:
+                self._requests[:0] = taken
+            return
+        for request in taken:
+            cycle = cycles.get(request.rollout)
+            if cycle is not None:
+                decision = cycle.outcome.decision
+                said = f" ({decision.kind}: {decision.message})" if decision else ""
+                request.outcome = f"{request.kind} {request.rollout}: now {cycle.outcome.state.phase}{said}"
+            else:
+                request.outcome = f"{request.kind} {request.rollout}: recorded"
+            if outcome.stalled:
+                request.outcome += f"; not in Git yet (the controller retries): {outcome.stalled}"
+            request.done.set()
 
     def _record_events(self, cycles: dict, statuses: dict, now: datetime) -> None:
         """Decisions as events on their rollouts, and each device's new failure (a report turning Failed or
@@ -481,6 +587,7 @@ class Controller:
         rollouts: dict[str, RolloutStatus],
         stored: dict[str, StoredRollout],
         status_root: str,
+        operator: Mapping[str, OperatorActions],
     ) -> dict[str, StoredRollout]:
         """The records to save before pushing: those that changed, or still wait for a commit to land."""
         records = {}
@@ -490,9 +597,11 @@ class Controller:
             pending = rollback_message(tree, cycle) if cycle is not None and is_abort(cycle) else None
             if pending is None and old is not None and not old.synced:
                 pending = old.pending
+            actions = operator[name].to_json() if name in operator else {}
             if (old is None or not old.synced or pending or old.status_root != status_root
-                    or old.status.to_json() != status.to_json()):  # fmt: skip
-                records[name] = StoredRollout(status, synced=False, pending=pending, status_root=status_root)
+                    or old.status.to_json() != status.to_json() or dict(old.actions) != actions):  # fmt: skip
+                records[name] = StoredRollout(status, synced=False, pending=pending, status_root=status_root,
+                                              actions=actions)  # fmt: skip
         return records
 
     def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:

@@ -27,6 +27,8 @@ from reconciler.plan import Desired, Plan, RolloutPosition
 from reconciler.rollout.engine import Manual, Observation, Outcome, decide, is_overdue
 from reconciler.telemetry.aggregate import aggregate, psi
 
+from .actions import OperatorActions, with_operator
+
 ANNOTATION = "edgereconciler.io"
 TelemetryWindow = Callable[[str, Collection[str], datetime], list[Mapping]]
 """Summaries of a model's versions since a moment: what a rollout's gates read."""
@@ -188,9 +190,11 @@ def run_rollouts(
     now: datetime,
     tracks_artifacts: bool = False,
     current: Mapping[tuple[str, str], Desired] | None = None,
+    operator: Mapping[str, OperatorActions] | None = None,
 ) -> dict[str, RolloutCycle]:
     """``telemetry(model, versions, since)``: the summaries each rollout's gates read, those of its new and stable
-    versions over its ``analysis.window`` (``TelemetryStore.window``)."""
+    versions over its ``analysis.window`` (``TelemetryStore.window``). ``operator``: actions asked through the
+    operator API, read with the Rollout's annotations."""
     cycles = {}
     for name, rollout in sorted(tree.rollouts.items()):
         if not rollout.active:
@@ -200,7 +204,8 @@ def run_rollouts(
         versions = sorted({spec.version, before.stable_version} - {None})
         summaries = telemetry(spec.model, versions, now - spec.analysis.window)
         obs = observe(tree, name, before, target, statuses, summaries, now, tracks_artifacts, current)
-        cycles[name] = RolloutCycle(name, before, decide(rollout.spec, before, obs, now, manual_actions(rollout)), obs)
+        manual = with_operator(manual_actions(rollout), (operator or {}).get(name, OperatorActions()).of(spec.version))
+        cycles[name] = RolloutCycle(name, before, decide(rollout.spec, before, obs, now, manual), obs)
     return cycles
 
 

@@ -5,20 +5,47 @@ here: they talk to the device API (``reconciler.deviceapi``) on its own port wit
     GET      /metrics                    Prometheus text format
     GET      /healthz                    200 while the process runs (liveness)
     GET      /readyz                     200 when it serves (a standby; the leader after one cycle), else 503
+    POST     /v1/rollouts/NAME/ACTION    pause, resume, promote, abort, retry: in effect in the cycle it wakes;
+                                         JSON body {"reason": ...}; a bearer token from --operator-tokens
+    POST     /v1/reconcile               reconcile now (a bearer token)
+
+Answers to the operator API are JSON ``{"message": ...}``: 200 done, 202 accepted (the cycle is still running),
+401 no or unknown token, 404 no such rollout or action, 409 the action makes no sense in the rollout's phase,
+503 a standby or a controller that has not loaded the fleet yet.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from reconciler.httpserver import BackgroundServer, JSONHandler
 
 MAX_WEBHOOK_BODY = 1 << 20
+MAX_ACTION_BODY = 16 << 10
+ACTIONS = ("pause", "resume", "promote", "abort", "retry")
+_ACTION_PATH = re.compile(r"^/v1/rollouts/([a-z0-9][a-z0-9.-]{0,252})/([a-z]+)$")
+
+
+def read_tokens(path: Path) -> dict[str, str]:
+    """``TOKEN NAME`` per line (``#`` comments): who may act through the operator API, and the name each action
+    is recorded under. A token shorter than 16 characters is refused: it could be guessed."""
+    tokens = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2 or len(words[0]) < 16:
+            raise ValueError(f"{path}:{number}: want 'TOKEN NAME' with a token of 16 characters or more")
+        tokens[words[0]] = words[1]
+    return tokens
 
 
 class ControllerServer(BackgroundServer):
@@ -29,11 +56,16 @@ class ControllerServer(BackgroundServer):
         webhook_secret: bytes | None = None,
         on_webhook: Callable[[], None] | None = None,
         ready: Callable[[], bool] | None = None,
+        tokens: Mapping[str, str] | None = None,
+        act: Callable[[str, str, str, str], tuple[int, str]] | None = None,
     ) -> None:
         """``ready``: whether this replica should get traffic (a standby serving devices, or the leader after its
-        first cycle)."""
+        first cycle). ``tokens``: bearer token -> the person's name; without them the operator API is off.
+        ``act(rollout, action, by, reason)`` -> (HTTP status, message); ``on_webhook`` also serves
+        ``/v1/reconcile``."""
         self.registry, self.ready = registry, ready
         self.webhook_secret, self.on_webhook = webhook_secret, on_webhook
+        self.tokens, self.act = dict(tokens or {}), act
         super().__init__(address, _Handler)
 
     thread_name = "controller-http"
@@ -60,6 +92,8 @@ class _Handler(JSONHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        if path.startswith("/v1/"):
+            return self._operator(path)
         if path != "/hooks/git" or self.owner.on_webhook is None:
             return self.send_bytes(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         body = self.read_body(MAX_WEBHOOK_BODY)
@@ -69,6 +103,35 @@ class _Handler(JSONHandler):
             return self.send_bytes(HTTPStatus.UNAUTHORIZED, b"bad signature\n", "text/plain")
         self.owner.on_webhook()
         self.send_bytes(HTTPStatus.ACCEPTED, b"reconciling\n", "text/plain")
+
+    def _operator(self, path: str) -> None:
+        if not self.owner.tokens or self.owner.act is None:
+            return self._answer(HTTPStatus.NOT_FOUND, "the operator API is off (edgectl run --operator-tokens)")
+        header = self.headers.get("Authorization", "")
+        person = next((name for token, name in self.owner.tokens.items()
+                       if hmac.compare_digest(header.encode(), f"Bearer {token}".encode())), None)  # fmt: skip
+        if person is None:
+            return self._answer(HTTPStatus.UNAUTHORIZED, "no or unknown bearer token")
+        body = self.read_body(MAX_ACTION_BODY)
+        if body is None:
+            return None
+        if path == "/v1/reconcile":
+            if self.owner.on_webhook is not None:
+                self.owner.on_webhook()
+            return self._answer(HTTPStatus.ACCEPTED, "reconciling")
+        matched = _ACTION_PATH.match(path)
+        if matched is None or matched[2] not in ACTIONS:
+            return self._answer(HTTPStatus.NOT_FOUND, f"no such action; one of {', '.join(ACTIONS)}")
+        try:
+            request = json.loads(body or b"{}")
+            reason = str(request.get("reason") or "")[:500] if isinstance(request, dict) else ""
+        except ValueError:
+            return self._answer(HTTPStatus.BAD_REQUEST, 'the body must be JSON: {"reason": "..."}')
+        status, message = self.owner.act(matched[1], matched[2], person, reason)
+        return self._answer(HTTPStatus(status), message)
+
+    def _answer(self, status: HTTPStatus, message: str) -> None:
+        self.send_bytes(status, json.dumps({"message": message}).encode() + b"\n", "application/json")
 
     def _authentic(self, body: bytes) -> bool:
         secret = self.owner.webhook_secret
