@@ -35,6 +35,7 @@ VALUE_SETS = {
             "interval": 15,
         },
         "webhook": {"existingSecret": "fleet-webhook"},
+        "operatorApi": {"existingSecret": "fleet-operators"},
         # Devices outside the cluster too: a LoadBalancer address and an Ingress passing TLS through.
         "deviceApi": {
             "service": {"type": "LoadBalancer", "loadBalancerIP": "192.0.2.10",
@@ -385,7 +386,8 @@ def test_rendered_command_lines_parse(name: str, tmp_path: Path):
             if value.startswith("/"):
                 value = str(tmp_path / value.lstrip("/"))
                 target = Path(value)
-                if option in ("--trusted-root", "--webhook-secret-file", "--ca", "--service-account-token-file"):
+                if option in ("--trusted-root", "--webhook-secret-file", "--ca", "--service-account-token-file",
+                              "--operator-tokens"):  # fmt: skip
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text("{}")
                 else:
