@@ -542,4 +542,5 @@ def _decision_commits(view: FleetView, name: str, limit: int = 5) -> list[str]:
 
     if view.git_dir is None:
         return []
-    return decision_commits(view.git_dir, view.commit or "HEAD", name, limit)
+    starts = [view.commit or "HEAD", *([view.status_commit] if view.status_commit else [])]
+    return decision_commits(view.git_dir, starts, name, limit)

@@ -26,6 +26,8 @@ class FleetView:
     commit: str | None = None
     git_dir: str | None = None
     """The local repository (or cache clone) the view was read from, for history; None for plain folders."""
+    status_commit: str | None = None
+    """The head of the Fleet's status branch the status was read from (None: status from ``commit``)."""
 
     def rollout_status(self, name: str) -> RolloutStatus:
         return self.status.rollout(name)
@@ -74,4 +76,26 @@ def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetV
         for error in exc.errors:
             click.echo(str(error), err=True)
         sys.exit(1)
-    return FleetView(fleet.tree, fleet.status, at, git_dir)
+    status, status_commit = fleet.status, None
+    status_branch = fleet.tree.fleet.spec.status_branch
+    if status_branch and status_branch != fleet.tree.fleet.spec.branch and git_dir is not None:
+        status, status_commit = _status_branch(repo, git_dir, status_branch, fleet.status, branch)
+    return FleetView(fleet.tree, status, at, git_dir, status_commit)
+
+
+def _status_branch(repo: str, git_dir: str, name: str, paths_from: FleetStatus, branch: str):
+    """The status the controller keeps on the Fleet's status branch (fetched for a URL), and its head; the
+    fleet branch's own status files when there is no such branch (yet)."""
+    from reconciler.gitops.source import Credentials, GitError, GitSource, branch_head, files_at_commit
+
+    try:
+        if is_url(repo):
+            head = GitSource(repo, Path(git_dir), branch, Credentials.from_env()).fetch_branch(name)
+        else:
+            head = branch_head(git_dir, name)
+    except GitError as exc:
+        click.echo(f"warning: status branch {name}: {exc}", err=True)
+        head = None
+    if head is None:
+        return paths_from, None
+    return FleetStatus.from_files(files_at_commit(git_dir, head), paths_from.paths), head

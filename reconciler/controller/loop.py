@@ -33,6 +33,7 @@ from reconciler.api.status import (
     ControllerStatus,
     DecisionKind,
     FleetAtCommit,
+    FleetStatus,
     Reason,
     RolloutPhase,
     RolloutStatus,
@@ -181,6 +182,9 @@ class Controller:
         """Who status commits are by (the Fleet's ``commitAuthor``, as last loaded): stall reports too."""
         self._paths = StatusPaths()
         """Where the Fleet keeps status (``spec.statusPath``), as last loaded."""
+        self._status_branch = config.branch
+        """Where status commits go (``spec.statusBranch``), as last loaded."""
+        self._status_head: str | None = None
         self._last_tree: FleetTree | None = None
         """The fleet as the last cycle loaded it: what operator requests are checked against."""
         self._requests: list[_Request] = []
@@ -248,6 +252,8 @@ class Controller:
                 self._paths = fleet.status.paths
                 self._cycle(outcome)
                 return
+        if fleet is not None:
+            fleet = self._with_status_branch(fleet, head)
         applied = self.source.applied()
         if applied is not None and not self.source.contains(head, applied):
             if not self._rewrite_accepted(fleet, applied):
@@ -274,7 +280,7 @@ class Controller:
         now = self.clock()
         stored = self.backend.rollouts()
         try:
-            previous, tampered = self._standing(tree, fleet, stored, head)
+            previous, tampered = self._standing(tree, fleet, stored, self._status_head)
         except UntrustedStatusError as exc:
             outcome.stalled = str(exc)
             self._report(spec_commit, outcome.stalled, outcome)
@@ -325,10 +331,13 @@ class Controller:
         devices = self.backend.devices()
         self.metrics.observe_phases(Counter(status.phase for status in statuses.values()))
         author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
-        writer = StatusWriter(self.source, author, signing_key=self.config.signing_key)
+        writer = StatusWriter(self.source, author, signing_key=self.config.signing_key, branch=self._status_branch)
+        # A rollback is a decision people must see where they work: on the fleet's branch, whatever the status
+        # branch.
+        decisions = StatusWriter(self.source, author, signing_key=self.config.signing_key)
         for name, record in sorted(records.items()):
             if record.pending:  # a rollback commit (the devices returned already); retried until it lands
-                pushed = writer.commit({paths.rollout(name): rollouts[name].to_yaml()}, record.pending)
+                pushed = decisions.commit({paths.rollout(name): rollouts[name].to_yaml()}, record.pending)
                 if pushed is not None:
                     outcome.rollbacks.append(pushed.commit)
                 records[name] = replace(record, pending=None)
@@ -538,8 +547,19 @@ class Controller:
                 cycles[name] = replace(cycle, outcome=replace(cycle.outcome, state=state))
         return target
 
+    def _with_status_branch(self, fleet: FleetAtCommit, head: str) -> FleetAtCommit:
+        """The fleet with its status as the status branch holds it (``Fleet.spec.statusBranch``); the fleet's
+        own status files when status lives on the fleet's branch."""
+        self._status_branch = fleet.tree.fleet.spec.status_branch or self.config.branch
+        if self._status_branch == self.config.branch:
+            self._status_head = head
+            return fleet
+        self._status_head = self.source.fetch_branch(self._status_branch)
+        files = self.source.files_at(self._status_head) if self._status_head else []
+        return replace(fleet, status=FleetStatus.from_files(files, fleet.status.paths))
+
     def _standing(
-        self, tree: FleetTree, fleet: FleetAtCommit, stored: dict[str, StoredRollout], head: str
+        self, tree: FleetTree, fleet: FleetAtCommit, stored: dict[str, StoredRollout], head: str | None
     ) -> tuple[dict[str, RolloutStatus], list[str]]:
         """Where each rollout stands (the backend's record; a rollout it has no record of starts from its status
         file, as on a fresh backend) and the status files someone else changed since the controller's last
@@ -557,14 +577,15 @@ class Controller:
             previous[name] = record.status
             path = fleet.status.paths.rollout(name)
             moved = record.status_root != fleet.status.paths.root  # the Fleet moved its statusPath: rendered anew
-            if record.synced and not moved and self.source.read_blob(head, path) != record.status.to_yaml():
+            written = self.source.read_blob(head, path) if head is not None else None
+            if record.synced and not moved and written != record.status.to_yaml():
                 tampered.append(path)
         return previous, tampered
 
-    def _check_adopted(self, tree: FleetTree, fleet: FleetAtCommit, name: str, head: str) -> None:
+    def _check_adopted(self, tree: FleetTree, fleet: FleetAtCommit, name: str, head: str | None) -> None:
         """A controller that signs its status commits takes a rollout's state from Git (a fresh backend) only
         from a file its own signed commit wrote; anything else stalls the cycle, the devices where they are."""
-        if self.config.signing_key is None or self.config.allowed_signers is None:
+        if self.config.signing_key is None or self.config.allowed_signers is None or head is None:
             return
         path = fleet.status.paths.rollout(name)
         if self.source.read_blob(head, path) is None:
@@ -607,9 +628,10 @@ class Controller:
     def _report(self, spec_commit: str, reason: str, outcome: CycleOutcome) -> None:
         """Say why nothing was applied, in the controller's status file (once: the same reason commits nothing)."""
         files = {self._paths.controller: ControllerStatus(spec_commit, reason, version=release()).to_yaml()}
-        pushed = StatusWriter(self.source, self._author, signing_key=self.config.signing_key).commit(
-            files, f"status: stalled at {spec_commit[:12]}"
+        writer = StatusWriter(
+            self.source, self._author, signing_key=self.config.signing_key, branch=self._status_branch
         )
+        pushed = writer.commit(files, f"status: stalled at {spec_commit[:12]}")
         if pushed is not None:
             outcome.status_commit = pushed.commit
 

@@ -183,6 +183,20 @@ class GitSource:
             raise transport_error(message, exc) from exc
         return self.head()
 
+    def fetch_branch(self, branch: str) -> str | None:
+        """Fetch another branch of the same remote (the status branch); its head, or None when the remote has
+        no such branch (a branch deleted there is forgotten here too)."""
+        ref = f"refs/remotes/origin/{branch}"
+        if ref in self.repo.references:
+            self.repo.references.delete(ref)
+        try:
+            self.repo.remotes["origin"].fetch([f"+refs/heads/{branch}:{ref}"], callbacks=self.callbacks())
+        except (pygit2.GitError, KeyError, OSError) as exc:
+            message = f"fetch {redact(self.url)} {branch}: {_one_line(exc).replace(self.url, redact(self.url))}"
+            raise transport_error(message, exc) from exc
+        found = self.repo.references.get(ref)
+        return str(found.target) if found is not None else None
+
     def head(self) -> str:
         try:
             return str(self.repo.references[self.remote_ref].target)
@@ -360,16 +374,40 @@ def read_repo(path: str | os.PathLike[str], ref: str | None = None, limits: Limi
     return RepoFiles(tree_files(repo, root, (), limits), str(commit.id), found)
 
 
-def decision_commits(git_dir: str, start: str, rollout: str, limit: int = 5, scan: int = 2000) -> list[str]:
-    """``SHORT-ID first line`` of the newest commits that record a decision of ``rollout``: its rollback
-    commits and the status commits whose body names it (advance, pause, promote, succeed)."""
+def branch_head(git_dir: str, branch: str) -> str | None:
+    """The head of ``branch`` in the repository at ``git_dir``: the local branch (a bare repository, or a
+    checkout that has it), else the remote-tracking one (a checkout after ``git fetch``); None without either."""
     repo = pygit2.Repository(git_dir)
-    try:
-        head = repo.revparse_single(start).peel(pygit2.Commit)
-    except (KeyError, ValueError, pygit2.GitError):
+    for ref in (f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"):
+        found = repo.references.get(ref)
+        if found is not None:
+            return str(found.peel(pygit2.Commit).id)
+    return None
+
+
+def files_at_commit(git_dir: str, commit: str) -> list[SourceFile]:
+    repo = pygit2.Repository(git_dir)
+    return tree_files(repo, repo[commit].peel(pygit2.Commit).tree, (), Limits())
+
+
+def decision_commits(git_dir: str, start: str | list[str], rollout: str, limit: int = 5, scan: int = 2000) -> list[str]:
+    """``SHORT-ID first line`` of the newest commits that record a decision of ``rollout``: its rollback
+    commits and the status commits whose body names it (advance, pause, promote, succeed). ``start``: one
+    commit, or several (the fleet's branch and the status branch), walked together newest first."""
+    repo = pygit2.Repository(git_dir)
+    heads = []
+    for ref in [start] if isinstance(start, str) else start:
+        try:
+            heads.append(repo.revparse_single(ref).peel(pygit2.Commit).id)
+        except (KeyError, ValueError, pygit2.GitError):
+            continue
+    if not heads:
         return []
+    walker = repo.walk(heads[0], pygit2.enums.SortMode.TIME)
+    for other in heads[1:]:
+        walker.push(other)
     found: list[str] = []
-    for index, commit in enumerate(repo.walk(head.id, pygit2.enums.SortMode.TIME)):
+    for index, commit in enumerate(walker):
         if index >= scan or len(found) >= limit:
             break
         message = commit.message

@@ -62,10 +62,13 @@ class StatusWriter:
         backoff: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
         signing_key: Path | None = None,
+        branch: str | None = None,
     ) -> None:
         """``signing_key``: an SSH private key that signs every commit (``git log --show-signature`` checks it
-        against an allowed-signers line for the author's e-mail)."""
+        against an allowed-signers line for the author's e-mail). ``branch``: where to commit (default: the
+        source's branch); a branch the remote lacks is started with a commit of the files alone."""
         self.source = source
+        self.branch = branch or source.branch
         self.signing_key = signing_key
         self.author = author or Author()
         self.attempts = attempts
@@ -75,22 +78,26 @@ class StatusWriter:
     def commit(self, files: Mapping[str, bytes | None], message: str) -> Pushed | None:
         """Replace ``files`` on the branch head in one commit and push it; None when nothing changed."""
         last = _Refused("", by_policy=False)
+        own = self.branch == self.source.branch
+        tracking = self.source.remote_ref if own else f"refs/remotes/origin/{self.branch}"
         for attempt in range(1, self.attempts + 1):
-            head = self.source.fetch()
+            head = self.source.fetch() if own else self.source.fetch_branch(self.branch)
             repo = self.source.repo
-            parent = repo[head].peel(pygit2.Commit)
-            tree = self._tree_with(parent.tree, files)
-            if tree == parent.tree.id:
+            parent = repo[head].peel(pygit2.Commit) if head is not None else None
+            base = parent.tree if parent is not None else repo[repo.TreeBuilder().write()]
+            tree = self._tree_with(base, files)
+            if tree == base.id and parent is not None:
                 return None
+            parents = [parent.id] if parent is not None else []
             signature = pygit2.Signature(self.author.name, self.author.email)
             if self.signing_key is None:
-                commit = repo.create_commit(None, signature, signature, message, tree, [parent.id])
+                commit = repo.create_commit(None, signature, signature, message, tree, parents)
             else:
-                content = repo.create_commit_string(signature, signature, message, tree, [parent.id])
+                content = repo.create_commit_string(signature, signature, message, tree, parents)
                 commit = repo.create_commit_with_signature(content, ssh_sign(content.encode(), self.signing_key))
             refused = self._push(commit)
             if refused is None:
-                repo.references.create(self.source.remote_ref, commit, force=True)
+                repo.references.create(tracking, commit, force=True)
                 return Pushed(str(commit), attempt)
             last = refused
             if attempt < self.attempts:
@@ -112,7 +119,7 @@ class StatusWriter:
 
     def _push(self, commit: pygit2.Oid) -> _Refused | None:
         """Push ``commit`` as the branch; returns why it was refused, or None."""
-        repo, branch = self.source.repo, self.source.branch
+        repo, branch = self.source.repo, self.branch
         local = f"refs/edge-reconciler/push/{branch}"
         repo.references.create(local, commit, force=True)
         refusals: list[str] = []
