@@ -3,6 +3,7 @@ server hooks, as on a real Git server), seeded and changed with the git command 
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -27,8 +28,12 @@ class GitServer:
     base: Path
     port: int
 
-    def create(self, name: str, seed: Path | None = FLEET_EXAMPLE) -> tuple[str, Path]:
-        """A bare repo with one commit of ``seed``; returns (git:// URL, a working clone)."""
+    def create(
+        self, name: str, seed: Path | None = FLEET_EXAMPLE, status_branch: str | None = None
+    ) -> tuple[str, Path]:
+        """A bare repo with one commit of ``seed``; returns (git:// URL, a working clone). ``status_branch``:
+        the Fleet's ``spec.statusBranch`` instead of the example's (``main``: status commits on the fleet's
+        branch, where the tamper tests edit them)."""
         bare = self.base / f"{name}.git"
         git("init", "-q", "--bare", "-b", "main", str(bare))
         work = self.base / f"{name}-work"
@@ -37,6 +42,10 @@ class GitServer:
         git("config", "user.name", "A Developer", cwd=work)
         if seed is not None:
             shutil.copytree(seed, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.keras", "*.npz"))
+            fleet = work / "fleet.yaml"
+            if status_branch is not None and fleet.exists():
+                text = re.sub(r"(?m)^  statusBranch: .*$", f"  statusBranch: {status_branch}", fleet.read_text())
+                fleet.write_text(text)
         else:
             (work / "README.md").write_text("fleet\n")
         git("add", "-A", cwd=work)

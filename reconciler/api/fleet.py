@@ -78,9 +78,10 @@ class FleetSpec(SpecModel):
 
     branch: QuotedStr = "main"
     """Branch the controller reconciles, and commits rollbacks to (``edgectl rollout --via-git`` commits here)."""
-    status_branch: QuotedStr | None = None
+    status_branch: QuotedStr = "edgereconciler/status"
     """Branch the controller commits status to (every status file, whenever one changes), so that the fleet's
-    branch carries people's changes and rollback decisions only; None: the fleet's branch itself."""
+    branch carries people's changes and rollback decisions only; the fleet's branch itself (``main``) keeps all
+    status there, as before."""
     status_path: RepoPath = "status"
     """Directory the controller writes status to; never edited by hand, ignored by the loader."""
     artifact_store: ArtifactStore = Field(default_factory=ArtifactStore)

@@ -43,6 +43,8 @@ from reconciler.api.status import RolloutPhase, RolloutStatus
 
 MODEL = "vibration-anomaly"
 ROLLOUT = "vibration-anomaly-2"
+STATUS_BRANCH = "edgereconciler/status"
+"""Where fleet-example's controller commits status (its Fleet's ``spec.statusBranch``)."""
 PROFILES = {"arm-cortex-a-cpu": {"edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"},
             "coral-npu": {"edgereconciler.io/hardware": "coral-edgetpu", "kubernetes.io/arch": "arm64"}}  # fmt: skip
 DEVICES = [(f"factory-{i:02d}", "arm-cortex-a-cpu" if i <= 8 else "coral-npu") for i in range(1, 13)]
@@ -285,11 +287,12 @@ class Demo:
         """The rollout's status from Git (what the controller committed) and each device's report."""
         from reconciler.api.status import StatusPaths
         from reconciler.cluster import LocalBackend
-        from reconciler.gitops.source import read_repo
+        from reconciler.gitops.source import branch_head, files_at_commit, read_repo
 
-        path = StatusPaths().rollout(ROLLOUT)  # fleet-example keeps the default statusPath
-        status = RolloutStatus.from_yaml(next((f.content for f in read_repo(self.remote).files if f.path == path),
-                                              None), ROLLOUT)  # fmt: skip
+        path = StatusPaths().rollout(ROLLOUT)  # fleet-example keeps the default statusPath and statusBranch
+        head = branch_head(str(self.remote), STATUS_BRANCH)
+        files = files_at_commit(str(self.remote), head) if head else read_repo(self.remote).files
+        status = RolloutStatus.from_yaml(next((f.content for f in files if f.path == path), None), ROLLOUT)
         backend = LocalBackend(self.state)
         try:
             statuses = backend.statuses()
@@ -442,10 +445,13 @@ def run_demo(example: Path, workdir: Path | None, timeout: float, phase_style: C
         say(run.predict(DEVICES[0][0]))
         say("")
         say(run.describe())
-        say("\nGit log of the fleet repo (status and rollback commits by the controller):")
-        log = subprocess.run(["git", "--git-dir", str(run.remote), "log", "--format=%h %an: %s"], check=True,
+        say("\nGit log of the fleet repo's main (people's changes, and the controller's rollback decision):")
+        log = subprocess.run(["git", "--git-dir", str(run.remote), "log", "--format=%h %an: %s", "main"], check=True,
                              capture_output=True, text=True).stdout  # fmt: skip
         say(log.rstrip())
+        status = subprocess.run(["git", "--git-dir", str(run.remote), "rev-list", "--count", STATUS_BRANCH],
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        say(f"(and {status or 0} status commits on {STATUS_BRANCH}: git log {STATUS_BRANCH})")
     finally:
         run.stop()
     say(f"\nLeft for inspection: {workdir}  (fleet/ checkout, fleet.git remote, controller/ state, devices/, logs/)")

@@ -27,16 +27,19 @@ def test_demo_rolls_out_then_rolls_back(tmp_path: Path, fleet_example: Path):
     assert f"{ROLLOUT} 2.1.0 Aborted: failureRate" in out
     assert "answers with vibration-anomaly 2.0.0" in out
 
-    log = subprocess.run(["git", "--git-dir", str(workdir / "fleet.git"), "log", "--format=%an|%s"],
+    # main carries people's changes and the controller's one decision (the rollback); status has its branch.
+    log = subprocess.run(["git", "--git-dir", str(workdir / "fleet.git"), "log", "--format=%an|%s", "main"],
                          capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
     rollbacks = [line for line in log if line.startswith("edge-reconciler|rollback: ")]
     assert len(rollbacks) == 1 and "(vibration-anomaly 2.1.0) aborted at step 1 of 3 (25%)" in rollbacks[0]
     assert rollbacks[0].endswith("returning to 2.0.0")
     assert sum(1 for line in log if line.startswith("Dana (fleet owner)|")) == 2
+    assert [line for line in log if line.startswith("edge-reconciler|")] == rollbacks  # no status floods main
+    assert "status commits on edgereconciler/status" in out
 
     status_file = subprocess.run(["git", "--git-dir", str(workdir / "fleet.git"), "show",
-                                  f"HEAD:status/rollouts/{ROLLOUT}.yaml"], capture_output=True, text=True,
-                                 check=True).stdout  # fmt: skip
+                                  f"edgereconciler/status:status/rollouts/{ROLLOUT}.yaml"], capture_output=True,
+                                 text=True, check=True).stdout  # fmt: skip
     status = yaml.safe_load(status_file)
     assert (status["version"], status["phase"], status["stableVersion"]) == ("2.1.0", "Aborted", "2.0.0")
     assert status["devices"]["byVersion"] == {"2.0.0": {"Healthy": 12}}

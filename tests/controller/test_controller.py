@@ -46,7 +46,7 @@ def status_commits(git_server: GitServer, name: str = "fleet") -> list[str]:
 
 
 def test_a_commit_becomes_assignments_and_one_status_commit(git_server: GitServer, tmp_path: Path):
-    url, _ = git_server.create("fleet")
+    url, _ = git_server.create("fleet", status_branch="main")
     names = register(tmp_path / "state", 100)
     controller = Controller(ControllerConfig(url, tmp_path / "state"), LocalBackend(tmp_path / "state"))
     first = controller.cycle()
@@ -74,7 +74,7 @@ def test_a_commit_becomes_assignments_and_one_status_commit(git_server: GitServe
 
 
 def test_spec_errors_stall_without_applying(git_server: GitServer, tmp_path: Path):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     register(tmp_path / "state", 50)
     rollout = work / "rollouts" / "vibration-anomaly-2.yaml"
     rollout.write_text(rollout.read_text().replace("percent: 100", "percent: 90"))
@@ -94,7 +94,7 @@ def test_spec_errors_stall_without_applying(git_server: GitServer, tmp_path: Pat
 
 
 def test_an_unsigned_head_is_not_applied(git_server: GitServer, tmp_path: Path):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     register(tmp_path / "state", 50)
     key = tmp_path / "k"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -138,7 +138,7 @@ def signing_keys(tmp_path: Path) -> tuple[dict[str, Path], Path]:
 def test_every_commit_since_the_last_applied_must_be_signed_and_status_commits_are_signed_by_the_controller(
     git_server: GitServer, tmp_path: Path
 ):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     register(tmp_path / "state", 50)
     keys, allowed = signing_keys(tmp_path)
     for setting in (("gpg.format", "ssh"), ("user.signingkey", str(keys["person"]))):
@@ -171,7 +171,7 @@ def test_every_commit_since_the_last_applied_must_be_signed_and_status_commits_a
 
 
 def test_a_fresh_controller_takes_state_only_from_its_own_signed_status_commits(git_server: GitServer, tmp_path: Path):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     keys, allowed = signing_keys(tmp_path)
     for setting in (("gpg.format", "ssh"), ("user.signingkey", str(keys["person"])), ("commit.gpgsign", "true")):
         git("config", *setting, cwd=work)
@@ -210,7 +210,7 @@ def test_a_fresh_controller_takes_state_only_from_its_own_signed_status_commits(
 def test_edgectl_run_once_killed_between_its_writes_converges_without_duplicate_commits(
     git_server: GitServer, tmp_path: Path, scenario: str, point: str
 ):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     names = register(tmp_path / "state", 300)
     command = [str(EDGECTL), "run", "--repo", url, "--state-dir", str(tmp_path / "state"), "--once"]
     expected = {n for n in names if bucket("vibration-anomaly-2", n) < 10 * 100}
@@ -248,8 +248,8 @@ def test_edgectl_run_once_killed_between_its_writes_converges_without_duplicate_
 def test_a_state_dir_cloned_from_another_repo_is_refused_and_reset_only_on_request(
     git_server: GitServer, tmp_path: Path
 ):
-    first, _ = git_server.create("fleet")
-    other, _ = git_server.create("other-fleet")
+    first, _ = git_server.create("fleet", status_branch="main")
+    other, _ = git_server.create("other-fleet", status_branch="main")
     register(tmp_path / "state", 5)
     state = ["--state-dir", str(tmp_path / "state"), "--once"]
     assert subprocess.run([str(EDGECTL), "run", "--repo", first, *state], capture_output=True).returncode == 0
@@ -277,7 +277,7 @@ def test_a_state_dir_cloned_from_another_repo_is_refused_and_reset_only_on_reque
 def test_a_custom_status_path_holds_every_status_file_and_status_commits_are_not_spec_changes(
     git_server: GitServer, tmp_path: Path
 ):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     register(tmp_path / "state", 40)
     fleet = work / "fleet.yaml"
     fleet.write_text(fleet.read_text().replace("statusPath: status", "statusPath: ops/state"))
@@ -316,7 +316,7 @@ def error_summary(device: str, errors: int, ended: datetime) -> dict:
 def test_the_error_rate_gate_reads_the_telemetry_of_its_window(git_server: GitServer, tmp_path: Path):
     """Errors uploaded today but measured before the gate's window (a device back from hours offline) hold
     nothing; the same errors inside the window fail the gate."""
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     rollout = work / "rollouts" / "vibration-anomaly-2.yaml"
     rollout.write_text(rollout.read_text().replace("    maxLatencyRegression: 10\n",
                                                    "    maxErrorRate: 0.05\n    window: 1h\n"))  # fmt: skip

@@ -71,7 +71,7 @@ def on_new_version(state: Path) -> set[str]:
 
 
 def test_an_abort_through_the_operator_api_acts_now_and_is_recorded(git_server: GitServer, tmp_path: Path):
-    url, _ = git_server.create("fleet")
+    url, _ = git_server.create("fleet", status_branch="main")
     register(tmp_path / "state", 60)
     token = tmp_path / "alice.token"
     token.write_text(TOKEN + "\n")

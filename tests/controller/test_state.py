@@ -87,7 +87,7 @@ EVERY_ROLLOUT = ["status/rollouts/digits-cnn-1-1.yaml", STATUS_FILE]
 def test_a_status_file_changed_by_someone_else_moves_no_device_and_is_restored(
     git_server: GitServer, tmp_path: Path, backend, tamper, reported: list[str]
 ):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
     first = controller.cycle()
     assert first.stalled is None
@@ -114,7 +114,7 @@ def test_a_status_file_changed_by_someone_else_moves_no_device_and_is_restored(
 def test_an_abort_returns_the_devices_while_git_refuses_the_rollback_commit(
     git_server: GitServer, tmp_path: Path, backend
 ):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
     assert controller.cycle().stalled is None
     assert on_new_version(backend)
@@ -148,7 +148,7 @@ def test_an_abort_returns_the_devices_while_git_refuses_the_rollback_commit(
 def test_a_force_push_past_the_applied_commit_stalls_until_a_person_accepts_it(
     git_server: GitServer, tmp_path: Path, backend, accept: str
 ):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
     controller = Controller(ControllerConfig(url, tmp_path / "state"), backend)
     assert controller.cycle().stalled is None
     started = on_new_version(backend)
@@ -188,7 +188,7 @@ def test_a_force_push_past_the_applied_commit_stalls_until_a_person_accepts_it(
 def test_max_concurrent_lets_devices_take_the_new_version_only_as_others_report_a_verdict(
     git_server: GitServer, tmp_path: Path, backend
 ):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
 
     def one_step_three_at_a_time(folder: Path) -> None:
         path = folder / "rollouts" / f"{ROLLOUT}.yaml"
@@ -230,7 +230,7 @@ def test_max_concurrent_lets_devices_take_the_new_version_only_as_others_report_
 
 
 def test_a_rate_starts_devices_per_minute_and_grows_while_they_succeed(git_server: GitServer, tmp_path: Path, backend):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
 
     def paced(folder: Path) -> None:
         path = folder / "rollouts" / f"{ROLLOUT}.yaml"
@@ -270,7 +270,7 @@ def test_a_rate_starts_devices_per_minute_and_grows_while_they_succeed(git_serve
 
 
 def test_sequential_groups_walk_every_step_one_group_after_the_other(git_server: GitServer, tmp_path: Path, backend):
-    url, work = git_server.create("fleet")
+    url, work = git_server.create("fleet", status_branch="main")
 
     def canary_first(folder: Path) -> None:
         path = folder / "rollouts" / f"{ROLLOUT}.yaml"
@@ -326,7 +326,7 @@ def test_a_rollout_whose_build_is_missing_waits_for_it_then_proceeds(git_server:
         return artifact
 
     stable = build("1.0.0")
-    url, _ = git_server.create("fleet")
+    url, _ = git_server.create("fleet", status_branch="main")
     controller = Controller(ControllerConfig(url, tmp_path / "state", store=tmp_path / "store"), backend)
     for _ in range(2):
         outcome = controller.cycle()

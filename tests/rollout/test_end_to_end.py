@@ -48,7 +48,7 @@ def fleet_repo(git_server: GitServer, tmp_path: Path) -> str:
     shutil.copytree(FLEET, seed, ignore=shutil.ignore_patterns("*.keras", "*.npz"))
     (seed / "rollouts" / "digits-cnn-1-1.yaml").unlink()
     (seed / "rollouts" / f"{ROLLOUT}.yaml").write_text(ROLLOUT_YAML)
-    return git_server.create("fleet", seed)[0]
+    return git_server.create("fleet", seed, status_branch="main")[0]
 
 
 def status_of(git_server: GitServer) -> dict:
