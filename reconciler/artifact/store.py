@@ -149,6 +149,20 @@ class ArtifactStore:
     def artifact_ids(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "artifacts").glob("*.json"))
 
+    def resolve(self, given: str) -> str:
+        """The artifact id ``given`` stands for: itself, or the one artifact it is a prefix of (``edgectl get
+        artifacts`` shows 12 characters; at least 6 are needed, and a prefix two artifacts share is refused)."""
+        given = given.removeprefix("sha256:").lower()
+        if _HEX64.match(given):
+            return given
+        if len(given) < 6 or any(c not in "0123456789abcdef" for c in given):
+            raise StoreError(f"{given!r} is no artifact id: give the 64 hex digits or a prefix of 6 or more")
+        matches = [a for a in self.artifact_ids() if a.startswith(given)]
+        if len(matches) != 1:
+            raise StoreError(f"no artifact {given}… in {self.root}" if not matches else
+                             f"{given}… names {len(matches)} artifacts: give more digits")  # fmt: skip
+        return matches[0]
+
     def read_manifest(self, artifact_id: str) -> dict:
         record = self.get_artifact(artifact_id)
         if record is None:

@@ -23,7 +23,7 @@ from reconciler.api.status import DeviceCounts, GroupStatus, RolloutStatus
 from reconciler.api.types import format_duration
 
 from .common import DEFAULT_STORE, STORE_SHOWN, backend_options, open_registry
-from .output import OUTPUTS, Column, age, emit, human_size, now, summarize
+from .output import Column, age, emit, human_size, now, output_option, select, summarize
 from .view import FleetView, load_view
 
 RESOURCES = {
@@ -44,8 +44,10 @@ def _repo_option(function: Callable) -> Callable:
 @click.command()
 @click.argument("resource")
 @click.argument("name", required=False)
-@click.option("-o", "--output", type=click.Choice(OUTPUTS), help="wide, json, yaml or name.")
+@output_option
 @click.option("-l", "--selector", help="Label selector (k=v, k!=v, k in (a,b), !k).")
+@click.option("--field-selector", help="Rows whose columns match: phase=Failed,model!=x (the table's columns).")
+@click.option("--sort-by", help="Sort by a column (lastSeen, phase, ...).")
 @click.option("--group", help="Only devices of this DeviceGroup.")
 @click.option("-A", "--all-groups", is_flag=True, help="All devices (the default; kubectl's -A habit).")
 @click.option("--no-headers", is_flag=True)
@@ -55,7 +57,8 @@ def _repo_option(function: Callable) -> Callable:
 @click.option("--for", "involved", metavar="KIND/NAME", help="Events: only those of rollout/NAME or device/NAME.")
 @_repo_option
 @backend_options
-def get(resource: str, name: str | None, output: str | None, selector: str | None, group: str | None,
+def get(resource: str, name: str | None, output: str | None, selector: str | None, field_selector: str | None,
+        sort_by: str | None, group: str | None,
         all_groups: bool, no_headers: bool, watch: bool, store: Path, involved: str | None, repo: str, backend: str,
         state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str) -> None:  # fmt: skip
     """Show devices, groups, models, rollouts, artifacts or events (kubectl-style tables)."""
@@ -99,6 +102,7 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
     last = None
     while True:
         rows, columns, objects = collect()
+        rows, objects = select(list(rows), list(objects), columns, field_selector, sort_by)
         if name and not rows:
             where = {"artifact": f"the store {store}", "device": f"the {backend} backend", "event": "the backend"}
             click.echo(f'Error (NotFound): {kind} "{name}" not found in {where.get(kind, repo)}', err=True)
@@ -368,7 +372,9 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
             "accuracy": f"{figures['accuracy']:.3f}" if figures["accuracy"] is not None else None,
         })  # fmt: skip
         objects.append({"id": artifact_id, "manifest": manifest})
-    rows.sort(key=lambda r: (r["model"] or "", r["version"] or "", r["profile"] or ""))
+    pairs = sorted(zip(rows, objects, strict=True), key=lambda p: (p[0]["model"] or "", p[0]["version"] or "",
+                                                                    p[0]["profile"] or ""))  # fmt: skip
+    rows, objects = [r for r, _ in pairs], [o for _, o in pairs]
     columns = [Column("ID", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
                Column("PROFILE", "profile"), Column("FORMAT", "format"), Column("PRECISION", "precision"),
                Column("SIZE", "size"), Column("P95", "latency", wide=True),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,98 @@ def summarize(phases: Mapping[str, int]) -> str:
     return "Healthy" if any(phases.values()) else "-"
 
 
+KINDS = {"device": "Device", "group": "DeviceGroup", "model": "Model", "rollout": "Rollout", "artifact": "Artifact",
+         "event": "Event", "token": "DeviceToken"}  # fmt: skip
+API_VERSION = "edgereconciler.io/v1alpha1"
+
+
+def shaped(kind: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    """An object as kubectl prints one: ``apiVersion``, ``kind`` and ``metadata`` first (name, labels), then the
+    object's own fields (its ``name`` stays too, for scripts written before)."""
+    name = item.get("name") or item.get("id") or (item.get("involvedObject") or {}).get("name")
+    metadata: dict[str, Any] = {"name": name}
+    if item.get("labels"):
+        metadata["labels"] = item["labels"]
+    return {"apiVersion": API_VERSION, "kind": KINDS.get(kind, kind.title()), "metadata": metadata, **item}
+
+
+def output_option(function):
+    """``-o``: wide, json, yaml, name, or ``jsonpath=TEMPLATE`` (kubectl's subset: ``{.items[*].metadata.name}``)."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value is None or value in OUTPUTS or value.startswith("jsonpath="):
+            return value
+        raise click.BadParameter(f"{value!r}: one of {', '.join(OUTPUTS)} or jsonpath=TEMPLATE")
+
+    return click.option("-o", "--output", callback=check,
+                        help="wide, json, yaml, name, or jsonpath=TEMPLATE.")(function)  # fmt: skip
+
+
+def jsonpath(body: Any, template: str) -> str:
+    """kubectl's ``-o jsonpath`` for the common cases: text with ``{.field.sub}``, ``{.list[*].field}`` and
+    ``{.list[0]}`` in it; a list of results prints space-separated."""
+    out, rest = [], template
+    while "{" in rest:
+        text, _, rest = rest.partition("{")
+        expression, _, rest = rest.partition("}")
+        out.append(text.replace("\\n", "\n"))
+        found = _walk([body], [part for part in re.split(r"\.|(?=\[)", expression.strip()) if part])
+        out.append(" ".join(_scalar(v) for v in found))
+    out.append(rest.replace("\\n", "\n"))
+    return "".join(out)
+
+
+def _walk(values: list[Any], parts: list[str]) -> list[Any]:
+    for part in parts:
+        step = []
+        for value in values:
+            if part == "[*]":
+                step.extend(value if isinstance(value, list) else value.values() if isinstance(value, dict) else [])
+            elif part.startswith("[") and part.endswith("]") and part[1:-1].lstrip("-").isdigit():
+                index = int(part[1:-1])
+                if isinstance(value, list) and -len(value) <= index < len(value):
+                    step.append(value[index])
+            elif isinstance(value, dict) and part in value:
+                step.append(value[part])
+        values = step
+    return values
+
+
+def _scalar(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else "" if value is None else str(value)
+
+
+def select(rows: list, objects: list, columns: Sequence[Column], selector: str | None,
+           sort_by: str | None) -> tuple[list, list]:  # fmt: skip
+    """``--field-selector phase=Failed,model!=x`` and ``--sort-by COLUMN`` over the table's columns (by header,
+    ``LAST SEEN`` as ``lastSeen`` or ``last-seen``); rows and objects stay paired."""
+    names = {}
+    for column in columns:
+        for alias in (column.key, column.header, column.header.replace(" ", "-"), column.header.replace(" ", "")):
+            names[alias.lower()] = column.key
+    pairs = list(zip(rows, objects, strict=True))
+    for term in filter(None, (selector or "").split(",")):
+        negate = "!=" in term
+        key, _, value = term.partition("!=" if negate else "=")
+        column = names.get(key.strip().lower().lstrip("."))
+        if column is None or not _:
+            raise click.UsageError(f"--field-selector {term!r}: give COLUMN=VALUE or COLUMN!=VALUE; columns: "
+                                   f"{', '.join(c.key for c in columns)}")  # fmt: skip
+        pairs = [(r, o) for r, o in pairs if (str(r.get(column) or "") == value.strip()) != negate]
+    if sort_by:
+        column = names.get(sort_by.strip().lower().lstrip("."))
+        if column is None:
+            raise click.UsageError(f"--sort-by {sort_by!r}: one of {', '.join(c.key for c in columns)}")
+        pairs.sort(key=lambda pair: _order(pair[0].get(column)))
+    return [r for r, _ in pairs], [o for _, o in pairs]
+
+
+def _order(value: Any) -> tuple:
+    if isinstance(value, (int, float)):
+        return (0, value, "")
+    return (1, 0, "" if value is None else str(value))
+
+
 def emit(
     kind: str,
     rows: Sequence[Mapping[str, Any]],
@@ -85,9 +178,15 @@ def emit(
     no_headers: bool = False,
     single: bool = False,
 ) -> None:
-    """Print ``rows`` as a table, or ``objects`` as json/yaml/name. ``single``: one named object was asked for."""
+    """Print ``rows`` as a table, or ``objects`` as json/yaml/name/jsonpath. ``single``: one named object was
+    asked for."""
+    objects = [shaped(kind, item) for item in objects]
+    if output and output.startswith("jsonpath="):
+        body: Any = objects[0] if single and objects else {"apiVersion": "v1", "kind": "List", "items": objects}
+        click.echo(jsonpath(body, output.removeprefix("jsonpath=")))
+        return
     if output in ("json", "yaml"):
-        body: Any = objects[0] if single and objects else {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+        body = objects[0] if single and objects else {"apiVersion": "v1", "kind": "List", "items": list(objects)}
         if output == "json":
             click.echo(json.dumps(body, indent=2, sort_keys=False, default=str))
         else:

@@ -221,7 +221,9 @@ def export(artifact_id: str, directory: Path, store: Path) -> None:
     from reconciler.artifact.store import ArtifactStore, StoreError
 
     try:
-        ArtifactStore(store).export(artifact_id, directory)
+        found = ArtifactStore(store)
+        artifact_id = found.resolve(artifact_id)
+        found.export(artifact_id, directory)
     except (StoreError, FileExistsError) as exc:
         _fail(str(exc))
     click.echo(f"exported {artifact_id} to {directory}")

@@ -91,3 +91,47 @@ def test_kubeconfig_from_the_environment_and_a_named_context(kubeconfig: Path, t
     wrong = subprocess.run([str(EDGECTL), "get", "devices", "--backend", "kubernetes", "--context", "no-such"],
                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert wrong.returncode == 1 and "no-such" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_kubectl_shaped_output_jsonpath_field_selector_sort_by_and_short_ids(tmp_path: Path):
+    import hashlib
+    import json
+
+    from reconciler.artifact.store import ArtifactStore
+    from reconciler.cluster import AssignmentStatus
+    from reconciler.plan import Desired
+
+    backend = LocalBackend(tmp_path / "state")
+    for name in ("cam-b", "cam-a", "cam-c"):
+        backend.register_device(name, {"site": "plant-7"})
+    backend.apply([Desired(n, "detector", "2.0.0", "cpu", "r", None, True) for n in ("cam-a", "cam-b", "cam-c")])
+    backend.report_status("cam-b", "detector", AssignmentStatus("Failed", "1.0.0", target_version="2.0.0"))
+    backend.report_status("cam-c", "detector", AssignmentStatus("Healthy", "2.0.0", target_version="2.0.0"))
+    backend.close()
+    state = ("--state-dir", tmp_path / "state")
+    item = json.loads(edgectl("get", "devices", *state, "-o", "json").stdout)["items"][0]
+    assert (item["apiVersion"], item["kind"], item["metadata"]["name"]) == ("edgereconciler.io/v1alpha1", "Device",
+                                                                            "cam-a")  # fmt: skip
+    assert item["metadata"]["labels"] == {"site": "plant-7"}
+    names = edgectl("get", "devices", *state, "-o", "jsonpath={.items[*].metadata.name}")
+    assert names.stdout.strip() == "cam-a cam-b cam-c"
+    failed = edgectl("get", "devices", *state, "--field-selector", "phase=Failed", "-o", "name")
+    assert failed.stdout.split() == ["device/cam-b"]
+    others = edgectl("get", "devices", *state, "--field-selector", "phase!=Failed,installed!=2.0.0", "-o", "name")
+    assert others.stdout.split() == ["device/cam-a"]  # Pending, nothing installed
+    by_phase = edgectl("get", "devices", *state, "--sort-by", "PHASE", "--no-headers").stdout.splitlines()
+    assert [line.split()[0] for line in by_phase] == ["cam-b", "cam-c", "cam-a"]  # Failed, Healthy, Pending
+    wrong = edgectl("get", "devices", *state, "--field-selector", "colour=red")
+    assert wrong.returncode == 2 and "columns:" in wrong.stderr
+
+    store = ArtifactStore(tmp_path / "store")
+    for version in ("1.0.0", "2.0.0"):
+        manifest = json.dumps({"model": "detector", "version": version, "profile": "cpu"}).encode()
+        artifact = hashlib.sha256(manifest).hexdigest()
+        store.add_artifact(artifact, {"manifest.json": manifest}, "manifest.json")
+    short = edgectl("get", "artifacts", "--store", tmp_path / "store", "--sort-by", "version").stdout.split("\n")[2]
+    exported = edgectl("export", short.split()[0], tmp_path / "out", "--store", tmp_path / "store")
+    assert exported.returncode == 0 and artifact in exported.stdout, exported.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["version"] == "2.0.0"
+    tiny = edgectl("export", artifact[:3], tmp_path / "out2", "--store", tmp_path / "store")
+    assert tiny.returncode == 1 and "a prefix of 6 or more" in tiny.stderr
