@@ -462,7 +462,9 @@ class Controller:
         for (device, model), seen in sorted(failing.items()):
             if (self._failures_seen or {}).get((device, model)) != seen:
                 phase, version, reason, message = seen
-                text = f"{version or '?'}: {message}" if message else f"{version or '?'}: {phase}"
+                text = message or phase
+                if version and not text.startswith(version):
+                    text = f"{version}: {text}"
                 events.append(Event("Device", device, reason or phase, text, "Warning", model))
         self._failures_seen = failing
         for event in events:
