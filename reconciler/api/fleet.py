@@ -66,6 +66,27 @@ class Intervals(SpecModel):
     telemetry: Duration = timedelta(minutes=5)
 
 
+NOTIFIED = ("Start", "Promote", "Pause", "Succeed", "Abort", "Retry", "Rollback", "ReleaseRefused")
+"""What a notification can be about: the step machine's decisions, a rollback commit, a release the controller
+refused to publish (a bad signature, a policy that does not allow its signer)."""
+
+
+class Notification(SpecModel):
+    """Where decisions are sent: a webhook whose URL (a secret) is read on the controller, never from Git."""
+
+    name: Name
+    type: Literal["generic", "slack", "teams"] = "generic"
+    """generic: JSON with the decision's fields; slack: an incoming webhook's ``text``; teams: a MessageCard."""
+    url_file: QuotedStr | None = None
+    """A file on the controller holding the URL (a mounted Secret)."""
+    url_env: QuotedStr | None = None
+    """An environment variable of the controller holding the URL."""
+    events: list[Literal[NOTIFIED]] = Field(default_factory=lambda: list(NOTIFIED))  # type: ignore[valid-type]
+    """The kinds sent (default: all)."""
+    rollouts: list[Name] = Field(default_factory=list)
+    """Only these rollouts' decisions (default: every rollout's)."""
+
+
 class CommitAuthor(SpecModel):
     """Author of the controller's status and rollback commits."""
 
@@ -88,6 +109,8 @@ class FleetSpec(SpecModel):
     trust: Trust = Field(default_factory=Trust)
     intervals: Intervals = Field(default_factory=Intervals)
     commit_author: CommitAuthor = Field(default_factory=CommitAuthor)
+    notifications: list[Notification] = Field(default_factory=list)
+    """Webhooks that get the controller's decisions (retried; a failure never stalls a cycle)."""
 
 
 class Fleet(Document):
@@ -99,6 +122,10 @@ class Fleet(Document):
 
     def problems(self) -> list[Problem]:
         found: list[Problem] = []
+        for i, target in enumerate(self.spec.notifications):
+            if (target.url_file is None) == (target.url_env is None):
+                found.append((("spec", "notifications", i), "set exactly one of urlFile or urlEnv (the URL is a "
+                                                            "secret: it never lives in Git)"))  # fmt: skip
         for i, signer in enumerate(self.spec.trust.release_signers):
             loc = ("spec", "trust", "releaseSigners", i)
             if (signer.public_key is None) == (signer.identity is None):

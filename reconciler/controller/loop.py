@@ -57,6 +57,7 @@ from reconciler.telemetry.store import TELEMETRY_FILE, TelemetryStore
 
 from .actions import ActionKind, OperatorActions, refusal
 from .metrics import ControllerMetrics
+from .notify import Notice, Notifier
 from .publish import Publisher
 from .reconcile import ReconcileResult, apply_plan
 from .rollouts import (
@@ -185,6 +186,8 @@ class Controller:
         self._status_branch = config.branch
         """Where status commits go (``spec.statusBranch``), as last loaded."""
         self._status_head: str | None = None
+        self.notifier: Notifier | None = None
+        """Made when the Fleet first names a notification webhook."""
         self._last_tree: FleetTree | None = None
         """The fleet as the last cycle loaded it: what operator requests are checked against."""
         self._requests: list[_Request] = []
@@ -326,6 +329,7 @@ class Controller:
         outcome.decisions = {n: str(c.outcome.decision.kind) for n, c in cycles.items() if c.outcome.decision}
         FAULTS.crash("after-apply")
         self._record_events(cycles, statuses, now)
+        self._notify(tree, self._decision_notices(cycles, outcome, now))
 
         statuses = self.backend.statuses()
         devices = self.backend.devices()
@@ -340,6 +344,9 @@ class Controller:
                 pushed = decisions.commit({paths.rollout(name): rollouts[name].to_yaml()}, record.pending)
                 if pushed is not None:
                     outcome.rollbacks.append(pushed.commit)
+                    stamp = now.isoformat(timespec="seconds")
+                    self._notify(tree, [Notice("Rollback", name, record.pending.splitlines()[0], stamp, pushed.commit,
+                                               str(record.status.phase), warning=True)])  # fmt: skip
                 records[name] = replace(record, pending=None)
                 self.backend.save_rollouts({name: records[name]})  # landed: never pushed twice
                 FAULTS.crash("after-rollback-push")
@@ -473,6 +480,29 @@ class Controller:
             except (TemporaryError, PermanentError) as exc:
                 log.warning("event not recorded", extra={"event": event.reason, "object": event.involved,
                                                          "error": str(exc)})  # fmt: skip
+
+    @staticmethod
+    def _decision_notices(cycles: dict, outcome: CycleOutcome, now: datetime) -> list[Notice]:
+        stamp = now.isoformat(timespec="seconds")
+        notices = []
+        for name, cycle in sorted(cycles.items()):
+            decision = cycle.outcome.decision
+            if decision is not None:
+                warn = decision.kind == DecisionKind.ABORT or cycle.outcome.state.reason in _HELD
+                notices.append(Notice(str(decision.kind), name, decision.message, stamp, outcome.commit,
+                                      str(cycle.outcome.state.phase), warn))  # fmt: skip
+        for folder, why in sorted(outcome.refused_releases.items()):
+            notices.append(Notice("ReleaseRefused", None, f"{folder}: {why}", stamp, outcome.commit, warning=True))
+        return notices
+
+    def _notify(self, tree: FleetTree, notices: list[Notice]) -> None:
+        """Queue the notices for the Fleet's webhooks (sent on the notifier's thread, never holding the cycle)."""
+        targets = tree.fleet.spec.notifications
+        if not targets or not notices:
+            return
+        if self.notifier is None:
+            self.notifier = Notifier(lambda target, result: self.metrics.notifications.labels(target, result).inc())
+        self.notifier.send(targets, notices, tree.fleet.metadata.name)
 
     def _compact_telemetry(self) -> None:
         """Hours into days, and the expired out, whatever became of the cycle: a store that cannot be compacted

@@ -31,6 +31,8 @@ class ControllerMetrics:
             "edge_reconciler_git_errors", "Failed fetches or pushes of the fleet repo.", registry=r
         )
         self.status_commits = Counter("edge_reconciler_status_commits", "Status commits pushed.", registry=r)
+        ended = "Notifications by target and how they ended (sent, refused, failed, no-url, dropped)."
+        self.notifications = Counter("edge_reconciler_notifications", ended, ["target", "result"], registry=r)
         self.status_tampered = Counter("edge_reconciler_status_tampered", "Status files found changed outside the "
                                        "controller (and restored from its state).", registry=r)  # fmt: skip
         self.devices = Gauge("edge_reconciler_devices", "Devices in the inventory.", registry=r)
