@@ -196,6 +196,7 @@ def run(
     from reconciler.api.types import parse_duration
     from reconciler.cluster import ClusterError, LocalBackend, kubernetes_backend, leader_elector
     from reconciler.controller.actions import ActionKind
+    from reconciler.controller.dashboard import render
     from reconciler.controller.loop import Controller, ControllerConfig
     from reconciler.controller.server import ControllerServer, read_tokens
     from reconciler.gitops.source import Credentials, GitError, GitSource
@@ -290,7 +291,7 @@ def run(
         secret = webhook_secret_file.read_bytes().strip() if webhook_secret_file else None
         server = ControllerServer((host or "127.0.0.1", int(port)), registry=controller.metrics.registry,
                                   webhook_secret=secret, on_webhook=on_webhook, ready=ready, tokens=tokens,
-                                  act=act)  # fmt: skip
+                                  act=act, page=lambda: render(controller.snapshot))  # fmt: skip
         server.start()
         servers.append(server)
         logging.getLogger("edge_reconciler.controller").info("listening", extra={"url": server.url})

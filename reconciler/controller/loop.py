@@ -56,6 +56,7 @@ from reconciler.signing.tuf_repo import TufRepository, online_signers
 from reconciler.telemetry.store import TELEMETRY_FILE, TelemetryStore
 
 from .actions import ActionKind, OperatorActions, refusal
+from .dashboard import RolloutRow, Snapshot, commit_base
 from .metrics import ControllerMetrics
 from .notify import Notice, Notifier
 from .publish import Publisher
@@ -76,6 +77,8 @@ ACCEPT_REWRITE = "edgereconciler.io/accept-rewrite"
 """Fleet annotation: the last applied commit (12 hex digits or more) whose loss from the branch a person accepts."""
 FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-save", "after-apply", "after-rollback-push", "after-status-push"))
 """Where a fault test may kill a cycle (``EDGE_CONTROLLER_CRASH_AT``): between each of its writes."""
+PAGE_FAILING = 100
+"""Failing devices listed on the page (the metrics count them all)."""
 _HELD = (Reason.GATE_FAILED, Reason.HELD_AFTER_GATE_FAILED)
 """Reasons of a decision that deserves a Warning although it is no abort."""
 
@@ -186,6 +189,9 @@ class Controller:
         self._status_branch = config.branch
         """Where status commits go (``spec.statusBranch``), as last loaded."""
         self._status_head: str | None = None
+        self.snapshot = Snapshot()
+        """What the operator port's page shows: the fleet as the last cycle left it."""
+        self._page: tuple = ("", [], {}, [])
         self.notifier: Notifier | None = None
         """Made when the Fleet first names a notification webhook."""
         self._last_tree: FleetTree | None = None
@@ -233,6 +239,10 @@ class Controller:
         finally:
             self._answer_requests(self._cycles_of_last, outcome)
             self._compact_telemetry()
+            fleet, rows, phases, failing = self._page
+            self.snapshot = Snapshot(fleet, outcome.commit, outcome.stalled, self.cycles_done + 1,
+                                     self.clock().isoformat(timespec="seconds"), rows, phases, failing,
+                                     commit_base(self.config.repo_url))  # fmt: skip
             self.metrics.observe(outcome, time.perf_counter() - start)
             log.info(
                 "reconciled",
@@ -334,6 +344,7 @@ class Controller:
         statuses = self.backend.statuses()
         devices = self.backend.devices()
         self.metrics.observe_phases(Counter(status.phase for status in statuses.values()))
+        self._page = _page_parts(tree, rollouts, result.plan.desired, statuses)
         author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
         writer = StatusWriter(self.source, author, signing_key=self.config.signing_key, branch=self._status_branch)
         # A rollback is a decision people must see where they work: on the fleet's branch, whatever the status
@@ -700,6 +711,22 @@ class Controller:
                 key = self._artifact_keys[artifact_id] = (manifest["model"], manifest["version"], manifest["profile"])
             found[key] = artifact_id
         return found
+
+
+def _page_parts(tree: FleetTree, rollouts: Mapping[str, RolloutStatus], assigned: Mapping, statuses: Mapping) -> tuple:
+    """The page's rows from one cycle: rollouts with their steps, devices per assigned version and reported phase
+    (Pending before a first report), and the devices that report a failure."""
+    rows = [RolloutRow(name, status, [step.percent for step in tree.rollouts[name].spec.steps])
+            for name, status in sorted(rollouts.items()) if name in tree.rollouts]  # fmt: skip
+    phases: dict[str, Counter] = {}
+    failing = []
+    for (device, model), desired in sorted(assigned.items()):
+        status = statuses.get((device, model))
+        phases.setdefault(f"{model}@{desired.version}", Counter())[status.phase if status else "Pending"] += 1
+        if status is not None and status.phase in ("Failed", "RolledBack"):
+            failing.append({"device": device, "model": model, "version": status.target_version, "phase": status.phase,
+                            "reason": status.reason, "message": status.message[:300]})  # fmt: skip
+    return tree.fleet.metadata.name, rows, phases, failing[:PAGE_FAILING]
 
 
 def _accepts(fleet: FleetAtCommit, applied: str) -> bool:

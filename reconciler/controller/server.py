@@ -2,6 +2,7 @@
 here: they talk to the device API (``reconciler.deviceapi``) on its own port with its own certificate.
 
     POST     /hooks/git                  fetch now; HMAC-checked (GitHub X-Hub-Signature-256, GitLab X-Gitlab-Token)
+    GET      /                           the fleet at a glance: rollouts, gates, devices, failures (read-only HTML)
     GET      /metrics                    Prometheus text format
     GET      /healthz                    200 while the process runs (liveness)
     GET      /readyz                     200 when it serves (a standby; the leader after one cycle), else 503
@@ -58,6 +59,7 @@ class ControllerServer(BackgroundServer):
         ready: Callable[[], bool] | None = None,
         tokens: Mapping[str, str] | None = None,
         act: Callable[[str, str, str, str], tuple[int, str]] | None = None,
+        page: Callable[[], bytes] | None = None,
     ) -> None:
         """``ready``: whether this replica should get traffic (a standby serving devices, or the leader after its
         first cycle). ``tokens``: bearer token -> the person's name; without them the operator API is off.
@@ -65,7 +67,7 @@ class ControllerServer(BackgroundServer):
         ``/v1/reconcile``."""
         self.registry, self.ready = registry, ready
         self.webhook_secret, self.on_webhook = webhook_secret, on_webhook
-        self.tokens, self.act = dict(tokens or {}), act
+        self.tokens, self.act, self.page = dict(tokens or {}), act, page
         super().__init__(address, _Handler)
 
     thread_name = "controller-http"
@@ -86,6 +88,8 @@ class _Handler(JSONHandler):
             if self.owner.ready is None or self.owner.ready():
                 return self.send_bytes(HTTPStatus.OK, b"ready\n", "text/plain")
             return self.send_bytes(HTTPStatus.SERVICE_UNAVAILABLE, b"standby\n", "text/plain")
+        if path == "/" and self.owner.page is not None:
+            return self.send_bytes(HTTPStatus.OK, self.owner.page(), "text/html; charset=utf-8")
         if path == "/metrics" and self.owner.registry is not None:
             return self.send_bytes(HTTPStatus.OK, generate_latest(self.owner.registry), CONTENT_TYPE_LATEST)
         self.send_bytes(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
