@@ -10,16 +10,60 @@ from pathlib import Path
 
 import click
 
-from .common import load_or_exit
 from .overview import summary_line
 
 
 @click.command()
 @click.argument("path", default=".", type=click.Path(path_type=str))
-def validate(path: str) -> None:
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def validate(path: str, output: str) -> None:
     """Check every fleet document under PATH; print each error as file:line: Kind/name: field: message."""
-    tree = load_or_exit(path)
+    import json
+    import sys
+
+    from reconciler.api import SpecErrors, load_fleet
+    from reconciler.gitops.files import FleetPathError, read_fleet_dir
+
+    root, only = _repo_of(Path(path))
+    try:
+        tree, errors = load_fleet(read_fleet_dir(root)), []
+    except FleetPathError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except SpecErrors as exc:
+        tree, errors = None, list(exc.errors)
+    mine = [e for e in errors if only is None or e.path == only]
+    elsewhere = len(errors) - len(mine)
+    if output == "json":
+        body = {"path": path, "valid": not mine, "errors": [
+            {"file": e.path, "line": e.line, "kind": e.kind, "name": e.name, "field": e.field, "message": e.message}
+            for e in mine], "errorsElsewhere": elsewhere}  # fmt: skip
+        click.echo(json.dumps(body, indent=2))
+        sys.exit(1 if mine else 0)
+    for error in mine:
+        click.echo(str(error), err=True)
+    if mine:
+        files = len({e.path for e in mine})
+        click.echo(f"{len(mine)} error(s) in {files} file(s)", err=True)
+        sys.exit(1)
+    if only is not None:
+        note = f"; {elsewhere} error(s) in other files of {root}" if elsewhere else f" in {root}"
+        click.echo(f"{path}: valid{note}")
+        return
+    assert tree is not None
     click.echo(f"{path}: {summary_line(tree)}: valid")
+
+
+def _repo_of(path: Path) -> tuple[Path, str | None]:
+    """A file is checked with its fleet repo (the nearest folder above it with a fleet.yaml): its references to
+    other documents resolve, and only its own errors are reported. A folder, or a file of no fleet repo, is
+    checked as it is."""
+    if not path.is_file():
+        return path, None
+    for folder in path.resolve().parents:
+        if (folder / "fleet.yaml").exists():
+            return folder, path.resolve().relative_to(folder).as_posix()
+    return path, None
 
 
 @click.group()

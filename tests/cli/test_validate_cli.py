@@ -60,3 +60,22 @@ def test_schema_export_writes_what_the_models_define(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     written = {p.name: p.read_text() for p in (tmp_path / "out").iterdir()}
     assert written == export_schemas()
+
+
+def test_a_file_is_checked_in_its_repo_and_json_output_names_every_field(tmp_path: Path):
+    import json
+
+    edgectl = Path(sys.executable).parent / "edgectl"
+    example = Path(__file__).resolve().parents[2] / "fleet-example"
+    repo = Path(shutil.copytree(example, tmp_path / "fleet", ignore=shutil.ignore_patterns("*.keras", "*.npz")))
+    rollout = repo / "rollouts" / "vibration-anomaly-2.yaml"
+    rollout.write_text(rollout.read_text().replace("model: vibration-anomaly", "model: vibration-anomalyy"))
+    # The file alone resolves against its repo's documents: its own mistake is found, a good file passes.
+    bad = subprocess.run([edgectl, "validate", rollout, "-o", "json"], capture_output=True, text=True)
+    body = json.loads(bad.stdout)
+    assert bad.returncode == 1 and body["valid"] is False and body["errorsElsewhere"] == 0
+    assert body["errors"] == [{"file": "rollouts/vibration-anomaly-2.yaml", "line": 7, "kind": "Rollout",
+                               "name": "vibration-anomaly-2", "field": "spec.model",
+                               "message": "unknown Model 'vibration-anomalyy'"}]  # fmt: skip
+    good = subprocess.run([edgectl, "validate", repo / "groups" / "groups.yaml"], capture_output=True, text=True)
+    assert good.returncode == 0 and "valid; 1 error(s) in other files" in good.stdout
