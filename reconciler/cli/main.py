@@ -47,6 +47,7 @@ COMMANDS: dict[str, LazyCommand] = {
                         "per version at every rollout step, artifacts to build, risky settings."),
     "reconcile": LazyCommand("reconciler.cli.rollout", "reconcile",
                              "Make the controller fetch and reconcile now (as a Git webhook does)."),
+    "resume": LazyCommand("reconciler.cli.rollout", "resume_controller", "Let a suspended controller reconcile again."),
     "rollout": LazyCommand("reconciler.cli.rollout", "rollout",
                            "Act on a rollout through the controller (now), or as a commit (--via-git)."),
     "run": LazyCommand("reconciler.cli.run", "run",
@@ -54,6 +55,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "schema": LazyCommand("reconciler.cli.spec", "schema", "JSON Schemas of the fleet documents (for editors and CI)."),
     "sign": LazyCommand("reconciler.cli.trust", "sign",
                         "Release ARTIFACT_DIR: write its release statement, then sign every file as one bundle."),
+    "suspend": LazyCommand("reconciler.cli.rollout", "suspend",
+                           "Stop the controller reconciling (devices keep what they run) until edgectl resume."),
     "tuf": LazyCommand("reconciler.cli.trust", "tuf",
                        "The controller's TUF repository (what agents may fetch, signed and fresh)."),
     "validate": LazyCommand("reconciler.cli.spec", "validate", "Check every fleet document under PATH; print each "

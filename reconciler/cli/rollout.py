@@ -202,18 +202,42 @@ def retry(name: str, **options) -> None:
     click.echo(f"retry: committed {edited.commit[:12]} ({edited.path}); push it to reach the controller")
 
 
-@click.command()
-@click.option("--controller", envvar="EDGECTL_CONTROLLER", required=True,
-              help="The controller's operator URL; default $EDGECTL_CONTROLLER.")  # fmt: skip
-@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGECTL_TOKEN_FILE",
-              help="A file holding your operator token.")  # fmt: skip
-def reconcile(controller: str, token_file: Path | None) -> None:
-    """Make the controller fetch and reconcile now (as a Git webhook does)."""
-    status, message = call_controller(controller, token_file, "/v1/reconcile", {})
-    if status != 202:
+def _controller_options(function):
+    token = click.Path(dir_okay=False, path_type=Path)
+    function = click.option("--token-file", type=token, envvar="EDGECTL_TOKEN_FILE",
+                            help="A file holding your operator token.")(function)  # fmt: skip
+    return click.option("--controller", envvar="EDGECTL_CONTROLLER", required=True,
+                        help="The controller's operator URL; default $EDGECTL_CONTROLLER.")(function)  # fmt: skip
+
+
+def _controller_call(controller: str, token_file: Path | None, path: str, body: dict, ok: int) -> None:
+    status, message = call_controller(controller, token_file, path, body)
+    if status != ok:
         click.echo(f"error: {message}", err=True)
         sys.exit(1)
     click.echo(message)
+
+
+@click.command()
+@_controller_options
+def reconcile(controller: str, token_file: Path | None) -> None:
+    """Make the controller fetch and reconcile now (as a Git webhook does)."""
+    _controller_call(controller, token_file, "/v1/reconcile", {}, 202)
+
+
+@click.command()
+@click.option("--reason", default="", help="Recorded, and shown while suspended.")
+@_controller_options
+def suspend(reason: str, controller: str, token_file: Path | None) -> None:
+    """Stop the controller reconciling (devices keep what they run) until edgectl resume."""
+    _controller_call(controller, token_file, "/v1/suspend", {"reason": reason}, 200)
+
+
+@click.command("resume")
+@_controller_options
+def resume_controller(controller: str, token_file: Path | None) -> None:
+    """Let a suspended controller reconcile again."""
+    _controller_call(controller, token_file, "/v1/resume", {}, 200)
 
 
 @rollout.command("status")

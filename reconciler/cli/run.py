@@ -282,7 +282,12 @@ def run(
     def act(rollout: str, action: str, by: str, reason: str) -> tuple[int, str]:
         if elector is not None and not elector.is_leader:
             return 503, "this replica is a standby: the leader takes actions (try again)"
-        result = controller.request(rollout, ActionKind(action), by, reason)
+        if action == "suspend":
+            result = controller.suspend(by, reason)
+        elif action == "resume" and not rollout:
+            result = controller.resume(by)
+        else:
+            result = controller.request(rollout, ActionKind(action), by, reason)
         return result.status, result.message
 
     servers: list = []

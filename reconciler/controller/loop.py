@@ -18,6 +18,7 @@ status commits. Time is read once per cycle and passed down.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -77,6 +78,8 @@ ACCEPT_REWRITE = "edgereconciler.io/accept-rewrite"
 """Fleet annotation: the last applied commit (12 hex digits or more) whose loss from the branch a person accepts."""
 FAULTS = FaultPoints("EDGE_CONTROLLER", ("after-save", "after-apply", "after-rollback-push", "after-status-push"))
 """Where a fault test may kill a cycle (``EDGE_CONTROLLER_CRASH_AT``): between each of its writes."""
+SUSPENDED = "suspended"
+"""In the state directory while reconciling is suspended (who, when, why)."""
 PAGE_FAILING = 100
 """Failing devices listed on the page (the metrics count them all)."""
 _HELD = (Reason.GATE_FAILED, Reason.HELD_AFTER_GATE_FAILED)
@@ -225,7 +228,13 @@ class Controller:
         self._cycles_of_last: dict = {}
         self._actions_saved = False
         try:
-            self._cycle(outcome)
+            held = self.suspended()
+            if held is not None:  # a person stopped reconciling: nothing fetched, applied or committed
+                outcome.stalled = (
+                    f"Suspended by {held.get('by', '?')} at {held.get('at', '?')}: {held.get('reason', '')}"
+                )
+            else:
+                self._cycle(outcome)
         except TemporaryError as exc:  # Git or the cluster is unreachable: the next cycle tries again
             outcome.stalled = str(exc)
             outcome.retry_after = exc.retry_after
@@ -393,6 +402,32 @@ class Controller:
         if pushed is not None:
             outcome.status_commit = pushed.commit
             self.metrics.status_commits.inc()
+
+    def suspended(self) -> dict | None:
+        """Who suspended reconciling, when and why (``STATE_DIR/suspended``: kept across restarts); None."""
+        try:
+            return json.loads((self.config.state_dir / SUSPENDED).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"by": "?", "at": "?", "reason": f"unreadable {SUSPENDED} file: remove it to resume"}
+
+    def suspend(self, by: str, reason: str) -> ActionResult:
+        """Stop reconciling (as ``flux suspend``): devices keep their assignments, the device API keeps serving."""
+        if self.suspended() is not None:
+            return ActionResult(409, "reconciling is suspended already")
+        body = {"by": by, "at": self.clock().isoformat(timespec="seconds"), "reason": reason or "suspended"}
+        write_atomic(self.config.state_dir / SUSPENDED, json.dumps(body).encode())
+        log.warning("reconciling suspended", extra=body)
+        return ActionResult(200, f"reconciling suspended by {by}: devices keep what they run")
+
+    def resume(self, by: str) -> ActionResult:
+        if self.suspended() is None:
+            return ActionResult(409, "reconciling is not suspended")
+        (self.config.state_dir / SUSPENDED).unlink()
+        log.warning("reconciling resumed", extra={"by": by})
+        self.wake.set()
+        return ActionResult(200, f"reconciling resumed by {by}")
 
     def request(self, rollout: str, kind: ActionKind, by: str, reason: str = "", wait: float = 30.0) -> ActionResult:
         """A person's action through the operator API: refused with the reason when it makes no sense now, else

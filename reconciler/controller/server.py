@@ -9,6 +9,7 @@ here: they talk to the device API (``reconciler.deviceapi``) on its own port wit
     POST     /v1/rollouts/NAME/ACTION    pause, resume, promote, abort, retry: in effect in the cycle it wakes;
                                          JSON body {"reason": ...}; a bearer token from --operator-tokens
     POST     /v1/reconcile               reconcile now (a bearer token)
+    POST     /v1/suspend, /v1/resume     stop and start reconciling (kept across restarts; a bearer token)
 
 Answers to the operator API are JSON ``{"message": ...}``: 200 done, 202 accepted (the cycle is still running),
 401 no or unknown token, 404 no such rollout or action, 409 the action makes no sense in the rollout's phase,
@@ -33,6 +34,15 @@ MAX_WEBHOOK_BODY = 1 << 20
 MAX_ACTION_BODY = 16 << 10
 ACTIONS = ("pause", "resume", "promote", "abort", "retry")
 _ACTION_PATH = re.compile(r"^/v1/rollouts/([a-z0-9][a-z0-9.-]{0,252})/([a-z]+)$")
+
+
+def _reason(body: bytes) -> str | None:
+    """The ``reason`` of a JSON body (empty without one); None when the body is no JSON."""
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    return str(request.get("reason") or "")[:500] if isinstance(request, dict) else ""
 
 
 def read_tokens(path: Path) -> dict[str, str]:
@@ -123,6 +133,9 @@ class _Handler(JSONHandler):
             if self.owner.on_webhook is not None:
                 self.owner.on_webhook()
             return self._answer(HTTPStatus.ACCEPTED, "reconciling")
+        if path in ("/v1/suspend", "/v1/resume"):
+            status, message = self.owner.act("", path.removeprefix("/v1/"), person, _reason(body))
+            return self._answer(HTTPStatus(status), message)
         matched = _ACTION_PATH.match(path)
         if matched is None or matched[2] not in ACTIONS:
             return self._answer(HTTPStatus.NOT_FOUND, f"no such action; one of {', '.join(ACTIONS)}")

@@ -111,5 +111,17 @@ def test_an_abort_through_the_operator_api_acts_now_and_is_recorded(git_server: 
         assert on_new_version(tmp_path / "state")
         woken = edgectl("reconcile", "--controller", controller.url, token=token)
         assert woken.returncode == 0 and "reconciling" in woken.stdout
+        # Suspended, the controller reconciles nothing until resumed, across a restart too.
+        held = edgectl("suspend", "--reason", "change freeze", "--controller", controller.url, token=token)
+        assert held.returncode == 0 and "suspended by alice" in held.stdout, held.stderr
+    finally:
+        controller.stop()
+    controller = Running(url, tmp_path)
+    try:
+        assert "Suspended by alice" in (tmp_path / "controller.log").read_text()  # its first cycle after the start
+        again = edgectl("suspend", "--controller", controller.url, token=token)
+        assert again.returncode == 1 and "suspended already" in again.stderr
+        resumed = edgectl("resume", "--controller", controller.url, token=token)
+        assert resumed.returncode == 0 and "resumed by alice" in resumed.stdout
     finally:
         controller.stop()
