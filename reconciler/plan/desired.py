@@ -266,6 +266,13 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
                 problems.append(PlanProblem(device.name, f"{what} its labels"))
             continue
         profile = matched[0]
+        arch, built_for = labels.get(ARCH_LABEL), tree.profiles[profile].spec.arch
+        if arch is not None and arch != built_for:
+            # A build for another CPU does not even load: say so before an artifact is sent to fail there.
+            if targeting:
+                message = f"its {ARCH_LABEL} is {arch}, but profile {profile} builds for {built_for}"
+                problems.append(PlanProblem(device.name, message))
+            continue
         device_profiles[device.name] = profile
         for target in targeting:
             key = (device.name, target.model)
@@ -284,6 +291,10 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
             group = next(i for i, selector in enumerate(target.groups) if selector.matches(labels))
             candidates.append(_Candidate(device.name, profile, target, slot, window, group))
     return Targeting(tuple(candidates), tuple(problems), device_profiles, steps)
+
+
+ARCH_LABEL = "kubernetes.io/arch"
+"""The Node label (K3s sets it) a device's CPU architecture is read from, against its profile's ``arch``."""
 
 
 def _keys(selector: LabelSelector) -> set[str]:

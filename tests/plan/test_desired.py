@@ -163,3 +163,14 @@ def test_devices_outside_the_rollouts_conditions_stay_on_the_stable_version(tree
     result = plan(tree, cellular + factory_devices(50), {"vibration-anomaly-2": RolloutPosition(100, "1.0.0")})
     assert {d.version for (name, _), d in result.desired.items() if name.startswith("lte-")} == {"1.0.0"}
     assert {d.version for (name, _), d in result.desired.items() if name.startswith("factory-")} == {"2.0.0"}
+
+
+def test_a_device_of_another_cpu_than_its_profile_builds_for_is_a_problem(tree: FleetTree):
+    # The Coral profile selects by its accelerator only: an amd64 host with a Coral matches it.
+    wrong = Device("factory-amd", {**FACTORY, **CORAL, "kubernetes.io/arch": "amd64"})
+    result = plan(tree, [*factory_devices(3), wrong], {"vibration-anomaly-2": RolloutPosition(100, "1.0.0")})
+    assert {d.device for d in result.for_rollout("vibration-anomaly-2")} == {f"factory-{i:04d}" for i in range(3)}
+    [problem] = result.problems
+    assert problem.device == "factory-amd"
+    assert problem.message == "its kubernetes.io/arch is amd64, but profile coral-npu builds for arm64"
+    assert "factory-amd" not in result.profiles
