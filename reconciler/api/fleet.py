@@ -16,13 +16,14 @@ from .types import Duration, Name, QuotedStr, RepoPath, SpecModel
 
 
 class ArtifactStore(SpecModel):
-    """Where built artifacts live, content-addressed by sha256, and where agents fetch them."""
+    """Where built artifacts live on the controller, content-addressed by sha256 (agents fetch them through the
+    device API)."""
 
     type: Literal["filesystem", "oci"] = "filesystem"
+    """Only filesystem is supported yet."""
     path: QuotedStr = "/var/lib/edge-reconciler/artifacts"
-    """Directory of the filesystem store on the controller."""
-    url: QuotedStr | None = None
-    """Base URL agents download from (the controller's artifact server, or the OCI repository)."""
+    """Directory of the filesystem store: ``edgectl run`` serves and assigns it when the directory exists and
+    ``--store`` is not given."""
 
 
 class SignerIdentity(SpecModel):
@@ -59,11 +60,14 @@ class Trust(SpecModel):
 
 
 class Intervals(SpecModel):
-    """How often the controller looks for changes."""
+    """How often the controller works (``edgectl run --interval`` sets gitPoll and reconcile at once)."""
 
     git_poll: Duration = timedelta(seconds=60)
+    """Between fetches of the fleet repo (a Git webhook or an operator's call fetches at once)."""
     reconcile: Duration = timedelta(seconds=30)
+    """Between cycles: device reports and gates are judged this often, from the commit fetched last."""
     telemetry: Duration = timedelta(minutes=5)
+    """Between compactions of the telemetry store (hours into days, the expired out)."""
 
 
 NOTIFIED = ("Start", "Promote", "Pause", "Succeed", "Abort", "Retry", "Rollback", "ReleaseRefused")
@@ -122,6 +126,8 @@ class Fleet(Document):
 
     def problems(self) -> list[Problem]:
         found: list[Problem] = []
+        if self.spec.artifact_store.type == "oci":
+            found.append((("spec", "artifactStore", "type"), "the OCI store is not supported yet: use filesystem"))
         for i, target in enumerate(self.spec.notifications):
             if (target.url_file is None) == (target.url_env is None):
                 found.append((("spec", "notifications", i), "set exactly one of urlFile or urlEnv (the URL is a "

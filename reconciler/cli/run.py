@@ -12,6 +12,7 @@ import logging
 import shutil
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -85,6 +86,24 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
     ).start()  # fmt: skip
 
 
+def _fleet_store(source) -> Path | None:
+    """The Fleet's ``spec.artifactStore.path`` when that directory exists here (``--store`` not given); None when
+    it does not, or the repo cannot be read yet (the controller then runs without a store, as before)."""
+    from reconciler.api import SpecErrors
+    from reconciler.api.status import load_with_status
+    from reconciler.gitops.source import GitError
+
+    try:
+        fleet = load_with_status(source.files_at(source.fetch())).tree.fleet
+    except (GitError, SpecErrors):
+        return None
+    path = Path(fleet.spec.artifact_store.path)
+    if fleet.spec.artifact_store.type == "filesystem" and path.is_dir():
+        logging.getLogger("edge_reconciler.controller").info("artifact store from the Fleet", extra={"path": str(path)})
+        return path
+    return None
+
+
 def _repo_url(repo: str) -> str:
     return str(Path(repo).resolve()) if "://" not in repo and "@" not in repo else repo
 
@@ -105,7 +124,9 @@ def _repo_url(repo: str) -> str:
 @click.option("--tuf-keys", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Online TUF keys: targets.key, snapshot.key, timestamp.key (edgectl tuf init).")  # fmt: skip
 @click.option("--once", is_flag=True, help="Reconcile once and exit.")
-@click.option("--interval", type=float, default=60.0, show_default=True, help="Seconds between fetches.")
+@click.option("--interval", type=float,
+              help="Seconds between cycles and between fetches (default: the Fleet's spec.intervals, reconcile "
+                   "30s and gitPoll 60s).")  # fmt: skip
 @click.option("--listen", default="127.0.0.1:8080", show_default=True,
               help="Operator HTTP address: metrics, health, readiness, Git webhook ('' to disable).")  # fmt: skip
 @click.option("--device-api", default="127.0.0.1:8443", show_default=True,
@@ -170,7 +191,7 @@ def run(
     releases: Path | None,
     tuf_keys: Path | None,
     once: bool,
-    interval: float,
+    interval: float | None,
     listen: str,
     device_api: str,
     device_api_hosts: tuple[str, ...],
@@ -244,6 +265,9 @@ def run(
     except GitError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    if store is None:
+        store = _fleet_store(source)
+        config = replace(config, store=store)
     controller = Controller(config, target, source)
 
     if once:

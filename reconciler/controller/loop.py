@@ -30,6 +30,7 @@ from pathlib import Path
 
 from reconciler import release
 from reconciler.api import FleetTree, SpecErrors
+from reconciler.api.fleet import Intervals
 from reconciler.api.status import (
     ControllerStatus,
     DecisionKind,
@@ -115,7 +116,8 @@ class ControllerConfig:
     repo_url: str
     state_dir: Path
     branch: str = "main"
-    interval: float = 60.0
+    interval: float | None = None
+    """Seconds between cycles and between fetches; None: the Fleet's ``intervals.reconcile`` and ``gitPoll``."""
     allowed_signers: Path | None = None
     store: Path | None = None
     releases: Path | None = None
@@ -192,6 +194,8 @@ class Controller:
         self._status_branch = config.branch
         """Where status commits go (``spec.statusBranch``), as last loaded."""
         self._status_head: str | None = None
+        self._compacted: float | None = None
+        self._compact_more = False
         self.snapshot = Snapshot()
         """What the operator port's page shows: the fleet as the last cycle left it."""
         self._page: tuple = ("", [], {}, [])
@@ -206,9 +210,10 @@ class Controller:
         """Each failing device's report as last seen (None before the first cycle): a change is an event."""
 
     def run(self, is_leader: Callable[[], bool] = lambda: True, standby_wait: float = 1.0) -> None:
-        """Reconcile every ``interval`` seconds (or on a webhook) until ``stop`` is set; with leader election,
-        only while ``is_leader()`` (a standby checks again every ``standby_wait`` seconds)."""
-        standing_by = False
+        """Reconcile until ``stop`` is set: a cycle every ``intervals.reconcile`` of the Fleet, fetching Git every
+        ``intervals.gitPoll`` (``edgectl run --interval`` sets both), and at once on a webhook or an operator's
+        call; with leader election, only while ``is_leader()`` (a standby checks every ``standby_wait`` s)."""
+        standing_by, fetched, fetch_now = False, None, True
         while not self.stop.is_set():
             if not is_leader():
                 if not standing_by:
@@ -217,12 +222,25 @@ class Controller:
                 self.stop.wait(standby_wait)
                 continue
             standing_by = False
-            outcome = self.cycle()
+            poll, every = self._intervals()
+            fetch = fetch_now or fetched is None or time.monotonic() - fetched >= poll
+            outcome = self.cycle(fetch=fetch)
+            if fetch:
+                fetched = time.monotonic()
             self.cycles_done += 1
-            self.wake.wait(min(self.config.interval, outcome.retry_after or self.config.interval))
+            fetch_now = self.wake.wait(min(every, outcome.retry_after or every))
             self.wake.clear()
 
-    def cycle(self) -> CycleOutcome:
+    def _intervals(self) -> tuple[float, float]:
+        """(seconds between fetches, seconds between cycles): ``--interval`` for both when given, else the
+        Fleet's ``intervals.gitPoll`` and ``intervals.reconcile`` as last loaded."""
+        if self.config.interval is not None:
+            return self.config.interval, self.config.interval
+        intervals = self._last_tree.fleet.spec.intervals if self._last_tree is not None else Intervals()
+        return intervals.git_poll.total_seconds(), intervals.reconcile.total_seconds()
+
+    def cycle(self, fetch: bool = True) -> CycleOutcome:
+        """One reconcile; ``fetch`` False works from the commit fetched last (the Fleet's gitPoll not due)."""
         start = time.perf_counter()
         outcome = CycleOutcome()
         self._cycles_of_last: dict = {}
@@ -234,7 +252,7 @@ class Controller:
                     f"Suspended by {held.get('by', '?')} at {held.get('at', '?')}: {held.get('reason', '')}"
                 )
             else:
-                self._cycle(outcome)
+                self._cycle(outcome, fetch)
         except TemporaryError as exc:  # Git or the cluster is unreachable: the next cycle tries again
             outcome.stalled = str(exc)
             outcome.retry_after = exc.retry_after
@@ -261,8 +279,8 @@ class Controller:
             )  # fmt: skip
         return outcome
 
-    def _cycle(self, outcome: CycleOutcome) -> None:
-        head = outcome.commit = self.source.fetch()
+    def _cycle(self, outcome: CycleOutcome, fetch: bool = True) -> None:
+        head = outcome.commit = self.source.fetch() if fetch else self.source.head()
         # Status commits are the controller's own: the commit that matters is the last change by people. The
         # status path is the Fleet's, known after loading: start from the last one seen and check again below.
         spec_commit = self.source.last_change_outside(head, self._paths.root)
@@ -272,10 +290,10 @@ class Controller:
             self._author = Author(author.name, author.email)
             if fleet.status.paths != self._paths:  # the Fleet moved its status path: look again with the new one
                 self._paths = fleet.status.paths
-                self._cycle(outcome)
+                self._cycle(outcome, fetch=False)
                 return
         if fleet is not None:
-            fleet = self._with_status_branch(fleet, head)
+            fleet = self._with_status_branch(fleet, head, fetch)
         applied = self.source.applied()
         if applied is not None and not self.source.contains(head, applied):
             if not self._rewrite_accepted(fleet, applied):
@@ -309,9 +327,13 @@ class Controller:
             return
         artifacts = self._artifacts()
         if self.publisher is not None:
-            published = self.publisher.sync(self._trust_policy(tree, head), now)
-            artifacts.update(published.artifacts)
-            outcome.refused_releases = published.refused
+            unpinned = self.pinned_root_refusal(tree, head)
+            if unpinned is not None:  # agents pinned to the Fleet's root would refuse all of it: publish nothing
+                outcome.refused_releases = {"trustRoot": unpinned}
+            else:
+                published = self.publisher.sync(self._trust_policy(tree, head), now)
+                artifacts.update(published.artifacts)
+                outcome.refused_releases = published.refused
         # One targeting per cycle: the plan before the step machine's decisions (what it observes) and the plan
         # after them (what is applied) differ only in where rollouts stand.
         self.backend.sync()
@@ -551,10 +573,16 @@ class Controller:
         self.notifier.send(targets, notices, tree.fleet.metadata.name)
 
     def _compact_telemetry(self) -> None:
-        """Hours into days, and the expired out, whatever became of the cycle: a store that cannot be compacted
-        (a full disk) is logged and tried again next cycle; it never stalls one."""
+        """Hours into days, and the expired out, every ``intervals.telemetry`` of the Fleet (sooner while a
+        store catches up), whatever became of the cycle: a store that cannot be compacted (a full disk) is logged
+        and tried again; it never stalls a cycle."""
+        every = (self._last_tree.fleet.spec.intervals if self._last_tree else Intervals()).telemetry.total_seconds()
+        if not self._compact_more and self._compacted is not None and time.monotonic() - self._compacted < every:
+            return
+        self._compacted = time.monotonic()
         try:
             done = self.telemetry.compact(self.clock())
+            self._compact_more = done.more
         except (TemporaryError, PermanentError) as exc:
             log.warning("telemetry store not compacted", extra={"error": str(exc)})
             return
@@ -625,14 +653,17 @@ class Controller:
                 cycles[name] = replace(cycle, outcome=replace(cycle.outcome, state=state))
         return target
 
-    def _with_status_branch(self, fleet: FleetAtCommit, head: str) -> FleetAtCommit:
+    def _with_status_branch(self, fleet: FleetAtCommit, head: str, fetch: bool = True) -> FleetAtCommit:
         """The fleet with its status as the status branch holds it (``Fleet.spec.statusBranch``); the fleet's
         own status files when status lives on the fleet's branch."""
         self._status_branch = fleet.tree.fleet.spec.status_branch or self.config.branch
         if self._status_branch == self.config.branch:
             self._status_head = head
             return fleet
-        self._status_head = self.source.fetch_branch(self._status_branch)
+        if fetch:
+            self._status_head = self.source.fetch_branch(self._status_branch)
+        else:  # as fetched last, or as the controller's own last push left it
+            self._status_head = self.source.tracking_head(self._status_branch)
         files = self.source.files_at(self._status_head) if self._status_head else []
         return replace(fleet, status=FleetStatus.from_files(files, fleet.status.paths))
 
@@ -719,6 +750,25 @@ class Controller:
         except SpecErrors as exc:
             outcome.stalled = f"{len(exc.errors)} spec error(s) at {spec_commit[:12]}; first: {exc.errors[0]}"
             return None
+
+    def pinned_root_refusal(self, tree: FleetTree, head: str) -> str | None:
+        """Why the TUF repository may not publish for this fleet: its first root is not the one the Fleet pins
+        (``spec.trust.trustRoot``, what agents start from). None when it is, or when the Fleet pins none."""
+        pinned = tree.fleet.spec.trust.trust_root
+        if pinned is None:
+            return None
+        wanted = self.source.read_blob(head, pinned)
+        if wanted is None:
+            return f"spec.trust.trustRoot names {pinned}, which is not in the fleet repo"
+        ours = self.config.state_dir / "tuf" / "metadata" / "1.root.json"
+        try:
+            same = json.loads(ours.read_bytes()) == json.loads(wanted)
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return None
+        return (f"the TUF repository's root ({ours}) is not the root the Fleet pins in spec.trust.trustRoot "
+                f"({pinned}): agents that start from it would refuse what is published, so nothing is")  # fmt: skip
 
     def _trust_policy(self, tree: FleetTree, head: str) -> TrustPolicy:
         """The Fleet's trust policy, with the key files it names read from the same commit as the specs."""

@@ -197,6 +197,11 @@ class GitSource:
         found = self.repo.references.get(ref)
         return str(found.target) if found is not None else None
 
+    def tracking_head(self, branch: str) -> str | None:
+        """Another branch's head as fetched (or pushed) last; None when it was never seen."""
+        found = self.repo.references.get(f"refs/remotes/origin/{branch}")
+        return str(found.target) if found is not None else None
+
     def head(self) -> str:
         try:
             return str(self.repo.references[self.remote_ref].target)

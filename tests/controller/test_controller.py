@@ -4,6 +4,7 @@ applying; a controller killed between any two of its writes converges with no du
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler.api.status import RolloutStatus
+from reconciler.api.status import RolloutStatus, load_with_status
 from reconciler.cluster import AssignmentStatus, LocalBackend, StoredRollout
 from reconciler.controller.loop import FAULTS, Controller, ControllerConfig
 from reconciler.plan import bucket
@@ -347,3 +348,28 @@ def test_the_error_rate_gate_reads_the_telemetry_of_its_window(git_server: GitSe
         controller.telemetry.record(device, error_summary(device, 60, now - timedelta(minutes=5)), now)
     controller.cycle()
     assert error_gate().value == 0.305 and str(error_gate().verdict) == "Fail"
+
+
+def test_a_tuf_root_other_than_the_one_the_fleet_pins_publishes_nothing(git_server: GitServer, tmp_path: Path):
+    """spec.trust.trustRoot is what agents start from: a controller whose TUF repository began from another root
+    refuses to publish (agents would refuse everything), and says which file differs."""
+    url, work = git_server.create("fleet", status_branch="main")
+    root = {"signed": {"_type": "root", "version": 1}, "signatures": []}
+    (work / "tuf").mkdir()
+    (work / "tuf" / "root.json").write_text(json.dumps(root))
+    fleet = work / "fleet.yaml"
+    fleet.write_text(fleet.read_text().replace("    mode: offline-key\n", "    mode: offline-key\n"
+                                                                      "    trustRoot: tuf/root.json\n"))  # fmt: skip
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "Pin the TUF root", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), LocalBackend(tmp_path / "state"))
+    head = controller.source.fetch()
+    tree = load_with_status(controller.source.files_at(head)).tree
+    ours = tmp_path / "state" / "tuf" / "metadata" / "1.root.json"
+    ours.parent.mkdir(parents=True)
+    ours.write_text(json.dumps({**root, "signed": {**root["signed"], "version": 2}}))
+    refusal = controller.pinned_root_refusal(tree, head)
+    assert refusal is not None and "tuf/root.json" in refusal and "nothing is" in refusal
+    ours.write_text(json.dumps(root, indent=2))  # the same root, written otherwise
+    assert controller.pinned_root_refusal(tree, head) is None
