@@ -18,6 +18,7 @@ from .rollout import Rollout
 
 if TYPE_CHECKING:
     from .loader import Located
+    from .source import RawDocument
 
 Finder = Callable[[str, str], "Located | None"]
 
@@ -25,8 +26,11 @@ _QUANTIZE_PRECISION = {"static": "int8", "dynamic": "int8", "int8": "int8", "int
 _FORMAT_QUANTIZE_MODES = {"onnx": ONNX_QUANTIZE_MODES, "tflite": TFLITE_QUANTIZE_MODES}
 
 
-def crosscheck(located: Sequence[Located]) -> list[SpecError]:
-    """Every cross-document problem among ``located`` (documents that validated on their own)."""
+def crosscheck(located: Sequence[Located], broken: Sequence[RawDocument] = ()) -> list[SpecError]:
+    """Every cross-document problem among ``located`` (documents that validated on their own). ``broken``:
+    documents that did not validate (their own errors are reported already): they still exist for references
+    (a Rollout naming a broken Model gets no "unknown Model"), and their references that parsed are checked in
+    the same run, so one round of ``edgectl validate`` shows both kinds of mistake."""
     errors: list[SpecError] = []
     names: dict[tuple[str, str], Located] = {}
     for item in sorted(located, key=lambda i: (i.source.path, i.source.line)):
@@ -42,19 +46,56 @@ def crosscheck(located: Sequence[Located]) -> list[SpecError]:
         where = f"{fleets[0].source.path}:{fleets[0].source.line}"
         errors.append(_error(item, ("kind",), f"a fleet repo has at most one Fleet document (first at {where})"))
 
+    present = {(_text(raw.data.get("kind")), _text((raw.data.get("metadata") or {}).get("name"))) for raw in broken
+               if isinstance(raw.data, dict) and isinstance(raw.data.get("metadata"), dict)}  # fmt: skip
+
     def find(kind: str, name: str) -> Located | None:
         return names.get((kind, name))
 
+    def exists(kind: str, name: str) -> bool:
+        return (kind, name) in names or (kind, name) in present
+
     for (kind, _), item in names.items():
         if kind == "Model":
-            errors.extend(_check_model(item, find))
+            errors.extend(_check_model(item, find, exists))
         elif kind == "Rollout":
-            errors.extend(_check_rollout(item, find))
+            errors.extend(_check_rollout(item, find, exists))
+    for raw in broken:
+        errors.extend(_check_raw_references(raw, exists))
     errors.extend(_check_overlaps([i for (k, _), i in names.items() if k == "Rollout"]))
     return errors
 
 
-def _check_model(item: Located, find: Finder) -> list[SpecError]:
+def _check_raw_references(raw: RawDocument, exists: Callable[[str, str], bool]) -> list[SpecError]:
+    """The references of a document that failed validation, as far as they parsed as names."""
+    data = raw.data
+    if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
+        return []
+    spec, kind = data["spec"], _text(data.get("kind"))
+    name = _text((data.get("metadata") or {}).get("name")) if isinstance(data.get("metadata"), dict) else None
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    if kind == "Rollout":
+        model = spec.get("model")
+        if isinstance(model, str) and not exists("Model", model):
+            found.append((("spec", "model"), f"unknown Model {model!r}"))
+        for i, group in enumerate(spec.get("groups") if isinstance(spec.get("groups"), list) else []):
+            if isinstance(group, str) and not exists("DeviceGroup", group):
+                found.append((("spec", "groups", i), f"unknown DeviceGroup {group!r}"))
+    elif kind == "Model":
+        for i, recipe in enumerate(spec.get("recipes") if isinstance(spec.get("recipes"), list) else []):
+            profile = recipe.get("profile") if isinstance(recipe, dict) else None
+            if isinstance(profile, str) and not exists("DeviceProfile", profile):
+                found.append((("spec", "recipes", i, "profile"), f"unknown DeviceProfile {profile!r}"))
+    return [
+        SpecError(raw.path, raw.line_of(loc), message, kind, name, format_field_path(loc)) for loc, message in found
+    ]
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _check_model(item: Located, find: Finder, exists: Callable[[str, str], bool]) -> list[SpecError]:
     model = item.document
     assert isinstance(model, Model)
     errors: list[SpecError] = []
@@ -62,7 +103,8 @@ def _check_model(item: Located, find: Finder) -> list[SpecError]:
         loc = ("spec", "recipes", i)
         found = find("DeviceProfile", recipe.profile)
         if found is None:
-            errors.append(_error(item, (*loc, "profile"), f"unknown DeviceProfile {recipe.profile!r}"))
+            if not exists("DeviceProfile", recipe.profile):
+                errors.append(_error(item, (*loc, "profile"), f"unknown DeviceProfile {recipe.profile!r}"))
             continue
         profile = found.document
         assert isinstance(profile, DeviceProfile)
@@ -104,13 +146,14 @@ def _check_model(item: Located, find: Finder) -> list[SpecError]:
     return errors
 
 
-def _check_rollout(item: Located, find: Finder) -> list[SpecError]:
+def _check_rollout(item: Located, find: Finder, exists: Callable[[str, str], bool]) -> list[SpecError]:
     rollout = item.document
     assert isinstance(rollout, Rollout)
     errors: list[SpecError] = []
     model_item = find("Model", rollout.spec.model)
     if model_item is None:
-        errors.append(_error(item, ("spec", "model"), f"unknown Model {rollout.spec.model!r}"))
+        if not exists("Model", rollout.spec.model):  # a broken Model's own errors say what is wrong with it
+            errors.append(_error(item, ("spec", "model"), f"unknown Model {rollout.spec.model!r}"))
     else:
         model = model_item.document
         assert isinstance(model, Model)
@@ -124,7 +167,7 @@ def _check_rollout(item: Located, find: Finder) -> list[SpecError]:
                 )
             )
     for i, group in enumerate(rollout.spec.groups):
-        if find("DeviceGroup", group) is None:
+        if not exists("DeviceGroup", group):
             errors.append(_error(item, ("spec", "groups", i), f"unknown DeviceGroup {group!r}"))
     return errors
 

@@ -108,6 +108,7 @@ def _load_fleet(files: Iterable[SourceFile], limits: Limits) -> FleetTree:
         errors.extend(file_errors)
 
     located: list[Located] = []
+    broken: list[RawDocument] = []
     for document in raw:
         if document.data is None:  # an empty document (a lone `---`, or only comments)
             continue
@@ -115,6 +116,8 @@ def _load_fleet(files: Iterable[SourceFile], limits: Limits) -> FleetTree:
         errors.extend(document_errors)
         if result is not None:
             located.append(result)
+        else:
+            broken.append(document)
 
     fleets = [item for item in located if isinstance(item.document, Fleet)]
     fleet = fleets[0].document if fleets else default_fleet()
@@ -123,7 +126,8 @@ def _load_fleet(files: Iterable[SourceFile], limits: Limits) -> FleetTree:
     errors = [e for e in errors if not e.path.startswith(status_prefix)]
     located = [item for item in located if not item.source.path.startswith(status_prefix)]
 
-    errors.extend(crosscheck(located))
+    broken = [item for item in broken if not item.path.startswith(status_prefix)]
+    errors.extend(crosscheck(located, broken))
     if errors:
         raise SpecErrors(errors)
     by_kind: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

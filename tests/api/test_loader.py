@@ -139,3 +139,23 @@ def test_regression_newline_in_key_keeps_each_error_on_one_line():
         "'-', starting and ending with a letter or digit",
         r"f.yaml:3: Fleet/a\nb: metadata['na\nme']: unknown field 'na\nme'; did you mean 'name'?",
     ]
+
+
+def test_reference_errors_come_in_the_same_run_as_type_errors(tmp_path: Path, fleet_example: Path):
+    """One round of validate shows everything: a Rollout with a type error still has its unknown group
+    reported, and a Rollout naming a Model that has a type error gets no false "unknown Model"."""
+    import shutil
+
+    repo = Path(shutil.copytree(fleet_example, tmp_path / "fleet", ignore=shutil.ignore_patterns("*.keras", "*.npz")))
+    rollout = repo / "rollouts" / "vibration-anomaly-2.yaml"
+    rollout.write_text(rollout.read_text().replace("maxUnavailable: 2", "maxUnavailable: lots")
+                       .replace("groups: [us-factories]", "groups: [us-factories, moon-bases]"))  # fmt: skip
+    model = repo / "models" / "digits-cnn.yaml"
+    model.write_text(model.read_text().replace("  task: classification", "  task: telepathy", 1))
+    with pytest.raises(SpecErrors) as refused:
+        load_fleet(read_fleet_dir(repo))
+    messages = [f"{e.kind}/{e.name}: {e.field}: {e.message}" for e in refused.value.errors]
+    assert any(m.startswith("Rollout/vibration-anomaly-2: spec.maxUnavailable:") for m in messages), messages
+    assert "Rollout/vibration-anomaly-2: spec.groups[1]: unknown DeviceGroup 'moon-bases'" in messages
+    assert any(m.startswith("Model/digits-cnn: spec.task:") for m in messages), messages
+    assert not any("unknown Model" in m for m in messages), messages  # digits-cnn exists, it is only broken
