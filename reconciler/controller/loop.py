@@ -155,6 +155,8 @@ class CycleOutcome:
     decisions: dict[str, str] = field(default_factory=dict)
     retry_after: float | None = None
     """Set when a temporary error ended the cycle: try again this soon rather than after the interval."""
+    status_deferred: bool = False
+    """Only device counts changed in a woken cycle: their status commit waits for the next due cycle."""
 
 
 class Controller:
@@ -213,7 +215,7 @@ class Controller:
         """Reconcile until ``stop`` is set: a cycle every ``intervals.reconcile`` of the Fleet, fetching Git every
         ``intervals.gitPoll`` (``edgectl run --interval`` sets both), and at once on a webhook or an operator's
         call; with leader election, only while ``is_leader()`` (a standby checks every ``standby_wait`` s)."""
-        standing_by, fetched, fetch_now = False, None, True
+        standing_by, fetched, fetch_now, committed = False, None, True, None
         while not self.stop.is_set():
             if not is_leader():
                 if not standing_by:
@@ -224,9 +226,13 @@ class Controller:
             standing_by = False
             poll, every = self._intervals()
             fetch = fetch_now or fetched is None or time.monotonic() - fetched >= poll
-            outcome = self.cycle(fetch=fetch)
+            # A woken cycle (webhook, operator) within the interval commits status only for a decision.
+            due = committed is None or time.monotonic() - committed >= every
+            outcome = self.cycle(fetch=fetch, status_due=due)
             if fetch:
                 fetched = time.monotonic()
+            if outcome.status_commit is not None:
+                committed = time.monotonic()
             self.cycles_done += 1
             fetch_now = self.wake.wait(min(every, outcome.retry_after or every))
             self.wake.clear()
@@ -239,8 +245,10 @@ class Controller:
         intervals = self._last_tree.fleet.spec.intervals if self._last_tree is not None else Intervals()
         return intervals.git_poll.total_seconds(), intervals.reconcile.total_seconds()
 
-    def cycle(self, fetch: bool = True) -> CycleOutcome:
-        """One reconcile; ``fetch`` False works from the commit fetched last (the Fleet's gitPoll not due)."""
+    def cycle(self, fetch: bool = True, status_due: bool = True) -> CycleOutcome:
+        """One reconcile; ``fetch`` False works from the commit fetched last (the Fleet's gitPoll not due);
+        ``status_due`` False: a status commit of device counts alone waits for the next due cycle (decisions,
+        rollbacks, assignment changes and restored files are committed at once)."""
         start = time.perf_counter()
         outcome = CycleOutcome()
         self._cycles_of_last: dict = {}
@@ -252,7 +260,7 @@ class Controller:
                     f"Suspended by {held.get('by', '?')} at {held.get('at', '?')}: {held.get('reason', '')}"
                 )
             else:
-                self._cycle(outcome, fetch)
+                self._cycle(outcome, fetch, status_due)
         except TemporaryError as exc:  # Git or the cluster is unreachable: the next cycle tries again
             outcome.stalled = str(exc)
             outcome.retry_after = exc.retry_after
@@ -279,7 +287,7 @@ class Controller:
             )  # fmt: skip
         return outcome
 
-    def _cycle(self, outcome: CycleOutcome, fetch: bool = True) -> None:
+    def _cycle(self, outcome: CycleOutcome, fetch: bool = True, status_due: bool = True) -> None:
         head = outcome.commit = self.source.fetch() if fetch else self.source.head()
         # Status commits are the controller's own: the commit that matters is the last change by people. The
         # status path is the Fleet's, known after loading: start from the last one seen and check again below.
@@ -290,7 +298,7 @@ class Controller:
             self._author = Author(author.name, author.email)
             if fleet.status.paths != self._paths:  # the Fleet moved its status path: look again with the new one
                 self._paths = fleet.status.paths
-                self._cycle(outcome, fetch=False)
+                self._cycle(outcome, fetch=False, status_due=status_due)
                 return
         if fleet is not None:
             fleet = self._with_status_branch(fleet, head, fetch)
@@ -414,6 +422,13 @@ class Controller:
             counted = f"restored {', '.join(tampered)} (changed outside the controller); {counted}"
         # A decision is what a reader of the log looks for: it leads the subject; the count follows.
         message = f"status: {decided.splitlines()[0]}\n\n{counted}\n{decided}" if decided else f"status: {counted}"
+        if not (status_due or decided or tampered or changed or outcome.rollbacks):
+            # Only device counts moved, in a cycle a webhook or a person woke within the interval of the last
+            # status commit: the next due cycle carries them (the records stay unsynced until it lands).
+            self.source.mark_applied(head)
+            self._accept_rewrite = False
+            outcome.status_deferred = True
+            return
         pushed = writer.commit(rendered, message)
         FAULTS.crash("after-status-push")
         self.backend.save_rollouts({n: replace(r, synced=True, pending=None) for n, r in records.items()})

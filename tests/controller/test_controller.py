@@ -373,3 +373,31 @@ def test_a_tuf_root_other_than_the_one_the_fleet_pins_publishes_nothing(git_serv
     assert refusal is not None and "tuf/root.json" in refusal and "nothing is" in refusal
     ours.write_text(json.dumps(root, indent=2))  # the same root, written otherwise
     assert controller.pinned_root_refusal(tree, head) is None
+
+
+def test_a_woken_cycle_commits_device_counts_only_when_due(git_server: GitServer, tmp_path: Path):
+    """Device counts alone never make a commit in a cycle woken within the interval: the next due cycle carries
+    them; a decision is committed at once."""
+    url, work = git_server.create("fleet", status_branch="main")
+    register(tmp_path / "state", 60)
+    controller = Controller(ControllerConfig(url, tmp_path / "state"), LocalBackend(tmp_path / "state"))
+    assert controller.cycle().status_commit is not None  # the start: a decision
+    backend = controller.backend
+    for (device, model), spec in backend.assignments().items():
+        backend.report_status(device, model, AssignmentStatus("Downloading", target_version=spec.version))
+    woken = controller.cycle(status_due=False)
+    assert woken.stalled is None and woken.status_deferred and woken.status_commit is None
+    assert not backend.rollouts()["vibration-anomaly-2"].synced  # not in Git yet: no tamper check meanwhile
+    due = controller.cycle()
+    assert due.status_commit is not None and backend.rollouts()["vibration-anomaly-2"].synced
+    shown = yaml.safe_load(git("show", "main:status/rollouts/vibration-anomaly-2.yaml", cwd=git_server.base /
+                                   "fleet.git"))  # fmt: skip
+    assert "Downloading" in shown["devices"]["byVersion"]["2.0.0"]
+    git("pull", "-q", "origin", "main", cwd=work)
+    path = work / "rollouts" / "vibration-anomaly-2.yaml"
+    path.write_text(path.read_text().replace("  name: vibration-anomaly-2\n", "  name: vibration-anomaly-2\n"
+                                             "  annotations:\n    edgereconciler.io/abort: bad\n"))  # fmt: skip
+    git("commit", "-qam", "Abort", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    decided = controller.cycle(status_due=False)
+    assert decided.rollbacks and decided.status_commit is not None  # a decision never waits
