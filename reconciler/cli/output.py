@@ -149,9 +149,9 @@ def select(rows: list, objects: list, columns: Sequence[Column], selector: str |
     pairs = list(zip(rows, objects, strict=True))
     for term in filter(None, (selector or "").split(",")):
         negate = "!=" in term
-        key, _, value = term.partition("!=" if negate else "=")
+        key, separator, value = term.partition("!=" if negate else "=")
         column = names.get(key.strip().lower().lstrip("."))
-        if column is None or not _:
+        if column is None or not separator:
             raise click.UsageError(f"--field-selector {term!r}: give COLUMN=VALUE or COLUMN!=VALUE; columns: "
                                    f"{', '.join(c.key for c in columns)}")  # fmt: skip
         pairs = [(r, o) for r, o in pairs if (str(r.get(column) or "") == value.strip()) != negate]

@@ -52,6 +52,8 @@ def plan_command(repo: str, base: str, head: str | None, output: str, inventory:
     from reconciler.gitops.source import GitError, read_repo
     from reconciler.plan.review import review
 
+    from .view import status_on_branch
+
     try:
         base_files = read_repo(repo, base)
         head_files = read_repo(repo, head)
@@ -67,7 +69,7 @@ def plan_command(repo: str, base: str, head: str | None, output: str, inventory:
     try:
         loaded = load_with_status(base_files.files)  # rollouts continue from the base's status
         base_tree, status = loaded.tree, loaded.status
-        status = _from_status_branch(base_tree, status, base_files.git_dir)
+        status = status_on_branch(base_tree, status, base_files.git_dir)[0]
     except SpecErrors:
         base_tree = None  # a broken base: everything at the head is new
         status = FleetStatus.from_files(base_files.files, StatusPaths(head_tree.fleet.spec.status_path))
@@ -87,19 +89,6 @@ def plan_command(repo: str, base: str, head: str | None, output: str, inventory:
     click.echo({"text": render_text, "markdown": render_markdown, "json": render_json}[output](result, *labels))
     if exit_code and result.changes:
         sys.exit(1)
-
-
-def _from_status_branch(tree, status, git_dir: str | None):
-    """Where the rollouts stand as the controller's status branch says (``Fleet.spec.statusBranch``), when the
-    fleet keeps status there and the repository has the branch; else the status files of the base."""
-    from reconciler.api.status import FleetStatus
-    from reconciler.gitops.source import branch_head, files_at_commit
-
-    name = tree.fleet.spec.status_branch
-    if not name or name == tree.fleet.spec.branch or git_dir is None:
-        return status
-    head = branch_head(git_dir, name)
-    return FleetStatus.from_files(files_at_commit(git_dir, head), status.paths) if head else status
 
 
 def _invalid(output: str, errors: list, base: str, head: str | None) -> None:

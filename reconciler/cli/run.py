@@ -94,7 +94,11 @@ def _fleet_store(source) -> Path | None:
     from reconciler.gitops.source import GitError
 
     try:
-        fleet = load_with_status(source.files_at(source.fetch())).tree.fleet
+        try:
+            head = source.head()  # the clone's last fetch: the first cycle fetches anyway
+        except GitError:
+            head = source.fetch()  # a new clone has nothing yet
+        fleet = load_with_status(source.files_at(head)).tree.fleet
     except (GitError, SpecErrors):
         return None
     path = Path(fleet.spec.artifact_store.path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetV
     from reconciler.gitops.files import FleetPathError
     from reconciler.gitops.source import Credentials, GitError, GitSource, read_repo
 
-    local = not is_url(repo)
+    local, source = not is_url(repo), None
     if (
         local
         and Path(repo).is_dir()
@@ -76,26 +77,26 @@ def load_view(repo: str, ref: str | None = None, branch: str = "main") -> FleetV
         for error in exc.errors:
             click.echo(str(error), err=True)
         sys.exit(1)
-    status, status_commit = fleet.status, None
-    status_branch = fleet.tree.fleet.spec.status_branch
-    if status_branch and status_branch != fleet.tree.fleet.spec.branch and git_dir is not None:
-        status, status_commit = _status_branch(repo, git_dir, status_branch, fleet.status, branch)
+    fetch = source.fetch_branch if not local else None
+    status, status_commit = status_on_branch(fleet.tree, fleet.status, git_dir, fetch)
     return FleetView(fleet.tree, status, at, git_dir, status_commit)
 
 
-def _status_branch(repo: str, git_dir: str, name: str, paths_from: FleetStatus, branch: str):
-    """The status the controller keeps on the Fleet's status branch (fetched for a URL), and its head; the
-    fleet branch's own status files when there is no such branch (yet)."""
-    from reconciler.gitops.source import Credentials, GitError, GitSource, branch_head, files_at_commit
+def status_on_branch(tree: FleetTree, status: FleetStatus, git_dir: str | None,
+                     fetch: Callable[[str], str | None] | None = None) -> tuple[FleetStatus, str | None]:  # fmt: skip
+    """The status the controller keeps on the Fleet's ``spec.statusBranch`` and that branch's head (``fetch``: get
+    it from the remote first, for a URL); ``status`` (the fleet branch's own files) and None when the fleet keeps
+    status on its own branch or the repository has no status branch (yet)."""
+    from reconciler.gitops.source import GitError, branch_head, files_at_commit
 
+    name = tree.fleet.spec.status_branch
+    if not name or name == tree.fleet.spec.branch or git_dir is None:
+        return status, None
     try:
-        if is_url(repo):
-            head = GitSource(repo, Path(git_dir), branch, Credentials.from_env()).fetch_branch(name)
-        else:
-            head = branch_head(git_dir, name)
+        head = fetch(name) if fetch is not None else branch_head(git_dir, name)
     except GitError as exc:
         click.echo(f"warning: status branch {name}: {exc}", err=True)
         head = None
     if head is None:
-        return paths_from, None
-    return FleetStatus.from_files(files_at_commit(git_dir, head), paths_from.paths), head
+        return status, None
+    return FleetStatus.from_files(files_at_commit(git_dir, head), status.paths), head

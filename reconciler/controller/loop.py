@@ -52,7 +52,7 @@ from reconciler.gitops.source import GitSource
 from reconciler.gitops.status import Author, StatusWriter
 from reconciler.plan import targeting
 from reconciler.rollout.admission import admit, in_flight, rate_allowance
-from reconciler.rollout.engine import max_concurrent
+from reconciler.rollout.engine import Decision, max_concurrent
 from reconciler.signing import TrustPolicy, policy_from_fleet
 from reconciler.signing.tuf_repo import TufRepository, online_signers
 from reconciler.telemetry.store import TELEMETRY_FILE, TelemetryStore
@@ -64,6 +64,7 @@ from .notify import Notice, Notifier
 from .publish import Publisher
 from .reconcile import ReconcileResult, apply_plan
 from .rollouts import (
+    RolloutCycle,
     initial_state,
     is_abort,
     manual_actions,
@@ -536,13 +537,8 @@ class Controller:
         RolledBack, or failing otherwise than before) on its assignment, with the agent's reason: what ``edgectl
         get events`` and ``kubectl get events`` show. Best effort: an event that cannot be kept is logged, never
         a reason to stall the cycle."""
-        events = []
-        for name, cycle in sorted(cycles.items()):
-            decision = cycle.outcome.decision
-            if decision is not None:
-                warn = decision.kind == DecisionKind.ABORT or cycle.outcome.state.reason in _HELD
-                events.append(Event("Rollout", name, str(decision.kind), decision.message,
-                                    "Warning" if warn else "Normal"))  # fmt: skip
+        events = [Event("Rollout", name, str(decision.kind), decision.message, "Warning" if warn else "Normal")
+                  for name, decision, _, warn in _decisions(cycles)]  # fmt: skip
         failing = {
             key: (status.phase, status.target_version, status.reason, status.message)
             for key, status in statuses.items()
@@ -567,13 +563,8 @@ class Controller:
     @staticmethod
     def _decision_notices(cycles: dict, outcome: CycleOutcome, now: datetime) -> list[Notice]:
         stamp = now.isoformat(timespec="seconds")
-        notices = []
-        for name, cycle in sorted(cycles.items()):
-            decision = cycle.outcome.decision
-            if decision is not None:
-                warn = decision.kind == DecisionKind.ABORT or cycle.outcome.state.reason in _HELD
-                notices.append(Notice(str(decision.kind), name, decision.message, stamp, outcome.commit,
-                                      str(cycle.outcome.state.phase), warn))  # fmt: skip
+        notices = [Notice(str(decision.kind), name, decision.message, stamp, outcome.commit, str(phase), warn)
+                   for name, decision, phase, warn in _decisions(cycles)]  # fmt: skip
         for folder, why in sorted(outcome.refused_releases.items()):
             notices.append(Notice("ReleaseRefused", None, f"{folder}: {why}", stamp, outcome.commit, warning=True))
         return notices
@@ -811,6 +802,18 @@ class Controller:
                 key = self._artifact_keys[artifact_id] = (manifest["model"], manifest["version"], manifest["profile"])
             found[key] = artifact_id
         return found
+
+
+def _decisions(cycles: Mapping[str, RolloutCycle]) -> list[tuple[str, Decision, RolloutPhase, bool]]:
+    """(rollout, decision, phase after it, whether it warns: an abort, or a gate that held the rollout) of each
+    rollout that decided something this cycle: what events and notifications are made from."""
+    found = []
+    for name, cycle in sorted(cycles.items()):
+        decision = cycle.outcome.decision
+        if decision is not None:
+            warn = decision.kind == DecisionKind.ABORT or cycle.outcome.state.reason in _HELD
+            found.append((name, decision, cycle.outcome.state.phase, warn))
+    return found
 
 
 def _page_parts(tree: FleetTree, rollouts: Mapping[str, RolloutStatus], assigned: Mapping, statuses: Mapping) -> tuple:

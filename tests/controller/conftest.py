@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
 from reconciler.cluster import LocalBackend, kubernetes_backend
 
+from ..kube_nodes import edge_nodes
 from .test_controller import FACTORY
 from .test_state import DEVICES
 
@@ -31,13 +31,5 @@ def backend(request, tmp_path: Path) -> Iterator[object]:
     run = f"state{next(_run)}"  # node names fixed per test: which devices a step selects is the same every run
     kube = kubernetes_backend(kubeconfig, namespace=f"edge-{run}", node_selector=f"test.edgereconciler.io/run={run}")
     kube.install()
-    core = client.CoreV1Api(kube.api)
-    names = [f"{run}-{i:03d}" for i in range(DEVICES)]
-    for name in names:
-        labels = {**FACTORY, "test.edgereconciler.io/run": run, "kubernetes.io/hostname": name}
-        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
-    try:
+    with edge_nodes(kube, run, [f"{run}-{i:03d}" for i in range(DEVICES)], FACTORY):
         yield kube
-    finally:
-        for name in names:
-            core.delete_node(name)

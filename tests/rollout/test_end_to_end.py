@@ -80,24 +80,16 @@ def backend(request, tmp_path: Path):
     if request.param == "local":
         yield None
         return
-    from kubernetes import client
-
     from reconciler.cluster import kubernetes_backend
+
+    from ..kube_nodes import edge_nodes
 
     kubeconfig = request.getfixturevalue("kubeconfig")
     run = f"e2e{int(time.time() * 1000) % 10**8}"
     kube = kubernetes_backend(kubeconfig, namespace=run, node_selector=f"test.edgereconciler.io/run={run}")
     kube.install()
-    core = client.CoreV1Api(kube.api)
-    names = [f"factory-{i:02d}" for i in range(20)]
-    for name in names:
-        labels = {**LABELS, "test.edgereconciler.io/run": run}
-        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
-    try:
+    with edge_nodes(kube, run, [f"factory-{i:02d}" for i in range(20)], LABELS):
         yield kube
-    finally:
-        for name in names:
-            core.delete_node(name)
 
 
 def test_a_good_version_walks_every_step_to_succeeded(
