@@ -107,7 +107,7 @@ class RolloutState:
     def to_json(self) -> dict[str, Any]:
         return {
             "phase": str(self.phase),
-            "currentStep": self.step,
+            "step": self.step + 1,
             "stableVersion": self.stable_version,
             "stepStarted": self.step_started,
             "stepDone": self.step_done,
@@ -128,7 +128,7 @@ class RolloutState:
             phase = RolloutPhase.PENDING
         return cls(
             phase,
-            _int(body.get("currentStep")),
+            _step_index(body),
             _str_or_none(body.get("stableVersion")),
             _str_or_none(body.get("stepStarted")),
             _str_or_none(body.get("stepDone")),
@@ -187,14 +187,15 @@ class DecisionRecord:
     """A :class:`DecisionKind`; kept as read so that a newer controller's kinds still show."""
     message: str
     step: int
+    """Counted from 0 here, as the step machine indexes; written counted from 1, as every reader shows it."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"time": self.time, "decision": str(self.decision), "message": self.message, "step": self.step}
+        return {"time": self.time, "decision": str(self.decision), "message": self.message, "step": self.step + 1}
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> DecisionRecord:
-        return cls(str(body.get("time", "")), str(body.get("decision", "")), str(body.get("message", "")),
-                   _int(body.get("step")))  # fmt: skip
+    def from_json(cls, body: Mapping[str, Any], counted_from: int = 1) -> DecisionRecord:
+        step = max(_int(body.get("step")) - counted_from, 0)
+        return cls(str(body.get("time", "")), str(body.get("decision", "")), str(body.get("message", "")), step)
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,7 @@ class RolloutStatus:
         state = self.state.to_json()
         body: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "RolloutStatus", "rollout": self.rollout,
                                 "model": self.model, "version": self.version}  # fmt: skip
-        for key in ("phase", "currentGroup", "currentStep", "stableVersion", "stepStarted", "stepDone"):
+        for key in ("phase", "currentGroup", "step", "stableVersion", "stepStarted", "stepDone"):
             body[key] = state[key]
         body["observedRevision"] = self.observed_revision
         body["observedCommit"] = self.observed_commit
@@ -313,13 +314,14 @@ class RolloutStatus:
         body["problems"] = list(self.problems)
         body["failingDevices"] = [f.to_json() for f in self.failing]
         # As kubectl does: empty fields are left out; the phase and step always show.
-        return {k: v for k, v in body.items() if k in ("phase", "currentStep") or v not in (None, "", 0, [], {})}
+        return {k: v for k, v in body.items() if k in ("phase", "step") or v not in (None, "", 0, [], {})}
 
     @classmethod
     def from_json(cls, body: Any, name: str = "") -> RolloutStatus:
         if not isinstance(body, Mapping):
             return cls(name)
         last = body.get("lastDecision")
+        counted_from = _steps_counted_from(body)
         return cls(
             rollout=str(body.get("rollout") or name),
             model=str(body.get("model") or ""),
@@ -329,8 +331,10 @@ class RolloutStatus:
             observed_commit=_str_or_none(body.get("observedCommit")),
             devices=DeviceCounts.from_json(body.get("devices")),
             gates=tuple(GateStatus.from_json(g) for g in _list(body.get("gates")) if isinstance(g, Mapping)),
-            last_decision=DecisionRecord.from_json(last) if isinstance(last, Mapping) else None,
-            history=tuple(DecisionRecord.from_json(h) for h in _list(body.get("history")) if isinstance(h, Mapping)),
+            last_decision=DecisionRecord.from_json(last, counted_from) if isinstance(last, Mapping) else None,
+            history=tuple(
+                DecisionRecord.from_json(h, counted_from) for h in _list(body.get("history")) if isinstance(h, Mapping)
+            ),
             problems=tuple(str(p) for p in _list(body.get("problems"))),
             failing=tuple(
                 FailingDevice.from_json(f) for f in _list(body.get("failingDevices")) if isinstance(f, Mapping)
@@ -557,6 +561,19 @@ def _load(data: bytes | None) -> Any:
         return yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
         return None
+
+
+def _steps_counted_from(body: Mapping[str, Any]) -> int:
+    """Steps are written counted from 1 (``step``), as ``edgectl`` and the CRD's column show them. Earlier
+    controllers wrote ``currentStep`` and history steps counted from 0: a file that has ``currentStep`` and no
+    ``step`` is theirs, and its steps are read as they were meant."""
+    return 0 if "step" not in body and "currentStep" in body else 1
+
+
+def _step_index(body: Mapping[str, Any]) -> int:
+    if _steps_counted_from(body) == 0:
+        return _int(body.get("currentStep"))
+    return max(_int(body.get("step")) - 1, 0)
 
 
 def _int(value: Any) -> int:

@@ -1,10 +1,11 @@
 """``edgectl rollout pause|resume|promote|abort|retry NAME`` and ``edgectl reconcile``: a person's actions.
 
 By default an action goes to the controller's operator API (``--controller URL`` or ``$EDGECTL_CONTROLLER``, a
-bearer token from ``--token-file`` or ``$EDGECTL_TOKEN_FILE``): it takes effect in the cycle it wakes, and the
-controller's status commit records who did what. ``--via-git`` keeps the commit-only path: the action is an
-annotation on the Rollout, committed in a working checkout (``--repo``) of the fleet's branch, which reaches the
-controller once pushed. Either way an action that makes no sense in the rollout's phase is refused with the phase.
+bearer token from ``--token-file`` or ``$EDGECTL_TOKEN_FILE``, else the kubeconfig's): it takes effect in the
+cycle it wakes, and the controller's status commit records who did what. ``--via-git`` keeps the commit-only
+path: the action is an annotation on the Rollout, committed in a working checkout (``--repo``) of the fleet's
+branch, which reaches the controller once pushed. Either way an action that makes no sense in the rollout's
+phase is refused with the phase.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def _act(options: dict, name: str, action: str, key: str, value: str | None, mes
 
 
 def _via_api(options: dict, name: str, action: str, reason: str) -> None:
-    controller, token_file = options["controller"], options["token_file"]
+    controller, token_file, context = options["controller"], options["token_file"], options["context"]
     if not controller:
         raise click.UsageError("say where the controller is: --controller URL (or $EDGECTL_CONTROLLER), or "
                                "commit the action instead with --via-git")  # fmt: skip
-    status, message = call_controller(controller, token_file, f"/v1/rollouts/{name}/{action}", {"reason": reason})
+    status, message = call_controller(controller, token_file, f"/v1/rollouts/{name}/{action}", {"reason": reason},
+                                      context)  # fmt: skip
     if status in (200, 202):
         click.echo(message)
         return
@@ -41,16 +43,32 @@ def _via_api(options: dict, name: str, action: str, reason: str) -> None:
     sys.exit(1)
 
 
-def call_controller(controller: str, token_file: Path | None, path: str, body: dict) -> tuple[int, str]:
+def _bearer(token_file: Path | None, context: str | None) -> str:
+    """The operator token of ``--token-file``; without one, the bearer token of the kubeconfig's user (a
+    controller run with --operator-kubernetes-auth checks it with the API server and RBAC)."""
+    if token_file is not None:
+        try:
+            return Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise click.UsageError(f"--token-file {token_file}: {exc.strerror or exc}") from None
+    from kubernetes import config
+
+    from reconciler.cluster.access import bearer_token
+    from reconciler.errors import EdgeReconcilerError
+
+    try:
+        return bearer_token(config.new_client_from_config(context=context))
+    except (config.ConfigException, OSError, TypeError, ValueError, AttributeError, EdgeReconcilerError) as exc:
+        raise click.UsageError(f"the operator API needs a token: --token-file (or $EDGECTL_TOKEN_FILE), or a "
+                               f"kubeconfig user with a bearer token ({exc})") from None  # fmt: skip
+
+
+def call_controller(controller: str, token_file: Path | None, path: str, body: dict,
+                    context: str | None = None) -> tuple[int, str]:  # fmt: skip
     """POST ``body`` to the controller's operator API; (status, message). A standby's 503 is tried again."""
     import urllib3
 
-    if token_file is None:
-        raise click.UsageError("the operator API needs a token: --token-file (or $EDGECTL_TOKEN_FILE)")
-    try:
-        token = Path(token_file).read_text().strip()
-    except OSError as exc:
-        raise click.UsageError(f"--token-file {token_file}: {exc.strerror or exc}") from None
+    token = _bearer(token_file, context)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     url, data, timeout = controller.rstrip("/") + path, json.dumps(body).encode(), urllib3.Timeout(connect=10, read=90)
     for attempt in range(ATTEMPTS):
@@ -129,7 +147,9 @@ def _action_options(function):
         click.option("--controller", envvar="EDGECTL_CONTROLLER",
                      help="The controller's operator URL (edgectl run --listen); default $EDGECTL_CONTROLLER."),
         click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGECTL_TOKEN_FILE",
-                     help="A file holding your operator token (edgectl run --operator-tokens)."),
+                     help="A file holding your operator token (edgectl run --operator-tokens); without it, your "
+                          "kubeconfig's token ($KUBECONFIG)."),
+        click.option("--context", help="Without --token-file: the kubeconfig context whose token is sent."),
         click.option("--via-git", is_flag=True, help="Commit the action in --repo instead (a pull request's path)."),
         click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
                      show_default=True, help="With --via-git: a working checkout of the fleet repo."),
@@ -204,14 +224,20 @@ def retry(name: str, **options) -> None:
 
 def _controller_options(function):
     token = click.Path(dir_okay=False, path_type=Path)
+    function = click.option("--context", help="Without --token-file: the kubeconfig context whose token is sent.")(
+        function
+    )
     function = click.option("--token-file", type=token, envvar="EDGECTL_TOKEN_FILE",
-                            help="A file holding your operator token.")(function)  # fmt: skip
+                            help="A file holding your operator token; without it, your kubeconfig's token.")(
+        function
+    )  # fmt: skip
     return click.option("--controller", envvar="EDGECTL_CONTROLLER", required=True,
                         help="The controller's operator URL; default $EDGECTL_CONTROLLER.")(function)  # fmt: skip
 
 
-def _controller_call(controller: str, token_file: Path | None, path: str, body: dict, ok: int) -> None:
-    status, message = call_controller(controller, token_file, path, body)
+def _controller_call(controller: str, token_file: Path | None, context: str | None, path: str, body: dict,
+                     ok: int) -> None:  # fmt: skip
+    status, message = call_controller(controller, token_file, path, body, context)
     if status != ok:
         click.echo(f"error: {message}", err=True)
         sys.exit(1)
@@ -220,24 +246,24 @@ def _controller_call(controller: str, token_file: Path | None, path: str, body: 
 
 @click.command()
 @_controller_options
-def reconcile(controller: str, token_file: Path | None) -> None:
+def reconcile(controller: str, token_file: Path | None, context: str | None) -> None:
     """Make the controller fetch and reconcile now (as a Git webhook does)."""
-    _controller_call(controller, token_file, "/v1/reconcile", {}, 202)
+    _controller_call(controller, token_file, context, "/v1/reconcile", {}, 202)
 
 
 @click.command()
 @click.option("--reason", default="", help="Recorded, and shown while suspended.")
 @_controller_options
-def suspend(reason: str, controller: str, token_file: Path | None) -> None:
+def suspend(reason: str, controller: str, token_file: Path | None, context: str | None) -> None:
     """Stop the controller reconciling (devices keep what they run) until edgectl resume."""
-    _controller_call(controller, token_file, "/v1/suspend", {"reason": reason}, 200)
+    _controller_call(controller, token_file, context, "/v1/suspend", {"reason": reason}, 200)
 
 
 @click.command("resume")
 @_controller_options
-def resume_controller(controller: str, token_file: Path | None) -> None:
+def resume_controller(controller: str, token_file: Path | None, context: str | None) -> None:
     """Let a suspended controller reconcile again."""
-    _controller_call(controller, token_file, "/v1/resume", {}, 200)
+    _controller_call(controller, token_file, context, "/v1/resume", {}, 200)
 
 
 @rollout.command("status")

@@ -177,6 +177,9 @@ def _repo_url(repo: str) -> str:
 @click.option("--operator-tokens", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="'TOKEN NAME' per line: who may pause, resume, promote, abort or retry rollouts through the "
                    "operator port (edgectl rollout ... --controller URL); without it that API is off.")  # fmt: skip
+@click.option("--operator-kubernetes-auth", is_flag=True,
+              help="With --backend kubernetes: also accept a bearer token the API server knows (TokenReview) whose "
+                   "user may patch the FleetRollout acted on (RBAC).")  # fmt: skip
 @click.option(
     "--telemetry-store",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -212,6 +215,7 @@ def run(
     reset_state: bool,
     telemetry_retention: str,
     operator_tokens: Path | None,
+    operator_kubernetes_auth: bool,
     telemetry_store: Path | None,
     log_format: str,
 ) -> None:
@@ -223,7 +227,7 @@ def run(
     from reconciler.controller.actions import ActionKind
     from reconciler.controller.dashboard import render
     from reconciler.controller.loop import Controller, ControllerConfig
-    from reconciler.controller.server import ControllerServer, read_tokens
+    from reconciler.controller.server import ControllerServer, authorizer, read_tokens
     from reconciler.gitops.source import Credentials, GitError, GitSource
     from reconciler.telemetry.store import TelemetryStore
 
@@ -233,6 +237,8 @@ def run(
 
     if leader_elect and (backend != "kubernetes" or once):
         raise click.UsageError("--leader-elect needs --backend kubernetes and a long-running controller")
+    if operator_kubernetes_auth and backend != "kubernetes":
+        raise click.UsageError("--operator-kubernetes-auth needs --backend kubernetes")
     if releases is not None and tuf_keys is None:
         raise click.UsageError("--releases needs --tuf-keys (the keys that sign what agents may fetch)")
     try:
@@ -259,6 +265,11 @@ def run(
     except ClusterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    kubernetes_access = None
+    if operator_kubernetes_auth:
+        from reconciler.cluster.access import KubernetesAccess
+
+        kubernetes_access = KubernetesAccess(target.api, namespace)
     if reset_state:
         shutil.rmtree(state_dir / "git", ignore_errors=True)
         if isinstance(target, LocalBackend):
@@ -323,7 +334,8 @@ def run(
         host, _, port = listen.rpartition(":")
         secret = webhook_secret_file.read_bytes().strip() if webhook_secret_file else None
         server = ControllerServer((host or "127.0.0.1", int(port)), registry=controller.metrics.registry,
-                                  webhook_secret=secret, on_webhook=on_webhook, ready=ready, tokens=tokens,
+                                  webhook_secret=secret, on_webhook=on_webhook, ready=ready,
+                                  authorize=authorizer(tokens, kubernetes_access),
                                   act=act, page=lambda: render(controller.snapshot))  # fmt: skip
         server.start()
         servers.append(server)

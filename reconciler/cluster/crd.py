@@ -144,7 +144,7 @@ FLEET_ROLLOUT_CRD: dict[str, Any] = {
                     {"name": "Model", "type": "string", "jsonPath": ".status.model"},
                     {"name": "Version", "type": "string", "jsonPath": ".status.version"},
                     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                    {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
+                    {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
                     {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
                     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

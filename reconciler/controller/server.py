@@ -7,13 +7,15 @@ here: they talk to the device API (``reconciler.deviceapi``) on its own port wit
     GET      /healthz                    200 while the process runs (liveness)
     GET      /readyz                     200 when it serves (a standby; the leader after one cycle), else 503
     POST     /v1/rollouts/NAME/ACTION    pause, resume, promote, abort, retry: in effect in the cycle it wakes;
-                                         JSON body {"reason": ...}; a bearer token from --operator-tokens
+                                         JSON body {"reason": ...}; a bearer token from --operator-tokens, or
+                                         one Kubernetes knows that may patch the FleetRollout
+                                         (--operator-kubernetes-auth)
     POST     /v1/reconcile               reconcile now (a bearer token)
     POST     /v1/suspend, /v1/resume     stop and start reconciling (kept across restarts; a bearer token)
 
 Answers to the operator API are JSON ``{"message": ...}``: 200 done, 202 accepted (the cycle is still running),
-401 no or unknown token, 404 no such rollout or action, 409 the action makes no sense in the rollout's phase,
-503 a standby or a controller that has not loaded the fleet yet.
+401 no or unknown token, 403 a Kubernetes user without the right, 404 no such rollout or action, 409 the action
+makes no sense in the rollout's phase, 503 a standby or a controller that has not loaded the fleet yet.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ import re
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from reconciler.cluster.backend import ClusterError
 from reconciler.httpserver import BackgroundServer, JSONHandler
+
+if TYPE_CHECKING:
+    from reconciler.cluster.access import KubernetesAccess
 
 MAX_WEBHOOK_BODY = 1 << 20
 MAX_ACTION_BODY = 16 << 10
@@ -59,6 +66,37 @@ def read_tokens(path: Path) -> dict[str, str]:
     return tokens
 
 
+Authorize = Callable[[str, str], tuple[HTTPStatus, str]]
+"""(bearer token, rollout or "" for the controller) -> (OK, the person's name) or (a refusal, why)."""
+
+
+def authorizer(tokens: Mapping[str, str], kubernetes: KubernetesAccess | None = None) -> Authorize | None:
+    """Static tokens first (compared in constant time), then Kubernetes (TokenReview and RBAC) when configured.
+    None when neither is: the operator API stays off rather than open."""
+    if not tokens and kubernetes is None:
+        return None
+    known = [(f"Bearer {t}".encode(), name) for t, name in tokens.items()]
+
+    def authorize(token: str, rollout: str) -> tuple[HTTPStatus, str]:
+        presented = f"Bearer {token}".encode()
+        person = next((name for expected, name in known if hmac.compare_digest(presented, expected)), None)
+        if person is not None:
+            return HTTPStatus.OK, person
+        if kubernetes is None:
+            return HTTPStatus.UNAUTHORIZED, "unknown bearer token"
+        try:
+            access = kubernetes.review(token, rollout)
+        except ClusterError as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, f"cannot check the token with the Kubernetes API server: {exc}"
+        if access.user is None:
+            return HTTPStatus.UNAUTHORIZED, f"unknown bearer token ({access.reason})"
+        if not access.allowed:
+            return HTTPStatus.FORBIDDEN, access.reason
+        return HTTPStatus.OK, access.user
+
+    return authorize
+
+
 class ControllerServer(BackgroundServer):
     def __init__(
         self,
@@ -67,17 +105,17 @@ class ControllerServer(BackgroundServer):
         webhook_secret: bytes | None = None,
         on_webhook: Callable[[], None] | None = None,
         ready: Callable[[], bool] | None = None,
-        tokens: Mapping[str, str] | None = None,
+        authorize: Authorize | None = None,
         act: Callable[[str, str, str, str], tuple[int, str]] | None = None,
         page: Callable[[], bytes] | None = None,
     ) -> None:
         """``ready``: whether this replica should get traffic (a standby serving devices, or the leader after its
-        first cycle). ``tokens``: bearer token -> the person's name; without them the operator API is off.
+        first cycle). ``authorize`` (see :func:`authorizer`): who a bearer token is; without it the operator API is off.
         ``act(rollout, action, by, reason)`` -> (HTTP status, message); ``on_webhook`` also serves
         ``/v1/reconcile``."""
         self.registry, self.ready = registry, ready
         self.webhook_secret, self.on_webhook = webhook_secret, on_webhook
-        self.tokens, self.act, self.page = dict(tokens or {}), act, page
+        self.authorize, self.act, self.page = authorize, act, page
         super().__init__(address, _Handler)
 
     thread_name = "controller-http"
@@ -119,31 +157,32 @@ class _Handler(JSONHandler):
         self.send_bytes(HTTPStatus.ACCEPTED, b"reconciling\n", "text/plain")
 
     def _operator(self, path: str) -> None:
-        if not self.owner.tokens or self.owner.act is None:
-            return self._answer(HTTPStatus.NOT_FOUND, "the operator API is off (edgectl run --operator-tokens)")
-        header = self.headers.get("Authorization", "")
-        person = next((name for token, name in self.owner.tokens.items()
-                       if hmac.compare_digest(header.encode(), f"Bearer {token}".encode())), None)  # fmt: skip
-        if person is None:
-            return self._answer(HTTPStatus.UNAUTHORIZED, "no or unknown bearer token")
-        body = self.read_body(MAX_ACTION_BODY)
+        if self.owner.authorize is None or self.owner.act is None:
+            return self._answer(HTTPStatus.NOT_FOUND, "the operator API is off (edgectl run --operator-tokens or "
+                                "--operator-kubernetes-auth)")  # fmt: skip
+        matched = _ACTION_PATH.match(path)
+        controller_wide = path in ("/v1/reconcile", "/v1/suspend", "/v1/resume")
+        if not controller_wide and (matched is None or matched[2] not in ACTIONS):
+            return self._answer(HTTPStatus.NOT_FOUND, f"no such action; one of {', '.join(ACTIONS)}")
+        body = self.read_body(MAX_ACTION_BODY)  # read before any answer: the connection may carry another request
         if body is None:
             return None
+        header = self.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or not header[7:].strip():
+            return self._answer(HTTPStatus.UNAUTHORIZED, "no bearer token")
+        status, person = self.owner.authorize(header[7:].strip(), "" if controller_wide else matched[1])
+        if status != HTTPStatus.OK:
+            return self._answer(status, person)
+        reason = _reason(body)
+        if reason is None:
+            return self._answer(HTTPStatus.BAD_REQUEST, 'the body must be JSON: {"reason": "..."}')
         if path == "/v1/reconcile":
             if self.owner.on_webhook is not None:
                 self.owner.on_webhook()
             return self._answer(HTTPStatus.ACCEPTED, "reconciling")
-        if path in ("/v1/suspend", "/v1/resume"):
-            status, message = self.owner.act("", path.removeprefix("/v1/"), person, _reason(body))
+        if controller_wide:
+            status, message = self.owner.act("", path.removeprefix("/v1/"), person, reason)
             return self._answer(HTTPStatus(status), message)
-        matched = _ACTION_PATH.match(path)
-        if matched is None or matched[2] not in ACTIONS:
-            return self._answer(HTTPStatus.NOT_FOUND, f"no such action; one of {', '.join(ACTIONS)}")
-        try:
-            request = json.loads(body or b"{}")
-            reason = str(request.get("reason") or "")[:500] if isinstance(request, dict) else ""
-        except ValueError:
-            return self._answer(HTTPStatus.BAD_REQUEST, 'the body must be JSON: {"reason": "..."}')
         status, message = self.owner.act(matched[1], matched[2], person, reason)
         return self._answer(HTTPStatus(status), message)
 

@@ -51,9 +51,21 @@ def test_a_rollout_status_reads_back_equal_and_renders_the_same_bytes():
     assert again.phase is RolloutPhase.PROGRESSING and again.state.reason == Reason.PAUSING
     body = yaml.safe_load(data)
     # kubectl style: empty fields are left out, phase and step always shown.
-    assert "stepDone" not in body and "retriesSeen" not in body and body["currentStep"] == 1
+    assert "stepDone" not in body and "retriesSeen" not in body and body["step"] == 2
     assert body["gates"][0] == {"name": "failureRate", "value": 0.05, "threshold": 0.02, "verdict": "Fail",
                                 "message": "1 of 20 devices failed"}  # fmt: skip
+
+
+def test_steps_are_written_counted_from_one_and_earlier_files_read_as_they_were_meant():
+    body = yaml.safe_load(STATUS.with_decision(DecisionRecord("t", DecisionKind.PROMOTE, "m", 1)).to_yaml())
+    assert (body["step"], body["history"][-1]["step"], body["lastDecision"]["step"]) == (2, 2, 2)
+    assert "currentStep" not in body
+    # Written by an earlier controller: ``currentStep`` and history steps counted from 0.
+    earlier = {**body, "currentStep": 1, "history": [{**body["history"][-1], "step": 1}]}
+    del earlier["step"], earlier["lastDecision"]
+    read = RolloutStatus.from_json(earlier)
+    assert (read.state.step, read.history[-1].step) == (1, 1)
+    assert RolloutStatus.from_json(body).state.step == 1
 
 
 def test_history_is_bounded_and_the_last_decision_is_the_newest():

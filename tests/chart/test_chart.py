@@ -35,7 +35,7 @@ VALUE_SETS = {
             "interval": 15,
         },
         "webhook": {"existingSecret": "fleet-webhook"},
-        "operatorApi": {"existingSecret": "fleet-operators"},
+        "operatorApi": {"existingSecret": "fleet-operators", "kubernetesAuth": True},
         # Devices outside the cluster too: a LoadBalancer address and an Ingress passing TLS through.
         "deviceApi": {
             "service": {"type": "LoadBalancer", "loadBalancerIP": "192.0.2.10",

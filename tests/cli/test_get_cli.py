@@ -26,7 +26,7 @@ NOW = "2026-01-01T00:12:00+00:00"
 ROLLOUT = "vibration-anomaly-2"
 STATUS = {
     "apiVersion": "edgereconciler.io/v1alpha1", "kind": "RolloutStatus", "rollout": ROLLOUT,
-    "model": "vibration-anomaly", "version": "2.0.0", "phase": "Progressing", "currentStep": 1,
+    "model": "vibration-anomaly", "version": "2.0.0", "phase": "Progressing", "step": 2,
     "stableVersion": "1.0.0", "stepStarted": "2026-01-01T00:00:00+00:00", "observedCommit": "0123456789ab",
     "reason": "Pausing", "message": "pause until 2026-01-01T04:05:00+00:00",
     "devices": {"targeted": 40, "onNewVersion": 20,
@@ -34,7 +34,7 @@ STATUS = {
     "gates": [{"name": "failureRate", "value": 0.05, "threshold": 0.02, "verdict": "Fail",
                "message": "1 of 20 devices failed"}],
     "history": [{"time": "2026-01-01T00:00:00+00:00", "decision": "Promote", "message": "step 2 of 3 (50%)",
-                 "step": 1}],
+                 "step": 2}],
 }  # fmt: skip
 GROUP = {"apiVersion": "edgereconciler.io/v1alpha1", "kind": "DeviceGroupStatus", "group": "us-factories",
          "devices": 40, "assignments": {"vibration-anomaly@1.0.0": {"Healthy": 20}, "vibration-anomaly@2.0.0":
@@ -271,7 +271,7 @@ def test_watch_prints_again_when_the_status_changes(repo: Path, tmp_path: Path):
         work = tmp_path / "push"
         subprocess.run(["git", "clone", "-q", str(repo), str(work)], check=True)
         path = work / "status" / "rollouts" / f"{ROLLOUT}.yaml"
-        path.write_text(yaml.safe_dump({**STATUS, "phase": "Succeeded", "currentStep": 2}, sort_keys=False))
+        path.write_text(yaml.safe_dump({**STATUS, "phase": "Succeeded", "step": 3}, sort_keys=False))
         git("commit", "-qam", "status: succeeded", cwd=work)
         git("push", "-q", "origin", "main", cwd=work)
         again = [watcher.stdout.readline() for _ in range(2)]  # no headers the second time, as kubectl -w

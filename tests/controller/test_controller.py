@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_a_commit_becomes_assignments_and_one_status_commit(git_server: GitServe
     rendered = yaml.safe_load(
         git("show", "main:status/rollouts/vibration-anomaly-2.yaml", cwd=git_server.base / "fleet.git")
     )
-    assert (rendered["phase"], rendered["currentStep"], rendered["stableVersion"]) == ("Progressing", 0, "1.0.0")
+    assert (rendered["phase"], rendered["step"], rendered["stableVersion"]) == ("Progressing", 1, "1.0.0")
     assert rendered["devices"]["onNewVersion"] == len(expected) and rendered["observedCommit"] == first.commit
     assert rendered["lastDecision"]["decision"] == "Start"
 
@@ -194,7 +195,7 @@ def test_a_fresh_controller_takes_state_only_from_its_own_signed_status_commits(
 
     git("pull", "-q", "--rebase", "origin", "main", cwd=work)
     status = work / "status" / "rollouts" / "vibration-anomaly-2.yaml"
-    status.write_text(status.read_text().replace("currentStep: 0", "currentStep: 2"))
+    status.write_text(re.sub(r"(?m)^step: 1$", "step: 3", status.read_text()))
     git("commit", "-qam", "Skip ahead (signed, but a person's)", cwd=work)
     git("push", "-q", "origin", "HEAD:main", cwd=work)
     third = controller("state-c")

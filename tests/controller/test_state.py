@@ -58,7 +58,7 @@ def annotate(key: str, value: str):
 def forge_last_step(work: Path) -> None:
     path = work / STATUS_FILE
     body = yaml.safe_load(path.read_text())
-    body.update(currentStep=2, phase="Progressing")
+    body.update(step=3, phase="Progressing")
     path.write_text(yaml.safe_dump(body))
 
 
@@ -94,7 +94,7 @@ def test_a_status_file_changed_by_someone_else_moves_no_device_and_is_restored(
     started = on_new_version(backend)
     assert 0 < len(started) < DEVICES  # step 1: the hashed 10 %
     rendered = at_head(git_server, STATUS_FILE)
-    assert rendered["currentStep"] == 0
+    assert rendered["step"] == 1
 
     tamper(work)
     after = controller.cycle()
@@ -180,7 +180,7 @@ def test_a_force_push_past_the_applied_commit_stalls_until_a_person_accepts_it(
     going = controller.cycle()
     assert going.stalled is None and on_new_version(backend) == started
     # The rewrite dropped every status file: restored from the controller's record, and reported.
-    assert at_head(git_server, STATUS_FILE)["currentStep"] == 0
+    assert at_head(git_server, STATUS_FILE)["step"] == 1
     assert at_head(git_server, "status/controller.yaml")["lastTamper"]["paths"] == EVERY_ROLLOUT
     assert controller.cycle().stalled is None  # the new head is what was applied last
 

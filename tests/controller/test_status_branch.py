@@ -41,7 +41,7 @@ def test_status_goes_to_its_branch_and_only_decisions_to_the_fleets(git_server: 
     tamper = tmp_path / "tamper"
     git("clone", "-q", "-b", BRANCH, str(bare), str(tamper))
     forged = yaml.safe_load((tamper / STATUS_FILE).read_text())
-    (tamper / STATUS_FILE).write_text(yaml.safe_dump({**forged, "currentStep": 2}))
+    (tamper / STATUS_FILE).write_text(yaml.safe_dump({**forged, "step": 3}))
     git("-c", "user.name=Mallory", "-c", "user.email=m@example", "commit", "-qam", "skip ahead", cwd=tamper)
     git("push", "-q", "origin", f"HEAD:{BRANCH}", cwd=tamper)
     restored = controller.cycle()

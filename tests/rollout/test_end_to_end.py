@@ -104,7 +104,7 @@ def test_a_good_version_walks_every_step_to_succeeded(
     while time.monotonic() < deadline:
         controller.cycle()
         status = status_of(git_server)
-        steps_seen.append(status["currentStep"])
+        steps_seen.append(status["step"])
         if status["phase"] == "Succeeded":
             break
         for name, agent in agents.items():
@@ -114,7 +114,7 @@ def test_a_good_version_walks_every_step_to_succeeded(
     assert status["phase"] == "Succeeded", status
     decisions = [h["decision"] for h in status["history"]]
     assert decisions[0] == "Start" and decisions[-1] == "Succeed" and decisions.count("Promote") == 2
-    assert sorted(set(steps_seen)) == [0, 1, 2]
+    assert sorted(set(steps_seen)) == [1, 2, 3]
     assert rollback_commits(git_server) == []
     devices.sync()
     healthy = {d for (d, _), s in devices.statuses().items() if s.phase == "Healthy" and s.installed_version == "2.0.0"}
@@ -153,7 +153,7 @@ def test_a_failing_canary_aborts_and_the_step_returns_to_the_previous_version(
                   f"({len(canaries)} device(s), one controller cycle and one agent cycle: {back})")  # fmt: skip
             break
     status = status_of(git_server)
-    assert status["phase"] == "Aborted" and status["currentStep"] == first
+    assert status["phase"] == "Aborted" and status["step"] == first + 1
     [message] = rollback_commits(git_server)
     expected = f"failureRate 1 > 0.05 on {len(canaries)} device(s); returning to 1.0.0"
     assert f"aborted at step {first + 1} of {len(percents)} ({percents[first]}%): {expected}" in message
