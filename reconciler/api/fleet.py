@@ -45,6 +45,15 @@ class ReleaseSigner(SpecModel):
     """Model names (shell-style patterns) this signer may release."""
 
 
+class BuilderSigner(ReleaseSigner):
+    """The controller's build workers as a release signer: they sign what they built from a merged recipe with a
+    key of their own (a Secret only the build Job mounts), never with the controller's online keys."""
+
+    max_counter: int = Field(ge=1)
+    """The highest release counter the builder may sign: a release above it needs the owner's key (``edgectl
+    sign``), so a stolen builder key cannot outrank what the owner released."""
+
+
 class Trust(SpecModel):
     """How artifacts are signed and what agents trust."""
 
@@ -52,6 +61,11 @@ class Trust(SpecModel):
     """offline-key works air-gapped; sigstore signs keyless in CI and verifies offline."""
     release_signers: list[ReleaseSigner] = Field(default_factory=list)
     """Model owners' release keys or identities (the offline half of the two-key rule)."""
+    release: Literal["owner-release", "builder"] = "owner-release"
+    """owner-release: owners build and sign out of band, the controller publishes what verifies. builder: the
+    controller builds what a merged rollout needs and ``builder`` signs it (``edgectl run --build``)."""
+    builder: BuilderSigner | None = None
+    """With ``release: builder``: the build workers' key, the models they may release, up to which counter."""
     trust_root: RepoPath | None = None
     """TUF root metadata (root.json) that agents pin and start from; later roots must be signed by it."""
     sigstore_trusted_root: RepoPath | None = None
@@ -140,6 +154,16 @@ class Fleet(Document):
                 found.append(((*loc, "publicKey"), "trust mode offline-key needs a publicKey"))
             elif self.spec.trust.mode == "sigstore" and signer.identity is None:
                 found.append(((*loc, "identity"), "trust mode sigstore needs an identity"))
+        builder = self.spec.trust.builder
+        if self.spec.trust.release == "builder" and builder is None:
+            found.append((("spec", "trust", "builder"), "release: builder needs a builder (its key, models and "
+                                                        "maxCounter)"))  # fmt: skip
+        if builder is not None:
+            if builder.public_key is None:
+                found.append((("spec", "trust", "builder", "publicKey"), "the builder signs with a key: publicKey"))
+            if builder.name in {s.name for s in self.spec.trust.release_signers}:
+                found.append((("spec", "trust", "builder", "name"), f"{builder.name} is also a release signer: "
+                                                                    "give the builder a name of its own"))  # fmt: skip
         return found
 
 

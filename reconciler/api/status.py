@@ -73,6 +73,8 @@ class Reason(StrEnum):
     HELD_AFTER_GATE_FAILED = "HeldAfterGateFailed"
     """A gate failed with ``rollback.automatic: false``: held for a person (abort, or promote past it)."""
     WAITING_FOR_ARTIFACTS = "WaitingForArtifacts"
+    BUILD_REFUSED = "BuildRefused"
+    """A build the rollout needs was refused (its gates, its inputs): fixed by a new commit, never by waiting."""
     PAUSING = "Pausing"
     WAITING_FOR_PROMOTION = "WaitingForPromotion"
     PROMOTED = "Promoted"

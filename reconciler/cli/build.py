@@ -121,3 +121,39 @@ def _print_matrix(results) -> None:
     }
     for note in sorted(notes):
         console.print(f"n/m: latency {note}")
+
+
+@click.command("build-job")
+@click.option("--job", "job", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The job's directory (BUILDS/KEY, with its job.json).")  # fmt: skip
+@click.option("--git-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The controller's clone of the fleet repo (the job's commit is read from it).")  # fmt: skip
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="The artifact store.")
+@click.option("--builder-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="EDGE_RECONCILER_BUILDER_KEY",
+              help="With the builder trust mode: the key that signs what this job builds.")  # fmt: skip
+@click.option("--releases", type=click.Path(file_okay=False, path_type=Path),
+              help="With --builder-key: where the signed release goes (the controller's --releases).")  # fmt: skip
+@click.option("--lock-fd", type=int, hidden=True, help="The job's lock, taken by the controller that started this.")
+def build_job(job: Path, git_dir: Path, store: Path, builder_key: Path | None, releases: Path | None,
+              lock_fd: int | None) -> None:  # fmt: skip
+    """Run one build job of the controller (a local worker's and a Kubernetes build Job's command line)."""
+    from datetime import UTC, datetime
+
+    from reconciler.artifact.jobs import JobState
+    from reconciler.artifact.store import ArtifactStore
+    from reconciler.optimize.job import run_job
+
+    if (builder_key is None) != (releases is None):
+        raise click.UsageError("--builder-key and --releases go together")
+
+    def say(message: str) -> None:
+        click.echo(f"{datetime.now(UTC).isoformat(timespec='seconds')} {message}", err=True)
+
+    try:
+        result = run_job(job, git_dir, ArtifactStore(store), builder_key, releases, say=say, lock_fd=lock_fd)
+    except FileNotFoundError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    # A refused build is a result, not a failure of the job: the controller reads the report.
+    sys.exit(0 if result is None or result.state in (JobState.SUCCEEDED, JobState.REFUSED) else 1)

@@ -29,6 +29,8 @@ COMMANDS: dict[str, LazyCommand] = {
                          "Download, verify, install (A/B), health-check and report this device's models."),
     "build": LazyCommand("reconciler.cli.build", "build",
                          "Build, benchmark and gate artifacts per device profile; print the variant matrix."),
+    "build-job": LazyCommand("reconciler.cli.build", "build_job", "Run one build job of the controller (a local "
+                             "worker's and a Kubernetes build Job's command line).", hidden=True),
     "completion": LazyCommand("reconciler.cli.version", "completion",
                               "Print the shell completion script for SHELL (bash: source <(edgectl completion bash))."),
     "demo": LazyCommand("reconciler.cli.demo", "demo", "Run the product end to end on this machine: repo, builds, "

@@ -51,14 +51,12 @@ def _bearer(token_file: Path | None, context: str | None) -> str:
             return Path(token_file).read_text().strip()
         except OSError as exc:
             raise click.UsageError(f"--token-file {token_file}: {exc.strerror or exc}") from None
-    from kubernetes import config
-
-    from reconciler.cluster.access import bearer_token
+    from reconciler.cluster.access import kubeconfig_bearer_token
     from reconciler.errors import EdgeReconcilerError
 
     try:
-        return bearer_token(config.new_client_from_config(context=context))
-    except (config.ConfigException, OSError, TypeError, ValueError, AttributeError, EdgeReconcilerError) as exc:
+        return kubeconfig_bearer_token(context)
+    except EdgeReconcilerError as exc:
         raise click.UsageError(f"the operator API needs a token: --token-file (or $EDGECTL_TOKEN_FILE), or a "
                                f"kubeconfig user with a bearer token ({exc})") from None  # fmt: skip
 

@@ -177,6 +177,12 @@ def _repo_url(repo: str) -> str:
 @click.option("--operator-tokens", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="'TOKEN NAME' per line: who may pause, resume, promote, abort or retry rollouts through the "
                    "operator port (edgectl rollout ... --controller URL); without it that API is off.")  # fmt: skip
+@click.option("--build-workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Builds at once when the Fleet's trust says release: builder (the controller builds what merged "
+                   "rollouts need).")  # fmt: skip
+@click.option("--builder-key", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGE_RECONCILER_BUILDER_KEY",
+              help="The builder's signing key as build workers find it (the controller passes the path on, never "
+                   "reads it).")  # fmt: skip
 @click.option("--operator-kubernetes-auth", is_flag=True,
               help="With --backend kubernetes: also accept a bearer token the API server knows (TokenReview) whose "
                    "user may patch the FleetRollout acted on (RBAC).")  # fmt: skip
@@ -216,6 +222,8 @@ def run(
     telemetry_retention: str,
     operator_tokens: Path | None,
     operator_kubernetes_auth: bool,
+    build_workers: int,
+    builder_key: Path | None,
     telemetry_store: Path | None,
     log_format: str,
 ) -> None:
@@ -252,7 +260,8 @@ def run(
     if retention < timedelta(days=1):
         raise click.UsageError("--telemetry-retention must be at least 1d")
     config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys,
-                              signing_key, accept_rewrite, retention, telemetry_store)  # fmt: skip
+                              signing_key, accept_rewrite, retention, telemetry_store, build_workers,
+                              builder_key)  # fmt: skip
     try:
         if backend == "kubernetes":
             target = kubernetes_backend(kubeconfig, namespace, node_selector)

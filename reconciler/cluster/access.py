@@ -90,6 +90,18 @@ class KubernetesAccess:
         return Access(user.username, False, f"{why}: {decided.reason}" if decided.reason else why)
 
 
+def kubeconfig_bearer_token(context: str | None = None) -> str:
+    """The bearer token the kubeconfig's user sends (``$KUBECONFIG`` or ``~/.kube/config``, at ``context``): a
+    static token, or what its exec plugin returned. :class:`PermanentClusterError` without one."""
+    from kubernetes import config
+
+    try:
+        api = config.new_client_from_config(context=context)
+    except (config.ConfigException, OSError, TypeError, ValueError, AttributeError) as exc:
+        raise PermanentClusterError(f"no kubeconfig to take a token from: {exc or type(exc).__name__}") from exc
+    return bearer_token(api)
+
+
 def bearer_token(kubeconfig_client: client.ApiClient) -> str:
     """The bearer token a kubeconfig's user sends (a static token, or what its exec plugin returned)."""
     header = kubeconfig_client.configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""

@@ -58,6 +58,7 @@ from reconciler.signing.tuf_repo import TufRepository, online_signers
 from reconciler.telemetry.store import TELEMETRY_FILE, TelemetryStore
 
 from .actions import ActionKind, OperatorActions, refusal
+from .builds import Builds, BuildsView, LocalRunner, Runner
 from .dashboard import RolloutRow, Snapshot, commit_base
 from .metrics import ControllerMetrics
 from .notify import Notice, Notifier
@@ -134,6 +135,15 @@ class ControllerConfig:
     """How long device telemetry is kept (hourly for two days, then daily)."""
     telemetry_store: Path | None = None
     """The telemetry store's file, shared with the device API replicas; None: ``state_dir/telemetry.sqlite``."""
+    build_workers: int = 1
+    """Builds run at once when the Fleet's trust says ``release: builder`` (local workers or Kubernetes Jobs)."""
+    builder_key: Path | None = None
+    """The builder's signing key as the workers find it; the controller passes the path on and never reads it."""
+
+    @property
+    def builds_dir(self) -> Path:
+        """Build jobs, in the state directory: on the volume a Kubernetes build Job mounts too."""
+        return self.state_dir / "builds"
 
     @property
     def telemetry_path(self) -> Path:
@@ -158,6 +168,8 @@ class CycleOutcome:
     """Set when a temporary error ended the cycle: try again this soon rather than after the interval."""
     status_deferred: bool = False
     """Only device counts changed in a woken cycle: their status commit waits for the next due cycle."""
+    builds: BuildsView | None = None
+    """The build jobs of this cycle's rollouts, when the controller builds."""
 
 
 class Controller:
@@ -169,8 +181,10 @@ class Controller:
         metrics: ControllerMetrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         telemetry: TelemetryStore | None = None,
+        build_runner: Runner | None = None,
     ) -> None:
-        """``telemetry``: where the device API files summaries (default: the state directory's store)."""
+        """``telemetry``: where the device API files summaries (default: the state directory's store).
+        ``build_runner``: who runs build workers (default: child processes of this controller)."""
         self.config = config
         self.clock = clock
         self.backend = backend
@@ -209,6 +223,9 @@ class Controller:
         self._requests: list[_Request] = []
         self._requests_lock = threading.Lock()
         self._taken: list[_Request] = []
+        self._build_runner = build_runner
+        self.builds: Builds | None = None
+        """Made when the Fleet first says ``trust.release: builder`` (and the controller has a store)."""
         self._failures_seen: dict[tuple[str, str], tuple] | None = None
         """Each failing device's report as last seen (None before the first cycle): a change is an event."""
 
@@ -349,12 +366,21 @@ class Controller:
         statuses, devices = self.backend.statuses(), self.backend.devices()
         targets = targeting(tree, devices)
         standing = {n: initial_state(tree, n, previous[n], statuses) for n in tree.rollouts if tree.rollouts[n].active}
+        builds = self._sync_builds(tree, head, now, outcome, {n: s.stable_version for n, s in standing.items()})
+        for key in builds.wanted if builds is not None else ():
+            # Handed out once built from the current recipe (and, with a publisher, published), never an older one.
+            built = builds.artifacts.get(key)
+            if self.publisher is None and built is not None:
+                artifacts[key] = built
+            elif artifacts.get(key) != built:
+                artifacts.pop(key, None)
         before_positions = {n: position(tree, n, s) for n, s in standing.items()}
         before = targets.at(before_positions, artifacts)
         tracks = self.store is not None or self.publisher is not None  # it knows which builds exist
         current = self.backend.assignments()
         operator = self._take_requests(tree, stored)
-        cycles = run_rollouts(tree, previous, before, statuses, self.telemetry.window, now, tracks, current, operator)
+        cycles = run_rollouts(tree, previous, before, statuses, self.telemetry.window, now, tracks, current, operator,
+                              builds.progress if builds is not None else None)  # fmt: skip
         self._cycles_of_last = cycles
         revision = fleet.revision
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
@@ -781,6 +807,8 @@ class Controller:
         trust = tree.fleet.spec.trust
         root = self.config.state_dir / "trust"
         named = [s.public_key for s in trust.release_signers if s.public_key] + [trust.sigstore_trusted_root]
+        if trust.builder is not None:
+            named.append(trust.builder.public_key)
         for path in filter(None, named):
             data = self.source.read_blob(head, path)
             if data is None:
@@ -790,6 +818,20 @@ class Controller:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(local, data)
         return policy_from_fleet(tree.fleet, root)
+
+    def _sync_builds(self, tree: FleetTree, head: str, now: datetime, outcome: CycleOutcome,
+                     stable: Mapping[str, str | None]) -> BuildsView | None:  # fmt: skip
+        """Builds of what active rollouts need, when the Fleet says ``release: builder``."""
+        if tree.fleet.spec.trust.release != "builder" or self.config.store is None:
+            return None
+        if self.builds is None:
+            runner = self._build_runner or LocalRunner(self.source.workdir, Path(self.config.store),
+                                                       self.config.build_workers, self.config.builder_key,
+                                                       self.config.releases, on_done=self.wake.set)  # fmt: skip
+            self.builds = Builds(self.config.builds_dir, runner)
+        view = self.builds.sync(tree, head, now, stable)
+        outcome.builds = view
+        return view
 
     def _artifacts(self) -> dict[tuple[str, str, str], str]:
         if self.store is None:

@@ -64,6 +64,8 @@ class Publisher:
         outcome = PublishOutcome()
         chosen: dict[ArtifactKey, VerifiedArtifact] = {}
         for signature in sorted(self.releases.glob(f"**/{SIGNATURE_NAME}")):
+            if any(part.startswith(".") for part in signature.relative_to(self.releases).parts):
+                continue  # a release being written (the builder signs in a hidden folder, then renames it)
             result = self._verify(signature.parent, policy)
             if isinstance(result, str):
                 outcome.refused[str(signature.parent)] = result

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from reconciler.api import FleetTree, Rollout
@@ -28,6 +28,7 @@ from reconciler.rollout.engine import Manual, Observation, Outcome, decide, is_o
 from reconciler.telemetry.aggregate import aggregate, psi
 
 from .actions import OperatorActions, with_operator
+from .builds import BuildProgress
 
 ANNOTATION = "edgereconciler.io"
 TelemetryWindow = Callable[[str, Collection[str], datetime], list[Mapping]]
@@ -191,10 +192,12 @@ def run_rollouts(
     tracks_artifacts: bool = False,
     current: Mapping[tuple[str, str], Desired] | None = None,
     operator: Mapping[str, OperatorActions] | None = None,
+    builds: Mapping[tuple[str, str], BuildProgress] | None = None,
 ) -> dict[str, RolloutCycle]:
     """``telemetry(model, versions, since)``: the summaries each rollout's gates read, those of its new and stable
     versions over its ``analysis.window`` (``TelemetryStore.window``). ``operator``: actions asked through the
-    operator API, read with the Rollout's annotations."""
+    operator API, read with the Rollout's annotations. ``builds``: where the builds of each (model, version)
+    stand, when the controller builds."""
     cycles = {}
     for name, rollout in sorted(tree.rollouts.items()):
         if not rollout.active:
@@ -204,6 +207,9 @@ def run_rollouts(
         versions = sorted({spec.version, before.stable_version} - {None})
         summaries = telemetry(spec.model, versions, now - spec.analysis.window)
         obs = observe(tree, name, before, target, statuses, summaries, now, tracks_artifacts, current)
+        progress = (builds or {}).get((spec.model, spec.version))
+        if progress is not None:
+            obs = replace(obs, builds=(progress.built, progress.total), build_refused=progress.refused)
         manual = with_operator(manual_actions(rollout), (operator or {}).get(name, OperatorActions()).of(spec.version))
         cycles[name] = RolloutCycle(name, before, decide(rollout.spec, before, obs, now, manual), obs)
     return cycles

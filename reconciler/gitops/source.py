@@ -390,6 +390,19 @@ def branch_head(git_dir: str, branch: str) -> str | None:
     return None
 
 
+def export_tree(git_dir: str | os.PathLike[str], commit: str, directory: Path) -> Path:
+    """Write the files of ``commit`` into a new ``directory`` (a bare clone has no work tree): what a build
+    reads, exactly as merged, whatever the branch moved to since."""
+    repo = pygit2.Repository(str(git_dir))
+    try:
+        tree = repo[commit].peel(pygit2.Commit).tree
+    except (KeyError, ValueError) as exc:
+        raise GitError(f"commit {commit} is not in {git_dir}") from exc
+    Path(directory).mkdir(parents=True, exist_ok=False)
+    repo.checkout_tree(tree, directory=str(directory), strategy=pygit2.enums.CheckoutStrategy.FORCE)
+    return Path(directory)
+
+
 def files_at_commit(git_dir: str, commit: str) -> list[SourceFile]:
     repo = pygit2.Repository(git_dir)
     return tree_files(repo, repo[commit].peel(pygit2.Commit).tree, (), Limits())

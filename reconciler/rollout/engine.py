@@ -55,6 +55,10 @@ class Observation:
     """Verified and tested, waiting for their maintenance window: they do not hold the step."""
     missing_artifacts: int = 0
     """Devices of the step whose build of the new version does not exist yet: the step waits for it."""
+    builds: tuple[int, int] | None = None
+    """(built, wanted) builds of the new version, when the controller builds them."""
+    build_refused: str | None = None
+    """A build of the new version was refused (its report): the rollout stops there, devices untouched."""
     error_rate: float | None = None
     latency_regression: float | None = None
     """Percent rise of p95 latency, new version vs previous, worst profile."""
@@ -215,8 +219,13 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
     if state.reason == Reason.PAUSED_BY_PERSON:
         state = replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.RESUMED, message="resumed by a person")
 
+    if obs.build_refused:
+        return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.BUILD_REFUSED,
+                               message=obs.build_refused), None, gates)  # fmt: skip
     if obs.missing_artifacts:
         waiting = f"{obs.missing_artifacts} device(s) of the step wait for a build of {spec.version}"
+        if obs.builds is not None:
+            waiting += f" ({obs.builds[0]}/{obs.builds[1]} built)"
         return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.WAITING_FOR_ARTIFACTS,
                                message=waiting), None, gates)  # fmt: skip
     inconclusive = next((g for g in gates if g.verdict is Verdict.INCONCLUSIVE), None)

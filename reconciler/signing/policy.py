@@ -25,6 +25,8 @@ class ReleaseSigner:
     public_key: Path | None = None
     identity: KeylessIdentity | None = None
     models: tuple[str, ...] = ("*",)
+    max_counter: int | None = None
+    """A builder's limit: the highest release counter it may sign (owners have none)."""
 
     def __post_init__(self) -> None:
         if (self.public_key is None) == (self.identity is None):
@@ -60,5 +62,9 @@ def policy_from_fleet(fleet: Fleet, repo_root: Path) -> TrustPolicy:
         )
         for s in trust.release_signers
     )
+    if trust.builder is not None and trust.builder.public_key is not None:
+        builder = trust.builder
+        signers += (ReleaseSigner(builder.name, repo_root / builder.public_key, None, tuple(builder.models),
+                                  builder.max_counter),)  # fmt: skip
     root = repo_root / trust.sigstore_trusted_root if trust.sigstore_trusted_root else None
     return TrustPolicy(signers, root)

@@ -68,6 +68,10 @@ def verify_artifact(directory: Path, policy: TrustPolicy, expect: Expectation) -
     release = parse_release(_read_signed(directory, RELEASE_NAME, digests))
     manifest = _parse_manifest(_read_signed(directory, MANIFEST_NAME, digests))
     _check_statements(manifest, release, expect, digests)
+    if signer.max_counter is not None and release.counter > signer.max_counter:
+        raise RefusedError(Refusal.UNTRUSTED_SIGNER,
+                           f"{signer.describe()} may release up to counter {signer.max_counter}, this release has "
+                           f"counter {release.counter}: a higher counter needs an owner's key")  # fmt: skip
     return VerifiedArtifact(
         directory, release.model, release.version, manifest["profile"], signer.name, release, digests, manifest
     )
