@@ -183,6 +183,9 @@ def _repo_url(repo: str) -> str:
 @click.option("--builder-key", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGE_RECONCILER_BUILDER_KEY",
               help="The builder's signing key as build workers find it (the controller passes the path on, never "
                    "reads it).")  # fmt: skip
+@click.option("--build-job-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --backend kubernetes: run builds as Jobs made from this batch/v1 Job manifest (the "
+                   "build image, resources, deadline, backoff, TTL, state volume, builder key Secret).")  # fmt: skip
 @click.option("--operator-kubernetes-auth", is_flag=True,
               help="With --backend kubernetes: also accept a bearer token the API server knows (TokenReview) whose "
                    "user may patch the FleetRollout acted on (RBAC).")  # fmt: skip
@@ -224,6 +227,7 @@ def run(
     operator_kubernetes_auth: bool,
     build_workers: int,
     builder_key: Path | None,
+    build_job_template: Path | None,
     telemetry_store: Path | None,
     log_format: str,
 ) -> None:
@@ -292,7 +296,12 @@ def run(
     if store is None:
         store = _fleet_store(source)
         config = replace(config, store=store)
-    controller = Controller(config, target, source)
+    build_runner = None
+    if build_job_template is not None:
+        if backend != "kubernetes":
+            raise click.UsageError("--build-job-template needs --backend kubernetes")
+        build_runner = _job_runner(target, namespace, build_job_template, config, state_dir)
+    controller = Controller(config, target, source, build_runner=build_runner)
 
     if once:
         outcome = controller.cycle()
@@ -371,3 +380,20 @@ def run(
             elector.stop()
         for server in servers:
             server.close()
+
+
+def _job_runner(target, namespace: str, template_file: Path, config, state_dir: Path):
+    """Builds as Kubernetes Jobs: the template's pod mounts the volume of the state directory and the store at
+    the same paths as the controller, so the job's directory and the store mean the same there."""
+    import yaml
+
+    from reconciler.cluster.buildjobs import KubernetesJobRunner
+
+    try:
+        template = yaml.safe_load(template_file.read_text())
+        command = ["edgectl", "build-job", "--git-dir", str(state_dir / "git"), "--store", str(config.store)]
+        if config.releases is not None:
+            command += ["--releases", str(config.releases)]
+        return KubernetesJobRunner(target.api, namespace, template, command, config.build_workers)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError) as exc:
+        raise click.UsageError(f"--build-job-template {template_file}: {exc}") from None

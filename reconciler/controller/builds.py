@@ -15,14 +15,22 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from reconciler.api import FleetTree
-from reconciler.artifact.jobs import BuildJob, BuildRequest, JobDirectory, JobState, take_lock, wanted_builds
+from reconciler.artifact.jobs import (
+    BuildJob,
+    BuildRequest,
+    BuildResult,
+    JobDirectory,
+    JobState,
+    take_lock,
+    wanted_builds,
+)
 
 log = logging.getLogger("edge_reconciler.controller")
 
@@ -64,6 +72,10 @@ class Runner(Protocol):
 
     def start(self, job: BuildJob) -> None: ...
 
+    def failures(self) -> dict[str, str]:
+        """Keys of jobs whose worker ended without a result and will not be tried again, with why."""
+        ...
+
 
 class LocalRunner:
     """Build workers as child processes (their own session: a controller's SIGTERM does not end a build)."""
@@ -102,6 +114,9 @@ class LocalRunner:
             self._children[job.key] = process
         threading.Thread(target=self._watch, args=(process,), daemon=True, name="build-watch").start()
 
+    def failures(self) -> dict[str, str]:
+        return {}  # a local worker that ends without a result is started again (up to MAX_ATTEMPTS)
+
     def _watch(self, process: subprocess.Popen) -> None:
         process.wait()
         if self.on_done is not None:
@@ -113,20 +128,26 @@ class Builds:
         self.jobs = JobDirectory(root)
         self.runner = runner
 
-    def sync(self, tree: FleetTree, commit: str, now: datetime,
-             stable: Mapping[str, str | None] | None = None) -> BuildsView:  # fmt: skip
+    def sync(self, tree: FleetTree, commit: str, now: datetime, stable: Mapping[str, str | None] | None = None,
+             released: Collection[ArtifactKey] = ()) -> BuildsView:  # fmt: skip
         """Make the jobs the active rollouts need (their version, and the stable version of ``stable``: rollout ->
-        version), start queued ones while workers are free, and say where the builds of each version stand."""
+        version) but for what an owner ``released``, start queued ones while workers are free, and say where the
+        builds of each version stand."""
         view = BuildsView()
         queued: list[BuildJob] = []
         active = self.runner.active()
+        failures = self.runner.failures()
         running = set(active)
         for request in wanted_builds(tree, commit, stable):
+            if (request.model, request.version, request.profile) in released:
+                continue
             job = self._job(request, now)
             if job is None:
                 continue
             if job.state is JobState.QUEUED and job.key in active:
                 job = replace(job, state=JobState.RUNNING)
+            elif job.state in (JobState.QUEUED, JobState.FAILED) and job.key in failures:
+                job = replace(job, state=JobState.FAILED, result=BuildResult(JobState.FAILED, report=failures[job.key]))
             view.jobs.append(job)
             view.wanted.add((request.model, request.version, request.profile))
             if job.state is JobState.RUNNING:

@@ -352,6 +352,7 @@ class Controller:
             self._report(spec_commit, outcome.stalled, outcome)
             return
         artifacts = self._artifacts()
+        owner_released: set[tuple[str, str, str]] = set()  # published as the owner signed it, never built over
         if self.publisher is not None:
             unpinned = self.pinned_root_refusal(tree, head)
             if unpinned is not None:  # agents pinned to the Fleet's root would refuse all of it: publish nothing
@@ -360,13 +361,16 @@ class Controller:
                 published = self.publisher.sync(self._trust_policy(tree, head), now)
                 artifacts.update(published.artifacts)
                 outcome.refused_releases = published.refused
+                builder = tree.fleet.spec.trust.builder
+                owner_released = {k for k, s in published.signers.items() if builder is None or s != builder.name}
         # One targeting per cycle: the plan before the step machine's decisions (what it observes) and the plan
         # after them (what is applied) differ only in where rollouts stand.
         self.backend.sync()
         statuses, devices = self.backend.statuses(), self.backend.devices()
         targets = targeting(tree, devices)
         standing = {n: initial_state(tree, n, previous[n], statuses) for n in tree.rollouts if tree.rollouts[n].active}
-        builds = self._sync_builds(tree, head, now, outcome, {n: s.stable_version for n, s in standing.items()})
+        builds = self._sync_builds(tree, head, now, outcome, {n: s.stable_version for n, s in standing.items()},
+                                   owner_released)  # fmt: skip
         for key in builds.wanted if builds is not None else ():
             # Handed out once built from the current recipe (and, with a publisher, published), never an older one.
             built = builds.artifacts.get(key)
@@ -820,7 +824,8 @@ class Controller:
         return policy_from_fleet(tree.fleet, root)
 
     def _sync_builds(self, tree: FleetTree, head: str, now: datetime, outcome: CycleOutcome,
-                     stable: Mapping[str, str | None]) -> BuildsView | None:  # fmt: skip
+                     stable: Mapping[str, str | None], released: set[tuple[str, str, str]],
+                     ) -> BuildsView | None:  # fmt: skip
         """Builds of what active rollouts need, when the Fleet says ``release: builder``."""
         if tree.fleet.spec.trust.release != "builder" or self.config.store is None:
             return None
@@ -829,7 +834,7 @@ class Controller:
                                                        self.config.build_workers, self.config.builder_key,
                                                        self.config.releases, on_done=self.wake.set)  # fmt: skip
             self.builds = Builds(self.config.builds_dir, runner)
-        view = self.builds.sync(tree, head, now, stable)
+        view = self.builds.sync(tree, head, now, stable, released)
         outcome.builds = view
         return view
 

@@ -42,6 +42,8 @@ ArtifactKey = tuple[str, str, str]
 class PublishOutcome:
     artifacts: dict[ArtifactKey, str] = field(default_factory=dict)
     """What agents can fetch now: (model, version, profile) -> artifact id (as the build store names it)."""
+    signers: dict[ArtifactKey, str] = field(default_factory=dict)
+    """(model, version, profile) -> the release signer of what is published (an owner, or the builder)."""
     refused: dict[str, str] = field(default_factory=dict)
     """Release folder -> why it was not published."""
     targets_version: int | None = None
@@ -78,6 +80,7 @@ class Publisher:
             for name in [*sorted(artifact.digests), SIGNATURE_NAME]:
                 files[target_path(model, version, profile, name)] = artifact.directory / name
             outcome.artifacts[(model, version, profile)] = self._ids[artifact.directory]
+            outcome.signers[(model, version, profile)] = artifact.signer
         wanted = {path: self._digest(chosen, path) for path in files}
         expires = self.repository.timestamp_expires()
         if self._published is None:

@@ -3,15 +3,17 @@
 What it runs (every part is the real one; the devices are processes on this machine):
 
 1. a fleet repo made from ``fleet-example/`` (a bare repository as the remote, a checkout a person edits),
-   whose Fleet trusts the model owner's release key;
-2. the owner's CI: build vibration-anomaly 1.0.0 and 2.0.0 for the Cortex-A and Coral profiles (optimize,
-   convert, benchmark, gate; cached under ``~/.cache/edge-reconciler/demo-store``), release and sign them;
-3. the controller (``edgectl run``) on the local backend, with its TUF repository and its device API (mutual TLS,
-   certificates from the fleet CA);
+   whose Fleet trusts the model owner's release key and, in the ``builder`` trust mode, the builder's;
+2. the merge of the rollout is all it takes: the controller (``edgectl run``, local backend, its TUF repository
+   and its device API over mutual TLS) builds vibration-anomaly 1.0.0 and 2.0.0 for the Cortex-A and Coral
+   profiles in build workers (optimize, convert, benchmark, gate; cached under
+   ``~/.cache/edge-reconciler/demo-store``), which sign them with the builder's key, and publishes them;
+3. the time from the merge to the first canary Healthy is printed (builds included);
 4. twelve agents (``edgectl agent``), eight Cortex-A and four Coral devices in US factories, each enrolled with a
    one-time bootstrap token of its own;
-5. the rollout of 2.0.0 step by step (25 %, 50 %, 100 %), then 2.1.0, a defective release whose outputs on
-   the devices do not match the golden outputs its build recorded (what a broken export does): the canary
+5. the rollout of 2.0.0 step by step (25 %, 50 %, 100 %), then 2.1.0, a defective release the owner signed out of
+   band (an owner's release is published as it is, never built over), whose outputs on the devices do not match
+   the golden outputs its build recorded (what a broken export does): the canary
    devices' health checks fail, they roll back on their own, the failure-rate gate aborts the rollout, the
    controller commits the rollback and the canaries return to 2.0.0.
 
@@ -49,6 +51,8 @@ PROFILES = {"arm-cortex-a-cpu": {"edgereconciler.io/hardware": "cortex-a", "kube
             "coral-npu": {"edgereconciler.io/hardware": "coral-edgetpu", "kubernetes.io/arch": "arm64"}}  # fmt: skip
 DEVICES = [(f"factory-{i:02d}", "arm-cortex-a-cpu" if i <= 8 else "coral-npu") for i in range(1, 13)]
 DEMO_STORE = Path.home() / ".cache" / "edge-reconciler" / "demo-store"
+BUILDER = "acme-builder"
+"""The build workers' release signer (``trust.builder``): its key stays with the workers."""
 DEMO_ROLLOUT = """\
 # The demo's rollout: short pauses so that it finishes in minutes, a zero-tolerance failure gate.
 apiVersion: edgereconciler.io/v1alpha1
@@ -123,11 +127,16 @@ class Demo:
             rollout.unlink()
         (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(DEMO_ROLLOUT.format(version="2.0.0"))
         owner = generate_key(self.workdir / "keys" / "acme-ml")
+        builder = generate_key(self.workdir / "keys" / BUILDER)
         (self.checkout / "keys").mkdir()
         shutil.copy(owner.public, self.checkout / "keys" / "acme-ml.pub")
+        shutil.copy(builder.public, self.checkout / "keys" / f"{BUILDER}.pub")
         fleet = yaml.safe_load((self.checkout / "fleet.yaml").read_text())
         fleet["spec"]["trust"]["releaseSigners"] = [{"name": "acme-ml", "publicKey": "keys/acme-ml.pub",
                                                      "models": ["vibration-anomaly", "digits-cnn"]}]  # fmt: skip
+        fleet["spec"]["trust"]["release"] = "builder"
+        fleet["spec"]["trust"]["builder"] = {"name": BUILDER, "publicKey": f"keys/{BUILDER}.pub",
+                                             "models": ["vibration-anomaly"], "maxCounter": 10}  # fmt: skip
         (self.checkout / "fleet.yaml").write_text(yaml.safe_dump(fleet, sort_keys=False))
         self.git("init", "-q", "-b", "main")
         self.git("add", "-A")
@@ -143,33 +152,7 @@ class Demo:
                               env=env)  # fmt: skip
         return done.stdout
 
-    # --- the model owner's CI --------------------------------------------------------------------------
-
-    def build_and_release(self, versions: list[str]) -> None:
-        from reconciler.api import load_fleet
-        from reconciler.artifact.store import ArtifactStore
-        from reconciler.gitops.files import read_fleet_dir
-
-        store = ArtifactStore(DEMO_STORE)
-        tree = load_fleet(read_fleet_dir(self.checkout))
-        with _stderr_to(self.workdir / "logs" / "build.log"):  # TensorFlow's converters talk a lot
-            self._build(tree, store, versions)
-
-    def _build(self, tree, store, versions: list[str]) -> None:
-        from reconciler.optimize.pipeline import build_scope
-
-        for version in versions:
-            start = time.perf_counter()
-            results = build_scope(tree, self.checkout, store, models=[MODEL], versions=[version],
-                                  profiles=list(PROFILES))  # fmt: skip
-            for result in results:
-                if result.artifact is None:
-                    raise DemoError(f"build of {MODEL} {version} for {result.profile} failed: {result.error}")
-                folder = store.export(result.artifact.id, self.releases / f"{MODEL}-{version}-{result.profile}")
-                self.release(folder, version, counter=int(version.split(".")[0]))
-            seconds = time.perf_counter() - start
-            took = f"{seconds:.1f} s" if seconds >= 1 else "cached builds"
-            self.say(f"   built, released and signed {MODEL} {version} for {', '.join(PROFILES)} ({took})")
+    # --- the model owner's out-of-band release ------------------------------------------------------
 
     @property
     def releases(self) -> Path:
@@ -195,7 +178,7 @@ class Demo:
             manifest["golden"]["outputs"] = [[v + shift for v in row] for row in manifest["golden"]["outputs"]]
 
         for profile in PROFILES:
-            source = self.releases / f"{MODEL}-2.0.0-{profile}"
+            source = self.releases / "built" / f"{MODEL}-2.0.0-{profile}"  # what the controller's builder signed
             folder = self.releases / f"{MODEL}-{version}-{profile}"
             shutil.copytree(source, folder, ignore=shutil.ignore_patterns("release.*"))
             self.release(folder, version, counter=3, edit=defect)
@@ -236,6 +219,8 @@ class Demo:
         self.ports["device-api"] = _free_port()
         self.spawn("controller", ["run", "--repo", str(self.remote), "--state-dir", str(self.state),
                                   "--releases", str(self.releases), "--tuf-keys", str(self.workdir / "keys" / "tuf"),
+                                  "--store", str(DEMO_STORE), "--build-workers", "2",
+                                  "--builder-key", str(self.workdir / "keys" / f"{BUILDER}.key"),
                                   "--interval", "2", "--listen", f"127.0.0.1:{self.ports['controller']}",
                                   "--device-api", f"127.0.0.1:{self.ports['device-api']}"])  # fmt: skip
 
@@ -412,19 +397,35 @@ def run_demo(example: Path, workdir: Path | None, timeout: float, phase_style: C
     say(f"[bold]edge-reconciler demo[/bold] in {workdir}")
     live_view = _live(console, phase_style)
     try:
-        say("1. fleet repo from fleet-example (remote fleet.git, checkout fleet/), trusting acme-ml's release key")
-        run.create_repo()
-        say("2. acme-ml's CI builds, benchmarks and signs the artifacts")
-        run.build_and_release(["1.0.0", "2.0.0"])
         say(
-            "3. controller (local backend, TUF repository, device API over mutual TLS) and 12 agents, each enrolled "
-            "with a one-time token"
+            "1. fleet repo from fleet-example (remote fleet.git, checkout fleet/), trusting acme-ml's release key "
+            f"and, in the builder trust mode, {BUILDER}'s"
         )
+        run.create_repo()
+        say("2. Dana merged the rollout of 2.0.0; nothing is built yet")
+        say(
+            "3. controller (local backend, TUF repository, device API over mutual TLS, build workers) and 12 agents, "
+            "each enrolled with a one-time token"
+        )
+        merged = time.monotonic()
         run.start_controller()
         run.start_agents()
-        say("4. rolling out 2.0.0 (25% -> 50% -> 100%, devices outside the step get 1.0.0)")
+        say("4. the controller builds 1.0.0 and 2.0.0, signs them as the builder, publishes them, and rolls out 2.0.0 "
+            "(25% -> 50% -> 100%, devices outside the step get 1.0.0)")  # fmt: skip
+        first_canary: list[float] = []
+
+        def watching(live):
+            def show(status: RolloutStatus, devices: list[dict]) -> None:
+                if not first_canary and status.version == "2.0.0" and status.ready[0] > 0:
+                    first_canary.append(time.monotonic() - merged)
+                live(status, devices)
+
+            return show
+
         with live_view() as live:
-            run.wait_for("2.0.0", "Succeeded", live, timeout)
+            run.wait_for("2.0.0", "Succeeded", watching(live), timeout)
+        if first_canary:
+            say(f"   first canary Healthy on 2.0.0 {first_canary[0]:.0f} s after the merge (builds included)")
         say(f"   [green]{ROLLOUT} 2.0.0 Succeeded[/green]")
         say("5. acme-ml releases 2.1.0 with a defect; Dana merges its rollout")
         run.release_defective("2.1.0")

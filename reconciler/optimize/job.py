@@ -118,4 +118,3 @@ def _release(store: ArtifactStore, artifact: str, request, counter: int, key: Pa
     shutil.rmtree(previous, ignore_errors=True)
     say(f"  signed {target} (release counter {counter})")
     return target
-

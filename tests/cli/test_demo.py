@@ -27,6 +27,19 @@ def test_demo_rolls_out_then_rolls_back(tmp_path: Path, fleet_example: Path):
     assert f"{ROLLOUT} 2.1.0 Aborted: failureRate" in out
     assert "answers with vibration-anomaly 2.0.0" in out
 
+    # Merge is enough: the controller built 1.0.0 and 2.0.0 for both profiles, each once, and its builder signed
+    # them; the owner's out-of-band 2.1.0 was published as released, never built over.
+    jobs = [json.loads(p.read_text()) for p in (workdir / "controller" / "builds").glob("*/job.json")]
+    results = {(j["version"], j["profile"]): json.loads((workdir / "controller" / "builds" / j["key"] /
+                                                         "result.json").read_text()) for j in jobs}  # fmt: skip
+    assert sorted(results) == [(v, p) for v in ("1.0.0", "2.0.0") for p in ("arm-cortex-a-cpu", "coral-npu")]
+    assert {r["state"] for r in results.values()} == {"Succeeded"}
+    for (version, profile), result in results.items():
+        release = json.loads(Path(result["released"], "release.json").read_text())
+        counter = 1 if version == "1.0.0" else 2  # the version's place in the Model's versions
+        assert (release["version"], release["profiles"], release["counter"]) == (version, [profile], counter)
+    assert "first canary Healthy on 2.0.0" in out
+
     # main carries people's changes and the controller's one decision (the rollback); status has its branch.
     log = subprocess.run(["git", "--git-dir", str(workdir / "fleet.git"), "log", "--format=%an|%s", "main"],
                          capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
