@@ -33,6 +33,7 @@ RESOURCES = {
     "rollouts": "rollout", "rollout": "rollout", "ro": "rollout",
     "artifacts": "artifact", "artifact": "artifact", "art": "artifact",
     "events": "event", "event": "event", "ev": "event",
+    "builds": "build", "build": "build",
 }  # fmt: skip
 
 
@@ -61,11 +62,11 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         sort_by: str | None, group: str | None,
         all_groups: bool, no_headers: bool, watch: bool, store: Path, involved: str | None, repo: str, backend: str,
         state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str) -> None:  # fmt: skip
-    """Show devices, groups, models, rollouts, artifacts or events (kubectl-style tables)."""
+    """Show devices, groups, models, rollouts, artifacts, events or builds (kubectl-style tables)."""
     kind = RESOURCES.get(resource.lower())
     if kind is None:
         raise click.UsageError(f"unknown resource {resource!r}; one of devices, groups, models, rollouts, artifacts, "
-                               "events")  # fmt: skip
+                               "events, builds")  # fmt: skip
     if involved is not None and kind != "event":
         raise click.UsageError("--for goes with events only")
     about = _involved(involved) if involved else None
@@ -88,6 +89,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
     def collect() -> tuple[list[dict], list[Column], list[dict]]:
         if kind == "artifact":
             return _artifacts(store, name)
+        if kind == "build":
+            return _builds(state_dir, name)
         if kind == "event":
             return _events(target(), about)
         if kind == "device":
@@ -104,7 +107,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         rows, columns, objects = collect()
         rows, objects = select(list(rows), list(objects), columns, field_selector, sort_by)
         if name and not rows:
-            where = {"artifact": f"the store {store}", "device": f"the {backend} backend", "event": "the backend"}
+            where = {"artifact": f"the store {store}", "device": f"the {backend} backend", "event": "the backend",
+                     "build": f"{state_dir / 'builds'}"}  # fmt: skip
             click.echo(f'Error (NotFound): {kind} "{name}" not found in {where.get(kind, repo)}', err=True)
             sys.exit(1)
         rendered = (rows, objects)
@@ -382,6 +386,38 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
     return rows, columns, objects
 
 
+def _build_jobs(state_dir: Path) -> list:
+    from reconciler.artifact.jobs import JobDirectory
+
+    root = state_dir / "builds"
+    jobs = JobDirectory(root).all() if root.is_dir() else []
+    return sorted(jobs, key=lambda j: (j.request.model, j.request.version, j.request.profile, j.created))
+
+
+def _builds(state_dir: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
+    """The controller's build jobs (``STATE_DIR/builds``): queued, running, done, refused, with durations."""
+    rows, objects = [], []
+    for job in _build_jobs(state_dir):
+        if name and not job.key.startswith(name):
+            continue
+        result, request = job.result, job.request
+        rows.append({"name": job.key[:12], "model": request.model, "version": request.version,
+                     "profile": request.profile, "state": str(job.state),
+                     "artifact": result.artifact[:12] if result and result.artifact else None,
+                     "duration": f"{result.seconds:.1f}s" if result else None, "age": age(job.created),
+                     "attempts": job.attempts, "commit": request.commit[:12],
+                     "report": (result.report if result else "")[:100]})  # fmt: skip
+        objects.append({"key": job.key, "request": request.to_json(), "state": str(job.state),
+                        "attempts": job.attempts, "created": job.created,
+                        "result": result.to_json() if result else None, "log": str(job.directory / "log")})  # fmt: skip
+    columns = [Column("NAME", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
+               Column("PROFILE", "profile"), Column("STATE", "state"), Column("DURATION", "duration"),
+               Column("AGE", "age"), Column("ARTIFACT", "artifact", wide=True),
+               Column("ATTEMPTS", "attempts", wide=True), Column("COMMIT", "commit", wide=True),
+               Column("REPORT", "report", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
 @click.command()
 @click.argument("resource", type=click.Choice(["rollout", "rollouts", "ro", "device", "devices", "dev"]))
 @click.argument("name")
@@ -410,6 +446,14 @@ def describe(resource: str, name: str, repo: str, backend: str, state_dir: Path,
         click.echo(f'Error: rollout "{name}" not found in {repo}', err=True)
         sys.exit(1)
     text = describe_rollout(view, name)
+    spec = view.tree.rollouts[name].spec
+    jobs = [j for j in _build_jobs(state_dir) if (j.request.model, j.request.version) == (spec.model, spec.version)]
+    if jobs:
+        text += "\nBuilds:"
+        for job in jobs:
+            took = f" in {job.result.seconds:.1f}s" if job.result else ""
+            report = f": {job.result.report}" if job.result and job.result.report else ""
+            text += f"\n  {job.request.profile:<20} {job.state}{took}{report}"
     if has_backend:
         target = _open_backend(backend, state_dir, kubeconfig, namespace, context)
         text += "\n" + _event_lines(_events_or_none(target, ("Rollout", name)))

@@ -52,6 +52,8 @@ VALUE_SETS = {
         "store": {"pvc": {"size": "50Gi", "storageClass": "longhorn", "accessModes": ["ReadWriteMany"]}},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "ca": {"existingSecret": "fleet-ca"},  # a cert-manager Certificate's Secret
+        # The controller builds what merged rollouts need, as Jobs of the build image, signed by the builder key.
+        "builds": {"enabled": True, "builderKeySecret": "fleet-builder", "workers": 2},
     },
     # Controller only (agents installed elsewhere), an existing claim, private registry.
     "controller-only": {
@@ -252,6 +254,7 @@ def test_rbac_matrix(kubeconfig: Path):
         ("controller", "delete events"): (allowed("controller", "delete", "events"), False),
         ("agent", "create events"): (allowed("agent", "create", "events"), False),
         ("controller", "get secrets"): (allowed("controller", "get", "secrets"), False),
+        ("controller", "create jobs (builds off)"): (allowed("controller", "create", "jobs", group="batch"), False),
         ("controller", "create customresourcedefinitions"): (
             allowed("controller", "create", "customresourcedefinitions", group="apiextensions.k8s.io", scope=None),
             False),
@@ -387,7 +390,7 @@ def test_rendered_command_lines_parse(name: str, tmp_path: Path):
                 value = str(tmp_path / value.lstrip("/"))
                 target = Path(value)
                 if option in ("--trusted-root", "--webhook-secret-file", "--ca", "--service-account-token-file",
-                              "--operator-tokens"):  # fmt: skip
+                              "--operator-tokens", "--build-job-template"):  # fmt: skip
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text("{}")
                 else:

@@ -1,5 +1,5 @@
-"""Builds as Kubernetes Jobs on the real API server: the controller makes one Job per build from the chart's
-template (image, resources, deadline, backoff, TTL, volumes kept; name, labels and command line added), a
+"""Builds as Kubernetes Jobs on the real API server: the controller makes one Job per build from the template the
+Helm chart renders (image, resources, deadline, backoff, TTL, volumes kept; name, labels and command line added), a
 second replica asking for the same build takes the Job that exists, the build runs through the Job's own
 command line (no kubelet runs here: the test runs it and writes the Job's status as the Job controller
 would), its result is what the controller reads, and a Job Kubernetes gave up on stops the rollout's build
@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
 from reconciler.api import load_fleet
@@ -28,19 +29,19 @@ from ..git_server import GitServer, git
 from .test_builds import ROLLOUT_YAML, builder_fleet
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
-TEMPLATE = {
-    "apiVersion": "batch/v1", "kind": "Job",
-    "metadata": {"labels": {"app.kubernetes.io/name": "edge-reconciler"}},
-    "spec": {
-        "backoffLimit": 2, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 86400,
-        "template": {"spec": {
-            "containers": [{"name": "build", "image": "edge-reconciler-build:test",
-                            "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
-                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/edge-reconciler"}]}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "edge-reconciler-data"}}],
-        }},
-    },
-}  # fmt: skip
+
+
+def chart_template() -> dict:
+    """The build Job template as the Helm chart renders it (builds on, a builder key Secret)."""
+    from ..chart.test_chart import render
+
+    values = {"builds": {"enabled": True, "builderKeySecret": "fleet-builder", "image": {"tag": "test"}}}
+    [config_map] = [o for o in render(values, "edge-reconciler", "edge-system")
+                    if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-build-job")]  # fmt: skip
+    return yaml.safe_load(config_map["data"]["job.yaml"])
+
+
+TEMPLATE = chart_template()
 
 
 def finish(batch: client.BatchV1Api, namespace: str, name: str, condition: str, reason: str = "") -> None:
@@ -84,15 +85,19 @@ def test_builds_run_as_jobs_made_once_from_the_template(kubeconfig: Path, git_se
     jobs = batch.list_namespaced_job(namespace, label_selector=f"{BUILD_LABEL}=true").items
     assert [j.metadata.name for j in jobs] == [job_name(first.jobs[0].key)]
     made = jobs[0]
-    assert (made.spec.backoff_limit, made.spec.active_deadline_seconds) == (2, 3600)
+    assert (made.spec.backoff_limit, made.spec.active_deadline_seconds) == (2, 3600)  # the chart's defaults
     # Sent as the template says (this test's API server predates the TTL controller's feature and drops it).
     sent = runner.manifest(first.jobs[0].key, first.jobs[0].directory, MODEL, "1.0.0", PROFILE)
     assert sent["spec"]["ttlSecondsAfterFinished"] == 86400
     container = made.spec.template.spec.containers[0]
-    assert container.image == "edge-reconciler-build:test" and container.resources.limits == {"memory": "4Gi"}
+    assert container.image == "ghcr.io/acme/edge-reconciler-build:test" and container.resources.limits == {
+        "memory": "4Gi"}  # fmt: skip
+    environment = {e.name: e.value for e in container.env}
+    assert environment["EDGE_RECONCILER_BUILDER_KEY"] == "/etc/edge-reconciler/builder/builder.key"
+    assert made.spec.template.spec.automount_service_account_token is False
     assert container.args == [*command, "--job", str(first.jobs[0].directory)]
     assert made.spec.template.spec.restart_policy == "Never"
-    assert made.metadata.labels["app.kubernetes.io/name"] == "edge-reconciler"
+    assert made.metadata.labels["app.kubernetes.io/component"] == "build"
 
     # Another replica (or a restarted controller) asks again: the Job that exists is the build, none is added.
     again = Builds(tmp_path / "builds", KubernetesJobRunner(api, namespace, TEMPLATE, command, workers=1))

@@ -6,7 +6,10 @@ again. The store is the session's build store, so the builds are cache hits of t
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +25,7 @@ from reconciler.signing import ReleaseSigner, TrustPolicy, generate_key
 from ..device_fleet import FLEET, MODEL, PROFILE, Fleet
 from ..git_server import GitServer, git
 
+EDGECTL = Path(sys.executable).parent / "edgectl"
 ROLLOUT = "vibration-anomaly-2"
 LABELS = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east",
           "edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}  # fmt: skip
@@ -141,6 +145,11 @@ def test_a_merged_rollout_is_built_signed_published_and_installed(
     assert (released / "release.json").exists() and str(released) in {j.result.released for j in jobs}
     assert {fleet.backend.statuses()[(n, MODEL)].installed_version for n in DEVICES} == {"2.0.0"}
     assert all("building from fleet commit" in (j.directory / "log").read_text() for j in jobs)
+    listed = subprocess.run([str(EDGECTL), "get", "builds", "--state-dir", str(fleet.root), "-o", "json"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    items = json.loads(listed)["items"]
+    assert [(i["request"]["version"], i["state"], i["attempts"]) for i in items] == [
+        ("1.0.0", "Succeeded", 1), ("2.0.0", "Succeeded", 1)]  # fmt: skip
 
 
 def test_a_refused_build_stops_the_rollout_with_its_report_and_no_device_moves(
