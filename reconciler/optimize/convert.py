@@ -26,8 +26,8 @@ def canonical_onnx(data: bytes) -> bytes:
     """The model with deterministic names and no doc strings: same graph, same bytes.
 
     Doc strings carry temporary paths; node and tensor names carry Keras' process-wide layer counters
-    (``conv2d_7`` in a process that built six models before). Graph inputs and outputs keep their names,
-    since devices address tensors by them.
+    (``conv2d_7`` in a process that built six models before). Graph inputs and outputs are named by position
+    (``input_0``, ``output_0``), which is how the runtimes address them.
     """
     import onnx
 
@@ -39,12 +39,16 @@ def canonical_onnx(data: bytes) -> bytes:
         for node in graph.node:  # subgraphs refer to outer names: rename nothing rather than break them
             node.doc_string = ""
         return model.SerializeToString()
-    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
-    names: dict[str, str] = {}
+    initialized = {t.name for t in graph.initializer}
+    names: dict[str, str] = {"": ""}
+    # Inputs and outputs get positional names: the runtimes address them by position, and Keras names them by
+    # counters too (``input_layer_3`` after a pruning pass made a new model).
+    for index, value in enumerate(v for v in graph.input if v.name not in initialized):
+        names[value.name] = f"input_{index}"
+    for index, value in enumerate(graph.output):
+        names.setdefault(value.name, f"output_{index}")
 
     def rename(name: str) -> str:
-        if name in keep:
-            return name
         return names.setdefault(name, f"t{len(names)}")
 
     # Names follow the graph's structure (node order, then each node's inputs and outputs), never the
@@ -58,6 +62,8 @@ def canonical_onnx(data: bytes) -> bytes:
         tensor.name = rename(tensor.name)
     for info in graph.value_info:
         info.name = rename(info.name)
+    for value in [*graph.input, *graph.output]:
+        value.name = rename(value.name)
     _sort_by_name(graph.initializer)
     _sort_by_name(graph.value_info)
     return model.SerializeToString()

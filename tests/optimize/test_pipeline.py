@@ -119,6 +119,15 @@ def test_onnx_conversion_is_deterministic(tree, built, tmp_path):
     assert fresh.artifact.files["model.onnx"] == results["jetson-gpu"].artifact.files["model.onnx"]
 
 
+def test_a_rebuild_after_structured_pruning_gives_the_same_artifact(tree, built, tmp_path):
+    """Pruning makes a new Keras model, whose input layer Keras names by a process-wide counter: the artifact
+    must not depend on how many models this process built before."""
+    _, results = built
+    fresh = build_profile(inputs_for(tree, profile="arm-cortex-a-cpu"), ArtifactStore(tmp_path / "cold"))
+    assert fresh.artifact is not None, fresh.error
+    assert fresh.artifact.id == results["arm-cortex-a-cpu"].artifact.id
+
+
 def copy_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     shutil.copytree(EXAMPLE, repo)
