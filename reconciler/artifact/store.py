@@ -146,6 +146,10 @@ class ArtifactStore:
             raise StoreError(f"artifact {artifact_id} references missing blobs {missing}")
         return record
 
+    def stored_at(self, artifact_id: str) -> float:
+        """When the artifact's record was written (seconds since the epoch): the newest build of a key wins."""
+        return self._record_path(artifact_id).stat().st_mtime
+
     def artifact_ids(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "artifacts").glob("*.json"))
 

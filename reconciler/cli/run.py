@@ -183,6 +183,16 @@ def _repo_url(repo: str) -> str:
 @click.option("--builder-key", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGE_RECONCILER_BUILDER_KEY",
               help="The builder's signing key as build workers find it (the controller passes the path on, never "
                    "reads it).")  # fmt: skip
+@click.option("--gc-interval", default="1h", show_default=True,
+              help="Between garbage collections of the store (0: never); each keeps what devices run, are assigned "
+                   "or may roll back to.")  # fmt: skip
+@click.option(
+    "--gc-keep-versions",
+    type=click.IntRange(1, 1000),
+    default=3,
+    show_default=True,
+    help="Newest versions of each model kept in the store beyond what devices run or are assigned.",
+)
 @click.option("--build-job-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --backend kubernetes: run builds as Jobs made from this batch/v1 Job manifest (the "
                    "build image, resources, deadline, backoff, TTL, state volume, builder key Secret).")  # fmt: skip
@@ -228,6 +238,8 @@ def run(
     build_workers: int,
     builder_key: Path | None,
     build_job_template: Path | None,
+    gc_interval: str,
+    gc_keep_versions: int,
     telemetry_store: Path | None,
     log_format: str,
 ) -> None:
@@ -263,9 +275,13 @@ def run(
         raise click.UsageError(f"--telemetry-retention: {exc}") from None
     if retention < timedelta(days=1):
         raise click.UsageError("--telemetry-retention must be at least 1d")
+    try:
+        collect_every = timedelta(0) if gc_interval.strip() == "0" else parse_duration(gc_interval)
+    except ValueError as exc:
+        raise click.UsageError(f"--gc-interval: {exc}") from None
     config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys,
                               signing_key, accept_rewrite, retention, telemetry_store, build_workers,
-                              builder_key)  # fmt: skip
+                              builder_key, collect_every, gc_keep_versions)  # fmt: skip
     try:
         if backend == "kubernetes":
             target = kubernetes_backend(kubeconfig, namespace, node_selector)

@@ -43,6 +43,7 @@ from reconciler.api.status import (
     TamperRecord,
     load_with_status,
 )
+from reconciler.artifact.jobs import JobState
 from reconciler.artifact.store import ArtifactStore
 from reconciler.cluster import Backend, Event, StoredRollout
 from reconciler.durable import write_atomic
@@ -139,6 +140,11 @@ class ControllerConfig:
     """Builds run at once when the Fleet's trust says ``release: builder`` (local workers or Kubernetes Jobs)."""
     builder_key: Path | None = None
     """The builder's signing key as the workers find it; the controller passes the path on and never reads it."""
+    gc_interval: timedelta = timedelta(hours=1)
+    """Between garbage collections of the store (the first one an interval after start); zero: never."""
+    gc_keep_versions: int = 3
+    """Versions of each model kept in the store beyond what devices run or are assigned (the newest in its spec):
+    what a person may roll back to without a rebuild."""
 
     @property
     def builds_dir(self) -> Path:
@@ -193,6 +199,8 @@ class Controller:
         self.store = ArtifactStore(config.store) if config.store else None
         self.telemetry = telemetry or TelemetryStore(config.telemetry_path, config.telemetry_retention)
         self._artifact_keys: dict[str, tuple[str, str, str]] = {}
+        self._artifact_facts: dict[str, tuple[str, float]] = {}
+        """Artifact id -> (its recipe as built, when it was stored): what chooses among builds of one key."""
         self.publisher = None
         if config.releases is not None:
             if config.tuf_keys is None:
@@ -224,6 +232,8 @@ class Controller:
         self._requests_lock = threading.Lock()
         self._taken: list[_Request] = []
         self._build_runner = build_runner
+        self._collected: datetime | None = None
+        """When the store was last collected (the first cycle counts as one: nothing goes at start)."""
         self.builds: Builds | None = None
         """Made when the Fleet first says ``trust.release: builder`` (and the controller has a store)."""
         self._failures_seen: dict[tuple[str, str], tuple] | None = None
@@ -351,7 +361,7 @@ class Controller:
             outcome.stalled = str(exc)
             self._report(spec_commit, outcome.stalled, outcome)
             return
-        artifacts = self._artifacts()
+        artifacts = self._artifacts(tree)
         owner_released: set[tuple[str, str, str]] = set()  # published as the owner signed it, never built over
         if self.publisher is not None:
             unpinned = self.pinned_root_refusal(tree, head)
@@ -408,6 +418,7 @@ class Controller:
         outcome.problems = [f"{p.device}: {p.message}" for p in result.plan.problems]
         outcome.decisions = {n: str(c.outcome.decision.kind) for n, c in cycles.items() if c.outcome.decision}
         FAULTS.crash("after-apply")
+        self._collect_garbage(tree, result.plan.desired, builds)
         self._record_events(cycles, statuses, now)
         self._notify(tree, self._decision_notices(cycles, outcome, now))
 
@@ -607,6 +618,38 @@ class Controller:
         if self.notifier is None:
             self.notifier = Notifier(lambda target, result: self.metrics.notifications.labels(target, result).inc())
         self.notifier.send(targets, notices, tree.fleet.metadata.name)
+
+    def _collect_garbage(self, tree: FleetTree, desired: Mapping, builds: BuildsView | None) -> None:
+        """Remove from the store what no device runs, is assigned or may roll back to (the newest
+        ``gc_keep_versions`` versions of each model in its spec), every ``gc_interval``; never while a build runs
+        (its blobs are in the store before its record is)."""
+        now = self.clock()
+        if self._collected is None:
+            self._collected = now
+        interval = self.config.gc_interval
+        if self.store is None or interval <= timedelta(0) or now - self._collected < interval:
+            return
+        if builds is not None and any(j.state is JobState.RUNNING for j in builds.jobs):
+            return
+        self._collected = now
+        versions: set[tuple[str, str]] = set()
+        for model in tree.models.values():
+            versions |= {(model.name, v.version) for v in model.spec.versions[-self.config.gc_keep_versions :]}
+        for (_, model_name), status in self.backend.statuses().items():
+            versions |= {(model_name, v) for v in (status.installed_version, status.previous_version) if v}
+        keep = {d.artifact for d in desired.values() if d.artifact}
+        keep |= {a for a, (model, version, _) in self._artifact_keys.items() if (model, version) in versions}
+        try:
+            report = self.store.gc(keep)
+        except (OSError, ValueError) as exc:
+            log.warning("store not collected", extra={"error": str(exc)})
+            return
+        for removed in set(self._artifact_keys) - set(self.store.artifact_ids()):
+            del self._artifact_keys[removed]
+            self._artifact_facts.pop(removed, None)
+        if report.artifacts_removed:
+            log.info("store collected", extra={"artifacts": report.artifacts_removed, "blobs": report.blobs_removed,
+                                               "bytes": report.bytes_freed})  # fmt: skip
 
     def _compact_telemetry(self) -> None:
         """Hours into days, and the expired out, every ``intervals.telemetry`` of the Fleet (sooner while a
@@ -838,17 +881,37 @@ class Controller:
         outcome.builds = view
         return view
 
-    def _artifacts(self) -> dict[tuple[str, str, str], str]:
+    def _artifacts(self, tree: FleetTree) -> dict[tuple[str, str, str], str]:
+        """(model, version, profile) -> the store's artifact: the one built from the recipe the spec has now,
+        else the newest one stored; never whichever id sorts first."""
         if self.store is None:
             return {}
-        found = {}
+        candidates: dict[tuple[str, str, str], list[tuple[bool, float, str]]] = {}
+        recipes: dict[tuple[str, str], str | None] = {}
         for artifact_id in self.store.artifact_ids():
-            key = self._artifact_keys.get(artifact_id)
-            if key is None:  # an artifact never changes: read its manifest once, not every cycle
+            known = self._artifact_keys.get(artifact_id)
+            if known is None:  # an artifact never changes: read its manifest once, not every cycle
                 manifest = self.store.read_manifest(artifact_id)
-                key = self._artifact_keys[artifact_id] = (manifest["model"], manifest["version"], manifest["profile"])
-            found[key] = artifact_id
-        return found
+                recipe = json.dumps((manifest.get("lineage") or {}).get("recipe"), sort_keys=True)
+                stored = self.store.stored_at(artifact_id)
+                known = self._artifact_keys[artifact_id] = (manifest["model"], manifest["version"],
+                                                            manifest["profile"])  # fmt: skip
+                self._artifact_facts[artifact_id] = (recipe, stored)
+            recipe, stored = self._artifact_facts[artifact_id]
+            if (known[0], known[2]) not in recipes:
+                recipes[(known[0], known[2])] = _recipe_json(tree, known[0], known[2])
+            current = recipe == recipes[(known[0], known[2])]
+            candidates.setdefault(known, []).append((current, stored, artifact_id))
+        return {key: max(found)[2] for key, found in candidates.items()}
+
+
+def _recipe_json(tree: FleetTree, model: str, profile: str) -> str | None:
+    """The spec's recipe for (model, profile), as a build records it in ``lineage.recipe``."""
+    spec = tree.models.get(model)
+    recipe = next((r for r in spec.spec.recipes if r.profile == profile), None) if spec else None
+    if recipe is None:
+        return None
+    return json.dumps(recipe.model_dump(mode="json", by_alias=True, exclude_unset=True), sort_keys=True)
 
 
 def _decisions(cycles: Mapping[str, RolloutCycle]) -> list[tuple[str, Decision, RolloutPhase, bool]]:
