@@ -84,9 +84,9 @@ class Intervals(SpecModel):
     """Between compactions of the telemetry store (hours into days, the expired out)."""
 
 
-NOTIFIED = ("Start", "Promote", "Pause", "Succeed", "Abort", "Retry", "Rollback", "ReleaseRefused")
+NOTIFIED = ("Start", "Promote", "Pause", "Succeed", "Abort", "Retry", "Rollback", "ReleaseRefused", "BuildRefused")
 """What a notification can be about: the step machine's decisions, a rollback commit, a release the controller
-refused to publish (a bad signature, a policy that does not allow its signer)."""
+refused to publish (a bad signature, a policy that does not allow its signer), a build that stopped a rollout."""
 
 
 class Notification(SpecModel):

@@ -580,6 +580,7 @@ class Controller:
         a reason to stall the cycle."""
         events = [Event("Rollout", name, str(decision.kind), decision.message, "Warning" if warn else "Normal")
                   for name, decision, _, warn in _decisions(cycles)]  # fmt: skip
+        events += [Event("Rollout", name, Reason.BUILD_REFUSED, why, "Warning") for name, why in _refusals(cycles)]
         failing = {
             key: (status.phase, status.target_version, status.reason, status.message)
             for key, status in statuses.items()
@@ -608,6 +609,8 @@ class Controller:
                    for name, decision, phase, warn in _decisions(cycles)]  # fmt: skip
         for folder, why in sorted(outcome.refused_releases.items()):
             notices.append(Notice("ReleaseRefused", None, f"{folder}: {why}", stamp, outcome.commit, warning=True))
+        for name, why in _refusals(cycles):
+            notices.append(Notice(Reason.BUILD_REFUSED, name, why, stamp, outcome.commit, warning=True))
         return notices
 
     def _notify(self, tree: FleetTree, notices: list[Notice]) -> None:
@@ -912,6 +915,13 @@ def _recipe_json(tree: FleetTree, model: str, profile: str) -> str | None:
     if recipe is None:
         return None
     return json.dumps(recipe.model_dump(mode="json", by_alias=True, exclude_unset=True), sort_keys=True)
+
+
+def _refusals(cycles: Mapping[str, RolloutCycle]) -> list[tuple[str, str]]:
+    """(rollout, the build report) of each rollout that a refused build stopped in this cycle."""
+    stopped = Reason.BUILD_REFUSED
+    return [(name, cycle.outcome.state.message) for name, cycle in sorted(cycles.items())
+            if cycle.outcome.state.reason == stopped and cycle.before.reason != stopped]  # fmt: skip
 
 
 def _decisions(cycles: Mapping[str, RolloutCycle]) -> list[tuple[str, Decision, RolloutPhase, bool]]:

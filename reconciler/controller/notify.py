@@ -38,7 +38,8 @@ class Notice:
     """One thing that happened, as every receiver shape is made from it."""
 
     kind: str
-    """``Start``, ``Promote``, ``Pause``, ``Succeed``, ``Abort``, ``Retry``, ``Rollback`` or ``ReleaseRefused``."""
+    """``Start``, ``Promote``, ``Pause``, ``Succeed``, ``Abort``, ``Retry``, ``Rollback``, ``ReleaseRefused`` or
+    ``BuildRefused``."""
     rollout: str | None
     message: str
     time: str

@@ -172,6 +172,8 @@ def test_a_refused_build_stops_the_rollout_with_its_report_and_no_device_moves(
     assert not list((fleet.root / "releases").glob("**/release.sig"))
     assert not [a for a in fleet.backend.assignments().values() if a.version == "2.0.0" and a.artifact]
     assert controller.cycle().builds.started == []  # refused is a result: fixed by a commit, not by retrying
+    [event] = [e for e in fleet.backend.events("Rollout", ROLLOUT) if e.reason == "BuildRefused"]
+    assert event.type == "Warning" and event.count == 1 and "refused" in event.message
 
 
 def test_a_worker_builds_only_under_the_jobs_lock(tmp_path: Path):
