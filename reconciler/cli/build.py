@@ -123,7 +123,7 @@ def _print_matrix(results) -> None:
         console.print(f"n/m: latency {note}")
 
 
-@click.command("build-job")
+@click.command("build-job", hidden=True)
 @click.option("--job", "job", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The job's directory (BUILDS/KEY, with its job.json).")  # fmt: skip
 @click.option("--git-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),

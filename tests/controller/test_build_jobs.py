@@ -90,7 +90,7 @@ def test_builds_run_as_jobs_made_once_from_the_template(kubeconfig: Path, git_se
     sent = runner.manifest(first.jobs[0].key, first.jobs[0].directory, MODEL, "1.0.0", PROFILE)
     assert sent["spec"]["ttlSecondsAfterFinished"] == 86400
     container = made.spec.template.spec.containers[0]
-    assert container.image == "ghcr.io/acme/edge-reconciler-build:test" and container.resources.limits == {
+    assert container.image == "edge-reconciler-build:test" and container.resources.limits == {
         "memory": "4Gi"}  # fmt: skip
     environment = {e.name: e.value for e in container.env}
     assert environment["EDGE_RECONCILER_BUILDER_KEY"] == "/etc/edge-reconciler/builder/builder.key"

@@ -1,0 +1,56 @@
+"""The product's images, built by scripts/build-images with Debian's buildah from a Debian root filesystem (no
+Docker daemon, no registry pulls; cached under ~/.cache/edge-reconciler/images), and run: the runtime image
+(controller and agent) has edgectl and no TensorFlow, the build image has the build toolchain."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = Path.home() / ".cache" / "edge-reconciler" / "images"
+ENV = {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, Path]:
+    built = subprocess.run([str(ROOT / "scripts" / "build-images"), str(IMAGES)], capture_output=True, text=True,
+                           timeout=1800)  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    version = subprocess.run([str(ROOT / ".venv" / "bin" / "edgectl"), "--version"], capture_output=True,
+                             text=True, check=True).stdout.split()[-1]  # fmt: skip
+    return {name: IMAGES / f"{name}-{version}.tar" for name in ("edge-reconciler", "edge-reconciler-build")}
+
+
+def run_in(image: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    container = subprocess.run(["buildah", "from", "--quiet", f"docker-archive:{image}"], capture_output=True,
+                               text=True, check=True, env=ENV).stdout.strip()  # fmt: skip
+    try:
+        return subprocess.run(["buildah", "run", container, "--", *command], capture_output=True, text=True,
+                              timeout=300, env=ENV)  # fmt: skip
+    finally:
+        subprocess.run(["buildah", "rm", container], capture_output=True, env=ENV)
+
+
+def test_the_runtime_image_runs_the_controller_and_agent_without_tensorflow(images):
+    image = images["edge-reconciler"]
+    version = run_in(image, "edgectl", "--version")
+    assert version.returncode == 0 and image.stem.split("-")[-1] in version.stdout, version.stderr
+    for command in (["edgectl", "run", "--help"], ["edgectl", "agent", "--help"]):
+        assert run_in(image, *command).returncode == 0
+    tensorflow = run_in(image, "python3", "-c", "import tensorflow")
+    assert tensorflow.returncode != 0 and "No module named 'tensorflow'" in tensorflow.stderr
+    user = run_in(image, "id", "-u")
+    assert user.stdout.strip() == "65532"  # not root, the chart's runAsUser
+
+
+def test_the_build_image_runs_builds(images):
+    image = images["edge-reconciler-build"]
+    assert run_in(image, "edgectl", "--version").returncode == 0
+    assert run_in(image, "edgectl", "build", "--help").returncode == 0
+    assert run_in(image, "edgectl", "build-job", "--help").returncode == 0
+    toolchain = run_in(image, "python3", "-c", "import tensorflow, tf2onnx, onnxruntime; print('ok')")
+    assert toolchain.returncode == 0 and "ok" in toolchain.stdout, toolchain.stderr[-2000:]
