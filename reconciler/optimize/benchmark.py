@@ -1,8 +1,9 @@
 """Measure a variant on this machine as the reference device ("hardware-in-the-loop emulation").
 
 Who calls it: the pipeline, once per candidate variant. The measurement runs in a child process
-(``probe``) with the profile's threads and memory limit; accuracy and agreement are computed here from
-the outputs it returns, against the evaluation labels and the fp32 reference's predictions.
+(``probe``) with the profile's threads and memory limit (resident memory of single-sample inference); accuracy
+and agreement are computed here from the outputs it returns, against the evaluation labels and the fp32
+reference's predictions.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ def measure(
         command += ["--memory-limit", str(profile.spec.limits.max_memory)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if result.returncode == 3:
-        raise BuildError(
-            f"the model does not run within the profile's memory limit of {profile.spec.limits.max_memory} bytes"
-        )
+        used = _field_of(result.stdout, "peak_memory_bytes")
+        measured = f" (it uses {used / 2**20:.1f} MiB resident over the bare runtime)" if used else ""
+        raise BuildError(f"the model does not run within the profile's memory limit of "
+                         f"{profile.spec.limits.max_memory / 2**20:.1f} MiB{measured}")  # fmt: skip
     if result.returncode != 0:
         detail = _error_of(result.stdout) or result.stderr.strip().splitlines()[-1:]
         raise BuildError(f"the {fmt} runtime could not run the model: {detail}")
@@ -114,7 +116,11 @@ def latency_not_measurable(profile: DeviceProfile, providers: list[str]) -> str 
 
 
 def _error_of(stdout: str) -> str | None:
+    return _field_of(stdout, "error")
+
+
+def _field_of(stdout: str, name: str):
     try:
-        return json.loads(stdout.strip().splitlines()[-1])["error"]
+        return json.loads(stdout.strip().splitlines()[-1])[name]
     except (ValueError, IndexError, KeyError, TypeError):
         return None

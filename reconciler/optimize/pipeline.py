@@ -53,7 +53,8 @@ from .sources import fetch_source
 
 BUILDER_VERSION = "3"
 """2: golden tolerances measured across thread counts and against fp32. 3: ONNX inputs and outputs named by
-position (a pruned model's input name no longer depends on the process's earlier builds)."""
+position (a pruned model's input name no longer depends on the process's earlier builds); peak memory is the
+resident memory of single-sample inference."""
 MAX_GOLDEN_THREADS = 8
 LATENCY_TOLERANCE = 1.05
 """A quantized variant may be up to 5 % slower than fp32 (measurement noise) and still be preferred."""
@@ -151,6 +152,8 @@ def build_profile(inputs: BuildInputs, store: ArtifactStore, progress: Progress 
             _build(inputs, store, Path(tmp), result, context, report)
     except BuildError as exc:
         result.error = str(exc.with_context(context))
+    except Exception as exc:  # a library's own failure outside any step: this build is refused, the others go on
+        result.error = str(BuildError(f"{type(exc).__name__}: {first_line(exc)}", context))
     return result
 
 
@@ -283,11 +286,17 @@ def build_key(inputs: BuildInputs, data: dict[str, Dataset]) -> str:
 
 @contextmanager
 def _step(context: BuildContext, step: str) -> Iterator[None]:
-    """Locate every build error raised inside to (model, version, profile, step)."""
+    """Locate every error raised inside to (model, version, profile, step). A library's own exception (Keras,
+    TensorFlow, a converter) becomes a build error of this step: it refuses this build, never the run."""
+    located = BuildContext(context.model, context.version, context.profile, step)
     try:
         yield
     except BuildError as exc:
-        raise exc.with_context(BuildContext(context.model, context.version, context.profile, step)) from None
+        raise exc.with_context(located) from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        raise BuildError(f"{type(exc).__name__}: {first_line(exc)}", located) from exc
 
 
 def _dataset(repo_root: Path, path: str, name: str) -> Dataset:

@@ -4,17 +4,19 @@
 
 Who calls it: ``benchmark.measure`` (never in-process: a fresh interpreter gives honest peak memory and
 keeps one variant's arenas from inflating the next). The profile's thread count is applied to the
-runtime; its memory limit becomes an address-space limit above what the bare runtime already maps, so
-a model that needs more fails here instead of on a device. Writes OUT_DIR/result.json (latency
-percentiles, peak memory) and OUT_DIR/outputs.npy (outputs for every row of DATA).
-Exit codes: 0 measured, 3 memory limit exceeded, 4 the runtime refused the model.
+runtime. What a device does is measured as a device does it: the model loaded, then single samples;
+peak memory is the resident memory that adds over the bare runtime (VmHWM, reset after the imports), and a
+variant is refused for the profile's memory limit only when that really is more. An address-space limit is
+not used: runtimes reserve far more address space than they touch. The evaluation set runs afterwards, in
+batches, and is not counted. Writes OUT_DIR/result.json (latency percentiles, peak memory) and
+OUT_DIR/outputs.npy (outputs for every row of DATA).
+Exit codes: 0 measured, 3 memory limit exceeded (result.json says by how much), 4 the runtime refused the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,19 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+EVALUATION_BATCH = 64
+"""Rows of the evaluation set per run: enough to be quick, few enough not to need much memory."""
+
+
+def _reset_peak() -> bool:
+    """Start the resident-memory peak (VmHWM) afresh (Linux 4.0+); False where that is not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,13 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         import onnxruntime  # noqa: F401
     else:
         import ai_edge_litert.interpreter  # noqa: F401
+    _reset_peak()
     baseline_rss = _status_kib("VmRSS") * 1024
-    if args.memory_limit:
-        limit = _status_kib("VmSize") * 1024 + args.memory_limit
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         runner = ModelRunner(args.artifact, args.format, args.threads, [p for p in args.providers.split(",") if p])
-        outputs = runner.run(x)
         for i in range(min(10, len(x))):  # warm-up
             runner.run(x[i : i + 1])
         times = []
@@ -65,23 +77,26 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             runner.run(sample)
             times.append(time.perf_counter() - start)
+        # The device's case ends here: a loaded model answering single samples.
+        peak = max(0, _status_kib("VmHWM") * 1024 - baseline_rss)
+        if args.memory_limit and peak > args.memory_limit:
+            print(json.dumps({"error": f"uses {peak} bytes of resident memory, more than the limit of "
+                                       f"{args.memory_limit}", "peak_memory_bytes": peak}))  # fmt: skip
+            return 3
+        outputs = np.concatenate([runner.run(x[i : i + EVALUATION_BATCH]) for i in range(0, len(x), EVALUATION_BATCH)])
     except MemoryError:
-        print(json.dumps({"error": "memory limit exceeded"}))
+        print(json.dumps({"error": "out of memory"}))
         return 3
     except Exception as exc:  # the runtimes raise their own types for models they cannot load or run
-        if "alloc" in str(exc).lower() and args.memory_limit:
-            print(json.dumps({"error": f"memory limit exceeded: {exc}"}))
-            return 3
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 4
     # VmHWM, not ru_maxrss: Linux carries the parent's pre-exec peak into ru_maxrss of a fresh child.
-    peak = _status_kib("VmHWM") * 1024
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / "outputs.npy", outputs)
     result = {
         "latency_p50_ms": float(np.percentile(times, 50) * 1000),
         "latency_p95_ms": float(np.percentile(times, 95) * 1000),
-        "peak_memory_bytes": max(0, peak - baseline_rss),
+        "peak_memory_bytes": peak,
         "runs": args.runs,
         "threads": args.threads,
         "providers": runner.providers,

@@ -128,6 +128,27 @@ def test_a_rebuild_after_structured_pruning_gives_the_same_artifact(tree, built,
     assert fresh.artifact.id == results["arm-cortex-a-cpu"].artifact.id
 
 
+def test_a_library_failure_refuses_its_build_only_and_names_the_pass(tree, built, monkeypatch):
+    """Keras or a converter raising its own exception type refuses that (model, version, profile), named with its
+    pass; the rest of the run goes on (here: a cache hit for another profile)."""
+    import reconciler.optimize.pipeline as pipeline
+
+    store, results = built
+
+    def broken(model, step, data):
+        raise RuntimeError("Layer 'conv2d' has no attribute 'kernel'\n  (a long traceback follows)")
+
+    monkeypatch.setattr(pipeline, "_train_pass", broken)
+    store_ids = set(store.artifact_ids())
+    cold = ArtifactStore(store.root.parent / "cold-for-failure")
+    failed = build_profile(inputs_for(tree, profile="arm-cortex-a-cpu"), cold)
+    assert failed.artifact is None and failed.error == (
+        "digits-cnn@1.0.0 for arm-cortex-a-cpu, pass 1 (prune): RuntimeError: Layer 'conv2d' has no attribute "
+        "'kernel'")  # fmt: skip
+    others = build_scope(tree, EXAMPLE, store, models=["digits-cnn"], versions=["1.0.0"], profiles=["jetson-gpu"])
+    assert [r.artifact for r in others] == [results["jetson-gpu"].artifact] and set(store.artifact_ids()) == store_ids
+
+
 def copy_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     shutil.copytree(EXAMPLE, repo)
