@@ -154,7 +154,10 @@ class ModelGates(SpecModel):
     """Quality bars every variant must meet, on top of the profile's own limits."""
 
     max_accuracy_drop: Fraction = 0.01
-    """Largest accuracy loss against the fp32 source, as a fraction (0.01 = 1 point)."""
+    """Largest loss of the task's score against the fp32 source, as a fraction (0.01 = 1 point): accuracy for
+    classification and binary tasks, AUROC for anomaly scores."""
+    max_mae_increase: Fraction = Field(0.05, alias="maxMAEIncrease")
+    """Regression: largest rise of the mean absolute error against the source's, relative to it (0.05 = 5 %)."""
     max_size: Quantity | None = None
     max_latency_p95: Duration | None = None
 
@@ -163,7 +166,10 @@ class ModelSpec(SpecModel):
     """A model: its released versions and how to build them for each hardware class."""
 
     description: str = ""
-    task: Literal["classification", "regression", "anomaly-detection"] = "classification"
+    task: Literal["classification", "binary", "regression", "anomaly-detection"] = "classification"
+    """What the outputs mean, and so how variants are scored (docs/building.md: metrics per task)."""
+    threshold: float = 0.5
+    """binary: the score at and above which a row is positive."""
     data: ModelData = Field(default_factory=ModelData)
     versions: list[ModelVersion] = Field(min_length=1)
     recipes: list[Recipe] = Field(default_factory=list)

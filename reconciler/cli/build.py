@@ -74,6 +74,7 @@ def _result_json(result) -> dict:
         "artifact": result.artifact.id if result.artifact else None,
         "cached": result.cached,
         "referenceAccuracy": result.reference_accuracy,
+        "referenceMetrics": result.reference_metrics,
         "error": result.error,
         "variants": [variant_json(v) for v in result.variants],
     }
@@ -83,13 +84,24 @@ def _ms(value: float | None) -> str:
     return "n/m" if value is None else f"{value:.3f}"
 
 
+def _metrics_of(measurement) -> dict:
+    """A measurement's metrics (measurements cached before metrics per task have only accuracy)."""
+    return measurement.metrics or {"accuracy": measurement.accuracy, "agreement": measurement.agreement}
+
+
+def _reference_of(result) -> dict:
+    return result.reference_metrics or {"accuracy": result.reference_accuracy or 0.0}
+
+
 def _print_matrix(results) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from reconciler.optimize.metrics import headline
+
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table("MODEL", "VERSION", "PROFILE", "VARIANT", "SIZE", "xFP32", "P50 ms", "P95 ms", "MEMORY",
-                  "ACCURACY", "DELTA", "RESULT", title="Build matrix")  # fmt: skip
+                  "METRIC", "DELTA", "RESULT", title="Build matrix")  # fmt: skip
     for result in results:
         fp32 = next((v.measurement for v in result.variants if v.name == "fp32" and v.measurement), None)
         for variant in result.variants:
@@ -99,7 +111,7 @@ def _print_matrix(results) -> None:
                               f"[red]error[/]: {variant.error}")  # fmt: skip
                 continue
             ratio = f"{m.size_bytes / fp32.size_bytes:.2f}" if fp32 else "-"
-            delta = f"{(m.accuracy - (result.reference_accuracy or 0)) * 100:+.2f}"
+            figure, delta = headline(_metrics_of(m), _reference_of(result))
             if variant.selected:
                 verdict = "[green]selected[/]" + (" (cached)" if result.cached else "")
             elif variant.failures:
@@ -110,7 +122,7 @@ def _print_matrix(results) -> None:
                 verdict = "pass" + (f": {variant.notes[-1]}" if variant.notes else "")
             table.add_row(result.model, result.version, result.profile, variant.name, human_size(m.size_bytes), ratio,
                           _ms(m.latency_p50_ms), _ms(m.latency_p95_ms), human_size(m.peak_memory_bytes),
-                          f"{m.accuracy:.4f}", delta, verdict)  # fmt: skip
+                          figure, delta, verdict)  # fmt: skip
         if result.error:
             table.add_row(
                 result.model, result.version, result.profile, "", *[""] * 7, f"[red]refused[/]: {result.error}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from reconciler.api.device import DeviceProfile
 
 from .datasets import Dataset
 from .errors import BuildError
+from .metrics import evaluate
 
 DEFAULT_RUNS = 200
 
@@ -33,12 +34,15 @@ class Measurement:
     latency_p95_ms: float | None
     """None when this machine cannot run the profile's accelerator: never a CPU number in its place."""
     peak_memory_bytes: int
-    accuracy: float
-    agreement: float
+    accuracy: float | None
+    """Classification and binary tasks (None for regression and anomaly scores: see ``metrics``)."""
+    agreement: float | None
     """Share of evaluation rows where the variant predicts the same class as the fp32 reference."""
     threads: int
     providers: list[str]
     latency_note: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Every metric of the model's task, by name (``mae``, ``rmse``, ``auroc``, ...): see :mod:`.metrics`."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -56,9 +60,13 @@ def measure(
     profile: DeviceProfile,
     evaluation: Dataset,
     workdir: Path,
-    reference_predictions: np.ndarray | None = None,
+    reference_outputs: np.ndarray | None = None,
     runs: int = DEFAULT_RUNS,
+    task: str = "classification",
+    threshold: float = 0.5,
 ) -> Measured:
+    """``reference_outputs``: the fp32 source's outputs on the evaluation rows (agreement is measured against
+    them); ``task`` and ``threshold``: the model's, which choose the metrics."""
     data = workdir / "eval.npz"
     if not data.exists():
         np.savez(data, x=evaluation.x)
@@ -82,19 +90,19 @@ def measure(
     report = json.loads((out / "result.json").read_text())
     outputs = np.load(out / "outputs.npy")
     unmeasured = latency_not_measurable(profile, report["providers"])
-    predictions = np.argmax(outputs, axis=1)
-    reference = predictions if reference_predictions is None else reference_predictions
+    metrics = evaluate(task, outputs, evaluation.y, reference_outputs, threshold)
     return Measured(
         Measurement(
             size_bytes=artifact.stat().st_size,
             latency_p50_ms=None if unmeasured else round(report["latency_p50_ms"], 4),
             latency_p95_ms=None if unmeasured else round(report["latency_p95_ms"], 4),
             peak_memory_bytes=report["peak_memory_bytes"],
-            accuracy=round(float(np.mean(predictions == evaluation.y)), 4),
-            agreement=round(float(np.mean(predictions == reference)), 4),
+            accuracy=metrics.get("accuracy"),
+            agreement=metrics.get("agreement"),
             threads=report["threads"],
             providers=report["providers"],
             latency_note=unmeasured,
+            metrics=metrics,
         ),
         outputs,
     )

@@ -33,13 +33,12 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
 
 
-def check_gates(measurement: Measurement, reference_accuracy: float, model: Model, profile: DeviceProfile):
-    """Every gate the variant breaks (an empty list means it passes)."""
+def check_gates(measurement: Measurement, reference: dict[str, float], model: Model, profile: DeviceProfile):
+    """Every gate the variant breaks (an empty list means it passes). ``reference``: the source model's metrics
+    for the model's task (see :mod:`.metrics`)."""
     failures: list[GateFailure] = []
-    drop = round((reference_accuracy - measurement.accuracy) * 100, 2)
     gates, limits = model.spec.gates, profile.spec.limits
-    if drop > gates.max_accuracy_drop * 100:
-        failures.append(GateFailure("accuracy drop", drop, round(gates.max_accuracy_drop * 100, 2), " points"))
+    failures += _quality(measurement.metrics, reference, gates)
     for gate, limit in (
         ("model size (model gate)", gates.max_size),
         ("model size (profile limit)", limits.max_model_size),
@@ -56,3 +55,22 @@ def check_gates(measurement: Measurement, reference_accuracy: float, model: Mode
             GateFailure("peak memory (profile limit)", measurement.peak_memory_bytes, limits.max_memory, " bytes")
         )
     return failures
+
+
+def _quality(measured: dict[str, float], reference: dict[str, float], gates) -> list[GateFailure]:
+    """The task's gate: the rise of the MAE for regression, else the drop of accuracy (or of AUROC for anomaly
+    scores), both against the source model on the same rows."""
+    if "mae" in reference:
+        base, value = reference["mae"], measured.get("mae", float("inf"))
+        rise = (value - base) / base if base > 0 else (float("inf") if value > base else 0.0)
+        if rise > gates.max_mae_increase:
+            return [GateFailure("MAE increase", round(rise * 100, 2), round(gates.max_mae_increase * 100, 2), " %")]
+        return []
+    metric = "auroc" if "auroc" in reference else "accuracy"
+    if metric not in reference:
+        return []
+    drop = round((reference[metric] - measured.get(metric, 0.0)) * 100, 2)
+    if drop > gates.max_accuracy_drop * 100:
+        label = "AUROC drop" if metric == "auroc" else "accuracy drop"
+        return [GateFailure(label, drop, round(gates.max_accuracy_drop * 100, 2), " points")]
+    return []

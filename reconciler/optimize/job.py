@@ -29,6 +29,7 @@ from reconciler.gitops.files import read_fleet_dir
 from reconciler.gitops.source import GitError, export_tree
 from reconciler.signing import Release, sign_with_key, write_release
 
+from .metrics import headline
 from .pipeline import BuildInputs, ProfileBuild, build_profile
 
 BUILT = "built"
@@ -95,10 +96,11 @@ def _summary(built: ProfileBuild) -> str:
     if chosen is None or chosen.measurement is None:
         return f"artifact {built.artifact.id[:12] if built.artifact else '?'}" + (" (cached)" if built.cached else "")
     m = chosen.measurement
-    text = f"{chosen.name}, {m.size_bytes} bytes, accuracy {m.accuracy:.4f}"
-    if built.reference_accuracy is not None:
-        text += f" ({(m.accuracy - built.reference_accuracy) * 100:+.2f} points)"
-    return text + (" (cached)" if built.cached else "")
+    figure, delta = headline(m.metrics or {"accuracy": m.accuracy}, built.reference_metrics or
+                             {"accuracy": built.reference_accuracy or 0.0})  # fmt: skip
+    metric = figure if figure.startswith(("mae", "auroc")) else f"accuracy {figure}"
+    unit = "" if delta.endswith("%") or delta == "-" else " points"
+    return f"{chosen.name}, {m.size_bytes} bytes, {metric} ({delta}{unit})" + (" (cached)" if built.cached else "")
 
 
 def _release(store: ArtifactStore, artifact: str, request, counter: int, key: Path, releases: Path, say) -> Path:

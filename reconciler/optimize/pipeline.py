@@ -48,6 +48,7 @@ from .benchmark import Measured, Measurement, measure
 from .datasets import Dataset, check_input_shape, load_dataset
 from .errors import BuildContext, BuildError, first_line
 from .gates import GateFailure, check_gates
+from .metrics import evaluate
 from .quantize import quantize_onnx
 from .sources import fetch_source
 
@@ -90,6 +91,9 @@ class ProfileBuild:
     profile: str
     variants: list[Variant] = field(default_factory=list)
     reference_accuracy: float | None = None
+    """The source's accuracy (classification and binary tasks)."""
+    reference_metrics: dict[str, float] = field(default_factory=dict)
+    """Every metric of the source model for its task: what the gates compare variants with."""
     artifact: ArtifactRecord | None = None
     cached: bool = False
     error: str | None = None
@@ -174,6 +178,7 @@ def _build(
         manifest = json.loads(store.read_blob(cached.manifest))
         result.artifact, result.cached = cached, True
         result.reference_accuracy = manifest["benchmark"]["referenceAccuracy"]
+        result.reference_metrics = manifest["benchmark"].get("referenceMetrics") or {}
         result.variants = [_variant_from_manifest(v) for v in manifest["benchmark"]["variants"]]
         report("cached")
         return
@@ -184,8 +189,10 @@ def _build(
         report("loading source")
         model = _load_source(source, source_format)
     with _step(context, "data"):
-        reference = _reference_predictions(model, source, source_format, data)
-    result.reference_accuracy = round(float(np.mean(reference == evaluation.y)), 4)
+        reference = _reference_outputs(model, source, source_format, data)
+        task, threshold = inputs.model.spec.task, inputs.model.spec.threshold
+        result.reference_metrics = evaluate(task, reference, evaluation.y, reference, threshold)
+    result.reference_accuracy = result.reference_metrics.get("accuracy")
 
     training = [p for p in inputs.recipe.passes if p.prune or p.distill]
     quantizers = [p for p in inputs.recipe.passes if p.quantize]
@@ -228,12 +235,13 @@ def _build(
         report(f"measuring {variant.name}")
         try:
             with _step(context, f"benchmark ({variant.name})"):
-                measured[variant.name] = measure(path, fmt, profile, evaluation, workdir, reference)
+                measured[variant.name] = measure(path, fmt, profile, evaluation, workdir, reference, task=task,
+                                                 threshold=threshold)  # fmt: skip
         except BuildError as exc:
             variant.error = exc.message
             continue
         variant.measurement = measured[variant.name].measurement
-        variant.failures = check_gates(variant.measurement, result.reference_accuracy, inputs.model, profile)
+        variant.failures = check_gates(variant.measurement, result.reference_metrics, inputs.model, profile)
     result.variants = [v for v, _ in candidates]
 
     chosen = _select(result.variants)
@@ -258,6 +266,7 @@ def _build(
     )
     manifest["benchmark"] = {
         "referenceAccuracy": result.reference_accuracy,
+        "referenceMetrics": result.reference_metrics,
         "variants": [variant_json(v) for v in result.variants],
     }
     with _step(context, "store"):
@@ -321,8 +330,8 @@ def _load_source(path: Path, source_format: str | None):
     raise BuildError(f"unsupported source format {source_format!r}")
 
 
-def _reference_predictions(model, source: Path, source_format: str | None, data: dict[str, Dataset]) -> np.ndarray:
-    """Predictions of the unoptimized source model: the accuracy baseline and the agreement reference.
+def _reference_outputs(model, source: Path, source_format: str | None, data: dict[str, Dataset]) -> np.ndarray:
+    """Outputs of the unoptimized source model: the metrics' baseline and the agreement reference.
     Every dataset is checked against the model's input shape first, so a wrong file is named as such."""
     evaluation = data["eval"]
     if source_format == "keras":
@@ -338,7 +347,7 @@ def _reference_predictions(model, source: Path, source_format: str | None, data:
     outputs = run(evaluation.x)
     if not np.isfinite(outputs).all():
         raise BuildError("the source model outputs NaN or infinity on the evaluation data")
-    return np.argmax(outputs, axis=1)
+    return np.asarray(outputs, dtype=np.float32)
 
 
 def _train_pass(model, step: Pass, data: dict[str, Dataset]):
