@@ -110,6 +110,16 @@ class QuantizePass(SpecModel):
     (measured 2x faster than int8 on ResNet-50); int8 (S8S8) can be more accurate."""
     calibration_samples: int = Field(default=200, ge=1, le=100_000)
     """How many calibration inputs static and int8 modes use."""
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    """ONNX static: how activation ranges are taken from the calibration data."""
+    search: bool = True
+    """Also build the candidates around this one and keep the best that passes: ONNX static with the other
+    calibration methods, the profile's other precisions (float16), and, when INT8 misses the quality gate, a
+    mixed variant that keeps the most sensitive nodes in float (measured node by node)."""
+    exclude_nodes: list[QuotedStr] = Field(default_factory=list)
+    """ONNX static: nodes left in float (names as in the converted graph, e.g. ``Conv_3``)."""
+    exclude_op_types: list[QuotedStr] = Field(default_factory=list)
+    """ONNX static: operator types left in float (e.g. ``Softmax``)."""
 
 
 class ConvertPass(SpecModel):

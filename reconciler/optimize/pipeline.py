@@ -30,7 +30,7 @@ import numpy as np
 
 from reconciler.api import FleetTree
 from reconciler.api.device import DeviceProfile
-from reconciler.api.model import Model, ModelVersion, Pass, Recipe
+from reconciler.api.model import Model, ModelVersion, Pass, QuantizePass, Recipe
 from reconciler.artifact.manifest import (
     GOLDEN_ROWS,
     MANIFEST_NAME,
@@ -44,12 +44,12 @@ from reconciler.artifact.manifest import (
 from reconciler.artifact.store import ArtifactRecord, ArtifactStore, sha256_file
 
 from . import convert, optimize
-from .benchmark import Measured, Measurement, measure
+from .benchmark import DEFAULT_RUNS, Measured, Measurement, measure
 from .datasets import Dataset, check_input_shape, load_dataset
 from .errors import BuildContext, BuildError, first_line
 from .gates import GateFailure, check_gates
 from .metrics import evaluate
-from .quantize import quantize_onnx
+from .quantize import CALIBRATION_METHODS, quantizable_nodes, quantize_onnx
 from .sources import fetch_source
 
 BUILDER_VERSION = "3"
@@ -76,6 +76,8 @@ class Variant:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     selected: bool = False
+    pareto: bool = False
+    """No other measured variant is at least as small, as fast and as good on the task's metric."""
 
     @property
     def passed(self) -> bool:
@@ -209,40 +211,48 @@ def _build(
     with _step(context, "convert"):
         report(f"converting to {fmt}")
         fp32_bytes = _convert(model, source, source_format, fmt, opset, None, data, workdir)
-    candidates: list[tuple[Variant, bytes]] = []
     allowed = set(profile.spec.precisions)
     fp32 = Variant("fp32", "fp32", eligible="fp32" in allowed and not profile.spec.integer_only)
-    candidates.append((fp32, fp32_bytes))
-    if quantizers:
-        quantize = quantizers[-1].quantize
-        assert quantize is not None
-        variant = Variant(quantize.mode, _PRECISION[quantize.mode], eligible=_PRECISION[quantize.mode] in allowed)
-        with _step(context, f"quantize ({quantize.mode})"):
-            report(f"quantizing ({quantize.mode})")
+    candidates: list[tuple[Variant, bytes]] = [(fp32, fp32_bytes)]
+    quantize = quantizers[-1].quantize if quantizers else None
+    for variant, settings in _planned(quantize, fmt, allowed):
+        with _step(context, f"quantize ({variant.name})"):
+            report(f"quantizing ({variant.name})")
             if fmt == "onnx":
                 quantized, variant.notes = quantize_onnx(
-                    fp32_bytes, quantize.mode, data.get("calibration"), quantize.calibration_samples,
-                    quantize.per_channel, workdir, quantize.activation_type,
+                    fp32_bytes, settings.mode, data.get("calibration"), settings.calibration_samples,
+                    settings.per_channel, workdir, settings.activation_type, settings.calibration_method,
+                    settings.exclude_nodes, settings.exclude_op_types,
                 )  # fmt: skip
             else:
-                quantized = _convert(model, source, source_format, fmt, opset, quantize, data, workdir)
+                quantized = _convert(model, source, source_format, fmt, opset, settings, data, workdir)
         candidates.append((variant, quantized))
 
     measured: dict[str, Measured] = {}
-    for variant, payload in candidates:
+
+    def measure_variant(variant: Variant, payload: bytes, runs: int = DEFAULT_RUNS) -> None:
         path = workdir / f"{variant.name}.{fmt}"
         path.write_bytes(payload)
         report(f"measuring {variant.name}")
         try:
             with _step(context, f"benchmark ({variant.name})"):
-                measured[variant.name] = measure(path, fmt, profile, evaluation, workdir, reference, task=task,
-                                                 threshold=threshold)  # fmt: skip
+                measured[variant.name] = measure(path, fmt, profile, evaluation, workdir, reference, runs=runs,
+                                                 task=task, threshold=threshold)  # fmt: skip
         except BuildError as exc:
             variant.error = exc.message
-            continue
+            return
         variant.measurement = measured[variant.name].measurement
         variant.failures = check_gates(variant.measurement, result.reference_metrics, inputs.model, profile)
+
+    for variant, payload in candidates:
+        measure_variant(variant, payload)
+    if fmt == "onnx" and quantize is not None and quantize.mode == "static" and quantize.search:
+        with _step(context, "accuracy recovery"):
+            recovered = _recover(candidates, fp32_bytes, quantize, data, workdir, measure_variant, report)
+        if recovered is not None:
+            candidates.append(recovered)
     result.variants = [v for v, _ in candidates]
+    _mark_pareto(result.variants)
 
     chosen = _select(result.variants)
     if chosen is None:
@@ -375,6 +385,104 @@ def _convert(model, source: Path, source_format, fmt: str, opset: int, quantize,
     return convert.keras_to_tflite(model, mode, calibration, samples)
 
 
+QUALITY_GATES = ("accuracy drop", "MAE increase", "AUROC drop")
+RECOVERY_NODES = 24
+"""Nodes measured one by one for accuracy recovery at most (each is a quantization and a measurement)."""
+RECOVERY_RUNS = 20
+"""Latency runs per sensitivity measurement: only the quality metric matters there."""
+
+
+def _planned(quantize: QuantizePass | None, fmt: str, allowed: set[str]) -> list[tuple[Variant, QuantizePass]]:
+    """The quantized candidates: the recipe's own, and with ``search`` the ones around it (ONNX static with the
+    other calibration methods; float16 when the profile allows it and the recipe does not ask for it)."""
+    if quantize is None:
+        return []
+    planned = [(Variant(quantize.mode, _PRECISION[quantize.mode], eligible=_PRECISION[quantize.mode] in allowed),
+                quantize)]  # fmt: skip
+    if not quantize.search:
+        return planned
+    if fmt == "onnx" and quantize.mode == "static":
+        for method in CALIBRATION_METHODS:
+            if method != quantize.calibration_method:
+                settings = quantize.model_copy(update={"calibration_method": method})
+                planned.append((Variant(f"static-{method}", "int8", eligible="int8" in allowed), settings))
+    if "fp16" in allowed and quantize.mode != "float16":
+        planned.append((Variant("float16", "fp16", eligible=True), quantize.model_copy(update={"mode": "float16"})))
+    return planned
+
+
+def _recover(candidates, fp32_bytes: bytes, quantize: QuantizePass, data, workdir: Path, measure_variant, report):
+    """When no static INT8 candidate passes only because of the quality gate: measure, node by node, how much
+    keeping each weighted node in float gives back, then keep the most sensitive ones in float, one more at a
+    time, until the gate passes. Returns the mixed candidate, or None (nothing to recover, or nothing helped
+    before every node was in float)."""
+    static = [(v, p) for v, p in candidates if v.precision == "int8" and v.name.startswith("static")]
+    if not static or any(v.passed for v, _ in static):
+        return None
+    best = min(static, key=lambda c: _quality_loss(c[0]))[0]
+    if best.measurement is None or not best.failures or any(f.gate not in QUALITY_GATES for f in best.failures):
+        return None
+    settings = quantize.model_copy(update={"calibration_method": _method_of(best, quantize)})
+    nodes = [n for n in quantizable_nodes(fp32_bytes, workdir) if n not in settings.exclude_nodes][:RECOVERY_NODES]
+    if len(nodes) < 2:
+        return None
+    gains = []
+    for index, node in enumerate(nodes):
+        probe = Variant(f"sensitivity-{index}", "int8", eligible=False)
+        payload, _ = quantize_onnx(fp32_bytes, "static", data.get("calibration"), settings.calibration_samples,
+                                   settings.per_channel, workdir, settings.activation_type,
+                                   settings.calibration_method, [*settings.exclude_nodes, node],
+                                   settings.exclude_op_types)  # fmt: skip
+        measure_variant(probe, payload, RECOVERY_RUNS)
+        gains.append((_quality_loss(probe), node))
+    ranked = [node for _, node in sorted(gains)]
+    for count in range(1, len(ranked)):
+        kept = ranked[:count]
+        report(f"accuracy recovery: {count} node(s) in float")
+        variant = Variant("static-mixed", "int8", eligible=best.eligible)
+        payload, variant.notes = quantize_onnx(fp32_bytes, "static", data.get("calibration"),
+                                               settings.calibration_samples, settings.per_channel, workdir,
+                                               settings.activation_type, settings.calibration_method,
+                                               [*settings.exclude_nodes, *kept], settings.exclude_op_types)  # fmt: skip
+        measure_variant(variant, payload)
+        if variant.measurement is not None and not any(f.gate in QUALITY_GATES for f in variant.failures):
+            variant.notes.insert(0, f"kept in float (most sensitive first, measured node by node): {', '.join(kept)}")
+            return variant, payload
+    return None
+
+
+def _method_of(variant: Variant, quantize: QuantizePass) -> str:
+    return variant.name.removeprefix("static-") if variant.name.startswith("static-") else quantize.calibration_method
+
+
+def _quality_loss(variant: Variant) -> float:
+    """How far a variant is from the source on the task's metric (lower is closer); infinite when unmeasured."""
+    if variant.measurement is None:
+        return float("inf")
+    metrics = variant.measurement.metrics or {"accuracy": variant.measurement.accuracy or 0.0}
+    if "mae" in metrics:
+        return metrics["mae"]
+    return -metrics.get("auroc", metrics.get("accuracy", 0.0))
+
+
+def _mark_pareto(variants: list[Variant]) -> None:
+    """Mark the measured variants no other one beats on size, latency and the task's metric at once."""
+    measured = [v for v in variants if v.measurement is not None]
+
+    def point(v: Variant) -> tuple[float, float, float]:
+        m = v.measurement
+        assert m is not None
+        latency = m.latency_p50_ms if m.latency_p50_ms is not None else 0.0
+        return float(m.size_bytes), latency, _quality_loss(v)
+
+    for variant in measured:
+        mine = point(variant)
+        variant.pareto = not any(
+            all(a <= b for a, b in zip(point(o), mine, strict=True)) and point(o) != mine
+            for o in measured if o is not variant
+        )  # fmt: skip
+
+
 def _select(variants: list[Variant]) -> Variant | None:
     """Smallest passing, allowed variant that is not slower than fp32."""
     fp32 = next((v for v in variants if v.name == "fp32" and v.measurement), None)
@@ -466,6 +574,7 @@ def variant_json(variant: Variant) -> dict:
         "failures": [asdict(f) for f in variant.failures],
         "error": variant.error,
         "notes": variant.notes,
+        "pareto": variant.pareto,
     }
 
 
@@ -473,4 +582,4 @@ def _variant_from_manifest(data: dict) -> Variant:
     measurement = Measurement(**data["measurement"]) if data["measurement"] else None
     failures = [GateFailure(**f) for f in data["failures"]]
     return Variant(data["name"], data["precision"], data["eligible"], measurement, failures, data["error"],
-                   data["notes"], data["selected"])  # fmt: skip
+                   data["notes"], data["selected"], bool(data.get("pareto")))  # fmt: skip

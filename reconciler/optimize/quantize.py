@@ -17,6 +17,9 @@ from .datasets import Dataset
 from .errors import BuildError, first_line
 
 ONNX_MODES = ("static", "dynamic", "float16")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Operators whose weights static quantization turns to INT8: the candidates for keeping a node in float."""
 
 
 def quantize_onnx(
@@ -27,8 +30,12 @@ def quantize_onnx(
     per_channel: bool,
     workdir: Path,
     activation_type: str = "uint8",
+    method: str = "minmax",
+    exclude_nodes: tuple[str, ...] | list[str] = (),
+    exclude_op_types: tuple[str, ...] | list[str] = (),
 ) -> tuple[bytes, list[str]]:
-    """The quantized model and notes about what was done differently from the recipe."""
+    """The quantized model and notes about what was done differently from the recipe. ``method``: the
+    calibration method (static); ``exclude_nodes`` / ``exclude_op_types``: left in float (static)."""
     if mode not in ONNX_MODES:
         raise BuildError(f"ONNX has no quantization mode {mode!r} (use {', '.join(ONNX_MODES)})")
     source = workdir / "to_quantize.onnx"
@@ -37,7 +44,7 @@ def quantize_onnx(
     notes: list[str] = []
     if mode == "float16":
         return _float16(model), notes
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     root = logging.getLogger()
     level = root.level
@@ -51,11 +58,15 @@ def quantize_onnx(
             rows = calibration.x[:samples]
             prepared = _pre_process(source, workdir, notes)
             activations = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
+            calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                         "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
+            excluded = sorted(set(exclude_nodes) | set(_nodes_of(prepared, exclude_op_types)))
 
             def run(per_channel_scales: bool) -> None:
                 quantize_static(
                     str(prepared), str(target), _reader(_input_name(model), rows), quant_format=QuantFormat.QDQ,
                     per_channel=per_channel_scales, activation_type=activations, weight_type=QuantType.QInt8,
+                    calibrate_method=calibrate, nodes_to_exclude=excluded,
                 )  # fmt: skip
 
             try:
@@ -74,12 +85,28 @@ def quantize_onnx(
     return canonical_onnx(target.read_bytes()), notes
 
 
+def quantizable_nodes(model: bytes, workdir: Path) -> list[str]:
+    """Names of the nodes static quantization would turn to INT8 (after onnxruntime's preparation, whose names
+    ``exclude_nodes`` refers to), in graph order."""
+    source = workdir / "to_inspect.onnx"
+    source.write_bytes(model)
+    return _nodes_of(_pre_process(source, workdir, []), WEIGHTED)
+
+
+def _nodes_of(path: Path, op_types) -> list[str]:
+    import onnx
+
+    if not op_types:
+        return []
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in set(op_types) and n.name]
+
+
 def _pre_process(source: Path, workdir: Path, notes: list[str]) -> Path:
     """onnxruntime's recommended preparation (shape inference, BatchNorm folded into Conv, ...) so more of
     the graph runs in INT8; the model is quantized as it is when preparation fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = workdir / "prepared.onnx"
+    prepared = source.with_name(f"prepared-{source.stem}.onnx")
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     except Exception as exc:  # preparation is an optimization, never a reason to fail the build
