@@ -25,7 +25,13 @@ from .output import human_size
 @click.option("--store", type=click.Path(path_type=Path), default=DEFAULT_STORE, show_default=STORE_SHOWN,
               help="Content-addressed artifact store (also the build cache).")  # fmt: skip
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def build(repo: str, models, versions, profiles, store: Path, output: str) -> None:
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write DIR/index.html: every candidate with the Pareto front, as a table and a plot.",
+)
+def build(repo: str, models, versions, profiles, store: Path, output: str, report_dir: Path | None) -> None:
     """Build, benchmark and gate artifacts per device profile; print the variant matrix.
 
     Without filters it builds every version an active rollout needs; --model alone builds all its versions.
@@ -55,6 +61,16 @@ def build(repo: str, models, versions, profiles, store: Path, output: str) -> No
                 tree, Path(repo), artifact_store, list(models) or None, list(versions) or None,
                 list(profiles) or None, progress=report,
             )  # fmt: skip
+    if report_dir is not None:
+        from reconciler.optimize.report import render_report
+
+        try:
+            report_dir.mkdir(parents=True, exist_ok=True)
+            (report_dir / "index.html").write_text(render_report(results))
+        except OSError as exc:
+            click.echo(f"error: --report {report_dir}: {exc.strerror or exc}", err=True)
+            sys.exit(1)
+        click.echo(f"report: {report_dir / 'index.html'}", err=True)
     if output == "json":
         click.echo(json.dumps([_result_json(r) for r in results], indent=2))
     else:

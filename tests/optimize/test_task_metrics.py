@@ -118,10 +118,13 @@ def test_accuracy_recovery_keeps_the_sensitive_node_in_float(tmp_path: Path):
     repo = regression_fleet(tmp_path, outlier=True, gates="maxMAEIncrease: 0.2",
                             quantize="{mode: static, perChannel: false, calibrationSamples: 200}")  # fmt: skip
     scope = ["--repo", str(repo), "--model", "power-forecast", "--store", str(tmp_path / "store")]
-    built = subprocess.run([str(EDGECTL), "build", *scope, "-o", "json"], capture_output=True, text=True, timeout=900)
+    built = subprocess.run([str(EDGECTL), "build", *scope, "-o", "json", "--report", str(tmp_path / "report")],
+                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
     [result] = json.loads(built.stdout)
     variants = {v["name"]: v for v in result["variants"]}
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<svg" in page and "static-mixed" in page and "MAE increase" in page and "◆" in page
     for name in ("static", "static-entropy", "static-percentile"):
         assert [f["gate"] for f in variants[name]["failures"]] == ["MAE increase"], variants[name]
     mixed = variants["static-mixed"]
