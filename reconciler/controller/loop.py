@@ -232,6 +232,7 @@ class Controller:
         self._requests_lock = threading.Lock()
         self._taken: list[_Request] = []
         self._build_runner = build_runner
+        self._said_no_store = False
         self._collected: datetime | None = None
         """When the store was last collected (the first cycle counts as one: nothing goes at start)."""
         self.builds: Builds | None = None
@@ -873,7 +874,13 @@ class Controller:
                      stable: Mapping[str, str | None], released: set[tuple[str, str, str]],
                      ) -> BuildsView | None:  # fmt: skip
         """Builds of what active rollouts need, when the Fleet says ``release: builder``."""
-        if tree.fleet.spec.trust.release != "builder" or self.config.store is None:
+        if tree.fleet.spec.trust.release != "builder":
+            return None
+        if self.config.store is None:
+            if not self._said_no_store:
+                log.warning("the Fleet says trust.release: builder, but this controller has no store to build into "
+                            "(edgectl run --store): rollouts wait for artifacts that nobody builds")  # fmt: skip
+                self._said_no_store = True
             return None
         if self.builds is None:
             runner = self._build_runner or LocalRunner(self.source.workdir, Path(self.config.store),
