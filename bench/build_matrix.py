@@ -1,4 +1,5 @@
-"""Build benchmarks: INT8 vs fp32 on the example digits CNN and on ResNet-50, and fleet build wall times.
+"""Build benchmarks: INT8 vs fp32 on the example digits CNN and on ResNet-50, the quantization search, and fleet
+build wall times.
 
     python bench/build_matrix.py [--skip-fleet] [--quick]
 
@@ -8,6 +9,11 @@
 Prints, with fp32 as the baseline measured in the same run:
 - size ratio INT8/fp32 (goal <= 0.30) and latency ratio fp32/INT8 at 1 thread (goal >= 1.5 on ResNet-50);
 - accuracy delta INT8 - fp32 on the digits CNN (goal: within 1 point);
+- the search: every calibration method of static INT8 against fp32 (size ratio, latency ratio at 1 thread, the
+  metric's delta, quantization time) on the digits CNN, MobileNetV2 alpha 0.35 and 1.0 at 96x96 and ResNet-50
+  (--quick: the digits CNN and MobileNetV2 0.35 only), and how often a searched method beat plain MinMax
+  (accuracy on the digits CNN; elsewhere the mean absolute difference from fp32's outputs: their weights are
+  not trained, so accuracy and agreement would say nothing);
 - wall time of a cold build of fleet-example (empty store) and of a warm one (every build a cache hit).
 
 ResNet-50 comes from the onnx wheel's light test models, whose weights are ConstantOfShape placeholders;
@@ -139,6 +145,87 @@ def resnet50(workdir: Path, quick: bool) -> None:
         print("  note:", note)
 
 
+def search_row(name: str, fp32: bytes, calibration: Dataset, evaluation: Dataset, workdir: Path, runs: int,
+               metric: str) -> list[dict]:  # fmt: skip
+    """fp32 and static INT8 with each calibration method; ``metric``: ``accuracy`` (points against fp32, higher is
+    better), or ``output error`` (mean absolute difference from fp32's outputs, lower is better: for models whose
+    weights are not trained, where accuracy and agreement say nothing)."""
+    from reconciler.optimize.quantize import CALIBRATION_METHODS
+
+    workdir = workdir / name.split(" ")[0]  # measure() keeps the evaluation rows of its folder
+    workdir.mkdir()
+    profile = one_thread_cpu()
+    (workdir / "fp32.onnx").write_bytes(fp32)
+    base = measure(workdir / "fp32.onnx", "onnx", profile, evaluation, workdir, runs=runs)
+    b = base.measurement
+    require(b.latency_p50_ms, f"{name}: fp32 latency not measured")
+    rows = []
+    for method in CALIBRATION_METHODS:
+        start = time.perf_counter()
+        int8, _ = quantize_onnx(fp32, "static", calibration, len(calibration.x), True, workdir, method=method)
+        took = time.perf_counter() - start
+        (workdir / f"{method}.onnx").write_bytes(int8)
+        q = measure(workdir / f"{method}.onnx", "onnx", profile, evaluation, workdir, base.outputs, runs=runs)
+        m = q.measurement
+        if metric == "accuracy":
+            score, delta = m.accuracy, (m.accuracy - b.accuracy) * 100
+        else:
+            error = float(np.mean(np.abs(q.outputs - base.outputs)))
+            score, delta = -error, error
+        rows.append({"method": method, "size": ratio(m.size_bytes, b.size_bytes, f"{name} {method} size"),
+                     "latency": ratio(b.latency_p50_ms, m.latency_p50_ms, f"{name} {method} latency"),
+                     "delta": delta, "seconds": took, "score": score})  # fmt: skip
+    unit = "accuracy vs fp32 in points" if metric == "accuracy" else "output error: mean |int8 - fp32|"
+    print(f"\nsearch: {name} (1 thread, {runs} runs; {unit})")
+    print(f"  {'method':<12} {'int8/fp32 size':>15} {'fp32/int8 latency':>18} {'delta':>8} {'quantize s':>11}")
+    for row in rows:
+        print(f"  {row['method']:<12} {row['size']:>15.3f} {row['latency']:>18.2f} {row['delta']:>+8.4g} "
+              f"{row['seconds']:>11.1f}")  # fmt: skip
+    plain = next(r for r in rows if r["method"] == "minmax")
+    best = max(rows, key=lambda r: r["score"])
+    gain = best["score"] - plain["score"]
+    if metric == "accuracy":
+        shown = f"{gain * 100:+.2f} points"
+    else:
+        shown = f"{gain / max(-plain['score'], 1e-12):.0%} less output error"
+    verdict = f"{best['method']} beat minmax by {shown}" if gain > 0 else "minmax was best (no gain)"
+    print(f"  search: {verdict}")
+    return rows
+
+
+def mobilenet(alpha: float, size: int, workdir: Path, rows: int) -> tuple[bytes, Dataset, Dataset]:
+    keras = keras_module()
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None, classes=10)
+    images = np.random.default_rng(2).uniform(-1, 1, (2 * rows, size, size, 3)).astype(np.float32)
+    return (keras_to_onnx(model, 17, workdir), Dataset(images[:rows], np.zeros(rows)),
+            Dataset(images[rows:], np.zeros(rows)))  # fmt: skip
+
+
+def search(workdir: Path, quick: bool) -> None:
+    runs = 20 if quick else 200
+    keras = keras_module()
+    digits_model = keras.saving.load_model(EXAMPLE / "models/digits-cnn/1.0.0/model.keras", compile=False)
+    data = EXAMPLE / "models/digits-cnn/data"
+    evaluation, calibration = load_dataset(data / "eval.npz", "eval"), load_dataset(data / "calibration.npz", "cal")
+    digits_fp32 = keras_to_onnx(digits_model, 17, workdir)
+    results = {"digits-cnn 1.0.0": search_row("digits-cnn 1.0.0", digits_fp32, calibration.head(200), evaluation,
+                                              workdir, runs, "accuracy")}  # fmt: skip
+    models = [(0.35, 96)] if quick else [(0.35, 96), (1.0, 96)]
+    for alpha, size in models:
+        fp32, cal, evals = mobilenet(alpha, size, workdir, 8 if quick else 64)
+        name = f"mobilenetv2 alpha {alpha} {size}x{size} (untrained)"
+        results[name] = search_row(name, fp32, cal, evals, workdir, runs, "output error")
+    if not quick:
+        images = np.random.default_rng(1).normal(0, 1, (40, 3, 224, 224)).astype(np.float32)
+        results["resnet50-light"] = search_row("resnet50-light (folded, placeholder weights)", folded_resnet50(),
+                                               Dataset(images[:32], np.zeros(32)), Dataset(images[32:], np.zeros(8)),
+                                               workdir, 30, "output error")  # fmt: skip
+    wins = [name for name, rows in results.items()
+            if max(r["score"] for r in rows) > next(r["score"] for r in rows if r["method"] == "minmax")]  # fmt: skip
+    print(f"\nsearch beat plain static INT8 (minmax) on {len(wins)} of {len(results)} models: {', '.join(wins) or '-'}")
+
+
 def fleet(workdir: Path, quick: bool) -> None:
     tree = load_fleet(read_fleet_dir(EXAMPLE))
     store = ArtifactStore(workdir / "store")
@@ -170,7 +257,7 @@ def main() -> None:
     args = arguments.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, bench in (("digits", digits), ("resnet", resnet50)):
+        for name, bench in (("digits", digits), ("resnet", resnet50), ("search", search)):
             (work / name).mkdir()
             bench(work / name, args.quick)
         if not args.skip_fleet:
