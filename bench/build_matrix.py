@@ -152,7 +152,7 @@ def search_row(name: str, fp32: bytes, calibration: Dataset, evaluation: Dataset
     weights are not trained, where accuracy and agreement say nothing)."""
     from reconciler.optimize.quantize import CALIBRATION_METHODS
 
-    workdir = workdir / name.split(" ")[0]  # measure() keeps the evaluation rows of its folder
+    workdir = workdir / "".join(c if c.isalnum() else "-" for c in name)  # measure() keeps its folder's rows
     workdir.mkdir()
     profile = one_thread_cpu()
     (workdir / "fp32.onnx").write_bytes(fp32)
