@@ -102,10 +102,30 @@ def magnitude_prune(model, spec: PrunePass, train: Dataset) -> PassResult:
                 kernel = pruned.layers[index].kernel
                 kernel.assign(kernel.numpy() * mask)
 
+    before = _wire_bytes(model)
     _fit(pruned, train, spec.fine_tune_epochs, [KeepZeros()])
     kernels = [pruned.layers[i].kernel.numpy() for i in prunable]
     zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
-    return PassResult(pruned, {"sparsity": round(zeros, 4)})
+    after = _wire_bytes(pruned)
+    # Zeroed weights keep the tensors' shapes: no runtime here skips them, so the only gain is on the wire.
+    if after > before * (1 - MIN_WIRE_SAVING):
+        raise BuildError(f"magnitude pruning to sparsity {zeros:.2f} saves {1 - after / before:.1%} on the wire "
+                         f"({after} vs {before} bytes of weights, zstd-compressed) and nothing at run time (the "
+                         "runtimes compute zeros like any weight): drop the pass, or prune structured")  # fmt: skip
+    return PassResult(pruned, {"sparsity": round(zeros, 4), "wireBytesBefore": before, "wireBytesAfter": after})
+
+
+MIN_WIRE_SAVING = 0.1
+"""Magnitude pruning must shrink the compressed weights by this much to be worth a pass: the runtimes the
+profiles use run dense kernels, so size on the wire is all that sparsity buys."""
+
+
+def _wire_bytes(model) -> int:
+    """The model's weights as they travel: float32, zstd-compressed (what a device downloads, before deltas)."""
+    import zstandard
+
+    weights = b"".join(np.asarray(w, dtype=np.float32).tobytes() for w in model.get_weights())
+    return len(zstandard.ZstdCompressor(level=9).compress(weights))
 
 
 def structured_prune(model, spec: PrunePass, train: Dataset) -> PassResult:
