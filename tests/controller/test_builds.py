@@ -24,11 +24,10 @@ from reconciler.signing import ReleaseSigner, TrustPolicy, generate_key
 
 from ..device_fleet import FLEET, MODEL, PROFILE, Fleet
 from ..git_server import GitServer, git
+from ..rollout.test_end_to_end import LABELS
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
 ROLLOUT = "vibration-anomaly-2"
-LABELS = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east",
-          "edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}  # fmt: skip
 ROLLOUT_YAML = """apiVersion: edgereconciler.io/v1alpha1
 kind: Rollout
 metadata:
