@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .device import DeviceProfile
 from .errors import SpecError, format_field_path
-from .model import ONNX_QUANTIZE_MODES, TFLITE_QUANTIZE_MODES, Model
+from .model import ONNX_QUANTIZE_MODES, TFLITE_QUANTIZE_MODES, Model, Recipe
 from .rollout import Rollout
 
 if TYPE_CHECKING:
@@ -143,6 +143,27 @@ def _check_model(item: Located, find: Finder, exists: Callable[[str, str], bool]
                     f"profile {profile.name} is integerOnly: the recipe needs a quantize pass with mode int8-only",
                 )
             )
+        errors.extend(_check_source_formats(item, model, i, recipe, fmt))
+    return errors
+
+
+def _check_source_formats(item: Located, model: Model, index: int, recipe: Recipe, fmt: str) -> list[SpecError]:
+    """What only a Keras source can go through: training passes (prune, distill) and TFLite conversion."""
+    errors = []
+    others = [(v.version, v.source.resolved_format) for v in model.spec.versions]
+    others = [(version, found) for version, found in others if found not in (None, "keras")]
+    if not others:
+        return errors
+    version, found = others[0]
+    if fmt == "tflite":
+        errors.append(_error(item, ("spec", "recipes", index, "profile"),
+                             f"profile {recipe.profile} loads tflite, which is converted from Keras sources; version "
+                             f"{version} is {found} (use an onnx profile)"))  # fmt: skip
+    for j, step in enumerate(recipe.passes):
+        if step.prune or step.distill:
+            errors.append(_error(item, ("spec", "recipes", index, "passes", j, step.kind),
+                                 f"{step.kind} trains the model and needs a Keras source; version {version} is "
+                                 f"{found}"))  # fmt: skip
     return errors
 
 

@@ -15,8 +15,8 @@ from pydantic import Field, model_validator
 from .document import Document, Problem
 from .types import Duration, Fraction, Name, Quantity, QuotedStr, RepoPath, Sha256, SpecModel
 
-SourceFormat = Literal["keras", "onnx"]
-_SOURCE_EXTENSIONS = {".keras": "keras", ".onnx": "onnx"}
+SourceFormat = Literal["keras", "onnx", "pytorch"]
+_SOURCE_EXTENSIONS = {".keras": "keras", ".onnx": "onnx", ".pt2": "pytorch"}
 _URI_SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
@@ -28,7 +28,8 @@ class ModelSource(SpecModel):
     sha256: Sha256
     """Digest of the source file; a build refuses a source that does not match."""
     format: SourceFormat | None = None
-    """keras or onnx; inferred from the file extension when omitted."""
+    """keras, onnx, or pytorch (a ``torch.export.save`` program); inferred from the extension (.keras, .onnx,
+    .pt2) when omitted."""
 
     @property
     def is_repo_path(self) -> bool:
@@ -208,7 +209,8 @@ class Model(Document):
                 found.append(((*loc, "version"), f"duplicate version {v.version!r} (also versions[{seen[v.version]}])"))
             seen.setdefault(v.version, i)
             if v.source.resolved_format is None:
-                found.append(((*loc, "source", "format"), "cannot infer format from the file name: set keras or onnx"))
+                problem = "cannot infer format from the file name: set keras, onnx or pytorch"
+                found.append(((*loc, "source", "format"), problem))
             if v.source.is_repo_path and (problem := _repo_path_problem(v.source.uri)):
                 found.append(((*loc, "source", "uri"), problem))
         profiles: dict[str, int] = {}
