@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.artifact.runtime import ModelRunner
+from reconciler.artifact.runtime import ModelRunner, from_lists, take
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def health_check(
         model_file = next(name for name in manifest["files"] if name.startswith("model."))
         runner = ModelRunner(Path(slot) / model_file, manifest["format"], threads)
         golden = manifest["golden"]
-        inputs = np.asarray(golden["inputs"], dtype=np.float32)
+        inputs = from_lists(golden["inputs"])
         expected = np.asarray(golden["outputs"], dtype=np.float32)
         outputs = runner.run(inputs)
     except Exception as exc:  # a model that does not load or run is unhealthy, whatever the reason
@@ -72,7 +72,7 @@ def health_check(
     latencies = []
     for _ in range(runs):
         start = time.perf_counter()
-        runner.run(inputs[:1])
+        runner.run(take(inputs, 0, 1))
         latencies.append((time.perf_counter() - start) * 1000)
     p95 = float(np.percentile(latencies, 95))
     memory = max(0, _rss() - before)

@@ -19,7 +19,8 @@ and the Open Inference Protocol (KServe v2), where ``[/versions/<v>]`` must name
          {"id"?, "inputs": [{"name", "shape", "datatype", "data"}], "outputs"?: [{"name"}]}
          -> {"model_name", "model_version", "id"?, "outputs": [{"name", "shape", "datatype", "data"}]}
 
-The v2 signature is the runner's: one input and one output, the first of each in the manifest. Tensors
+The v2 signature is the runner's: every input of the manifest (a request names each once) and the first
+output. ``:predict`` speaks for single-input models only and sends the others to v2. Tensors
 keep the model's own datatype: an integer-only model takes and gives its quantized integers, which this
 module maps to and from the floats the runner speaks with the manifest's scale and zero point. Both
 dialects therefore run the same floats through the same runner, and record the same telemetry.
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.artifact.runtime import ModelRunner
+from reconciler.artifact.runtime import Inputs, ModelRunner
 from reconciler.httpserver import BackgroundServer, JSONHandler
 
 from .faults import crash_point
@@ -144,7 +145,7 @@ class Tensor:
 
 @dataclass(frozen=True)
 class Signature:
-    input: Tensor
+    inputs: tuple[Tensor, ...]
     output: Tensor
 
     @classmethod
@@ -152,7 +153,8 @@ class Signature:
         """None when the manifest has no usable tensor specs: :predict still serves, v2 answers 500."""
         try:
             tensors = manifest["tensors"]
-            return cls(Tensor.from_spec(tensors["inputs"][0]), Tensor.from_spec(tensors["outputs"][0]))
+            inputs = tuple(Tensor.from_spec(spec) for spec in tensors["inputs"])
+            return cls(inputs, Tensor.from_spec(tensors["outputs"][0])) if inputs else None
         except (KeyError, IndexError, TypeError, ValueError):
             return None
 
@@ -170,7 +172,7 @@ class Loaded:
 class Request:
     """A decoded inference request, whichever dialect it came in."""
 
-    inputs: np.ndarray
+    inputs: Inputs
     id: str | None = None
     outputs: bool = True
 
@@ -229,6 +231,9 @@ def _check_shape(inputs: np.ndarray, expected: tuple[int | None, ...]) -> None:
 
 
 def _decode_predict(raw: bytes, runner: ModelRunner) -> Request:
+    if len(runner.input_shapes) > 1:
+        raise ValueError(f":predict serves models with one input; this one takes {len(runner.input_shapes)} "
+                         f"({', '.join(runner.input_shapes)}): use the v2 infer endpoint")  # fmt: skip
     inputs = np.asarray(json.loads(raw)["instances"], dtype=np.float32)
     _check_shape(inputs, runner.input_shape)
     return Request(inputs)
@@ -245,20 +250,28 @@ def _decode_infer(raw: bytes, signature: Signature) -> Request:
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest("id must be a string")
-    want = signature.input
+    wanted = {tensor.name: tensor for tensor in signature.inputs}
+    names = ", ".join(repr(name) for name in wanted)
     tensors = body.get("inputs")
-    if not isinstance(tensors, list) or len(tensors) != 1 or not isinstance(tensors[0], dict):
-        raise InvalidRequest(f"inputs must hold exactly one tensor, {want.name!r}")
-    tensor = tensors[0]
-    if tensor.get("name") != want.name:
-        raise InvalidRequest(f"input {tensor.get('name')!r} is not an input of this model; it takes {want.name!r}")
-    if tensor.get("datatype") != want.datatype:
-        raise InvalidRequest(f"input {want.name!r} has datatype {want.datatype}, not {tensor.get('datatype')!r}")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise InvalidRequest(f"shape of {want.name!r} must be a list of non-negative integers")
-    want.check_shape(shape)
-    inputs = want.to_float(tensor.get("data"), shape)
+    if not isinstance(tensors, list) or len(tensors) != len(wanted) or not all(isinstance(t, dict) for t in tensors):
+        raise InvalidRequest(f"inputs must hold exactly {len(wanted)} tensor(s), {names}")
+    decoded: dict[str, np.ndarray] = {}
+    for tensor in tensors:
+        want = wanted.get(tensor.get("name"))  # type: ignore[arg-type]
+        if want is None:
+            raise InvalidRequest(f"input {tensor.get('name')!r} is not an input of this model; it takes {names}")
+        if want.name in decoded:
+            raise InvalidRequest(f"input {want.name!r} is given twice")
+        if tensor.get("datatype") != want.datatype:
+            raise InvalidRequest(f"input {want.name!r} has datatype {want.datatype}, not {tensor.get('datatype')!r}")
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise InvalidRequest(f"shape of {want.name!r} must be a list of non-negative integers")
+        want.check_shape(shape)
+        decoded[want.name] = want.to_float(tensor.get("data"), shape)
+    if len({len(value) for value in decoded.values()}) > 1:
+        raise InvalidRequest("every input must hold the same number of rows")
+    inputs: Inputs = decoded if len(decoded) > 1 else next(iter(decoded.values()))
     requested = body.get("outputs")
     if requested is None:
         return Request(inputs, request_id)
@@ -314,7 +327,7 @@ class _Handler(JSONHandler):
             return self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "the manifest has no tensor specs"})
         self.send_json(HTTPStatus.OK, {"name": loaded.model, "versions": [loaded.version],
                                        "platform": PLATFORMS.get(loaded.runner.format, loaded.runner.format),
-                                       "inputs": [loaded.signature.input.metadata()],
+                                       "inputs": [tensor.metadata() for tensor in loaded.signature.inputs],
                                        "outputs": [loaded.signature.output.metadata()]})  # fmt: skip
 
     def _find_v2(self, match: re.Match) -> Loaded | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import urllib3
 
+from reconciler.artifact.runtime import Inputs, flat_rows, row_count
 from reconciler.durable import write_atomic
 
 LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, math.inf)
@@ -51,15 +52,15 @@ class Summary:
         self.predictions = self.predictions or [0] * self.classes
         self.inputs = self.inputs or {name: [0] * (len(edges) + 1) for name, edges in self.input_edges.items()}
 
-    def add(self, inputs: np.ndarray | None, outputs: np.ndarray | None, seconds: float, failed: bool) -> None:
+    def add(self, inputs: Inputs | None, outputs: np.ndarray | None, seconds: float, failed: bool) -> None:
         self.requests += 1
         self.errors += int(failed)
         self.latency[int(np.searchsorted(LATENCY_BUCKETS_MS, seconds * 1000, side="left"))] += 1
         if outputs is not None and outputs.ndim == 2 and outputs.shape[1] == self.classes:
             for predicted in np.argmax(outputs, axis=1):
                 self.predictions[int(predicted)] += 1
-        if inputs is not None and inputs.size and not failed:
-            flat = inputs.reshape(len(inputs), -1)
+        if inputs is not None and row_count(inputs) and not failed:
+            flat = flat_rows(inputs)
             for name, values in (("inputMean", flat.mean(axis=1)), ("inputStd", flat.std(axis=1))):
                 if name in self.input_edges:
                     bins = np.searchsorted(self.input_edges[name], values, side="right")

@@ -63,7 +63,8 @@ class ModelVersion(SpecModel):
 
 
 class ModelData(SpecModel):
-    """Data files in the fleet repo (``.npz`` with ``x`` and ``y`` arrays) that builds use."""
+    """Data files in the fleet repo that builds use: ``.npz`` with labels ``y`` and the inputs, ``x`` for a model
+    with one input, or one array per input named as the ONNX model names it."""
 
     train: RepoPath | None = None
     """Training data for fine-tuning after pruning and for distillation."""

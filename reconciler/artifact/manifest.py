@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime import Inputs, as_lists, flat_rows, row_count, take
+
 GOLDEN_ROWS = 8
 HISTOGRAM_BINS = 10
 TOOLS = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxconverter-common", "ai-edge-litert")
@@ -88,7 +90,7 @@ SCALE_SHARE = 0.02
 
 
 def golden_vectors(
-    inputs: np.ndarray,
+    inputs: Inputs,
     outputs: np.ndarray,
     runs: dict[int, np.ndarray] | None = None,
     reference: np.ndarray | None = None,
@@ -96,14 +98,14 @@ def golden_vectors(
     """A few evaluation rows with this very artifact's outputs: the device must reproduce them, within a
     tolerance taken from measurement. ``runs``: the artifact's outputs on the same rows under each thread count
     the profile allows; ``reference``: the fp32 model's outputs on them. Top-1 agreement is checked apart."""
-    rows = min(GOLDEN_ROWS, len(inputs))
+    rows = min(GOLDEN_ROWS, row_count(inputs))
     scale = float(np.max(np.abs(outputs[:rows]))) if rows else 1.0
     spread = max((float(np.max(np.abs(run[:rows] - outputs[:rows]))) for run in (runs or {}).values() if rows),
                  default=0.0)  # fmt: skip
     distance = float(np.max(np.abs(reference[:rows] - outputs[:rows]))) if reference is not None and rows else 0.0
     atol = max(1e-4, SPREAD_MARGIN * spread, QUANTIZATION_SHARE * distance, SCALE_SHARE * scale)
     return {
-        "inputs": np.round(inputs[:rows], 6).tolist(),
+        "inputs": as_lists(take(inputs, 0, rows), 6),
         "outputs": np.round(outputs[:rows], 5).tolist(),
         "tolerance": {
             "atol": round(atol, 6),
@@ -118,13 +120,13 @@ def golden_vectors(
     }
 
 
-def reference_histograms(inputs: np.ndarray, predictions: np.ndarray, classes: int) -> dict:
+def reference_histograms(inputs: Inputs, predictions: np.ndarray, classes: int) -> dict:
     """Counts on fixed quantile bins of per-row input statistics, and the prediction distribution.
 
     Devices count their own traffic into the same bins, so summaries add up across devices and PSI/KL
     can be computed fleet-wide without raw data leaving a device.
     """
-    flat = inputs.reshape(len(inputs), -1)
+    flat = flat_rows(inputs)
     features = {"inputMean": flat.mean(axis=1), "inputStd": flat.std(axis=1)}
     histograms: dict[str, dict] = {}
     quantiles = np.linspace(0, 1, HISTOGRAM_BINS + 1)[1:-1]

@@ -69,7 +69,7 @@ def measure(
     them); ``task`` and ``threshold``: the model's, which choose the metrics."""
     data = workdir / "eval.npz"
     if not data.exists():
-        np.savez(data, x=evaluation.x)
+        np.savez(data, **(dict(evaluation.x) if evaluation.named else {"x": evaluation.x}))  # type: ignore[arg-type]
     out = workdir / f"probe-{artifact.stem}"
     command = [
         sys.executable, "-m", "reconciler.optimize.probe", str(artifact), fmt, str(data), str(out),

@@ -41,6 +41,7 @@ from reconciler.artifact.manifest import (
     tensor_specs,
     tool_versions,
 )
+from reconciler.artifact.runtime import Inputs, take
 from reconciler.artifact.store import ArtifactRecord, ArtifactStore, sha256_file
 
 from . import convert, optimize, pytorch
@@ -192,6 +193,8 @@ def _build(
         model = _load_source(source, source_format)
     with _step(context, "data"):
         reference = _reference_outputs(model, source, source_format, data)
+        data = _named_as_artifact(source, source_format, data)
+        evaluation = data["eval"]
         task, threshold = inputs.model.spec.task, inputs.model.spec.threshold
         result.reference_metrics = evaluate(task, reference, evaluation.y, reference, threshold)
     result.reference_accuracy = result.reference_metrics.get("accuracy")
@@ -297,7 +300,7 @@ def build_key(inputs: BuildInputs, data: dict[str, Dataset]) -> str:
         "gates": inputs.model.spec.gates.model_dump(mode="json", by_alias=True),
         "profile": inputs.profile.spec.model_dump(mode="json", by_alias=True),
         "recipe": inputs.recipe.model_dump(mode="json", by_alias=True, exclude_unset=True),
-        "data": {name: hashlib.sha256(d.x.tobytes() + d.y.tobytes()).hexdigest() for name, d in sorted(data.items())},
+        "data": {name: hashlib.sha256(d.digest_material()).hexdigest() for name, d in sorted(data.items())},
         "tools": tool_versions(),
     }
     return hashlib.sha256(canonical_json(material)).hexdigest()
@@ -347,22 +350,35 @@ def _reference_outputs(model, source: Path, source_format: str | None, data: dic
     Every dataset is checked against the model's input shape first, so a wrong file is named as such."""
     evaluation = data["eval"]
     if source_format == "keras":
-        shape = tuple(model.input_shape)
+        shapes = {"x": tuple(model.input_shape)}
         run = lambda x: model.predict(x, verbose=0, batch_size=256)  # noqa: E731
     elif source_format == "pytorch":
-        shape = pytorch.input_shape(model)
+        shapes = {"x": pytorch.input_shape(model)}
         run = lambda x: pytorch.run_program(model, x)  # noqa: E731
     else:
         from reconciler.artifact.runtime import ModelRunner
 
         runner = ModelRunner(source, "onnx")
-        shape, run = runner.input_shape, runner.run
+        shapes, run = runner.input_shapes, runner.run
     for name, dataset in data.items():
-        check_input_shape(dataset, shape, f"data.{name}")
+        if dataset.named and source_format != "onnx":
+            raise BuildError(f"data.{name}: {source_format} sources take one input, the array 'x'")
+        check_input_shape(dataset, shapes, f"data.{name}")
     outputs = run(evaluation.x)
     if not np.isfinite(outputs).all():
         raise BuildError("the source model outputs NaN or infinity on the evaluation data")
     return np.asarray(outputs, dtype=np.float32)
+
+
+def _named_as_artifact(source: Path, source_format: str | None, data: dict[str, Dataset]) -> dict[str, Dataset]:
+    """Data named after the source's inputs, renamed to the artifact's (``input_0``, ...: see
+    :func:`convert.canonical_onnx`), which is what the candidates, the probe and the golden vectors feed."""
+    if source_format != "onnx" or not any(d.named for d in data.values()):
+        return data
+    from reconciler.artifact.runtime import ModelRunner
+
+    names = {name: f"input_{index}" for index, name in enumerate(ModelRunner(source, "onnx").input_shapes)}
+    return {key: d.renamed(names) if d.named else d for key, d in data.items()}
 
 
 def _train_pass(model, step: Pass, data: dict[str, Dataset]):
@@ -524,7 +540,7 @@ def _refusal(variants: list[Variant], allowed: set[str]) -> str:
     return "no variant passes: " + " | ".join(reasons) if reasons else "no variant passes"
 
 
-def _thread_runs(path: Path, fmt: str, rows: np.ndarray, threads: int) -> dict[int, np.ndarray]:
+def _thread_runs(path: Path, fmt: str, rows: Inputs, threads: int) -> dict[int, np.ndarray]:
     """The artifact's outputs on ``rows`` under every thread count from 1 to the profile's (at most 8)."""
     from reconciler.artifact.runtime import ModelRunner
 
@@ -554,7 +570,7 @@ def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, 
         "golden": golden_vectors(
             evaluation.x,
             outputs,
-            _thread_runs(path, profile.format, evaluation.x[:GOLDEN_ROWS], profile.threads),
+            _thread_runs(path, profile.format, take(evaluation.x, 0, GOLDEN_ROWS), profile.threads),
             reference_outputs,
         ),
         "histograms": reference_histograms(evaluation.x, predictions, classes),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.artifact.runtime import ModelRunner
+from reconciler.artifact.runtime import ModelRunner, inputs_from_arrays, row_count, take
 
 
 def _status_kib(field: str) -> int:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with np.load(args.data) as data:
-        x = data["x"].astype(np.float32)
+        x = inputs_from_arrays({key: data[key].astype(np.float32) for key in data.files})
     # Import the runtime before measuring: its own footprint is not the model's.
     if args.format == "onnx":
         import onnxruntime  # noqa: F401
@@ -69,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     baseline_rss = _status_kib("VmRSS") * 1024
     try:
         runner = ModelRunner(args.artifact, args.format, args.threads, [p for p in args.providers.split(",") if p])
-        for i in range(min(10, len(x))):  # warm-up
-            runner.run(x[i : i + 1])
+        rows = row_count(x)
+        for i in range(min(10, rows)):  # warm-up
+            runner.run(take(x, i, i + 1))
         times = []
         for i in range(args.runs):
-            sample = x[i % len(x) : i % len(x) + 1]
+            sample = take(x, i % rows, i % rows + 1)
             start = time.perf_counter()
             runner.run(sample)
             times.append(time.perf_counter() - start)
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": f"uses {peak} bytes of resident memory, more than the limit of "
                                        f"{args.memory_limit}", "peak_memory_bytes": peak}))  # fmt: skip
             return 3
-        outputs = np.concatenate([runner.run(x[i : i + EVALUATION_BATCH]) for i in range(0, len(x), EVALUATION_BATCH)])
+        batches = range(0, rows, EVALUATION_BATCH)
+        outputs = np.concatenate([runner.run(take(x, i, i + EVALUATION_BATCH)) for i in batches])
     except MemoryError:
         print(json.dumps({"error": "out of memory"}))
         return 3

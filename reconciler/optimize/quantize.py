@@ -8,9 +8,12 @@ refuses (it does on Gemm nodes with 2-D biases); the fallback is reported, not h
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from reconciler.artifact.runtime import Inputs, row_count, take
 
 from .convert import canonical_onnx
 from .datasets import Dataset
@@ -55,7 +58,7 @@ def quantize_onnx(
         else:
             if calibration is None:
                 raise BuildError("static quantization needs calibration data")
-            rows = calibration.x[:samples]
+            rows = calibration.head(samples).x
             prepared = _pre_process(source, workdir, notes)
             activations = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
             calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -64,7 +67,7 @@ def quantize_onnx(
 
             def run(per_channel_scales: bool) -> None:
                 quantize_static(
-                    str(prepared), str(target), _reader(_input_name(model), rows), quant_format=QuantFormat.QDQ,
+                    str(prepared), str(target), _reader(_input_names(model), rows), quant_format=QuantFormat.QDQ,
                     per_channel=per_channel_scales, activation_type=activations, weight_type=QuantType.QInt8,
                     calibrate_method=calibrate, nodes_to_exclude=excluded,
                 )  # fmt: skip
@@ -126,19 +129,27 @@ def _float16(model: bytes) -> bytes:
     return canonical_onnx(converted.SerializeToString())
 
 
-def _input_name(model: bytes) -> str:
+def _input_names(model: bytes) -> list[str]:
     import onnx
 
-    return onnx.load_from_string(model).graph.input[0].name
+    graph = onnx.load_from_string(model).graph
+    initialized = {t.name for t in graph.initializer}
+    return [value.name for value in graph.input if value.name not in initialized]
 
 
-def _reader(name: str, rows: np.ndarray):
-    """Calibration rows, one at a time, as onnxruntime's CalibrationDataReader."""
+def _reader(names: list[str], rows: Inputs):
+    """Calibration rows, one at a time, as onnxruntime's CalibrationDataReader: the one array fed to the model's
+    one input, or the named arrays to the inputs of the same names."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    def feed(index: int) -> dict[str, np.ndarray]:
+        row = take(rows, index, index + 1)
+        arrays = row if isinstance(row, Mapping) else {names[0]: row}
+        return {name: np.asarray(value, dtype=np.float32) for name, value in arrays.items()}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._items = iter([{name: row[None].astype(np.float32)} for row in rows])
+            self._items = iter([feed(index) for index in range(row_count(rows))])
 
         def get_next(self):
             return next(self._items, None)
