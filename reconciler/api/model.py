@@ -107,9 +107,10 @@ class QuantizePass(SpecModel):
     mode: QuantizeMode
     per_channel: bool = True
     """Per-channel weight scales where the operator supports them."""
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    """ONNX static: activation type with int8 weights. uint8 (U8S8) is onnxruntime's fast path on x86
-    (measured 2x faster than int8 on ResNet-50); int8 (S8S8) can be more accurate."""
+    activation_type: Literal["uint8", "int8"] | None = None
+    """ONNX static: activation type with int8 weights; unset, chosen for the profile's ``arch``: uint8 (U8S8) on
+    amd64, onnxruntime's fast path there (measured 2x faster than int8 on ResNet-50), int8 (S8S8) on arm64,
+    where its dot-product kernels take signed activations and S8S8 QDQ is the recommended format."""
     calibration_samples: int = Field(default=200, ge=1, le=100_000)
     """How many calibration inputs static and int8 modes use."""
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"

@@ -130,6 +130,8 @@ def _print_matrix(results) -> None:
             figure, delta = headline(_metrics_of(m), _reference_of(result))
             if variant.selected:
                 verdict = "[green]selected[/]" + (" (cached)" if result.cached else "")
+            elif variant.name == "unpruned":
+                verdict = "baseline: the source without structured pruning (never shipped)"
             elif variant.failures:
                 verdict = "[red]fail[/]: " + "; ".join(str(f) for f in variant.failures)
             elif not variant.eligible:

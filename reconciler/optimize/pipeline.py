@@ -53,10 +53,11 @@ from .metrics import evaluate
 from .quantize import CALIBRATION_METHODS, quantizable_nodes, quantize_onnx
 from .sources import fetch_source
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 """2: golden tolerances measured across thread counts and against fp32. 3: ONNX inputs and outputs named by
 position (a pruned model's input name no longer depends on the process's earlier builds); peak memory is the
-resident memory of single-sample inference."""
+resident memory of single-sample inference. 4: static INT8 activations chosen by the profile's arch; the
+variant chosen by size and metric only; structured pruning measured against the unpruned source."""
 MAX_GOLDEN_THREADS = 8
 LATENCY_TOLERANCE = 1.05
 """A variant more than 5 % slower than fp32 (p50, on the build host) gets a note saying so; it never decides."""
@@ -200,6 +201,7 @@ def _build(
     result.reference_accuracy = result.reference_metrics.get("accuracy")
 
     training = [p for p in inputs.recipe.passes if p.prune or p.distill]
+    unpruned = model if any(p.prune and p.prune.method == "structured" for p in training) else None
     quantizers = [p for p in inputs.recipe.passes if p.quantize]
     pass_metrics: list[dict] = []
     for index, step in enumerate(training):
@@ -217,7 +219,16 @@ def _build(
     allowed = set(profile.spec.precisions)
     fp32 = Variant("fp32", "fp32", eligible="fp32" in allowed and not profile.spec.integer_only)
     candidates: list[tuple[Variant, bytes]] = [(fp32, fp32_bytes)]
+    if unpruned is not None:
+        with _step(context, "convert (unpruned)"):
+            report("converting the unpruned source (the pruning's baseline)")
+            unpruned_bytes = _convert(unpruned, source, source_format, fmt, opset, None, data, workdir)
+        baseline = Variant(UNPRUNED, "fp32", eligible=False,
+                           notes=["the source without structured pruning: the baseline of its speed-up"])  # fmt: skip
+        candidates.append((baseline, unpruned_bytes))
     quantize = quantizers[-1].quantize if quantizers else None
+    if quantize is not None and quantize.activation_type is None:
+        quantize = quantize.model_copy(update={"activation_type": activation_for(profile.spec.arch)})
     for variant, settings in _planned(quantize, fmt, allowed):
         with _step(context, f"quantize ({variant.name})"):
             report(f"quantizing ({variant.name})")
@@ -255,6 +266,7 @@ def _build(
         if recovered is not None:
             candidates.append(recovered)
     result.variants = [v for v, _ in candidates]
+    pruning = _pruning_figures(result.variants)
     _mark_pareto(result.variants)
 
     chosen = _select(result.variants)
@@ -278,6 +290,7 @@ def _build(
         reference_outputs,
     )
     manifest["benchmark"] = {
+        **({"pruning": pruning} if pruning else {}),
         "referenceAccuracy": result.reference_accuracy,
         "referenceMetrics": result.reference_metrics,
         "variants": [variant_json(v) for v in result.variants],
@@ -415,6 +428,12 @@ RECOVERY_RUNS = 20
 """Latency runs per sensitivity measurement: only the quality metric matters there."""
 
 
+def activation_for(arch: str) -> str:
+    """Static INT8 activations for a CPU architecture (``kubernetes.io/arch``): int8 (S8S8) on ARM, whose
+    dot-product kernels take signed activations; uint8 (U8S8) elsewhere, onnxruntime's x86 fast path."""
+    return "int8" if arch in ("arm64", "arm") else "uint8"
+
+
 def _planned(quantize: QuantizePass | None, fmt: str, allowed: set[str]) -> list[tuple[Variant, QuantizePass]]:
     """The quantized candidates: the recipe's own, and with ``search`` the ones around it (ONNX static with the
     other calibration methods; float16 when the profile allows it and the recipe does not ask for it)."""
@@ -474,6 +493,30 @@ def _recover(candidates, fp32_bytes: bytes, quantize: QuantizePass, data, workdi
     return None
 
 
+UNPRUNED = "unpruned"
+"""The variant that measures the source without its structured pruning: never shipped, only compared."""
+
+
+def _pruning_figures(variants: list[Variant]) -> dict | None:
+    """Structured pruning's measured effect, fp32 against fp32: size, p50 latency and the speed-up (None where
+    the build host cannot measure the profile's latency), and the task's metric. The figures also go into the
+    fp32 variant's notes, where the build matrix and report show them."""
+    before = next((v.measurement for v in variants if v.name == UNPRUNED and v.measurement), None)
+    fp32 = next((v for v in variants if v.name == "fp32" and v.measurement), None)
+    if before is None or fp32 is None or fp32.measurement is None:
+        return None
+    after = fp32.measurement
+    timed = before.latency_p50_ms is not None and after.latency_p50_ms
+    speedup = round(before.latency_p50_ms / after.latency_p50_ms, 3) if timed else None  # type: ignore[operator]
+    figures = {"sizeBytesBefore": before.size_bytes, "sizeBytesAfter": after.size_bytes,
+               "latencyP50MsBefore": before.latency_p50_ms, "latencyP50MsAfter": after.latency_p50_ms,
+               "speedup": speedup, "metricsBefore": before.metrics, "metricsAfter": after.metrics}  # fmt: skip
+    timing = (f"p50 {before.latency_p50_ms:.4f} -> {after.latency_p50_ms:.4f} ms ({speedup:.2f}x)" if timed
+              else "latency not measurable on this host")  # fmt: skip
+    fp32.notes.append(f"structured pruning: {before.size_bytes} -> {after.size_bytes} bytes, {timing}")
+    return figures
+
+
 def _method_of(variant: Variant, quantize: QuantizePass) -> str:
     return variant.name.removeprefix("static-") if variant.name.startswith("static-") else quantize.calibration_method
 
@@ -531,6 +574,8 @@ def _select(variants: list[Variant]) -> Variant | None:
 def _refusal(variants: list[Variant], allowed: set[str]) -> str:
     reasons = []
     for variant in variants:
+        if variant.name == UNPRUNED:
+            continue
         if variant.error:
             reasons.append(f"{variant.name}: {variant.error}")
         elif variant.failures:

@@ -32,7 +32,7 @@ def quantize_onnx(
     samples: int,
     per_channel: bool,
     workdir: Path,
-    activation_type: str = "uint8",
+    activation_type: str | None = "uint8",
     method: str = "minmax",
     exclude_nodes: tuple[str, ...] | list[str] = (),
     exclude_op_types: tuple[str, ...] | list[str] = (),
@@ -60,7 +60,7 @@ def quantize_onnx(
                 raise BuildError("static quantization needs calibration data")
             rows = calibration.head(samples).x
             prepared = _pre_process(source, workdir, notes)
-            activations = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
+            activations = QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8
             calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                          "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
             excluded = sorted(set(exclude_nodes) | set(_nodes_of(prepared, exclude_op_types)))

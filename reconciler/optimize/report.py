@@ -11,7 +11,7 @@ from __future__ import annotations
 from html import escape
 
 from .metrics import headline
-from .pipeline import ProfileBuild, Variant
+from .pipeline import UNPRUNED, ProfileBuild, Variant
 
 WIDTH, HEIGHT, MARGIN = 520, 300, 48
 STYLE = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1em}
@@ -53,6 +53,8 @@ def _section(result: ProfileBuild) -> str:
 def _verdict(variant: Variant) -> str:
     if variant.selected:
         return "selected"
+    if variant.name == UNPRUNED:
+        return "baseline: the source without structured pruning (never shipped)"
     if variant.failures:
         return "; ".join(str(f) for f in variant.failures)
     if not variant.eligible:

@@ -88,6 +88,36 @@ def test_cpu_selection_is_by_size_and_quality_never_by_the_hosts_timing(built):
         assert any("slower than fp32" in note for note in variant.notes) == slower
 
 
+def test_structured_pruning_shows_its_measured_speed_up(built):
+    """The unpruned source is converted and measured next to the candidates (never shipped): its size and
+    latency against the pruned fp32 variant are the pass's effect, in the fp32 notes and the benchmark."""
+    store, results = built
+    result = results["arm-cortex-a-cpu"]
+    unpruned = next(v for v in result.variants if v.name == "unpruned")
+    fp32 = next(v for v in result.variants if v.name == "fp32")
+    assert not unpruned.eligible and not unpruned.selected and unpruned.measurement is not None
+    pruning = store.read_manifest(result.artifact.id)["benchmark"]["pruning"]
+    assert pruning["sizeBytesBefore"] == unpruned.measurement.size_bytes > pruning["sizeBytesAfter"]
+    assert pruning["speedup"] == round(unpruned.measurement.latency_p50_ms / fp32.measurement.latency_p50_ms, 3)
+    assert any(note.startswith("structured pruning: ") and "x)" in note for note in fp32.notes)
+    for other in ("coral-npu", "jetson-gpu"):  # no structured pruning in their recipes: nothing to compare
+        assert all(v.name != "unpruned" for v in results[other].variants)
+
+
+def test_static_int8_activations_follow_the_profiles_arch(built, tmp_path):
+    """arm64 (the Cortex-A profile) gets S8S8: every QuantizeLinear of the artifact quantizes to int8."""
+    import onnx
+
+    store, results = built
+    result = results["arm-cortex-a-cpu"]
+    assert result.selected.precision == "int8"
+    record = store.get_artifact(result.artifact.id)
+    graph = onnx.load_from_string(store.read_blob(record.files["model.onnx"])).graph
+    zero_points = {t.name: t.data_type for t in graph.initializer}
+    quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert quantizers and {zero_points[n.input[2]] for n in quantizers} == {onnx.TensorProto.INT8}
+
+
 def test_manifest_golden_vectors_reproduce_on_the_artifact(built, tmp_path):
     store, results = built
     for result in results.values():
