@@ -42,8 +42,8 @@ spec:
 metadata: {{name: m{m}}}
 spec:
   versions:
-    - {{version: "1.0.0", source: {{uri: m/{m}/1.onnx, sha256: {"a" * 64}}}}}
-    - {{version: "2.0.0", source: {{uri: m/{m}/2.onnx, sha256: {"b" * 64}}}}}
+    - {{version: "1.0.0", source: {{uri: m/{m}/1.keras, sha256: {"a" * 64}}}}}
+    - {{version: "2.0.0", source: {{uri: m/{m}/2.keras, sha256: {"b" * 64}}}}}
   recipes:{recipes}
 """)
         docs.append(f"""{HEADER}kind: Rollout
