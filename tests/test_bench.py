@@ -145,7 +145,8 @@ def test_build_matrix_quick():
         rf"  cold build \(empty store\) +{NUMBER} s",
         rf"  warm build \(cache hits\) +{NUMBER} s   \(1/1 cached\)",
         r"  ratio cold/warm +\d+x",
-        r"search: digits-cnn 1\.0\.0 \(1 thread, 20 runs; fp32 accuracy [\d.]+; ranked by accuracy, then output error\)",
+        r"search: digits-cnn 1\.0\.0 \(1 thread, 20 runs; fp32 accuracy [\d.]+; ranked by accuracy, then output "
+        r"error\)",
         rf"  percentile +{NUMBER} +{NUMBER} +[+-]\S+ +{NUMBER} +{NUMBER}",
         r"search: mobilenetv2 alpha 0\.35 96x96 \(trained \d+ s, logits\) .*",
         r"search beat plain static INT8 \(minmax\) on \d of 2 models: .*",
