@@ -10,8 +10,11 @@ All passes are seeded with TensorFlow op determinism on, so the same recipe give
 - Distillation trains a narrower student on the teacher's softened outputs and, with the same seed,
   the same student on labels alone: the pass fails unless distillation wins, with both numbers.
 
-Supported models: Keras Sequential classifiers built from Conv1D/Conv2D, Dense, pooling, Flatten and
-Dropout layers. Anything else is refused with the layer's name rather than pruned wrongly.
+Supported models: magnitude pruning takes any Keras model (it only masks Conv/Dense kernels). Structured
+pruning and distillation rebuild the model narrower, so they take Sequential classifiers, or functional models
+whose layers form one chain, built from Conv1D/Conv2D, Dense, pooling, Flatten and Dropout layers. Anything
+else is refused with the layer's name (for a residual model, the layer that joins the branches) rather than
+pruned wrongly.
 """
 
 from __future__ import annotations
@@ -55,6 +58,25 @@ def accuracy(model, data: Dataset) -> float:
     return float(np.mean(np.argmax(predictions, axis=1) == data.y))
 
 
+def _as_chain(model, what: str):
+    """``model`` as a Sequential: itself, or a functional model whose layers form one chain rebuilt as the
+    Sequential of the same layers (weights shared). A model that branches is refused, naming the layer that joins
+    the branches: removing channels there would have to agree across every branch that feeds it."""
+    keras = keras_module()
+    if isinstance(model, keras.Sequential):
+        return model
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    join = next((layer for layer in layers if isinstance(layer.input, (list, tuple))), None)
+    if join is not None:
+        raise BuildError(f"{what} narrows the model layer by layer, and layer {join.name!r} ({type(join).__name__}) "
+                         f"joins {len(join.input)} branches, whose channels would have to change alike: use "
+                         "magnitude pruning, which keeps every shape")  # fmt: skip
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise BuildError(f"{what} needs a model with one input and one output, not {len(model.inputs)} and "
+                         f"{len(model.outputs)}")  # fmt: skip
+    return keras.Sequential([keras.Input(shape=model.input_shape[1:]), *layers], name=model.name)
+
+
 def _check_supported(model) -> list:
     keras = keras_module()
     if not isinstance(model, keras.Sequential):
@@ -84,8 +106,12 @@ def _check_finite(model) -> None:
 
 
 def magnitude_prune(model, spec: PrunePass, train: Dataset) -> PassResult:
+    """Any Keras model (Sequential or functional, with BatchNorm, depthwise or residual blocks): only the
+    Conv/Dense kernels are masked, so no shape changes and nothing else needs to understand the graph."""
     keras = keras_module()
-    prunable = _check_supported(model)
+    prunable = [i for i, layer in enumerate(model.layers) if type(layer).__name__ in _PRUNABLE]
+    if not prunable:
+        raise BuildError("magnitude pruning found no Conv1D, Conv2D or Dense kernel to prune")
     pruned = keras.models.clone_model(model)
     pruned.set_weights(model.get_weights())
     masks = {}
@@ -129,6 +155,7 @@ def _wire_bytes(model) -> int:
 
 
 def structured_prune(model, spec: PrunePass, train: Dataset) -> PassResult:
+    model = _as_chain(model, "structured pruning")
     prunable = _check_supported(model)
     if len(prunable) < 2:
         raise BuildError("structured pruning needs at least two Conv/Dense layers (the output layer is kept whole)")
@@ -193,6 +220,7 @@ def distill(teacher, spec: DistillPass, train: Dataset, evaluation: Dataset) -> 
     keras = keras_module()
     import tensorflow as tf
 
+    teacher = _as_chain(teacher, "distillation")
     prunable = _check_supported(teacher)
     widths = {}
     for index in prunable[:-1]:
