@@ -117,8 +117,9 @@ class QuantizePass(SpecModel):
     """ONNX static: how activation ranges are taken from the calibration data."""
     search: bool = True
     """Also build the candidates around this one and keep the best that passes: ONNX static with the other
-    calibration methods, the profile's other precisions (float16), and, when INT8 misses the quality gate, a
-    mixed variant that keeps the most sensitive nodes in float (measured node by node)."""
+    calibration methods; TFLite dynamic-range and full-integer INT8 for each other (not on integer-only
+    profiles); the profile's other precisions (float16); and, when ONNX INT8 misses the quality gate, a mixed
+    variant that keeps the most sensitive nodes in float (measured node by node)."""
     exclude_nodes: list[QuotedStr] = Field(default_factory=list)
     """ONNX static: nodes left in float (names as in the converted graph, e.g. ``Conv_3``)."""
     exclude_op_types: list[QuotedStr] = Field(default_factory=list)

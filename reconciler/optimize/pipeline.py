@@ -229,7 +229,8 @@ def _build(
     quantize = quantizers[-1].quantize if quantizers else None
     if quantize is not None and quantize.activation_type is None:
         quantize = quantize.model_copy(update={"activation_type": activation_for(profile.spec.arch)})
-    for variant, settings in _planned(quantize, fmt, allowed):
+    calibrated = "calibration" in data
+    for variant, settings in _planned(quantize, fmt, allowed, profile.spec.integer_only, calibrated):
         with _step(context, f"quantize ({variant.name})"):
             report(f"quantizing ({variant.name})")
             if fmt == "onnx":
@@ -434,9 +435,12 @@ def activation_for(arch: str) -> str:
     return "int8" if arch in ("arm64", "arm") else "uint8"
 
 
-def _planned(quantize: QuantizePass | None, fmt: str, allowed: set[str]) -> list[tuple[Variant, QuantizePass]]:
-    """The quantized candidates: the recipe's own, and with ``search`` the ones around it (ONNX static with the
-    other calibration methods; float16 when the profile allows it and the recipe does not ask for it)."""
+def _planned(quantize: QuantizePass | None, fmt: str, allowed: set[str], integer_only: bool = False,
+             calibrated: bool = False) -> list[tuple[Variant, QuantizePass]]:  # fmt: skip
+    """The quantized candidates: the recipe's own, and with ``search`` the ones around it: ONNX static with the
+    other calibration methods; TFLite dynamic-range and full-integer INT8 for each other (float I/O both; full
+    integer needs calibration data; an integer-only profile takes int8-only alone); float16 when the profile
+    allows it and the recipe does not ask for it."""
     if quantize is None:
         return []
     planned = [(Variant(quantize.mode, _PRECISION[quantize.mode], eligible=_PRECISION[quantize.mode] in allowed),
@@ -448,6 +452,10 @@ def _planned(quantize: QuantizePass | None, fmt: str, allowed: set[str]) -> list
             if method != quantize.calibration_method:
                 settings = quantize.model_copy(update={"calibration_method": method})
                 planned.append((Variant(f"static-{method}", "int8", eligible="int8" in allowed), settings))
+    if fmt == "tflite" and quantize.mode in ("dynamic", "int8") and "int8" in allowed and not integer_only:
+        other = "int8" if quantize.mode == "dynamic" else "dynamic"
+        if other == "dynamic" or calibrated:
+            planned.append((Variant(other, "int8", eligible=True), quantize.model_copy(update={"mode": other})))
     if "fp16" in allowed and quantize.mode != "float16":
         planned.append((Variant("float16", "fp16", eligible=True), quantize.model_copy(update={"mode": "float16"})))
     return planned
