@@ -65,11 +65,16 @@ def quantize_onnx(
                          "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
             excluded = sorted(set(exclude_nodes) | set(_nodes_of(prepared, exclude_op_types)))
 
+            cache = (
+                _entropy_ranges(prepared, _reader(_input_names(model), rows), workdir) if method == "entropy" else None
+            )
+
             def run(per_channel_scales: bool) -> None:
+                reader = None if cache else _reader(_input_names(model), rows)
                 quantize_static(
-                    str(prepared), str(target), _reader(_input_names(model), rows), quant_format=QuantFormat.QDQ,
+                    str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
                     per_channel=per_channel_scales, activation_type=activations, weight_type=QuantType.QInt8,
-                    calibrate_method=calibrate, nodes_to_exclude=excluded,
+                    calibrate_method=calibrate, nodes_to_exclude=excluded, calibration_cache_path=cache,
                 )  # fmt: skip
 
             try:
@@ -86,6 +91,32 @@ def quantize_onnx(
     finally:
         root.setLevel(level)
     return canonical_onnx(target.read_bytes()), notes
+
+
+ENTROPY_BINS = 512
+"""Histogram bins of entropy calibration, for 128 quantized bins (TensorRT's KL method, which onnxruntime's
+implements). ``quantize_static`` alone calibrates entropy with 128 bins for 128 quantized bins, which leaves the
+KL search one candidate, the full range: MinMax under another name (measured: byte-identical models). TensorRT's
+2048 bins took 5.3 s on the digits CNN's 12 tensors (onnxruntime's search is Python loops); 512 take 0.8 s and
+still try 192 thresholds per tensor."""
+
+
+def _entropy_ranges(prepared: Path, reader, workdir: Path) -> Path:
+    """Entropy (KL) activation ranges with :data:`ENTROPY_BINS`, saved as the calibration cache
+    ``quantize_static`` reads instead of calibrating again."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    calibrator = create_calibrator(
+        prepared, sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+        augmented_model_path=str(workdir / "entropy-augmented.onnx"), calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128},
+    )  # fmt: skip
+    calibrator.collect_data(reader)
+    cache = workdir / "entropy-ranges.json"
+    cache.unlink(missing_ok=True)
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def quantizable_nodes(model: bytes, workdir: Path) -> list[str]:
