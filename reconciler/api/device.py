@@ -34,6 +34,10 @@ class ProfileLimits(SpecModel):
     """95th percentile latency of one inference at the profile's thread count (e.g. 20ms)."""
 
 
+ArmCore = Literal["cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "a64fx"]
+"""arm64 cores that QEMU 7.2 emulates."""
+
+
 class DeviceProfileSpec(SpecModel):
     """What an artifact for this hardware class must be, and which nodes belong to the class."""
 
@@ -50,6 +54,9 @@ class DeviceProfileSpec(SpecModel):
     accelerator: Accelerator = "none"
     arch: QuotedStr = "arm64"
     """CPU architecture, as in the kubernetes.io/arch label."""
+    cpu: ArmCore | None = None
+    """arm64: the CPU core, as QEMU names it; builds run every candidate on it (emulated) before one ships. Unset:
+    cortex-a53, the oldest arm64 core (no SDOT, no FP16), so nothing passes that a newer core's features hide."""
     execution_providers: list[QuotedStr] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     """onnxruntime execution providers, in order of preference."""
     threads: int = Field(default=1, ge=1, le=256)

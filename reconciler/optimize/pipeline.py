@@ -52,6 +52,7 @@ from .gates import GateFailure, check_gates
 from .metrics import evaluate
 from .quantize import CALIBRATION_METHODS, quantizable_nodes, quantize_onnx
 from .sources import fetch_source
+from .target import TargetCheck, TargetResult, check_on_target, is_arm, unavailable
 
 BUILDER_VERSION = "4"
 """2: golden tolerances measured across thread counts and against fp32. 3: ONNX inputs and outputs named by
@@ -267,6 +268,11 @@ def _build(
         if recovered is not None:
             candidates.append(recovered)
     result.variants = [v for v, _ in candidates]
+    target = None
+    if is_arm(profile.spec.arch):
+        with _step(context, "target check"):
+            report(f"running the candidates on {profile.spec.arch} (emulated)")
+            target = _check_target(result.variants, measured, profile, fmt, evaluation, workdir)
     pruning = _pruning_figures(result.variants)
     _mark_pareto(result.variants)
 
@@ -278,6 +284,7 @@ def _build(
     model_path = workdir / f"{chosen.name}.{fmt}"
     outputs = measured[chosen.name].outputs
     reference_outputs = measured["fp32"].outputs if "fp32" in measured else None
+    on_target = target.results.get(chosen.name) if target is not None else None
     manifest = _manifest(
         inputs,
         chosen,
@@ -289,7 +296,11 @@ def _build(
         key,
         sha256_file(source),
         reference_outputs,
+        on_target.outputs if on_target is not None else None,
     )
+    if target is not None:
+        difference = _target_difference(on_target, outputs) if on_target is not None else None
+        manifest["targetCheck"] = target.to_json(difference)
     manifest["benchmark"] = {
         **({"pruning": pruning} if pruning else {}),
         "referenceAccuracy": result.reference_accuracy,
@@ -316,6 +327,8 @@ def build_key(inputs: BuildInputs, data: dict[str, Dataset]) -> str:
         "recipe": inputs.recipe.model_dump(mode="json", by_alias=True, exclude_unset=True),
         "data": {name: hashlib.sha256(d.digest_material()).hexdigest() for name, d in sorted(data.items())},
         "tools": tool_versions(),
+        # A build made where the target check could not run is not the one made where it can.
+        "targetCheck": (unavailable() or "emulated") if is_arm(inputs.profile.spec.arch) else None,
     }
     return hashlib.sha256(canonical_json(material)).hexdigest()
 
@@ -501,6 +514,43 @@ def _recover(candidates, fp32_bytes: bytes, quantize: QuantizePass, data, workdi
     return None
 
 
+def _check_target(variants: list[Variant], measured: dict[str, Measured], profile: DeviceProfile, fmt: str,
+                  evaluation: Dataset, workdir: Path) -> TargetCheck:  # fmt: skip
+    """Run every candidate on the golden rows under emulation of the profile's arch and core; refuse those the
+    target runtime cannot load or whose outputs leave the tolerance (the golden vectors' own rule, against the
+    build machine's outputs of the same candidate)."""
+    spec = profile.spec
+    checked = [v for v in variants if v.name in measured and v.name != UNPRUNED]
+    paths = {v.name: workdir / f"{v.name}.{fmt}" for v in checked}
+    check = check_on_target(spec.arch, spec.cpu, fmt, paths, take(evaluation.x, 0, GOLDEN_ROWS), workdir)
+    where = f"{check.isa} ({check.runtime} {check.version}, emulated {check.cpu})"
+    if check.status != "checked":
+        for variant in checked:
+            variant.notes.append(f"not checked on {check.isa}: {check.reason}")
+        return check
+    fp32 = measured.get("fp32")
+    for variant in checked:
+        on_target = check.results.get(variant.name)
+        if on_target is None or on_target.outputs is None:
+            variant.error = f"{where} cannot run it: {on_target.error if on_target else 'no result'}"
+            continue
+        host = measured[variant.name].outputs[:GOLDEN_ROWS]
+        reference = fp32.outputs[:GOLDEN_ROWS] if fp32 is not None else None
+        limit = golden_vectors(take(evaluation.x, 0, GOLDEN_ROWS), host, None, reference)["tolerance"]["atol"]
+        difference = _target_difference(on_target, host)
+        if difference > limit:
+            variant.failures.append(GateFailure(f"output difference on {where}", difference, limit, ""))
+        variant.notes.append(f"{where}: outputs within {difference:.3g} of the build machine's; "
+                             f"{on_target.latency_ms:.0f} ms emulated (not a device figure)")  # fmt: skip
+    return check
+
+
+def _target_difference(on_target: TargetResult, host: np.ndarray) -> float:
+    assert on_target.outputs is not None
+    rows = min(len(on_target.outputs), len(host))
+    return float(np.max(np.abs(on_target.outputs[:rows] - host[:rows]))) if rows else 0.0
+
+
 UNPRUNED = "unpruned"
 """The variant that measures the source without its structured pruning: never shipped, only compared."""
 
@@ -601,7 +651,10 @@ def _thread_runs(path: Path, fmt: str, rows: Inputs, threads: int) -> dict[int, 
 
 
 def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, key, source_digest,
-              reference_outputs=None) -> dict:  # fmt: skip
+              reference_outputs=None, target_outputs=None) -> dict:  # fmt: skip
+    """``target_outputs``: the artifact's outputs on the golden rows computed on the target ISA; the golden
+    vectors ship those, with the build machine's thread runs measuring the tolerance against them."""
+    golden_rows = take(evaluation.x, 0, GOLDEN_ROWS)
     profile = inputs.profile.spec
     classes = outputs.shape[1]
     predictions = np.argmax(outputs, axis=1)
@@ -621,9 +674,9 @@ def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, 
         "files": {f"model.{profile.format}": {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}},
         "tensors": tensor_specs(path, profile.format),
         "golden": golden_vectors(
-            evaluation.x,
-            outputs,
-            _thread_runs(path, profile.format, take(evaluation.x, 0, GOLDEN_ROWS), profile.threads),
+            golden_rows,
+            target_outputs if target_outputs is not None else outputs,
+            _thread_runs(path, profile.format, golden_rows, profile.threads),
             reference_outputs,
         ),
         "histograms": reference_histograms(evaluation.x, predictions, classes),

@@ -1,0 +1,71 @@
+"""The target-ISA check: arm64 candidates run under QEMU (an arm64 Debian root filesystem and the aarch64 wheels
+of this installation's runtimes) before one ships. A candidate whose outputs on the target leave the tolerance is
+refused, naming the target; without QEMU the check is recorded as not run, never faked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reconciler.api import load_fleet
+from reconciler.artifact.runtime import from_lists
+from reconciler.artifact.store import ArtifactStore
+from reconciler.gitops.files import read_fleet_dir
+from reconciler.optimize import target
+from reconciler.optimize.pipeline import BuildInputs, build_profile
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "fleet-example"
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return load_fleet(read_fleet_dir(EXAMPLE))
+
+
+def jetson(tree) -> BuildInputs:
+    """digits-cnn 1.0.0 for the Jetson profile: arm64, ONNX, float16; a quick build."""
+    model = tree.models["digits-cnn"]
+    return BuildInputs(
+        EXAMPLE, model, model.version("1.0.0"), tree.profiles["jetson-gpu"], model.recipe_for("jetson-gpu")
+    )
+
+
+def test_the_golden_outputs_are_the_targets_and_the_manifest_says_where(tree, tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    result = build_profile(jetson(tree), store)
+    assert result.error is None, result.error
+    manifest = store.read_manifest(result.artifact.id)
+    check = manifest["targetCheck"]
+    assert (check["isa"], check["machine"], check["cpu"], check["emulated"], check["status"]) == (
+        "arm64", "aarch64", "cortex-a53", True, "checked")  # fmt: skip
+    assert check["runtime"] == "onnxruntime" and check["version"]
+    assert 0 <= check["maxDifference"] <= manifest["golden"]["tolerance"]["atol"]
+    # Run the shipped file on the target again: the golden outputs are what it gives there.
+    slot = store.export(result.artifact.id, tmp_path / "artifact")
+    golden = manifest["golden"]
+    again = target.check_on_target("arm64", None, "onnx", {"shipped": slot / "model.onnx"},
+                                   from_lists(golden["inputs"]), tmp_path)  # fmt: skip
+    np.testing.assert_allclose(again.results["shipped"].outputs, golden["outputs"], atol=1e-5)
+    assert all("emulated cortex-a53" in " ".join(v.notes) for v in result.variants)
+
+
+def test_outputs_that_leave_the_tolerance_on_the_target_refuse_the_build(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv(target.FAULT, "outputs")  # the guest adds 1 to every output: a forced mismatch
+    result = build_profile(jetson(tree), ArtifactStore(tmp_path / "store"))
+    assert result.artifact is None
+    assert "output difference on arm64 (onnxruntime" in result.error and "emulated cortex-a53" in result.error
+    for variant in result.variants:
+        assert any(f.gate.startswith("output difference on arm64") for f in variant.failures), variant.name
+
+
+def test_without_qemu_the_check_is_recorded_as_not_run(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(target.shutil, "which", lambda tool: None)
+    store = ArtifactStore(tmp_path / "store")
+    result = build_profile(jetson(tree), store)
+    assert result.error is None, result.error
+    check = store.read_manifest(result.artifact.id)["targetCheck"]
+    assert check["status"] == "not run"
+    assert check["reason"].startswith("qemu-aarch64") and check["reason"].endswith("not installed")
+    assert "maxDifference" not in check
