@@ -1,4 +1,4 @@
-"""``edgectl get devices|groups|models|rollouts|artifacts [NAME]`` and ``edgectl describe rollout NAME``.
+"""``edgectl get devices|groups|models|rollouts|artifacts|benchmarks [NAME]`` and ``edgectl describe rollout NAME``.
 
 Where each comes from: devices from a backend (the local database or the Kubernetes API: the inventory and
 the agents' reports); groups, models and rollouts from the fleet repo, specs and the status files the
@@ -34,6 +34,7 @@ RESOURCES = {
     "artifacts": "artifact", "artifact": "artifact", "art": "artifact",
     "events": "event", "event": "event", "ev": "event",
     "builds": "build", "build": "build",
+    "benchmarks": "benchmark", "benchmark": "benchmark", "bench": "benchmark",
 }  # fmt: skip
 
 
@@ -62,11 +63,11 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         sort_by: str | None, group: str | None,
         all_groups: bool, no_headers: bool, watch: bool, store: Path, involved: str | None, repo: str, backend: str,
         state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str) -> None:  # fmt: skip
-    """Show devices, groups, models, rollouts, artifacts, events or builds (kubectl-style tables)."""
+    """Show devices, groups, models, rollouts, artifacts, benchmarks, events or builds (kubectl-style tables)."""
     kind = RESOURCES.get(resource.lower())
     if kind is None:
         raise click.UsageError(f"unknown resource {resource!r}; one of devices, groups, models, rollouts, artifacts, "
-                               "events, builds")  # fmt: skip
+                               "benchmarks, events, builds")  # fmt: skip
     if involved is not None and kind != "event":
         raise click.UsageError("--for goes with events only")
     about = _involved(involved) if involved else None
@@ -89,6 +90,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
     def collect() -> tuple[list[dict], list[Column], list[dict]]:
         if kind == "artifact":
             return _artifacts(store, name)
+        if kind == "benchmark":
+            return _benchmarks(store, name)
         if kind == "build":
             return _builds(state_dir, name)
         if kind == "event":
@@ -107,7 +110,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         rows, columns, objects = collect()
         rows, objects = select(list(rows), list(objects), columns, field_selector, sort_by)
         if name and not rows:
-            where = {"artifact": f"the store {store}", "device": f"the {backend} backend", "event": "the backend",
+            where = {"artifact": f"the store {store}", "benchmark": f"the store {store}",
+                     "device": f"the {backend} backend", "event": "the backend",
                      "build": f"{state_dir / 'builds'}"}  # fmt: skip
             click.echo(f'Error (NotFound): {kind} "{name}" not found in {where.get(kind, repo)}', err=True)
             sys.exit(1)
@@ -384,6 +388,62 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
                Column("SIZE", "size"), Column("P95", "latency", wide=True),
                Column("ACCURACY", "accuracy", wide=True)]  # fmt: skip
     return rows, columns, objects
+
+
+def _benchmarks(store: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
+    """Per artifact, every place its figures come from, side by side: the build machine (latency, memory, the
+    task's metric) and the target ISA under emulation (outputs against the build machine's; time is emulated,
+    never a device figure)."""
+    from reconciler.artifact.store import ArtifactStore
+
+    rows, objects = [], []
+    found = ArtifactStore(store) if Path(store).exists() else None
+    for artifact_id in found.artifact_ids() if found else []:
+        if name and not artifact_id.startswith(name):
+            continue
+        manifest = found.read_manifest(artifact_id)
+        benchmark = manifest.get("benchmark") or {}
+        chosen = next((v for v in benchmark.get("variants") or [] if v.get("selected")), {})
+        measured = chosen.get("measurement") or {}
+        host = benchmark.get("host") or {}
+        base = {"artifact": artifact_id[:12], "model": manifest.get("model"), "version": manifest.get("version"),
+                "profile": manifest.get("profile"), "variant": chosen.get("name")}  # fmt: skip
+        metrics = measured.get("metrics") or {}
+        metric = next(iter(metrics.items()), None)
+        rows.append({**base, "source": "build machine",
+                     "where": f"{host.get('machine', '?')}, {host.get('cpus', '?')} cpus" if host else "build machine",
+                     "p50": _ms_cell(measured.get("latency_p50_ms")), "p95": _ms_cell(measured.get("latency_p95_ms")),
+                     "memory": human_size(measured["peak_memory_bytes"], separator="")
+                     if measured.get("peak_memory_bytes") else None,
+                     "result": f"{metric[0]} {metric[1]:.4g}" if metric else measured.get("latency_note")})  # fmt: skip
+        objects.append({"name": f"{artifact_id[:12]}.build", "artifact": artifact_id, "source": "build machine",
+                        "host": host, "measurement": measured})  # fmt: skip
+        target = benchmark.get("target")
+        if target:
+            figures = (target.get("variants") or {}).get(chosen.get("name"), {})
+            where = f"{target.get('isa')} {target.get('cpu')} ({target.get('runtime')} {target.get('version')})"
+            if target.get("status") != "checked":
+                result = f"not run: {target.get('reason')}"
+            else:
+                difference, took = figures.get("maxDifference", 0), figures.get("emulatedMs", 0)
+                result = (f"outputs within {difference:.3g} of the build machine's; "
+                          f"{figures.get('rows', '?')} rows in {took:.0f} ms emulated")  # fmt: skip
+            rows.append({**base, "source": "emulated", "where": where, "p50": None, "p95": None, "memory": None,
+                         "result": result})  # fmt: skip
+            objects.append({"name": f"{artifact_id[:12]}.emulated", "artifact": artifact_id, "source": "emulated",
+                            "target": target})  # fmt: skip
+    pairs = sorted(zip(rows, objects, strict=True), key=lambda p: (p[0]["model"] or "", p[0]["version"] or "",
+                                                                    p[0]["profile"] or ""))  # fmt: skip
+    rows, objects = [r for r, _ in pairs], [o for _, o in pairs]
+    columns = [Column("ARTIFACT", "artifact"), Column("MODEL", "model"), Column("VERSION", "version"),
+               Column("PROFILE", "profile"), Column("SOURCE", "source"), Column("WHERE", "where"),
+               Column("P50", "p50"), Column("P95", "p95"), Column("MEMORY", "memory"), Column("RESULT", "result"),
+               Column("VARIANT", "variant", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def _ms_cell(value: float | None) -> str | None:
+    return f"{value:.3f}ms" if value is not None else None
 
 
 def _build_jobs(state_dir: Path) -> list:

@@ -43,7 +43,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "export": LazyCommand("reconciler.cli.trust", "export",
                           "Copy a built artifact out of the store into DIRECTORY (to sign it, or to inspect it)."),
     "get": LazyCommand("reconciler.cli.get", "get",
-                       "Show devices, groups, models, rollouts, artifacts, events or builds (kubectl-style tables)."),
+                       "Show devices, groups, models, rollouts, artifacts, benchmarks, events or builds "
+                       "(kubectl-style tables)."),
     "keys": LazyCommand("reconciler.cli.trust", "keys", "Key files for release signatures and TUF roles."),
     "plan": LazyCommand("reconciler.cli.plan", "plan_command", "Show what merging HEAD into BASE would do: devices "
                         "per version at every rollout step, artifacts to build, risky settings."),

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -268,11 +270,11 @@ def _build(
         if recovered is not None:
             candidates.append(recovered)
     result.variants = [v for v, _ in candidates]
-    target = None
+    target, target_figures = None, {}
     if is_arm(profile.spec.arch):
         with _step(context, "target check"):
             report(f"running the candidates on {profile.spec.arch} (emulated)")
-            target = _check_target(result.variants, measured, profile, fmt, evaluation, workdir)
+            target, target_figures = _check_target(result.variants, measured, profile, fmt, evaluation, workdir)
     pruning = _pruning_figures(result.variants)
     _mark_pareto(result.variants)
 
@@ -302,6 +304,8 @@ def _build(
         difference = _target_difference(on_target, outputs) if on_target is not None else None
         manifest["targetCheck"] = target.to_json(difference)
     manifest["benchmark"] = {
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+        **({"target": {**target.to_json(), "variants": target_figures}} if target is not None else {}),
         **({"pruning": pruning} if pruning else {}),
         "referenceAccuracy": result.reference_accuracy,
         "referenceMetrics": result.reference_metrics,
@@ -515,7 +519,7 @@ def _recover(candidates, fp32_bytes: bytes, quantize: QuantizePass, data, workdi
 
 
 def _check_target(variants: list[Variant], measured: dict[str, Measured], profile: DeviceProfile, fmt: str,
-                  evaluation: Dataset, workdir: Path) -> TargetCheck:  # fmt: skip
+                  evaluation: Dataset, workdir: Path) -> tuple[TargetCheck, dict[str, dict]]:  # fmt: skip
     """Run every candidate on the golden rows under emulation of the profile's arch and core; refuse those the
     target runtime cannot load or whose outputs leave the tolerance (the golden vectors' own rule, against the
     build machine's outputs of the same candidate)."""
@@ -524,15 +528,17 @@ def _check_target(variants: list[Variant], measured: dict[str, Measured], profil
     paths = {v.name: workdir / f"{v.name}.{fmt}" for v in checked}
     check = check_on_target(spec.arch, spec.cpu, fmt, paths, take(evaluation.x, 0, GOLDEN_ROWS), workdir)
     where = f"{check.isa} ({check.runtime} {check.version}, emulated {check.cpu})"
+    figures: dict[str, dict] = {}
     if check.status != "checked":
         for variant in checked:
             variant.notes.append(f"not checked on {check.isa}: {check.reason}")
-        return check
+        return check, figures
     fp32 = measured.get("fp32")
     for variant in checked:
         on_target = check.results.get(variant.name)
         if on_target is None or on_target.outputs is None:
             variant.error = f"{where} cannot run it: {on_target.error if on_target else 'no result'}"
+            figures[variant.name] = {"error": variant.error}
             continue
         host = measured[variant.name].outputs[:GOLDEN_ROWS]
         reference = fp32.outputs[:GOLDEN_ROWS] if fp32 is not None else None
@@ -542,7 +548,9 @@ def _check_target(variants: list[Variant], measured: dict[str, Measured], profil
             variant.failures.append(GateFailure(f"output difference on {where}", difference, limit, ""))
         variant.notes.append(f"{where}: outputs within {difference:.3g} of the build machine's; "
                              f"{on_target.latency_ms:.0f} ms emulated (not a device figure)")  # fmt: skip
-    return check
+        figures[variant.name] = {"maxDifference": round(difference, 7), "tolerance": limit, "rows": GOLDEN_ROWS,
+                                 "emulatedMs": round(on_target.latency_ms or 0.0, 1)}  # fmt: skip
+    return check, figures
 
 
 def _target_difference(on_target: TargetResult, host: np.ndarray) -> float:

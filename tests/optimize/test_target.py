@@ -4,6 +4,10 @@ refused, naming the target; without QEMU the check is recorded as not run, never
 
 from __future__ import annotations
 
+import json
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from reconciler.optimize import target
 from reconciler.optimize.pipeline import BuildInputs, build_profile
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "fleet-example"
+EDGECTL = Path(sys.executable).parent / "edgectl"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,18 @@ def test_the_golden_outputs_are_the_targets_and_the_manifest_says_where(tree, tm
                                    from_lists(golden["inputs"]), tmp_path)  # fmt: skip
     np.testing.assert_allclose(again.results["shipped"].outputs, golden["outputs"], atol=1e-5)
     assert all("emulated cortex-a53" in " ".join(v.notes) for v in result.variants)
+
+    # edgectl get benchmarks: the build machine's figures and the emulated target's, side by side.
+    shown = subprocess.run([str(EDGECTL), "get", "benchmarks", "--store", str(tmp_path / "store"), "-o", "json"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    items = {item["source"]: item for item in json.loads(shown.stdout)["items"]}
+    assert sorted(items) == ["build machine", "emulated"]
+    assert items["build machine"]["host"]["machine"] == platform.machine()
+    emulated = items["emulated"]["target"]
+    assert emulated["cpu"] == "cortex-a53" and emulated["status"] == "checked"
+    chosen = result.selected.name
+    assert emulated["variants"][chosen]["maxDifference"] == check["maxDifference"]
 
 
 def test_outputs_that_leave_the_tolerance_on_the_target_refuse_the_build(tree, tmp_path, monkeypatch):
