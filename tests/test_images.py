@@ -52,5 +52,29 @@ def test_the_build_image_runs_builds(images):
     assert run_in(image, "edgectl", "--version").returncode == 0
     assert run_in(image, "edgectl", "build", "--help").returncode == 0
     assert run_in(image, "edgectl", "build-job", "--help").returncode == 0
-    toolchain = run_in(image, "python3", "-c", "import tensorflow, tf2onnx, onnxruntime; print('ok')")
+    toolchain = run_in(image, "python3", "-c", "import tensorflow, tf2onnx, onnxruntime, torch; print('ok')")
     assert toolchain.returncode == 0 and "ok" in toolchain.stdout, toolchain.stderr[-2000:]
+    # The arm64 target check runs inside the image: QEMU and the environment made at image build time.
+    checked = run_in(image, "python3", "-c", TARGET_CHECK)
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert checked.stdout.split() == ["checked", "cortex-a53", "True"], checked.stdout
+
+
+TARGET_CHECK = """
+import tempfile
+from pathlib import Path
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from reconciler.optimize.target import check_on_target
+work = Path(tempfile.mkdtemp())
+graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.save(model, str(work / "m.onnx"))
+rows = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+check = check_on_target("arm64", None, "onnx", {"m": work / "m.onnx"}, rows, work)
+print(check.status, check.cpu, bool(np.array_equal(check.results["m"].outputs, np.maximum(rows, 0))))
+"""

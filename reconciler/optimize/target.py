@@ -170,6 +170,12 @@ def _ready(environment: Path) -> bool:
     return (environment / "ready").exists()
 
 
+def ensure_environment() -> Path:
+    """The cached arm64 root filesystem and aarch64 wheels for this installation's runtime versions, made when
+    missing (image builds call it to ship the environment inside the build image)."""
+    return _environment()
+
+
 def _environment() -> Path:
     """The cached arm64 root filesystem and aarch64 wheels for this installation's runtime versions."""
     target = _environment_path()
