@@ -31,10 +31,9 @@ from reconciler.artifact.jobs import (
     take_lock,
     wanted_builds,
 )
+from reconciler.controller.publish import ArtifactKey
 
 log = logging.getLogger("edge_reconciler.controller")
-
-ArtifactKey = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
