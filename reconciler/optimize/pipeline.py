@@ -237,11 +237,7 @@ def _build(
         with _step(context, f"quantize ({variant.name})"):
             report(f"quantizing ({variant.name})")
             if fmt == "onnx":
-                quantized, variant.notes = quantize_onnx(
-                    fp32_bytes, settings.mode, data.get("calibration"), settings.calibration_samples,
-                    settings.per_channel, workdir, settings.activation_type, settings.calibration_method,
-                    settings.exclude_nodes, settings.exclude_op_types,
-                )  # fmt: skip
+                quantized, variant.notes = _quantize(fp32_bytes, settings, data.get("calibration"), workdir)
             else:
                 quantized = _convert(model, source, source_format, fmt, opset, settings, data, workdir)
         candidates.append((variant, quantized))
@@ -478,6 +474,14 @@ def _planned(quantize: QuantizePass | None, fmt: str, allowed: set[str], integer
     return planned
 
 
+def _quantize(fp32_bytes: bytes, settings: QuantizePass, calibration: Dataset | None, workdir: Path,
+              keep_in_float: list[str] | tuple[str, ...] = ()) -> tuple[bytes, list[str]]:  # fmt: skip
+    """An ONNX candidate from the recipe's quantize settings, with ``keep_in_float`` nodes left out as well."""
+    return quantize_onnx(fp32_bytes, settings.mode, calibration, settings.calibration_samples, settings.per_channel,
+                         workdir, settings.activation_type, settings.calibration_method,
+                         [*settings.exclude_nodes, *keep_in_float], settings.exclude_op_types)  # fmt: skip
+
+
 def _recover(candidates, fp32_bytes: bytes, quantize: QuantizePass, data, workdir: Path, measure_variant, report):
     """When no static INT8 candidate passes only because of the quality gate: measure, node by node, how much
     keeping each weighted node in float gives back, then keep the most sensitive ones in float, one more at a
@@ -496,10 +500,7 @@ def _recover(candidates, fp32_bytes: bytes, quantize: QuantizePass, data, workdi
     gains = []
     for index, node in enumerate(nodes):
         probe = Variant(f"sensitivity-{index}", "int8", eligible=False)
-        payload, _ = quantize_onnx(fp32_bytes, "static", data.get("calibration"), settings.calibration_samples,
-                                   settings.per_channel, workdir, settings.activation_type,
-                                   settings.calibration_method, [*settings.exclude_nodes, node],
-                                   settings.exclude_op_types)  # fmt: skip
+        payload, _ = _quantize(fp32_bytes, settings, data.get("calibration"), workdir, [node])
         measure_variant(probe, payload, RECOVERY_RUNS)
         gains.append((_quality_loss(probe), node))
     ranked = [node for _, node in sorted(gains)]
@@ -507,10 +508,7 @@ def _recover(candidates, fp32_bytes: bytes, quantize: QuantizePass, data, workdi
         kept = ranked[:count]
         report(f"accuracy recovery: {count} node(s) in float")
         variant = Variant("static-mixed", "int8", eligible=best.eligible)
-        payload, variant.notes = quantize_onnx(fp32_bytes, "static", data.get("calibration"),
-                                               settings.calibration_samples, settings.per_channel, workdir,
-                                               settings.activation_type, settings.calibration_method,
-                                               [*settings.exclude_nodes, *kept], settings.exclude_op_types)  # fmt: skip
+        payload, variant.notes = _quantize(fp32_bytes, settings, data.get("calibration"), workdir, kept)
         measure_variant(variant, payload)
         if variant.measurement is not None and not any(f.gate in QUALITY_GATES for f in variant.failures):
             variant.notes.insert(0, f"kept in float (most sensitive first, measured node by node): {', '.join(kept)}")
