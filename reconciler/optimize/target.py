@@ -193,6 +193,7 @@ def _environment() -> Path:
             _make_rootfs(staging / "rootfs")
             _install_wheels(staging / "site", versions)
             (staging / "ready").write_text(json.dumps(versions))
+            staging.chmod(0o755)  # mkdtemp's 0700 would hide it from builds that run as another user (images)
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
         finally:
