@@ -46,6 +46,13 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def graph_inputs(graph) -> list:
+    """The ONNX graph inputs a caller feeds: those no initializer backs (IR < 4 graphs and some exporters list
+    every weight as an input too)."""
+    initialized = {tensor.name for tensor in graph.initializer}
+    return [value for value in graph.input if value.name not in initialized]
+
+
 def tensor_specs(path: Path, fmt: str) -> dict[str, list[dict]]:
     """Input and output tensors: name, shape (None for dynamic), dtype, and int8 quantization parameters."""
     if fmt == "onnx":
@@ -59,7 +66,7 @@ def tensor_specs(path: Path, fmt: str) -> dict[str, list[dict]]:
             shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
             return {"name": value.name, "shape": shape, "dtype": helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
 
-        return {"inputs": [describe(v) for v in graph.input], "outputs": [describe(v) for v in graph.output]}
+        return {"inputs": [describe(v) for v in graph_inputs(graph)], "outputs": [describe(v) for v in graph.output]}
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))

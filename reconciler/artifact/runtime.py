@@ -46,6 +46,11 @@ def inputs_from_arrays(arrays: Mapping[str, np.ndarray], labels: str = "y") -> I
     return named
 
 
+def as_arrays(x: Inputs) -> dict[str, np.ndarray]:
+    """The inverse of :func:`inputs_from_arrays` (without labels): what ``np.savez`` writes for these inputs."""
+    return dict(x) if isinstance(x, Mapping) else {"x": x}
+
+
 def as_lists(x: Inputs, decimals: int) -> list | dict[str, list]:
     """JSON form (golden vectors): a nested list, or nested lists by input name."""
     if isinstance(x, Mapping):
@@ -107,8 +112,17 @@ class ModelRunner:
         rows, batch = row_count(feed), self.input_shape[0]
         if batch is None or batch == rows:
             return self._run_onnx(feed)
-        # A model exported with a fixed batch size: feed it in chunks of exactly that size.
-        return np.concatenate([self._run_onnx(take(feed, i, i + batch)) for i in range(0, rows, batch)])
+        # A model exported with a fixed batch size: feed it in chunks of exactly that size, the last one padded
+        # with zero rows whose outputs are dropped.
+        chunks = []
+        for start in range(0, rows, batch):
+            chunk = take(feed, start, start + batch)
+            count = row_count(chunk)
+            if count < batch:
+                chunk = {name: np.concatenate([v, np.zeros((batch - count, *v.shape[1:]), v.dtype)])
+                         for name, v in chunk.items()}  # fmt: skip
+            chunks.append(self._run_onnx(chunk)[:count])
+        return np.concatenate(chunks)
 
     def _feed(self, x: Inputs) -> dict[str, np.ndarray]:
         """Arrays by input name; a clear error for missing or unknown names and for one array given to many."""

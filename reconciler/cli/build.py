@@ -114,6 +114,7 @@ def _print_matrix(results) -> None:
     from rich.table import Table
 
     from reconciler.optimize.metrics import headline
+    from reconciler.optimize.pipeline import UNPRUNED
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table("MODEL", "VERSION", "PROFILE", "VARIANT", "SIZE", "xFP32", "P50 ms", "P95 ms", "MEMORY",
@@ -130,7 +131,7 @@ def _print_matrix(results) -> None:
             figure, delta = headline(_metrics_of(m), _reference_of(result))
             if variant.selected:
                 verdict = "[green]selected[/]" + (" (cached)" if result.cached else "")
-            elif variant.name == "unpruned":
+            elif variant.name == UNPRUNED:
                 verdict = "baseline: the source without structured pruning (never shipped)"
             elif variant.failures:
                 verdict = "[red]fail[/]: " + "; ".join(str(f) for f in variant.failures)

@@ -117,7 +117,9 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
             sys.exit(1)
         rendered = (rows, objects)
         if rendered != last:
-            emit(kind, rows, columns, objects, output, no_headers or (watch and last is not None), single=bool(name))
+            # A benchmark id names one artifact, whose figures come from several places: print them all.
+            single = bool(name) and kind != "benchmark"
+            emit(kind, rows, columns, objects, output, no_headers or (watch and last is not None), single=single)
             last = rendered
         if not watch:
             return

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reconciler.api.device import DeviceProfile
+from reconciler.artifact.runtime import as_arrays
 
 from .datasets import Dataset
 from .errors import BuildError
@@ -69,7 +70,7 @@ def measure(
     them); ``task`` and ``threshold``: the model's, which choose the metrics."""
     data = workdir / "eval.npz"
     if not data.exists():
-        np.savez(data, **(dict(evaluation.x) if evaluation.named else {"x": evaluation.x}))  # type: ignore[arg-type]
+        np.savez(data, **as_arrays(evaluation.x))  # type: ignore[arg-type]
     out = workdir / f"probe-{artifact.stem}"
     command = [
         sys.executable, "-m", "reconciler.optimize.probe", str(artifact), fmt, str(data), str(out),

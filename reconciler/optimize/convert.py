@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from reconciler.artifact.manifest import graph_inputs
+
 from .datasets import Dataset
 from .errors import BuildError, first_line
 
@@ -39,11 +41,10 @@ def canonical_onnx(data: bytes) -> bytes:
         for node in graph.node:  # subgraphs refer to outer names: rename nothing rather than break them
             node.doc_string = ""
         return model.SerializeToString()
-    initialized = {t.name for t in graph.initializer}
     names: dict[str, str] = {"": ""}
     # Inputs and outputs get positional names: the runtimes address them by position, and Keras names them by
     # counters too (``input_layer_3`` after a pruning pass made a new model).
-    for index, value in enumerate(v for v in graph.input if v.name not in initialized):
+    for index, value in enumerate(graph_inputs(graph)):
         names[value.name] = f"input_{index}"
     for index, value in enumerate(graph.output):
         names.setdefault(value.name, f"output_{index}")

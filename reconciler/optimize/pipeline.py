@@ -39,6 +39,7 @@ from reconciler.artifact.manifest import (
     artifact_id,
     canonical_json,
     golden_vectors,
+    graph_inputs,
     reference_histograms,
     tensor_specs,
     tool_versions,
@@ -296,9 +297,8 @@ def _build(
         reference_outputs,
         on_target.outputs if on_target is not None else None,
     )
-    if target is not None:
-        difference = _target_difference(on_target, outputs) if on_target is not None else None
-        manifest["targetCheck"] = target.to_json(difference)
+    if target is not None:  # its figures (the difference from this host's outputs) stay in the benchmark
+        manifest["targetCheck"] = target.to_json()
     manifest["benchmark"] = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
         **({"target": {**target.to_json(), "variants": target_figures}} if target is not None else {}),
@@ -402,9 +402,14 @@ def _named_as_artifact(source: Path, source_format: str | None, data: dict[str, 
     :func:`convert.canonical_onnx`), which is what the candidates, the probe and the golden vectors feed."""
     if source_format != "onnx" or not any(d.named for d in data.values()):
         return data
+    # By position, as the artifact names them (input_N, or the source's own names where canonical_onnx keeps
+    # them: graphs with subgraphs).
+    import onnx
+
     from reconciler.artifact.runtime import ModelRunner
 
-    names = {name: f"input_{index}" for index, name in enumerate(ModelRunner(source, "onnx").input_shapes)}
+    canonical = [v.name for v in graph_inputs(onnx.load_from_string(convert.canonical_onnx(source.read_bytes())).graph)]
+    names = dict(zip(ModelRunner(source, "onnx").input_shapes, canonical, strict=True))
     return {key: d.renamed(names) if d.named else d for key, d in data.items()}
 
 
@@ -445,7 +450,7 @@ RECOVERY_RUNS = 20
 def activation_for(arch: str) -> str:
     """Static INT8 activations for a CPU architecture (``kubernetes.io/arch``): int8 (S8S8) on ARM, whose
     dot-product kernels take signed activations; uint8 (U8S8) elsewhere, onnxruntime's x86 fast path."""
-    return "int8" if arch in ("arm64", "arm") else "uint8"
+    return "int8" if is_arm(arch) or arch == "arm" else "uint8"
 
 
 def _planned(quantize: QuantizePass | None, fmt: str, allowed: set[str], integer_only: bool = False,
@@ -524,9 +529,11 @@ def _check_target(variants: list[Variant], measured: dict[str, Measured], profil
     spec = profile.spec
     checked = [v for v in variants if v.name in measured and v.name != UNPRUNED]
     paths = {v.name: workdir / f"{v.name}.{fmt}" for v in checked}
+    figures: dict[str, dict] = {}
+    if not paths:  # nothing was measured: the refusal says why; an emulation would add nothing
+        return TargetCheck("arm64", spec.cpu or "", status="not run", reason="no candidate to check"), figures
     check = check_on_target(spec.arch, spec.cpu, fmt, paths, take(evaluation.x, 0, GOLDEN_ROWS), workdir)
     where = f"{check.isa} ({check.runtime} {check.version}, emulated {check.cpu})"
-    figures: dict[str, dict] = {}
     if check.status != "checked":
         for variant in checked:
             variant.notes.append(f"not checked on {check.isa}: {check.reason}")
@@ -597,7 +604,7 @@ def _quality_loss(variant: Variant) -> float:
 
 def _mark_pareto(variants: list[Variant]) -> None:
     """Mark the measured variants no other one beats on size, latency and the task's metric at once."""
-    measured = [v for v in variants if v.measurement is not None]
+    measured = [v for v in variants if v.measurement is not None and v.name != UNPRUNED]
 
     def point(v: Variant) -> tuple[float, float, float]:
         m = v.measurement
@@ -626,7 +633,8 @@ def _select(variants: list[Variant]) -> Variant | None:
     options = []
     for order, variant in enumerate(variants):
         mine = variant.measurement.latency_p50_ms if variant.measurement else None
-        if variant is not fp32 and mine is not None and reference is not None and mine > reference * LATENCY_TOLERANCE:
+        baseline = variant is fp32 or variant.name == UNPRUNED
+        if not baseline and mine is not None and reference is not None and mine > reference * LATENCY_TOLERANCE:
             variant.notes.append(f"p50 {mine:.4f} ms on the build host is slower than fp32's {reference:.4f} ms")
         if not (variant.passed and variant.eligible):
             continue

@@ -37,16 +37,23 @@ def load_program(path: Path):
 
 
 def run_program(program, x: np.ndarray) -> np.ndarray:
-    """The program's first output on ``x``, in batches (float32)."""
+    """The program's first output on ``x``, in batches (float32). A program exported with a fixed batch gets
+    exactly that many rows each time, the last batch padded with zeros and its padding dropped."""
     import torch
 
+    fixed = input_shape(program)[0]
+    size = fixed or BATCH
     module = program.module()
     outputs = []
     with torch.no_grad():
-        for start in range(0, len(x), BATCH):
-            result = module(torch.from_numpy(np.ascontiguousarray(x[start : start + BATCH], dtype=np.float32)))
+        for start in range(0, len(x), size):
+            rows = np.ascontiguousarray(x[start : start + size], dtype=np.float32)
+            count = len(rows)
+            if fixed and count < fixed:
+                rows = np.concatenate([rows, np.zeros((fixed - count, *rows.shape[1:]), np.float32)])
+            result = module(torch.from_numpy(rows))
             first = result[0] if isinstance(result, (tuple, list)) else result
-            outputs.append(first.detach().numpy().astype(np.float32))
+            outputs.append(first.detach().numpy().astype(np.float32)[:count])
     return np.concatenate(outputs)
 
 

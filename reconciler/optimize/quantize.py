@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reconciler.artifact.manifest import graph_inputs
 from reconciler.artifact.runtime import Inputs, row_count, take
 
 from .convert import canonical_onnx
@@ -163,9 +164,7 @@ def _float16(model: bytes) -> bytes:
 def _input_names(model: bytes) -> list[str]:
     import onnx
 
-    graph = onnx.load_from_string(model).graph
-    initialized = {t.name for t in graph.initializer}
-    return [value.name for value in graph.input if value.name not in initialized]
+    return [value.name for value in graph_inputs(onnx.load_from_string(model).graph)]
 
 
 def _reader(names: list[str], rows: Inputs):

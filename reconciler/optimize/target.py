@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reconciler.artifact.runtime import Inputs
+from reconciler.artifact.runtime import Inputs, as_arrays
 
 from .errors import BuildError
 
@@ -48,7 +48,8 @@ DEFAULT_CPU = "cortex-a53"
 """The oldest core of the arch (no SDOT, no FP16): what a profile that names no ``cpu`` is checked on."""
 CHECK_TIMEOUT = 900
 FAULT = "EDGE_BUILD_TARGET_FAULT"
-"""Tests: ``outputs`` makes the guest add 1 to every output (a forced mismatch between host and target)."""
+"""Tests: ``outputs`` makes the guest add 1 to every output (a forced mismatch between host and target);
+``crash:NAME`` kills the guest when it starts candidate NAME (a runtime that dies on one model)."""
 _CPUINFO = """processor\t: 0
 BogoMIPS\t: 50.00
 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid
@@ -100,49 +101,81 @@ def is_arm(arch: str) -> bool:
 
 def check_on_target(arch: str, cpu: str | None, fmt: str, models: dict[str, Path], rows: Inputs, workdir: Path,
                     threads: int = 1) -> TargetCheck:  # fmt: skip
-    """Run each of ``models`` (name to file) on ``rows`` under emulation of ``arch``; the outputs by name."""
+    """Run each of ``models`` (name to file) on ``rows`` under emulation of ``arch`` (arm64); the outputs by name.
+
+    One guest runs them in turn and records each as it finishes; a candidate that takes the emulated runtime down
+    (SIGILL on a core without the instruction, a crash) or runs past the time limit is that candidate's error,
+    and a new guest goes on with the rest."""
+    if not is_arm(arch):
+        raise BuildError(f"no target check for arch {arch!r} (arm64 only)")
     runtime = "onnxruntime" if fmt == "onnx" else "ai-edge-litert"
-    check = TargetCheck("arm64", cpu or DEFAULT_CPU, runtime=runtime, version=_version(runtime))
+    check = TargetCheck("arm64", cpu or DEFAULT_CPU, runtime=runtime)
     reason = unavailable()
     if reason:
         check.status, check.reason = "not run", reason
         return check
+    check.version = _version(runtime)
     environment = _environment()
     request = workdir / "target-request.npz"
-    arrays = dict(rows) if isinstance(rows, dict) else {"x": rows}
-    np.savez(request, **arrays)  # type: ignore[arg-type]
+    np.savez(request, **as_arrays(rows))  # type: ignore[arg-type]
     guest = _guest_code(workdir / "target-guest")
-    out = workdir / "target-out"
-    out.mkdir(exist_ok=True)
-    python = environment / "rootfs" / "usr" / "bin" / "python3.11"
-    command = ["qemu-aarch64", str(python), "-S", "-c", _PROBE, fmt, str(request), str(out), str(threads),
-               *[f"{name}={path}" for name, path in models.items()]]  # fmt: skip
+    qemu = shutil.which("qemu-aarch64")
+    assert qemu is not None  # unavailable() said so
     env = {"QEMU_LD_PREFIX": str(environment / "rootfs"), "QEMU_CPU": check.cpu, "PYTHONNOUSERSITE": "1",
            "PYTHONPATH": f"{environment / 'site'}:{guest}", "HOME": str(workdir), "LANG": "C.UTF-8"}  # fmt: skip
     if os.environ.get(FAULT):
         env[FAULT] = os.environ[FAULT]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=CHECK_TIMEOUT)
-    except subprocess.TimeoutExpired as exc:
-        raise BuildError(f"the {check.cpu} emulation did not finish within {CHECK_TIMEOUT} s") from exc
-    if "Error in cpuinfo" in done.stderr:
-        raise BuildError("the emulated runtime could not read the CPU's features (Error in cpuinfo): its fast "
-                         "kernels would be off, so its outputs say nothing of a device")  # fmt: skip
-    summary = out / "summary.json"
-    if done.returncode != 0 or not summary.exists():
-        raise BuildError(f"the {check.cpu} emulation failed (exit {done.returncode}): "
-                         f"{(done.stderr.strip().splitlines() or ['no output'])[-1][:300]}")  # fmt: skip
-    for name, entry in json.loads(summary.read_text()).items():
-        result = TargetResult(error=entry.get("error"), latency_ms=entry.get("ms"))
-        if result.error is None:
-            result.outputs = np.load(out / f"{name}.npy")
-        check.results[name] = result
+    remaining = dict(models)
+    for attempt in range(len(models)):
+        out = workdir / f"target-out-{attempt}"
+        out.mkdir(exist_ok=True)
+        python = environment / "rootfs" / "usr" / "bin" / "python3.11"
+        command = [qemu, str(python), "-S", "-c", _PROBE, fmt, str(request), str(out), str(threads),
+                   *[f"{name}={path}" for name, path in remaining.items()]]  # fmt: skip
+        failure = _run_guest(command, env, check.cpu)
+        for name, entry in _summary(out).items():
+            result = TargetResult(error=entry.get("error"), latency_ms=entry.get("ms"))
+            if result.error is None and "ms" in entry:
+                result.outputs = np.load(out / f"{name}.npy")
+            elif result.error is None:  # started, never finished: this candidate took the guest down
+                result.error = failure or "the emulated runtime stopped on it"
+            check.results[name] = result
+            remaining.pop(name, None)
+        if not remaining:
+            break
+        if failure is None or not _summary(out):  # nothing started: the guest itself cannot run
+            raise BuildError(f"the {check.cpu} emulation failed: {failure or 'no result'}")
     return check
 
 
+def _run_guest(command: list[str], env: dict[str, str], cpu: str) -> str | None:
+    """Run one guest; None when it finished, else what went wrong (its exit, or the time limit)."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"the {cpu} emulation did not finish within {CHECK_TIMEOUT} s"
+    if "Error in cpuinfo" in done.stderr:
+        raise BuildError("the emulated runtime could not read the CPU's features (Error in cpuinfo): its fast "
+                         "kernels would be off, so its outputs say nothing of a device")  # fmt: skip
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        return f"the emulated runtime exited with {done.returncode}: {last}"
+    return None
+
+
+def _summary(out: Path) -> dict[str, dict]:
+    """The guest's record: an entry per candidate it started, with ``ms`` once finished or ``error``."""
+    path = out / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def unavailable() -> str | None:
-    """Why the check cannot run here, or None: QEMU is needed, and mmdebstrap until the environment is cached."""
-    needed = ["qemu-aarch64"] if _ready(_environment_path()) else ["qemu-aarch64", "mmdebstrap"]
+    """Why the check cannot run here, or None: QEMU is needed, and mmdebstrap until the environment is cached.
+    Never raises: a build key asks it, and a missing runtime or home folder is a reason, not a crash."""
+    try:
+        needed = ["qemu-aarch64"] if _ready(_environment_path()) else ["qemu-aarch64", "mmdebstrap"]
+    except (BuildError, RuntimeError, OSError) as exc:
+        return f"no target environment here: {exc}"
     missing = [tool for tool in needed if shutil.which(tool) is None]
     return f"{' and '.join(missing)} not installed" if missing else None
 
@@ -243,8 +276,17 @@ fmt, request, out, threads = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sy
 with np.load(request) as data:
     rows = inputs_from_arrays({k: data[k] for k in data.files}, labels="")
 summary = {}
+
+def record():
+    (out / "summary.part").write_text(json.dumps(summary))
+    os.replace(out / "summary.part", out / "summary.json")
+
 for item in sys.argv[5:]:
     name, path = item.split("=", 1)
+    summary[name] = {}
+    record()
+    if os.environ.get("EDGE_BUILD_TARGET_FAULT") == f"crash:{name}":
+        os.kill(os.getpid(), 9)
     try:
         start = time.perf_counter()
         outputs = ModelRunner(Path(path), fmt, threads).run(rows)
@@ -255,5 +297,5 @@ for item in sys.argv[5:]:
         summary[name] = {"ms": took}
     except Exception as exc:
         summary[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
-(out / "summary.json").write_text(json.dumps(summary))
+    record()
 """
