@@ -37,20 +37,20 @@ def load_program(path: Path):
 
 
 def run_program(program, x: np.ndarray) -> np.ndarray:
-    """The program's first output on ``x``, in batches (float32). A program exported with a fixed batch gets
-    exactly that many rows each time, the last batch padded with zeros and its padding dropped."""
+    """The program's first output on ``x``, in batches (float32) the program accepts: at most its batch's upper
+    bound, and a last batch under the lower bound (or a fixed batch) padded with zeros, the padding dropped."""
     import torch
 
-    fixed = input_shape(program)[0]
-    size = fixed or BATCH
+    lowest, highest = batch_range(program)
+    size = min(BATCH, highest)
     module = program.module()
     outputs = []
     with torch.no_grad():
         for start in range(0, len(x), size):
             rows = np.ascontiguousarray(x[start : start + size], dtype=np.float32)
             count = len(rows)
-            if fixed and count < fixed:
-                rows = np.concatenate([rows, np.zeros((fixed - count, *rows.shape[1:]), np.float32)])
+            if count < lowest:
+                rows = np.concatenate([rows, np.zeros((lowest - count, *rows.shape[1:]), np.float32)])
             result = module(torch.from_numpy(rows))
             first = result[0] if isinstance(result, (tuple, list)) else result
             outputs.append(first.detach().numpy().astype(np.float32)[:count])
@@ -78,12 +78,36 @@ def program_to_onnx(program, opset: int, workdir: Path) -> bytes:
     return target.read_bytes()
 
 
-def input_shape(program) -> tuple[int | None, ...]:
-    """The first user input's shape, ``None`` where the program was exported with a dynamic dimension."""
+def batch_range(program) -> tuple[int, int]:
+    """The batch sizes the program was exported for: (n, n) for a fixed batch, the dynamic dimension's bounds
+    otherwise (an unbounded upper end counts as :data:`BATCH`)."""
+    dim = _first_input(program).meta["val"].shape[0]
+    if isinstance(dim, int):
+        return dim, dim
+    bounds = program.range_constraints.get(dim.node.expr)
+    if bounds is None:
+        return 1, BATCH
+    return max(1, _bound(bounds.lower, 1)), max(1, _bound(bounds.upper, BATCH))
+
+
+def _bound(value, default: int) -> int:
+    """A range end as an int; torch's own infinity (``int_oo``) says it is finite and cannot be converted."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return default
+
+
+def _first_input(program):
     names = set(program.graph_signature.user_inputs)
     node = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name in names), None)
     if node is None or "val" not in node.meta or not hasattr(node.meta["val"], "shape"):
         raise BuildError("the torch.export program has no tensor input")
     if len(names) > 1:
         raise BuildError(f"the torch.export program takes {len(names)} inputs; PyTorch sources take one tensor")
-    return tuple(d if isinstance(d, int) else None for d in node.meta["val"].shape)
+    return node
+
+
+def input_shape(program) -> tuple[int | None, ...]:
+    """The first user input's shape, ``None`` where the program was exported with a dynamic dimension."""
+    return tuple(d if isinstance(d, int) else None for d in _first_input(program).meta["val"].shape)

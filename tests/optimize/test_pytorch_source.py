@@ -144,3 +144,22 @@ def test_a_pickle_in_place_of_a_program_is_refused_by_name(tmp_path):
     assert result["artifact"] is None
     assert "digits-torch@1.0.0 for arm-cortex-a-cpu" in result["error"]
     assert "not a torch.export program" in result["error"]
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["batch-2-to-16", "fixed-batch-4"])
+def test_a_program_runs_in_the_batches_it_was_exported_for(dynamic):
+    """A program exported for batches of 2 to 16 (or exactly 4) still runs any number of rows: at most the upper
+    bound at a time, the last batch padded up to what the program accepts."""
+    import torch
+    from torch import nn
+
+    from reconciler.optimize.pytorch import run_program
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    shapes = ({0: torch.export.Dim("batch", min=2, max=16)},) if dynamic else None
+    program = torch.export.export(model, (torch.zeros(4, 1, 8, 8),), dynamic_shapes=shapes)
+    x = np.random.default_rng(3).standard_normal((33, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_program(program, x), expected, rtol=1e-5, atol=1e-5)
