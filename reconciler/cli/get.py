@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -362,16 +362,28 @@ def _models(view: FleetView, name, labels) -> tuple[list[dict], list[Column], li
     return rows, columns, objects
 
 
-def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
-    from reconciler.artifact.manifest import build_figures
+def _stored_manifests(store: Path, name: str | None) -> Iterator[tuple[str, dict]]:
+    """(id, manifest) of every artifact in the store whose id starts with ``name`` (all without one)."""
     from reconciler.artifact.store import ArtifactStore
 
-    rows, objects = [], []
     found = ArtifactStore(store) if Path(store).exists() else None
     for artifact_id in found.artifact_ids() if found else []:
-        if name and not artifact_id.startswith(name):
-            continue
-        manifest = found.read_manifest(artifact_id)
+        if not name or artifact_id.startswith(name):
+            yield artifact_id, found.read_manifest(artifact_id)
+
+
+def _by_model(rows: list[dict], objects: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Rows (and their objects) in model, version, profile order."""
+    pairs = sorted(zip(rows, objects, strict=True), key=lambda p: (p[0]["model"] or "", p[0]["version"] or "",
+                                                                    p[0]["profile"] or ""))  # fmt: skip
+    return [r for r, _ in pairs], [o for _, o in pairs]
+
+
+def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
+    from reconciler.artifact.manifest import build_figures
+
+    rows, objects = [], []
+    for artifact_id, manifest in _stored_manifests(store, name):
         figures = build_figures(manifest)
         rows.append({
             "name": artifact_id[:12], "id": artifact_id, "model": manifest.get("model"),
@@ -382,9 +394,7 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
             "accuracy": f"{figures['accuracy']:.3f}" if figures["accuracy"] is not None else None,
         })  # fmt: skip
         objects.append({"id": artifact_id, "manifest": manifest})
-    pairs = sorted(zip(rows, objects, strict=True), key=lambda p: (p[0]["model"] or "", p[0]["version"] or "",
-                                                                    p[0]["profile"] or ""))  # fmt: skip
-    rows, objects = [r for r, _ in pairs], [o for _, o in pairs]
+    rows, objects = _by_model(rows, objects)
     columns = [Column("ID", "name"), Column("MODEL", "model"), Column("VERSION", "version"),
                Column("PROFILE", "profile"), Column("FORMAT", "format"), Column("PRECISION", "precision"),
                Column("SIZE", "size"), Column("P95", "latency", wide=True),
@@ -396,14 +406,8 @@ def _benchmarks(store: Path, name: str | None) -> tuple[list[dict], list[Column]
     """Per artifact, every place its figures come from, side by side: the build machine (latency, memory, the
     task's metric) and the target ISA under emulation (outputs against the build machine's; time is emulated,
     never a device figure)."""
-    from reconciler.artifact.store import ArtifactStore
-
     rows, objects = [], []
-    found = ArtifactStore(store) if Path(store).exists() else None
-    for artifact_id in found.artifact_ids() if found else []:
-        if name and not artifact_id.startswith(name):
-            continue
-        manifest = found.read_manifest(artifact_id)
+    for artifact_id, manifest in _stored_manifests(store, name):
         benchmark = manifest.get("benchmark") or {}
         chosen = next((v for v in benchmark.get("variants") or [] if v.get("selected")), {})
         measured = chosen.get("measurement") or {}
@@ -434,9 +438,7 @@ def _benchmarks(store: Path, name: str | None) -> tuple[list[dict], list[Column]
                          "result": result})  # fmt: skip
             objects.append({"name": f"{artifact_id[:12]}.emulated", "artifact": artifact_id, "source": "emulated",
                             "target": target})  # fmt: skip
-    pairs = sorted(zip(rows, objects, strict=True), key=lambda p: (p[0]["model"] or "", p[0]["version"] or "",
-                                                                    p[0]["profile"] or ""))  # fmt: skip
-    rows, objects = [r for r, _ in pairs], [o for _, o in pairs]
+    rows, objects = _by_model(rows, objects)
     columns = [Column("ARTIFACT", "artifact"), Column("MODEL", "model"), Column("VERSION", "version"),
                Column("PROFILE", "profile"), Column("SOURCE", "source"), Column("WHERE", "where"),
                Column("P50", "p50"), Column("P95", "p95"), Column("MEMORY", "memory"), Column("RESULT", "result"),
