@@ -19,6 +19,11 @@ step ends in one atomic state write, :mod:`.slots`) and reports the phase it ent
     Failed       a permanent refusal or a failed health check, kept for that spec (no download loop)
     RolledBack   the trial failed: back on the previous slot
 
+A lab device's assignment in benchmark mode (``spec.benchmark``) takes another path (:meth:`Agent.benchmark`):
+Benchmarking (download and verify into a folder of its own, then the profile's benchmark in a child process while
+the hwmon sensors are sampled), then Benchmarked with the figures, or Failed. The slots are never touched: what the
+device serves does not change. The result is kept per version, generation and artifact, so it is measured once.
+
 :meth:`Agent.run` is the loop: a device far from anyone must keep serving and keep trying, so a failure to reach
 the cluster or the controller (either kind of :mod:`reconciler.errors`) never ends it.
 """
@@ -26,7 +31,9 @@ the cluster or the controller (either kind of :mod:`reconciler.errors`) never en
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import random
 import shutil
 import threading
@@ -47,7 +54,7 @@ from reconciler.signing.tuf_client import ArtifactUpdater, PoolFetcher
 
 from .download import DownloadConfig, Downloader, DownloadError
 from .faults import crash_point
-from .health import health_check_isolated
+from .health import HealthReport, health_check_isolated
 from .phases import (
     DEFAULT_TRIAL,
     Action,
@@ -63,6 +70,7 @@ from .phases import (
     next_step,
     retry_delay,
 )
+from .sensors import HWMON, Reading, Sampler
 from .slots import KeepPolicy, ModelSlots, SlotState, UnsafeNameError, check_name
 
 log = logging.getLogger("edge_reconciler.agent")
@@ -75,6 +83,39 @@ outage, a skewed clock), metadata caught mid-publish, a target not published yet
 def _shorten(message: str, limit: int = 600) -> str:
     """Long messages keep their head (what) and tail (why: "connection ended at ..."), not one of them."""
     return message if len(message) <= limit else f"{message[: limit // 3]} ... {message[-(2 * limit) // 3 :]}"
+
+
+def _benchmarked(health: HealthReport, reading: Reading, spec: Desired, runs: int, base: dict) -> AssignmentStatus:
+    """A lab benchmark's report: its figures (what the controller's lab gates read), or why it failed."""
+    if not health.passed:
+        return AssignmentStatus("Failed", reason="BenchmarkFailed", message=_shorten(health.reason), **base)
+    figures: dict[str, object] = {
+        "labP50Ms": round(health.latency_p50_ms, 4), "labP95Ms": round(health.latency_p95_ms, 4),
+        "labMemoryBytes": health.peak_memory_bytes, "labRuns": runs,
+        "labGoldenMaxError": round(health.max_abs_error, 6), "labArtifact": spec.artifact or "",
+    }  # fmt: skip
+    if reading.power_w is not None:
+        figures["labPowerW"] = round(reading.power_w, 3)
+    if reading.temperature_c is not None:
+        figures["labTemperatureC"] = round(reading.temperature_c, 1)
+    message = f"p50 {health.latency_p50_ms:.3f} ms, p95 {health.latency_p95_ms:.3f} ms on {runs} runs; not served"
+    return AssignmentStatus("Benchmarked", message=message, extra=figures, **base)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _write_json(path: Path, body: dict) -> None:
+    """Whole or not at all: a crash mid-write leaves the old record (or none), and the benchmark runs again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(body))
+    os.replace(partial, path)
 
 
 def _reportable(model: str) -> bool:
@@ -112,6 +153,10 @@ class AgentConfig:
     """CPU seconds a health check may use (a spinning hang); the wall clock allows five times that."""
     keep: KeepPolicy = field(default_factory=KeepPolicy)
     """Good versions kept on the device for a rollback without a download."""
+    benchmark_runs: int = 200
+    """Single-sample inferences a lab benchmark times (p50 and p95 come from them)."""
+    hwmon: Path = HWMON
+    """Where the power and temperature sensors are read during a lab benchmark."""
 
 
 class Agent:
@@ -184,6 +229,8 @@ class Agent:
             status = AssignmentStatus("Failed", reason="InvalidAssignment", message=str(exc),
                                       observed_generation=generation)  # fmt: skip
             return self._report(spec, status) if _reportable(spec.model) else status
+        if spec.benchmark:
+            return self.benchmark(spec, generation)
         slots = ModelSlots(self.data_dir, spec.model, self.config.keep)
         limits = self._limits(spec)
         for _ in range(5):  # END_TRIAL -> FETCH -> SWITCH -> a trial that may end at once: never more in one cycle
@@ -215,6 +262,61 @@ class Agent:
                 slots.mark_good(trial.minimum_counter if trial else 0)
             return self._report(spec, self._status(slots.state(), spec, generation, step))
         return self._report(spec, self._status(slots.state(), spec, generation, step))
+
+    def benchmark(self, spec: Desired, generation: int) -> AssignmentStatus:
+        """A lab device's benchmark of ``spec``'s version: downloaded and verified as for an install, measured in
+        a child process (latency p50/p95 on single samples, peak memory, the golden outputs) while power and
+        temperature are sampled, reported; never installed, never served."""
+        slots = ModelSlots(self.data_dir, spec.model, self.config.keep)
+        state = slots.state()
+        record = self.data_dir / "benchmarks" / f"{spec.model}.json"
+        key = {"version": spec.version, "generation": generation, "artifact": spec.artifact}
+        saved = _read_json(record)
+        if saved.get("key") == key:  # measured already: the same answer (a heartbeat keeps it fresh)
+            return self._report(spec, AssignmentStatus.from_json(saved.get("status")))
+        base = {"installed_version": state.active_version, "previous_version": state.previous_version,
+                "observed_generation": generation, "target_version": spec.version}  # fmt: skip
+        retry = self._retries.get(spec.model)
+        if retry is not None and retry[0] == (spec.version, generation) and self.clock() < retry[2]:
+            return self._report(spec, self._reported[spec.model][0])
+        staging = self.data_dir / "benchmark" / spec.model
+        try:
+            self._report(spec, AssignmentStatus("Benchmarking", message="downloading", **base))
+            self._download(slots, spec, staging)
+            expect = Expectation(spec.model, spec.version, self.config.profile, state.minimum_counter)
+            verified = verify_artifact(staging, self.config.policy, expect)
+            self._report(spec, AssignmentStatus("Benchmarking", message="measuring", **base))
+            with Sampler(self.config.hwmon) as sensors:
+                health = health_check_isolated(staging, verified.manifest, self.config.threads, None,
+                                               self.config.max_memory_bytes, self.config.health_timeout_seconds,
+                                               runs=self.config.benchmark_runs)  # fmt: skip
+        except RefusedError as refused:
+            if str(refused.reason) in TRANSIENT_REFUSALS:
+                return self._retrying(spec, generation, base, str(refused.reason), refused.message)
+            status = AssignmentStatus("Failed", reason=str(refused.reason), message=refused.message, **base)
+        except (TemporaryError, OSError, urllib3.exceptions.HTTPError) as exc:
+            return self._retrying(spec, generation, base, "DownloadFailed", str(exc))
+        else:
+            status = _benchmarked(health, sensors.summary(), spec, self.config.benchmark_runs, base)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._retries.pop(spec.model, None)
+        _write_json(record, {"key": key, "status": status.to_json()})
+        return self._report(spec, status)
+
+    def _retrying(self, spec: Desired, generation: int, base: dict, reason: str, message: str) -> AssignmentStatus:
+        step = self._retry(spec, generation, reason, message)
+        _, attempts, at = self._retries[spec.model]
+        return self._report(
+            spec,
+            AssignmentStatus(
+                "Retrying",
+                reason=reason,
+                message=step.message,
+                **base,
+                extra={"attempts": attempts, "nextAttempt": at.isoformat(timespec="seconds")},
+            ),
+        )
 
     # --- the phase machine's inputs and outputs ---------------------------------------------------------
 

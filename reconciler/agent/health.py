@@ -43,6 +43,9 @@ class HealthReport:
     latency_p95_ms: float = float("nan")
     memory_bytes: int = 0
     """Resident memory the model added to the process while loading and running."""
+    latency_p50_ms: float = float("nan")
+    peak_memory_bytes: int = 0
+    """The highest resident memory the process reached, over what it held before loading the model."""
 
 
 def health_check(
@@ -76,6 +79,7 @@ def health_check(
         latencies.append((time.perf_counter() - start) * 1000)
     p95 = float(np.percentile(latencies, 95))
     memory = max(0, _rss() - before)
+    peak = max(0, _rss("VmHWM") - before)
     if max_memory_bytes is not None and memory > max_memory_bytes:
         return HealthReport(False, f"the model took {memory} bytes of memory, more than {max_memory_bytes}",
                             error, agreement, p95, memory)  # fmt: skip
@@ -89,7 +93,8 @@ def health_check(
         )
     if max_latency_ms is not None and p95 > max_latency_ms:
         return HealthReport(False, f"latency p95 {p95:.2f} ms exceeds {max_latency_ms:.2f} ms", error, agreement, p95)
-    return HealthReport(True, "golden outputs reproduced", error, agreement, p95, memory)
+    return HealthReport(True, "golden outputs reproduced", error, agreement, p95, memory,
+                        float(np.percentile(latencies, 50)), peak)  # fmt: skip
 
 
 OUT_OF_MEMORY_EXIT = 86
@@ -104,14 +109,16 @@ def health_check_isolated(
     max_memory_bytes: int | None = None,
     timeout_seconds: float = 120.0,
     wall_seconds: float | None = None,
+    runs: int = 20,
 ) -> HealthReport:
     """:func:`health_check` in a child process: a hang, a crash or too much memory is a failed check.
-    ``timeout_seconds``: CPU seconds the child may use; ``wall_seconds`` (default five times that): real time."""
+    ``timeout_seconds``: CPU seconds the child may use; ``wall_seconds`` (default five times that): real time.
+    ``runs``: single-sample inferences timed (a lab benchmark times more than a health check)."""
     wall = wall_seconds if wall_seconds is not None else 5 * timeout_seconds
     with tempfile.TemporaryDirectory(prefix="health-") as scratch:
         request = Path(scratch) / "request.json"
         body = {"slot": str(slot), "manifest": manifest, "threads": threads, "maxLatencyMs": max_latency_ms,
-                "maxMemoryBytes": max_memory_bytes, "cpuSeconds": timeout_seconds}  # fmt: skip
+                "maxMemoryBytes": max_memory_bytes, "cpuSeconds": timeout_seconds, "runs": runs}  # fmt: skip
         request.write_text(json.dumps(body))
         child = subprocess.Popen([sys.executable, "-m", "reconciler.agent.health", str(request)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
@@ -162,14 +169,15 @@ def _child(request_file: str) -> None:
 
         threading.Thread(target=watch, daemon=True).start()
     report = health_check(Path(request["slot"]), request["manifest"], int(request["threads"]),
-                          request.get("maxLatencyMs"), max_memory_bytes=limit)  # fmt: skip
+                          request.get("maxLatencyMs"), int(request.get("runs") or 20), limit)  # fmt: skip
     print(json.dumps(asdict(report), allow_nan=True))
 
 
-def _rss() -> int:
+def _rss(field: str = "VmRSS") -> int:
+    """Resident memory now (VmRSS) or at its highest so far (VmHWM), from /proc; 0 where there is no /proc."""
     try:
         with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(f"{field}:"))
     except (OSError, StopIteration, ValueError):
         return 0
 

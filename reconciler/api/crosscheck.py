@@ -190,6 +190,15 @@ def _check_rollout(item: Located, find: Finder, exists: Callable[[str, str], boo
     for i, group in enumerate(rollout.spec.groups):
         if not exists("DeviceGroup", group):
             errors.append(_error(item, ("spec", "groups", i), f"unknown DeviceGroup {group!r}"))
+        elif (found := find("DeviceGroup", group)) is not None and found.document.spec.role == "lab":
+            errors.append(
+                _error(
+                    item,
+                    ("spec", "groups", i),
+                    f"DeviceGroup {group} is a lab (role: lab): its devices "
+                    "benchmark every rollout of their profile and are never rolled out to",
+                )
+            )
     return errors
 
 

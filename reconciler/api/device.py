@@ -93,6 +93,9 @@ class DeviceGroupSpec(SpecModel):
     selector: LabelSelector
     """Devices of the group, by their node labels. An empty selector selects the whole fleet."""
     description: str = ""
+    role: Literal["fleet", "lab"] = "fleet"
+    """lab: representative hardware that benchmarks every new artifact of its profile before a rollout's first
+    step (downloaded and verified as usual, never served); rollouts never deliver to a lab device."""
 
 
 class DeviceGroup(Document):

@@ -15,7 +15,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .document import Document, Problem
-from .types import Duration, Fraction, LabelKey, LabelSelector, Name, QuotedStr, SpecModel
+from .types import Duration, Fraction, LabelKey, LabelSelector, Name, Quantity, QuotedStr, SpecModel
 
 _PERCENT_RE = re.compile(r"^(100|[1-9]?[0-9])%$")
 
@@ -100,6 +100,20 @@ class MaintenanceWindow(SpecModel):
     """Node label that holds a device's own IANA time zone."""
 
 
+class LabGates(SpecModel):
+    """Gates on the lab devices' benchmark of the new version, judged before the first step; a figure over its limit
+    stalls the rollout (Paused, LabFailed) with the figures, before any device of the fleet gets the version."""
+
+    max_latency_p95: Duration | None = None
+    """p95 latency of one inference on a lab device. Unset: the profile's ``limits.maxLatencyP95``."""
+    max_memory: Quantity | None = None
+    """Memory the model took on a lab device (peak resident). Unset: the profile's ``limits.maxMemory``."""
+    max_temperature: float | None = Field(default=None, gt=0)
+    """Highest temperature in degrees Celsius a lab device's hwmon sensors read during the benchmark."""
+    max_power: float | None = Field(default=None, gt=0)
+    """Mean power in watts a lab device's power sensors (INA2xx, hwmon power) read during the benchmark."""
+
+
 class Analysis(SpecModel):
     """Health gates evaluated at every step; omitted thresholds take the engine's defaults."""
 
@@ -115,6 +129,9 @@ class Analysis(SpecModel):
     """Fewer reports than this make a gate Inconclusive, which holds the step."""
     failure_limit: int | None = Field(default=None, ge=0)
     """Consecutive failed evaluations tolerated before aborting (0: abort on the first)."""
+    lab: LabGates = Field(default_factory=LabGates)
+    """Gates whose figures come from the lab devices (DeviceGroups with ``role: lab``), not from the fleet's
+    telemetry. Without a lab device for a profile, the build's figures (build machine, emulated target) stand."""
     window: Duration = timedelta(hours=1)
     """How far back the telemetry gates read (error rate, latency, drift; both versions alike): whole hours of
     the controller's telemetry store, so one hour reads the current hour and the one before."""

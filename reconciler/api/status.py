@@ -83,6 +83,11 @@ class Reason(StrEnum):
     ABORTED_BY_PERSON = "AbortedByPerson"
     RETRIED = "Retried"
     SUCCEEDED = "Succeeded"
+    WAITING_FOR_LAB = "WaitingForLab"
+    """The lab devices benchmark the new version; no fleet device has it yet."""
+    LAB_FAILED = "LabFailed"
+    """A lab device failed the benchmark or a lab gate: stalled before the first step, every device untouched."""
+    LAB_PASSED = "LabPassed"
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class RolloutState:
     """RFC 3339: when ``maxConcurrent`` last let devices of the step start (their deadline runs from here)."""
     group: int = 0
     """With ``groupStrategy: Sequential``: the group the steps are walking now (0 for the first)."""
+    lab: str = ""
+    """The lab stage before the first step: Waiting (no fleet device has the version yet), Failed (stalled on the
+    lab's figures), Passed, Overridden (a person promoted past a failure); empty: the rollout has no lab."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -120,6 +128,7 @@ class RolloutState:
             "retriesSeen": self.retries_seen,
             "lastAdmitted": self.last_admitted,
             "currentGroup": self.group,
+            "lab": self.lab,
         }
 
     @classmethod
@@ -141,6 +150,7 @@ class RolloutState:
             _int(body.get("retriesSeen")),
             _str_or_none(body.get("lastAdmitted")),
             _int(body.get("currentGroup")),
+            str(body.get("lab") or ""),
         )
 
 
@@ -303,7 +313,7 @@ class RolloutStatus:
         state = self.state.to_json()
         body: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "RolloutStatus", "rollout": self.rollout,
                                 "model": self.model, "version": self.version}  # fmt: skip
-        for key in ("phase", "currentGroup", "step", "stableVersion", "stepStarted", "stepDone"):
+        for key in ("phase", "currentGroup", "step", "stableVersion", "stepStarted", "stepDone", "lab"):
             body[key] = state[key]
         body["observedRevision"] = self.observed_revision
         body["observedCommit"] = self.observed_commit

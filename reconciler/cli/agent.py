@@ -67,6 +67,11 @@ from .common import load_or_exit
     show_default=True,
     help="Disk for kept versions outside the two slots (the oldest go first), e.g. 500Mi.",
 )
+@click.option("--benchmark-runs", type=click.IntRange(min=10), default=200, show_default=True,
+              help="A lab device (benchmark mode): single-sample inferences timed for p50 and p95.")  # fmt: skip
+@click.option("--hwmon", type=click.Path(file_okay=False, path_type=Path), default="/sys/class/hwmon",
+              show_default=True, help="A lab device: where power (INA2xx) and temperature sensors are read while it "
+                                      "benchmarks.")  # fmt: skip
 @click.option("--once", is_flag=True)
 def agent(
     device: str,
@@ -90,6 +95,8 @@ def agent(
     health_timeout: float,
     keep_versions: int,
     keep_budget: str,
+    benchmark_runs: int,
+    hwmon: Path,
     once: bool,
 ) -> None:
     """Download, verify, install (A/B), health-check and report this device's models."""
@@ -136,7 +143,8 @@ def agent(
         raise click.UsageError(f"--keep-budget: {exc}") from None
     config = AgentConfig(device, profile, data_dir, client.repository_url, policy, root, threads, max_latency_ms,
                          max_memory, trial_period=period, health_timeout_seconds=health_timeout,
-                         keep=KeepPolicy(keep_versions, budget))  # fmt: skip
+                         keep=KeepPolicy(keep_versions, budget), benchmark_runs=benchmark_runs,
+                         hwmon=hwmon)  # fmt: skip
 
     def trial_stats(model: str, version: str) -> TrialStats:
         if server is None:

@@ -109,6 +109,8 @@ def spec_to_json(desired: Desired) -> dict[str, Any]:
     body = {_camel(k): v for k, v in asdict(desired).items() if k not in ("window", "trial")}
     if body["artifact"] is None:
         del body["artifact"]
+    if not desired.benchmark:
+        del body["benchmark"]
     if desired.window is not None:
         body["window"] = desired.window.to_json()
     if desired.trial is not None:
@@ -121,6 +123,7 @@ def spec_from_json(body: Mapping[str, Any]) -> Desired:
         device=body["device"], model=body["model"], version=body["version"], profile=body["profile"],
         rollout=body["rollout"], artifact=body.get("artifact"), in_rollout=bool(body.get("inRollout")),
         window=Window.from_json(body.get("window")), trial=Trial.from_json(body.get("trial")),
+        benchmark=bool(body.get("benchmark")),
     )  # fmt: skip
 
 

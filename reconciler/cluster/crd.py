@@ -18,10 +18,11 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 
 _STRING = {"type": "string"}
 PHASES = ("Pending", "Downloading", "Verifying", "Installing", "Testing", "Staged", "Trial", "Healthy", "Retrying",
-          "Failed", "RolledBack")  # fmt: skip
+          "Failed", "RolledBack", "Benchmarking", "Benchmarked")  # fmt: skip
 """An assignment's phases as agents report them (``reconciler.agent.phases``); only Healthy counts as a success
 for a rollout, only Failed and RolledBack as a failure. Staged: downloaded, verified and tested in the inactive
-slot, waiting for the maintenance window. Trial: switched, not yet marked good. Retrying: a transient failure."""
+slot, waiting for the maintenance window. Trial: switched, not yet marked good. Retrying: a transient failure.
+Benchmarking, Benchmarked: a lab device measuring a version it never serves (``spec.benchmark``)."""
 
 MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -68,6 +69,11 @@ MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
                                     "rollout": _STRING,
                                     "artifact": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                                     "inRollout": {"type": "boolean"},
+                                    "benchmark": {
+                                        "type": "boolean",
+                                        "description": "A lab device: benchmark the "
+                                        "version and report the figures, never serve it.",
+                                    },
                                     "trial": {
                                         "type": "object",
                                         "description": "How the device tries the version after switching.",

@@ -24,7 +24,16 @@ from reconciler.api.rollout import RolloutSpec
 from reconciler.api.status import DecisionKind, RolloutPhase, RolloutState, RolloutStatus
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Desired, Plan, RolloutPosition
-from reconciler.rollout.engine import Manual, Observation, Outcome, decide, is_overdue
+from reconciler.rollout.engine import (
+    LabFigures,
+    LabLimits,
+    LabObservation,
+    Manual,
+    Observation,
+    Outcome,
+    decide,
+    is_overdue,
+)
 from reconciler.telemetry.aggregate import aggregate, psi
 
 from .actions import OperatorActions, with_operator
@@ -85,7 +94,8 @@ def _previous_version(tree: FleetTree, model: str, version: str) -> str | None:
 def position(tree: FleetTree, name: str, state: RolloutState) -> RolloutPosition:
     steps = tree.rollouts[name].spec.steps
     percent = steps[min(state.step, len(steps) - 1)].percent
-    return RolloutPosition(percent, state.stable_version, state.phase is RolloutPhase.ABORTED, state.group)
+    lab_hold = state.phase is RolloutPhase.PENDING or state.lab in ("Waiting", "Failed")
+    return RolloutPosition(percent, state.stable_version, state.phase is RolloutPhase.ABORTED, state.group, lab_hold)
 
 
 def past_waiting(spec: RolloutSpec, state: RolloutState, now: datetime) -> Callable[[AssignmentStatus], bool]:
@@ -179,7 +189,65 @@ def observe(
     return Observation(len(step_devices), healthy, failed, unavailable, in_progress, staged=staged,
                        missing_artifacts=missing,
                        error_rate=new.error_rate, latency_regression=regression, drift_psi=drift,
-                       telemetry_devices=len(new.devices))  # fmt: skip
+                       telemetry_devices=len(new.devices),
+                       lab=observe_lab(tree, name, state, target, statuses, now, tracks_artifacts))  # fmt: skip
+
+
+LAB_FIGURES = {"p50_ms": "labP50Ms", "p95_ms": "labP95Ms", "memory_bytes": "labMemoryBytes", "power_w": "labPowerW",
+               "temperature_c": "labTemperatureC"}  # fmt: skip
+"""LabFigures field -> the status report's figure an agent in benchmark mode sends (``reconciler.agent.bench``)."""
+
+
+def observe_lab(
+    tree: FleetTree,
+    name: str,
+    state: RolloutState,
+    target: Plan,
+    statuses: Mapping[tuple[str, str], AssignmentStatus],
+    now: datetime,
+    tracks_artifacts: bool = False,
+) -> LabObservation | None:
+    """What the rollout's lab devices reported about its new version; None without lab devices. A lab device
+    not seen for ``offlineAfter`` is unavailable (no verdict); one still measuring after ``progressDeadline`` failed."""
+    spec = tree.rollouts[name].spec
+    lab = target.lab_for(name)
+    if not lab:
+        return None
+    results: list[LabFigures] = []
+    failures: list[tuple[str, str]] = []
+    unavailable = missing = 0
+    for desired in lab:
+        if tracks_artifacts and desired.artifact is None:
+            missing += 1
+            continue
+        status = statuses.get((desired.device, desired.model))
+        seen = _time(status.last_seen) if status else None
+        answers = status is not None and status.target_version == spec.version
+        if answers and status.phase == "Benchmarked":
+            figures = {field: _number(status.extra.get(key)) for field, key in LAB_FIGURES.items()}
+            results.append(LabFigures(desired.device, desired.profile, **figures))
+        elif answers and status.phase in ("Failed", "RolledBack"):
+            failures.append((desired.device, status.message or status.reason or "failed"))
+        elif seen is None or now - seen > spec.offline_after:
+            if seen is not None or is_overdue(state.step_started, now, spec.offline_after):
+                unavailable += 1
+        elif is_overdue(state.step_started, now, spec.progress_deadline):
+            failures.append((desired.device, f"no benchmark within progressDeadline ({spec.progress_deadline})"))
+    gates = spec.analysis.lab
+    limits = {}
+    for profile in {d.profile for d in lab}:
+        hardware = tree.profiles[profile].spec.limits if profile in tree.profiles else None
+        latency = gates.max_latency_p95 or (hardware.max_latency_p95 if hardware else None)
+        memory = gates.max_memory or (hardware.max_memory if hardware else None)
+        limits[profile] = LabLimits(latency.total_seconds() * 1000 if latency else None, memory, gates.max_power,
+                                    gates.max_temperature)  # fmt: skip
+    measured = {d.profile for d in lab}
+    unmeasured = tuple(sorted({d.profile for d in target.for_rollout(name)} - measured))
+    return LabObservation(len(lab), tuple(results), tuple(failures), unavailable, missing, limits, unmeasured)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def run_rollouts(

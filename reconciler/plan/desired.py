@@ -16,7 +16,10 @@ Rules:
   not satisfy the rollout's ``conditions`` (e.g. a metered link), or every device of an aborted rollout,
   wants the rollout's *stable* version (what the fleet ran before);
 - two active rollouts that claim the same device for the same model: a plan problem for the device (the
-  spec cross-check already refuses overlapping groups; labels can still overlap at run time).
+  spec cross-check already refuses overlapping groups; labels can still overlap at run time);
+- a device of a lab group (``role: lab``) is never rolled out to: every active rollout whose model has a recipe
+  for its profile gives it the new version in benchmark mode (measured, never served), whatever the position.
+  While a rollout waits for its lab (``RolloutPosition.lab_hold``), no fleet device is in it.
 
 Selectors are evaluated once per distinct combination of the label values any selector reads, not once
 per device: fleets have many devices and few distinct label combinations.
@@ -54,6 +57,9 @@ class RolloutPosition:
     group: int = 0
     """With ``groupStrategy: Sequential``: the group whose devices ``percent`` applies to (earlier groups are done,
     later ones not started)."""
+    lab_hold: bool = False
+    """The rollout waits for its lab devices' benchmarks: no fleet device is in it yet (ignored when none of its
+    devices' profiles has a lab device)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class Desired:
     """When the device may switch (in its own time zone); None: any time. It may download before."""
     trial: Trial | None = None
     """How the device tries the version after switching; None: the agent's default."""
+    benchmark: bool = False
+    """A lab device: download, verify and benchmark the version, report the figures, never serve it."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,12 @@ class Plan:
     """(device, rollout) -> the index of the rollout's group the device belongs to (Sequential rollouts only)."""
 
     def for_rollout(self, rollout: str) -> list[Desired]:
-        return [d for d in self.desired.values() if d.rollout == rollout]
+        """The fleet devices a rollout targets (its lab devices are :meth:`lab_for`)."""
+        return [d for d in self.desired.values() if d.rollout == rollout and not d.benchmark]
+
+    def lab_for(self, rollout: str) -> list[Desired]:
+        """The lab devices that benchmark a rollout's new version."""
+        return [d for d in self.desired.values() if d.rollout == rollout and d.benchmark]
 
 
 def bucket(rollout: str, device: str) -> int:
@@ -174,6 +187,11 @@ class Targeting:
     profiles: Mapping[str, str]
     steps: Mapping[str, int]
     """rollout -> its first step's percent, the position of a rollout nobody placed."""
+    lab: tuple[_Candidate, ...] = ()
+    """Lab devices, one per rollout whose model has a recipe for the device's profile."""
+
+    def has_lab(self, rollout: str) -> bool:
+        return any(c.target.name == rollout for c in self.lab)
 
     def at(
         self,
@@ -187,9 +205,16 @@ class Targeting:
         positions = positions or {}
         artifacts = artifacts or {}
         placed = {name: positions.get(name) or RolloutPosition(first) for name, first in self.steps.items()}
-        thresholds = {n: 0 if p.aborted else p.percent * (BUCKETS // 100) for n, p in placed.items()}
+        held = {n for n, p in placed.items() if p.lab_hold and self.has_lab(n)}
+        thresholds = {n: 0 if p.aborted or n in held else p.percent * (BUCKETS // 100) for n, p in placed.items()}
         result = Plan(problems=list(self.problems), profiles=dict(self.profiles))
         desired = result.desired
+        for device, profile, target, _, _, _ in self.lab:
+            if not placed[target.name].aborted:
+                desired[(device, target.model)] = Desired(
+                    device, target.model, target.version, profile, target.name,
+                    artifacts.get((target.model, target.version, profile)), False, benchmark=True,
+                )  # fmt: skip
         for device, profile, target, slot, window, group in self.candidates:
             inside = slot < thresholds[target.name]
             if target.sequential:
@@ -239,12 +264,15 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
                                spec.conditions, trial, spec.group_strategy == "Sequential"))  # fmt: skip
         steps[name] = spec.steps[0].percent
     profiles = sorted(tree.profiles.items())
+    labs = [g.spec.selector for _, g in sorted(tree.groups.items()) if g.spec.role == "lab"]
     # Every selector reads a few label keys; devices that agree on those keys get the same answers.
     keys = sorted(
         {k for _, p in profiles for k in _keys(p.spec.selector)}
         | {k for t in targets for selector in t.selectors() for k in _keys(selector)}
+        | {k for selector in labs for k in _keys(selector)}
     )
-    memo: dict[tuple[str | None, ...], tuple[list[str], list[_Target], set[str]]] = {}
+    memo: dict[tuple[str | None, ...], tuple[list[str], list[_Target], set[str], bool]] = {}
+    lab_devices: list[tuple[str, str]] = []
     claimed: dict[tuple[str, str], str] = {}
     candidates: list[_Candidate] = []
     problems: list[PlanProblem] = []
@@ -258,10 +286,11 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
             matched = [name for name, p in profiles if p.spec.selector.matches(labels)]
             targeting = [t for t in targets if any(g.matches(labels) for g in t.groups)]
             allowed = {t.name for t in targeting if t.conditions is None or t.conditions.matches(labels)}
-            entry = memo[signature] = (matched, targeting, allowed)
-        matched, targeting, allowed = entry
+            lab = any(selector.matches(labels) for selector in labs)
+            entry = memo[signature] = (matched, [] if lab else targeting, allowed, lab)
+        matched, targeting, allowed, lab = entry
         if len(matched) != 1:
-            if targeting:
+            if targeting or lab:
                 what = "no device profile matches" if not matched else f"several profiles match ({', '.join(matched)})"
                 problems.append(PlanProblem(device.name, f"{what} its labels"))
             continue
@@ -269,11 +298,13 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
         arch, built_for = labels.get(ARCH_LABEL), tree.profiles[profile].spec.arch
         if arch is not None and arch != built_for:
             # A build for another CPU does not even load: say so before an artifact is sent to fail there.
-            if targeting:
+            if targeting or lab:
                 message = f"its {ARCH_LABEL} is {arch}, but profile {profile} builds for {built_for}"
                 problems.append(PlanProblem(device.name, message))
             continue
         device_profiles[device.name] = profile
+        if lab:
+            lab_devices.append((device.name, profile))
         for target in targeting:
             key = (device.name, target.model)
             first = claimed.setdefault(key, target.name)
@@ -290,7 +321,16 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
             slot = bucket(target.name, device.name) if target.name in allowed else BUCKETS
             group = next(i for i, selector in enumerate(target.groups) if selector.matches(labels))
             candidates.append(_Candidate(device.name, profile, target, slot, window, group))
-    return Targeting(tuple(candidates), tuple(problems), device_profiles, steps)
+    # A lab device benchmarks the rollouts that deliver to devices of its profile (the first one per model).
+    delivered = {(c.target.name, c.profile) for c in candidates}
+    lab_candidates = []
+    for device, profile in lab_devices:
+        models: set[str] = set()
+        for target in targets:
+            if (target.name, profile) in delivered and target.model not in models:
+                models.add(target.model)
+                lab_candidates.append(_Candidate(device, profile, target, BUCKETS, None))
+    return Targeting(tuple(candidates), tuple(problems), device_profiles, steps, tuple(lab_candidates))
 
 
 ARCH_LABEL = "kubernetes.io/arch"

@@ -27,10 +27,18 @@ Gates and their defaults (a threshold left out of ``spec.analysis``):
     failure limit     consecutive failed evaluations         default 0: abort on the first failure
 
 A gate with fewer reports than needed is Inconclusive and holds the step; it never passes silently.
+
+The lab stage comes before the first step when the rollout has lab devices (DeviceGroups with ``role: lab``): no
+fleet device is given the version (``RolloutState.lab`` Waiting holds the plan back) until every lab device has
+benchmarked it, failed it or gone offline. A failed benchmark, or a lab figure over its limit (``analysis.lab``,
+default the profile's limits), stalls the rollout (Paused, LabFailed) with the figures, until a person promotes
+past it or aborts, or the spec names another version. Lab devices that all went offline leave the build's figures
+(build machine, emulated target) standing, and the message says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -40,6 +48,54 @@ from reconciler.api.status import DecisionKind, GateStatus, Reason, RolloutPhase
 DEFAULT_MAX_FAILURE_RATE = 0.05
 DEFAULT_MIN_REPORTING = 1
 DEFAULT_FAILURE_LIMIT = 0
+
+
+@dataclass(frozen=True)
+class LabFigures:
+    """One lab device's benchmark of the new version (None: not measured there, e.g. no power sensor)."""
+
+    device: str
+    profile: str
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    memory_bytes: float | None = None
+    power_w: float | None = None
+    temperature_c: float | None = None
+
+
+@dataclass(frozen=True)
+class LabLimits:
+    """What a profile's lab figures must stay under (None: not gated)."""
+
+    latency_p95_ms: float | None = None
+    memory_bytes: float | None = None
+    power_w: float | None = None
+    temperature_c: float | None = None
+
+
+LAB_GATES = (("labLatencyP95Ms", "p95_ms", "latency_p95_ms"), ("labMemoryBytes", "memory_bytes", "memory_bytes"),
+             ("labPowerW", "power_w", "power_w"), ("labTemperatureC", "temperature_c", "temperature_c"))  # fmt: skip
+"""(gate, figure, limit): the lab gates, each judged per profile on its worst device."""
+
+
+@dataclass(frozen=True)
+class LabObservation:
+    """The rollout's lab devices and what they reported about the new version."""
+
+    devices: int = 0
+    results: tuple[LabFigures, ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()
+    """(device, what failed): the artifact did not download, verify, load or reproduce its golden outputs there."""
+    unavailable: int = 0
+    missing_artifacts: int = 0
+    limits: Mapping[str, LabLimits] = field(default_factory=dict)
+    """profile -> its limits."""
+    unmeasured: tuple[str, ...] = ()
+    """Profiles of the rollout's devices without a lab device: their build's figures stand."""
+
+    @property
+    def pending(self) -> int:
+        return self.devices - len(self.results) - len(self.failures) - self.unavailable
 
 
 @dataclass(frozen=True)
@@ -64,6 +120,8 @@ class Observation:
     """Percent rise of p95 latency, new version vs previous, worst profile."""
     drift_psi: float | None = None
     telemetry_devices: int = 0
+    lab: LabObservation | None = None
+    """The rollout's lab devices (None or no devices: no lab stage)."""
 
     @property
     def reporting(self) -> int:
@@ -152,6 +210,69 @@ def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateStatus]:
     return gates
 
 
+def evaluate_lab(lab: LabObservation) -> list[GateStatus]:
+    """Pass or Fail only: the lab stage waits for every lab device before it judges."""
+    gates = []
+    if lab.failures:
+        device, why = lab.failures[0]
+        more = f" (and {len(lab.failures) - 1} more)" if len(lab.failures) > 1 else ""
+        gates.append(GateStatus("labBenchmarks", len(lab.failures), 0, Verdict.FAIL, f"{device}: {why}{more}"))
+    for profile in sorted({r.profile for r in lab.results}):
+        limits = lab.limits.get(profile, LabLimits())
+        results = [r for r in lab.results if r.profile == profile]
+        for gate, figure, limit_name in LAB_GATES:
+            limit = getattr(limits, limit_name)
+            measured = [(getattr(r, figure), r.device) for r in results if getattr(r, figure) is not None]
+            if limit is None or not measured:
+                continue
+            worst, device = max(measured)
+            verdict = Verdict.FAIL if worst > limit else Verdict.PASS
+            gates.append(GateStatus(f"{gate}[{profile}]", worst, limit, verdict,
+                                    f"worst of {len(measured)} lab device(s): {device}"))  # fmt: skip
+    return gates
+
+
+def _lab_stage(spec: RolloutSpec, state: RolloutState, lab: LabObservation, stamp: str, manual: Manual) -> Outcome:
+    """Before the first step: wait for the lab, stall on its failure, or let the first step begin."""
+    first = _step_text(spec, 0)
+    if manual.promotions > state.promotions_seen:
+        message = f"lab stage passed by a person; {first}"
+        promoted = replace(state, phase=RolloutPhase.PROGRESSING, lab="Overridden", step_started=stamp,
+                           reason=Reason.PROMOTED, message=message, promotions_seen=manual.promotions)  # fmt: skip
+        return Outcome(promoted, Decision(DecisionKind.PROMOTE, message))
+    if state.lab == "Failed":
+        return Outcome(state, None)
+    if lab.missing_artifacts:
+        waiting = f"{lab.missing_artifacts} lab device(s) wait for a build of {spec.version}"
+        return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.WAITING_FOR_ARTIFACTS,
+                               message=waiting), None)  # fmt: skip
+    gates = evaluate_lab(lab)
+    failed = next((g for g in gates if g.verdict is Verdict.FAIL), None)
+    if failed is not None:
+        message = (f"lab: {failed.sentence()} ({failed.message}); no fleet device has {spec.version}: edgectl "
+                   "rollout promote to go on without the lab, or abort")  # fmt: skip
+        held = replace(state, phase=RolloutPhase.PAUSED, reason=Reason.LAB_FAILED, lab="Failed", message=message)
+        return Outcome(held, Decision(DecisionKind.PAUSE, message, failed), gates)
+    if lab.pending > 0:
+        waiting = (f"lab: {len(lab.results)} of {lab.devices} lab device(s) benchmarked {spec.version}; no fleet "
+                   "device has it yet")  # fmt: skip
+        return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.WAITING_FOR_LAB,
+                               message=waiting), None, gates)  # fmt: skip
+    figures = "; ".join(g.sentence() + f" <= {g.threshold:g}" for g in gates) or "no lab limits set"
+    if not lab.devices:
+        measured = "no lab device left: the build's figures stand"
+    elif not lab.results:
+        measured = f"every lab device offline: the build's figures stand ({lab.unavailable} unavailable)"
+    else:
+        measured = f"{len(lab.results)} lab device(s) benchmarked {spec.version}: {figures}"
+    if lab.unmeasured:
+        measured += f"; no lab device for {', '.join(lab.unmeasured)}: build figures"
+    message = f"lab passed: {measured}; {first}"
+    passed = replace(state, phase=RolloutPhase.PROGRESSING, lab="Passed", step_started=stamp, reason=Reason.LAB_PASSED,
+                     message=message)  # fmt: skip
+    return Outcome(passed, Decision(DecisionKind.PROMOTE, message), gates)
+
+
 def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: datetime, manual: Manual) -> Outcome:
     stamp = now.isoformat(timespec="seconds")
     if state.phase is RolloutPhase.ABORTED:
@@ -176,7 +297,9 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
             aborted, Decision(DecisionKind.ABORT, f"aborted by a person: {manual.abort}", devices=obs.targeted)
         )
     if state.phase is RolloutPhase.PENDING:
-        started = replace(state, phase=RolloutPhase.PROGRESSING, step_started=stamp, reason=Reason.STARTED, message="")
+        lab = "Waiting" if obs.lab is not None and obs.lab.devices else ""
+        started = replace(state, phase=RolloutPhase.PROGRESSING, step_started=stamp, reason=Reason.STARTED, message="",
+                          lab=lab)  # fmt: skip
         after = decide(spec, started, obs, now, manual)  # the first step is evaluated at once
         return Outcome(after.state, after.decision or Decision(DecisionKind.START, _step_text(spec, 0)), after.gates)
 
@@ -222,6 +345,8 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
     if obs.build_refused:
         return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.BUILD_REFUSED,
                                message=obs.build_refused), None, gates)  # fmt: skip
+    if state.lab in ("Waiting", "Failed"):
+        return _lab_stage(spec, state, obs.lab or LabObservation(), stamp, manual)
     if obs.missing_artifacts:
         waiting = f"{obs.missing_artifacts} device(s) of the step wait for a build of {spec.version}"
         if obs.builds is not None:
