@@ -91,7 +91,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         if kind == "artifact":
             return _artifacts(store, name)
         if kind == "benchmark":
-            return _benchmarks(store, name)
+            here = backend == "kubernetes" or (state_dir / "fleet.sqlite").exists()
+            return _benchmarks(store, name, _lab_reports(target()) if here else [])
         if kind == "build":
             return _builds(state_dir, name)
         if kind == "event":
@@ -402,10 +403,45 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
     return rows, columns, objects
 
 
-def _benchmarks(store: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
+def _lab_reports(target) -> list[tuple[Any, Any]]:
+    """(assignment, status) of every lab device's benchmark assignment, from the backend the controller writes."""
+    statuses = target.statuses()
+    return [(d, statuses.get(key)) for key, d in sorted(target.assignments().items()) if d.benchmark and d.artifact]
+
+
+def _lab_row(desired, status) -> tuple[dict, dict]:
+    """A lab device's figures for one artifact: measured on the device itself, never emulated."""
+    answered = status is not None and status.target_version == desired.version
+    extra = status.extra if answered else {}
+    if not answered:
+        result = "not measured yet"
+    elif status.phase == "Benchmarked":
+        sensors = [f"{extra['labPowerW']:.2f} W" if "labPowerW" in extra else None,
+                   f"{extra['labTemperatureC']:.1f} °C" if "labTemperatureC" in extra else None]  # fmt: skip
+        shown = ", ".join(s for s in sensors if s) or "no power or temperature sensor"
+        result = f"golden outputs reproduced; {shown}"
+    else:
+        result = f"{status.phase}: {status.message or status.reason}"
+    memory = extra.get("labMemoryBytes")
+    row = {"source": "lab", "where": desired.device, "p50": _ms_cell(extra.get("labP50Ms")),
+           "p95": _ms_cell(extra.get("labP95Ms")), "memory": human_size(memory, separator="") if memory else None,
+           "result": result}  # fmt: skip
+    body = {
+        "name": f"{desired.artifact[:12]}.lab.{desired.device}",
+        "artifact": desired.artifact,
+        "source": "lab",
+        "device": desired.device,
+        "rollout": desired.rollout,
+        "status": status.to_json() if status else None,
+    }
+    return row, body
+
+
+def _benchmarks(store: Path, name: str | None, lab: list[tuple[Any, Any]] = ()) -> tuple[list[dict], list[Column],
+                                                                                         list[dict]]:  # fmt: skip
     """Per artifact, every place its figures come from, side by side: the build machine (latency, memory, the
-    task's metric) and the target ISA under emulation (outputs against the build machine's; time is emulated,
-    never a device figure)."""
+    task's metric), the target ISA under emulation (outputs against the build machine's; time is emulated, never a
+    device figure), and each lab device that benchmarked it (``lab``: the backend's lab assignments)."""
     rows, objects = [], []
     for artifact_id, manifest in _stored_manifests(store, name):
         benchmark = manifest.get("benchmark") or {}
@@ -438,6 +474,11 @@ def _benchmarks(store: Path, name: str | None) -> tuple[list[dict], list[Column]
                          "result": result})  # fmt: skip
             objects.append({"name": f"{artifact_id[:12]}.emulated", "artifact": artifact_id, "source": "emulated",
                             "target": target})  # fmt: skip
+        for desired, status in lab:
+            if desired.artifact == artifact_id:
+                row, body = _lab_row(desired, status)
+                rows.append({**base, **row})
+                objects.append(body)
     rows, objects = _by_model(rows, objects)
     columns = [Column("ARTIFACT", "artifact"), Column("MODEL", "model"), Column("VERSION", "version"),
                Column("PROFILE", "profile"), Column("SOURCE", "source"), Column("WHERE", "where"),

@@ -240,8 +240,8 @@ def _lab_stage(spec: RolloutSpec, state: RolloutState, lab: LabObservation, stam
         promoted = replace(state, phase=RolloutPhase.PROGRESSING, lab="Overridden", step_started=stamp,
                            reason=Reason.PROMOTED, message=message, promotions_seen=manual.promotions)  # fmt: skip
         return Outcome(promoted, Decision(DecisionKind.PROMOTE, message))
-    if state.lab == "Failed":
-        return Outcome(state, None)
+    if state.lab == "Failed":  # stalled until a person decides or the spec changes; the figures stay in view
+        return Outcome(state, None, evaluate_lab(lab))
     if lab.missing_artifacts:
         waiting = f"{lab.missing_artifacts} lab device(s) wait for a build of {spec.version}"
         return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.WAITING_FOR_ARTIFACTS,

@@ -174,3 +174,51 @@ def test_a_device_of_another_cpu_than_its_profile_builds_for_is_a_problem(tree: 
     assert problem.device == "factory-amd"
     assert problem.message == "its kubernetes.io/arch is amd64, but profile coral-npu builds for arm64"
     assert "factory-amd" not in result.profiles
+
+
+LAB_GROUP = b"""apiVersion: edgereconciler.io/v1alpha1
+kind: DeviceGroup
+metadata: {name: bench}
+spec:
+  role: lab
+  selector:
+    matchLabels: {edgereconciler.io/lab: "true"}
+"""
+LAB = {"edgereconciler.io/lab": "true"}
+
+
+@pytest.fixture(scope="module")
+def lab_tree() -> FleetTree:
+    example = Path(__file__).resolve().parents[2] / "fleet-example"
+    return load_fleet([*read_fleet_dir(example), SourceFile("groups/bench.yaml", LAB_GROUP)])
+
+
+def test_a_lab_device_benchmarks_the_new_version_and_is_never_rolled_out_to(lab_tree: FleetTree):
+    # A board of the lab that also carries a factory's labels: the lab wins.
+    devices = [*factory_devices(50), Device("bench-1", {**FACTORY, **CORTEX, **LAB})]
+    result = plan(lab_tree, devices, {"vibration-anomaly-2": RolloutPosition(100, "1.0.0")})
+    [benchmark] = result.lab_for("vibration-anomaly-2")
+    assert (benchmark.device, benchmark.version, benchmark.benchmark, benchmark.in_rollout) == (
+        "bench-1", "2.0.0", True, False)  # fmt: skip
+    assert "bench-1" not in {d.device for d in result.for_rollout("vibration-anomaly-2")}
+    assert len(on_new_version(result, "vibration-anomaly-2")) == 50
+
+
+def test_while_the_lab_holds_a_rollout_no_fleet_device_is_in_it(lab_tree: FleetTree, tree: FleetTree):
+    devices = [*factory_devices(200), Device("bench-1", {**CORTEX, **LAB})]
+    held = {"vibration-anomaly-2": RolloutPosition(25, "1.0.0", lab_hold=True)}
+    result = plan(lab_tree, devices, held)
+    assert on_new_version(result, "vibration-anomaly-2") == set()
+    assert {d.version for d in result.for_rollout("vibration-anomaly-2")} == {"1.0.0"}
+    assert [d.version for d in result.lab_for("vibration-anomaly-2")] == ["2.0.0"]
+    # Without a lab device of a profile the rollout delivers to, there is nothing to wait for.
+    coral_lab = [*factory_devices(200), Device("bench-2", {**CORAL, **LAB})]
+    unheld = plan(lab_tree, coral_lab, held)
+    assert unheld.lab_for("vibration-anomaly-2") == [] and len(on_new_version(unheld, "vibration-anomaly-2")) > 20
+    assert on_new_version(plan(tree, factory_devices(200), held), "vibration-anomaly-2")
+
+
+def test_an_aborted_rollout_leaves_its_lab_alone(lab_tree: FleetTree):
+    devices = [*factory_devices(10), Device("bench-1", {**CORTEX, **LAB})]
+    result = plan(lab_tree, devices, {"vibration-anomaly-2": RolloutPosition(25, "1.0.0", aborted=True)})
+    assert result.lab_for("vibration-anomaly-2") == [] and ("bench-1", "vibration-anomaly") not in result.desired

@@ -12,7 +12,7 @@ import yaml
 from reconciler.api.rollout import RolloutSpec
 from reconciler.api.status import RolloutPhase as Phase
 from reconciler.api.status import RolloutState, Verdict
-from reconciler.rollout.engine import Manual, Observation, decide, evaluate_gates
+from reconciler.rollout.engine import LabFigures, LabLimits, LabObservation, Manual, Observation, decide, evaluate_gates
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -177,3 +177,83 @@ def test_gate_defaults_and_opt_in_telemetry_gates():
         spec(analysis={"maxErrorRate": 0.01}), replace(ALL_HEALTHY, error_rate=0.002, telemetry_devices=3)
     )
     assert [g.verdict for g in gates] == [Verdict.PASS, Verdict.PASS]
+
+
+# --- the lab stage -------------------------------------------------------------------------------------------
+
+LIMITS = {"cortex": LabLimits(latency_p95_ms=20.0, memory_bytes=64e6, temperature_c=80.0)}
+
+
+def lab(results=(), failures=(), devices=2, **kw) -> Observation:
+    return Observation(lab=LabObservation(devices, tuple(results), tuple(failures), limits=LIMITS, **kw))
+
+
+def figures(device: str, p95: float, temperature: float | None = None) -> LabFigures:
+    return LabFigures(device, "cortex", p95 / 2, p95, 30e6, None, temperature)
+
+
+def test_a_rollout_with_a_lab_starts_in_it_and_waits_for_every_lab_device():
+    outcome = decide(spec(), RolloutState(), lab([figures("lab-1", 3.0)]), T0, Manual())
+    assert outcome.state.lab == "Waiting" and outcome.state.reason == "WaitingForLab"
+    assert outcome.decision.kind == "Start" and outcome.state.step == 0
+    assert outcome.state.message.startswith("lab: 1 of 2 lab device(s) benchmarked 1.1.0")
+    # A restart in the lab stage (written to the status file and read back) continues there.
+    again = decide(spec(), RolloutState.from_json(outcome.state.to_json()), lab([figures("lab-1", 3.0)]), T0, Manual())
+    assert again.state == outcome.state and again.decision is None
+
+
+def test_the_lab_passing_starts_the_first_step_with_its_figures_and_a_fresh_deadline():
+    waiting = state(Phase.PROGRESSING, lab="Waiting")
+    later = T0 + timedelta(hours=2)
+    outcome = decide(spec(), waiting, lab([figures("lab-1", 3.0), figures("lab-2", 4.5, 61.0)]), later, Manual())
+    assert (outcome.state.lab, outcome.state.reason, outcome.state.step) == ("Passed", "LabPassed", 0)
+    assert outcome.state.step_started == later.isoformat()
+    assert outcome.decision.kind == "Promote"
+    assert "labLatencyP95Ms[cortex] 4.5 <= 20" in outcome.decision.message
+    assert "labTemperatureC[cortex] 61 <= 80" in outcome.decision.message
+    assert outcome.decision.message.endswith("step 1 of 4 (5%)")
+    # After it, the step machine judges the first step's devices as ever.
+    after = decide(spec(), outcome.state, ALL_HEALTHY, later, Manual())
+    assert (after.state.step, after.decision.kind) == (1, "Promote")
+
+
+@pytest.mark.parametrize(
+    ("observation", "gate"),
+    [
+        (lab([figures("lab-1", 3.0), figures("lab-2", 31.0)]), "labLatencyP95Ms[cortex] 31 > 20"),
+        (lab([figures("lab-1", 3.0, 91.0), figures("lab-2", 3.0)]), "labTemperatureC[cortex] 91 > 80"),
+        (lab([figures("lab-1", 3.0)], [("lab-2", "golden outputs differ by 3.2")]), "labBenchmarks 1 > 0"),
+    ],
+)
+def test_a_lab_failure_stalls_until_a_person_promotes_past_it(observation: Observation, gate: str):
+    waiting = state(Phase.PROGRESSING, lab="Waiting")
+    stalled = decide(spec(), waiting, observation, T0, Manual())
+    assert (stalled.state.phase, stalled.state.reason, stalled.state.lab) == (Phase.PAUSED, "LabFailed", "Failed")
+    assert stalled.decision.kind == "Pause" and gate in stalled.decision.message
+    still = decide(spec(), stalled.state, observation, T0 + timedelta(hours=1), Manual())
+    assert still.decision is None and still.state == stalled.state and still.gates  # the figures stay in view
+    promoted = decide(spec(), stalled.state, observation, T0, Manual(promotions=1))
+    assert (promoted.state.phase, promoted.state.lab, promoted.decision.kind) == (Phase.PROGRESSING, "Overridden",
+                                                                                  "Promote")  # fmt: skip
+    aborted = decide(spec(), stalled.state, observation, T0, Manual(abort="bad board"))
+    assert aborted.state.phase is Phase.ABORTED
+
+
+def test_a_lab_gone_offline_leaves_the_builds_figures_and_says_so():
+    waiting = state(Phase.PROGRESSING, lab="Waiting")
+    outcome = decide(spec(), waiting, lab(unavailable=2, unmeasured=("jetson",)), T0, Manual())
+    assert outcome.state.lab == "Passed"
+    assert "every lab device offline: the build's figures stand" in outcome.decision.message
+    assert "no lab device for jetson: build figures" in outcome.decision.message
+
+
+def test_a_pause_in_the_lab_stage_keeps_the_fleet_waiting():
+    waiting = state(Phase.PROGRESSING, lab="Waiting")
+    paused = decide(spec(), waiting, lab([figures("lab-1", 3.0), figures("lab-2", 3.0)]), T0, Manual(paused=True))
+    assert paused.state.phase is Phase.PAUSED and paused.state.lab == "Waiting"
+
+
+def test_without_lab_devices_nothing_changes():
+    outcome = decide(spec(), RolloutState(), Observation(targeted=5, in_progress=5, lab=LabObservation()), T0,
+                     Manual())  # fmt: skip
+    assert outcome.state.lab == "" and outcome.state.reason == "Waiting"
