@@ -172,3 +172,24 @@ def test_local_backend_walks_the_same_steps(tmp_path: Path, tree: FleetTree):
     assert backend.statuses()[(names[0], "vibration-anomaly")].phase == "Healthy"
     backend.remove_device(names[1])
     assert reconcile(tree, backend, {ROLLOUT: RolloutPosition(100)}).changes.delete == [(names[1], "vibration-anomaly")]
+
+
+def test_a_lab_assignment_and_its_benchmark_survive_the_crd_schema(kube):
+    """The ModelAssignment CRD keeps ``spec.benchmark`` (a field it did not know would be pruned, and the lab
+    device would install the version) and accepts the Benchmarked phase with its figures."""
+    from reconciler.plan import Desired
+
+    backend, _, names = kube
+    lab = Desired(names[0], "vibration-anomaly", "2.0.0", "arm-cortex-a-cpu", ROLLOUT, "a" * 64, False,
+                  benchmark=True)  # fmt: skip
+    fleet = Desired(names[1], "vibration-anomaly", "2.0.0", "arm-cortex-a-cpu", ROLLOUT, "a" * 64, True)
+    backend.apply([lab, fleet])
+    backend.sync()
+    stored = backend.assignments()
+    assert stored[(names[0], "vibration-anomaly")] == lab and stored[(names[1], "vibration-anomaly")] == fleet
+    figures = {"labP50Ms": 0.5, "labP95Ms": 0.9, "labMemoryBytes": 30_000_000, "labTemperatureC": 51.2}
+    backend.report_status(names[0], "vibration-anomaly",
+                          AssignmentStatus("Benchmarked", target_version="2.0.0", extra=figures))  # fmt: skip
+    backend.sync()
+    status = backend.statuses()[(names[0], "vibration-anomaly")]
+    assert (status.phase, status.target_version) == ("Benchmarked", "2.0.0") and dict(status.extra) == figures
