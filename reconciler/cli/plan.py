@@ -185,6 +185,9 @@ def render_text(result, base: str, head: str) -> str:
                      f" stable {item.stable or '-'}; continues at step {item.starts_at + 1}")  # fmt: skip
         if item.pacing:
             lines.append(f"  pacing: {item.pacing}")
+        if item.lab:
+            lines.append(f"  lab: {item.lab} lab device(s) benchmark {item.version} before step 1; no fleet device "
+                         "gets it until they report")  # fmt: skip
         for step in item.steps:
             lines.append(f"  step {step.step + 1}: {step.percent:>3}%  {step.on_new:>5} on {item.version}, "
                          f"{step.on_stable:>5} on {item.stable or '(none)'}"
@@ -223,7 +226,8 @@ def render_markdown(result, base: str, head: str) -> str:
                   f"({item.change})", "",
                   f"Groups: {', '.join(f'`{g}` ({n})' for g, n in item.groups.items())} · {item.targeted} devices "
                   f"targeted · stable version {item.stable or '—'} · continues at step {item.starts_at + 1}"
-                  + (f" · {item.pacing}" if item.pacing else ""),
+                  + (f" · {item.pacing}" if item.pacing else "")
+                  + (f" · {item.lab} lab device(s) benchmark it first" if item.lab else ""),
                   ""]  # fmt: skip
         if item.steps:
             lines += [f"| Step | Percent | On {item.version} | On {item.stable or 'stable'} | Without | Pause |",

@@ -105,6 +105,8 @@ class ProfileBuild:
     artifact: ArtifactRecord | None = None
     cached: bool = False
     error: str | None = None
+    measured_on: dict[str, dict] = field(default_factory=dict)
+    """Where the figures come from: the manifest's ``benchmark.host`` and ``benchmark.target`` (emulated)."""
 
     @property
     def selected(self) -> Variant | None:
@@ -188,6 +190,7 @@ def _build(
         result.reference_accuracy = manifest["benchmark"]["referenceAccuracy"]
         result.reference_metrics = manifest["benchmark"].get("referenceMetrics") or {}
         result.variants = [_variant_from_manifest(v) for v in manifest["benchmark"]["variants"]]
+        result.measured_on = {k: manifest["benchmark"][k] for k in ("host", "target") if k in manifest["benchmark"]}
         report("cached")
         return
 
@@ -307,6 +310,7 @@ def _build(
         "referenceMetrics": result.reference_metrics,
         "variants": [variant_json(v) for v in result.variants],
     }
+    result.measured_on = {k: manifest["benchmark"][k] for k in ("host", "target") if k in manifest["benchmark"]}
     with _step(context, "store"):
         identifier = artifact_id(manifest)
         result.artifact = store.add_artifact(

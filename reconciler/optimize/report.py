@@ -47,7 +47,28 @@ def _section(result: ProfileBuild) -> str:
     table = ("<table><tr><th>variant (◆ Pareto front)</th><th>size (bytes)</th><th>p95 ms</th><th>metric</th>"
              "<th>vs source</th><th>memory MiB</th><th>result</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
     error = f"<p class='fail'>{escape(result.error)}</p>" if result.error else ""
-    return f"<h2>{title}</h2>{error}{table}{_plot(result.variants)}"
+    return f"<h2>{title}</h2>{error}{_sources(result)}{table}{_plot(result.variants)}"
+
+
+def _sources(result: ProfileBuild) -> str:
+    """Where each figure comes from: the build machine measures, the emulated target only checks outputs (its time
+    is not a device's), and the lab devices benchmark after publication."""
+    host, target = result.measured_on.get("host"), result.measured_on.get("target")
+    lines = []
+    if host:
+        lines.append(f"build machine: {host.get('machine')}, {host.get('cpus')} cpus (size, latency, memory, metric)")
+    if target and target.get("status") == "checked":
+        figures = (target.get("variants") or {}).get(result.selected.name if result.selected else "", {})
+        difference = figures.get("maxDifference")
+        shown = f"outputs within {difference:.3g} of the build machine's" if difference is not None else "checked"
+        lines.append(f"emulated {target.get('isa')} {target.get('cpu')} ({target.get('runtime')} "
+                     f"{target.get('version')}): {shown}; emulated time is not a device figure")  # fmt: skip
+    elif target:
+        lines.append(f"target check not run: {target.get('reason')}")
+    if result.artifact is not None:
+        lines.append(f"lab devices: benchmarked before a rollout's first step; edgectl get benchmarks "
+                     f"{result.artifact.id[:12]}")  # fmt: skip
+    return "<ul class=sources>" + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>" if lines else ""
 
 
 def _verdict(variant: Variant) -> str:

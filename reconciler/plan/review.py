@@ -58,6 +58,8 @@ class RolloutReview:
     warnings: list[str] = field(default_factory=list)
     pacing: str | None = None
     """``maxConcurrent`` and ``rate`` in words: how fast devices take the new version within a step."""
+    lab: int = 0
+    """Lab devices that benchmark the version before its first step (they never run it)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ def review(
     after = head_targets.at(head_positions)
     for key in sorted(set(before.desired) | set(after.desired)):
         old, new = before.desired.get(key), after.desired.get(key)
+        if (old is not None and old.benchmark) or (new is not None and new.benchmark):
+            continue  # a lab device measures the version: it runs what it ran
         old_version, new_version = (old.version if old else None), (new.version if new else None)
         if old_version != new_version:
             result.transitions[(key[1], old_version, new_version)] += 1
@@ -131,6 +135,7 @@ def review(
             name
         )
         item.targeted = len(mine)
+        item.lab = len(after.lab_for(name))
         for group in spec.groups:
             if group in head.groups:
                 selector = head.groups[group].spec.selector

@@ -19,6 +19,7 @@ from reconciler.artifact.store import ArtifactStore
 from reconciler.gitops.files import read_fleet_dir
 from reconciler.optimize import target
 from reconciler.optimize.pipeline import BuildInputs, build_profile
+from reconciler.optimize.report import render_report
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "fleet-example"
 EDGECTL = Path(sys.executable).parent / "edgectl"
@@ -68,6 +69,9 @@ def test_the_golden_outputs_are_the_targets_and_the_manifest_says_where(tree, tm
     assert emulated["cpu"] == "cortex-a53" and emulated["status"] == "checked"
     chosen = result.selected.name
     assert emulated["variants"][chosen]["maxDifference"] == figures["maxDifference"]
+    # The build report says where each figure comes from.
+    page = render_report([result])
+    assert "emulated arm64 cortex-a53 (onnxruntime" in page and "emulated time is not a device figure" in page
 
 
 def test_outputs_that_leave_the_tolerance_on_the_target_refuse_the_build(tree, tmp_path, monkeypatch):

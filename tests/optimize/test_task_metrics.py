@@ -125,6 +125,7 @@ def test_accuracy_recovery_keeps_the_sensitive_node_in_float(tmp_path: Path):
     variants = {v["name"]: v for v in result["variants"]}
     page = (tmp_path / "report" / "index.html").read_text()
     assert "<svg" in page and "static-mixed" in page and "MAE increase" in page and "◆" in page
+    assert "build machine: " in page and f"edgectl get benchmarks {result['artifact'][:12]}" in page
     for name in ("static", "static-entropy", "static-percentile"):
         assert [f["gate"] for f in variants[name]["failures"]] == ["MAE increase"], variants[name]
     mixed = variants["static-mixed"]

@@ -222,3 +222,15 @@ def test_an_aborted_rollout_leaves_its_lab_alone(lab_tree: FleetTree):
     devices = [*factory_devices(10), Device("bench-1", {**CORTEX, **LAB})]
     result = plan(lab_tree, devices, {"vibration-anomaly-2": RolloutPosition(25, "1.0.0", aborted=True)})
     assert result.lab_for("vibration-anomaly-2") == [] and ("bench-1", "vibration-anomaly") not in result.desired
+
+
+def test_a_pull_request_review_counts_the_lab_apart_from_the_fleet(lab_tree: FleetTree):
+    from reconciler.plan.review import review
+
+    devices = [*factory_devices(40), Device("bench-1", {**CORTEX, **LAB})]
+    position = {"vibration-anomaly-2": RolloutPosition(5, "1.0.0", lab_hold=True)}
+    result = review(None, lab_tree, devices, {}, position, {}, {}, {})
+    [item] = [r for r in result.rollouts if r.name == "vibration-anomaly-2"]
+    assert item.lab == 1 and item.targeted == 40
+    # The lab device measures 2.0.0 but runs what it ran: no assignment of it changes on merge.
+    assert sum(n for (model, _, new), n in result.transitions.items() if model == "vibration-anomaly") == 40
