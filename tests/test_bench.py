@@ -248,3 +248,13 @@ def test_controller_cycle_quick():
         rf"  telemetry in the store +{NUMBER} MiB  \(22,800 rows, \d+ bytes of summary each; {NUMBER} KiB per "
         r"device\)",
     )
+
+
+def test_target_check_quick():
+    output = quick("target_check.py", timeout=900)
+    assert_lines(
+        output,
+        rf"environment: first call {NUMBER} s \({NUMBER} MB\), cached {NUMBER} ms",
+        r"vibration-anomaly   1\.0\.0    arm-cortex-a-cpu  fp32 +\S+",
+        rf"one check \(vibration-anomaly 1\.0\.0, \w+, 8 rows\): {NUMBER} s emulated .* x{NUMBER}; outputs within \S+",
+    )
