@@ -32,7 +32,11 @@ def read_sensors(root: Path = HWMON) -> Reading:
     power = None
     for device in sorted(root.glob("hwmon*")) if root.is_dir() else []:
         values: dict[tuple[str, int], float] = {}
-        for file in device.iterdir():
+        try:
+            files = list(device.iterdir())
+        except OSError:  # unplugged, or its driver unloaded, between the listing and now
+            continue
+        for file in files:
             match = _INPUT.match(file.name)
             if match is None:
                 continue

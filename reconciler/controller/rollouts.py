@@ -14,6 +14,7 @@ a person made (``edgectl rollout pause|resume|promote|abort|retry``):
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -83,7 +84,9 @@ def initial_state(
             if model == spec.model and s.installed_version and s.installed_version != spec.version
         )  # fmt: skip
         stable = installed.most_common(1)[0][0] if installed else _previous_version(tree, spec.model, spec.version)
-    return RolloutState(stable_version=stable)
+    # The annotations only grow: what they count already was spent on earlier versions, never on this one.
+    spent = manual_actions(tree.rollouts[name])
+    return RolloutState(stable_version=stable, promotions_seen=spent.promotions, retries_seen=spent.retries)
 
 
 def _previous_version(tree: FleetTree, model: str, version: str) -> str | None:
@@ -207,11 +210,14 @@ def observe_lab(
     now: datetime,
     tracks_artifacts: bool = False,
 ) -> LabObservation | None:
-    """What the rollout's lab devices reported about its new version; None without lab devices. A lab device
-    not seen for ``offlineAfter`` is unavailable (no verdict); one still measuring after ``progressDeadline`` failed."""
+    """What the rollout's lab devices reported about its new version; None without lab devices. A report counts
+    only for the artifact assigned (``labArtifact``), so an older build's figures never pass a newer one. A lab device
+    not seen for ``offlineAfter``, or retrying a download past ``progressDeadline``, is unavailable (no verdict);
+    one still measuring after ``progressDeadline`` failed. A lab device busy with another rollout of the model is
+    waited for."""
     spec = tree.rollouts[name].spec
-    lab = target.lab_for(name)
-    if not lab:
+    lab, busy = target.lab_for(name), target.lab_busy.get(name, 0)
+    if not lab and not busy:
         return None
     results: list[LabFigures] = []
     failures: list[tuple[str, str]] = []
@@ -222,16 +228,26 @@ def observe_lab(
             continue
         status = statuses.get((desired.device, desired.model))
         seen = _time(status.last_seen) if status else None
-        answers = status is not None and status.target_version == spec.version
+        answers = status is not None and status.target_version == spec.version and (
+            status.phase != "Benchmarked" or desired.artifact is None
+            or status.extra.get("labArtifact") == desired.artifact)  # fmt: skip
+        overdue = is_overdue(state.step_started, now, spec.progress_deadline)
         if answers and status.phase == "Benchmarked":
             figures = {field: _number(status.extra.get(key)) for field, key in LAB_FIGURES.items()}
-            results.append(LabFigures(desired.device, desired.profile, **figures))
+            absent = [LAB_FIGURES[f] for f in ("p50_ms", "p95_ms", "memory_bytes") if figures[f] is None]
+            if absent:  # a benchmark without its figures cannot pass a gate
+                failures.append((desired.device, f"reported no usable {', '.join(absent)}"))
+            else:
+                results.append(LabFigures(desired.device, desired.profile, **figures))
         elif answers and status.phase in ("Failed", "RolledBack"):
             failures.append((desired.device, status.message or status.reason or "failed"))
         elif seen is None or now - seen > spec.offline_after:
             if seen is not None or is_overdue(state.step_started, now, spec.offline_after):
                 unavailable += 1
-        elif is_overdue(state.step_started, now, spec.progress_deadline):
+        elif answers and status.phase == "Retrying":
+            if overdue:  # a transient failure is no verdict on the version
+                unavailable += 1
+        elif overdue:
             failures.append((desired.device, f"no benchmark within progressDeadline ({spec.progress_deadline})"))
     gates = spec.analysis.lab
     limits = {}
@@ -242,12 +258,19 @@ def observe_lab(
         limits[profile] = LabLimits(latency.total_seconds() * 1000 if latency else None, memory, gates.max_power,
                                     gates.max_temperature)  # fmt: skip
     measured = {d.profile for d in lab}
-    unmeasured = tuple(sorted({d.profile for d in target.for_rollout(name)} - measured))
-    return LabObservation(len(lab), tuple(results), tuple(failures), unavailable, missing, limits, unmeasured)
+    unmeasured = tuple(sorted(target.delivered.get(name, set()) - measured))
+    return LabObservation(len(lab) + busy, tuple(results), tuple(failures), unavailable, missing, limits, unmeasured)
 
 
 def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A figure from a device's report as a finite float, or None (a string, a bool, NaN, a number past float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def run_rollouts(

@@ -125,6 +125,10 @@ class Plan:
     """device -> hardware profile, for devices with exactly one."""
     groups: dict[tuple[str, str], int] = field(default_factory=dict)
     """(device, rollout) -> the index of the rollout's group the device belongs to (Sequential rollouts only)."""
+    lab_busy: dict[str, int] = field(default_factory=dict)
+    """rollout -> its lab devices that benchmark another rollout of the same model now (it waits for them)."""
+    delivered: dict[str, set[str]] = field(default_factory=dict)
+    """rollout -> the profiles of the fleet devices it targets (what its lab, or its build, must speak for)."""
 
     def for_rollout(self, rollout: str) -> list[Desired]:
         """The fleet devices a rollout targets (its lab devices are :meth:`lab_for`)."""
@@ -188,7 +192,7 @@ class Targeting:
     steps: Mapping[str, int]
     """rollout -> its first step's percent, the position of a rollout nobody placed."""
     lab: tuple[_Candidate, ...] = ()
-    """Lab devices, one per rollout whose model has a recipe for the device's profile."""
+    """Lab devices, once per rollout that delivers to devices of their profile."""
 
     def has_lab(self, rollout: str) -> bool:
         return any(c.target.name == rollout for c in self.lab)
@@ -209,13 +213,19 @@ class Targeting:
         thresholds = {n: 0 if p.aborted or n in held else p.percent * (BUCKETS // 100) for n, p in placed.items()}
         result = Plan(problems=list(self.problems), profiles=dict(self.profiles))
         desired = result.desired
-        for device, profile, target, _, _, _ in self.lab:
-            if not placed[target.name].aborted:
-                desired[(device, target.model)] = Desired(
-                    device, target.model, target.version, profile, target.name,
-                    artifacts.get((target.model, target.version, profile)), False, benchmark=True,
-                )  # fmt: skip
+        # One benchmark per lab device and model at a time: a rollout waiting for its lab goes first (by name).
+        lab = sorted((c for c in self.lab if not placed[c.target.name].aborted),
+                     key=lambda c: (c.device, c.target.model, c.target.name not in held, c.target.name))  # fmt: skip
+        for device, profile, target, _, _, _ in lab:
+            if (device, target.model) in desired:
+                result.lab_busy[target.name] = result.lab_busy.get(target.name, 0) + 1
+                continue
+            desired[(device, target.model)] = Desired(
+                device, target.model, target.version, profile, target.name,
+                artifacts.get((target.model, target.version, profile)), False, benchmark=True,
+            )  # fmt: skip
         for device, profile, target, slot, window, group in self.candidates:
+            result.delivered.setdefault(target.name, set()).add(profile)
             inside = slot < thresholds[target.name]
             if target.sequential:
                 result.groups[(device, target.name)] = group
@@ -321,15 +331,10 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
             slot = bucket(target.name, device.name) if target.name in allowed else BUCKETS
             group = next(i for i, selector in enumerate(target.groups) if selector.matches(labels))
             candidates.append(_Candidate(device.name, profile, target, slot, window, group))
-    # A lab device benchmarks the rollouts that deliver to devices of its profile (the first one per model).
+    # A lab device benchmarks the rollouts that deliver to devices of its profile.
     delivered = {(c.target.name, c.profile) for c in candidates}
-    lab_candidates = []
-    for device, profile in lab_devices:
-        models: set[str] = set()
-        for target in targets:
-            if (target.name, profile) in delivered and target.model not in models:
-                models.add(target.model)
-                lab_candidates.append(_Candidate(device, profile, target, BUCKETS, None))
+    lab_candidates = [_Candidate(device, profile, target, BUCKETS, None) for device, profile in lab_devices
+                      for target in targets if (target.name, profile) in delivered]  # fmt: skip
     return Targeting(tuple(candidates), tuple(problems), device_profiles, steps, tuple(lab_candidates))
 
 

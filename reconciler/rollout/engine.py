@@ -223,7 +223,11 @@ def evaluate_lab(lab: LabObservation) -> list[GateStatus]:
         for gate, figure, limit_name in LAB_GATES:
             limit = getattr(limits, limit_name)
             measured = [(getattr(r, figure), r.device) for r in results if getattr(r, figure) is not None]
-            if limit is None or not measured:
+            if limit is None or (not measured and lab.pending):
+                continue
+            if not measured:  # a limit nothing can be held to: said, never passed silently
+                gates.append(GateStatus(f"{gate}[{profile}]", None, limit, Verdict.FAIL,
+                                        f"no lab device of {profile} measures it"))  # fmt: skip
                 continue
             worst, device = max(measured)
             verdict = Verdict.FAIL if worst > limit else Verdict.PASS
@@ -240,17 +244,18 @@ def _lab_stage(spec: RolloutSpec, state: RolloutState, lab: LabObservation, stam
         promoted = replace(state, phase=RolloutPhase.PROGRESSING, lab="Overridden", step_started=stamp,
                            reason=Reason.PROMOTED, message=message, promotions_seen=manual.promotions)  # fmt: skip
         return Outcome(promoted, Decision(DecisionKind.PROMOTE, message))
-    if state.lab == "Failed":  # stalled until a person decides or the spec changes; the figures stay in view
-        return Outcome(state, None, evaluate_lab(lab))
-    if lab.missing_artifacts:
-        waiting = f"{lab.missing_artifacts} lab device(s) wait for a build of {spec.version}"
-        return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.WAITING_FOR_ARTIFACTS,
-                               message=waiting), None)  # fmt: skip
     gates = evaluate_lab(lab)
     failed = next((g for g in gates if g.verdict is Verdict.FAIL), None)
+    if state.lab == "Failed":  # stalled until a person decides or the spec changes; the figures stay in view
+        message = _lab_failure(spec, failed) if failed is not None else state.message
+        return Outcome(replace(state, phase=RolloutPhase.PAUSED, reason=Reason.LAB_FAILED, message=message), None,
+                       gates)  # fmt: skip
+    if lab.missing_artifacts:  # the lab's deadline runs from when its artifacts exist
+        waiting = f"{lab.missing_artifacts} lab device(s) wait for a build of {spec.version}"
+        return Outcome(replace(state, phase=RolloutPhase.PROGRESSING, reason=Reason.WAITING_FOR_ARTIFACTS,
+                               message=waiting, step_started=stamp), None)  # fmt: skip
     if failed is not None:
-        message = (f"lab: {failed.sentence()} ({failed.message}); no fleet device has {spec.version}: edgectl "
-                   "rollout promote to go on without the lab, or abort")  # fmt: skip
+        message = _lab_failure(spec, failed)
         held = replace(state, phase=RolloutPhase.PAUSED, reason=Reason.LAB_FAILED, lab="Failed", message=message)
         return Outcome(held, Decision(DecisionKind.PAUSE, message, failed), gates)
     if lab.pending > 0:
@@ -273,6 +278,11 @@ def _lab_stage(spec: RolloutSpec, state: RolloutState, lab: LabObservation, stam
     return Outcome(passed, Decision(DecisionKind.PROMOTE, message), gates)
 
 
+def _lab_failure(spec: RolloutSpec, failed: GateStatus) -> str:
+    return (f"lab: {failed.sentence()} ({failed.message}); no fleet device has {spec.version}: edgectl rollout "
+            "promote to go on without the lab, or abort")  # fmt: skip
+
+
 def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: datetime, manual: Manual) -> Outcome:
     stamp = now.isoformat(timespec="seconds")
     if state.phase is RolloutPhase.ABORTED:
@@ -286,6 +296,7 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
                 promotions_seen=manual.promotions,
                 reason=Reason.RETRIED,
                 message="retried by a person",
+                lab="Waiting" if obs.lab is not None and obs.lab.devices else "",
             )
             return Outcome(fresh, Decision(DecisionKind.RETRY, "retried by a person"))
         return Outcome(state, None)
@@ -398,7 +409,7 @@ def _next_step(spec: RolloutSpec, state: RolloutState, gates: list[GateStatus], 
         group = state.group + 1
         message = f"group {group + 1} of {len(spec.groups)} ({spec.groups[group]}): {_step_text(spec, 0)}"
         moved = RolloutState(RolloutPhase.PROGRESSING, 0, state.stable_version, stamp, None, Reason.PROMOTED, message,
-                             0, promotions, state.retries_seen, group=group)  # fmt: skip
+                             0, promotions, state.retries_seen, group=group, lab=state.lab)  # fmt: skip
         return Outcome(moved, Decision(DecisionKind.PROMOTE, message), gates)
     if last_step:
         done = RolloutState(
@@ -413,6 +424,7 @@ def _next_step(spec: RolloutSpec, state: RolloutState, gates: list[GateStatus], 
             promotions,
             state.retries_seen,
             group=state.group,
+            lab=state.lab,
         )
         return Outcome(done, Decision(DecisionKind.SUCCEED, f"{spec.version} on every device of the rollout"), gates)
     following = state.step + 1
@@ -428,6 +440,7 @@ def _next_step(spec: RolloutSpec, state: RolloutState, gates: list[GateStatus], 
         promotions,
         state.retries_seen,
         group=state.group,
+        lab=state.lab,
     )
     return Outcome(promoted, Decision(DecisionKind.PROMOTE, promoted.message), gates)
 

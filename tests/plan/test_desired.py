@@ -234,3 +234,33 @@ def test_a_pull_request_review_counts_the_lab_apart_from_the_fleet(lab_tree: Fle
     assert item.lab == 1 and item.targeted == 40
     # The lab device measures 2.0.0 but runs what it ran: no assignment of it changes on merge.
     assert sum(n for (model, _, new), n in result.transitions.items() if model == "vibration-anomaly") == 40
+
+
+def test_one_benchmark_per_lab_device_and_model_the_rollout_waiting_for_its_lab_first():
+    two = b"""apiVersion: edgereconciler.io/v1alpha1
+kind: DeviceGroup
+metadata: {name: line-b}
+spec:
+  selector:
+    matchLabels: {acme.example/line: b}
+---
+apiVersion: edgereconciler.io/v1alpha1
+kind: Rollout
+metadata: {name: a-line-b}
+spec:
+  model: vibration-anomaly
+  version: "1.0.0"
+  groups: [line-b]
+  steps: [{percent: 100}]
+"""
+    example = Path(__file__).resolve().parents[2] / "fleet-example"
+    tree = load_fleet([*read_fleet_dir(example), SourceFile("groups/bench.yaml", LAB_GROUP),
+                       SourceFile("rollouts/line-b.yaml", two)])  # fmt: skip
+    devices = [*factory_devices(20), Device("line-b-1", {**CORTEX, "acme.example/line": "b"}),
+               Device("bench-1", {**CORTEX, **LAB})]  # fmt: skip
+    # Neither waits: the first by name; the other is told its lab device is busy.
+    free = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(5, "1.0.0")})
+    assert [d.rollout for d in free.lab_for("a-line-b")] == ["a-line-b"] and free.lab_busy == {"vibration-anomaly-2": 1}
+    # The one held for its lab gets the device.
+    held = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(5, "1.0.0", lab_hold=True)})
+    assert [d.version for d in held.lab_for("vibration-anomaly-2")] == ["2.0.0"] and held.lab_busy == {"a-line-b": 1}

@@ -257,3 +257,34 @@ def test_without_lab_devices_nothing_changes():
     outcome = decide(spec(), RolloutState(), Observation(targeted=5, in_progress=5, lab=LabObservation()), T0,
                      Manual())  # fmt: skip
     assert outcome.state.lab == "" and outcome.state.reason == "Waiting"
+
+
+def test_a_retry_after_an_abort_goes_through_the_lab_again():
+    aborted = state(Phase.ABORTED, lab="Failed", reason="AbortedByPerson")
+    retried = decide(spec(), aborted, lab([figures("lab-1", 3.0)]), T0, Manual(retries=1))
+    assert (retried.state.phase, retried.state.lab, retried.decision.kind) == (Phase.PROGRESSING, "Waiting", "Retry")
+
+
+def test_a_stalled_lab_stays_stalled_through_a_pause_and_a_resume():
+    failing = lab([figures("lab-1", 3.0), figures("lab-2", 31.0)])
+    stalled = decide(spec(), state(Phase.PROGRESSING, lab="Waiting"), failing, T0, Manual()).state
+    paused = decide(spec(), stalled, failing, T0, Manual(paused=True)).state
+    resumed = decide(spec(), paused, failing, T0, Manual())
+    assert (resumed.state.phase, resumed.state.reason) == (Phase.PAUSED, "LabFailed")
+    assert "labLatencyP95Ms[cortex] 31 > 20" in resumed.state.message and resumed.decision is None
+
+
+def test_the_lab_verdict_stays_in_the_status_through_the_steps():
+    passed = decide(spec(), state(Phase.PROGRESSING, lab="Waiting"), lab([figures("a", 1.0, 50), figures("b", 1.0)]),
+                    T0, Manual()).state  # fmt: skip
+    walked = decide(spec(), passed, ALL_HEALTHY, T0, Manual()).state
+    assert (walked.step, walked.lab) == (1, "Passed")
+    last = decide(spec(), replace(walked, step=3), ALL_HEALTHY, T0, Manual()).state
+    assert (last.phase, last.lab) == (Phase.SUCCEEDED, "Passed")
+
+
+def test_a_lab_limit_no_device_can_measure_stalls_once_every_device_reported():
+    no_sensor = lab([figures("lab-1", 3.0), figures("lab-2", 3.0)])  # no temperature sensor on either board
+    outcome = decide(spec(), state(Phase.PROGRESSING, lab="Waiting"), no_sensor, T0, Manual())
+    assert outcome.state.reason == "LabFailed"
+    assert "labTemperatureC[cortex] n/a > 80 (no lab device of cortex measures it)" in outcome.state.message

@@ -8,7 +8,6 @@ rollout with the figures and every fleet device stays on the previous version.""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -99,7 +98,10 @@ def test_the_rollout_waits_for_its_lab_then_walks_and_the_lab_never_serves_it(
     fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store
 ):
     fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2))
-    controller, agents, labs, switches = start(fleet, git_server, tmp_path, build_store)
+    # A limit no machine's speed decides: the gate's figures are checked, not this machine's timing.
+    rollout = ROLLOUT_YAML.replace("    minDevicesReporting: 1\n", "    minDevicesReporting: 1\n    lab:\n"
+                                   "      maxLatencyP95: 10s\n")  # fmt: skip
+    controller, agents, labs, switches = start(fleet, git_server, tmp_path, build_store, rollout)
     for _ in range(2):  # the fleet's agents work, the lab's do not yet: nobody gets 2.0.0
         controller.cycle()
         for agent in agents.values():
@@ -115,23 +117,21 @@ def test_the_rollout_waits_for_its_lab_then_walks_and_the_lab_never_serves_it(
     reports = {d: s for (d, _), s in fleet.backend.statuses().items() if d in LAB_DEVICES}
     assert {s.phase for s in reports.values()} == {"Benchmarked"}, reports
     figures = reports["lab-1"].extra
-    assert 0 < figures["labP50Ms"] <= figures["labP95Ms"] < 50 and figures["labRuns"] == 200
+    assert 0 < figures["labP50Ms"] <= figures["labP95Ms"] and figures["labRuns"] == 200
     assert figures["labTemperatureC"] == 51.2 and figures["labPowerW"] == pytest.approx(2.33)  # 5 V * 0.4 A + 3.3 * 0.1
     assert "labPowerW" not in reports["lab-2"].extra  # no sensors on that board: not measured, never 0
     assert reports["lab-1"].installed_version == "1.0.0" and reports["lab-2"].installed_version is None
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    for _ in range(20):  # the lab stage, then three steps of a controller cycle and an agent cycle or two each
         controller.cycle()
         status = status_of(git_server)
         if status["phase"] == "Succeeded":
             break
         for agent in [*agents.values(), *labs.values()]:
             agent.cycle()
-        time.sleep(0.2)
     assert status["phase"] == "Succeeded", status
     passed = next(h["message"] for h in status["history"] if h["message"].startswith("lab passed"))
-    assert "2 lab device(s) benchmarked 2.0.0: labLatencyP95Ms[arm-cortex-a-cpu]" in passed and "<= 50" in passed
+    assert "2 lab device(s) benchmarked 2.0.0: labLatencyP95Ms[arm-cortex-a-cpu]" in passed and "<= 10000" in passed
     assert fleet_versions(fleet) == {"assigned": ["2.0.0"], "installed": ["2.0.0"]}
     # Benchmark mode never switched what a lab device serves, before, during or after.
     assert switches == []

@@ -137,3 +137,108 @@ def test_devices_waiting_their_turn_are_never_overdue_and_deadlines_run_from_the
     stale = observe(tree, "vibration-anomaly-2", replace(state, last_admitted=long_ago), target, statuses, [], NOW,
                     current=current)  # fmt: skip
     assert (stale.failed, stale.in_progress) == (2, len(waiting))
+
+
+LAB_GROUP = b"""apiVersion: edgereconciler.io/v1alpha1
+kind: DeviceGroup
+metadata: {name: bench}
+spec:
+  role: lab
+  selector:
+    matchLabels: {edgereconciler.io/lab: "true"}
+"""
+
+
+def lab_setup(artifact: str | None = "a" * 64):
+    from reconciler.api import SourceFile
+
+    example = Path(__file__).resolve().parents[2] / "fleet-example"
+    tree = load_fleet([*read_fleet_dir(example), SourceFile("groups/bench.yaml", LAB_GROUP)])
+    devices = [Device(f"arm-{i}", CORTEX) for i in range(4)]
+    devices += [Device(f"lab-{i}", {**CORTEX, "edgereconciler.io/lab": "true"}) for i in range(3)]
+    key = ("vibration-anomaly", "2.0.0", "arm-cortex-a-cpu")
+    target = plan(tree, devices, {"vibration-anomaly-2": RolloutPosition(5, "1.0.0", lab_hold=True)},
+                  {key: artifact} if artifact else {})  # fmt: skip
+    state = RolloutState(RolloutPhase.PROGRESSING, stable_version="1.0.0", lab="Waiting",
+                         step_started=(NOW - timedelta(minutes=5)).isoformat())  # fmt: skip
+    return tree, target, state
+
+
+def benchmarked(seen: datetime = NOW, artifact: str = "a" * 64, **figures) -> AssignmentStatus:
+    extra = {"labP50Ms": 1.0, "labP95Ms": 2.0, "labMemoryBytes": 10_000_000, "labArtifact": artifact, **figures}
+    return AssignmentStatus("Benchmarked", target_version="2.0.0", last_seen=seen.isoformat(), extra=extra)
+
+
+def test_lab_reports_count_only_for_the_assigned_artifact_with_usable_figures():
+    from reconciler.controller.rollouts import observe_lab
+
+    tree, target, state = lab_setup()
+    statuses = {
+        ("lab-0", "vibration-anomaly"): benchmarked(labP95Ms=float("nan")),  # forged or broken: no figure
+        ("lab-1", "vibration-anomaly"): benchmarked(labMemoryBytes=10**400),  # past any float
+        ("lab-2", "vibration-anomaly"): benchmarked(artifact="b" * 64),  # an older build's figures
+    }
+    lab = observe_lab(tree, "vibration-anomaly-2", state, target, statuses, NOW)
+    assert lab.devices == 3 and lab.results == ()
+    assert dict(lab.failures) == {"lab-0": "reported no usable labP95Ms", "lab-1": "reported no usable labMemoryBytes"}
+    assert lab.pending == 1  # lab-2 measures the assigned artifact yet
+    outcome = decide(tree.rollouts["vibration-anomaly-2"].spec, state, replace(observe(
+        tree, "vibration-anomaly-2", state, target, statuses, [], NOW), lab=lab), NOW, Manual())  # fmt: skip
+    assert outcome.state.reason == "LabFailed" and "labBenchmarks 2 > 0" in outcome.state.message
+
+
+def test_a_lab_device_retrying_or_offline_is_no_verdict_and_one_stuck_measuring_fails():
+    from reconciler.controller.rollouts import observe_lab
+
+    tree, target, state = lab_setup()
+    later = NOW + timedelta(hours=2)  # past progressDeadline (30m) counted from the lab stage's start
+    statuses = {
+        ("lab-0", "vibration-anomaly"): AssignmentStatus(
+            "Retrying", target_version="2.0.0", last_seen=later.isoformat()
+        ),
+        ("lab-1", "vibration-anomaly"): AssignmentStatus(
+            "Benchmarking", target_version="2.0.0", last_seen=later.isoformat()
+        ),
+        ("lab-2", "vibration-anomaly"): benchmarked(NOW),  # then went quiet: its figures stand
+    }
+    lab = observe_lab(tree, "vibration-anomaly-2", state, target, statuses, later)
+    assert lab.unavailable == 1 and [d for d, _ in lab.failures] == ["lab-1"]
+    assert [r.device for r in lab.results] == ["lab-2"] and lab.pending == 0
+
+
+def test_a_lab_without_its_artifact_waits_and_restarts_its_deadline():
+    from reconciler.controller.rollouts import observe_lab
+
+    tree, target, state = lab_setup(artifact=None)
+    lab = observe_lab(tree, "vibration-anomaly-2", state, target, {}, NOW, tracks_artifacts=True)
+    assert lab.missing_artifacts == 3
+    obs = replace(observe(tree, "vibration-anomaly-2", state, target, {}, [], NOW, True), lab=lab)
+    outcome = decide(tree.rollouts["vibration-anomaly-2"].spec, state, obs, NOW, Manual())
+    assert outcome.state.reason == "WaitingForArtifacts" and outcome.state.step_started == NOW.isoformat()
+    assert outcome.state.lab == "Waiting"
+
+
+def test_a_new_version_does_not_inherit_the_promotions_spent_on_the_last_one():
+    """The promotions annotation only grows: two promotions of 1.0.0 must not pass 2.0.0's lab or first pause."""
+    import yaml
+
+    from reconciler.api import SourceFile
+    from reconciler.api.status import RolloutStatus
+    from reconciler.controller.rollouts import initial_state, manual_actions
+
+    example = Path(__file__).resolve().parents[2] / "fleet-example"
+    files = []
+    for file in read_fleet_dir(example):
+        if file.path.endswith("vibration-anomaly-2.yaml"):
+            body = yaml.safe_load(file.content)
+            body["metadata"]["annotations"] = {"edgereconciler.io/promotions": "2", "edgereconciler.io/retries": "1"}
+            file = SourceFile(file.path, yaml.safe_dump(body).encode())
+        files.append(file)
+    tree = load_fleet(files)
+    previous = RolloutStatus("vibration-anomaly-2", "vibration-anomaly", "1.0.0",
+                             RolloutState(RolloutPhase.SUCCEEDED, promotions_seen=2, retries_seen=1))  # fmt: skip
+    fresh = initial_state(tree, "vibration-anomaly-2", previous, {})
+    assert (fresh.phase, fresh.stable_version, fresh.promotions_seen, fresh.retries_seen) == (
+        RolloutPhase.PENDING, "1.0.0", 2, 1)  # fmt: skip
+    manual = manual_actions(tree.rollouts["vibration-anomaly-2"])
+    assert manual.promotions == fresh.promotions_seen  # nothing left over for the new version to spend
