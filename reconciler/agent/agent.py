@@ -88,7 +88,8 @@ def _shorten(message: str, limit: int = 600) -> str:
 def _benchmarked(health: HealthReport, reading: Reading, spec: Desired, runs: int, base: dict) -> AssignmentStatus:
     """A lab benchmark's report: its figures (what the controller's lab gates read), or why it failed."""
     if not health.passed:
-        return AssignmentStatus("Failed", reason="BenchmarkFailed", message=_shorten(health.reason), **base)
+        return AssignmentStatus("Failed", reason="BenchmarkFailed", message=_shorten(health.reason), **base,
+                                extra={"labArtifact": spec.artifact or ""})  # fmt: skip
     figures: dict[str, object] = {
         "labP50Ms": round(health.latency_p50_ms, 4), "labP95Ms": round(health.latency_p95_ms, 4),
         "labMemoryBytes": health.peak_memory_bytes, "labRuns": runs,
@@ -295,7 +296,8 @@ class Agent:
         except RefusedError as refused:
             if str(refused.reason) in TRANSIENT_REFUSALS:
                 return self._retrying(spec, generation, base, str(refused.reason), refused.message)
-            status = AssignmentStatus("Failed", reason=str(refused.reason), message=refused.message, **base)
+            status = AssignmentStatus("Failed", reason=str(refused.reason), message=refused.message, **base,
+                                      extra={"labArtifact": spec.artifact or ""})  # fmt: skip
         except (TemporaryError, OSError, urllib3.exceptions.HTTPError) as exc:
             return self._retrying(spec, generation, base, "DownloadFailed", str(exc))
         else:

@@ -7,6 +7,7 @@ Layout under the root::
     artifacts/<id>.json         an artifact: its id, manifest blob and named file blobs
     builds/<key>.json           build cache: inputs digest -> artifact id
     deltas/<base>-<target>.zst  binary delta from one blob to another, made on first request
+    lab/<id>.json               what lab devices measured of an artifact, by device (the controller records it)
     tmp/                        writes in progress (never read)
 
 Every write goes to ``tmp/`` first, is fsynced, then renamed into place, and an artifact's record is
@@ -74,7 +75,7 @@ class ArtifactStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        for folder in ("blobs/sha256", "artifacts", "builds", "deltas", "tmp"):
+        for folder in ("blobs/sha256", "artifacts", "builds", "deltas", "lab", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
     # --- blobs ---------------------------------------------------------------------------------------
@@ -207,6 +208,26 @@ class ArtifactStore:
     def record_build(self, key: str, artifact_id: str) -> None:
         self._write_atomic(self._build_path(key), _json_bytes({"key": key, "artifact": check_digest(artifact_id)}))
 
+    # --- lab results ----------------------------------------------------------------------------------
+
+    def record_lab(self, artifact_id: str, device: str, result: Mapping) -> bool:
+        """Keep what lab device ``device`` reported of an artifact (its benchmark, or why it failed), next to the
+        artifact, so its figures outlive the assignment; True when that changed the record."""
+        results = self.lab_results(artifact_id)
+        if results.get(device) == result:
+            return False
+        results[device] = dict(result)
+        self._write_atomic(self._lab_path(artifact_id), _json_bytes(results))
+        return True
+
+    def lab_results(self, artifact_id: str) -> dict[str, dict]:
+        """device -> what it reported of the artifact; empty when no lab device measured it."""
+        try:
+            body = json.loads(self._lab_path(artifact_id).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {str(k): v for k, v in body.items() if isinstance(v, dict)} if isinstance(body, dict) else {}
+
     # --- garbage collection --------------------------------------------------------------------------
 
     def gc(self, keep: Iterable[str], tmp_grace_seconds: float = 3600.0) -> GcReport:
@@ -216,6 +237,7 @@ class ArtifactStore:
         for artifact_id in self.artifact_ids():
             if artifact_id not in keep:
                 self._record_path(artifact_id).unlink(missing_ok=True)
+                self._lab_path(artifact_id).unlink(missing_ok=True)
                 removed += 1
         live_ids = set(self.artifact_ids())
         live_blobs: set[str] = set()
@@ -248,6 +270,9 @@ class ArtifactStore:
 
     def _build_path(self, key: str) -> Path:
         return self.root / "builds" / f"{check_digest(key)}.json"
+
+    def _lab_path(self, artifact_id: str) -> Path:
+        return self.root / "lab" / f"{check_digest(artifact_id)}.json"
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
         write_atomic(target, data, temp_dir=self.root / "tmp")

@@ -10,6 +10,7 @@ category.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import Counter
@@ -91,8 +92,7 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         if kind == "artifact":
             return _artifacts(store, name)
         if kind == "benchmark":
-            here = backend == "kubernetes" or (state_dir / "fleet.sqlite").exists()
-            return _benchmarks(store, name, _lab_reports(target()) if here else [])
+            return _benchmarks(store, name)
         if kind == "build":
             return _builds(state_dir, name)
         if kind == "event":
@@ -403,45 +403,33 @@ def _artifacts(store: Path, name: str | None) -> tuple[list[dict], list[Column],
     return rows, columns, objects
 
 
-def _lab_reports(target) -> list[tuple[Any, Any]]:
-    """(assignment, status) of every lab device's benchmark assignment, from the backend the controller writes."""
-    statuses = target.statuses()
-    return [(d, statuses.get(key)) for key, d in sorted(target.assignments().items()) if d.benchmark and d.artifact]
-
-
-def _lab_row(desired, status) -> tuple[dict, dict]:
-    """A lab device's figures for one artifact: measured on the device itself, never emulated."""
-    answered = status is not None and status.target_version == desired.version
-    extra = status.extra if answered else {}
-    if not answered:
-        result = "not measured yet"
-    elif status.phase == "Benchmarked":
-        sensors = [f"{extra['labPowerW']:.2f} W" if "labPowerW" in extra else None,
-                   f"{extra['labTemperatureC']:.1f} °C" if "labTemperatureC" in extra else None]  # fmt: skip
+def _lab_row(artifact_id: str, device: str, result: dict) -> tuple[dict, dict]:
+    """A lab device's figures for one artifact, as the controller kept them: measured on the device, never
+    emulated. Figures are shown only when they are numbers (a report is a device's word, not the store's)."""
+    figures = result.get("figures") if isinstance(result.get("figures"), dict) else {}
+    number = {k: v for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)
+              and math.isfinite(v)}  # fmt: skip
+    if result.get("phase") == "Benchmarked":
+        sensors = [f"{number['labPowerW']:.2f} W" if "labPowerW" in number else None,
+                   f"{number['labTemperatureC']:.1f} °C" if "labTemperatureC" in number else None]  # fmt: skip
         shown = ", ".join(s for s in sensors if s) or "no power or temperature sensor"
-        result = f"golden outputs reproduced; {shown}"
+        outcome = f"golden outputs reproduced; {shown}"
     else:
-        result = f"{status.phase}: {status.message or status.reason}"
-    memory = extra.get("labMemoryBytes")
-    row = {"source": "lab", "where": desired.device, "p50": _ms_cell(extra.get("labP50Ms")),
-           "p95": _ms_cell(extra.get("labP95Ms")), "memory": human_size(memory, separator="") if memory else None,
-           "result": result}  # fmt: skip
-    body = {
-        "name": f"{desired.artifact[:12]}.lab.{desired.device}",
-        "artifact": desired.artifact,
-        "source": "lab",
-        "device": desired.device,
-        "rollout": desired.rollout,
-        "status": status.to_json() if status else None,
-    }
-    return row, body
+        outcome = f"{result.get('phase')}: {result.get('message') or result.get('reason')}"
+    memory = number.get("labMemoryBytes")
+    row = {"source": "lab", "where": device, "p50": _ms_cell(number.get("labP50Ms")),
+           "p95": _ms_cell(number.get("labP95Ms")), "memory": human_size(int(memory), separator="") if memory else None,
+           "result": outcome}  # fmt: skip
+    return row, {"name": f"{artifact_id[:12]}.lab.{device}", "artifact": artifact_id, "source": "lab", "device": device,
+                 **result}  # fmt: skip
 
 
-def _benchmarks(store: Path, name: str | None, lab: list[tuple[Any, Any]] = ()) -> tuple[list[dict], list[Column],
-                                                                                         list[dict]]:  # fmt: skip
+def _benchmarks(store: Path, name: str | None) -> tuple[list[dict], list[Column], list[dict]]:
     """Per artifact, every place its figures come from, side by side: the build machine (latency, memory, the
     task's metric), the target ISA under emulation (outputs against the build machine's; time is emulated, never a
-    device figure), and each lab device that benchmarked it (``lab``: the backend's lab assignments)."""
+    device figure), and each lab device that benchmarked it (kept in the store by the controller)."""
+    from reconciler.artifact.store import ArtifactStore
+
     rows, objects = [], []
     for artifact_id, manifest in _stored_manifests(store, name):
         benchmark = manifest.get("benchmark") or {}
@@ -474,11 +462,10 @@ def _benchmarks(store: Path, name: str | None, lab: list[tuple[Any, Any]] = ()) 
                          "result": result})  # fmt: skip
             objects.append({"name": f"{artifact_id[:12]}.emulated", "artifact": artifact_id, "source": "emulated",
                             "target": target})  # fmt: skip
-        for desired, status in lab:
-            if desired.artifact == artifact_id:
-                row, body = _lab_row(desired, status)
-                rows.append({**base, **row})
-                objects.append(body)
+        for device, result in sorted(ArtifactStore(store).lab_results(artifact_id).items()):
+            row, body = _lab_row(artifact_id, device, result)
+            rows.append({**base, **row})
+            objects.append(body)
     rows, objects = _by_model(rows, objects)
     columns = [Column("ARTIFACT", "artifact"), Column("MODEL", "model"), Column("VERSION", "version"),
                Column("PROFILE", "profile"), Column("SOURCE", "source"), Column("WHERE", "where"),

@@ -51,7 +51,7 @@ from reconciler.errors import PermanentError, TemporaryError
 from reconciler.faults import FaultPoints
 from reconciler.gitops.source import GitSource
 from reconciler.gitops.status import Author, StatusWriter
-from reconciler.plan import targeting
+from reconciler.plan import Desired, targeting
 from reconciler.rollout.admission import admit, in_flight, rate_allowance
 from reconciler.rollout.engine import Decision, max_concurrent
 from reconciler.signing import TrustPolicy, policy_from_fleet
@@ -421,6 +421,7 @@ class Controller:
         FAULTS.crash("after-apply")
         self._collect_garbage(tree, result.plan.desired, builds)
         self._record_events(cycles, statuses, now)
+        self._record_lab(current, statuses)
         self._notify(tree, self._decision_notices(cycles, outcome, now))
 
         statuses = self.backend.statuses()
@@ -573,6 +574,25 @@ class Controller:
             if outcome.stalled:
                 request.outcome += f"; not in Git yet (the controller retries): {outcome.stalled}"
             request.done.set()
+
+    def _record_lab(self, current: Mapping[tuple[str, str], Desired], statuses: Mapping) -> None:
+        """Keep each lab device's report of the artifact it benchmarked in the store, next to the artifact, where
+        ``edgectl get benchmarks`` reads it after the assignment moved on. Best effort, like events."""
+        if self.store is None:
+            return
+        for key, desired in current.items():
+            status = statuses.get(key)
+            if not desired.benchmark or desired.artifact is None or status is None:
+                continue
+            if status.phase not in ("Benchmarked", "Failed") or status.extra.get("labArtifact") != desired.artifact:
+                continue
+            figures = {k: v for k, v in status.extra.items() if k.startswith("lab") and k != "labArtifact"}
+            result = {"phase": status.phase, "reason": status.reason, "message": status.message,
+                      "rollout": desired.rollout, "profile": desired.profile, "figures": figures}  # fmt: skip
+            try:
+                self.store.record_lab(desired.artifact, desired.device, result)
+            except OSError as exc:
+                log.warning("lab result not kept", extra={"device": desired.device, "error": str(exc)})
 
     def _record_events(self, cycles: dict, statuses: dict, now: datetime) -> None:
         """Decisions as events on their rollouts, and each device's new failure (a report turning Failed or

@@ -124,3 +124,17 @@ def test_export_copies_verified_files_into_a_new_folder(tmp_path: Path):
     store.blob_path(store.get_artifact(A_ID).files["model.onnx"]).write_bytes(b"rot")
     with pytest.raises(StoreError, match="corrupt"):
         store.export(A_ID, tmp_path / "third")
+
+
+def test_lab_results_live_with_their_artifact_and_go_with_it(tmp_path):
+    from reconciler.artifact.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "store")
+    kept = store.add_artifact("a" * 64, {"model.onnx": b"kept"}, "model.onnx")
+    gone = store.add_artifact("b" * 64, {"model.onnx": b"gone"}, "model.onnx")
+    result = {"phase": "Benchmarked", "figures": {"labP95Ms": 2.5}}
+    assert store.record_lab(kept.id, "lab-1", result) and not store.record_lab(kept.id, "lab-1", result)
+    assert store.record_lab(gone.id, "lab-1", {"phase": "Failed", "message": "golden outputs differ"})
+    assert store.lab_results(kept.id) == {"lab-1": result}
+    store.gc([kept.id])
+    assert store.lab_results(gone.id) == {} and store.lab_results(kept.id) == {"lab-1": result}

@@ -139,17 +139,18 @@ def test_the_rollout_waits_for_its_lab_then_walks_and_the_lab_never_serves_it(
     assert ModelSlots(fleet.root / "devices" / "lab-2", MODEL).state().active_version is None
     assert rollback_commits(git_server) == []
 
-    # edgectl get benchmarks: the lab's figures next to the build machine's and the emulated target's.
+    # edgectl get benchmarks: the lab's figures next to the build machine's and the emulated target's, kept in
+    # the store with the artifact (after the lab's assignments are gone too).
     artifact = next(a.artifact for (d, _), a in fleet.backend.assignments().items() if d == "lab-1")
+    fleet.backend.delete([(d, MODEL) for d in LAB_DEVICES])
     shown = CliRunner().invoke(main, ["get", "benchmarks", artifact[:12], "--store", str(build_store.root),
-                                      "--state-dir", str(fleet.root / "controller-state"), "-o", "json"])  # fmt: skip
+                                      "-o", "json"])  # fmt: skip
     assert shown.exit_code == 0, shown.output
     items = json.loads(shown.output)["items"]
     lab_items = {i["device"]: i for i in items if i["source"] == "lab"}
     assert sorted(lab_items) == LAB_DEVICES and {i["source"] for i in items} >= {"build machine", "lab"}
-    assert lab_items["lab-1"]["status"]["labTemperatureC"] == 51.2
-    table = CliRunner().invoke(main, ["get", "benchmarks", artifact[:12], "--store", str(build_store.root),
-                                      "--state-dir", str(fleet.root / "controller-state")])  # fmt: skip
+    assert lab_items["lab-1"]["figures"]["labTemperatureC"] == 51.2 and lab_items["lab-1"]["phase"] == "Benchmarked"
+    table = CliRunner().invoke(main, ["get", "benchmarks", artifact[:12], "--store", str(build_store.root)])
     assert "2.33 W, 51.2 °C" in table.output and "no power or temperature sensor" in table.output
 
 
