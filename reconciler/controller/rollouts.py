@@ -210,15 +210,17 @@ def observe_lab(
     now: datetime,
     tracks_artifacts: bool = False,
 ) -> LabObservation | None:
-    """What the rollout's lab devices reported about its new version; None without lab devices. A report counts
+    """What the rollout's lab devices reported about its new version; None without a lab in the fleet. A report counts
     only for the artifact assigned (``labArtifact``), so an older build's figures never pass a newer one. A lab device
     not seen for ``offlineAfter``, or retrying a download past ``progressDeadline``, is unavailable (no verdict);
     one still measuring after ``progressDeadline`` failed. A lab device busy with another rollout of the model is
     waited for."""
     spec = tree.rollouts[name].spec
     lab, busy = target.lab_for(name), target.lab_busy.get(name, 0)
-    if not lab and not busy:
-        return None
+    if not lab and not busy:  # a fleet with a lab says which profiles it has none for; one without, nothing
+        has_lab = any(g.spec.role == "lab" for g in tree.groups.values())
+        delivered = tuple(sorted(target.delivered.get(name, set())))
+        return LabObservation(unmeasured=delivered) if has_lab and delivered else None
     results: list[LabFigures] = []
     failures: list[tuple[str, str]] = []
     unavailable = missing = 0

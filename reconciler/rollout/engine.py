@@ -312,7 +312,10 @@ def decide(spec: RolloutSpec, state: RolloutState, obs: Observation, now: dateti
         started = replace(state, phase=RolloutPhase.PROGRESSING, step_started=stamp, reason=Reason.STARTED, message="",
                           lab=lab)  # fmt: skip
         after = decide(spec, started, obs, now, manual)  # the first step is evaluated at once
-        return Outcome(after.state, after.decision or Decision(DecisionKind.START, _step_text(spec, 0)), after.gates)
+        text = _step_text(spec, 0)
+        if obs.lab is not None and not obs.lab.devices and obs.lab.unmeasured:
+            text += f"; no lab device for {', '.join(obs.lab.unmeasured)}: the build's figures stand"
+        return Outcome(after.state, after.decision or Decision(DecisionKind.START, text), after.gates)
 
     gates = evaluate_gates(spec, obs) if obs.targeted else []
     if state.reason == Reason.HELD_AFTER_GATE_FAILED:  # held for a person, whatever the gates say now

@@ -288,3 +288,10 @@ def test_a_lab_limit_no_device_can_measure_stalls_once_every_device_reported():
     outcome = decide(spec(), state(Phase.PROGRESSING, lab="Waiting"), no_sensor, T0, Manual())
     assert outcome.state.reason == "LabFailed"
     assert "labTemperatureC[cortex] n/a > 80 (no lab device of cortex measures it)" in outcome.state.message
+
+
+def test_a_start_without_a_lab_device_for_its_profiles_says_the_builds_figures_stand():
+    obs = Observation(targeted=5, in_progress=5, lab=LabObservation(unmeasured=("jetson",)))
+    outcome = decide(spec(), RolloutState(), obs, T0, Manual())
+    assert outcome.state.lab == "" and outcome.decision.kind == "Start"
+    assert outcome.decision.message == "step 1 of 4 (5%); no lab device for jetson: the build's figures stand"
