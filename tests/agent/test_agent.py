@@ -181,3 +181,29 @@ def test_a_model_over_the_profiles_limits_fails_its_health_check(fleet: Fleet):
     status = agent.cycle()[MODEL]
     assert (status.phase, status.reason) == ("Failed", "HealthCheckFailed") and "latency p95" in status.message
     assert serving(fleet, agent.data_dir) is None
+
+
+def test_benchmark_mode_measures_once_never_installs_and_retries_a_transient_failure(fleet: Fleet):
+    from dataclasses import replace
+
+    from reconciler.plan import Desired
+
+    fleet.publish(fleet.release("1.0.0", 1), fleet.release("2.0.0", 2))
+    agent = fleet.agent()
+    fleet.assign("factory-1", "1.0.0")
+    agent.cycle()  # serving 1.0.0
+    fleet.backend.apply([Desired("factory-1", MODEL, "2.0.0", PROFILE, "vibration-anomaly-2", None, False,
+                                 benchmark=True)])  # fmt: skip
+    [(spec, generation)] = fleet.backend.assignments_for("factory-1").values()
+    measured = agent.cycle()[MODEL]
+    assert (measured.phase, measured.target_version, measured.installed_version) == ("Benchmarked", "2.0.0", "1.0.0")
+    assert measured.extra["labP95Ms"] > 0 and measured.extra["labMemoryBytes"] > 0
+    # Measured once: the same answer again without the network (the record, not a second benchmark).
+    agent.config = replace(agent.config, repository_url="https://127.0.0.1:9/tuf")
+    assert agent.converge(spec, generation) == measured
+    # A new generation measures again; the repository unreachable is a retry, never a verdict, nothing installed.
+    retrying = agent.converge(spec, generation + 1)
+    assert (retrying.phase, retrying.reason, retrying.installed_version) == ("Retrying", "DownloadFailed", "1.0.0")
+    assert retrying.extra["attempts"] == 1
+    assert ModelSlots(agent.data_dir, MODEL).state().active_version == "1.0.0"
+    assert not (agent.data_dir / "benchmark" / MODEL).exists()  # its download folder is cleaned up
