@@ -57,8 +57,8 @@ _V2 = re.compile(r"^/v2/models/(?P<model>[a-z0-9][-a-z0-9.]{0,62})(?:/versions/(
                  r"(?P<verb>/ready|/infer)?$")  # fmt: skip
 MAX_BODY = 16 * 1024 * 1024
 
-Recorder = Callable[[str, str, np.ndarray | None, np.ndarray | None, float, bool], None]
-"""(model, version, inputs, outputs, latency seconds, failed) -> None"""
+Recorder = Callable[[str, str, np.ndarray | None, np.ndarray | None, float, bool | str], None]
+"""(model, version, inputs, outputs, latency seconds, failed: False or the error's kind, input or inference) -> None"""
 
 DATATYPES = {"bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
              "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16",
@@ -378,16 +378,16 @@ class _Handler(JSONHandler):
             crash_point("serve")  # tests: a runtime that takes the process down on this input
             outputs = loaded.runner.run(inputs)
         except (ValueError, KeyError, TypeError) as exc:
-            self._record(loaded, inputs, None, start, failed=True)
+            self._record(loaded, inputs, None, start, failed="input")
             self.send_json(HTTPStatus.BAD_REQUEST, {"error": f"bad request: {str(exc)[:200]}"})
             return None
         except Exception as exc:  # the runtime failed on this input: an inference error, counted
-            self._record(loaded, inputs, None, start, failed=True)
+            self._record(loaded, inputs, None, start, failed="inference")
             self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"inference failed: {str(exc)[:200]}"})
             return None
         self._record(loaded, inputs, outputs, start, failed=False)
         return request, outputs
 
-    def _record(self, loaded: Loaded, inputs, outputs, start: float, failed: bool) -> None:
+    def _record(self, loaded: Loaded, inputs, outputs, start: float, failed: bool | str) -> None:
         if self.owner.recorder is not None:
             self.owner.recorder(loaded.model, loaded.version, inputs, outputs, time.perf_counter() - start, failed)

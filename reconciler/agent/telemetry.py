@@ -8,7 +8,11 @@ drift (PSI, KL) fleet-wide:
 - requests and inference errors;
 - a latency histogram on fixed buckets, with p50/p95/p99 read from it;
 - predicted classes (argmax of the output), counted;
-- per-row input mean and standard deviation, counted on the manifest's reference bins (``histograms``).
+- per-row input mean and standard deviation, counted on the manifest's reference bins (``histograms``);
+- mergeable KLL sketches (:mod:`reconciler.artifact.sketches`) of every input feature, of the output (score and
+  margin, or the regression output) and of latency, which the controller merges fleet-wide and compares with the
+  reference sketches the build shipped in the manifest;
+- errors by kind: ``input`` (a request the model cannot take) and ``inference`` (the runtime failed).
 
 The queue is a folder of JSON files named by a rising sequence number, each written atomically. It has a
 byte budget: when full, the oldest summaries are dropped and the drop is counted (and reported with the next
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import urllib3
 
+from reconciler.artifact import sketches
 from reconciler.artifact.runtime import Inputs, flat_rows, row_count
 from reconciler.durable import write_atomic
 
@@ -47,15 +52,29 @@ class Summary:
     latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
     predictions: list[int] = field(default_factory=list)
     inputs: dict[str, list[int]] = field(default_factory=dict)
+    sketches: dict[str, object] = field(default_factory=dict)
+    """name -> KLL sketch of the interval's values."""
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.predictions = self.predictions or [0] * self.classes
         self.inputs = self.inputs or {name: [0] * (len(edges) + 1) for name, edges in self.input_edges.items()}
 
-    def add(self, inputs: Inputs | None, outputs: np.ndarray | None, seconds: float, failed: bool) -> None:
+    def add(self, inputs: Inputs | None, outputs: np.ndarray | None, seconds: float, failed: bool | str) -> None:
+        """``failed``: False, or the kind of error (True: an inference error)."""
         self.requests += 1
-        self.errors += int(failed)
+        self.errors += int(bool(failed))
+        if failed:
+            kind = failed if isinstance(failed, str) else "inference"
+            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.latency[int(np.searchsorted(LATENCY_BUCKETS_MS, seconds * 1000, side="left"))] += 1
+        self._sketch({sketches.LATENCY: np.array([seconds * 1000], dtype=np.float32)})
+        if not failed:
+            try:
+                self._sketch(sketches.features(inputs) if inputs is not None else {})
+                self._sketch(sketches.output_figures(outputs) if outputs is not None else {})
+            except (ValueError, TypeError, IndexError):  # a shape no projection fits: counted, not sketched
+                pass
         if outputs is not None and outputs.ndim == 2 and outputs.shape[1] == self.classes:
             for predicted in np.argmax(outputs, axis=1):
                 self.predictions[int(predicted)] += 1
@@ -66,6 +85,16 @@ class Summary:
                     bins = np.searchsorted(self.input_edges[name], values, side="right")
                     for index in bins:
                         self.inputs[name][int(index)] += 1
+
+    def _sketch(self, values: dict[str, np.ndarray]) -> None:
+        for name, column in values.items():
+            finite = np.asarray(column, dtype=np.float32)
+            finite = finite[np.isfinite(finite)]
+            if finite.size:
+                sketch = self.sketches.get(name)
+                if sketch is None:
+                    sketch = self.sketches[name] = sketches.new()
+                sketch.update(finite)
 
     def percentile(self, q: float) -> float | None:
         """Upper edge of the bucket holding the q-th percentile (None without requests)."""
@@ -94,6 +123,8 @@ class Summary:
             "latencyMs": latency,
             "predictions": self.predictions,
             "inputs": inputs,
+            "sketches": {name: sketches.encode(sketch) for name, sketch in sorted(self.sketches.items())},
+            "errorsByKind": dict(sorted(self.errors_by_kind.items())),
         }
 
 
@@ -113,7 +144,7 @@ class TelemetryRecorder:
         with self._lock:
             self._manifests[f"{manifest['model']}@{manifest['version']}"] = manifest
 
-    def __call__(self, model: str, version: str, inputs, outputs, seconds: float, failed: bool) -> None:
+    def __call__(self, model: str, version: str, inputs, outputs, seconds: float, failed: bool | str) -> None:
         with self._lock:
             summary = self._summaries.get((model, version))
             if summary is None:
@@ -124,7 +155,7 @@ class TelemetryRecorder:
             summary.add(inputs, outputs, seconds, failed)
             totals = self._totals.setdefault((model, version), [0, 0])
             totals[0] += 1
-            totals[1] += int(failed)
+            totals[1] += int(bool(failed))
 
     def totals(self, model: str, version: str) -> tuple[int, int]:
         """Requests and inference errors of ``model@version`` since this process started (not reset by flush)."""

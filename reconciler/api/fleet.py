@@ -82,6 +82,8 @@ class Intervals(SpecModel):
     """Between cycles: device reports and gates are judged this often, from the commit fetched last."""
     telemetry: Duration = timedelta(minutes=5)
     """Between compactions of the telemetry store (hours into days, the expired out)."""
+    drift: Duration = timedelta(minutes=5)
+    """Between drift evaluations (every model's merged sketches against its builds' references)."""
 
 
 NOTIFIED = ("Start", "Promote", "Pause", "Succeed", "Abort", "Retry", "Rollback", "ReleaseRefused", "BuildRefused")

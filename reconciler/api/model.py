@@ -8,6 +8,7 @@ Which quantization modes fit which artifact format is checked against the profil
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -176,6 +177,21 @@ class ModelGates(SpecModel):
     max_latency_p95: Duration | None = None
 
 
+class DriftPolicy(SpecModel):
+    """How the controller watches a model's traffic against the reference its build shipped (docs/monitoring.md)."""
+
+    window: Duration = timedelta(hours=6)
+    """Telemetry compared each time: the last ``window`` of every device's summaries, merged."""
+    false_alarm_rate: float = Field(0.01, gt=0.0, le=0.2)
+    """Chance that traffic like the reference is flagged at all; shared among the figures and devices compared."""
+
+
+class Monitoring(SpecModel):
+    """What the controller watches once a model serves."""
+
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
+
+
 class ModelSpec(SpecModel):
     """A model: its released versions and how to build them for each hardware class."""
 
@@ -188,6 +204,7 @@ class ModelSpec(SpecModel):
     versions: list[ModelVersion] = Field(min_length=1)
     recipes: list[Recipe] = Field(default_factory=list)
     gates: ModelGates = Field(default_factory=ModelGates)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
 
 class Model(Document):

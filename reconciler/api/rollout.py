@@ -123,8 +123,14 @@ class Analysis(SpecModel):
     """Inference errors over requests, from telemetry."""
     max_latency_regression: float | None = Field(default=None, ge=0)
     """Allowed rise of p95 latency against the previous version on the same profile, in percent."""
+    max_drift_ks: float | None = Field(default=None, gt=0, le=1, alias="maxDriftKS")
+    """Largest Kolmogorov-Smirnov distance of the new version's outputs (score, margin, or a regressor's output)
+    from the previous version's, over ``window``, read from the devices' merged sketches. Only a distance past the
+    threshold for its sample sizes counts (the model's ``monitoring.drift.falseAlarmRate``): few reports never
+    fail the gate on noise. The successor of ``maxDriftPSI``."""
     max_drift_psi: float | None = Field(default=None, ge=0, alias="maxDriftPSI")
-    """Largest population stability index of predictions against the previous version."""
+    """Largest population stability index of predicted classes against the previous version (counts on fixed
+    bins, blind to sample size: prefer ``maxDriftKS``)."""
     min_devices_reporting: int | None = Field(default=None, ge=1)
     """Fewer reports than this make a gate Inconclusive, which holds the step."""
     failure_limit: int | None = Field(default=None, ge=0)

@@ -16,6 +16,7 @@ and the status writer commits nothing.
     FleetStatus           every status file of a commit, by kind and name
     ├── RolloutStatus     one per rollout: where its step machine stands (RolloutState), devices, gates, decisions
     ├── GroupStatus       one per device group: members and assignments by phase
+    ├── DriftStatus       one per model serving traffic: its versions' sketches against the build's reference
     └── ControllerStatus  the controller's own condition: Ready, or Stalled with the reason
 """
 
@@ -474,6 +475,147 @@ class ControllerStatus:
         return cls.from_json(_load(data))
 
 
+DRIFTED_DEVICES = 50
+"""Drifted devices named per version in a drift status file (the count of all of them is kept)."""
+
+
+@dataclass(frozen=True)
+class FigureDrift:
+    """One figure (an input feature, ``score``, ``margin``, ``output``) against its build's reference."""
+
+    ks: float
+    threshold: float
+    """The KS distance past which the figure has drifted, for these sample sizes (``reconciler.telemetry.drift``)."""
+    psi: float = 0.0
+    js: float = 0.0
+    values: int = 0
+
+    @property
+    def drifted(self) -> bool:
+        return self.ks > self.threshold
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ks": round(self.ks, 4), "threshold": round(self.threshold, 4), "psi": round(self.psi, 4),
+                "js": round(self.js, 4), "values": self.values, "drifted": self.drifted}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, body: Any) -> FigureDrift:
+        if not isinstance(body, Mapping):
+            return cls(0.0, 1.0)
+        return cls(_float(body.get("ks")), _float(body.get("threshold")), _float(body.get("psi")),
+                   _float(body.get("js")), _int(body.get("values")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DriftScope:
+    """Drift of one slice of a version's devices: all of them, one profile, one group or one device."""
+
+    devices: int = 0
+    figures: Mapping[str, FigureDrift] = field(default_factory=dict)
+
+    @property
+    def drifted(self) -> tuple[str, ...]:
+        """Drifted figures, the farthest past its threshold first."""
+        found = [(f.threshold - f.ks, name) for name, f in self.figures.items() if f.drifted]
+        return tuple(name for _, name in sorted(found))
+
+    def only_drifted(self) -> DriftScope:
+        return DriftScope(self.devices, {name: self.figures[name] for name in self.drifted})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"devices": self.devices, "drifted": list(self.drifted),
+                "figures": {name: f.to_json() for name, f in sorted(self.figures.items())}}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, body: Any) -> DriftScope:
+        if not isinstance(body, Mapping):
+            return cls()
+        figures = body.get("figures")
+        return cls(_int(body.get("devices")), {str(k): FigureDrift.from_json(v) for k, v in
+                                                (figures.items() if isinstance(figures, Mapping) else ())})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VersionDrift:
+    """A model version's traffic over the window against its builds' references, fleet-wide and by slice."""
+
+    fleet: DriftScope = field(default_factory=DriftScope)
+    profiles: Mapping[str, DriftScope] = field(default_factory=dict)
+    groups: Mapping[str, DriftScope] = field(default_factory=dict)
+    devices: Mapping[str, DriftScope] = field(default_factory=dict)
+    """Drifted devices only (at most ``DRIFTED_DEVICES``), with their drifted figures."""
+    drifted_devices: int = 0
+    since: str | None = None
+    """When drift was first seen and has held since (None: not drifted now): what a retraining request waits on."""
+    reference: str | None = None
+    """Why nothing could be compared (no reference sketches in the version's manifests), when so."""
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.fleet.drifted or self.drifted_devices or any(s.drifted for s in self.profiles.values())
+                    or any(s.drifted for s in self.groups.values()))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"drifted": self.drifted}
+        if self.since:
+            body["since"] = self.since
+        if self.reference:
+            body["reference"] = self.reference
+        body["fleet"] = self.fleet.to_json()
+        for key, scopes in (("profiles", self.profiles), ("groups", self.groups)):
+            if scopes:
+                body[key] = {name: scope.only_drifted().to_json() for name, scope in sorted(scopes.items())}
+        body["driftedDevices"] = self.drifted_devices
+        if self.devices:
+            body["devices"] = {name: scope.only_drifted().to_json() for name, scope in sorted(self.devices.items())}
+        return body
+
+    @classmethod
+    def from_json(cls, body: Any) -> VersionDrift:
+        if not isinstance(body, Mapping):
+            return cls()
+
+        def scopes(key: str) -> dict[str, DriftScope]:
+            found = body.get(key)
+            return {str(k): DriftScope.from_json(v) for k, v in (found.items() if isinstance(found, Mapping) else ())}
+
+        return cls(DriftScope.from_json(body.get("fleet")), scopes("profiles"), scopes("groups"), scopes("devices"),
+                   _int(body.get("driftedDevices")), _str_or_none(body.get("since")),
+                   _str_or_none(body.get("reference")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DriftStatus:
+    """A model's drift status file (``STATUS_PATH/drift/MODEL.yaml``): each version serving traffic in the window."""
+
+    model: str
+    window: str = ""
+    false_alarm_rate: float = 0.01
+    versions: Mapping[str, VersionDrift] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": "ModelDriftStatus", "model": self.model, "window": self.window,
+                "falseAlarmRate": self.false_alarm_rate,
+                "versions": {v: d.to_json() for v, d in sorted(self.versions.items())}}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, body: Any, name: str = "") -> DriftStatus:
+        if not isinstance(body, Mapping):
+            return cls(name)
+        versions = body.get("versions")
+        return cls(str(body.get("model") or name), str(body.get("window") or ""),
+                   _float(body.get("falseAlarmRate")) or 0.01,
+                   {str(v): VersionDrift.from_json(d) for v, d in
+                    (versions.items() if isinstance(versions, Mapping) else ())})  # fmt: skip
+
+    def to_yaml(self) -> bytes:
+        return _dump(self.to_json())
+
+    @classmethod
+    def from_yaml(cls, data: bytes | None, name: str = "") -> DriftStatus:
+        return cls.from_json(_load(data), name)
+
+
 @dataclass(frozen=True)
 class StatusPaths:
     """Where each status file lives under the Fleet's ``statusPath``: the one place that spells the layout."""
@@ -489,6 +631,9 @@ class StatusPaths:
 
     def group(self, name: str) -> str:
         return f"{self.prefix}groups/{name}.yaml"
+
+    def drift(self, model: str) -> str:
+        return f"{self.prefix}drift/{model}.yaml"
 
     @property
     def controller(self) -> str:
@@ -506,6 +651,7 @@ class FleetStatus:
     rollouts: Mapping[str, RolloutStatus] = field(default_factory=dict)
     groups: Mapping[str, GroupStatus] = field(default_factory=dict)
     controller: ControllerStatus | None = None
+    drift: Mapping[str, DriftStatus] = field(default_factory=dict)
 
     def rollout(self, name: str) -> RolloutStatus:
         return self.rollouts.get(name) or RolloutStatus(name)
@@ -515,7 +661,7 @@ class FleetStatus:
 
     @classmethod
     def from_files(cls, files: Iterable[SourceFile], paths: StatusPaths) -> FleetStatus:
-        rollouts, groups, controller = {}, {}, None
+        rollouts, groups, controller, drift = {}, {}, None, {}
         for file in files:
             if not paths.owns(file.path):
                 continue
@@ -526,9 +672,11 @@ class FleetStatus:
                 rollouts[name] = RolloutStatus.from_yaml(file.content, name)
             elif folder == "groups":
                 groups[name] = GroupStatus.from_yaml(file.content, name)
+            elif folder == "drift":
+                drift[name] = DriftStatus.from_yaml(file.content, name)
             elif inner == "controller.yaml":
                 controller = ControllerStatus.from_yaml(file.content)
-        return cls(paths, rollouts, groups, controller)
+        return cls(paths, rollouts, groups, controller, drift)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import sketches
 from .runtime import Inputs, as_lists, flat_rows, row_count, take
 
 GOLDEN_ROWS = 8
@@ -143,6 +144,12 @@ def reference_histograms(inputs: Inputs, predictions: np.ndarray, classes: int) 
         histograms[name] = {"edges": edges.tolist(), "counts": counts.tolist()}
     histograms["prediction"] = {"classes": classes, "counts": np.bincount(predictions, minlength=classes).tolist()}
     return histograms
+
+
+def reference_sketches(inputs: Inputs, outputs: np.ndarray) -> dict[str, str]:
+    """name -> encoded KLL sketch of the evaluation data's features and the artifact's outputs on it: the
+    reference the controller compares the fleet's merged sketches with (:mod:`.sketches`)."""
+    return {name: sketches.encode(sketch) for name, sketch in sorted(sketches.sketch_rows(inputs, outputs).items())}
 
 
 def build_figures(manifest: dict) -> dict:

@@ -1,11 +1,12 @@
-"""``edgectl get devices|groups|models|rollouts|artifacts|benchmarks [NAME]`` and ``edgectl describe rollout NAME``.
+"""``edgectl get devices|groups|models|rollouts|artifacts|benchmarks|drift [NAME]`` and ``edgectl describe
+rollout NAME``.
 
 Where each comes from: devices from a backend (the local database or the Kubernetes API: the inventory and
 the agents' reports); groups, models and rollouts from the fleet repo, specs and the status files the
 controller committed (``--repo``: checkout, bare repository or URL), and rollouts also from the FleetRollout
 objects the controller mirrors them to (``--backend kubernetes`` without ``--repo``); artifacts from the build
-store. On Kubernetes the same data is one ``kubectl get edge`` away: the CRDs carry printer columns and that
-category.
+store; drift from the status files the controller writes per model (``status/drift/MODEL.yaml``). On
+Kubernetes the same data is one ``kubectl get edge`` away: the CRDs carry printer columns and that category.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ RESOURCES = {
     "events": "event", "event": "event", "ev": "event",
     "builds": "build", "build": "build",
     "benchmarks": "benchmark", "benchmark": "benchmark", "bench": "benchmark",
+    "drift": "drift",
 }  # fmt: skip
 
 
@@ -64,11 +66,12 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         sort_by: str | None, group: str | None,
         all_groups: bool, no_headers: bool, watch: bool, store: Path, involved: str | None, repo: str, backend: str,
         state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str) -> None:  # fmt: skip
-    """Show devices, groups, models, rollouts, artifacts, benchmarks, events or builds (kubectl-style tables)."""
+    """Show devices, groups, models, rollouts, artifacts, benchmarks, drift, events or builds (kubectl-style
+    tables)."""
     kind = RESOURCES.get(resource.lower())
     if kind is None:
         raise click.UsageError(f"unknown resource {resource!r}; one of devices, groups, models, rollouts, artifacts, "
-                               "benchmarks, events, builds")  # fmt: skip
+                               "benchmarks, drift, events, builds")  # fmt: skip
     if involved is not None and kind != "event":
         raise click.UsageError("--for goes with events only")
     about = _involved(involved) if involved else None
@@ -104,7 +107,7 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         if kind == "rollout" and backend == "kubernetes" and repo == ".":  # the mirrors the controller keeps
             return _mirrored_rollouts(target(), name)
         view = load_view(repo)
-        return {"group": _groups, "model": _models, "rollout": _rollouts}[kind](view, name, labels)
+        return {"group": _groups, "model": _models, "rollout": _rollouts, "drift": _drift}[kind](view, name, labels)
 
     last = None
     while True:
@@ -332,6 +335,41 @@ def _groups(view: FleetView, name, labels) -> tuple[list[dict], list[Column], li
     columns = [Column("NAME", "name"), Column("DEVICES", "devices"), Column("READY", "ready"),
                Column("STATUS", "status"), Column("ROLLOUTS", "rollouts", wide=True),
                Column("DESCRIPTION", "description", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def _drift(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
+    """One row per slice of each version's traffic the controller compared (the fleet, each profile and group, each
+    drifted device), with the figures that drifted, the worst first; ``-o yaml`` gives every figure's figures."""
+    rows, objects = [], []
+    for model_name, _ in _selected(view.tree.models, name, labels):
+        status = view.status.drift.get(model_name)
+        if status is None:
+            continue
+        for version, drift in sorted(status.versions.items()):
+            scopes = [("fleet", drift.fleet), *((f"profile/{p}", s) for p, s in sorted(drift.profiles.items())),
+                      *((f"group/{g}", s) for g, s in sorted(drift.groups.items())),
+                      *((f"device/{d}", s) for d, s in sorted(drift.devices.items()))]  # fmt: skip
+            for scope, found in scopes:
+                figures = found.figures
+                worst = found.drifted[0] if found.drifted else max(figures, key=lambda f: figures[f].ks, default=None)
+                figure = figures.get(worst) if worst else None
+                rows.append({"model": model_name, "version": version, "scope": scope, "devices": found.devices,
+                             "drifted": ",".join(found.drifted[:3]) + (" ..." if len(found.drifted) > 3 else "")
+                             or ("-" if figures else drift.reference or "-"),
+                             "ks": f"{figure.ks:.3f}" if figure else None,
+                             "threshold": f"{figure.threshold:.3f}" if figure else None,
+                             "psi": f"{figure.psi:.3f}" if figure else None,
+                             "js": f"{figure.js:.3f}" if figure else None,
+                             "since": drift.since if scope == "fleet" else None,
+                             "window": status.window})  # fmt: skip
+                objects.append({"model": model_name, "version": version, "scope": scope, "window": status.window,
+                                "falseAlarmRate": status.false_alarm_rate, "since": drift.since,
+                                **found.to_json()})  # fmt: skip
+    columns = [Column("MODEL", "model"), Column("VERSION", "version"), Column("SCOPE", "scope"),
+               Column("DEVICES", "devices"), Column("DRIFTED", "drifted"), Column("KS", "ks"),
+               Column("THRESHOLD", "threshold"), Column("PSI", "psi", wide=True), Column("JS", "js", wide=True),
+               Column("WINDOW", "window", wide=True), Column("SINCE", "since", wide=True)]  # fmt: skip
     return rows, columns, objects
 
 

@@ -43,7 +43,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "export": LazyCommand("reconciler.cli.trust", "export",
                           "Copy a built artifact out of the store into DIRECTORY (to sign it, or to inspect it)."),
     "get": LazyCommand("reconciler.cli.get", "get",
-                       "Show devices, groups, models, rollouts, artifacts, benchmarks, events or builds "
+                       "Show devices, groups, models, rollouts, artifacts, benchmarks, drift, events or builds "
                        "(kubectl-style tables)."),
     "keys": LazyCommand("reconciler.cli.trust", "keys", "Key files for release signatures and TUF roles."),
     "plan": LazyCommand("reconciler.cli.plan", "plan_command", "Show what merging HEAD into BASE would do: devices "

@@ -51,7 +51,7 @@ from reconciler.errors import PermanentError, TemporaryError
 from reconciler.faults import FaultPoints
 from reconciler.gitops.source import GitSource
 from reconciler.gitops.status import Author, StatusWriter
-from reconciler.plan import Desired, targeting
+from reconciler.plan import Desired, Plan, targeting
 from reconciler.rollout.admission import admit, in_flight, rate_allowance
 from reconciler.rollout.engine import Decision, max_concurrent
 from reconciler.signing import TrustPolicy, policy_from_fleet
@@ -61,6 +61,7 @@ from reconciler.telemetry.store import TELEMETRY_FILE, TelemetryStore
 from .actions import ActionKind, OperatorActions, refusal
 from .builds import Builds, BuildsView, LocalRunner, Runner
 from .dashboard import RolloutRow, Snapshot, commit_base
+from .drift import DriftWatch
 from .metrics import ControllerMetrics
 from .notify import Notice, Notifier
 from .publish import Publisher
@@ -198,6 +199,7 @@ class Controller:
         self.metrics = metrics or ControllerMetrics()
         self.store = ArtifactStore(config.store) if config.store else None
         self.telemetry = telemetry or TelemetryStore(config.telemetry_path, config.telemetry_retention)
+        self.drift = DriftWatch(self.store.read_manifest if self.store else None)
         self._artifact_keys: dict[str, tuple[str, str, str]] = {}
         self._artifact_facts: dict[str, tuple[str, float]] = {}
         """Artifact id -> (its recipe as built, when it was stored): what chooses among builds of one key."""
@@ -447,6 +449,7 @@ class Controller:
         rendered: dict[str, bytes | None] = {paths.rollout(n): s.to_yaml() for n, s in rollouts.items()}
         for name in tree.groups:
             rendered[paths.group(name)] = group_status(tree, name, devices, result.plan, statuses).to_yaml()
+        rendered.update(self._drift_files(tree, fleet.status, artifacts, devices, result.plan, now))
         last_tamper = fleet.status.controller.last_tamper if fleet.status.controller else None
         if tampered:
             last_tamper = TamperRecord(now.isoformat(timespec="seconds"), head, tuple(tampered))
@@ -674,6 +677,21 @@ class Controller:
         if report.artifacts_removed:
             log.info("store collected", extra={"artifacts": report.artifacts_removed, "blobs": report.blobs_removed,
                                                "bytes": report.bytes_freed})  # fmt: skip
+
+    def _drift_files(self, tree: FleetTree, status: FleetStatus, artifacts: Mapping[tuple[str, str, str], str],
+                     devices: list, target: Plan, now: datetime) -> dict[str, bytes | None]:  # fmt: skip
+        """Each model's drift status file; a model that no longer has telemetry in its window loses its file. A
+        failure keeps the files as they are: drift is watched, never worth a cycle."""
+        every = tree.fleet.spec.intervals.drift
+        try:
+            found = self.drift.evaluate(tree, self.telemetry.window, artifacts, devices, target, status.drift, now,
+                                        every)  # fmt: skip
+        except Exception as exc:
+            log.warning("drift not evaluated", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return {}
+        files: dict[str, bytes | None] = {status.paths.drift(m): d.to_yaml() for m, d in found.items()}
+        files.update({status.paths.drift(m): None for m in set(status.drift) - set(found)})
+        return files
 
     def _compact_telemetry(self) -> None:
         """Hours into days, and the expired out, every ``intervals.telemetry`` of the Fleet (sooner while a

@@ -36,6 +36,7 @@ from reconciler.rollout.engine import (
     is_overdue,
 )
 from reconciler.telemetry.aggregate import aggregate, psi
+from reconciler.telemetry.drift import DEFAULT_FALSE_ALARM_RATE, output_drift
 
 from .actions import OperatorActions, with_operator
 from .builds import BuildProgress
@@ -179,6 +180,16 @@ def observe(
     new = aggregate(summaries, spec.model, spec.version, devices)
     old = aggregate(summaries, spec.model, state.stable_version or "", None) if state.stable_version else None
     drift = psi(old.predictions, new.predictions) if old is not None else None
+    outputs = None
+    if state.stable_version and spec.analysis.max_drift_ks is not None:
+        model = tree.models.get(spec.model)
+        rate = model.spec.monitoring.drift.false_alarm_rate if model else DEFAULT_FALSE_ALARM_RATE
+        outputs = output_drift(
+            (s for s in summaries if s.get("model") == spec.model and s.get("version") == spec.version
+             and s.get("device") in devices),
+            (s for s in summaries if s.get("model") == spec.model and s.get("version") == state.stable_version),
+            rate,
+        )  # fmt: skip
     # Latency is compared per hardware profile (a Jetson is not a Cortex-A); the worst profile counts.
     regression = None
     if state.stable_version:
@@ -192,6 +203,7 @@ def observe(
     return Observation(len(step_devices), healthy, failed, unavailable, in_progress, staged=staged,
                        missing_artifacts=missing,
                        error_rate=new.error_rate, latency_regression=regression, drift_psi=drift,
+                       drift_ks=outputs[0] if outputs else None, drift_detail=outputs[1] if outputs else "",
                        telemetry_devices=len(new.devices),
                        lab=observe_lab(tree, name, state, target, statuses, now, tracks_artifacts))  # fmt: skip
 

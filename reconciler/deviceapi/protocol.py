@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from reconciler.artifact.sketches import MAX_ENCODED, decode
 from reconciler.cluster.crd import PHASES
 
 PHASE_PATTERN = f"^({'|'.join(PHASES)})$"
@@ -108,6 +109,9 @@ TELEMETRY_API_VERSION = "edgereconciler.io/v1alpha1"
 MAX_HISTOGRAM_BINS = 4096
 """Longest list in a summary (latency buckets, predicted classes, one input histogram's edges or counts)."""
 MAX_INPUT_HISTOGRAMS = 64
+MAX_SKETCHES = 160
+"""Sketches in one summary: a few models' inputs of ``MAX_FEATURES`` features each, outputs and latency."""
+_SKETCH_NAME = r"^[A-Za-z0-9_.:\[\]-]{1,80}$"
 
 
 class Histogram(_Message):
@@ -142,6 +146,11 @@ class TelemetrySummary(_Message):
     latency_ms: LatencyHistogram = Field(alias="latencyMs")
     predictions: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_HISTOGRAM_BINS)
     inputs: dict[str, Histogram] = Field(max_length=MAX_INPUT_HISTOGRAMS)
+    sketches: dict[Annotated[str, Field(pattern=_SKETCH_NAME)], Annotated[str, Field(max_length=MAX_ENCODED)]] = Field(
+        default_factory=dict, max_length=MAX_SKETCHES)  # fmt: skip
+    """name -> base64 KLL sketch (``reconciler.artifact.sketches``): input features, outputs, latency."""
+    errors_by_kind: dict[Literal["input", "inference"], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, alias="errorsByKind")  # fmt: skip
     dropped_before: int = Field(default=0, alias="droppedBefore", ge=0)
     """Summaries the device's queue dropped (over its disk budget) before this one."""
     stream: str | None = Field(default=None, pattern=r"^[0-9a-f]{16,64}$")
@@ -152,6 +161,15 @@ class TelemetrySummary(_Message):
     ended: AwareDatetime | None = None
     """When the summary's interval ended, by the device's clock: the controller files it under that hour (never
     later than its arrival), so a summary uploaded after a day offline counts where it was measured."""
+
+    @model_validator(mode="after")
+    def _sketches_decode(self) -> TelemetrySummary:
+        for name, text in self.sketches.items():
+            try:
+                decode(text)
+            except ValueError:
+                raise ValueError(f"sketches.{name}: not an encoded KLL sketch") from None
+        return self
 
 
 MAX_EXTRAS = 32

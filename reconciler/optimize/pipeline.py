@@ -41,6 +41,7 @@ from reconciler.artifact.manifest import (
     golden_vectors,
     graph_inputs,
     reference_histograms,
+    reference_sketches,
     tensor_specs,
     tool_versions,
 )
@@ -57,11 +58,12 @@ from .quantize import CALIBRATION_METHODS, quantizable_nodes, quantize_onnx
 from .sources import fetch_source
 from .target import TargetCheck, TargetResult, check_on_target, is_arm, unavailable
 
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 """2: golden tolerances measured across thread counts and against fp32. 3: ONNX inputs and outputs named by
 position (a pruned model's input name no longer depends on the process's earlier builds); peak memory is the
 resident memory of single-sample inference. 4: static INT8 activations chosen by the profile's arch; the
-variant chosen by size and metric only; structured pruning measured against the unpruned source."""
+variant chosen by size and metric only; structured pruning measured against the unpruned source. 5: reference
+KLL sketches of the evaluation data's features and outputs in the manifest (drift)."""
 MAX_GOLDEN_THREADS = 8
 LATENCY_TOLERANCE = 1.05
 """A variant more than 5 % slower than fp32 (p50, on the build host) gets a note saying so; it never decides."""
@@ -698,6 +700,7 @@ def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, 
             reference_outputs,
         ),
         "histograms": reference_histograms(evaluation.x, predictions, classes),
+        "sketches": reference_sketches(evaluation.x, outputs),
         "passes": pass_metrics,
         "lineage": {
             "source": {"uri": inputs.version.source.uri, "sha256": source_digest},

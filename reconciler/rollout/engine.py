@@ -22,7 +22,9 @@ Gates and their defaults (a threshold left out of ``spec.analysis``):
     failure rate      failed ÷ devices in the step           default max 0.05, always evaluated
     error rate        inference errors ÷ requests            only when maxErrorRate is set
     latency           p95 new vs previous version, percent   only when maxLatencyRegression is set
-    drift             PSI of predictions, new vs previous    only when maxDriftPSI is set
+    drift             KS of outputs, new vs previous,        only when maxDriftKS is set
+                      past the sample-size threshold
+    drift (PSI)       PSI of predictions, new vs previous    only when maxDriftPSI is set
     reports needed    minDevicesReporting                    default 1
     failure limit     consecutive failed evaluations         default 0: abort on the first failure
 
@@ -119,6 +121,9 @@ class Observation:
     latency_regression: float | None = None
     """Percent rise of p95 latency, new version vs previous, worst profile."""
     drift_psi: float | None = None
+    drift_ks: float | None = None
+    """Largest KS distance of the new version's outputs from the previous version's past its threshold (0.0: none)."""
+    drift_detail: str = ""
     telemetry_devices: int = 0
     lab: LabObservation | None = None
     """The rollout's lab devices (None or no devices: no lab stage)."""
@@ -191,6 +196,7 @@ def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateStatus]:
         ("errorRate", analysis.max_error_rate, obs.error_rate),
         ("latencyRegressionPercent", analysis.max_latency_regression, obs.latency_regression),
         ("driftPSI", analysis.max_drift_psi, obs.drift_psi),
+        ("driftKS", analysis.max_drift_ks, obs.drift_ks),
     ]
     for name, limit, value in telemetry:
         if limit is None:
@@ -202,11 +208,14 @@ def evaluate_gates(spec: RolloutSpec, obs: Observation) -> list[GateStatus]:
                     value,
                     limit,
                     Verdict.INCONCLUSIVE,
-                    f"telemetry from {obs.telemetry_devices} of {needed} devices needed",
+                    f"telemetry from {obs.telemetry_devices} of {needed} devices needed"
+                    if value is not None or name != "driftKS"
+                    else "no sketched outputs of both versions yet",
                 )
             )
         else:
-            gates.append(GateStatus(name, value, limit, Verdict.FAIL if value > limit else Verdict.PASS))
+            detail = obs.drift_detail if name == "driftKS" else ""
+            gates.append(GateStatus(name, value, limit, Verdict.FAIL if value > limit else Verdict.PASS, detail))
     return gates
 
 

@@ -1,7 +1,8 @@
 """Summaries folded into one: what a bucket of the telemetry store keeps per device, model and version.
 
-Every figure of a summary is a count on fixed bins, so folding summaries into one loses nothing the gates read:
-:mod:`.aggregate` adds folded records exactly as it would add every summary. Bins that differ (an agent with
+Every figure of a summary is a count on fixed bins or a mergeable sketch, so folding summaries into one loses
+nothing the gates read: :mod:`.aggregate` adds folded records exactly as it would add every summary (sketches
+within their rank error). Bins that differ (an agent with
 other latency buckets, a build with other input edges) cannot be added: the newer replaces the older, as
 Prometheus does when a histogram's buckets change.
 
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from reconciler.artifact.sketches import merge_maps
 from reconciler.cluster import Backend
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ def merge(stored: Mapping[str, Any] | None, summary: Mapping[str, Any]) -> dict[
         },
         "predictions": _add(stored.get("predictions") or [], summary.get("predictions") or []),
         "inputs": _inputs(stored.get("inputs") or {}, summary.get("inputs") or {}),
+        "sketches": merge_maps(stored.get("sketches") or {}, summary.get("sketches") or {}),
+        "errorsByKind": _counts(stored.get("errorsByKind") or {}, summary.get("errorsByKind") or {}),
         "summaries": int(stored.get("summaries", 0)) + int(summary.get("summaries", 1)),
     }
 
@@ -68,6 +72,10 @@ def _fold(old: Mapping[str, Any], new: Mapping[str, Any], bins: str) -> list[int
     if list(old.get(bins, [])) != list(new.get(bins, [])):
         return [int(c) for c in new.get("counts", [])]
     return _add(old.get("counts") or [], new.get("counts") or [])
+
+
+def _counts(left: Mapping[str, int], right: Mapping[str, int]) -> dict[str, int]:
+    return {k: int(left.get(k, 0)) + int(right.get(k, 0)) for k in sorted({*left, *right})}
 
 
 def _add(left: list[int], right: list[int]) -> list[int]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pytest
 import urllib3
 from cryptography import x509
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
+from reconciler.artifact import sketches
 from reconciler.artifact.store import ArtifactStore
 from reconciler.cluster import AssignmentStatus, LocalBackend, PermanentClusterError, TemporaryClusterError
 from reconciler.deviceapi import protocol
@@ -209,10 +211,15 @@ def test_a_device_enrols_then_reads_reports_and_uploads_over_mutual_tls(fleet: D
     assert status.extra == {"bytesTransferred": 12}
     assert status.last_seen is not None and status.last_seen.startswith(str(now().year))  # the server's clock
 
-    summary = {**TELEMETRY, "device": "sensor-1"}
+    sketch = sketches.new()
+    sketch.update(np.array([0.2, 0.5, 0.7], dtype=np.float32))
+    summary = {**TELEMETRY, "device": "sensor-1", "sketches": {"input_0[0]": sketches.encode(sketch)}}
+    forged = http.request("POST", f"{fleet.url}{protocol.TELEMETRY}",
+                          json={**summary, "sketches": {"input_0[0]": "bm90IGEgc2tldGNo"}})  # fmt: skip
+    assert forged.status == 400 and "sketches.input_0[0]" in json.dumps(forged.json()), forged.json()
     accepted = http.request("POST", f"{fleet.url}{protocol.TELEMETRY}", json=summary)
     assert accepted.status == 202 and accepted.json() == {"accepted": 1}
-    assert fleet.telemetry == [("sensor-1", {**summary, "droppedBefore": 0})]
+    assert fleet.telemetry == [("sensor-1", {**summary, "droppedBefore": 0, "errorsByKind": {}})]
     [stored_summary] = fleet.stored_telemetry()
     assert (stored_summary["device"], stored_summary["model"], stored_summary["requests"]) == (
         "sensor-1", MODEL, TELEMETRY["requests"])  # fmt: skip

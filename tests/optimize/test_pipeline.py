@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from reconciler.api import load_fleet
+from reconciler.artifact import sketches
 from reconciler.artifact.runtime import ModelRunner
 from reconciler.artifact.store import ArtifactStore
 from reconciler.gitops.files import read_fleet_dir
@@ -132,6 +133,11 @@ def test_manifest_golden_vectors_reproduce_on_the_artifact(built, tmp_path):
         assert manifest["lineage"]["source"]["sha256"] == tree_digest("digits-cnn", "1.0.0")
         histogram = manifest["histograms"]["prediction"]
         assert sum(histogram["counts"]) == 497 and histogram["classes"] == 10
+        # The drift reference: the evaluation rows' features and the artifact's scores on them, as KLL sketches.
+        reference = {name: sketches.decode(text) for name, text in manifest["sketches"].items()}
+        assert {"score", "margin"} <= set(reference) and any(name.startswith("input_0[") for name in reference)
+        assert all(sketch.n == 497 for sketch in reference.values())
+        assert 0.1 <= reference["score"].get_quantile(0.5) <= 1.0
 
 
 def tree_digest(model: str, version: str) -> str:

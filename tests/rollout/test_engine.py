@@ -79,6 +79,14 @@ CASES = [
      Phase.ABORTED, 0, "Abort"),
     ("drift without telemetry is inconclusive", spec(analysis={"maxDriftPSI": 0.2}), state(Phase.PROGRESSING, 0),
      ALL_HEALTHY, T0, Manual(), Phase.PROGRESSING, 0, None),
+    ("outputs past the drift gate abort", spec(analysis={"maxDriftKS": 0.1}), state(Phase.PROGRESSING, 0),
+     Observation(targeted=10, healthy=10, drift_ks=0.31, telemetry_devices=10), T0, Manual(), Phase.ABORTED, 0,
+     "Abort"),
+    ("outputs within the drift gate promote", spec(analysis={"maxDriftKS": 0.1}), state(Phase.PROGRESSING, 0),
+     Observation(targeted=10, healthy=10, drift_ks=0.0, telemetry_devices=10), T0, Manual(), Phase.PROGRESSING, 1,
+     "Promote"),
+    ("no sketched outputs hold the drift gate", spec(analysis={"maxDriftKS": 0.1}), state(Phase.PROGRESSING, 0),
+     Observation(targeted=10, healthy=10, telemetry_devices=10), T0, Manual(), Phase.PROGRESSING, 0, None),
 ]  # fmt: skip
 
 

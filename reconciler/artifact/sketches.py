@@ -1,0 +1,138 @@
+"""Mergeable quantile sketches of what a model sees and says: the reference a build ships, the summaries devices
+send, and what the controller merges fleet-wide.
+
+Pure (no I/O). One KLL sketch (Apache DataSketches, ``k`` = 200: normalized rank error about 1.65 %) per input
+feature, per output figure and for latency. Sketches of any number of devices merge into the sketch of their pooled
+data within that rank error, so the controller compares a fleet's distributions with a build's reference without
+any raw row leaving a device.
+
+Features are a fixed, cheap projection of the model's inputs, the same on the build machine and on every device:
+
+- a 2-D input (rows x columns): one feature per column, ``input_0[3]``; past ``MAX_FEATURES`` columns, contiguous
+  groups of columns averaged (``input_0[0:4]``), so every column still counts;
+- a 3-D or 4-D input (sequences, images): the mean per channel (``input_0[c1]``), the channel axis being the last
+  one when it is short (NHWC, or a sequence's features) and the second otherwise (NCHW).
+
+Outputs: a classifier (several output columns) gives ``score``, the top class's probability (a softmax first when
+the rows are logits), and ``margin``, top-1 minus top-2; a regressor (one column) gives ``output``.
+
+Sketches travel base64-encoded (``encode``/``decode``); a string that is not a sketch is refused, never trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+
+import datasketches
+import numpy as np
+
+from .runtime import Inputs
+
+K = 200
+MAX_FEATURES = 32
+"""Features per model input: enough for tabular models, bounded for wide ones."""
+MAX_ENCODED = 64 * 1024
+"""Longest encoded sketch accepted (a k=200 float sketch of any length stays under 8 KiB)."""
+LATENCY = "latencyMs"
+
+
+def new() -> datasketches.kll_floats_sketch:
+    return datasketches.kll_floats_sketch(K)
+
+
+def encode(sketch: datasketches.kll_floats_sketch) -> str:
+    return base64.b64encode(sketch.serialize()).decode("ascii")
+
+
+def decode(text: str) -> datasketches.kll_floats_sketch:
+    """A sketch from its encoding; ValueError for anything that is not one."""
+    if not isinstance(text, str) or len(text) > MAX_ENCODED:
+        raise ValueError("not an encoded sketch")
+    try:
+        return datasketches.kll_floats_sketch.deserialize(base64.b64decode(text, validate=True))
+    except (binascii.Error, RuntimeError, ValueError) as exc:
+        raise ValueError(f"not an encoded sketch: {exc}") from None
+
+
+def merged(encoded: Iterable[str]) -> datasketches.kll_floats_sketch:
+    """One sketch of every encoded sketch's data (those that do not decode are left out)."""
+    total = new()
+    for text in encoded:
+        try:
+            total.merge(decode(text))
+        except ValueError:
+            continue
+    return total
+
+
+def merge_maps(left: Mapping[str, str], right: Mapping[str, str]) -> dict[str, str]:
+    """Two ``{name: encoded sketch}`` maps merged name by name (a name on one side only is kept)."""
+    result = dict(left)
+    for name, text in right.items():
+        result[name] = encode(merged([left[name], text])) if name in left else text
+    return result
+
+
+def features(inputs: Inputs) -> dict[str, np.ndarray]:
+    """name -> one value per row: the fixed projection of every input (see the module's docstring). A single array
+    is the artifact's ``input_0``; several are named as the artifact names them (``input_0``, ``input_1``, ...)."""
+    named = inputs.items() if isinstance(inputs, Mapping) else [("input_0", inputs)]
+    result: dict[str, np.ndarray] = {}
+    for name, array in sorted(named, key=lambda item: _natural(item[0])):
+        values = np.asarray(array, dtype=np.float32)
+        rows = values.shape[0] if values.ndim else 0
+        if values.ndim == 1:
+            result[name] = values
+        elif values.ndim == 2:
+            result.update(_columns(name, values))
+        elif values.ndim >= 3:
+            axis = values.ndim - 1 if values.shape[-1] <= MAX_FEATURES else 1
+            moved = np.moveaxis(values, axis, -1).reshape(rows, -1, values.shape[axis])
+            result.update({f"{name}[c{c}]": v for c, v in enumerate(moved.mean(axis=1).T[:MAX_FEATURES])})
+    return result
+
+
+def _natural(name: str) -> list[int | str]:
+    """``input_10`` after ``input_9``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _columns(name: str, values: np.ndarray) -> dict[str, np.ndarray]:
+    columns = values.shape[1]
+    if columns <= MAX_FEATURES:
+        return {f"{name}[{i}]": values[:, i] for i in range(columns)}
+    edges = np.linspace(0, columns, MAX_FEATURES + 1).astype(int)
+    return {f"{name}[{a}:{b}]": values[:, a:b].mean(axis=1) for a, b in itertools.pairwise(edges)}
+
+
+def output_figures(outputs: np.ndarray) -> dict[str, np.ndarray]:
+    """name -> one value per row of a model's (first) output."""
+    values = np.asarray(outputs, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    values = values.reshape(values.shape[0], -1) if values.ndim > 2 else values
+    if values.shape[1] == 1:
+        return {"output": values[:, 0]}
+    probabilities = values
+    if np.any(values < 0) or not np.allclose(values.sum(axis=1), 1.0, atol=1e-3):  # logits
+        shifted = np.exp(values - values.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    top = np.sort(probabilities, axis=1)[:, ::-1]
+    return {"score": top[:, 0], "margin": top[:, 0] - top[:, 1]}
+
+
+def sketch_rows(inputs: Inputs | None, outputs: np.ndarray | None) -> dict[str, datasketches.kll_floats_sketch]:
+    """Fresh sketches of a batch of rows (the reference a build ships is this over its evaluation data)."""
+    sketches: dict[str, datasketches.kll_floats_sketch] = {}
+    values = {**(features(inputs) if inputs is not None else {}),
+              **(output_figures(outputs) if outputs is not None else {})}  # fmt: skip
+    for name, column in values.items():
+        finite = column[np.isfinite(column)].astype(np.float32)
+        if finite.size:
+            sketch = sketches[name] = new()
+            sketch.update(finite)
+    return sketches
