@@ -251,8 +251,15 @@ def _rollout_warnings(tree: FleetTree, name: str, item: RolloutReview) -> list[s
     elif spec.steps[0].percent > 25:
         warnings.append(f"the first step already reaches {spec.steps[0].percent}% of the targeted devices")
     analysis = spec.analysis
-    if all(v is None for v in (analysis.max_error_rate, analysis.max_latency_regression, analysis.max_drift_psi,
-                               analysis.max_drift_ks)):
+    if all(
+        v is None
+        for v in (
+            analysis.max_error_rate,
+            analysis.max_latency_regression,
+            analysis.max_drift_psi,
+            analysis.max_drift_ks,
+        )
+    ):
         warnings.append("no telemetry gates (error rate, latency regression, drift): only device health checks "
                         "can stop it")  # fmt: skip
     if spec.group_strategy == "Sequential" and len(spec.groups) > 1:
