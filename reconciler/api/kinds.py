@@ -10,6 +10,8 @@ from .device import DeviceGroup, DeviceProfile
 from .document import Document
 from .fleet import Fleet
 from .model import Model
+from .retraining import RetrainingRequest
 from .rollout import Rollout
 
-KINDS: dict[str, type[Document]] = {cls.KIND: cls for cls in (Fleet, DeviceProfile, DeviceGroup, Model, Rollout)}
+KINDS: dict[str, type[Document]] = {cls.KIND: cls for cls in (Fleet, DeviceProfile, DeviceGroup, Model, Rollout,
+                                                           RetrainingRequest)}  # fmt: skip

@@ -32,6 +32,7 @@ from .errors import SpecError, SpecErrors, format_field_path
 from .fleet import Fleet, default_fleet
 from .kinds import KINDS
 from .model import Model
+from .retraining import RetrainingRequest
 from .rollout import Rollout
 from .source import Limits, RawDocument, duplicate_keys, parse_documents
 
@@ -62,6 +63,8 @@ class FleetTree:
     groups: Mapping[str, DeviceGroup] = field(default_factory=dict)
     models: Mapping[str, Model] = field(default_factory=dict)
     rollouts: Mapping[str, Rollout] = field(default_factory=dict)
+    retraining: Mapping[str, RetrainingRequest] = field(default_factory=dict)
+    """Requests to retrain a drifted model (the controller writes them on branches; they change nothing)."""
     sources: Mapping[tuple[str, str], RawDocument] = field(default_factory=dict)
     """Where each (kind, name) was defined."""
 
@@ -74,6 +77,7 @@ class FleetTree:
             "DeviceGroup": len(self.groups),
             "Model": len(self.models),
             "Rollout": len(self.rollouts),
+            **({"RetrainingRequest": len(self.retraining)} if self.retraining else {}),
         }
 
 
@@ -139,6 +143,7 @@ def _load_fleet(files: Iterable[SourceFile], limits: Limits) -> FleetTree:
         groups=by_kind["DeviceGroup"],
         models=by_kind["Model"],
         rollouts=by_kind["Rollout"],
+        retraining=by_kind["RetrainingRequest"],
         sources={(item.document.kind, item.document.name): item.source for item in located},
     )
 

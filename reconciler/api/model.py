@@ -184,6 +184,9 @@ class DriftPolicy(SpecModel):
     """Telemetry compared each time: the last ``window`` of every device's summaries, merged."""
     false_alarm_rate: float = Field(0.01, gt=0.0, le=0.2)
     """Chance that traffic like the reference is flagged at all; shared among the figures and devices compared."""
+    retrain_after: Duration | None = None
+    """Drift held this long becomes a retraining request: a branch with a RetrainingRequest document that a person
+    turns into a pull request (the controller never retrains on its own). Unset: never."""
 
 
 class Monitoring(SpecModel):

@@ -66,6 +66,7 @@ from .metrics import ControllerMetrics
 from .notify import Notice, Notifier
 from .publish import Publisher
 from .reconcile import ReconcileResult, apply_plan
+from .retraining import RetrainingRequests
 from .rollouts import (
     RolloutCycle,
     initial_state,
@@ -200,6 +201,7 @@ class Controller:
         self.store = ArtifactStore(config.store) if config.store else None
         self.telemetry = telemetry or TelemetryStore(config.telemetry_path, config.telemetry_retention)
         self.drift = DriftWatch(self.store.read_manifest if self.store else None)
+        self.retraining = RetrainingRequests(self.source, config.state_dir, config.signing_key)
         self._artifact_keys: dict[str, tuple[str, str, str]] = {}
         self._artifact_facts: dict[str, tuple[str, float]] = {}
         """Artifact id -> (its recipe as built, when it was stored): what chooses among builds of one key."""
@@ -449,7 +451,7 @@ class Controller:
         rendered: dict[str, bytes | None] = {paths.rollout(n): s.to_yaml() for n, s in rollouts.items()}
         for name in tree.groups:
             rendered[paths.group(name)] = group_status(tree, name, devices, result.plan, statuses).to_yaml()
-        rendered.update(self._drift_files(tree, fleet.status, artifacts, devices, result.plan, now))
+        rendered.update(self._drift_files(tree, fleet.status, artifacts, devices, result.plan, now, head))
         last_tamper = fleet.status.controller.last_tamper if fleet.status.controller else None
         if tampered:
             last_tamper = TamperRecord(now.isoformat(timespec="seconds"), head, tuple(tampered))
@@ -679,9 +681,10 @@ class Controller:
                                                "bytes": report.bytes_freed})  # fmt: skip
 
     def _drift_files(self, tree: FleetTree, status: FleetStatus, artifacts: Mapping[tuple[str, str, str], str],
-                     devices: list, target: Plan, now: datetime) -> dict[str, bytes | None]:  # fmt: skip
-        """Each model's drift status file; a model that no longer has telemetry in its window loses its file. A
-        failure keeps the files as they are: drift is watched, never worth a cycle."""
+                     devices: list, target: Plan, now: datetime, head: str) -> dict[str, bytes | None]:  # fmt: skip
+        """Each model's drift status file; a model that no longer has telemetry in its window loses its file. Drift
+        held past a model's ``retrainAfter`` is pushed as a retraining request branched from ``head``. A failure
+        keeps the files as they are: drift is watched, never worth a cycle."""
         every = tree.fleet.spec.intervals.drift
         try:
             found = self.drift.evaluate(tree, self.telemetry.window, artifacts, devices, target, status.drift, now,
@@ -689,6 +692,10 @@ class Controller:
         except Exception as exc:
             log.warning("drift not evaluated", extra={"error": f"{type(exc).__name__}: {exc}"})
             return {}
+        try:
+            self.retraining.push_due(tree, found, head, now)
+        except Exception as exc:  # tried again next cycle
+            log.warning("retraining request not pushed", extra={"error": f"{type(exc).__name__}: {exc}"})
         files: dict[str, bytes | None] = {status.paths.drift(m): d.to_yaml() for m, d in found.items()}
         files.update({status.paths.drift(m): None for m in set(status.drift) - set(found)})
         return files

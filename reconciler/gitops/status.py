@@ -63,12 +63,15 @@ class StatusWriter:
         sleep: Callable[[float], None] = time.sleep,
         signing_key: Path | None = None,
         branch: str | None = None,
+        start_from: str | None = None,
     ) -> None:
         """``signing_key``: an SSH private key that signs every commit (``git log --show-signature`` checks it
         against an allowed-signers line for the author's e-mail). ``branch``: where to commit (default: the
-        source's branch); a branch the remote lacks is started with a commit of the files alone."""
+        source's branch); a branch the remote lacks is started with a commit of the files alone, or on top of
+        ``start_from`` (a commit) when given: a branch a person can open a pull request from."""
         self.source = source
         self.branch = branch or source.branch
+        self.start_from = start_from
         self.signing_key = signing_key
         self.author = author or Author()
         self.attempts = attempts
@@ -83,7 +86,8 @@ class StatusWriter:
         for attempt in range(1, self.attempts + 1):
             head = self.source.fetch() if own else self.source.fetch_branch(self.branch)
             repo = self.source.repo
-            parent = repo[head].peel(pygit2.Commit) if head is not None else None
+            start = head if head is not None else self.start_from
+            parent = repo[start].peel(pygit2.Commit) if start is not None else None
             base = parent.tree if parent is not None else repo[repo.TreeBuilder().write()]
             tree = self._tree_with(base, files)
             if tree == base.id and parent is not None:

@@ -8,6 +8,7 @@ on those two devices, and no other input feature anywhere."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -48,16 +49,25 @@ def traffic(fleet: Fleet, device: str, rows: np.ndarray) -> None:
     assert queue.upload(client.telemetry_url, client.pool) == 1
 
 
-def test_a_shift_on_one_feature_of_two_devices_is_flagged_there_only(
-    fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store
-):
+def drifted(fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store, retrain_after: str = "24h"):
+    """A fleet of six devices whose telemetry is in the store, two of them with FEATURE shifted, and a controller
+    on a clock the test moves; the controller has assigned the model (the device API takes telemetry of assigned
+    models only) and not looked at the telemetry yet."""
     url = fleet_repo(git_server, tmp_path)
+    if retrain_after != "24h":  # the example's
+        work = tmp_path / "edit"
+        git("clone", "-q", url, str(work), cwd=tmp_path)
+        model = work / "models" / f"{MODEL}.yaml"
+        model.write_text(model.read_text().replace("retrainAfter: 24h", f"retrainAfter: {retrain_after}"))
+        git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "retrain sooner", cwd=work)
+        git("push", "-q", "origin", "HEAD:main", cwd=work)
     for name in DEVICES:
         fleet.backend.register_device(name, LABELS)
+    clock = [datetime.now(UTC)]
     telemetry = TelemetryStore(fleet.root / "telemetry.sqlite")
     config = ControllerConfig(url, fleet.root / "controller-state", store=build_store.root)
-    controller = Controller(config, fleet.backend, telemetry=telemetry)
-    controller.cycle()  # the devices are given the model: the device API takes telemetry of assigned models only
+    controller = Controller(config, fleet.backend, telemetry=telemetry, clock=lambda: clock[0])
+    controller.cycle()
     evaluation = np.load(FLEET / "models" / MODEL / "data" / "eval.npz")["x"].astype(np.float32)
     spread = evaluation[:, COLUMNS].std(axis=0)
     rng = np.random.default_rng(11)
@@ -66,7 +76,13 @@ def test_a_shift_on_one_feature_of_two_devices_is_flagged_there_only(
         if name in SHIFTED:
             rows[:, COLUMNS] += 1.0 * spread  # one sigma on both columns of the feature
         traffic(fleet, name, rows)
+    return url, controller, clock
 
+
+def test_a_shift_on_one_feature_of_two_devices_is_flagged_there_only(
+    fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store
+):
+    url, controller, _ = drifted(fleet, git_server, tmp_path, build_store)
     controller.cycle()
     written = git("show", f"main:status/drift/{MODEL}.yaml", cwd=git_server.base / "fleet.git")
     status = yaml.safe_load(written)["versions"]["1.0.0"]
@@ -84,3 +100,48 @@ def test_a_shift_on_one_feature_of_two_devices_is_flagged_there_only(
     shown = CliRunner().invoke(main, ["get", "drift", MODEL, "--repo", url])
     assert shown.exit_code == 0, shown.output
     assert FEATURE in shown.output and "factory-02" in shown.output and "factory-04" in shown.output
+
+
+def test_drift_held_past_retrain_after_is_one_branch_with_one_request(
+    fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store
+):
+    url, controller, clock = drifted(fleet, git_server, tmp_path, build_store, retrain_after="1h")
+    bare = git_server.base / "fleet.git"
+
+    def branches() -> list[str]:
+        return sorted(line.split("refs/heads/")[1] for line in git("for-each-ref", "refs/heads", cwd=bare).splitlines()
+                      if "refs/heads/retrain/" in line)  # fmt: skip
+
+    controller.cycle()  # drift seen: held for no time yet
+    started = clock[0]
+    clock[0] = started + timedelta(minutes=30)
+    controller.cycle()
+    assert branches() == []
+    clock[0] = started + timedelta(minutes=61)
+    controller.cycle()
+    [branch] = branches()
+    clock[0] = started + timedelta(minutes=75)
+    controller.cycle()  # the same drift, still held: nothing new
+    assert branches() == [branch]
+    ahead = git("rev-list", "--count", f"main..{branch}", cwd=bare).strip()
+    assert ahead == "1"  # one commit on top of the fleet branch: a pull request away
+
+    checkout = tmp_path / "request"
+    git("clone", "-q", "-b", branch, url, str(checkout), cwd=tmp_path)
+    [request_file] = (checkout / "retraining").glob("*.yaml")
+    request = yaml.safe_load(request_file.read_text())
+    assert request["kind"] == "RetrainingRequest" and request["spec"]["model"] == MODEL
+    assert request["spec"]["version"] == "1.0.0" and set(request["spec"]["devices"]) == SHIFTED
+    assert request["spec"]["driftedDevices"] == 2 and request["spec"]["window"] == "6h"
+    validated = CliRunner().invoke(main, ["validate", str(checkout)])
+    assert validated.exit_code == 0, validated.output
+    assert "RetrainingRequest" in validated.output
+
+    # Merged and the branch deleted, the same drift is not requested again.
+    git("fetch", "-q", "origin", "main", cwd=checkout)
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "merge", "-q", "--no-edit", "origin/main", cwd=checkout)
+    git("push", "-q", "origin", "HEAD:main", cwd=checkout)
+    git("branch", "-D", branch, cwd=bare)
+    clock[0] = started + timedelta(minutes=90)
+    controller.cycle()
+    assert branches() == []
