@@ -512,6 +512,8 @@ class DriftScope:
 
     devices: int = 0
     figures: Mapping[str, FigureDrift] = field(default_factory=dict)
+    latency_ms: Mapping[str, float] = field(default_factory=dict)
+    """Inference latency of the slice's requests over the window: ``p50``, ``p95``, ``p99`` (merged sketches)."""
 
     @property
     def drifted(self) -> tuple[str, ...]:
@@ -520,19 +522,24 @@ class DriftScope:
         return tuple(name for _, name in sorted(found))
 
     def only_drifted(self) -> DriftScope:
-        return DriftScope(self.devices, {name: self.figures[name] for name in self.drifted})
+        return DriftScope(self.devices, {name: self.figures[name] for name in self.drifted}, self.latency_ms)
 
     def to_json(self) -> dict[str, Any]:
-        return {"devices": self.devices, "drifted": list(self.drifted),
-                "figures": {name: f.to_json() for name, f in sorted(self.figures.items())}}  # fmt: skip
+        body: dict[str, Any] = {"devices": self.devices, "drifted": list(self.drifted)}
+        if self.latency_ms:
+            body["latencyMs"] = {q: round(v, 3) for q, v in self.latency_ms.items()}
+        body["figures"] = {name: f.to_json() for name, f in sorted(self.figures.items())}
+        return body
 
     @classmethod
     def from_json(cls, body: Any) -> DriftScope:
         if not isinstance(body, Mapping):
             return cls()
-        figures = body.get("figures")
-        return cls(_int(body.get("devices")), {str(k): FigureDrift.from_json(v) for k, v in
-                                                (figures.items() if isinstance(figures, Mapping) else ())})  # fmt: skip
+        figures, latency = body.get("figures"), body.get("latencyMs")
+        figures = figures if isinstance(figures, Mapping) else {}
+        latency = latency if isinstance(latency, Mapping) else {}
+        return cls(_int(body.get("devices")), {str(k): FigureDrift.from_json(v) for k, v in figures.items()},
+                   {str(q): _float(v) for q, v in latency.items()})  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -431,6 +431,8 @@ class Controller:
         statuses = self.backend.statuses()
         devices = self.backend.devices()
         self.metrics.observe_phases(Counter(status.phase for status in statuses.values()))
+        self.metrics.observe_versions(statuses)
+        self.metrics.observe_rollouts(rollouts)
         self._page = _page_parts(tree, rollouts, result.plan.desired, statuses)
         author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
         writer = StatusWriter(self.source, author, signing_key=self.config.signing_key, branch=self._status_branch)
@@ -692,6 +694,10 @@ class Controller:
         except Exception as exc:
             log.warning("drift not evaluated", extra={"error": f"{type(exc).__name__}: {exc}"})
             return {}
+        self.metrics.observe_drift(found)
+        received = self.telemetry.last_received()
+        if received is not None:
+            self.metrics.telemetry_received.set(received)
         try:
             self.retraining.push_due(tree, found, head, now)
         except Exception as exc:  # tried again next cycle

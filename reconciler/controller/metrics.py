@@ -7,11 +7,15 @@ Who calls it: the controller loop after every cycle. Names follow Prometheus con
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
+    from reconciler.api.status import DriftStatus, RolloutStatus
+    from reconciler.cluster import AssignmentStatus
+
     from .loop import CycleOutcome
 
 
@@ -38,6 +42,33 @@ class ControllerMetrics:
         self.devices = Gauge("edge_reconciler_devices", "Devices in the inventory.", registry=r)
         self.phases = Gauge("edge_reconciler_assignments", "Assignments by reported phase.", ["phase"], registry=r)
         self.plan_problems = Gauge("edge_reconciler_plan_problems", "Devices the plan could not place.", registry=r)
+        # What people look at (the chart's Grafana dashboard and alert rules read these).
+        self.rollout_phase = Gauge("edge_reconciler_rollout_phase", "1 for the phase each rollout is in.",
+                                   ["rollout", "model", "version", "phase"], registry=r)  # fmt: skip
+        self.rollout_step = Gauge("edge_reconciler_rollout_step", "Each rollout's step, counted from 1.",
+                                  ["rollout"], registry=r)  # fmt: skip
+        self.gate_value = Gauge("edge_reconciler_rollout_gate_value", "Each rollout gate's value as last evaluated.",
+                                ["rollout", "gate"], registry=r)  # fmt: skip
+        self.gate_threshold = Gauge("edge_reconciler_rollout_gate_threshold", "Each rollout gate's threshold.",
+                                    ["rollout", "gate"], registry=r)  # fmt: skip
+        self.gate_failing = Gauge("edge_reconciler_rollout_gate_failing", "1 while a gate's last verdict is Fail.",
+                                  ["rollout", "gate"], registry=r)  # fmt: skip
+        self.version_devices = Gauge("edge_reconciler_version_devices", "Devices per model, version and reported "
+                                     "phase.", ["model", "version", "phase"], registry=r)  # fmt: skip
+        self.latency = Gauge("edge_reconciler_inference_latency_ms", "Inference latency per model version and "
+                             "hardware profile over the drift window, from the devices' merged sketches.",
+                             ["model", "version", "profile", "quantile"], registry=r)  # fmt: skip
+        self.drift_ks = Gauge("edge_reconciler_drift_ks", "KS distance of each figure of a model version's traffic "
+                              "from its build's reference, fleet-wide.", ["model", "version", "figure"],
+                              registry=r)  # fmt: skip
+        self.drift_threshold = Gauge("edge_reconciler_drift_threshold", "The KS distance past which the figure has "
+                                     "drifted, for its sample sizes.", ["model", "version", "figure"],
+                                     registry=r)  # fmt: skip
+        self.drifted_devices = Gauge("edge_reconciler_drifted_devices", "Devices whose own traffic drifted, per "
+                                     "model version.", ["model", "version"], registry=r)  # fmt: skip
+        self.telemetry_received = Gauge("edge_reconciler_telemetry_last_received_timestamp_seconds", "When the "
+                                        "newest telemetry summary arrived (time() minus it: the telemetry lag).",
+                                        registry=r)  # fmt: skip
 
     def observe(self, outcome: CycleOutcome, seconds: float) -> None:
         self.reconcile_seconds.observe(seconds)
@@ -51,3 +82,40 @@ class ControllerMetrics:
     def observe_phases(self, phases: Tally[str]) -> None:
         for phase, count in phases.items():
             self.phases.labels(phase).set(count)
+
+    def observe_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> None:
+        """Phases, steps and gates of every rollout (those gone from the spec leave the metrics)."""
+        for gauge in (self.rollout_phase, self.rollout_step, self.gate_value, self.gate_threshold, self.gate_failing):
+            gauge.clear()
+        for name, status in rollouts.items():
+            self.rollout_phase.labels(name, status.model, status.version, str(status.phase)).set(1)
+            self.rollout_step.labels(name).set(status.state.step + 1)
+            for gate in status.gates:
+                if gate.value is not None:
+                    self.gate_value.labels(name, gate.name).set(gate.value)
+                self.gate_threshold.labels(name, gate.name).set(gate.threshold)
+                self.gate_failing.labels(name, gate.name).set(1 if gate.verdict == "Fail" else 0)
+
+    def observe_versions(self, statuses: Mapping[tuple[str, str], AssignmentStatus]) -> None:
+        """Devices per model, version (installed, else the one on its way) and phase."""
+        counts: Tally[tuple[str, str, str]] = Tally()
+        for (_, model), status in statuses.items():
+            version = status.installed_version or status.target_version or ""
+            counts[(model, version, status.phase)] += 1
+        self.version_devices.clear()
+        for labels, count in counts.items():
+            self.version_devices.labels(*labels).set(count)
+
+    def observe_drift(self, drift: Mapping[str, DriftStatus]) -> None:
+        """Fleet-wide drift per figure, drifted devices and latency per profile, of every model with telemetry."""
+        for gauge in (self.latency, self.drift_ks, self.drift_threshold, self.drifted_devices):
+            gauge.clear()
+        for model, status in drift.items():
+            for version, found in status.versions.items():
+                self.drifted_devices.labels(model, version).set(found.drifted_devices)
+                for figure, value in found.fleet.figures.items():
+                    self.drift_ks.labels(model, version, figure).set(value.ks)
+                    self.drift_threshold.labels(model, version, figure).set(value.threshold)
+                for profile, scope in found.profiles.items():
+                    for quantile, ms in scope.latency_ms.items():
+                        self.latency.labels(model, version, profile, quantile).set(ms)

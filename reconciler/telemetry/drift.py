@@ -35,6 +35,7 @@ EPSILON = 1e-4
 """Floor of a bin's share in PSI, so that a bin seen on one side only does not make the index infinite."""
 DEFAULT_FALSE_ALARM_RATE = 0.01
 MIN_VALUES = 30
+LATENCY_QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 """Fewer current values than this: no verdict (the asymptotic KS threshold means little below it)."""
 
 Sketch = datasketches.kll_floats_sketch
@@ -165,19 +166,22 @@ def version_drift(
     by_device: dict[str, list[Mapping[str, Any]]] = {}
     for summary in summaries:
         by_device.setdefault(str(summary.get("device", "")), []).append(summary)
-    if not references:
-        return VersionDrift(DriftScope(len(by_device)), reference="no reference sketches in this version's builds")
     merged = {device: merged_sketches(rows) for device, rows in by_device.items()}
+    if not references:
+        references = {"": {}}  # nothing to compare with: latency still counts
     known: dict[frozenset[str], tuple[dict[str, str], dict[str, int]]] = {}
 
-    def scope(devices: Collection[str], tests: int) -> DriftScope:
+    def scope(devices: Collection[str], tests: int, latency_of: bool = True) -> DriftScope:
         present = [d for d in devices if d in merged]
         wanted = frozenset({profile_of.get(d) for d in present} & set(references) or set(references))
         if wanted not in known:
             known[wanted] = reference_for(references[p] for p in sorted(wanted))
         reference, sizes = known[wanted]
         current = merged[present[0]] if len(present) == 1 else _merge_maps(merged[d] for d in present)
-        return DriftScope(len(present), compare_all(reference, current, false_alarm_rate, sizes, tests))
+        latency = current.get(sketches.LATENCY)
+        quantiles = {} if latency is None or latency.is_empty() or not latency_of else {
+            name: float(latency.get_quantile(q)) for name, q in LATENCY_QUANTILES.items()}  # fmt: skip
+        return DriftScope(len(present), compare_all(reference, current, false_alarm_rate, sizes, tests), quantiles)
 
     fleet = scope(list(merged), 1)
     by_profile: dict[str, list[str]] = {}
@@ -189,12 +193,13 @@ def version_drift(
     in_groups = {g: scope(members, len(present_groups)) for g, members in sorted(present_groups.items())}
     drifted = {}
     for device in sorted(merged):
-        found = scope([device], len(merged))
+        found = scope([device], len(merged), latency_of=False)
         if found.drifted:
             drifted[device] = found
     named = dict(sorted(drifted.items(), key=lambda item: -max(
         f.ks - f.threshold for f in item[1].figures.values() if f.drifted))[:DRIFTED_DEVICES])  # fmt: skip
-    return VersionDrift(fleet, profiles, in_groups, named, len(drifted))
+    missing = None if any(references.values()) else "no reference sketches in this version's builds"
+    return VersionDrift(fleet, profiles, in_groups, named, len(drifted), reference=missing)
 
 
 def _merge_maps(maps: Iterable[Mapping[str, Sketch]]) -> dict[str, Sketch]:

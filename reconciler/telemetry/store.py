@@ -165,6 +165,11 @@ class TelemetryStore:
 
         return self._file.transaction(work)
 
+    def last_received(self) -> float | None:
+        """Unix time the newest summary arrived (any device); None before the first."""
+        [(seen,)] = self._file.read("SELECT MAX(seen) FROM streams")
+        return float(seen) if seen is not None else None
+
     def size(self) -> tuple[int, int]:
         """Rows and bytes of summaries kept (the file is larger by SQLite's pages and indexes)."""
         [(rows, size)] = self._file.read("SELECT COUNT(*), COALESCE(SUM(LENGTH(summary)), 0) FROM buckets")

@@ -50,7 +50,9 @@ VALUE_SETS = {
         "git": {"url": "ssh://git@git.acme.example/edge/fleet.git", "auth": "ssh", "existingSecret": "fleet-ssh"},
         "controller": {"replicas": 2, "interval": 30, "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}}},
         "store": {"pvc": {"size": "50Gi", "storageClass": "longhorn", "accessModes": ["ReadWriteMany"]}},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+                    "grafanaDashboard": {"enabled": True}},
         "ca": {"existingSecret": "fleet-ca"},  # a cert-manager Certificate's Secret
         # The controller builds what merged rollouts need, as Jobs of the build image, signed by the builder key.
         "builds": {"enabled": True, "builderKeySecret": "fleet-builder", "workers": 2},
@@ -348,12 +350,14 @@ def _install_crds(kubeconfig: Path, monitoring: bool = False) -> None:
     """The product's CRDs as the controller installs them, and a ServiceMonitor CRD when the values need one."""
     backend = kubernetes_backend(kubeconfig)
     backend.install()
-    if monitoring:  # the Prometheus operator's CRD, reduced to what validating a ServiceMonitor needs
-        name = "servicemonitors.monitoring.coreos.com"
+    # The Prometheus operator's CRDs, reduced to what validating a ServiceMonitor and a PrometheusRule needs.
+    for kind in ("ServiceMonitor", "PrometheusRule") if monitoring else ():
+        plural = f"{kind.lower()}s"
+        name = f"{plural}.monitoring.coreos.com"
         crd = {
             "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": name},
             "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-                     "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
+                     "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
                      "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
                          "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
         }  # fmt: skip

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -96,6 +97,18 @@ def test_a_shift_on_one_feature_of_two_devices_is_flagged_there_only(
     assert [f for f in status["fleet"]["drifted"] if f.startswith("input_0[")] in ([], [FEATURE])
     for scope in [*status.get("profiles", {}).values(), *status.get("groups", {}).values()]:
         assert [f for f in scope["drifted"] if f.startswith("input_0[")] in ([], [FEATURE])
+
+    # The same figures for Prometheus: drift per figure, drifted devices, latency per profile from the sketches.
+    samples = {(m.name, tuple(sorted(s.labels.items()))): s.value
+               for m in controller.metrics.registry.collect() for s in m.samples}  # fmt: skip
+    labels = (("figure", FEATURE), ("model", MODEL), ("version", "1.0.0"))
+    ks, threshold = samples[("edge_reconciler_drift_ks", labels)], samples[("edge_reconciler_drift_threshold", labels)]
+    assert ks == pytest.approx(status["fleet"]["figures"][FEATURE]["ks"], abs=1e-4) and threshold > 0
+    assert samples[("edge_reconciler_drifted_devices", (("model", MODEL), ("version", "1.0.0")))] == 2
+    p95 = samples[("edge_reconciler_inference_latency_ms", (("model", MODEL), ("profile", "arm-cortex-a-cpu"),
+                                                            ("quantile", "p95"), ("version", "1.0.0")))]  # fmt: skip
+    assert p95 == pytest.approx(2.0, rel=0.05)  # every request took 2 ms
+    assert samples[("edge_reconciler_telemetry_last_received_timestamp_seconds", ())] > 0
 
     shown = CliRunner().invoke(main, ["get", "drift", MODEL, "--repo", url])
     assert shown.exit_code == 0, shown.output

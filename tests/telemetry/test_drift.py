@@ -4,6 +4,8 @@ threshold follows the sample sizes."""
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 
 from reconciler.artifact import sketches
@@ -51,18 +53,22 @@ def test_a_half_sigma_shift_on_one_feature_is_flagged_there_only():
     assert all(f.psi < 0.05 and f.js < 0.1 for name, f in found.items() if name != "input_0[0]")
 
 
+def quantile_spaced(size: int, shift: float) -> np.ndarray:
+    """``size`` values of N(shift, 1) without sampling noise: the normal's quantiles at (i + 0.5) / size."""
+    normal = NormalDist(shift, 1.0)
+    return np.array([[normal.inv_cdf((i + 0.5) / size)] for i in range(size)], dtype=np.float32)
+
+
 def test_the_threshold_follows_both_sample_sizes():
-    rng = np.random.default_rng(3)
-    reference = sketches.sketch_rows({"input_0": rng.normal(0, 1, (20_000, 1)).astype(np.float32)}, None)
-    small, large = (sketches.sketch_rows({"input_0": rng.normal(0.25, 1, (n, 1)).astype(np.float32)}, None)
-                    for n in (60, 20_000))  # fmt: skip
-    few = compare(reference["input_0[0]"], small["input_0[0]"])
-    many = compare(reference["input_0[0]"], large["input_0[0]"])
+    reference = sketches.sketch_rows({"input_0": quantile_spaced(20_000, 0.0)}, None)["input_0[0]"]
+    few = compare(reference, sketches.sketch_rows({"input_0": quantile_spaced(60, 0.25)}, None)["input_0[0]"])
+    many = compare(reference, sketches.sketch_rows({"input_0": quantile_spaced(20_000, 0.25)}, None)["input_0[0]"])
     assert few is not None and many is not None
+    assert abs(few.ks - many.ks) < 0.03  # the same gap, about 0.1
     assert few.threshold > 3 * many.threshold  # sixty values need a far larger gap than twenty thousand
     assert many.drifted and not few.drifted  # a quarter sigma: visible in a fleet, noise on one quiet device
-    assert compare(reference["input_0[0]"], sketches.sketch_rows({"input_0": np.zeros((5, 1))}, None)[
-        "input_0[0]"]) is None  # five values: no verdict  # fmt: skip
+    five = sketches.sketch_rows({"input_0": np.zeros((5, 1))}, None)["input_0[0]"]
+    assert compare(reference, five) is None  # five values: no verdict
 
 
 def summaries(rng: np.random.Generator, devices: int, rows: int, sharper: float = 1.0) -> list[dict]:
