@@ -29,6 +29,8 @@ class DriftedFigure(SpecModel):
 
 
 class RetrainingRequestSpec(SpecModel):
+    """What drifted, where and since when: the figures a person reads before training the next version."""
+
     model: Name
     version: QuotedStr
     since: QuotedStr
