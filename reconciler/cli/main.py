@@ -50,6 +50,8 @@ COMMANDS: dict[str, LazyCommand] = {
                         "per version at every rollout step, artifacts to build, risky settings."),
     "reconcile": LazyCommand("reconciler.cli.rollout", "reconcile",
                              "Make the controller fetch and reconcile now (as a Git webhook does)."),
+    "report": LazyCommand("reconciler.cli.report", "report", "Write an HTML report: rollout progress, latency per "
+                          "version and profile, drift per figure."),
     "resume": LazyCommand("reconciler.cli.rollout", "resume_controller", "Let a suspended controller reconcile again."),
     "rollout": LazyCommand("reconciler.cli.rollout", "rollout",
                            "Act on a rollout through the controller (now), or as a commit (--via-git)."),

@@ -433,3 +433,28 @@ def decision_commits(git_dir: str, start: str | list[str], rollout: str, limit: 
         if first.startswith(f"rollback: {rollout} ") or f"\n{rollout}: " in message:
             found.append(f"{str(commit.id)[:12]} {first}")
     return found
+
+
+def file_history(git_dir: str, start: str, paths: list[str], limit: int = 1000) -> list[tuple[int, dict[str, bytes]]]:
+    """Each change of ``paths`` along the first-parent history from ``start``, oldest first: (commit time in Unix
+    seconds, path -> content at that commit, for the paths that exist there). Commits that change none of them
+    are left out; at most ``limit`` commits are walked (the newest)."""
+    repo = pygit2.Repository(git_dir)
+    commit = repo[start].peel(pygit2.Commit)
+    found: list[tuple[int, dict[str, bytes]]] = []
+    last: dict[str, pygit2.Oid] | None = None
+    walked: list[pygit2.Commit] = []
+    while commit is not None and len(walked) < limit:
+        walked.append(commit)
+        commit = commit.parents[0] if commit.parents else None
+    for each in reversed(walked):
+        ids = {}
+        for path in paths:
+            try:
+                ids[path] = each.tree[path].id
+            except KeyError:
+                continue
+        if ids and ids != last:
+            found.append((each.commit_time, {path: repo[oid].data for path, oid in ids.items()}))
+        last = ids
+    return found

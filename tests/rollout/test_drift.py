@@ -8,6 +8,7 @@ on those two devices, and no other input feature anywhere."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from reconciler.cli.main import main
 from reconciler.controller.loop import Controller, ControllerConfig
 from reconciler.telemetry.store import TelemetryStore
 
+from ..controller.test_dashboard import browse
 from ..device_fleet import FLEET, MODEL, Fleet
 from ..git_server import GitServer, git
-from .test_end_to_end import LABELS, fleet_repo
+from .test_end_to_end import LABELS, ROLLOUT, fleet_repo
 
 DEVICES = [f"factory-{i:02d}" for i in range(6)]
 SHIFTED = {"factory-02", "factory-04"}
@@ -158,3 +160,29 @@ def test_drift_held_past_retrain_after_is_one_branch_with_one_request(
     clock[0] = started + timedelta(minutes=90)
     controller.cycle()
     assert branches() == []
+
+
+def test_the_report_draws_rollout_progress_latency_and_drift_in_a_browser(
+    fleet: Fleet, git_server: GitServer, tmp_path: Path, build_store
+):
+    url, controller, clock = drifted(fleet, git_server, tmp_path, build_store)
+    for minutes in (10, 20):  # status commits over time: the progress plot has points to draw
+        clock[0] += timedelta(minutes=minutes)
+        controller.cycle()
+    page = tmp_path / "report.html"
+    written = CliRunner().invoke(main, ["report", "--repo", url, "--rollout", ROLLOUT, "-o", str(page)])
+    assert written.exit_code == 0, written.output
+    text = page.read_text()
+    assert "<script" not in text and "http://" not in text.replace("http://www.w3.org/2000/svg", "")  # no request
+
+    dom = browse(page.as_uri(), tmp_path)
+    plots = re.findall(r'<svg class="plot"[^>]*aria-label="([^"]*)"[^>]*data-series="(\d+)" data-points="(\d+)"', dom)
+    drawn = {label: (int(series), int(points)) for label, series, points in plots}
+    progress = drawn[f"{ROLLOUT}: rollout progress"]
+    assert progress[0] == 3 and progress[1] >= 3 * 2  # three series, a point per status commit
+    assert drawn[f"{MODEL}: latency per version and profile"] == (3, 3)  # p50, p95, p99 of 1.0.0 on its profile
+    figures = drawn[f"{MODEL} 1.0.0: drift per figure (KS; line: threshold)"]
+    assert figures[1] == 32  # of 34 figures (32 input features, score, margin): 32 drawn, the worst first
+    assert 'data-name="KS"' in dom and "<title>threshold" in dom
+    assert FEATURE in dom and "factory-02" in dom
+    assert (tmp_path / "page.png").stat().st_size > 10_000  # it painted
