@@ -149,7 +149,7 @@ def reference_histograms(inputs: Inputs, predictions: np.ndarray, classes: int) 
 def reference_sketches(inputs: Inputs, outputs: np.ndarray) -> dict[str, str]:
     """name -> encoded KLL sketch of the evaluation data's features and the artifact's outputs on it: the
     reference the controller compares the fleet's merged sketches with (:mod:`.sketches`)."""
-    return {name: sketches.encode(sketch) for name, sketch in sorted(sketches.sketch_rows(inputs, outputs).items())}
+    return {name: sketches.encode(sketch) for name, sketch in sorted(sketches.reference_rows(inputs, outputs).items())}
 
 
 def build_figures(manifest: dict) -> dict:

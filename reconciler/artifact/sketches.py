@@ -38,6 +38,10 @@ MAX_FEATURES = 32
 MAX_ENCODED = 64 * 1024
 """Longest encoded sketch accepted (a k=200 float sketch of any length stays under 8 KiB)."""
 LATENCY = "latencyMs"
+REFERENCE_POINTS = 256
+"""Values a build's reference keeps per figure: the sample itself up to this size, else its quantiles at
+(i + 0.5) / 256 (within 1/512 of its distribution). Few enough that the sketch never compacts, so the same build
+gives the same bytes (KLL's compaction flips coins; an artifact's digest must not)."""
 
 
 def new() -> datasketches.kll_floats_sketch:
@@ -125,14 +129,34 @@ def output_figures(outputs: np.ndarray) -> dict[str, np.ndarray]:
     return {"score": top[:, 0], "margin": top[:, 0] - top[:, 1]}
 
 
+def figures(inputs: Inputs | None, outputs: np.ndarray | None) -> dict[str, np.ndarray]:
+    """name -> one value per row: the input features and the output figures together."""
+    return {**(features(inputs) if inputs is not None else {}),
+            **(output_figures(outputs) if outputs is not None else {})}  # fmt: skip
+
+
 def sketch_rows(inputs: Inputs | None, outputs: np.ndarray | None) -> dict[str, datasketches.kll_floats_sketch]:
     """Fresh sketches of a batch of rows (the reference a build ships is this over its evaluation data)."""
     sketches: dict[str, datasketches.kll_floats_sketch] = {}
-    values = {**(features(inputs) if inputs is not None else {}),
-              **(output_figures(outputs) if outputs is not None else {})}  # fmt: skip
-    for name, column in values.items():
+    for name, column in figures(inputs, outputs).items():
         finite = column[np.isfinite(column)].astype(np.float32)
         if finite.size:
             sketch = sketches[name] = new()
             sketch.update(finite)
     return sketches
+
+
+def reference_rows(inputs: Inputs | None, outputs: np.ndarray | None) -> dict[str, datasketches.kll_floats_sketch]:
+    """The reference a build ships: per figure, an exact sketch (no compaction, hence deterministic) of the rows'
+    values, or of ``REFERENCE_POINTS`` quantiles of them. Its ``n`` is what the drift threshold counts, so a large
+    evaluation set is counted as ``REFERENCE_POINTS`` values: a larger threshold, never a false alarm."""
+    found: dict[str, datasketches.kll_floats_sketch] = {}
+    for name, column in figures(inputs, outputs).items():
+        finite = np.sort(np.asarray(column, dtype=np.float64)[np.isfinite(column)])
+        if not finite.size:
+            continue
+        if finite.size > REFERENCE_POINTS:
+            finite = np.quantile(finite, (np.arange(REFERENCE_POINTS) + 0.5) / REFERENCE_POINTS, method="inverted_cdf")
+        sketch = found[name] = datasketches.kll_floats_sketch(REFERENCE_POINTS)
+        sketch.update(finite.astype(np.float32))
+    return found
