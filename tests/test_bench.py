@@ -258,3 +258,17 @@ def test_target_check_quick():
         r"vibration-anomaly   1\.0\.0    arm-cortex-a-cpu  fp32 +\S+",
         rf"one check \(vibration-anomaly 1\.0\.0, \w+, 8 rows\): {NUMBER} s emulated .* x{NUMBER}; outputs within \S+",
     )
+
+
+def test_drift_quick():
+    output = quick("drift.py", timeout=300)
+    assert_lines(
+        output,
+        rf"  1 request/s  sketches every 600 s {NUMBER} KiB  \(sketches at every hand-over {NUMBER} KiB, ratio "
+        rf"{NUMBER}x; counts alone {NUMBER} KiB\)",
+        r"drift evaluation, 500 devices \(fleet, 2 profiles, 10 groups, every device; 34 figures\)",
+        rf"  sketches merged and compared  {NUMBER} s  \({NUMBER} ms/device; \d+ device\(s\) flagged on "
+        r"reference-like data\)",
+        rf"  ratio                         {NUMBER}x",
+        r"  100 devices, 6 h window  flagged after \d+ min of shifted data  \(0 other figure\(s\) flagged on the way\)",
+    )

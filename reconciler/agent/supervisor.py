@@ -27,6 +27,9 @@ from .slots import ModelSlots
 
 log = logging.getLogger("edge_reconciler.agent")
 FLUSH_SECONDS = 5.0
+SKETCH_SECONDS = 600.0
+"""Sketches travel every ten minutes (counts every ``FLUSH_SECONDS``): about 20x fewer bytes at a request a second
+(bench/drift.py), and still several comparisons within an hour-long gate window."""
 RESTART_BACKOFF = (1.0, 30.0)
 STABLE_SECONDS = 60.0
 
@@ -173,7 +176,7 @@ def _serve(data_dir: Path, listen: str, threads: int, device: str, budget: int) 
     (data_dir / "serving").mkdir(parents=True, exist_ok=True)
     write_atomic(data_dir / "serving" / "pid", str(os.getpid()).encode())  # ready: SIGHUP is handled from now on
     reload.set()  # a switch made while the models were loading: load every active slot once more
-    last = time.monotonic()
+    last = sketched = time.monotonic()
     try:
         while not stop.is_set():
             stop.wait(0.1)
@@ -183,14 +186,16 @@ def _serve(data_dir: Path, listen: str, threads: int, device: str, budget: int) 
                     server.reload(folder.name)
             if stop.is_set() or time.monotonic() - last >= FLUSH_SECONDS:
                 last = time.monotonic()
-                _hand_over(recorder, queue, data_dir)
-        _hand_over(recorder, queue, data_dir)
+                with_sketches = stop.is_set() or last - sketched >= SKETCH_SECONDS
+                sketched = last if with_sketches else sketched
+                _hand_over(recorder, queue, data_dir, with_sketches)
+        _hand_over(recorder, queue, data_dir, with_sketches=True)
     finally:
         server.close()
 
 
-def _hand_over(recorder, queue, data_dir: Path) -> None:
-    for summary in recorder.flush():
+def _hand_over(recorder, queue, data_dir: Path, with_sketches: bool) -> None:
+    for summary in recorder.flush(with_sketches):
         queue.put(summary)
     totals = {f"{model}@{version}": list(counts) for (model, version), counts in recorder.all_totals().items()}
     write_atomic(data_dir / "serving" / "totals.json", json.dumps(totals, sort_keys=True).encode())

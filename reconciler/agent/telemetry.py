@@ -53,7 +53,7 @@ class Summary:
     predictions: list[int] = field(default_factory=list)
     inputs: dict[str, list[int]] = field(default_factory=dict)
     sketches: dict[str, object] = field(default_factory=dict)
-    """name -> KLL sketch of the interval's values."""
+    """name -> KLL sketch of the values since the sketches were last handed over (shared with the recorder)."""
     errors_by_kind: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -107,7 +107,7 @@ class Summary:
                 return bound
         return LATENCY_BUCKETS_MS[-1]
 
-    def to_json(self) -> dict:
+    def to_json(self, with_sketches: bool = True) -> dict:
         buckets = [b if b != math.inf else "+Inf" for b in LATENCY_BUCKETS_MS]
         latency = {"buckets": buckets, "counts": self.latency}
         latency.update({f"p{q}": self.percentile(q) for q in (50, 95, 99)})
@@ -123,7 +123,9 @@ class Summary:
             "latencyMs": latency,
             "predictions": self.predictions,
             "inputs": inputs,
-            "sketches": {name: sketches.encode(sketch) for name, sketch in sorted(self.sketches.items())},
+            "sketches": {name: sketches.encode(sketch) for name, sketch in sorted(self.sketches.items())}
+            if with_sketches
+            else {},
             "errorsByKind": dict(sorted(self.errors_by_kind.items())),
         }
 
@@ -138,6 +140,8 @@ class TelemetryRecorder:
         self._totals: dict[tuple[str, str], list[int]] = {}
         """(model, version) -> [requests, errors] since this process started: what a trial is judged on."""
         self._manifests = manifests or {}
+        self._sketches: dict[tuple[str, str], dict[str, object]] = {}
+        """(model, version) -> the sketches since they were last handed over (they travel less often than counts)."""
 
     def know(self, manifest: dict) -> None:
         """The manifest of a version being served: its reference bins and class count."""
@@ -151,7 +155,9 @@ class TelemetryRecorder:
                 histograms = self._manifests.get(f"{model}@{version}", {}).get("histograms", {})
                 edges = {k: v["edges"] for k, v in histograms.items() if isinstance(v, dict) and "edges" in v}
                 classes = int(histograms.get("prediction", {}).get("classes", 0))
-                summary = self._summaries[(model, version)] = Summary(model, version, self.device, edges, classes)
+                pending = self._sketches.setdefault((model, version), {})  # kept across flushes without sketches
+                summary = Summary(model, version, self.device, edges, classes, sketches=pending)
+                self._summaries[(model, version)] = summary
             summary.add(inputs, outputs, seconds, failed)
             totals = self._totals.setdefault((model, version), [0, 0])
             totals[0] += 1
@@ -172,12 +178,20 @@ class TelemetryRecorder:
         with self._lock:
             return {key: (counts[0], counts[1]) for key, counts in self._totals.items()}
 
-    def flush(self) -> list[dict]:
-        """The interval's summaries, each stamped with the moment it ended (the controller files it there)."""
+    def flush(self, with_sketches: bool = True) -> list[dict]:
+        """The interval's summaries, each stamped with the moment it ended (the controller files it there).
+        ``with_sketches``: hand over the sketches gathered since they last were (a version that served nothing
+        in this interval gets a summary of no requests carrying them); without, they keep gathering, so a
+        device sends its sketches as often as its owner can afford, not at every hand-over of counts."""
         with self._lock:
             summaries, self._summaries = self._summaries, {}
+            if with_sketches:
+                pending, self._sketches = self._sketches, {}
+                for (model, version), gathered in pending.items():
+                    if gathered and (model, version) not in summaries:
+                        summaries[(model, version)] = Summary(model, version, self.device, {}, 0, sketches=gathered)
         ended = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        return [{**s.to_json(), "ended": ended} for s in summaries.values()]
+        return [{**s.to_json(with_sketches), "ended": ended} for s in summaries.values()]
 
 
 REFUSED_FOR_GOOD = frozenset({400, 404, 409, 413, 422})

@@ -146,10 +146,14 @@ def reference_histograms(inputs: Inputs, predictions: np.ndarray, classes: int) 
     return histograms
 
 
-def reference_sketches(inputs: Inputs, outputs: np.ndarray) -> dict[str, str]:
+def reference_sketches(inputs: Inputs, outputs: np.ndarray) -> tuple[dict[str, str], dict[str, int]]:
     """name -> encoded KLL sketch of the evaluation data's features and the artifact's outputs on it: the
-    reference the controller compares the fleet's merged sketches with (:mod:`.sketches`)."""
-    return {name: sketches.encode(sketch) for name, sketch in sorted(sketches.reference_rows(inputs, outputs).items())}
+    reference the controller compares the fleet's merged sketches with (:mod:`.sketches`); and name -> the values
+    behind it (a sketch keeps at most ``REFERENCE_POINTS`` quantiles of them)."""
+    found = sketches.reference_rows(inputs, outputs)
+    counts = {name: int(np.isfinite(column).sum()) for name, column in sketches.figures(inputs, outputs).items()}
+    return ({name: sketches.encode(sketch) for name, sketch in sorted(found.items())},
+            {name: counts[name] for name in sorted(found)})  # fmt: skip
 
 
 def build_figures(manifest: dict) -> dict:

@@ -21,7 +21,7 @@ from reconciler.api import FleetTree
 from reconciler.api.status import DriftStatus, VersionDrift
 from reconciler.api.types import format_duration
 from reconciler.plan import Device, Plan
-from reconciler.telemetry.drift import version_drift
+from reconciler.telemetry.drift import Reference, version_drift
 
 log = logging.getLogger("edge_reconciler.controller")
 
@@ -34,7 +34,7 @@ class DriftWatch:
     def __init__(self, read_manifest: Callable[[str], Mapping[str, Any]] | None) -> None:
         """``read_manifest``: artifact id -> its manifest (None: no artifact store, so no references)."""
         self.read_manifest = read_manifest
-        self._references: dict[str, Mapping[str, str]] = {}
+        self._references: dict[str, Reference] = {}
         self._last: dict[str, DriftStatus] = {}
         self._at: datetime | None = None
 
@@ -89,10 +89,10 @@ class DriftWatch:
                 continue
             if artifact_id not in self._references:
                 try:
-                    self._references[artifact_id] = dict(self.read_manifest(artifact_id).get("sketches") or {})
+                    self._references[artifact_id] = Reference.of(self.read_manifest(artifact_id))
                 except (OSError, ValueError, KeyError) as exc:
                     log.warning("no reference sketches", extra={"artifact": artifact_id, "error": str(exc)})
                     continue
-            if self._references[artifact_id]:
+            if self._references[artifact_id].sketches:
                 found[profile] = self._references[artifact_id]
         return found

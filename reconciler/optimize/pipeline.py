@@ -678,6 +678,7 @@ def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, 
     profile = inputs.profile.spec
     classes = outputs.shape[1]
     predictions = np.argmax(outputs, axis=1)
+    reference = reference_sketches(evaluation.x, outputs)
     return {
         "apiVersion": "edgereconciler.io/v1alpha1",
         "kind": "ArtifactManifest",
@@ -700,7 +701,8 @@ def _manifest(inputs, chosen, path, payload, evaluation, outputs, pass_metrics, 
             reference_outputs,
         ),
         "histograms": reference_histograms(evaluation.x, predictions, classes),
-        "sketches": reference_sketches(evaluation.x, outputs),
+        "sketches": reference[0],
+        "sketchValues": reference[1],
         "passes": pass_metrics,
         "lineage": {
             "source": {"uri": inputs.version.source.uri, "sha256": source_digest},

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasketches
@@ -30,6 +31,8 @@ from reconciler.artifact import sketches
 
 GRID = 256
 """Quantiles read from each sketch: the KS distance is read at most ``1 / GRID`` low (a conservative error)."""
+COARSE = 4
+"""Per-device checks read the distance on every fourth point of the reference's grid (64 points)."""
 DECILES = 10
 EPSILON = 1e-4
 """Floor of a bin's share in PSI, so that a bin seen on one side only does not make the index infinite."""
@@ -51,57 +54,98 @@ def rank_error(sketch: Sketch) -> float:
     return sketch.normalized_rank_error(False) if sketch.is_estimation_mode() else 0.0
 
 
+class Baseline:
+    """One reference figure, prepared once for any number of comparisons: its quantile grid and distribution on
+    it, its decile bins and its share in each."""
+
+    def __init__(self, sketch: Sketch, values: int | None = None) -> None:
+        """``values``: the sample size behind the sketch when it holds another count: a build's reference kept as
+        quantiles of a larger sample (each quantile stands within ``1 / n`` of it: added to the threshold), or
+        several profiles' copies of one evaluation set merged."""
+        self.sketch = sketch
+        self.n = values or sketch.n
+        self.grid = _quantiles(sketch)
+        self.cdf = np.asarray(sketch.get_cdf(self.grid))[:-1]
+        self.coarse_grid, self.coarse_cdf = self.grid[::COARSE], self.cdf[::COARSE]
+        self.error = rank_error(sketch) + (1 / sketch.n if self.n > sketch.n else 0.0)
+        self.edges = np.unique(np.asarray(sketch.get_quantiles((np.arange(1, DECILES) / DECILES).tolist()),
+                                          dtype=np.float32))  # fmt: skip
+        self.shares = _floored(sketch.get_pmf(self.edges))
+
+    def compare(self, current: Sketch, false_alarm_rate: float, exact: bool = True) -> FigureDrift | None:
+        """None when ``current`` has under ``MIN_VALUES``. ``exact``: read the distance on both sketches' quantile
+        grids; without, on every ``COARSE``-th of the reference's alone, which reads it at most ``COARSE / GRID``
+        low (never a false alarm; what a check of every device of a large fleet can afford). PSI and JS are
+        worked out when exact or drifted."""
+        m = current.n
+        if m < MIN_VALUES or self.sketch.is_empty():
+            return None
+        grid, cdf = (self.grid, self.cdf) if exact else (self.coarse_grid, self.coarse_cdf)
+        ks = float(np.max(np.abs(cdf - np.asarray(current.get_cdf(grid))[:-1])))
+        if exact:
+            grid = _quantiles(current)
+            gaps = np.asarray(self.sketch.get_cdf(grid))[:-1] - np.asarray(current.get_cdf(grid))[:-1]
+            ks = max(ks, float(np.max(np.abs(gaps))))
+        threshold = critical_value(false_alarm_rate) * math.sqrt((self.n + m) / (self.n * m))
+        threshold += self.error + rank_error(current)
+        if not exact and ks <= threshold:
+            return FigureDrift(ks, threshold, 0.0, 0.0, m)
+        shares = _floored(current.get_pmf(self.edges))
+        return FigureDrift(ks, threshold, _psi(shares, self.shares), _js(shares, self.shares), m)
+
+
 def compare(
     reference: Sketch,
     current: Sketch,
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     reference_values: int | None = None,
 ) -> FigureDrift | None:
-    """``current`` against ``reference``; None when either is empty or ``current`` has under ``MIN_VALUES``.
-    ``reference_values``: the reference's sample size when its sketch merges several copies of one sample (the
-    references of one evaluation set built for several profiles)."""
-    n, m = reference_values or reference.n, current.n
-    if reference.is_empty() or m < MIN_VALUES or n <= 0:
+    """``current`` against ``reference``; None when either is empty or ``current`` has under ``MIN_VALUES``
+    (``reference_values``: see :class:`Baseline`)."""
+    if reference.is_empty():
         return None
-    grid = np.unique(np.concatenate([_quantiles(reference), _quantiles(current)]))
-    ks = float(np.max(np.abs(np.asarray(reference.get_cdf(grid)) - np.asarray(current.get_cdf(grid)))))
-    threshold = critical_value(false_alarm_rate) * math.sqrt((n + m) / (n * m)) + rank_error(reference)
-    threshold += rank_error(current)
-    p, q = _decile_shares(reference, current)
-    return FigureDrift(ks, threshold, _psi(q, p), _js(q, p), m)
+    return Baseline(reference, reference_values).compare(current, false_alarm_rate)
+
+
+def baselines(reference: Mapping[str, str | Sketch], values: Mapping[str, int] | None = None) -> dict[str, Baseline]:
+    """Every figure of a reference (sketches, or their encoding: a manifest's) prepared; what does not decode or
+    is empty is left out."""
+    prepared = {}
+    for name, sketch in reference.items():
+        decoded = sketch if isinstance(sketch, Sketch) else _decoded(sketch)
+        if decoded is not None and not decoded.is_empty():
+            prepared[name] = Baseline(decoded, (values or {}).get(name))
+    return prepared
 
 
 def compare_all(
-    reference: Mapping[str, str | Sketch],
+    reference: Mapping[str, str | Sketch | Baseline],
     current: Mapping[str, Sketch],
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     reference_values: Mapping[str, int] | None = None,
     tests: int = 1,
+    exact: bool = True,
 ) -> dict[str, FigureDrift]:
     """Every figure both sides have, compared; the false-alarm rate is shared by the figures and by ``tests``
-    verdicts of the same kind (the devices of a fleet, say). ``reference``: sketches, or their encoding (a
-    manifest's)."""
+    verdicts of the same kind (the devices of a fleet, say). ``reference``: prepared baselines, sketches, or their
+    encoding (a manifest's)."""
     names = sorted(set(reference) & set(current))
     share = false_alarm_rate / max(len(names) * tests, 1)
+    raw = {n: reference[n] for n in names if not isinstance(reference[n], Baseline)}
+    prepared = {**{n: b for n in names if isinstance(b := reference[n], Baseline)},
+                **baselines(raw, reference_values)}  # fmt: skip
     result: dict[str, FigureDrift] = {}
     for name in names:
-        baseline = reference[name] if isinstance(reference[name], Sketch) else _decoded(reference[name])
-        if baseline is None:
-            continue
-        found = compare(baseline, current[name], share, (reference_values or {}).get(name))
-        if found is not None:
-            result[name] = found
+        if name in prepared:
+            found = prepared[name].compare(current[name], share, exact)
+            if found is not None:
+                result[name] = found
     return result
 
 
 def _quantiles(sketch: Sketch) -> np.ndarray:
-    return np.asarray(sketch.get_quantiles(((np.arange(GRID) + 0.5) / GRID).tolist()), dtype=np.float32)
-
-
-def _decile_shares(reference: Sketch, current: Sketch) -> tuple[np.ndarray, np.ndarray]:
-    """The share of each side in the reference's decile bins (fewer bins where the reference repeats a value)."""
-    edges = np.unique(np.asarray(reference.get_quantiles((np.arange(1, DECILES) / DECILES).tolist()), np.float32))
-    return _floored(reference.get_pmf(edges)), _floored(current.get_pmf(edges))
+    """The sketch's quantiles at (i + 0.5) / GRID, each once (what ``get_cdf`` takes: rising, no repeats)."""
+    return np.unique(np.asarray(sketch.get_quantiles(((np.arange(GRID) + 0.5) / GRID).tolist()), dtype=np.float32))
 
 
 def _floored(shares: list[float]) -> np.ndarray:
@@ -135,31 +179,48 @@ def merged_sketches(summaries: Iterable[Mapping[str, Any]]) -> dict[str, Sketch]
     return merged
 
 
-def reference_for(references: Iterable[Mapping[str, str]]) -> tuple[dict[str, str], dict[str, int]]:
+def reference_for(references: Iterable[Reference]) -> tuple[dict[str, str], dict[str, int]]:
     """One reference of several builds' (one per profile, each from the same evaluation data): their sketches merged
-    name by name, and the sample size of one of them, so that the copies do not pass for a larger sample."""
+    name by name, and the sample size of one of them (as its build counted it), so that the copies do not pass
+    for a larger sample."""
     merged: dict[str, list[str]] = {}
+    counted: dict[str, int] = {}
     for reference in references:
-        for name, text in reference.items():
+        for name, text in reference.sketches.items():
             merged.setdefault(name, []).append(text)
+            counted[name] = max(counted.get(name, 0), int(reference.values.get(name, 0)))
     encoded, sizes = {}, {}
     for name, texts in merged.items():
         decoded = [sketch for sketch in map(_decoded, texts) if sketch is not None]
         if decoded:
             encoded[name] = sketches.encode(sketches.merged(texts)) if len(texts) > 1 else texts[0]
-            sizes[name] = max(s.n for s in decoded)
+            sizes[name] = counted.get(name) or max(s.n for s in decoded)
     return encoded, sizes
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A build's reference (its manifest's ``sketches``) and the sample size behind each (``sketchValues``)."""
+
+    sketches: Mapping[str, str]
+    values: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, manifest: Mapping[str, Any]) -> Reference:
+        values = manifest.get("sketchValues") or {}
+        return cls(dict(manifest.get("sketches") or {}),
+                   {str(k): int(v) for k, v in values.items() if isinstance(v, int) and v > 0})  # fmt: skip
 
 
 def version_drift(
     summaries: Iterable[Mapping[str, Any]],
-    references: Mapping[str, Mapping[str, str]],
+    references: Mapping[str, Reference],
     profile_of: Mapping[str, str],
     groups: Mapping[str, Collection[str]],
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
 ) -> VersionDrift:
     """One version's drift: ``summaries`` (the window's, any number per device), ``references`` (profile -> its
-    build's reference sketches), ``profile_of`` (device -> profile), ``groups`` (group -> member devices).
+    build's reference), ``profile_of`` (device -> profile), ``groups`` (group -> member devices).
 
     Fleet-wide, per profile, per group and per device, each slice against the reference of the profiles in it;
     the false-alarm rate is shared among the slices of a kind (profiles, groups, devices)."""
@@ -168,20 +229,21 @@ def version_drift(
         by_device.setdefault(str(summary.get("device", "")), []).append(summary)
     merged = {device: merged_sketches(rows) for device, rows in by_device.items()}
     if not references:
-        references = {"": {}}  # nothing to compare with: latency still counts
-    known: dict[frozenset[str], tuple[dict[str, str], dict[str, int]]] = {}
+        references = {"": Reference({})}  # nothing to compare with: latency still counts
+    known: dict[frozenset[str], dict[str, Baseline]] = {}
 
-    def scope(devices: Collection[str], tests: int, latency_of: bool = True) -> DriftScope:
+    def scope(devices: Collection[str], tests: int, detailed: bool = True) -> DriftScope:
         present = [d for d in devices if d in merged]
         wanted = frozenset({profile_of.get(d) for d in present} & set(references) or set(references))
         if wanted not in known:
-            known[wanted] = reference_for(references[p] for p in sorted(wanted))
-        reference, sizes = known[wanted]
+            known[wanted] = baselines(*reference_for(references[p] for p in sorted(wanted)))
+        prepared = known[wanted]
         current = merged[present[0]] if len(present) == 1 else _merge_maps(merged[d] for d in present)
         latency = current.get(sketches.LATENCY)
-        quantiles = {} if latency is None or latency.is_empty() or not latency_of else {
+        quantiles = {} if latency is None or latency.is_empty() or not detailed else {
             name: float(latency.get_quantile(q)) for name, q in LATENCY_QUANTILES.items()}  # fmt: skip
-        return DriftScope(len(present), compare_all(reference, current, false_alarm_rate, sizes, tests), quantiles)
+        found = compare_all(prepared, current, false_alarm_rate, tests=tests, exact=detailed)
+        return DriftScope(len(present), found, quantiles)
 
     fleet = scope(list(merged), 1)
     by_profile: dict[str, list[str]] = {}
@@ -193,12 +255,12 @@ def version_drift(
     in_groups = {g: scope(members, len(present_groups)) for g, members in sorted(present_groups.items())}
     drifted = {}
     for device in sorted(merged):
-        found = scope([device], len(merged), latency_of=False)
+        found = scope([device], len(merged), detailed=False)  # every device: the affordable distance, no latency
         if found.drifted:
             drifted[device] = found
     named = dict(sorted(drifted.items(), key=lambda item: -max(
         f.ks - f.threshold for f in item[1].figures.values() if f.drifted))[:DRIFTED_DEVICES])  # fmt: skip
-    missing = None if any(references.values()) else "no reference sketches in this version's builds"
+    missing = None if any(r.sketches for r in references.values()) else "no reference sketches in this version's builds"
     return VersionDrift(fleet, profiles, in_groups, named, len(drifted), reference=missing)
 
 

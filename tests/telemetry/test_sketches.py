@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.agent.telemetry import Summary
+from reconciler.agent.telemetry import Summary, TelemetryRecorder
 from reconciler.artifact import sketches
 from reconciler.deviceapi.protocol import TelemetrySummary
 from reconciler.telemetry.summaries import merge
@@ -78,3 +78,20 @@ def test_a_summary_with_a_forged_sketch_is_refused():
     forged = {**good, "sketches": {**good["sketches"], "input_0[0]": "bm90IGEgc2tldGNo"}}
     with pytest.raises(ValueError, match=r"sketches.input_0\[0\]: not an encoded KLL sketch"):
         TelemetrySummary.model_validate(forged)
+
+
+def test_sketches_travel_less_often_than_counts_and_lose_nothing_between():
+    recorder = TelemetryRecorder("d")
+    rows = np.arange(30, dtype=np.float32).reshape(10, 3)
+    recorder("m", "1", {"input_0": rows[:6]}, np.zeros((6, 2)), 0.001, False)
+    [counts] = recorder.flush(with_sketches=False)
+    assert counts["requests"] == 1 and counts["sketches"] == {}
+    recorder("m", "1", {"input_0": rows[6:]}, np.zeros((4, 2)), 0.001, False)
+    recorder.flush(with_sketches=False)
+    [carried] = recorder.flush(with_sketches=True)  # nothing served in this interval: a summary of sketches only
+    assert carried["requests"] == 0
+    assert sketches.decode(carried["sketches"]["input_0[0]"]).n == 10  # every row of both intervals
+    assert sketches.decode(carried["sketches"][sketches.LATENCY]).n == 2  # one per request
+    TelemetrySummary.model_validate({**carried, "apiVersion": "edgereconciler.io/v1alpha1",
+                                     "kind": "TelemetrySummary"})  # the device API takes it  # fmt: skip
+    assert recorder.flush(with_sketches=True) == []  # handed over once
