@@ -42,7 +42,7 @@ from reconciler.signing import (
 )
 from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path, utcnow
 from reconciler.telemetry.store import TelemetryStore
-from reconciler.telemetry.summaries import merge, recorder
+from reconciler.telemetry.summaries import log_recorder, merge, recorder
 
 FLEET = Path(__file__).resolve().parents[1] / "fleet-example"
 MODEL, PROFILE = "vibration-anomaly", "arm-cortex-a-cpu"
@@ -197,7 +197,8 @@ def start_device_api(
     (tls / "tls.key").write_bytes(key)
     context = ca.server_context(tls / "tls.crt", tls / "tls.key")
 
-    record = recorder(TelemetryStore(root / "telemetry.sqlite"), utcnow)
+    store_file = TelemetryStore(root / "telemetry.sqlite")
+    record = recorder(store_file, utcnow)
 
     def sink(backend, device: str, summary: dict) -> bool | str:
         if telemetry is not None:
@@ -206,7 +207,7 @@ def start_device_api(
 
     server = DeviceAPIServer(("127.0.0.1", 0), identity, lambda: backend, context,
                              blobs=store.root / "blobs" / "sha256", tuf=root / "tuf", deltas=store.delta,
-                             on_telemetry=sink)  # fmt: skip
+                             on_telemetry=sink, on_logs=log_recorder(store_file, utcnow))  # fmt: skip
     return server.start()
 
 

@@ -72,6 +72,7 @@ from .phases import (
 )
 from .sensors import HWMON, Reading, Sampler
 from .slots import KeepPolicy, ModelSlots, SlotState, UnsafeNameError, check_name
+from .verbosity import Verbosity
 
 log = logging.getLogger("edge_reconciler.agent")
 
@@ -187,6 +188,8 @@ class Agent:
         """How the last artifact came: full, delta, delta failed then full, or local (every file was already on
         the device: a kept version or the other slot). Reported in status."""
         self.trial_stats = trial_stats
+        self.verbosity = Verbosity(clock=clock)
+        """A log level the fleet repo asks for (``edgectl debug``), dropped at its ``until`` by this clock."""
         self._reported: dict[str, tuple[AssignmentStatus, float]] = {}
         self._retries: dict[str, tuple[tuple[str, int], int, datetime]] = {}
         """model -> ((version, generation), attempts, next attempt): transient failures, kept in memory only."""
@@ -214,8 +217,10 @@ class Agent:
     def cycle(self) -> dict[str, AssignmentStatus]:
         """Converge every assignment of this device once; returns the status reported per model."""
         self.backend.sync(inventory=False)
+        assignments = self.backend.assignments_for(self.config.device)
+        self.verbosity.apply(next((spec.debug for spec, _ in assignments.values() if spec.debug), None))
         reports = {}
-        for model, (spec, generation) in sorted(self.backend.assignments_for(self.config.device).items()):
+        for model, (spec, generation) in sorted(assignments.items()):
             reports[model] = self.converge(spec, generation)
         return reports
 

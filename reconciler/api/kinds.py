@@ -6,6 +6,7 @@ counts all read this one table.
 
 from __future__ import annotations
 
+from .debug import DebugSession
 from .device import DeviceGroup, DeviceProfile
 from .document import Document
 from .fleet import Fleet
@@ -14,4 +15,4 @@ from .retraining import RetrainingRequest
 from .rollout import Rollout
 
 KINDS: dict[str, type[Document]] = {cls.KIND: cls for cls in (Fleet, DeviceProfile, DeviceGroup, Model, Rollout,
-                                                           RetrainingRequest)}  # fmt: skip
+                                                           RetrainingRequest, DebugSession)}  # fmt: skip

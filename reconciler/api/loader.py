@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .crosscheck import crosscheck
+from .debug import DebugSession
 from .device import DeviceGroup, DeviceProfile
 from .document import API_VERSION, Document
 from .errors import SpecError, SpecErrors, format_field_path
@@ -64,6 +65,8 @@ class FleetTree:
     models: Mapping[str, Model] = field(default_factory=dict)
     rollouts: Mapping[str, Rollout] = field(default_factory=dict)
     retraining: Mapping[str, RetrainingRequest] = field(default_factory=dict)
+    debug: Mapping[str, DebugSession] = field(default_factory=dict)
+    """Temporary log levels for some devices (``edgectl debug``)."""
     """Requests to retrain a drifted model (the controller writes them on branches; they change nothing)."""
     sources: Mapping[tuple[str, str], RawDocument] = field(default_factory=dict)
     """Where each (kind, name) was defined."""
@@ -78,6 +81,7 @@ class FleetTree:
             "Model": len(self.models),
             "Rollout": len(self.rollouts),
             **({"RetrainingRequest": len(self.retraining)} if self.retraining else {}),
+            **({"DebugSession": len(self.debug)} if self.debug else {}),
         }
 
 
@@ -144,6 +148,7 @@ def _load_fleet(files: Iterable[SourceFile], limits: Limits) -> FleetTree:
         models=by_kind["Model"],
         rollouts=by_kind["Rollout"],
         retraining=by_kind["RetrainingRequest"],
+        debug=by_kind["DebugSession"],
         sources={(item.document.kind, item.document.name): item.source for item in located},
     )
 

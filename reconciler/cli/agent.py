@@ -120,6 +120,7 @@ def agent(
                           service_account_token_file=service_account_token_file)  # fmt: skip
     root = trusted_root.read_bytes() if trusted_root else None
     from reconciler.agent.telemetry import TelemetryQueue
+    from reconciler.agent.verbosity import upload_logs
 
     queue = TelemetryQueue(data_dir / "telemetry", telemetry_budget)
     server = None
@@ -170,6 +171,7 @@ def agent(
 
     def upload_telemetry() -> None:  # the model server's process puts its summaries in the queue
         queue.upload(client.telemetry_url, client.pool)
+        upload_logs(worker.verbosity, client)
 
     try:
         worker.run(stop, interval, after_cycle=upload_telemetry)

@@ -33,6 +33,8 @@ COMMANDS: dict[str, LazyCommand] = {
                              "worker's and a Kubernetes build Job's command line).", hidden=True),
     "completion": LazyCommand("reconciler.cli.version", "completion",
                               "Print the shell completion script for SHELL (bash: source <(edgectl completion bash))."),
+    "debug": LazyCommand("reconciler.cli.debug", "debug", "Raise some devices' agents to LEVEL for a while, with "
+                         "their log lines uploaded (a commit)."),
     "demo": LazyCommand("reconciler.cli.demo", "demo", "Run the product end to end on this machine: repo, builds, "
                         "controller, 12 agents, a rollout, a rollback."),
     "describe": LazyCommand("reconciler.cli.get", "describe", "Everything about one rollout (steps, gates against "
@@ -46,6 +48,8 @@ COMMANDS: dict[str, LazyCommand] = {
                        "Show devices, groups, models, rollouts, artifacts, benchmarks, drift, events or builds "
                        "(kubectl-style tables)."),
     "keys": LazyCommand("reconciler.cli.trust", "keys", "Key files for release signatures and TUF roles."),
+    "logs": LazyCommand("reconciler.cli.debug", "logs", "Log lines DEVICE's agent uploaded during ``edgectl debug`` "
+                        "sessions."),
     "plan": LazyCommand("reconciler.cli.plan", "plan_command", "Show what merging HEAD into BASE would do: devices "
                         "per version at every rollout step, artifacts to build, risky settings."),
     "reconcile": LazyCommand("reconciler.cli.rollout", "reconcile",

@@ -47,7 +47,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
     from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
     from reconciler.durable import write_atomic
     from reconciler.errors import PermanentError
-    from reconciler.telemetry.summaries import recorder
+    from reconciler.telemetry.summaries import log_recorder, recorder
 
     host, _, port = address.rpartition(":")
     host = host or "127.0.0.1"
@@ -80,6 +80,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
         blobs=store / "blobs" / "sha256" if store else None, tuf=state_dir / "tuf",
         deltas=artifacts.delta if artifacts else None,
         on_telemetry=recorder(telemetry, lambda: datetime.now(UTC)), registry=registry,
+        on_logs=log_recorder(telemetry, lambda: datetime.now(UTC)),
         clock=lambda: datetime.now(UTC), register_enrolled=backend == "local",
         node_of_token=(lambda token: target.node_of_token(token, SERVICE_ACCOUNT_AUDIENCE, agent_service_account))
         if agent_service_account else None,

@@ -74,6 +74,15 @@ MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
                                         "description": "A lab device: benchmark the "
                                         "version and report the figures, never serve it.",
                                     },
+                                    "debug": {
+                                        "type": "object",
+                                        "description": "A log level the agent takes until a moment, then "
+                                        "drops by its own clock.",
+                                        "properties": {
+                                            "level": {"type": "string", "enum": ["debug", "info", "warning"]},
+                                            "until": {"type": "string", "format": "date-time"},
+                                        },
+                                    },
                                     "trial": {
                                         "type": "object",
                                         "description": "How the device tries the version after switching.",

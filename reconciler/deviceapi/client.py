@@ -211,6 +211,10 @@ class DeviceClient:
     def report(self, model: str, status: AssignmentStatus) -> None:
         self._call(self.pool, "PUT", protocol.STATUS.format(model=model), status.to_json())
 
+    def upload_logs(self, lines: list[dict]) -> None:
+        """Recent log lines, while a debug session names this device (refused otherwise: they stay here)."""
+        self._call(self.pool, "POST", protocol.LOGS, {"lines": lines})
+
     def _call(self, pool: urllib3.PoolManager, method: str, path: str, body: dict[str, Any] | None) -> Any:
         return _json(self._request(method, path, body, {}, self.timeout, pool))
 

@@ -23,10 +23,12 @@ RENEW = "/v1/renew"
 ASSIGNMENTS = "/v1/assignments"
 STATUS = "/v1/status/{model}"
 TELEMETRY = "/v1/telemetry"
+LOGS = "/v1/logs"
 
 MAX_ENROL_BODY = 16 * 1024
 MAX_STATUS_BODY = 64 * 1024
 MAX_TELEMETRY_BODY = 1024 * 1024
+MAX_LOG_LINES = 500
 MAX_WAIT_SECONDS = 60.0
 """Longest long-poll a device may ask for (``GET /v1/assignments?wait=S``)."""
 
@@ -195,3 +197,16 @@ def extras_problem(extra: Mapping[str, Any]) -> str | None:
         if not _EXTRA_KEY.fullmatch(key) or not small:
             return f"extra figure {key[:64]!r} must be a small scalar with a plain name"
     return None
+
+
+class LogLine(_Message):
+    time: AwareDatetime
+    level: Literal["debug", "info", "warning", "error", "critical"]
+    logger: str = Field(max_length=200)
+    message: str = Field(max_length=2000)
+
+
+class LogUpload(_Message):
+    """Recent log lines of an agent whose assignment asks for them (``edgectl debug``)."""
+
+    lines: list[LogLine] = Field(min_length=1, max_length=MAX_LOG_LINES)

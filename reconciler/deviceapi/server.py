@@ -110,6 +110,7 @@ class DeviceAPIServer:
         tuf: Path | None = None,
         deltas: Callable[[str, str], Path] | None = None,
         on_telemetry: Callable[[Backend, str, dict], bool | str] | None = None,
+        on_logs: Callable[[Backend, str, list[dict]], bool] | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         register_enrolled: bool = False,
@@ -131,6 +132,9 @@ class DeviceAPIServer:
         self.address, self.identity, self.backend_factory = address, identity, backend_factory
         self.ssl_context, self.blobs, self.tuf, self.deltas = ssl_context, blobs, tuf, deltas
         self.on_telemetry, self.clock, self.register_enrolled = on_telemetry, clock, register_enrolled
+        self.on_logs = on_logs
+        """``on_logs(backend, device, lines)``: keep an agent's recent log lines; False when its assignments ask
+        for none (no ``edgectl debug`` names it now): refused, so nothing leaves a device unasked."""
         self.limits, self.node_of_token = limits or Limits(), node_of_token
         self.refusals = Counter("edge_reconciler_device_api_refusals", "Device API requests refused, by reason.",
                                 ["reason"], registry=registry)  # fmt: skip
@@ -205,6 +209,8 @@ class DeviceAPIServer:
         app.router.add_put(protocol.STATUS, self._status)
         if self.on_telemetry is not None:
             app.router.add_post(protocol.TELEMETRY, self._telemetry)
+        if self.on_logs is not None:
+            app.router.add_post(protocol.LOGS, self._logs)
         if self.blobs is not None:
             app.router.add_get("/artifacts/sha256/{digest:[0-9a-f]{64}}", self._blob)
         if self.deltas is not None:
@@ -449,6 +455,22 @@ class DeviceAPIServer:
         if stored is True:
             return web.json_response({"accepted": 1}, status=202)
         return web.json_response({"accepted": 0, "reason": stored or "not-assigned"}, status=202)
+
+    async def _logs(self, request: web.Request) -> web.Response:
+        device = await self._authenticate(request)
+        wait = self.telemetry_bucket.take(device, time.monotonic())
+        if wait > 0:
+            raise _Refused(429, "rate-limited", "uploads come at the telemetry rate",
+                           Retry_After=retry_after(wait))  # fmt: skip
+        upload = await self._body(request, protocol.MAX_TELEMETRY_BODY, protocol.LogUpload)
+        lines = [line.model_dump(mode="json") for line in upload.lines]
+        if not await self._call(self._store_logs, device, lines):
+            raise _Refused(403, "not-debugging", f"no debug session names {device} now: its log lines stay on it")
+        return web.json_response({"accepted": len(lines)}, status=202)
+
+    def _store_logs(self, device: str, lines: list[dict]) -> bool:
+        assert self.on_logs is not None
+        return self.on_logs(self._backend(), device, lines)
 
     def bytes_sent(self, kind: str) -> int:
         """Bytes of ``kind`` (artifact, delta, metadata) sent since the start."""

@@ -105,16 +105,46 @@ def set_annotation(text: str, index: int, key: str, value: str | None) -> str:
 
 def commit_annotation(checkout: Path, name: str, key: str, value: str | None, message: str) -> Edited:
     """Set the annotation in the working tree and commit that one file on the current branch."""
-    try:
-        repo = pygit2.Repository(str(checkout))
-    except pygit2.GitError as exc:
-        raise PermanentGitError(f"{checkout} is not a Git checkout: {exc}") from exc
+    repo = _checkout(checkout)
     root = Path(repo.workdir)
     path, index = find_rollout(root, name)
     path.write_text(set_annotation(path.read_text(), index, key, value))
     relative = path.relative_to(root).as_posix()
+    return Edited(relative, _commit(repo, {relative: True}, message), value)
+
+
+def commit_files(checkout: Path, files: dict[str, bytes | None], message: str) -> str:
+    """Write (None: remove) ``files``, relative to the checkout's root, and commit them on the current branch."""
+    repo = _checkout(checkout)
+    root = Path(repo.workdir)
+    for relative, content in files.items():
+        path = root / relative
+        if content is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+    return _commit(repo, {relative: content is not None for relative, content in files.items()}, message)
+
+
+def _checkout(checkout: Path) -> pygit2.Repository:
+    try:
+        repo = pygit2.Repository(str(checkout))
+    except pygit2.GitError as exc:
+        raise PermanentGitError(f"{checkout} is not a Git checkout: {exc}") from exc
+    if repo.is_bare:
+        raise PermanentGitError(f"{checkout} is a bare repository: commit from a checkout")
+    return repo
+
+
+def _commit(repo: pygit2.Repository, paths: dict[str, bool], message: str) -> str:
+    """Stage ``paths`` (True: add, False: remove) and commit them on the current branch."""
     repo.index.read()
-    repo.index.add(relative)
+    for relative, present in paths.items():
+        if present:
+            repo.index.add(relative)
+        elif relative in repo.index:
+            repo.index.remove(relative)
     repo.index.write()
     tree = repo.index.write_tree()
     try:
@@ -122,8 +152,7 @@ def commit_annotation(checkout: Path, name: str, key: str, value: str | None, me
     except (KeyError, pygit2.GitError):
         author = pygit2.Signature("edgectl", "edgectl@localhost")
     parents = [] if repo.head_is_unborn else [repo.head.target]
-    commit = repo.create_commit("HEAD", author, author, message, tree, parents)
-    return Edited(relative, str(commit), value)
+    return str(repo.create_commit("HEAD", author, author, message, tree, parents))
 
 
 def _quoted(value: str) -> str:

@@ -81,6 +81,25 @@ class Desired:
     """How the device tries the version after switching; None: the agent's default."""
     benchmark: bool = False
     """A lab device: download, verify and benchmark the version, report the figures, never serve it."""
+    debug: Debug | None = None
+    """A temporary log level for the device's agent (a DebugSession); None: its own."""
+
+
+@dataclass(frozen=True)
+class Debug:
+    """A log level the agent takes until a moment (RFC 3339), then drops by its own clock."""
+
+    level: str
+    until: str
+
+    def to_json(self) -> dict:
+        return {"level": self.level, "until": self.until}
+
+    @classmethod
+    def from_json(cls, body: Mapping | None) -> Debug | None:
+        if not isinstance(body, Mapping) or not body.get("level") or not body.get("until"):
+            return None
+        return cls(str(body["level"]), str(body["until"]))
 
 
 @dataclass(frozen=True)
@@ -193,6 +212,8 @@ class Targeting:
     """rollout -> its first step's percent, the position of a rollout nobody placed."""
     lab: tuple[_Candidate, ...] = ()
     """Lab devices, once per rollout that delivers to devices of their profile."""
+    debug: Mapping[str, Debug] = field(default_factory=dict)
+    """device -> the log level a DebugSession gives it (the session that ends last)."""
 
     def has_lab(self, rollout: str) -> bool:
         return any(c.target.name == rollout for c in self.lab)
@@ -223,6 +244,7 @@ class Targeting:
             desired[(device, target.model)] = Desired(
                 device, target.model, target.version, profile, target.name,
                 artifacts.get((target.model, target.version, profile)), False, benchmark=True,
+                debug=self.debug.get(device),
             )  # fmt: skip
         for device, profile, target, slot, window, group in self.candidates:
             result.delivered.setdefault(target.name, set()).add(profile)
@@ -236,7 +258,7 @@ class Targeting:
                 continue  # not reached yet, and nothing ran before: leave the device alone
             desired[(device, target.model)] = Desired(
                 device, target.model, wanted, profile, target.name, artifacts.get((target.model, wanted, profile)),
-                inside, window, target.trial,
+                inside, window, target.trial, debug=self.debug.get(device),
             )  # fmt: skip
         return result
 
@@ -257,6 +279,7 @@ def plan(
 
 def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
     """Match every device against the profiles and the active rollouts' groups and conditions, once."""
+    devices = devices if isinstance(devices, list | tuple) else list(devices)
     targets: list[_Target] = []
     steps: dict[str, int] = {}
     for name, rollout in sorted(tree.rollouts.items()):
@@ -335,7 +358,21 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
     delivered = {(c.target.name, c.profile) for c in candidates}
     lab_candidates = [_Candidate(device, profile, target, BUCKETS, None) for device, profile in lab_devices
                       for target in targets if (target.name, profile) in delivered]  # fmt: skip
-    return Targeting(tuple(candidates), tuple(problems), device_profiles, steps, tuple(lab_candidates))
+    return Targeting(tuple(candidates), tuple(problems), device_profiles, steps, tuple(lab_candidates),
+                     debug_levels(tree, devices))  # fmt: skip
+
+
+def debug_levels(tree: FleetTree, devices: Iterable[Device]) -> dict[str, Debug]:
+    """device -> the DebugSession that names it and ends last (sessions are few: a person's)."""
+    found: dict[str, Debug] = {}
+    sessions = sorted((d.spec for d in tree.debug.values()), key=lambda s: s.until)
+    if not sessions:
+        return found
+    for device in devices:
+        for session in sessions:  # the one ending last wins
+            if session.selector.matches(device.labels):
+                found[device.name] = Debug(session.level, session.until.isoformat().replace("+00:00", "Z"))
+    return found
 
 
 ARCH_LABEL = "kubernetes.io/arch"

@@ -41,6 +41,8 @@ HOURLY_FOR = timedelta(days=2)
 """Hour-wide buckets younger than this stay hour-wide; older ones are folded into their day."""
 STREAMS_KEPT = 4
 """Telemetry streams remembered per device (a device wiped and enrolled again starts a new one)."""
+LOG_LINES_KEPT = 5000
+"""Uploaded log lines kept per device (``edgectl debug`` sessions); older ones go."""
 FOLD_PER_CALL = 20_000
 """Hour-wide rows folded by one compaction at most (an hour of 20,000 devices)."""
 """Telemetry streams remembered per device (a device wiped and enrolled again starts a new one)."""
@@ -56,6 +58,15 @@ CREATE TABLE IF NOT EXISTS buckets (
     PRIMARY KEY (model, version, start, width, device)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS buckets_by_age ON buckets (width, start);
+CREATE TABLE IF NOT EXISTS device_logs (
+    device TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    level TEXT NOT NULL,
+    logger TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_logs_by_device ON device_logs (device, seq);
 CREATE TABLE IF NOT EXISTS streams (
     device TEXT NOT NULL,
     stream TEXT NOT NULL,
@@ -164,6 +175,25 @@ class TelemetryStore:
             return Compaction(len(rows), expired, more)
 
         return self._file.transaction(work)
+
+    def record_logs(self, device: str, lines: list[Mapping[str, Any]]) -> int:
+        """Keep an agent's uploaded log lines (the newest ``LOG_LINES_KEPT`` per device); how many were added."""
+
+        def add(db: sqlite3.Connection) -> int:
+            db.executemany("INSERT INTO device_logs (device, time, level, logger, message) VALUES (?, ?, ?, ?, ?)",
+                           [(device, str(line["time"]), str(line["level"]), str(line["logger"]),
+                             str(line["message"])) for line in lines])  # fmt: skip
+            db.execute("DELETE FROM device_logs WHERE device = ? AND seq <= (SELECT seq FROM device_logs WHERE "
+                       "device = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)", (device, device, LOG_LINES_KEPT))  # fmt: skip
+            return len(lines)
+
+        return self._file.transaction(add)
+
+    def device_logs(self, device: str, limit: int = LOG_LINES_KEPT) -> list[dict[str, str]]:
+        """The device's newest uploaded log lines, oldest first."""
+        rows = self._file.read("SELECT time, level, logger, message FROM device_logs WHERE device = ? "
+                               "ORDER BY seq DESC LIMIT ?", (device, limit))  # fmt: skip
+        return [{"time": t, "level": lv, "logger": lg, "message": m} for t, lv, lg, m in reversed(rows)]
 
     def last_received(self) -> float | None:
         """Unix time the newest summary arrived (any device); None before the first."""

@@ -82,3 +82,27 @@ def _add(left: list[int], right: list[int]) -> list[int]:
     if len(left) != len(right):
         return [int(c) for c in right] if right else [int(c) for c in left]
     return [int(a) + int(b) for a, b in zip(left, right, strict=True)]
+
+
+def log_recorder(store: TelemetryStore, clock: Callable[[], datetime]) -> Callable[[Backend, str, list], bool]:
+    """The device API's ``on_logs``: an agent's log lines go into ``store`` while one of its assignments carries a
+    debug session whose ``until`` lies ahead (``edgectl debug``); False (refused) otherwise."""
+
+    def record(backend: Backend, device: str, lines: list) -> bool:
+        now = clock()
+        for spec, _ in backend.assignments_for(device).values():
+            debug = spec.debug
+            until = _moment(debug.until) if debug is not None else None
+            if until is not None and until > now:
+                store.record_logs(device, lines)
+                return True
+        return False
+
+    return record
+
+
+def _moment(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
