@@ -270,5 +270,6 @@ def test_drift_quick():
         rf"  sketches merged and compared  {NUMBER} s  \({NUMBER} ms/device; \d+ device\(s\) flagged on "
         r"reference-like data\)",
         rf"  ratio                         {NUMBER}x",
-        r"  100 devices, 6 h window  flagged after \d+ min of shifted data  \(0 other figure\(s\) flagged on the way\)",
+        r"  100 devices, 6 h window  flagged after \d+ min of shifted data  \(0 other input feature\(s\) flagged on "
+        r"the way\)",
     )

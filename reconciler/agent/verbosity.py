@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from reconciler.api.types import parse_moment
 from reconciler.plan.desired import Debug
 
 CAPACITY = 2000
@@ -59,7 +60,7 @@ class Verbosity:
 
     def apply(self, debug: Debug | None) -> bool:
         """Take ``debug`` while its ``until`` lies ahead; the agent's own level otherwise. True while taken."""
-        until = _time(debug.until) if debug is not None else None
+        until = parse_moment(debug.until) if debug is not None else None
         wanted = debug if debug is not None and until is not None and until > self.clock() else None
         if wanted == self.active:
             return wanted is not None
@@ -88,14 +89,6 @@ class Verbosity:
         with self.handler.guard:
             room = CAPACITY - len(self.handler.lines)
             self.handler.lines.extendleft(reversed(lines[-room:] if room > 0 else []))
-
-
-def _time(value: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def upload_logs(verbosity: Verbosity, client) -> int:

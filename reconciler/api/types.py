@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -152,6 +152,18 @@ def parse_duration(value: Any) -> Any:
         )
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
     return timedelta(seconds=seconds)
+
+
+def parse_moment(value: object) -> datetime | None:
+    """An RFC 3339 time as status files, reports and assignments write it (``Z`` or an offset; without one, UTC);
+    None for anything else: these are read back from files people can edit, never trusted to parse."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def format_duration(value: timedelta) -> str:

@@ -52,6 +52,7 @@ def report(repo: str, only: str | None, out: Path) -> None:
 
 def render(view: FleetView, only: str | None = None) -> str:
     from reconciler.api.status import DriftStatus, RolloutStatus
+    from reconciler.api.types import parse_moment
     from reconciler.gitops.source import file_history
 
     paths = view.status.paths
@@ -77,7 +78,7 @@ def render(view: FleetView, only: str | None = None) -> str:
             series["Failed"].append((at, phases.get("Failed", 0) + phases.get("RolledBack", 0)))
             series["Targeted"].append((at, seen.devices.targeted))
         marks = [(t.timestamp(), f"{d.decision} (step {d.step + 1}): {d.message}")
-                 for d in status.history if (t := _time(d.time)) is not None]  # fmt: skip
+                 for d in status.history if (t := parse_moment(d.time)) is not None]  # fmt: skip
         sections.append(f'<h3 id="rollout-{_e(name)}">{_e(name)}: {_e(spec.model)} {_e(spec.version)} '
                         f'<span class="{_e(status.phase)}">{_e(status.phase)}</span>, step {status.state.step + 1} '
                         f"of {len(spec.steps)}</h3>")  # fmt: skip
@@ -126,13 +127,6 @@ def render(view: FleetView, only: str | None = None) -> str:
     body = "\n".join(sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edge-reconciler report: '
             f"{_e(fleet)}</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")  # fmt: skip
-
-
-def _time(value: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _e(value: object) -> str:

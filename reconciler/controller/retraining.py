@@ -25,6 +25,7 @@ import yaml
 from reconciler.api import FleetTree
 from reconciler.api.document import API_VERSION
 from reconciler.api.status import DriftStatus, VersionDrift
+from reconciler.api.types import parse_moment
 from reconciler.durable import write_atomic
 from reconciler.gitops.source import GitSource
 from reconciler.gitops.status import Author, StatusWriter
@@ -60,7 +61,7 @@ class RetrainingRequests:
             if after is None:
                 continue
             for version, found in sorted(status.versions.items()):
-                since = _time(found.since)
+                since = parse_moment(found.since)
                 episode = f"{model_name}@{version}@{found.since}"
                 if since is None or now - since < after or episode in done:
                     continue
@@ -117,12 +118,3 @@ def _summary(found: VersionDrift) -> str:
     fleet = ", ".join(found.fleet.drifted) or "no figure fleet-wide"
     devices = f"{found.drifted_devices} device(s) drifted on their own" if found.drifted_devices else ""
     return f"Drifted: {fleet}" + (f"; {devices}" if devices else "") + "."
-
-
-def _time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

@@ -23,6 +23,7 @@ from datetime import datetime
 from reconciler.api import FleetTree, Rollout
 from reconciler.api.rollout import RolloutSpec
 from reconciler.api.status import DecisionKind, RolloutPhase, RolloutState, RolloutStatus
+from reconciler.api.types import parse_moment
 from reconciler.cluster import AssignmentStatus
 from reconciler.plan import Desired, Plan, RolloutPosition
 from reconciler.rollout.engine import (
@@ -108,7 +109,7 @@ def past_waiting(spec: RolloutSpec, state: RolloutState, now: datetime) -> Calla
     started = max(filter(None, (state.step_started, state.last_admitted)), default=None)
 
     def gone(status: AssignmentStatus) -> bool:
-        seen = _time(status.last_seen)
+        seen = parse_moment(status.last_seen)
         offline = seen is not None and now - seen > spec.offline_after
         return offline or is_overdue(started, now, spec.progress_deadline)
 
@@ -149,7 +150,7 @@ def observe(
             else:
                 in_progress += 1  # not given the new version yet: waiting for its turn
             continue
-        seen = _time(status.last_seen) if status else None
+        seen = parse_moment(status.last_seen) if status else None
         if status is None or seen is None:
             # Never reported: in progress for a while, then unavailable (offline devices must not wedge a step).
             if is_overdue(state.step_started, now, spec.offline_after):
@@ -241,7 +242,7 @@ def observe_lab(
             missing += 1
             continue
         status = statuses.get((desired.device, desired.model))
-        seen = _time(status.last_seen) if status else None
+        seen = parse_moment(status.last_seen) if status else None
         answers = status is not None and status.target_version == spec.version and (
             status.phase != "Benchmarked" or desired.artifact is None
             or status.extra.get("labArtifact") == desired.artifact)  # fmt: skip
@@ -335,12 +336,3 @@ def rollback_message(tree: FleetTree, cycle: RolloutCycle) -> str:
         f"({spec.steps[step].percent}%): {decision.message} on {decision.devices} device(s); "
         f"returning to {returned}"
     )
-
-
-def _time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

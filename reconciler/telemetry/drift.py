@@ -238,7 +238,7 @@ def version_drift(
         if wanted not in known:
             known[wanted] = baselines(*reference_for(references[p] for p in sorted(wanted)))
         prepared = known[wanted]
-        current = merged[present[0]] if len(present) == 1 else _merge_maps(merged[d] for d in present)
+        current = merged[present[0]] if len(present) == 1 else merge_sketch_maps(merged[d] for d in present)
         latency = current.get(sketches.LATENCY)
         quantiles = {} if latency is None or latency.is_empty() or not detailed else {
             name: float(latency.get_quantile(q)) for name, q in LATENCY_QUANTILES.items()}  # fmt: skip
@@ -264,7 +264,8 @@ def version_drift(
     return VersionDrift(fleet, profiles, in_groups, named, len(drifted), reference=missing)
 
 
-def _merge_maps(maps: Iterable[Mapping[str, Sketch]]) -> dict[str, Sketch]:
+def merge_sketch_maps(maps: Iterable[Mapping[str, Sketch]]) -> dict[str, Sketch]:
+    """Several ``{name: sketch}`` maps merged name by name into fresh sketches (the inputs stay as they are)."""
     result: dict[str, Sketch] = {}
     for sketch_map in maps:
         for name, sketch in sketch_map.items():

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from reconciler.api.types import parse_moment
 from reconciler.artifact.sketches import merge_maps
 from reconciler.cluster import Backend
 
@@ -92,17 +93,10 @@ def log_recorder(store: TelemetryStore, clock: Callable[[], datetime]) -> Callab
         now = clock()
         for spec, _ in backend.assignments_for(device).values():
             debug = spec.debug
-            until = _moment(debug.until) if debug is not None else None
+            until = parse_moment(debug.until) if debug is not None else None
             if until is not None and until > now:
                 store.record_logs(device, lines)
                 return True
         return False
 
     return record
-
-
-def _moment(value: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
