@@ -41,6 +41,7 @@ from reconciler.signing import (
     write_release,
 )
 from reconciler.signing.tuf_repo import OnlineSigners, RoleKeys, TufRepository, target_path, utcnow
+from reconciler.telemetry.captures import capture_recorder
 from reconciler.telemetry.store import TelemetryStore
 from reconciler.telemetry.summaries import log_recorder, merge, recorder
 
@@ -207,7 +208,8 @@ def start_device_api(
 
     server = DeviceAPIServer(("127.0.0.1", 0), identity, lambda: backend, context,
                              blobs=store.root / "blobs" / "sha256", tuf=root / "tuf", deltas=store.delta,
-                             on_telemetry=sink, on_logs=log_recorder(store_file, utcnow))  # fmt: skip
+                             on_telemetry=sink, on_logs=log_recorder(store_file, utcnow),
+                             on_capture=capture_recorder(store))  # fmt: skip
     return server.start()
 
 

@@ -52,6 +52,7 @@ from reconciler.plan import Desired
 from reconciler.signing import Expectation, RefusedError, TrustPolicy, verify_artifact
 from reconciler.signing.tuf_client import ArtifactUpdater, PoolFetcher
 
+from .capture import write_settings
 from .download import DownloadConfig, Downloader, DownloadError
 from .faults import crash_point
 from .health import HealthReport, health_check_isolated
@@ -159,6 +160,8 @@ class AgentConfig:
     """Single-sample inferences a lab benchmark times (p50 and p95 come from them)."""
     hwmon: Path = HWMON
     """Where the power and temperature sensors are read during a lab benchmark."""
+    redact_hook: Path | None = None
+    """An executable that redacts sampled inputs before they are kept (``reconciler.agent.capture``)."""
 
 
 class Agent:
@@ -219,6 +222,7 @@ class Agent:
         self.backend.sync(inventory=False)
         assignments = self.backend.assignments_for(self.config.device)
         self.verbosity.apply(next((spec.debug for spec, _ in assignments.values() if spec.debug), None))
+        write_settings(self.data_dir / "capture", [spec for spec, _ in assignments.values()], self.config.redact_hook)
         reports = {}
         for model, (spec, generation) in sorted(assignments.items()):
             reports[model] = self.converge(spec, generation)

@@ -163,10 +163,12 @@ def _serve(data_dir: Path, listen: str, threads: int, device: str, budget: int) 
     reload, stop = threading.Event(), threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    from .capture import CaptureSampler
     from .serving import ModelServer
     from .telemetry import TelemetryQueue, TelemetryRecorder
 
     recorder = TelemetryRecorder(device)
+    recorder.sampler = sampler = CaptureSampler(data_dir / "capture")
     for key, (requests, errors) in _read_totals(data_dir).items():  # counts survive a restart
         model, _, version = key.partition("@")
         recorder.restore(model, version, requests, errors)
@@ -189,7 +191,9 @@ def _serve(data_dir: Path, listen: str, threads: int, device: str, budget: int) 
                 with_sketches = stop.is_set() or last - sketched >= SKETCH_SECONDS
                 sketched = last if with_sketches else sketched
                 _hand_over(recorder, queue, data_dir, with_sketches)
+                sampler.hand_over()
         _hand_over(recorder, queue, data_dir, with_sketches=True)
+        sampler.hand_over()
     finally:
         server.close()
 

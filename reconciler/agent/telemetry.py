@@ -26,6 +26,7 @@ import math
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +142,8 @@ class TelemetryRecorder:
         """(model, version) -> [requests, errors] since this process started: what a trial is judged on."""
         self._manifests = manifests or {}
         self._sketches: dict[tuple[str, str], dict[str, object]] = {}
+        self.sampler: Callable[[str, str, object, np.ndarray | None], None] | None = None
+        """Sampled input capture (``reconciler.agent.capture``): told of every request served without error."""
         """(model, version) -> the sketches since they were last handed over (they travel less often than counts)."""
 
     def know(self, manifest: dict) -> None:
@@ -162,6 +165,8 @@ class TelemetryRecorder:
             totals = self._totals.setdefault((model, version), [0, 0])
             totals[0] += 1
             totals[1] += int(bool(failed))
+        if self.sampler is not None and not failed:
+            self.sampler(model, version, inputs, outputs)
 
     def totals(self, model: str, version: str) -> tuple[int, int]:
         """Requests and inference errors of ``model@version`` since this process started (not reset by flush)."""

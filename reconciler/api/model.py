@@ -189,10 +189,26 @@ class DriftPolicy(SpecModel):
     turns into a pull request (the controller never retrains on its own). Unset: never."""
 
 
+class Capture(SpecModel):
+    """Sampled input capture: a share of the requests a device serves is kept, with the model's predictions as
+    labels, within a byte budget on the device, and uploaded into the artifact store as a dataset folder
+    (``captures/MODEL/VERSION/``) that builds read. Off unless set; docs/security.md says what leaves a device."""
+
+    rate: float = Field(gt=0.0, le=0.05)
+    """Share of requests whose rows are kept (at most 5 %)."""
+    max_bytes: Quantity = 1024 * 1024
+    """Disk a device gives samples waiting for upload; past it the oldest go."""
+    redaction: Literal["none", "required"] = "none"
+    """required: a device keeps samples only through its own redaction hook (``edgectl agent --redact-hook``);
+    one without keeps nothing."""
+
+
 class Monitoring(SpecModel):
     """What the controller watches once a model serves."""
 
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    capture: Capture | None = None
+    """Sampled input capture; unset: no input row leaves a device."""
 
 
 class ModelSpec(SpecModel):

@@ -228,6 +228,22 @@ class ArtifactStore:
             return {}
         return {str(k): v for k, v in body.items() if isinstance(v, dict)} if isinstance(body, dict) else {}
 
+    # --- captured inputs -----------------------------------------------------------------------------
+
+    def record_capture(self, model: str, version: str, device: str, data: bytes) -> Path:
+        """Keep a device's batch of sampled inputs (an ``.npz`` with ``x`` and ``y``) in the model version's dataset
+        folder, ``captures/MODEL/VERSION/``, named by device and content (a batch sent twice is kept once)."""
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        path = self.captures(model, version) / f"{device}-{digest}.npz"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_atomic(path, data)
+        return path
+
+    def captures(self, model: str, version: str) -> Path:
+        """The dataset folder of a model version's captured inputs (builds read a folder of ``.npz`` files)."""
+        return self.root / "captures" / model / version
+
     # --- garbage collection --------------------------------------------------------------------------
 
     def gc(self, keep: Iterable[str], tmp_grace_seconds: float = 3600.0) -> GcReport:

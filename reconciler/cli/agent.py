@@ -72,6 +72,9 @@ from .common import load_or_exit
 @click.option("--hwmon", type=click.Path(file_okay=False, path_type=Path), default="/sys/class/hwmon",
               show_default=True, help="A lab device: where power (INA2xx) and temperature sensors are read while it "
                                       "benchmarks.")  # fmt: skip
+@click.option("--redact-hook", type=click.Path(dir_okay=False, path_type=Path),
+              help="An executable that redacts sampled inputs (an .npz on stdin, the redacted one on stdout) before "
+                   "a model's input capture keeps them.")  # fmt: skip
 @click.option("--once", is_flag=True)
 def agent(
     device: str,
@@ -97,6 +100,7 @@ def agent(
     keep_budget: str,
     benchmark_runs: int,
     hwmon: Path,
+    redact_hook: Path | None,
     once: bool,
 ) -> None:
     """Download, verify, install (A/B), health-check and report this device's models."""
@@ -119,6 +123,7 @@ def agent(
     client = DeviceClient(device_api, device, data_dir / "identity", ca_file, token,
                           service_account_token_file=service_account_token_file)  # fmt: skip
     root = trusted_root.read_bytes() if trusted_root else None
+    from reconciler.agent.capture import upload_captures
     from reconciler.agent.telemetry import TelemetryQueue
     from reconciler.agent.verbosity import upload_logs
 
@@ -145,7 +150,7 @@ def agent(
     config = AgentConfig(device, profile, data_dir, client.repository_url, policy, root, threads, max_latency_ms,
                          max_memory, trial_period=period, health_timeout_seconds=health_timeout,
                          keep=KeepPolicy(keep_versions, budget), benchmark_runs=benchmark_runs,
-                         hwmon=hwmon)  # fmt: skip
+                         hwmon=hwmon, redact_hook=redact_hook)  # fmt: skip
 
     def trial_stats(model: str, version: str) -> TrialStats:
         if server is None:
@@ -172,6 +177,7 @@ def agent(
     def upload_telemetry() -> None:  # the model server's process puts its summaries in the queue
         queue.upload(client.telemetry_url, client.pool)
         upload_logs(worker.verbosity, client)
+        upload_captures(data_dir / "capture", client)
 
     try:
         worker.run(stop, interval, after_cycle=upload_telemetry)

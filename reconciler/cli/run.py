@@ -47,6 +47,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
     from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
     from reconciler.durable import write_atomic
     from reconciler.errors import PermanentError
+    from reconciler.telemetry.captures import capture_recorder
     from reconciler.telemetry.summaries import log_recorder, recorder
 
     host, _, port = address.rpartition(":")
@@ -81,6 +82,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
         deltas=artifacts.delta if artifacts else None,
         on_telemetry=recorder(telemetry, lambda: datetime.now(UTC)), registry=registry,
         on_logs=log_recorder(telemetry, lambda: datetime.now(UTC)),
+        on_capture=capture_recorder(artifacts) if artifacts else None,
         clock=lambda: datetime.now(UTC), register_enrolled=backend == "local",
         node_of_token=(lambda token: target.node_of_token(token, SERVICE_ACCOUNT_AUDIENCE, agent_service_account))
         if agent_service_account else None,

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from reconciler.api.status import RolloutStatus
 from reconciler.errors import EdgeReconcilerError, PermanentError, TemporaryError
 from reconciler.plan import Desired, Device
-from reconciler.plan.desired import Debug, Trial
+from reconciler.plan.desired import CaptureSettings, Debug, Trial
 from reconciler.plan.window import Window
 
 FIELD_MANAGER = "edge-reconciler"
@@ -106,7 +106,7 @@ class StoredRollout:
 
 
 def spec_to_json(desired: Desired) -> dict[str, Any]:
-    body = {_camel(k): v for k, v in asdict(desired).items() if k not in ("window", "trial", "debug")}
+    body = {_camel(k): v for k, v in asdict(desired).items() if k not in ("window", "trial", "debug", "capture")}
     if body["artifact"] is None:
         del body["artifact"]
     if not desired.benchmark:
@@ -117,6 +117,8 @@ def spec_to_json(desired: Desired) -> dict[str, Any]:
         body["trial"] = desired.trial.to_json()
     if desired.debug is not None:
         body["debug"] = desired.debug.to_json()
+    if desired.capture is not None:
+        body["capture"] = desired.capture.to_json()
     return body
 
 
@@ -126,6 +128,7 @@ def spec_from_json(body: Mapping[str, Any]) -> Desired:
         rollout=body["rollout"], artifact=body.get("artifact"), in_rollout=bool(body.get("inRollout")),
         window=Window.from_json(body.get("window")), trial=Trial.from_json(body.get("trial")),
         benchmark=bool(body.get("benchmark")), debug=Debug.from_json(body.get("debug")),
+        capture=CaptureSettings.from_json(body.get("capture")),
     )  # fmt: skip
 
 

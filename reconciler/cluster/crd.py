@@ -74,6 +74,15 @@ MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
                                         "description": "A lab device: benchmark the "
                                         "version and report the figures, never serve it.",
                                     },
+                                    "capture": {
+                                        "type": "object",
+                                        "description": "Sampled input capture of the model (its monitoring.capture).",
+                                        "properties": {
+                                            "rate": {"type": "number", "minimum": 0, "maximum": 0.05},
+                                            "maxBytes": {"type": "integer", "minimum": 0},
+                                            "redaction": {"type": "string", "enum": ["none", "required"]},
+                                        },
+                                    },
                                     "debug": {
                                         "type": "object",
                                         "description": "A log level the agent takes until a moment, then "

@@ -211,6 +211,11 @@ class DeviceClient:
     def report(self, model: str, status: AssignmentStatus) -> None:
         self._call(self.pool, "PUT", protocol.STATUS.format(model=model), status.to_json())
 
+    def upload_capture(self, model: str, version: str, data: bytes) -> None:
+        """A batch of sampled inputs (an ``.npz``), while the model's assignment asks for capture."""
+        path = protocol.CAPTURES.format(model=model, version=version)
+        self._request("POST", path, None, {"Content-Type": "application/octet-stream"}, self.timeout, raw=data)
+
     def upload_logs(self, lines: list[dict]) -> None:
         """Recent log lines, while a debug session names this device (refused otherwise: they stay here)."""
         self._call(self.pool, "POST", protocol.LOGS, {"lines": lines})
@@ -226,9 +231,10 @@ class DeviceClient:
         headers: dict[str, str],
         timeout: float,
         pool: urllib3.PoolManager | None = None,
+        raw: bytes | None = None,
     ) -> urllib3.BaseHTTPResponse:
-        data = json.dumps(body).encode() if body is not None else None
-        if data is not None:
+        data = json.dumps(body).encode() if body is not None else raw
+        if body is not None:
             headers = {**headers, "Content-Type": "application/json"}
         try:
             response = (pool or self.pool).request(method, f"{self.url}{path}", body=data, headers=headers,

@@ -24,6 +24,8 @@ ASSIGNMENTS = "/v1/assignments"
 STATUS = "/v1/status/{model}"
 TELEMETRY = "/v1/telemetry"
 LOGS = "/v1/logs"
+CAPTURES = "/v1/captures/{model}/{version}"
+MAX_CAPTURE_BODY = 4 * 1024 * 1024
 
 MAX_ENROL_BODY = 16 * 1024
 MAX_STATUS_BODY = 64 * 1024

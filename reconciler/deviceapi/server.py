@@ -111,6 +111,7 @@ class DeviceAPIServer:
         deltas: Callable[[str, str], Path] | None = None,
         on_telemetry: Callable[[Backend, str, dict], bool | str] | None = None,
         on_logs: Callable[[Backend, str, list[dict]], bool] | None = None,
+        on_capture: Callable[[Backend, str, str, str, bytes], bool | str] | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         register_enrolled: bool = False,
@@ -133,6 +134,9 @@ class DeviceAPIServer:
         self.ssl_context, self.blobs, self.tuf, self.deltas = ssl_context, blobs, tuf, deltas
         self.on_telemetry, self.clock, self.register_enrolled = on_telemetry, clock, register_enrolled
         self.on_logs = on_logs
+        self.on_capture = on_capture
+        """``on_capture(backend, device, model, version, data)``: keep a batch of sampled inputs; False when the
+        device's assignment of the model asks for no capture (refused), a string when the batch is unusable."""
         """``on_logs(backend, device, lines)``: keep an agent's recent log lines; False when its assignments ask
         for none (no ``edgectl debug`` names it now): refused, so nothing leaves a device unasked."""
         self.limits, self.node_of_token = limits or Limits(), node_of_token
@@ -211,6 +215,8 @@ class DeviceAPIServer:
             app.router.add_post(protocol.TELEMETRY, self._telemetry)
         if self.on_logs is not None:
             app.router.add_post(protocol.LOGS, self._logs)
+        if self.on_capture is not None:
+            app.router.add_post(protocol.CAPTURES, self._capture)
         if self.blobs is not None:
             app.router.add_get("/artifacts/sha256/{digest:[0-9a-f]{64}}", self._blob)
         if self.deltas is not None:
@@ -467,6 +473,31 @@ class DeviceAPIServer:
         if not await self._call(self._store_logs, device, lines):
             raise _Refused(403, "not-debugging", f"no debug session names {device} now: its log lines stay on it")
         return web.json_response({"accepted": len(lines)}, status=202)
+
+    async def _capture(self, request: web.Request) -> web.Response:
+        device = await self._authenticate(request)
+        model, version = request.match_info["model"], request.match_info["version"]
+        if not _NAME.fullmatch(model) or not _NAME.fullmatch(version):
+            raise _Refused(400, "bad-name", "a model name and a version are DNS subdomain names")
+        wait = self.telemetry_bucket.take(device, time.monotonic())
+        if wait > 0:
+            raise _Refused(429, "rate-limited", "uploads come at the telemetry rate",
+                           Retry_After=retry_after(wait))  # fmt: skip
+        if (request.content_length or 0) > protocol.MAX_CAPTURE_BODY:
+            raise _Refused(413, "too-large", f"a batch is at most {protocol.MAX_CAPTURE_BODY} bytes")
+        data = await request.content.read(protocol.MAX_CAPTURE_BODY + 1)
+        if len(data) > protocol.MAX_CAPTURE_BODY:
+            raise _Refused(413, "too-large", f"a batch is at most {protocol.MAX_CAPTURE_BODY} bytes")
+        stored = await self._call(self._store_capture, device, model, version, data)
+        if stored is False:
+            raise _Refused(403, "not-capturing", f"model {model} captures no inputs on {device}")
+        if isinstance(stored, str):
+            raise _Refused(400, "invalid-body", stored)
+        return web.json_response({"accepted": 1}, status=202)
+
+    def _store_capture(self, device: str, model: str, version: str, data: bytes) -> bool | str:
+        assert self.on_capture is not None
+        return self.on_capture(self._backend(), device, model, version, data)
 
     def _store_logs(self, device: str, lines: list[dict]) -> bool:
         assert self.on_logs is not None

@@ -50,7 +50,10 @@ class Dataset:
 
 
 def load_dataset(path: Path, name: str) -> Dataset:
-    """Load ``path`` (shown as ``name`` in errors) and check it is usable."""
+    """Load ``path`` (shown as ``name`` in errors) and check it is usable. A folder is every ``.npz`` in it, in
+    name order, rows appended (a model version's captured inputs, ``captures/MODEL/VERSION/``, is such a folder)."""
+    if Path(path).is_dir():
+        return _load_folder(Path(path), name)
     try:
         with np.load(path, allow_pickle=False) as data:
             if "y" not in data or len(data.files) < 2:
@@ -72,6 +75,24 @@ def load_dataset(path: Path, name: str) -> Dataset:
     if isinstance(x, Mapping):
         return Dataset({key: value.astype(np.float32) for key, value in x.items()}, y)
     return Dataset(x.astype(np.float32), y)
+
+
+def _load_folder(folder: Path, name: str) -> Dataset:
+    parts = [load_dataset(file, f"{name}/{file.name}") for file in sorted(folder.glob("*.npz"))]
+    if not parts:
+        raise BuildError(f"{name}: a dataset folder needs .npz files; this one has none")
+    if any(part.named != parts[0].named for part in parts):
+        raise BuildError(f"{name}: some files name one array per input and others use x: use one way")
+    y = np.concatenate([part.y for part in parts])
+    if not parts[0].named:
+        try:
+            return Dataset(np.concatenate([part.x for part in parts]), y)
+        except ValueError as exc:
+            raise BuildError(f"{name}: the files' rows differ in shape ({exc})") from None
+    keys = set(parts[0].x)
+    if any(set(part.x) != keys for part in parts):
+        raise BuildError(f"{name}: the files name different inputs")
+    return Dataset({key: np.concatenate([part.x[key] for part in parts]) for key in sorted(keys)}, y)
 
 
 def check_input_shape(dataset: Dataset, expected: Mapping[str, tuple[int | None, ...]], name: str) -> None:

@@ -83,6 +83,26 @@ class Desired:
     """A lab device: download, verify and benchmark the version, report the figures, never serve it."""
     debug: Debug | None = None
     """A temporary log level for the device's agent (a DebugSession); None: its own."""
+    capture: CaptureSettings | None = None
+    """Sampled input capture of this model (its ``monitoring.capture``); None: nothing is kept."""
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """A model's input capture, as the device reads it from its assignment."""
+
+    rate: float
+    max_bytes: int
+    redaction: str = "none"
+
+    def to_json(self) -> dict:
+        return {"rate": self.rate, "maxBytes": self.max_bytes, "redaction": self.redaction}
+
+    @classmethod
+    def from_json(cls, body: Mapping | None) -> CaptureSettings | None:
+        if not isinstance(body, Mapping) or not body.get("rate"):
+            return None
+        return cls(float(body["rate"]), int(body.get("maxBytes") or 0), str(body.get("redaction") or "none"))
 
 
 @dataclass(frozen=True)
@@ -177,6 +197,7 @@ class _Target:
     conditions: LabelSelector | None
     trial: Trial | None = None
     sequential: bool = False
+    capture: CaptureSettings | None = None
 
     def selectors(self) -> list[LabelSelector]:
         return [*self.groups, *([self.conditions] if self.conditions is not None else [])]
@@ -258,7 +279,7 @@ class Targeting:
                 continue  # not reached yet, and nothing ran before: leave the device alone
             desired[(device, target.model)] = Desired(
                 device, target.model, wanted, profile, target.name, artifacts.get((target.model, wanted, profile)),
-                inside, window, target.trial, debug=self.debug.get(device),
+                inside, window, target.trial, debug=self.debug.get(device), capture=target.capture,
             )  # fmt: skip
         return result
 
@@ -293,8 +314,10 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
         if spec.trial is not None or spec.analysis.max_error_rate is not None:
             seconds = int(spec.trial.duration.total_seconds()) if spec.trial is not None else None
             trial = Trial(seconds, spec.trial.requests if spec.trial else None, spec.analysis.max_error_rate)
+        capture = model.spec.monitoring.capture if model else None
+        settings = CaptureSettings(capture.rate, int(capture.max_bytes), capture.redaction) if capture else None
         targets.append(_Target(name, spec.model, spec.version, groups, recipes, spec.maintenance_window,
-                               spec.conditions, trial, spec.group_strategy == "Sequential"))  # fmt: skip
+                               spec.conditions, trial, spec.group_strategy == "Sequential", settings))  # fmt: skip
         steps[name] = spec.steps[0].percent
     profiles = sorted(tree.profiles.items())
     labs = [g.spec.selector for _, g in sorted(tree.groups.items()) if g.spec.role == "lab"]
