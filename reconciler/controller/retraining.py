@@ -69,7 +69,8 @@ class RetrainingRequests:
                 author = Author(tree.fleet.spec.commit_author.name, tree.fleet.spec.commit_author.email)
                 writer = StatusWriter(self.source, author, signing_key=self.signing_key, branch=f"retrain/{name}",
                                       start_from=head)  # fmt: skip
-                document = request_document(name, model_name, version, status, found)
+                samples = [f"captures/{model_name}/{version}/"] if model.spec.monitoring.capture else []
+                document = request_document(name, model_name, version, status, found, samples)
                 path = f"retraining/{name}.yaml"
                 message = (
                     f"retrain: {model_name} {version} drifted since {found.since}\n\n"
@@ -91,7 +92,9 @@ def request_name(model: str, version: str, since: datetime) -> str:
     return f"{slug[: 63 - len(stamp) - 1].rstrip('-')}-{stamp}"
 
 
-def request_document(name: str, model: str, version: str, status: DriftStatus, found: VersionDrift) -> bytes:
+def request_document(name: str, model: str, version: str, status: DriftStatus, found: VersionDrift,
+                     samples: list[str] | None = None) -> bytes:  # fmt: skip
+    """``samples``: the artifact store's folders of inputs captured from the version's traffic."""
     figures = [{"name": figure_name, **{k: v for k, v in found.fleet.figures[figure_name].to_json().items()
                                         if k in ("ks", "threshold", "psi", "js", "values")}}
                for figure_name in found.fleet.drifted]  # fmt: skip
@@ -108,7 +111,7 @@ def request_document(name: str, model: str, version: str, status: DriftStatus, f
             "figures": figures,
             "devices": sorted(found.devices),
             "driftedDevices": found.drifted_devices,
-            "samples": [],
+            "samples": samples or [],
         },
     }
     return (HEADER + yaml.safe_dump(body, sort_keys=False)).encode()

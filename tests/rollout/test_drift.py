@@ -148,6 +148,7 @@ def test_drift_held_past_retrain_after_is_one_branch_with_one_request(
     assert request["kind"] == "RetrainingRequest" and request["spec"]["model"] == MODEL
     assert request["spec"]["version"] == "1.0.0" and set(request["spec"]["devices"]) == SHIFTED
     assert request["spec"]["driftedDevices"] == 2 and request["spec"]["window"] == "6h"
+    assert request["spec"]["samples"] == []  # the example model captures no inputs
     validated = CliRunner().invoke(main, ["validate", str(checkout)])
     assert validated.exit_code == 0, validated.output
     assert "RetrainingRequest" in validated.output
