@@ -202,6 +202,7 @@ class PoolFetcher(FetcherInterface):
         except urllib3.exceptions.TimeoutError as exc:
             raise tuf_errors.SlowRetrievalError from exc
         if response.status >= 400:
+            response.drain_conn()  # the error's body, read: the connection goes back to the pool clean, not mid-body
             response.release_conn()
             raise tuf_errors.DownloadHTTPError(f"HTTP error occurred with status {response.status}", response.status)
         return self._chunks(response)

@@ -207,3 +207,15 @@ def test_benchmark_mode_measures_once_never_installs_and_retries_a_transient_fai
     assert retrying.extra["attempts"] == 1
     assert ModelSlots(agent.data_dir, MODEL).state().active_version == "1.0.0"
     assert not (agent.data_dir / "benchmark" / MODEL).exists()  # its download folder is cleaned up
+
+
+def test_nothing_published_yet_is_a_retry_and_the_report_still_reaches_the_controller(fleet: Fleet):
+    # The repository answers 404 for metadata it does not have yet; that answer's body must not stay on the pooled
+    # connection the status report uses next (it did: "Connection aborted", and the report was lost).
+    agent = fleet.agent()
+    fleet.assign("factory-1", "1.0.0")
+    first = agent.cycle()[MODEL]
+    assert first.phase == "Retrying" and "404" in first.message
+    for _ in range(2):  # waiting for the next attempt, reporting so each cycle
+        assert agent.cycle()[MODEL].phase == "Retrying"
+    assert fleet.backend.statuses()[("factory-1", MODEL)].phase == "Retrying"
