@@ -29,7 +29,7 @@ from _check import parser, ratio, require
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reconciler.agent.supervisor import FLUSH_SECONDS, SKETCH_SECONDS
-from reconciler.agent.telemetry import Summary
+from reconciler.agent.telemetry import Gathered, Summary
 from reconciler.artifact import sketches
 from reconciler.artifact.manifest import reference_sketches
 from reconciler.telemetry.aggregate import aggregate
@@ -49,7 +49,7 @@ def summary_of(rows: np.ndarray, rng: np.random.Generator, with_sketches: bool =
     for row in rows:
         summary.add({"input_0": row[None, :]}, outputs_of(row[None, :], rng), 0.003, False)
     if not with_sketches:
-        summary.sketches = {}
+        summary.sketches = Gathered()
     return summary.to_json()
 
 

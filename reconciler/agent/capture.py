@@ -35,7 +35,8 @@ log = logging.getLogger("edge_reconciler.agent")
 
 SETTINGS = "settings.json"
 HOOK_SECONDS = 30
-MAX_BATCH_ROWS = 10_000
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+"""Rows a model version keeps in memory between two hand-overs, in bytes; past it, requests are not sampled."""
 
 
 def write_settings(folder: Path, assignments: list[Desired], hook: Path | None) -> None:
@@ -85,12 +86,18 @@ class CaptureSampler:
             return
         if self.chance.random() >= float(wanted.get("rate") or 0):
             return
-        rows = np.asarray(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs, dtype=np.float32)
-        values = np.asarray(outputs)
-        labels = values.argmax(axis=1) if values.ndim == 2 and values.shape[1] > 1 else values.reshape(len(values))
+        try:  # the first input (a model with several keeps the first: docs say so); one label per row
+            rows = np.asarray(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs, dtype=np.float32)
+            values = np.asarray(outputs).reshape(len(rows), -1)
+        except (TypeError, ValueError, StopIteration):
+            return
+        labels = values.argmax(axis=1) if values.shape[1] > 1 else values[:, 0]
         with self._lock:
             kept = self._rows.setdefault((model, version), [])
-            if sum(len(x) for x, _ in kept) < MAX_BATCH_ROWS:
+            same = not kept or kept[-1][0].shape[1:] == rows.shape[1:]
+            if not same:  # another shape of rows (a new input size): a batch holds one shape, the newest
+                kept.clear()
+            if sum(x.nbytes for x, _ in kept) + rows.nbytes <= MAX_BATCH_BYTES:
                 kept.append((rows, labels))
 
     def hand_over(self) -> list[Path]:

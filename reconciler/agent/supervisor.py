@@ -191,11 +191,18 @@ def _serve(data_dir: Path, listen: str, threads: int, device: str, budget: int) 
                 with_sketches = stop.is_set() or last - sketched >= SKETCH_SECONDS
                 sketched = last if with_sketches else sketched
                 _hand_over(recorder, queue, data_dir, with_sketches)
-                sampler.hand_over()
+                _hand_over_samples(sampler)
         _hand_over(recorder, queue, data_dir, with_sketches=True)
-        sampler.hand_over()
+        _hand_over_samples(sampler)
     finally:
         server.close()
+
+
+def _hand_over_samples(sampler) -> None:
+    try:
+        sampler.hand_over()
+    except Exception as exc:  # a full disk, a hook gone wrong: the samples are lost, never the model server
+        log.warning("samples not kept", extra={"error": str(exc)})
 
 
 def _hand_over(recorder, queue, data_dir: Path, with_sketches: bool) -> None:

@@ -22,6 +22,7 @@ upload), so a device offline for weeks keeps its newest picture instead of filli
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
@@ -38,7 +39,61 @@ from reconciler.artifact import sketches
 from reconciler.artifact.runtime import Inputs, flat_rows, row_count
 from reconciler.durable import write_atomic
 
+log = logging.getLogger("edge_reconciler.agent")
+
 LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, math.inf)
+
+
+MIN_ROWS = 30
+"""Rows a model version's sketches gather before they are handed over: fewer stay on the device, gathering."""
+FOLD = 4096
+"""Values of one figure held back before they reach its sketch, sorted."""
+
+
+class Gathered:
+    """Values gathered for one model version's sketches since they were last handed over.
+
+    A KLL sketch keeps the values it has not compacted in the order they came, so a sketch fed row by row would keep
+    the same position for one row in every feature's sketch: rows could be put back together from a summary. Here
+    each figure's values are held back and sorted before they reach its sketch (at ``FOLD`` values, and at hand-over),
+    so positions line up across figures by rank, not by row; a lone row is never folded (it waits for the next
+    hand-over), and a version's sketches travel only once ``MIN_ROWS`` rows were gathered."""
+
+    def __init__(self) -> None:
+        self.sketches: dict[str, object] = {}
+        self.pending: dict[str, list[np.ndarray]] = {}
+        self.rows = 0
+
+    def add(self, values: dict[str, np.ndarray], rows: int = 0) -> None:
+        self.rows += rows
+        for name, column in values.items():
+            finite = np.asarray(column, dtype=np.float32)
+            finite = finite[np.isfinite(finite)]
+            if finite.size:
+                held = self.pending.setdefault(name, [])
+                held.append(finite)
+                if sum(len(part) for part in held) >= FOLD:
+                    self._fold(name)
+
+    @property
+    def ready(self) -> bool:
+        return self.rows >= MIN_ROWS
+
+    def encoded(self) -> dict[str, str]:
+        """Every figure's sketch, encoded, with what was held back folded in (bar a lone value, kept back)."""
+        for name in list(self.pending):
+            self._fold(name)
+        return {name: sketches.encode(sketch) for name, sketch in sorted(self.sketches.items())}
+
+    def _fold(self, name: str) -> None:
+        values = np.sort(np.concatenate(self.pending.pop(name)))
+        if len(values) == 1 and name in self.sketches:
+            self.pending[name] = [values]  # one value alone would sit at the end of the sketch: it waits
+            return
+        sketch = self.sketches.get(name)
+        if sketch is None:
+            sketch = self.sketches[name] = sketches.new()
+        sketch.update(values)
 
 
 @dataclass
@@ -53,8 +108,8 @@ class Summary:
     latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
     predictions: list[int] = field(default_factory=list)
     inputs: dict[str, list[int]] = field(default_factory=dict)
-    sketches: dict[str, object] = field(default_factory=dict)
-    """name -> KLL sketch of the values since the sketches were last handed over (shared with the recorder)."""
+    sketches: Gathered = field(default_factory=Gathered)
+    """The values for sketches since they were last handed over (shared with the recorder)."""
     errors_by_kind: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,11 +124,11 @@ class Summary:
             kind = failed if isinstance(failed, str) else "inference"
             self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.latency[int(np.searchsorted(LATENCY_BUCKETS_MS, seconds * 1000, side="left"))] += 1
-        self._sketch({sketches.LATENCY: np.array([seconds * 1000], dtype=np.float32)})
+        self.sketches.add({sketches.LATENCY: np.array([seconds * 1000], dtype=np.float32)})
         if not failed:
             try:
-                self._sketch(sketches.features(inputs) if inputs is not None else {})
-                self._sketch(sketches.output_figures(outputs) if outputs is not None else {})
+                figures = sketches.figures(inputs, outputs)
+                self.sketches.add(figures, row_count(inputs) if inputs is not None else 0)
             except (ValueError, TypeError, IndexError):  # a shape no projection fits: counted, not sketched
                 pass
         if outputs is not None and outputs.ndim == 2 and outputs.shape[1] == self.classes:
@@ -87,16 +142,6 @@ class Summary:
                     for index in bins:
                         self.inputs[name][int(index)] += 1
 
-    def _sketch(self, values: dict[str, np.ndarray]) -> None:
-        for name, column in values.items():
-            finite = np.asarray(column, dtype=np.float32)
-            finite = finite[np.isfinite(finite)]
-            if finite.size:
-                sketch = self.sketches.get(name)
-                if sketch is None:
-                    sketch = self.sketches[name] = sketches.new()
-                sketch.update(finite)
-
     def percentile(self, q: float) -> float | None:
         """Upper edge of the bucket holding the q-th percentile (None without requests)."""
         if not self.requests:
@@ -109,6 +154,7 @@ class Summary:
         return LATENCY_BUCKETS_MS[-1]
 
     def to_json(self, with_sketches: bool = True) -> dict:
+        """``with_sketches``: hand the gathered sketches over (the recorder decides, under its lock, when)."""
         buckets = [b if b != math.inf else "+Inf" for b in LATENCY_BUCKETS_MS]
         latency = {"buckets": buckets, "counts": self.latency}
         latency.update({f"p{q}": self.percentile(q) for q in (50, 95, 99)})
@@ -124,9 +170,7 @@ class Summary:
             "latencyMs": latency,
             "predictions": self.predictions,
             "inputs": inputs,
-            "sketches": {name: sketches.encode(sketch) for name, sketch in sorted(self.sketches.items())}
-            if with_sketches
-            else {},
+            "sketches": self.sketches.encoded() if with_sketches else {},
             "errorsByKind": dict(sorted(self.errors_by_kind.items())),
         }
 
@@ -141,7 +185,7 @@ class TelemetryRecorder:
         self._totals: dict[tuple[str, str], list[int]] = {}
         """(model, version) -> [requests, errors] since this process started: what a trial is judged on."""
         self._manifests = manifests or {}
-        self._sketches: dict[tuple[str, str], dict[str, object]] = {}
+        self._sketches: dict[tuple[str, str], Gathered] = {}
         self.sampler: Callable[[str, str, object, np.ndarray | None], None] | None = None
         """Sampled input capture (``reconciler.agent.capture``): told of every request served without error."""
         """(model, version) -> the sketches since they were last handed over (they travel less often than counts)."""
@@ -158,7 +202,7 @@ class TelemetryRecorder:
                 histograms = self._manifests.get(f"{model}@{version}", {}).get("histograms", {})
                 edges = {k: v["edges"] for k, v in histograms.items() if isinstance(v, dict) and "edges" in v}
                 classes = int(histograms.get("prediction", {}).get("classes", 0))
-                pending = self._sketches.setdefault((model, version), {})  # kept across flushes without sketches
+                pending = self._sketches.setdefault((model, version), Gathered())  # kept across flushes
                 summary = Summary(model, version, self.device, edges, classes, sketches=pending)
                 self._summaries[(model, version)] = summary
             summary.add(inputs, outputs, seconds, failed)
@@ -166,7 +210,10 @@ class TelemetryRecorder:
             totals[0] += 1
             totals[1] += int(bool(failed))
         if self.sampler is not None and not failed:
-            self.sampler(model, version, inputs, outputs)
+            try:
+                self.sampler(model, version, inputs, outputs)
+            except Exception as exc:  # capture is a side line: it never fails a request that was served
+                log.warning("input not sampled", extra={"model": model, "error": f"{type(exc).__name__}: {exc}"})
 
     def totals(self, model: str, version: str) -> tuple[int, int]:
         """Requests and inference errors of ``model@version`` since this process started (not reset by flush)."""
@@ -188,15 +235,17 @@ class TelemetryRecorder:
         ``with_sketches``: hand over the sketches gathered since they last were (a version that served nothing
         in this interval gets a summary of no requests carrying them); without, they keep gathering, so a
         device sends its sketches as often as its owner can afford, not at every hand-over of counts."""
+        ready: dict[tuple[str, str], Gathered] = {}
         with self._lock:
             summaries, self._summaries = self._summaries, {}
-            if with_sketches:
-                pending, self._sketches = self._sketches, {}
-                for (model, version), gathered in pending.items():
-                    if gathered and (model, version) not in summaries:
+            if with_sketches:  # the versions that gathered enough rows; the others go on gathering
+                ready = {key: gathered for key, gathered in self._sketches.items() if gathered.ready}
+                self._sketches = {key: g for key, g in self._sketches.items() if key not in ready}
+                for (model, version), gathered in ready.items():
+                    if (model, version) not in summaries:
                         summaries[(model, version)] = Summary(model, version, self.device, {}, 0, sketches=gathered)
         ended = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        return [{**s.to_json(with_sketches), "ended": ended} for s in summaries.values()]
+        return [{**s.to_json(key in ready), "ended": ended} for key, s in summaries.items()]
 
 
 REFUSED_FOR_GOOD = frozenset({400, 404, 409, 413, 422})

@@ -553,13 +553,20 @@ class VersionDrift:
     """Drifted devices only (at most ``DRIFTED_DEVICES``), with their drifted figures."""
     drifted_devices: int = 0
     since: str | None = None
-    """When drift was first seen and has held since (None: not drifted now): what a retraining request waits on."""
+    """When drift was first seen fleet-wide, on a profile or in a group, and has held since (None: not now): what a
+    retraining request waits on."""
     reference: str | None = None
     """Why nothing could be compared (no reference sketches in the version's manifests), when so."""
 
     @property
     def drifted(self) -> bool:
-        return bool(self.fleet.drifted or self.drifted_devices or any(s.drifted for s in self.profiles.values())
+        return bool(self.drifted_devices) or self.widely_drifted
+
+    @property
+    def widely_drifted(self) -> bool:
+        """Drifted fleet-wide, on a profile or in a group: what ``since`` and retraining requests go by (one
+        device's traffic, however odd, asks for no retraining)."""
+        return bool(self.fleet.drifted or any(s.drifted for s in self.profiles.values())
                     or any(s.drifted for s in self.groups.values()))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:

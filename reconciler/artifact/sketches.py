@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import math
 import re
 from collections.abc import Iterable, Mapping
 
@@ -38,6 +39,8 @@ MAX_FEATURES = 32
 MAX_ENCODED = 64 * 1024
 """Longest encoded sketch accepted (a k=200 float sketch of any length stays under 8 KiB)."""
 LATENCY = "latencyMs"
+MAX_VALUES = 1 << 40
+"""Values one sketch may count (far above any device's traffic; a forged count past it is refused)."""
 REFERENCE_POINTS = 256
 """Values a build's reference keeps per figure: the sample itself up to this size, else its quantiles at
 (i + 0.5) / 256 (within 1/512 of its distribution). Few enough that the sketch never compacts, so the same build
@@ -52,14 +55,25 @@ def encode(sketch: datasketches.kll_floats_sketch) -> str:
     return base64.b64encode(sketch.serialize()).decode("ascii")
 
 
-def decode(text: str) -> datasketches.kll_floats_sketch:
-    """A sketch from its encoding; ValueError for anything that is not one."""
+def decode(text: str, strict: bool = False) -> datasketches.kll_floats_sketch:
+    """A sketch from its encoding; ValueError for anything that is not one. ``strict`` (what the device API asks of
+    every upload; what is stored was checked so): also refuse what a device forged, values that are not finite, a
+    count its items' weights do not add up to, or more values than ``MAX_VALUES``: a sketch that deserializes
+    can still make every later merge or comparison fail."""
     if not isinstance(text, str) or len(text) > MAX_ENCODED:
         raise ValueError("not an encoded sketch")
     try:
-        return datasketches.kll_floats_sketch.deserialize(base64.b64decode(text, validate=True))
-    except (binascii.Error, RuntimeError, ValueError) as exc:
+        sketch = datasketches.kll_floats_sketch.deserialize(base64.b64decode(text, validate=True))
+        items = [(float(item), int(weight)) for item, weight in sketch] if strict else []
+    except (binascii.Error, RuntimeError, ValueError, OverflowError) as exc:
         raise ValueError(f"not an encoded sketch: {exc}") from None
+    if not strict:
+        return sketch
+    if sketch.n > MAX_VALUES or sum(weight for _, weight in items) != sketch.n:
+        raise ValueError("not an encoded sketch: its count and its items disagree")
+    if not all(math.isfinite(item) for item, _ in items):
+        raise ValueError("not an encoded sketch: values that are not finite")
+    return sketch
 
 
 def merged(encoded: Iterable[str]) -> datasketches.kll_floats_sketch:
@@ -68,7 +82,7 @@ def merged(encoded: Iterable[str]) -> datasketches.kll_floats_sketch:
     for text in encoded:
         try:
             total.merge(decode(text))
-        except ValueError:
+        except (ValueError, RuntimeError):
             continue
     return total
 

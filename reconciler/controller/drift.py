@@ -72,7 +72,7 @@ class DriftWatch:
                 found = version_drift(summaries, references, profile_of, groups, policy.false_alarm_rate)
                 held = earlier.versions.get(version) if earlier else None
                 since = (held.since if held and held.since else now.isoformat(timespec="seconds")) \
-                    if found.drifted else None  # fmt: skip
+                    if found.widely_drifted else None  # fmt: skip
                 versions[version] = VersionDrift(found.fleet, found.profiles, found.groups, found.devices,
                                                  found.drifted_devices, since, found.reference)  # fmt: skip
             result[model_name] = DriftStatus(model_name, format_duration(policy.window), policy.false_alarm_rate,

@@ -689,15 +689,15 @@ class Controller:
         keeps the files as they are: drift is watched, never worth a cycle."""
         every = tree.fleet.spec.intervals.drift
         try:
+            received = self.telemetry.last_received()
+            if received is not None:
+                self.metrics.telemetry_received.set(received)
             found = self.drift.evaluate(tree, self.telemetry.window, artifacts, devices, target, status.drift, now,
                                         every)  # fmt: skip
         except Exception as exc:
             log.warning("drift not evaluated", extra={"error": f"{type(exc).__name__}: {exc}"})
             return {}
         self.metrics.observe_drift(found)
-        received = self.telemetry.last_received()
-        if received is not None:
-            self.metrics.telemetry_received.set(received)
         try:
             self.retraining.push_due(tree, found, head, now)
         except Exception as exc:  # tried again next cycle
@@ -717,8 +717,8 @@ class Controller:
         try:
             done = self.telemetry.compact(self.clock())
             self._compact_more = done.more
-        except (TemporaryError, PermanentError) as exc:
-            log.warning("telemetry store not compacted", extra={"error": str(exc)})
+        except Exception as exc:  # a full disk, a row nobody can fold: logged, tried again, never a stopped controller
+            log.warning("telemetry store not compacted", extra={"error": f"{type(exc).__name__}: {exc}"})
             return
         if done.folded or done.expired:
             log.info("telemetry compacted", extra={"folded": done.folded, "expired": done.expired})

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 class ControllerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._shown: dict[Gauge, set[tuple[str, ...]]] = {}
+        """Label sets each labelled gauge shows now (what ``_publish`` removes when they go)."""
         r = self.registry
         self.reconcile_seconds = Histogram(
             "edge_reconciler_reconcile_duration_seconds", "Time of one reconcile cycle.", registry=r,
@@ -85,16 +87,18 @@ class ControllerMetrics:
 
     def observe_rollouts(self, rollouts: Mapping[str, RolloutStatus]) -> None:
         """Phases, steps and gates of every rollout (those gone from the spec leave the metrics)."""
-        for gauge in (self.rollout_phase, self.rollout_step, self.gate_value, self.gate_threshold, self.gate_failing):
-            gauge.clear()
+        phases, steps, values, thresholds, failing = {}, {}, {}, {}, {}
         for name, status in rollouts.items():
-            self.rollout_phase.labels(name, status.model, status.version, str(status.phase)).set(1)
-            self.rollout_step.labels(name).set(status.state.step + 1)
+            phases[(name, status.model, status.version, str(status.phase))] = 1
+            steps[(name,)] = status.state.step + 1
             for gate in status.gates:
                 if gate.value is not None:
-                    self.gate_value.labels(name, gate.name).set(gate.value)
-                self.gate_threshold.labels(name, gate.name).set(gate.threshold)
-                self.gate_failing.labels(name, gate.name).set(1 if gate.verdict == "Fail" else 0)
+                    values[(name, gate.name)] = gate.value
+                thresholds[(name, gate.name)] = gate.threshold
+                failing[(name, gate.name)] = 1 if gate.verdict == "Fail" else 0
+        for gauge, found in ((self.rollout_phase, phases), (self.rollout_step, steps), (self.gate_value, values),
+                             (self.gate_threshold, thresholds), (self.gate_failing, failing)):  # fmt: skip
+            self._publish(gauge, found)
 
     def observe_versions(self, statuses: Mapping[tuple[str, str], AssignmentStatus]) -> None:
         """Devices per model, version (installed, else the one on its way) and phase."""
@@ -102,20 +106,29 @@ class ControllerMetrics:
         for (_, model), status in statuses.items():
             version = status.installed_version or status.target_version or ""
             counts[(model, version, status.phase)] += 1
-        self.version_devices.clear()
-        for labels, count in counts.items():
-            self.version_devices.labels(*labels).set(count)
+        self._publish(self.version_devices, dict(counts))
 
     def observe_drift(self, drift: Mapping[str, DriftStatus]) -> None:
         """Fleet-wide drift per figure, drifted devices and latency per profile, of every model with telemetry."""
-        for gauge in (self.latency, self.drift_ks, self.drift_threshold, self.drifted_devices):
-            gauge.clear()
+        latency, ks, thresholds, devices = {}, {}, {}, {}
         for model, status in drift.items():
             for version, found in status.versions.items():
-                self.drifted_devices.labels(model, version).set(found.drifted_devices)
+                devices[(model, version)] = found.drifted_devices
                 for figure, value in found.fleet.figures.items():
-                    self.drift_ks.labels(model, version, figure).set(value.ks)
-                    self.drift_threshold.labels(model, version, figure).set(value.threshold)
+                    ks[(model, version, figure)] = value.ks
+                    thresholds[(model, version, figure)] = value.threshold
                 for profile, scope in found.profiles.items():
                     for quantile, ms in scope.latency_ms.items():
-                        self.latency.labels(model, version, profile, quantile).set(ms)
+                        latency[(model, version, profile, quantile)] = ms
+        for gauge, found in ((self.latency, latency), (self.drift_ks, ks), (self.drift_threshold, thresholds),
+                             (self.drifted_devices, devices)):  # fmt: skip
+            self._publish(gauge, found)
+
+    def _publish(self, gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+        """Set every labelled value, then remove the label sets no longer there: a scrape in between never sees a
+        series vanish and come back (which would restart an alert's ``for``)."""
+        for labels, value in values.items():
+            gauge.labels(*labels).set(value)
+        for stale in self._shown.get(gauge, set()) - set(values):
+            gauge.remove(*stale)
+        self._shown[gauge] = set(values)

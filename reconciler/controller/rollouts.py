@@ -185,7 +185,7 @@ def observe(
     if state.stable_version and spec.analysis.max_drift_ks is not None:
         model = tree.models.get(spec.model)
         rate = model.spec.monitoring.drift.false_alarm_rate if model else DEFAULT_FALSE_ALARM_RATE
-        outputs = output_drift(
+        outputs = _output_drift(
             (s for s in summaries if s.get("model") == spec.model and s.get("version") == spec.version
              and s.get("device") in devices),
             (s for s in summaries if s.get("model") == spec.model and s.get("version") == state.stable_version),
@@ -336,3 +336,11 @@ def rollback_message(tree: FleetTree, cycle: RolloutCycle) -> str:
         f"({spec.steps[step].percent}%): {decision.message} on {decision.devices} device(s); "
         f"returning to {returned}"
     )
+
+
+def _output_drift(new, old, rate: float) -> tuple[float, str] | None:
+    """The drift gate's reading; None (the gate waits) when the summaries' sketches cannot be read."""
+    try:
+        return output_drift(new, old, rate)
+    except (ValueError, RuntimeError):
+        return None

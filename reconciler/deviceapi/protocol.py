@@ -36,6 +36,8 @@ MAX_WAIT_SECONDS = 60.0
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
 """Device and model names: DNS subdomain names, as Kubernetes Node names are."""
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$"
+"""Model versions, as agents name their slots: never a path."""
 
 
 class _Message(BaseModel):
@@ -170,7 +172,7 @@ class TelemetrySummary(_Message):
     def _sketches_decode(self) -> TelemetrySummary:
         for name, text in self.sketches.items():
             try:
-                decode(text)
+                decode(text, strict=True)
             except ValueError:
                 raise ValueError(f"sketches.{name}: not an encoded KLL sketch") from None
         return self

@@ -73,6 +73,7 @@ _TARGET_DIGEST = re.compile(r"^([0-9a-f]{64})\.")
 _TUF = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._+-]*/)*[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _RANGE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")
 _NAME = re.compile(protocol.NAME_PATTERN)
+_VERSION = re.compile(protocol.VERSION_PATTERN)
 
 _IDENTITY_STATUS = {Reason.NO_CERTIFICATE: 401, Reason.BAD_CSR: 400, Reason.BAD_NAME: 400, Reason.CA_UNUSABLE: 503}
 """How an IdentityError is answered; any reason not here is 403."""
@@ -477,8 +478,8 @@ class DeviceAPIServer:
     async def _capture(self, request: web.Request) -> web.Response:
         device = await self._authenticate(request)
         model, version = request.match_info["model"], request.match_info["version"]
-        if not _NAME.fullmatch(model) or not _NAME.fullmatch(version):
-            raise _Refused(400, "bad-name", "a model name and a version are DNS subdomain names")
+        if not _NAME.fullmatch(model) or not _VERSION.fullmatch(version):
+            raise _Refused(400, "bad-name", "a model name is a DNS subdomain name; a version letters, digits, . + _ -")
         wait = self.telemetry_bucket.take(device, time.monotonic())
         if wait > 0:
             raise _Refused(429, "rate-limited", "uploads come at the telemetry rate",

@@ -81,11 +81,14 @@ class Baseline:
         if m < MIN_VALUES or self.sketch.is_empty():
             return None
         grid, cdf = (self.grid, self.cdf) if exact else (self.coarse_grid, self.coarse_cdf)
-        ks = float(np.max(np.abs(cdf - np.asarray(current.get_cdf(grid))[:-1])))
-        if exact:
-            grid = _quantiles(current)
-            gaps = np.asarray(self.sketch.get_cdf(grid))[:-1] - np.asarray(current.get_cdf(grid))[:-1]
-            ks = max(ks, float(np.max(np.abs(gaps))))
+        try:
+            ks = float(np.max(np.abs(cdf - np.asarray(current.get_cdf(grid))[:-1])))
+            if exact:
+                grid = _quantiles(current)
+                gaps = np.asarray(self.sketch.get_cdf(grid))[:-1] - np.asarray(current.get_cdf(grid))[:-1]
+                ks = max(ks, float(np.max(np.abs(gaps))))
+        except (ValueError, RuntimeError):  # a sketch nothing can be read from (values that are not finite)
+            return None
         threshold = critical_value(false_alarm_rate) * math.sqrt((self.n + m) / (self.n * m))
         threshold += self.error + rank_error(current)
         if not exact and ks <= threshold:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.agent.telemetry import Summary, TelemetryRecorder
+from reconciler.agent.telemetry import MIN_ROWS, Summary, TelemetryRecorder
 from reconciler.artifact import sketches
 from reconciler.deviceapi.protocol import TelemetrySummary
 from reconciler.telemetry.summaries import merge
@@ -27,7 +27,7 @@ def device_summary(device: str, rows: np.ndarray, outputs: np.ndarray) -> dict:
 @settings(max_examples=25, deadline=None)
 @given(
     devices=st.integers(min_value=1, max_value=12),
-    rows=st.integers(min_value=1, max_value=900),
+    rows=st.integers(min_value=MIN_ROWS, max_value=900),
     shift=st.floats(min_value=-3, max_value=3),
     seed=st.integers(min_value=0, max_value=2**16),
 )
@@ -82,16 +82,32 @@ def test_a_summary_with_a_forged_sketch_is_refused():
 
 def test_sketches_travel_less_often_than_counts_and_lose_nothing_between():
     recorder = TelemetryRecorder("d")
-    rows = np.arange(30, dtype=np.float32).reshape(10, 3)
+    rows = np.arange(120, dtype=np.float32).reshape(40, 3)
     recorder("m", "1", {"input_0": rows[:6]}, np.zeros((6, 2)), 0.001, False)
     [counts] = recorder.flush(with_sketches=False)
     assert counts["requests"] == 1 and counts["sketches"] == {}
-    recorder("m", "1", {"input_0": rows[6:]}, np.zeros((4, 2)), 0.001, False)
+    assert recorder.flush(with_sketches=True) == []  # 6 rows: under MIN_ROWS, they go on gathering
+    recorder("m", "1", {"input_0": rows[6:]}, np.zeros((34, 2)), 0.001, False)
     recorder.flush(with_sketches=False)
     [carried] = recorder.flush(with_sketches=True)  # nothing served in this interval: a summary of sketches only
     assert carried["requests"] == 0
-    assert sketches.decode(carried["sketches"]["input_0[0]"]).n == 10  # every row of both intervals
+    assert sketches.decode(carried["sketches"]["input_0[0]"]).n == 40  # every row of every interval
     assert sketches.decode(carried["sketches"][sketches.LATENCY]).n == 2  # one per request
     TelemetrySummary.model_validate({**carried, "apiVersion": "edgereconciler.io/v1alpha1",
                                      "kind": "TelemetrySummary"})  # the device API takes it  # fmt: skip
     assert recorder.flush(with_sketches=True) == []  # handed over once
+
+
+def test_no_row_can_be_put_back_together_from_a_summary():
+    # Rows whose two columns run opposite ways: a sketch that kept rows in their order would pair (i, -i) at
+    # position i of both columns' sketches.
+    summary = Summary("m", "1", "d", {}, 2)
+    order = np.random.default_rng(1).permutation(60)
+    for i in order:
+        summary.add({"input_0": np.array([[float(i), float(-i)]], dtype=np.float32)}, np.zeros((1, 2)), 0.001, False)
+    sent = summary.to_json()["sketches"]
+    first = [item for item, _ in sketches.decode(sent["input_0[0]"])]
+    second = [item for item, _ in sketches.decode(sent["input_0[1]"])]
+    assert sorted(first) == [float(i) for i in range(60)]  # every value is there...
+    paired = {(a, -b) for a, b in zip(first, second, strict=True)}
+    assert sum(a == b for a, b in paired) <= 1  # ...but position by position, the rows are not
