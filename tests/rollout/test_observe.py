@@ -15,6 +15,8 @@ from reconciler.gitops.files import read_fleet_dir
 from reconciler.plan import Device, RolloutPosition, plan
 from reconciler.rollout.engine import Manual, decide
 
+from ..plan.test_desired import LAB_GROUP
+
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 BASE = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east", "acme.example/network": "wifi"}
 CORTEX = {**BASE, "edgereconciler.io/hardware": "cortex-a", "kubernetes.io/arch": "arm64"}
@@ -137,16 +139,6 @@ def test_devices_waiting_their_turn_are_never_overdue_and_deadlines_run_from_the
     stale = observe(tree, "vibration-anomaly-2", replace(state, last_admitted=long_ago), target, statuses, [], NOW,
                     current=current)  # fmt: skip
     assert (stale.failed, stale.in_progress) == (2, len(waiting))
-
-
-LAB_GROUP = b"""apiVersion: edgereconciler.io/v1alpha1
-kind: DeviceGroup
-metadata: {name: bench}
-spec:
-  role: lab
-  selector:
-    matchLabels: {edgereconciler.io/lab: "true"}
-"""
 
 
 def lab_setup(artifact: str | None = "a" * 64):
