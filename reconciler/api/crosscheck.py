@@ -15,6 +15,7 @@ from .device import DeviceProfile
 from .errors import SpecError, format_field_path
 from .model import ONNX_QUANTIZE_MODES, TFLITE_QUANTIZE_MODES, Model, Recipe
 from .rollout import Rollout
+from .training import FederatedTraining
 
 if TYPE_CHECKING:
     from .loader import Located
@@ -60,6 +61,8 @@ def crosscheck(located: Sequence[Located], broken: Sequence[RawDocument] = ()) -
             errors.extend(_check_model(item, find, exists))
         elif kind == "Rollout":
             errors.extend(_check_rollout(item, find, exists))
+        elif kind == "FederatedTraining":
+            errors.extend(_check_training(item, find, exists))
     for raw in broken:
         errors.extend(_check_raw_references(raw, exists))
     errors.extend(_check_overlaps([i for (k, _), i in names.items() if k == "Rollout"]))
@@ -199,6 +202,41 @@ def _check_rollout(item: Located, find: Finder, exists: Callable[[str, str], boo
                     "benchmark every rollout of their profile and are never rolled out to",
                 )
             )
+    return errors
+
+
+def _check_training(item: Located, find: Finder, exists: Callable[[str, str], bool]) -> list[SpecError]:
+    """A training names a classifier's ONNX base version and fleet groups, and proposes a version not taken."""
+    training = item.document
+    assert isinstance(training, FederatedTraining)
+    spec, errors = training.spec, []
+    model_item = find("Model", spec.model)
+    if model_item is None:
+        if not exists("Model", spec.model):
+            errors.append(_error(item, ("spec", "model"), f"unknown Model {spec.model!r}"))
+    else:
+        model = model_item.document
+        assert isinstance(model, Model)
+        base = model.version(spec.base_version)
+        if base is None:
+            known = ", ".join(v.version for v in model.spec.versions)
+            message = f"model {model.name} has no version {spec.base_version!r} (known: {known})"
+            errors.append(_error(item, ("spec", "baseVersion"), message))
+        elif spec.trainer == "head" and base.source.resolved_format != "onnx":
+            message = (f"the head trainer fine-tunes an ONNX source's last layer; version {base.version} is "
+                       f"{base.source.resolved_format} (export it to ONNX as a version first)")  # fmt: skip
+            errors.append(_error(item, ("spec", "baseVersion"), message))
+        if model.spec.task != "classification":
+            errors.append(_error(item, ("spec", "model"),
+                                 f"model {model.name} is a {model.spec.task} model; federated training fine-tunes "
+                                 "classifiers"))  # fmt: skip
+    for i, group in enumerate(spec.groups):
+        if not exists("DeviceGroup", group):
+            errors.append(_error(item, ("spec", "groups", i), f"unknown DeviceGroup {group!r}"))
+        elif (found := find("DeviceGroup", group)) is not None and found.document.spec.role == "lab":
+            errors.append(_error(item, ("spec", "groups", i),
+                                 f"DeviceGroup {group} is a lab (role: lab): lab devices benchmark, they do not "
+                                 "train"))  # fmt: skip
     return errors
 
 

@@ -13,6 +13,8 @@ from .fleet import Fleet
 from .model import Model
 from .retraining import RetrainingRequest
 from .rollout import Rollout
+from .training import FederatedTraining
 
 KINDS: dict[str, type[Document]] = {cls.KIND: cls for cls in (Fleet, DeviceProfile, DeviceGroup, Model, Rollout,
-                                                           RetrainingRequest, DebugSession)}  # fmt: skip
+                                                           RetrainingRequest, DebugSession,
+                                                           FederatedTraining)}  # fmt: skip

@@ -36,6 +36,7 @@ from .model import Model
 from .retraining import RetrainingRequest
 from .rollout import Rollout
 from .source import Limits, RawDocument, duplicate_keys, parse_documents
+from .training import FederatedTraining
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,11 @@ class FleetTree:
     models: Mapping[str, Model] = field(default_factory=dict)
     rollouts: Mapping[str, Rollout] = field(default_factory=dict)
     retraining: Mapping[str, RetrainingRequest] = field(default_factory=dict)
+    """Requests to retrain a drifted model (the controller writes them on branches; they change nothing)."""
     debug: Mapping[str, DebugSession] = field(default_factory=dict)
     """Temporary log levels for some devices (``edgectl debug``)."""
-    """Requests to retrain a drifted model (the controller writes them on branches; they change nothing)."""
+    trainings: Mapping[str, FederatedTraining] = field(default_factory=dict)
+    """Federated trainings: merged, they run; the result comes back as a branch."""
     sources: Mapping[tuple[str, str], RawDocument] = field(default_factory=dict)
     """Where each (kind, name) was defined."""
 
@@ -82,6 +85,7 @@ class FleetTree:
             "Rollout": len(self.rollouts),
             **({"RetrainingRequest": len(self.retraining)} if self.retraining else {}),
             **({"DebugSession": len(self.debug)} if self.debug else {}),
+            **({"FederatedTraining": len(self.trainings)} if self.trainings else {}),
         }
 
 
@@ -149,6 +153,7 @@ def _load_fleet(files: Iterable[SourceFile], limits: Limits) -> FleetTree:
         rollouts=by_kind["Rollout"],
         retraining=by_kind["RetrainingRequest"],
         debug=by_kind["DebugSession"],
+        trainings=by_kind["FederatedTraining"],
         sources={(item.document.kind, item.document.name): item.source for item in located},
     )
 

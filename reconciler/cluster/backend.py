@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from reconciler.api.status import RolloutStatus
 from reconciler.errors import EdgeReconcilerError, PermanentError, TemporaryError
 from reconciler.plan import Desired, Device
-from reconciler.plan.desired import CaptureSettings, Debug, Trial
+from reconciler.plan.desired import CaptureSettings, Debug, TrainingCall, Trial
 from reconciler.plan.window import Window
 
 FIELD_MANAGER = "edge-reconciler"
@@ -106,7 +106,9 @@ class StoredRollout:
 
 
 def spec_to_json(desired: Desired) -> dict[str, Any]:
-    body = {_camel(k): v for k, v in asdict(desired).items() if k not in ("window", "trial", "debug", "capture")}
+    body = {
+        _camel(k): v for k, v in asdict(desired).items() if k not in ("window", "trial", "debug", "capture", "training")
+    }
     if body["artifact"] is None:
         del body["artifact"]
     if not desired.benchmark:
@@ -119,6 +121,8 @@ def spec_to_json(desired: Desired) -> dict[str, Any]:
         body["debug"] = desired.debug.to_json()
     if desired.capture is not None:
         body["capture"] = desired.capture.to_json()
+    if desired.training is not None:
+        body["training"] = desired.training.to_json()
     return body
 
 
@@ -128,7 +132,7 @@ def spec_from_json(body: Mapping[str, Any]) -> Desired:
         rollout=body["rollout"], artifact=body.get("artifact"), in_rollout=bool(body.get("inRollout")),
         window=Window.from_json(body.get("window")), trial=Trial.from_json(body.get("trial")),
         benchmark=bool(body.get("benchmark")), debug=Debug.from_json(body.get("debug")),
-        capture=CaptureSettings.from_json(body.get("capture")),
+        capture=CaptureSettings.from_json(body.get("capture")), training=TrainingCall.from_json(body.get("training")),
     )  # fmt: skip
 
 

@@ -92,6 +92,18 @@ MODEL_ASSIGNMENT_CRD: dict[str, Any] = {
                                             "until": {"type": "string", "format": "date-time"},
                                         },
                                     },
+                                    "training": {
+                                        "type": "object",
+                                        "description": "A federated training the device may take part in.",
+                                        "properties": {
+                                            "name": _STRING,
+                                            "superlink": _STRING,
+                                            "data": {"type": "string", "enum": ["local", "capture"]},
+                                            "path": _STRING,
+                                            "minSamples": {"type": "integer", "minimum": 1},
+                                            "trainer": {"type": "string", "enum": ["head", "keras"]},
+                                        },
+                                    },
                                     "trial": {
                                         "type": "object",
                                         "description": "How the device tries the version after switching.",

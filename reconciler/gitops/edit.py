@@ -103,6 +103,48 @@ def set_annotation(text: str, index: int, key: str, value: str | None) -> str:
     return "---\n".join(documents)
 
 
+def add_model_version(text: str, path: str, model: str, entry: dict) -> str:
+    """``text`` (a fleet file) with ``entry`` appended to Model ``model``'s ``spec.versions``, in the list's own
+    indentation, after the last version's last line: comments, key order and the other documents stay as they were.
+    The result is parsed again, and must hold the new version last."""
+    from reconciler.api.source import Limits, parse_documents
+
+    documents, errors = parse_documents(path, text.encode(), Limits())
+    if errors:
+        raise PermanentGitError(f"{path}: {errors[0].message}")
+    found = next((d for d in documents if isinstance(d.data, dict) and d.data.get("kind") == "Model"
+                  and (d.data.get("metadata") or {}).get("name") == model), None)  # fmt: skip
+    versions = _mapping_value(found.node, "spec", "versions") if found is not None else None
+    if not isinstance(versions, yaml.SequenceNode) or not versions.value or versions.flow_style:
+        raise PermanentGitError(f"{path}: Model {model} has no block list of versions to add to")
+    last = versions.value[-1]
+    column = last.start_mark.column - 2  # the "- " of the item
+    leaf = last
+    while isinstance(leaf, yaml.MappingNode | yaml.SequenceNode) and not leaf.flow_style and leaf.value:
+        leaf = leaf.value[-1][1] if isinstance(leaf, yaml.MappingNode) else leaf.value[-1]
+    end = leaf.end_mark.line if leaf.end_mark.column > 0 else leaf.end_mark.line - 1
+    lines = text.split("\n")
+    block = yaml.safe_dump([entry], default_flow_style=False, sort_keys=False, width=1000).rstrip("\n").split("\n")
+    lines[end + 1 : end + 1] = [" " * column + line for line in block]
+    edited = "\n".join(lines)
+    again, errors = parse_documents(path, edited.encode(), Limits())
+    document = next((d for d in again if d.index == found.index), None) if not errors else None
+    listed = ((document.data.get("spec") or {}).get("versions") or []) if document is not None else []
+    if not listed or listed[-1] != entry:
+        raise PermanentGitError(f"{path}: the new version of Model {model} could not be added in place")
+    return edited
+
+
+def _mapping_value(node: yaml.Node, *keys: str) -> yaml.Node | None:
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        node = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+        if node is None:
+            return None
+    return node
+
+
 def commit_annotation(checkout: Path, name: str, key: str, value: str | None, message: str) -> Edited:
     """Set the annotation in the working tree and commit that one file on the current branch."""
     repo = _checkout(checkout)

@@ -85,6 +85,56 @@ class Desired:
     """A temporary log level for the device's agent (a DebugSession); None: its own."""
     capture: CaptureSettings | None = None
     """Sampled input capture of this model (its ``monitoring.capture``); None: nothing is kept."""
+    training: TrainingCall | None = None
+    """A federated training this device may take part in with the version it runs; None: none."""
+
+
+@dataclass(frozen=True)
+class TrainingCall:
+    """A FederatedTraining as the device reads it from its assignment: where the SuperLink listens and where the
+    device's labeled rows are. The device joins (starts a SuperNode) only with enough rows and the base version
+    serving; what each round trains comes from the training's server."""
+
+    name: str
+    superlink: str
+    """host:port of the SuperLink's Fleet API (TLS, verified against the fleet CA)."""
+    data: str
+    """``local`` or ``capture``."""
+    path: str
+    min_samples: int
+    trainer: str = "head"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "superlink": self.superlink, "data": self.data, "path": self.path,
+                "minSamples": self.min_samples, "trainer": self.trainer}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, body: Mapping | None) -> TrainingCall | None:
+        if not isinstance(body, Mapping) or not body.get("name") or not body.get("superlink"):
+            return None
+        return cls(str(body["name"]), str(body["superlink"]), str(body.get("data") or "local"),
+                   str(body.get("path") or ""), int(body.get("minSamples") or 1),
+                   str(body.get("trainer") or "head"))  # fmt: skip
+
+
+def training_calls(tree: FleetTree, desired: Mapping[tuple[str, str], Desired], labels: Mapping[str, Mapping[str, str]],
+                   running: Mapping[str, str]) -> dict[tuple[str, str], TrainingCall]:  # fmt: skip
+    """(device, model) -> the running training it is called to: fleet devices (not lab ones) of the training's
+    groups whose assignment is the base version. ``running``: training name -> the SuperLink's address."""
+    found: dict[tuple[str, str], TrainingCall] = {}
+    for name, address in sorted(running.items()):
+        training = tree.trainings.get(name)
+        if training is None:
+            continue
+        spec = training.spec
+        selectors = [tree.groups[g].spec.selector for g in spec.groups if g in tree.groups]
+        call = TrainingCall(name, address, spec.data.source, spec.data.path, spec.data.min_samples, spec.trainer)
+        for (device, model), target in desired.items():
+            if model != spec.model or target.version != spec.base_version or target.benchmark:
+                continue
+            if (device, model) not in found and any(s.matches(labels.get(device, {})) for s in selectors):
+                found[(device, model)] = call
+    return found
 
 
 @dataclass(frozen=True)
