@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 class FaultPoints:
@@ -31,3 +32,9 @@ class FaultPoints:
         if os.environ.get(f"{self.prefix}_SPIN_AT") == name:
             while True:
                 pass
+
+    def hang(self, name: str) -> None:
+        """``PREFIX_HANG_AT=name``: sleep forever here (a device that stops answering mid-task, until killed)."""
+        if os.environ.get(f"{self.prefix}_HANG_AT") == name:
+            while True:
+                time.sleep(3600)

@@ -630,6 +630,113 @@ class DriftStatus:
         return cls.from_json(_load(data), name)
 
 
+class TrainingPhase(StrEnum):
+    """Where a FederatedTraining stands."""
+
+    PENDING = "Pending"
+    """Merged; waiting for its SuperLink or for enough devices to join."""
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    """The last round ended; the new version is on ``branch``."""
+    FAILED = "Failed"
+    """The run stopped (too few devices, timeout, an error); ``message`` says why. Nothing was proposed."""
+    MERGED = "Merged"
+    """The Model holds the proposed version now (a person merged the branch)."""
+
+
+@dataclass(frozen=True)
+class TrainingRound:
+    """One round of a training: who trained, on how many rows, and what the round's sum scored."""
+
+    round: int
+    participants: int
+    samples: int
+    seconds: float
+    loss: float | None = None
+    accuracy: float | None = None
+    """Accuracy of the round's aggregate, measured by the sampled devices on their own rows (weighted)."""
+    dropped: int = 0
+    """Devices sampled that sent no update (dropped out mid-round)."""
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"round": self.round, "participants": self.participants, "samples": self.samples,
+                                "seconds": round(self.seconds, 3), "dropped": self.dropped}  # fmt: skip
+        if self.loss is not None:
+            body["loss"] = round(self.loss, 5)
+        if self.accuracy is not None:
+            body["accuracy"] = round(self.accuracy, 5)
+        return body
+
+    @classmethod
+    def from_json(cls, body: Any) -> TrainingRound:
+        body = body if isinstance(body, Mapping) else {}
+        return cls(_int(body.get("round")), _int(body.get("participants")), _int(body.get("samples")),
+                   _float(body.get("seconds")), _float_or_none(body.get("loss")),
+                   _float_or_none(body.get("accuracy")), _int(body.get("dropped")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainingStatus:
+    """A FederatedTraining's status file (``STATUS_PATH/trainings/NAME.yaml``)."""
+
+    name: str
+    phase: TrainingPhase = TrainingPhase.PENDING
+    message: str = ""
+    model: str = ""
+    base_version: str = ""
+    version: str = ""
+    secure_aggregation: bool = True
+    started: str | None = None
+    finished: str | None = None
+    joined: tuple[str, ...] = ()
+    """Devices whose SuperNode is connected now (or was, at the end)."""
+    declined: Mapping[str, str] = field(default_factory=dict)
+    """Devices called that did not join, and why (no data, an artifact without the base's features)."""
+    rounds: tuple[TrainingRound, ...] = ()
+    branch: str | None = None
+    """Where the new version waits for a pull request (Succeeded)."""
+    artifact: str | None = None
+    """sha256 of the new source model in the artifact store."""
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "FederatedTrainingStatus", "name": self.name,
+                                "phase": str(self.phase), "model": self.model, "baseVersion": self.base_version,
+                                "version": self.version, "secureAggregation": self.secure_aggregation}  # fmt: skip
+        for key, value in (("message", self.message), ("started", self.started), ("finished", self.finished),
+                           ("branch", self.branch), ("artifact", self.artifact)):  # fmt: skip
+            if value:
+                body[key] = value
+        body["joined"] = sorted(self.joined)
+        if self.declined:
+            body["declined"] = dict(sorted(self.declined.items()))
+        body["rounds"] = [r.to_json() for r in self.rounds]
+        return body
+
+    @classmethod
+    def from_json(cls, body: Any, name: str = "") -> TrainingStatus:
+        if not isinstance(body, Mapping):
+            return cls(name)
+        try:
+            phase = TrainingPhase(str(body.get("phase")))
+        except ValueError:
+            phase = TrainingPhase.PENDING
+        declined = body.get("declined")
+        return cls(str(body.get("name") or name), phase, str(body.get("message") or ""), str(body.get("model") or ""),
+                   str(body.get("baseVersion") or ""), str(body.get("version") or ""),
+                   body.get("secureAggregation") is not False, _str_or_none(body.get("started")),
+                   _str_or_none(body.get("finished")), tuple(str(d) for d in _list(body.get("joined"))),
+                   {str(k): str(v) for k, v in (declined.items() if isinstance(declined, Mapping) else ())},
+                   tuple(TrainingRound.from_json(r) for r in _list(body.get("rounds"))),
+                   _str_or_none(body.get("branch")), _str_or_none(body.get("artifact")))  # fmt: skip
+
+    def to_yaml(self) -> bytes:
+        return _dump(self.to_json())
+
+    @classmethod
+    def from_yaml(cls, data: bytes | None, name: str = "") -> TrainingStatus:
+        return cls.from_json(_load(data), name)
+
+
 @dataclass(frozen=True)
 class StatusPaths:
     """Where each status file lives under the Fleet's ``statusPath``: the one place that spells the layout."""
@@ -649,6 +756,9 @@ class StatusPaths:
     def drift(self, model: str) -> str:
         return f"{self.prefix}drift/{model}.yaml"
 
+    def training(self, name: str) -> str:
+        return f"{self.prefix}trainings/{name}.yaml"
+
     @property
     def controller(self) -> str:
         return f"{self.prefix}controller.yaml"
@@ -666,6 +776,7 @@ class FleetStatus:
     groups: Mapping[str, GroupStatus] = field(default_factory=dict)
     controller: ControllerStatus | None = None
     drift: Mapping[str, DriftStatus] = field(default_factory=dict)
+    trainings: Mapping[str, TrainingStatus] = field(default_factory=dict)
 
     def rollout(self, name: str) -> RolloutStatus:
         return self.rollouts.get(name) or RolloutStatus(name)
@@ -675,7 +786,7 @@ class FleetStatus:
 
     @classmethod
     def from_files(cls, files: Iterable[SourceFile], paths: StatusPaths) -> FleetStatus:
-        rollouts, groups, controller, drift = {}, {}, None, {}
+        rollouts, groups, controller, drift, trainings = {}, {}, None, {}, {}
         for file in files:
             if not paths.owns(file.path):
                 continue
@@ -688,9 +799,11 @@ class FleetStatus:
                 groups[name] = GroupStatus.from_yaml(file.content, name)
             elif folder == "drift":
                 drift[name] = DriftStatus.from_yaml(file.content, name)
+            elif folder == "trainings":
+                trainings[name] = TrainingStatus.from_yaml(file.content, name)
             elif inner == "controller.yaml":
                 controller = ControllerStatus.from_yaml(file.content)
-        return cls(paths, rollouts, groups, controller, drift)
+        return cls(paths, rollouts, groups, controller, drift, trainings)
 
 
 @dataclass(frozen=True)
