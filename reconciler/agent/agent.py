@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import urllib3
 
@@ -74,6 +75,9 @@ from .phases import (
 from .sensors import HWMON, Reading, Sampler
 from .slots import KeepPolicy, ModelSlots, SlotState, UnsafeNameError, check_name
 from .verbosity import Verbosity
+
+if TYPE_CHECKING:
+    from .training import Participation
 
 log = logging.getLogger("edge_reconciler.agent")
 
@@ -173,6 +177,7 @@ class Agent:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         http: Callable[[], urllib3.PoolManager] | None = None,
         trial_stats: Callable[[str, str], TrialStats] | None = None,
+        training: Participation | None = None,
     ) -> None:
         """``on_switch(model)`` runs right after a new slot became active (the model server reloads there);
         ``clock`` is read once per model and cycle (maintenance windows), so tests control time; ``http`` gives
@@ -197,6 +202,9 @@ class Agent:
         self._retries: dict[str, tuple[tuple[str, int], int, datetime]] = {}
         """model -> ((version, generation), attempts, next attempt): transient failures, kept in memory only."""
         self._figures: dict[str, object] = {}
+        self.training = training
+        """Federated trainings this device takes part in (None: it never does)."""
+        self._training_figures: dict[str, dict] = {}
 
     def run(self, stop: threading.Event, interval: float, after_cycle: Callable[[], object] | None = None) -> None:
         """Cycle every ``interval`` seconds until ``stop`` is set; ``after_cycle`` (telemetry upload) runs after
@@ -223,6 +231,8 @@ class Agent:
         assignments = self.backend.assignments_for(self.config.device)
         self.verbosity.apply(next((spec.debug for spec, _ in assignments.values() if spec.debug), None))
         write_settings(self.data_dir / "capture", [spec for spec, _ in assignments.values()], self.config.redact_hook)
+        if self.training is not None:
+            self._training_figures = self.training.converge(assignments)
         reports = {}
         for model, (spec, generation) in sorted(assignments.items()):
             reports[model] = self.converge(spec, generation)
@@ -510,6 +520,8 @@ class Agent:
         return True
 
     def _report(self, spec: Desired, status: AssignmentStatus) -> AssignmentStatus:
+        if figures := self._training_figures.get(spec.model):
+            status = replace(status, extra={**status.extra, **figures})
         last = self._reported.get(spec.model)
         now = time.monotonic()
         if last is None or last[0] != status or now - last[1] >= self.config.heartbeat_seconds:

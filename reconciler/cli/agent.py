@@ -158,7 +158,11 @@ def agent(
         requests, errors = server.totals(model, version)
         return TrialStats(requests, errors, server.crashes(model, version))
 
-    worker = Agent(config, DeviceAPIBackend(client), on_switch, http=lambda: client.pool, trial_stats=trial_stats)
+    from reconciler.agent.training import Participation
+
+    training = Participation(data_dir, device, client)
+    worker = Agent(config, DeviceAPIBackend(client), on_switch, http=lambda: client.pool, trial_stats=trial_stats,
+                   training=training)  # fmt: skip
     if once:
         from reconciler.errors import EdgeReconcilerError
 
@@ -182,5 +186,6 @@ def agent(
     try:
         worker.run(stop, interval, after_cycle=upload_telemetry)
     finally:
+        training.stop()
         if server is not None:
             server.close()

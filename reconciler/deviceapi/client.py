@@ -220,6 +220,10 @@ class DeviceClient:
         """Recent log lines, while a debug session names this device (refused otherwise: they stay here)."""
         self._call(self.pool, "POST", protocol.LOGS, {"lines": lines})
 
+    def join_training(self, name: str) -> None:
+        """Let this device's identity key (its current certificate's) into training ``name``'s SuperLink."""
+        self._request("POST", protocol.TRAINING_JOIN.format(name=name), {}, {}, self.timeout)
+
     def _call(self, pool: urllib3.PoolManager, method: str, path: str, body: dict[str, Any] | None) -> Any:
         return _json(self._request(method, path, body, {}, self.timeout, pool))
 

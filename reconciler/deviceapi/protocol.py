@@ -25,6 +25,8 @@ STATUS = "/v1/status/{model}"
 TELEMETRY = "/v1/telemetry"
 LOGS = "/v1/logs"
 CAPTURES = "/v1/captures/{model}/{version}"
+TRAINING_JOIN = "/v1/trainings/{name}/join"
+"""A device called to a federated training asks for its identity key to be let into the SuperLink."""
 MAX_CAPTURE_BODY = 4 * 1024 * 1024
 
 MAX_ENROL_BODY = 16 * 1024

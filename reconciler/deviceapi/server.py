@@ -118,6 +118,7 @@ class DeviceAPIServer:
         register_enrolled: bool = False,
         limits: Limits | None = None,
         node_of_token: Callable[[str], str] | None = None,
+        on_join: Callable[[Backend, str, str, Any], bool | str] | None = None,
     ) -> None:
         """``backend_factory`` is called once in each worker thread (the first time it needs a backend): return
         one shared thread-safe backend (LocalBackend, a watching KubernetesBackend) or a new one per call; the
@@ -141,6 +142,10 @@ class DeviceAPIServer:
         """``on_logs(backend, device, lines)``: keep an agent's recent log lines; False when its assignments ask
         for none (no ``edgectl debug`` names it now): refused, so nothing leaves a device unasked."""
         self.limits, self.node_of_token = limits or Limits(), node_of_token
+        self.on_join = on_join
+        """``on_join(backend, device, training, public_key)``: let the key of the device's current certificate into
+        the training's SuperLink; False when no assignment of the device calls it to that training (refused), a
+        string when the training cannot take it now (503, tried again)."""
         self.refusals = Counter("edge_reconciler_device_api_refusals", "Device API requests refused, by reason.",
                                 ["reason"], registry=registry)  # fmt: skip
         self.sent = Counter("edge_reconciler_device_api_sent_bytes", "Bytes of files sent to devices, by kind "
@@ -218,6 +223,8 @@ class DeviceAPIServer:
             app.router.add_post(protocol.LOGS, self._logs)
         if self.on_capture is not None:
             app.router.add_post(protocol.CAPTURES, self._capture)
+        if self.on_join is not None:
+            app.router.add_post(protocol.TRAINING_JOIN, self._join)
         if self.blobs is not None:
             app.router.add_get("/artifacts/sha256/{digest:[0-9a-f]{64}}", self._blob)
         if self.deltas is not None:
@@ -495,6 +502,26 @@ class DeviceAPIServer:
         if isinstance(stored, str):
             raise _Refused(400, "invalid-body", stored)
         return web.json_response({"accepted": 1}, status=202)
+
+    async def _join(self, request: web.Request) -> web.Response:
+        device = await self._authenticate(request, current_only=True)
+        name = request.match_info["name"]
+        request[_ASKED] = f"training {name[:253]}"
+        if not _NAME.fullmatch(name):
+            raise _Refused(400, "bad-name", "a training name is a DNS subdomain name")
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        certificate = peer_certificate(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+        assert certificate is not None  # authenticated above
+        joined = await self._call(self._store_join, device, name, certificate.public_key())
+        if joined is False:
+            raise _Refused(403, "not-called", f"no assignment of {device} calls it to training {name}")
+        if isinstance(joined, str):
+            raise _Refused(503, "training-unavailable", joined, Retry_After="10")
+        return web.Response(status=204)
+
+    def _store_join(self, device: str, name: str, public_key: Any) -> bool | str:
+        assert self.on_join is not None
+        return self.on_join(self._backend(), device, name, public_key)
 
     def _store_capture(self, device: str, model: str, version: str, data: bytes) -> bool | str:
         assert self.on_capture is not None

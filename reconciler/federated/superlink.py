@@ -171,8 +171,8 @@ class SuperLink:
         """The ServerApp's log of a run (Flower hands a finished run's log out once, then drops it)."""
         from flwr.proto.control_pb2 import StreamLogsRequest
 
-        return "".join(r.log_output for r in self.control.StreamLogs(StreamLogsRequest(run_id=run_id,
-                                                                                      after_timestamp=0.0)))  # fmt: skip
+        request = StreamLogsRequest(run_id=run_id, after_timestamp=0.0)
+        return "".join(r.log_output for r in self.control.StreamLogs(request))
 
     def stop_run(self, run_id: int) -> None:
         from flwr.proto.control_pb2 import StopRunRequest
