@@ -43,6 +43,19 @@ class ModelSource(SpecModel):
         return next((f for ext, f in _SOURCE_EXTENSIONS.items() if self.uri.endswith(ext)), None)
 
 
+class FederatedLineage(SpecModel):
+    """A version made by a FederatedTraining: which one, from what, with how many devices and rows."""
+
+    training: Name
+    base_version: QuotedStr
+    rounds: int = Field(ge=0)
+    participants: int = Field(ge=0)
+    """Devices that joined and trained."""
+    samples: int = Field(ge=0)
+    """Labeled rows the participants held (they never left the devices)."""
+    secure_aggregation: bool
+
+
 class Lineage(SpecModel):
     """Where a version came from: enough to reproduce it and to compare versions."""
 
@@ -52,6 +65,8 @@ class Lineage(SpecModel):
     """Dataset name and version used for training."""
     metrics: dict[QuotedStr, float] = Field(default_factory=dict)
     """Metrics measured at training time (e.g. accuracy: 0.97)."""
+    federated: FederatedLineage | None = None
+    """Set by the controller on a version a federated training proposed."""
 
 
 class ModelVersion(SpecModel):

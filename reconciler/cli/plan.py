@@ -174,6 +174,10 @@ def render_text(result, base: str, head: str) -> str:
     lines = [f"Plan: {base} ← {head} ({result.devices} devices in the inventory)", ""]
     lines.append("Changed documents:" if result.documents else "No spec changes.")
     lines += [f"  {what:<9} {key}" for key, what in result.documents]
+    if result.versions:
+        lines += ["", "New model versions:"]
+        lines += [f"  {v.model} {v.version}: {v.origin}" + ("" if v.delivered else " (no rollout delivers it yet)")
+                  for v in result.versions]  # fmt: skip
     moved = sum(result.transitions.values())
     lines += ["", f"On merge: {moved} device assignment(s) change."]
     lines += [f"  {_transition(*key)}: {n} device(s)" for key, n in sorted(result.transitions.items(), key=str)]
@@ -258,6 +262,10 @@ def render_markdown(result, base: str, head: str) -> str:
             lines.append(f"- … and {len(result.problems) - PROBLEMS_LISTED} more (`edgectl plan -o json` lists every "
                          "one)")  # fmt: skip
         lines += ["", "</details>", ""]
+    if result.versions:
+        lines += ["**New model versions**", ""]
+        lines += [f"- `{v.model}` {v.version}: {v.origin}" + ("" if v.delivered else " (no rollout delivers it yet)")
+                  for v in result.versions] + [""]  # fmt: skip
     if result.documents:
         lines += ["<details><summary>Changed documents</summary>", ""]
         lines += [f"- `{key}` {what}" for key, what in result.documents] + ["", "</details>"]
@@ -274,6 +282,7 @@ def render_json(result, base: str, head: str) -> str:
         "changes": result.changes,
         "devices": result.devices,
         "documents": [{"document": key, "change": what} for key, what in result.documents],
+        "versions": [asdict(v) for v in result.versions],
         "transitions": [
             {"model": m, "from": old, "to": new, "devices": n}
             for (m, old, new), n in sorted(result.transitions.items(), key=str)

@@ -32,7 +32,7 @@ class JsonLines(logging.Formatter):
 
 def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: str, state_dir: Path,
                 store: Path | None, target, backend: str, registry, agent_service_account: str | None,
-                telemetry):  # fmt: skip
+                telemetry, on_join=None):  # fmt: skip
     """The device API on its own port with its own certificate, issued by the fleet CA at every start."""
     import socket
     from datetime import UTC, datetime, timedelta
@@ -85,7 +85,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
         on_capture=capture_recorder(artifacts) if artifacts else None,
         clock=lambda: datetime.now(UTC), register_enrolled=backend == "local",
         node_of_token=(lambda token: target.node_of_token(token, SERVICE_ACCOUNT_AUDIENCE, agent_service_account))
-        if agent_service_account else None,
+        if agent_service_account else None, on_join=on_join,
     ).start()  # fmt: skip
 
 
@@ -207,6 +207,16 @@ def _repo_url(repo: str) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The telemetry store's SQLite file, shared by replicas (default: STATE_DIR/telemetry.sqlite).",
 )
+@click.option(
+    "--superlink",
+    metavar="HOST:PORT",
+    help="Run the SuperLink of federated trainings here (TLS from the fleet CA, SuperNode authentication).",
+)
+@click.option(
+    "--superlink-address",
+    metavar="HOST:PORT",
+    help="The SuperLink's address as devices dial it (default: --superlink).",
+)
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
 def run(
     repo: str,
@@ -244,6 +254,8 @@ def run(
     gc_interval: str,
     gc_keep_versions: int,
     telemetry_store: Path | None,
+    superlink: str | None,
+    superlink_address: str | None,
     log_format: str,
 ) -> None:
     """Reconcile devices toward the fleet repo, and write status back to it."""
@@ -284,7 +296,8 @@ def run(
         raise click.UsageError(f"--gc-interval: {exc}") from None
     config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys,
                               signing_key, accept_rewrite, retention, telemetry_store, build_workers,
-                              builder_key, collect_every, gc_keep_versions)  # fmt: skip
+                              builder_key, collect_every, gc_keep_versions, superlink, superlink_address,
+                              ca_dir or state_dir / "ca")  # fmt: skip
     try:
         if backend == "kubernetes":
             target = kubernetes_backend(kubeconfig, namespace, node_selector)
@@ -382,7 +395,9 @@ def run(
             raise click.UsageError("--agent-service-account needs --backend kubernetes")
         api = _device_api(device_api, device_api_hosts, ca_dir or state_dir / "ca", certificate_lifetime, state_dir,
                           store, target, backend, controller.metrics.registry, agent_service_account,
-                          TelemetryStore(config.telemetry_path, config.telemetry_retention))  # fmt: skip
+                          TelemetryStore(config.telemetry_path, config.telemetry_retention),
+                          lambda backend, device, name, key: controller.trainings.admit(
+                              backend.assignments_for(device), device, name, key))  # fmt: skip
         servers.append(api)
         logging.getLogger("edge_reconciler.controller").info("device API", extra={"url": api.url})
 
@@ -395,6 +410,7 @@ def run(
     try:
         controller.run(is_leader=lambda: elector is None or elector.is_leader)
     finally:
+        controller.trainings.close()
         if elector is not None:
             elector.stop()
         for server in servers:

@@ -78,6 +78,7 @@ from .rollouts import (
     run_rollouts,
 )
 from .status import group_status, rollout_status
+from .training import Trainings, superlink_for
 
 log = logging.getLogger("edge_reconciler.controller")
 ACCEPT_REWRITE = "edgereconciler.io/accept-rewrite"
@@ -147,6 +148,12 @@ class ControllerConfig:
     gc_keep_versions: int = 3
     """Versions of each model kept in the store beyond what devices run or are assigned (the newest in its spec):
     what a person may roll back to without a rebuild."""
+    superlink: str | None = None
+    """HOST:PORT the SuperLink of federated trainings listens on (None: trainings wait, saying why)."""
+    superlink_address: str | None = None
+    """HOST:PORT devices dial for it (default: ``superlink``)."""
+    ca_dir: Path | None = None
+    """The fleet CA (the device API's): the SuperLink's certificate comes from it, devices already trust it."""
 
     @property
     def builds_dir(self) -> Path:
@@ -202,6 +209,8 @@ class Controller:
         self.telemetry = telemetry or TelemetryStore(config.telemetry_path, config.telemetry_retention)
         self.drift = DriftWatch(self.store.read_manifest if self.store else None)
         self.retraining = RetrainingRequests(self.source, config.state_dir, config.signing_key)
+        self.trainings = Trainings(self.source, config.state_dir, superlink_for(config), config.superlink_address,
+                                   self.store, config.signing_key)  # fmt: skip
         self._artifact_keys: dict[str, tuple[str, str, str]] = {}
         self._artifact_facts: dict[str, tuple[str, float]] = {}
         """Artifact id -> (its recipe as built, when it was stored): what chooses among builds of one key."""
@@ -405,6 +414,7 @@ class Controller:
         positions = {name: position(tree, name, cycle.outcome.state) for name, cycle in cycles.items()}
         after = before if positions == before_positions else targets.at(positions, artifacts)
         after = self._admit(tree, cycles, after, current, statuses, now)
+        after = self.trainings.call(tree, after, {device.name: device.labels for device in devices})
         rollouts: dict[str, RolloutStatus] = {}
         for name in tree.rollouts:
             cycle = cycles.get(name)
@@ -454,6 +464,7 @@ class Controller:
         for name in tree.groups:
             rendered[paths.group(name)] = group_status(tree, name, devices, result.plan, statuses).to_yaml()
         rendered.update(self._drift_files(tree, fleet.status, artifacts, devices, result.plan, now, head))
+        rendered.update(self.trainings.step(tree, head, now, statuses, paths))
         last_tamper = fleet.status.controller.last_tamper if fleet.status.controller else None
         if tampered:
             last_tamper = TamperRecord(now.isoformat(timespec="seconds"), head, tuple(tampered))

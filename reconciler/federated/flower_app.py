@@ -42,7 +42,7 @@ from flwr.server.workflow.default_workflows import default_fit_workflow
 from reconciler.faults import FaultPoints
 
 from .nodes import PROGRESS
-from .runs import RESULT, TRAINED
+from .runs import RESULT, ROUNDS, TRAINED
 
 log = logging.getLogger("edge_reconciler.federated")
 
@@ -247,7 +247,7 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
     strategy = FedAvg(
         fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=min_clients, min_evaluate_clients=min_clients,
         min_available_clients=min_clients, initial_parameters=ndarrays_to_parameters([weight, bias]),
-        on_fit_config_fn=lambda r: {"round": r}, fit_metrics_aggregation_fn=_weighted(rounds),
+        on_fit_config_fn=lambda r: {"round": r}, fit_metrics_aggregation_fn=_weighted(rounds, out / ROUNDS),
     )  # fmt: skip
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=int(config["rounds"]),
                            round_timeout=float(config["round-timeout"])), strategy=strategy,
@@ -283,14 +283,16 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
     return {"phase": phase, "message": message, "rounds": rounds, **_who(properties)}
 
 
-def _weighted(rounds: list[dict[str, Any]]):
-    """The fit metrics' aggregation: weighted by rows, and each round's participants and rows kept."""
+def _weighted(rounds: list[dict[str, Any]], progress: Path):
+    """The fit metrics' aggregation: weighted by rows, and each round's participants and rows kept (and written
+    to ``progress``, for the status of a running training)."""
 
     def aggregate(results: list[tuple[int, dict]]) -> dict:
         total = sum(n for n, _ in results) or 1
         figures = {key: sum(n * float(m.get(key, 0.0)) for n, m in results) / total for key in ("accuracy", "loss")}
         rounds.append({"round": len(rounds) + 1, "participants": len(results),
                        "samples": sum(n for n, _ in results), **figures})  # fmt: skip
+        _write_json(progress, {"rounds": rounds})
         return figures
 
     return aggregate

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # the device's training process reads only the names below: i
     from reconciler.api.training import FederatedTrainingSpec
 
 RESULT = "result.json"
+ROUNDS = "rounds.json"
+"""Every round aggregated so far, written after each (the controller's status of a running training)."""
 TRAINED = "head.npz"
 BASE = "base-head.npz"
 

@@ -75,6 +75,16 @@ class ArtifactNeed:
     """None: nothing to judge from."""
 
 
+@dataclass(frozen=True)
+class NewVersion:
+    model: str
+    version: str
+    origin: str
+    """Its lineage in a line (a federated training's rounds, devices and rows; a dataset; a commit)."""
+    delivered: bool
+    """A rollout of the head delivers it."""
+
+
 @dataclass
 class Review:
     documents: list[tuple[str, str]] = field(default_factory=list)
@@ -86,6 +96,8 @@ class Review:
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     devices: int = 0
+    versions: list[NewVersion] = field(default_factory=list)
+    """Model versions the change adds, with where they came from."""
 
     @property
     def changes(self) -> bool:
@@ -107,6 +119,7 @@ def review(
     devices = list(devices)
     result = Review(devices=len(devices))
     result.documents = _documents(base, head)
+    result.versions = _new_versions(base, head)
     before = plan(base, devices, base_positions) if base is not None else Plan()
     # The head is planned at every step of every rollout: match selectors once, place rollouts many times.
     head_targets = targeting(head, devices)
@@ -202,13 +215,39 @@ def _count_needs(needs: Counter[ArtifactKey], at_step: list, profiles: Mapping[s
         needs[key] = max(needs[key], count)
 
 
+def _new_versions(base: FleetTree | None, head: FleetTree) -> list[NewVersion]:
+    found = []
+    for name, model in sorted(head.models.items()):
+        old = base.models.get(name) if base is not None else None
+        for version in model.spec.versions:
+            if old is not None and old.version(version.version) is not None:
+                continue
+            lineage, federated = version.lineage, version.lineage.federated
+            if federated is not None:
+                measured = lineage.metrics.get("federatedAccuracy")
+                secure = "on" if federated.secure_aggregation else "off"
+                origin = (f"federated training {federated.training} from {federated.base_version}: {federated.rounds} "
+                          f"round(s), {federated.participants} device(s), {federated.samples} labeled rows on them, "
+                          f"secure aggregation {secure}")  # fmt: skip
+                if measured is not None:
+                    origin += f"; accuracy {measured:.3f} as the devices measured it"
+            else:
+                parts = (lineage.dataset and f"dataset {lineage.dataset}", lineage.git_commit and
+                         f"commit {lineage.git_commit}")  # fmt: skip
+                origin = ", ".join(part for part in parts if part)
+            rollouts = head.rollouts.values()
+            delivered = any(r.spec.model == name and r.spec.version == version.version for r in rollouts)
+            found.append(NewVersion(name, version.version, origin or "no lineage", delivered))
+    return found
+
+
 def _documents(base: FleetTree | None, head: FleetTree) -> list[tuple[str, str]]:
     def index(tree: FleetTree | None) -> dict[str, Any]:
         if tree is None:
             return {}
         found: dict[str, Any] = {}
         for kind, items in (("DeviceProfile", tree.profiles), ("DeviceGroup", tree.groups), ("Model", tree.models),
-                            ("Rollout", tree.rollouts)):  # fmt: skip
+                            ("Rollout", tree.rollouts), ("FederatedTraining", tree.trainings)):  # fmt: skip
             for name, document in items.items():
                 found[f"{kind}/{name}"] = document.model_dump(mode="json", exclude={"source"})
         found[f"Fleet/{tree.fleet.metadata.name}"] = tree.fleet.model_dump(mode="json", exclude={"source"})

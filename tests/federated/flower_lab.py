@@ -24,8 +24,11 @@ from reconciler.federated.superlink import SuperLink
 def identity(ca: FleetCA, device: str, folder: Path) -> tuple[Path, ec.EllipticCurvePublicKey]:
     """A device's identity file (certificate and key, PEM) as the device API client keeps it."""
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device)])).sign(key, hashes.SHA256()))
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device)]))
+        .sign(key, hashes.SHA256())
+    )
     issued = ca.issue_device(csr.public_bytes(serialization.Encoding.PEM), device, timedelta(days=1), datetime.now(UTC))
     pem = folder / device / "device.pem"
     pem.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ import os
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from reconciler.api.training import FederatedTrainingSpec
@@ -73,9 +72,10 @@ def _scores(scenario: Scenario, model: Path, folder: Path, spec: FederatedTraini
     held_out = features(scenario.eval_x)
     federated = runs.trained_model(scenario.base, folder / "run")
     fed_weight, fed_bias = read_head(federated)
+    epochs = spec.rounds * spec.local_epochs
     central_weight, central_bias, _ = train_head(weight, bias, features(scenario.pooled[0]), scenario.pooled[1],
-                                                 epochs=spec.rounds * spec.local_epochs,
-                                                 learning_rate=spec.learning_rate, batch_size=spec.batch_size)  # fmt: skip
+                                                 epochs=epochs, learning_rate=spec.learning_rate,
+                                                 batch_size=spec.batch_size)  # fmt: skip
     return {"base": accuracy(weight, bias, held_out, scenario.eval_y),
             "federated": accuracy(fed_weight, fed_bias, held_out, scenario.eval_y),
             "central": accuracy(central_weight, central_bias, held_out, scenario.eval_y)}  # fmt: skip
