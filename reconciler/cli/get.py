@@ -38,6 +38,7 @@ RESOURCES = {
     "builds": "build", "build": "build",
     "benchmarks": "benchmark", "benchmark": "benchmark", "bench": "benchmark",
     "drift": "drift",
+    "trainings": "training", "training": "training", "fl": "training",
 }  # fmt: skip
 
 
@@ -66,12 +67,12 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         sort_by: str | None, group: str | None,
         all_groups: bool, no_headers: bool, watch: bool, store: Path, involved: str | None, repo: str, backend: str,
         state_dir: Path, kubeconfig: Path | None, context: str | None, namespace: str) -> None:  # fmt: skip
-    """Show devices, groups, models, rollouts, artifacts, benchmarks, drift, events or builds (kubectl-style
-    tables)."""
+    """Show devices, groups, models, rollouts, artifacts, benchmarks, drift, trainings, events or builds
+    (kubectl-style tables)."""
     kind = RESOURCES.get(resource.lower())
     if kind is None:
         raise click.UsageError(f"unknown resource {resource!r}; one of devices, groups, models, rollouts, artifacts, "
-                               "benchmarks, drift, events, builds")  # fmt: skip
+                               "benchmarks, drift, trainings, events, builds")  # fmt: skip
     if involved is not None and kind != "event":
         raise click.UsageError("--for goes with events only")
     about = _involved(involved) if involved else None
@@ -107,7 +108,8 @@ def get(resource: str, name: str | None, output: str | None, selector: str | Non
         if kind == "rollout" and backend == "kubernetes" and repo == ".":  # the mirrors the controller keeps
             return _mirrored_rollouts(target(), name)
         view = load_view(repo)
-        return {"group": _groups, "model": _models, "rollout": _rollouts, "drift": _drift}[kind](view, name, labels)
+        return {"group": _groups, "model": _models, "rollout": _rollouts, "drift": _drift,
+                "training": _trainings}[kind](view, name, labels)  # fmt: skip
 
     last = None
     while True:
@@ -373,6 +375,64 @@ def _drift(view: FleetView, name, labels) -> tuple[list[dict], list[Column], lis
     return rows, columns, objects
 
 
+def _trainings(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
+    """One row per FederatedTraining, as its status file says it stands (``status/trainings/NAME.yaml``)."""
+    from reconciler.api.status import TrainingStatus
+
+    rows, objects = [], []
+    for training_name, training in _selected(view.tree.trainings, name, labels):
+        spec = training.spec
+        status = view.status.trainings.get(training_name) or TrainingStatus(training_name)
+        last = status.rounds[-1] if status.rounds else None
+        rows.append({"name": training_name, "model": spec.model, "base": spec.base_version, "version": spec.version,
+                     "phase": str(status.phase), "rounds": f"{len(status.rounds)}/{spec.rounds}",
+                     "joined": len(status.joined), "declined": len(status.declined),
+                     "accuracy": f"{last.accuracy:.3f}" if last and last.accuracy is not None else None,
+                     "secure": "SecAgg+" if spec.secure_aggregation.enabled else "off",
+                     "branch": status.branch, "message": status.message or None})  # fmt: skip
+        objects.append({**status.to_json(), "spec": training.model_dump(mode="json", by_alias=True)["spec"]})
+    columns = [Column("NAME", "name"), Column("MODEL", "model"), Column("BASE", "base"), Column("VERSION", "version"),
+               Column("PHASE", "phase"), Column("ROUNDS", "rounds"), Column("JOINED", "joined"),
+               Column("DECLINED", "declined"), Column("ACCURACY", "accuracy"),
+               Column("AGGREGATION", "secure", wide=True), Column("BRANCH", "branch", wide=True),
+               Column("MESSAGE", "message", wide=True)]  # fmt: skip
+    return rows, columns, objects
+
+
+def describe_training(view: FleetView, name: str) -> str:
+    """A training's spec, where it stands, who took part and declined, and every round's figures."""
+    from reconciler.api.status import TrainingStatus
+
+    spec = view.tree.trainings[name].spec
+    status = view.status.trainings.get(name) or TrainingStatus(name)
+    secure = spec.secure_aggregation
+    lines = [f"Name:         {name}", f"Model:        {spec.model} {spec.base_version} -> {spec.version}",
+             f"Groups:       {', '.join(spec.groups)}", f"Trainer:      {spec.trainer} ({spec.data.source} data, "
+             f"at least {spec.data.min_samples} rows)",
+             f"Rounds:       {len(status.rounds)} of {spec.rounds}, {spec.clients_per_round} devices a round, at least "
+             f"{spec.min_clients}, {spec.local_epochs} local epoch(s)",
+             "Aggregation:  " + (f"SecAgg+ (shares {secure.shares or 'all'}, threshold "
+                                  f"{secure.reconstruction_threshold or 'half'}, clipping +-{secure.clipping_range:g})"
+                                  if secure.enabled else "FedAvg in the clear"),
+             f"Phase:        {status.phase}" + (f": {status.message}" if status.message else "")]  # fmt: skip
+    if status.started:
+        lines.append(f"Started:      {status.started}" + (f", finished {status.finished}" if status.finished else ""))
+    if status.branch:
+        lines.append(f"Branch:       {status.branch} (open a pull request from it)")
+    lines.append(f"Joined:       {', '.join(status.joined) or '-'}")
+    if status.declined:
+        lines.append("Declined:")
+        lines += [f"  {device:<24} {why}" for device, why in sorted(status.declined.items())]
+    if status.rounds:
+        lines += ["Rounds:", "  ROUND  DEVICES  DROPPED  ROWS     ACCURACY  LOSS     SECONDS"]
+        for r in status.rounds:
+            accuracy = f"{r.accuracy:.3f}" if r.accuracy is not None else "-"
+            loss = f"{r.loss:.4f}" if r.loss is not None else "-"
+            lines.append(f"  {r.round:<6} {r.participants:<8} {r.dropped:<8} {r.samples:<8} {accuracy:<9} {loss:<8} "
+                         f"{r.seconds:.1f}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _models(view: FleetView, name, labels) -> tuple[list[dict], list[Column], list[dict]]:
     rows, objects = [], []
     for model_name, model in _selected(view.tree.models, name, labels):
@@ -549,14 +609,17 @@ def _builds(state_dir: Path, name: str | None) -> tuple[list[dict], list[Column]
 
 
 @click.command()
-@click.argument("resource", type=click.Choice(["rollout", "rollouts", "ro", "device", "devices", "dev"]))
+@click.argument(
+    "resource", type=click.Choice(["rollout", "rollouts", "ro", "device", "devices", "dev", "training", "trainings"])
+)
 @click.argument("name")
 @_repo_option
 @backend_options
 def describe(resource: str, name: str, repo: str, backend: str, state_dir: Path, kubeconfig: Path | None,
              context: str | None, namespace: str) -> None:  # fmt: skip
     """Everything about one rollout (steps, gates against thresholds, devices by version, failing devices,
-    decisions, events) or one device (labels, enrolment, assignments with their last reasons, events)."""
+    decisions, events), one device (labels, enrolment, assignments with their last reasons, events) or one
+    federated training (rounds, participants, who declined and why)."""
     has_backend = backend == "kubernetes" or (state_dir / "fleet.sqlite").exists()
     if resource.startswith("dev"):
         if not has_backend:
@@ -572,6 +635,12 @@ def describe(resource: str, name: str, repo: str, backend: str, state_dir: Path,
         click.echo(text)
         return
     view = load_view(repo)
+    if resource.startswith("training"):
+        if name not in view.tree.trainings:
+            click.echo(f'Error: training "{name}" not found in {repo}', err=True)
+            sys.exit(1)
+        click.echo(describe_training(view, name))
+        return
     if name not in view.tree.rollouts:
         click.echo(f'Error: rollout "{name}" not found in {repo}', err=True)
         sys.exit(1)

@@ -195,9 +195,16 @@ def test_a_merged_training_runs_on_the_devices_and_comes_back_as_a_branch(scenar
     assert written.joined == tuple(names[:DEVICES]) and len(written.rounds) == 3
     status_branch = git("ls-remote", url, cwd=work)
     assert "training/digits-cameras" in status_branch
+    git("checkout", "-q", "main", cwd=work)
+    git("pull", "-q", "origin", "main", cwd=work)
     shown = CliRunner().invoke(main, ["get", "trainings", "--repo", url])
     assert shown.exit_code == 0, shown.output
-    assert "digits-cameras" in shown.output and "Succeeded" in shown.output
+    [row] = shown.output.splitlines()[1:]
+    assert row.split()[:8] == ["digits-cameras", "digits-mlp", "1.0.0", "1.1.0", "Succeeded", "3/3", "6", "1"], row
+    described = CliRunner().invoke(main, ["describe", "training", "digits-cameras", "--repo", url])
+    assert described.exit_code == 0, described.output
+    assert "Branch:       training/digits-cameras" in described.output
+    assert "camera-6" in described.output and "0 labeled rows" in described.output
 
 
 def _device_api(root: Path, ca: FleetCA, identity: Identity, backend, controller: Controller) -> DeviceAPIServer:
