@@ -11,7 +11,7 @@ FROM python:3.11-slim-bookworm AS wheels
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY reconciler ./reconciler
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[federated]"
 
 FROM python:3.11-slim-bookworm AS runtime
 # openssh-client: ssh-keygen -Y verify checks signed commits (--allowed-signers); nothing else from Debian.
@@ -21,7 +21,7 @@ RUN apt-get update \
  && groupadd --gid 65532 edge \
  && useradd --uid 65532 --gid 65532 --home-dir /home/edge --create-home edge
 COPY --from=wheels /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels edge-reconciler \
+RUN pip install --no-cache-dir --no-index --find-links /wheels "edge-reconciler[federated]" \
  && rm -rf /wheels
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/home/edge
 USER 65532:65532

@@ -657,10 +657,14 @@ class TrainingRound:
     """Accuracy of the round's aggregate, measured by the sampled devices on their own rows (weighted)."""
     dropped: int = 0
     """Devices sampled that sent no update (dropped out mid-round)."""
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    """The round's messages, server to devices and back (serialized, before HTTP and TLS)."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"round": self.round, "participants": self.participants, "samples": self.samples,
-                                "seconds": round(self.seconds, 3), "dropped": self.dropped}  # fmt: skip
+                                "seconds": round(self.seconds, 3), "dropped": self.dropped,
+                                "bytesSent": self.bytes_sent, "bytesReceived": self.bytes_received}  # fmt: skip
         if self.loss is not None:
             body["loss"] = round(self.loss, 5)
         if self.accuracy is not None:
@@ -672,7 +676,8 @@ class TrainingRound:
         body = body if isinstance(body, Mapping) else {}
         return cls(_int(body.get("round")), _int(body.get("participants")), _int(body.get("samples")),
                    _float(body.get("seconds")), _float_or_none(body.get("loss")),
-                   _float_or_none(body.get("accuracy")), _int(body.get("dropped")))  # fmt: skip
+                   _float_or_none(body.get("accuracy")), _int(body.get("dropped")), _int(body.get("bytesSent")),
+                   _int(body.get("bytesReceived")))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -175,15 +175,40 @@ class AbleClients(SimpleClientManager):
         return chosen
 
 
-def _poll_every(grid: Grid, interval: float) -> None:
-    """Flower's grid polls its replies every 3 s: a round of SecAgg+ (four exchanges) waits 12 s on polls alone."""
+class Traffic:
+    """Bytes of the messages the server sent and received (their serialized size, before HTTP and TLS)."""
+
+    def __init__(self) -> None:
+        self.sent = self.received = 0
+
+    def take(self) -> tuple[int, int]:
+        counted = (self.sent, self.received)
+        self.sent = self.received = 0
+        return counted
+
+
+def _size(message: Message) -> int:
+    from flwr.common.serde import message_to_proto
+
+    try:
+        return message_to_proto(message).ByteSize()
+    except Exception:  # a message the serializer refuses is not ours to fail on: it goes uncounted
+        return 0
+
+
+def _poll_every(grid: Grid, interval: float, traffic: Traffic) -> None:
+    """Flower's grid polls its replies every 3 s: a round of SecAgg+ (four exchanges) waits 12 s on polls alone.
+    Every message's size is counted on the way (what a device sends and receives per round)."""
 
     def send_and_receive(messages, *, timeout: float | None = None):
+        messages = list(messages)
+        traffic.sent += sum(_size(m) for m in messages)
         waiting = set(grid.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies = []
         while waiting:
             found = list(grid.pull_messages(waiting))
+            traffic.received += sum(_size(m) for m in found)
             replies.extend(found)
             waiting.difference_update(m.metadata.reply_to_message_id for m in found)
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
@@ -223,7 +248,8 @@ def _serve(grid: Grid, context: Context) -> None:
 
 def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
     config = context.run_config
-    _poll_every(grid, float(config.get("poll-interval", 0.2)))
+    traffic = Traffic()
+    _poll_every(grid, float(config.get("poll-interval", 0.2)), traffic)
     started = time.monotonic()
     head = np.load(str(config["head"]))
     weight, bias = head["weight"], head["bias"]
@@ -243,11 +269,12 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
                     f"minClients ({min_clients})", **_who(properties)}  # fmt: skip
         time.sleep(1.0)
     samples = [int(p.get("samples", 0)) for n, p in properties.items() if n in manager.able]
+    traffic.take()  # the rounds' bytes start here
     rounds: list[dict[str, Any]] = []
     strategy = FedAvg(
         fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=min_clients, min_evaluate_clients=min_clients,
         min_available_clients=min_clients, initial_parameters=ndarrays_to_parameters([weight, bias]),
-        on_fit_config_fn=lambda r: {"round": r}, fit_metrics_aggregation_fn=_weighted(rounds, out / ROUNDS),
+        on_fit_config_fn=lambda r: {"round": r}, fit_metrics_aggregation_fn=_weighted(rounds, out / ROUNDS, traffic),
     )  # fmt: skip
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=int(config["rounds"]),
                            round_timeout=float(config["round-timeout"])), strategy=strategy,
@@ -283,15 +310,16 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
     return {"phase": phase, "message": message, "rounds": rounds, **_who(properties)}
 
 
-def _weighted(rounds: list[dict[str, Any]], progress: Path):
+def _weighted(rounds: list[dict[str, Any]], progress: Path, traffic: Traffic):
     """The fit metrics' aggregation: weighted by rows, and each round's participants and rows kept (and written
     to ``progress``, for the status of a running training)."""
 
     def aggregate(results: list[tuple[int, dict]]) -> dict:
         total = sum(n for n, _ in results) or 1
         figures = {key: sum(n * float(m.get(key, 0.0)) for n, m in results) / total for key in ("accuracy", "loss")}
-        rounds.append({"round": len(rounds) + 1, "participants": len(results),
-                       "samples": sum(n for n, _ in results), **figures})  # fmt: skip
+        sent, received = traffic.take()
+        rounds.append({"round": len(rounds) + 1, "participants": len(results), "bytesSent": sent,
+                       "bytesReceived": received, "samples": sum(n for n, _ in results), **figures})  # fmt: skip
         _write_json(progress, {"rounds": rounds})
         return figures
 
