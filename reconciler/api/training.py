@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from .document import Document, Problem
 from .types import Duration, Name, QuotedStr, SpecModel
@@ -76,16 +76,6 @@ class FederatedTrainingSpec(SpecModel):
     timeout: Duration = timedelta(hours=6)
     """The whole training gives up after this long (waiting for devices included)."""
 
-    @model_validator(mode="after")
-    def _secagg_is_consistent(self) -> FederatedTrainingSpec:
-        secagg = self.secure_aggregation
-        if secagg.shares is not None and secagg.shares % 2 == 0:
-            raise ValueError("secureAggregation.shares must be odd (SecAgg+ forms neighbourhoods of an odd size)")
-        threshold = secagg.reconstruction_threshold
-        if secagg.shares is not None and threshold is not None and threshold > secagg.shares:
-            raise ValueError("secureAggregation.reconstructionThreshold cannot exceed shares")
-        return self
-
 
 class FederatedTraining(Document):
     """A federated training run of a model's base version on some device groups' local data."""
@@ -101,6 +91,14 @@ class FederatedTraining(Document):
                                                   f"clientsPerRound ({self.spec.clients_per_round})"))  # fmt: skip
         if self.spec.version == self.spec.base_version:
             found.append((("spec", "version"), "the new version must differ from baseVersion"))
+        secagg, where = self.spec.secure_aggregation, ("spec", "secureAggregation")
+        if secagg.shares is not None and secagg.shares % 2 == 0:
+            found.append(((*where, "shares"), f"shares must be odd, not {secagg.shares} (an even number below the "
+                                              "devices sampled breaks SecAgg+ on them)"))  # fmt: skip
+        threshold = secagg.reconstruction_threshold
+        if secagg.shares is not None and threshold is not None and threshold > secagg.shares:
+            found.append(((*where, "reconstructionThreshold"), f"{threshold} shares cannot be gathered from "
+                                                               f"{secagg.shares}"))  # fmt: skip
         if self.spec.trainer == "keras":
             found.append((("spec", "trainer"), "the keras trainer is not available yet: use head"))
         return found
