@@ -13,6 +13,7 @@ What the agent reports, with the model's status: ``training``, ``trainingState``
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -39,16 +40,27 @@ class Participation:
         for model, (spec, _) in sorted(assignments.items()):
             if spec.training is not None and not spec.benchmark:
                 called[spec.training.name] = spec
-                figures[model] = self._take_part(spec)
+                try:
+                    figures[model] = self._take_part(spec)
+                except Exception as exc:  # training is extra work: it never stops the agent or its models
+                    log.warning("training not joined", extra={"training": spec.training.name,
+                                                              "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+                    figures[model] = self._figures(spec.training.name, "Declined",
+                                                   message=f"{type(exc).__name__}: {exc}")  # fmt: skip
         for name in set(self.nodes) - set(called):
             log.info("training over", extra={"training": name})
-            self.nodes.pop(name).stop()
+            self._leave(name)
         return figures
 
     def stop(self) -> None:
-        for node in self.nodes.values():
-            node.stop()
-        self.nodes.clear()
+        for name in list(self.nodes):
+            self._leave(name)
+
+    def _leave(self, name: str) -> None:
+        """Stop the training's SuperNode and remove the copy of the identity key it used."""
+        node = self.nodes.pop(name)
+        node.stop()
+        (node.settings.work / "node-key").unlink(missing_ok=True)
 
     def _take_part(self, spec: Desired) -> dict:
         call = spec.training
@@ -73,17 +85,23 @@ class Participation:
                                  f"{call.min_samples} the training asks for")  # fmt: skip
         if self.client is None:
             return self._figures(call.name, "Declined", message="no device API to join through")
+        missing = [name for name in ("flwr", "onnxruntime") if importlib.util.find_spec(name) is None]
+        if missing:
+            return self._figures(call.name, "Declined", message=f"this agent is installed without {', '.join(missing)}"
+                                 " (edge-reconciler[federated])")  # fmt: skip
         try:
             self.client.join_training(call.name)
         except DeviceRefusedError as exc:
             return self._figures(call.name, "Declined", message=f"the device API refused: {exc}")
         except TemporaryError as exc:
             return self._figures(call.name, "Waiting", message=str(exc))
-        settings = NodeSettings(self.device, call.superlink, self.client.files.ca, self.client.files.pem, models[0],
+        superlink = call.superlink or self.client.url.split("://", 1)[-1].rstrip("/")
+        settings = NodeSettings(self.device, superlink, self.client.files.ca, self.client.files.pem, models[0],
                                 data, call.min_samples, self.data_dir / "training" / call.name)  # fmt: skip
         if node is not None:
             last_words = node.child.tail(5) if node.child else ""
             log.warning("SuperNode exited, starting it again", extra={"training": call.name, "log": last_words})
+            node.stop()  # whatever it started and left behind goes with it
         self.nodes[call.name] = node = SuperNode(settings).start()
         log.info("joined training", extra={"training": call.name, "rows": count})
         return self._figures(call.name, "Joined", node)

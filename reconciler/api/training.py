@@ -26,8 +26,9 @@ class TrainingData(SpecModel):
     """local: ``.npz`` files (``x``, ``y``) under ``path`` on the device, labeled by whoever put them there;
     capture: the rows the model's input capture kept on the device, labeled with the served version's own
     predictions (self-training: it sharpens a model on its own traffic, it cannot correct its mistakes)."""
-    path: QuotedStr = "training"
-    """local: a folder, relative to the agent's state directory unless absolute."""
+    path: QuotedStr = Field(default="training", pattern=r"^[A-Za-z0-9._/-]{1,200}$")
+    """local: a folder under the agent's state directory (relative, without ``..``): the fleet repo never points an
+    agent at any other folder."""
     min_samples: int = Field(default=20, ge=1, le=10_000_000)
     """Devices with fewer labeled rows take no part (and are never sampled)."""
 
@@ -40,8 +41,8 @@ class SecureAggregation(SpecModel):
     shares: int | None = Field(default=None, ge=3, le=255)
     """Neighbours each device shares its secrets with (odd). Unset: every sampled device (full SecAgg)."""
     reconstruction_threshold: int | None = Field(default=None, ge=2, le=255)
-    """Shares needed to rebuild a secret. Unset: just over half of ``shares`` (tolerates nearly half of a
-    device's neighbours dropping out, and no minority can unmask anyone)."""
+    """Shares needed to rebuild a secret, fewer than ``shares``. Unset: just over half of them (a round survives
+    nearly half of a device's neighbours dropping out; more than half of them must collude to unmask it)."""
     clipping_range: float = Field(default=8.0, gt=0.0, le=1e6)
     """Update values are clipped to +-this before they are quantized for masking."""
     quantization_range: int = Field(default=4_194_304, ge=2**10, le=2**30)
@@ -54,8 +55,9 @@ class FederatedTrainingSpec(SpecModel):
     model: Name
     base_version: QuotedStr
     """The version devices run and that training starts from."""
-    version: QuotedStr = Field(min_length=1, max_length=63)
-    """The version the result is proposed as (a new entry of the Model's versions, on a branch)."""
+    version: QuotedStr = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
+    """The version the result is proposed as (a new entry of the Model's versions, on a branch; letters, digits,
+    ``. _ + -``: it names the new source's folder)."""
     groups: list[Name] = Field(min_length=1)
     """DeviceGroups whose devices may take part."""
     trainer: Literal["head", "keras"] = "head"
@@ -72,7 +74,11 @@ class FederatedTrainingSpec(SpecModel):
     batch_size: int = Field(default=32, ge=1, le=65_536)
     secure_aggregation: SecureAggregation = Field(default_factory=SecureAggregation)
     round_timeout: Duration = timedelta(minutes=5)
-    """A round waits this long for updates, then goes on with those it has (dropped devices are left out)."""
+    """Each exchange of a round waits this long for replies, then goes on with those it has (dropped devices are
+    left out; a dead device is noticed sooner, when its heartbeats stop)."""
+    join_timeout: Duration = timedelta(minutes=10)
+    """The first round waits this long for ``clientsPerRound`` devices, then starts with ``minClients`` or more;
+    devices that join later take part from the next round."""
     timeout: Duration = timedelta(hours=6)
     """The whole training gives up after this long (waiting for devices included)."""
 
@@ -91,14 +97,22 @@ class FederatedTraining(Document):
                                                   f"clientsPerRound ({self.spec.clients_per_round})"))  # fmt: skip
         if self.spec.version == self.spec.base_version:
             found.append((("spec", "version"), "the new version must differ from baseVersion"))
-        secagg, where = self.spec.secure_aggregation, ("spec", "secureAggregation")
+        spec = self.spec
+        secagg, where = spec.secure_aggregation, ("spec", "secureAggregation")
         if secagg.shares is not None and secagg.shares % 2 == 0:
             found.append(((*where, "shares"), f"shares must be odd, not {secagg.shares} (an even number below the "
                                               "devices sampled breaks SecAgg+ on them)"))  # fmt: skip
         threshold = secagg.reconstruction_threshold
-        if secagg.shares is not None and threshold is not None and threshold > secagg.shares:
-            found.append(((*where, "reconstructionThreshold"), f"{threshold} shares cannot be gathered from "
-                                                               f"{secagg.shares}"))  # fmt: skip
+        if threshold is not None and threshold >= (secagg.shares or spec.min_clients):
+            what = f"shares ({secagg.shares})" if secagg.shares else f"minClients ({spec.min_clients})"
+            found.append(((*where, "reconstructionThreshold"), f"must be below {what}: a dropped device's secret "
+                                                               "is rebuilt from the others' shares"))  # fmt: skip
+        parts = spec.data.path.split("/")
+        if spec.data.path.startswith("/") or ".." in parts:
+            found.append((("spec", "data", "path"), f"{spec.data.path!r}: a folder under the agent's state directory, "
+                                                    "relative and without '..'"))  # fmt: skip
+        if spec.round_timeout < timedelta(seconds=1) or spec.round_timeout > spec.timeout:
+            found.append((("spec", "roundTimeout"), "between 1s and the training's timeout"))
         if self.spec.trainer == "keras":
             found.append((("spec", "trainer"), "the keras trainer is not available yet: use head"))
         return found

@@ -160,7 +160,7 @@ def agent(
 
     from reconciler.agent.training import Participation
 
-    training = Participation(data_dir, device, client)
+    training = None if once else Participation(data_dir, device, client)  # a one-shot run leaves no process behind
     worker = Agent(config, DeviceAPIBackend(client), on_switch, http=lambda: client.pool, trial_stats=trial_stats,
                    training=training)  # fmt: skip
     if once:
@@ -186,6 +186,7 @@ def agent(
     try:
         worker.run(stop, interval, after_cycle=upload_telemetry)
     finally:
-        training.stop()
+        if training is not None:
+            training.stop()
         if server is not None:
             server.close()

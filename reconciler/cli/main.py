@@ -38,15 +38,16 @@ COMMANDS: dict[str, LazyCommand] = {
     "demo": LazyCommand("reconciler.cli.demo", "demo", "Run the product end to end on this machine: repo, builds, "
                         "controller, 12 agents, a rollout, a rollback."),
     "describe": LazyCommand("reconciler.cli.get", "describe", "Everything about one rollout (steps, gates against "
-                            "thresholds, devices by version, failing devices, decisions, events) or one device "
-                            "(labels, enrolment, assignments with their last reasons, events)."),
+                            "thresholds, devices by version, failing devices, decisions, events), one device "
+                            "(labels, enrolment, assignments with their last reasons, events) or one federated "
+                            "training (rounds, participants, who declined and why)."),
     "device": LazyCommand("reconciler.cli.device", "device", "Enrolment tokens, enrolled devices and revocation."),
     "docs": LazyCommand("reconciler.cli.reference", "docs", "Generated reference pages.", hidden=True),
     "export": LazyCommand("reconciler.cli.trust", "export",
                           "Copy a built artifact out of the store into DIRECTORY (to sign it, or to inspect it)."),
     "get": LazyCommand("reconciler.cli.get", "get",
-                       "Show devices, groups, models, rollouts, artifacts, benchmarks, drift, events or builds "
-                       "(kubectl-style tables)."),
+                       "Show devices, groups, models, rollouts, artifacts, benchmarks, drift, trainings, events or "
+                       "builds (kubectl-style tables)."),
     "keys": LazyCommand("reconciler.cli.trust", "keys", "Key files for release signatures and TUF roles."),
     "logs": LazyCommand("reconciler.cli.debug", "logs", "Log lines DEVICE's agent uploaded during ``edgectl debug`` "
                         "sessions."),

@@ -32,7 +32,7 @@ class JsonLines(logging.Formatter):
 
 def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: str, state_dir: Path,
                 store: Path | None, target, backend: str, registry, agent_service_account: str | None,
-                telemetry, on_join=None):  # fmt: skip
+                telemetry, on_join=None, fleet_upstream=None):  # fmt: skip
     """The device API on its own port with its own certificate, issued by the fleet CA at every start."""
     import socket
     from datetime import UTC, datetime, timedelta
@@ -85,7 +85,7 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
         on_capture=capture_recorder(artifacts) if artifacts else None,
         clock=lambda: datetime.now(UTC), register_enrolled=backend == "local",
         node_of_token=(lambda token: target.node_of_token(token, SERVICE_ACCOUNT_AUDIENCE, agent_service_account))
-        if agent_service_account else None, on_join=on_join,
+        if agent_service_account else None, on_join=on_join, fleet_upstream=fleet_upstream,
     ).start()  # fmt: skip
 
 
@@ -255,7 +255,6 @@ def run(
     gc_keep_versions: int,
     telemetry_store: Path | None,
     superlink: str | None,
-    superlink_address: str | None,
     log_format: str,
 ) -> None:
     """Reconcile devices toward the fleet repo, and write status back to it."""
@@ -296,7 +295,7 @@ def run(
         raise click.UsageError(f"--gc-interval: {exc}") from None
     config = ControllerConfig(_repo_url(repo), state_dir, branch, interval, allowed_signers, store, releases, tuf_keys,
                               signing_key, accept_rewrite, retention, telemetry_store, build_workers,
-                              builder_key, collect_every, gc_keep_versions, superlink, superlink_address,
+                              builder_key, collect_every, gc_keep_versions, superlink,
                               ca_dir or state_dir / "ca")  # fmt: skip
     try:
         if backend == "kubernetes":
@@ -397,7 +396,8 @@ def run(
                           store, target, backend, controller.metrics.registry, agent_service_account,
                           TelemetryStore(config.telemetry_path, config.telemetry_retention),
                           lambda backend, device, name, key: controller.trainings.admit(
-                              backend.assignments_for(device), device, name, key))  # fmt: skip
+                              backend.assignments_for(device), device, name, key),
+                          controller.trainings.upstream)  # fmt: skip
         servers.append(api)
         logging.getLogger("edge_reconciler.controller").info("device API", extra={"url": api.url})
 

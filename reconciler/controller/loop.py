@@ -149,9 +149,8 @@ class ControllerConfig:
     """Versions of each model kept in the store beyond what devices run or are assigned (the newest in its spec):
     what a person may roll back to without a rebuild."""
     superlink: str | None = None
-    """HOST:PORT the SuperLink of federated trainings listens on (None: trainings wait, saying why)."""
-    superlink_address: str | None = None
-    """HOST:PORT devices dial for it (default: ``superlink``)."""
+    """The loopback port ([127.0.0.1:]PORT) of the SuperLink of federated trainings (None: trainings wait, saying
+    why). Devices reach its Fleet API through the device API."""
     ca_dir: Path | None = None
     """The fleet CA (the device API's): the SuperLink's certificate comes from it, devices already trust it."""
 
@@ -209,8 +208,8 @@ class Controller:
         self.telemetry = telemetry or TelemetryStore(config.telemetry_path, config.telemetry_retention)
         self.drift = DriftWatch(self.store.read_manifest if self.store else None)
         self.retraining = RetrainingRequests(self.source, config.state_dir, config.signing_key)
-        self.trainings = Trainings(self.source, config.state_dir, superlink_for(config), config.superlink_address,
-                                   self.store, config.signing_key)  # fmt: skip
+        self.trainings = Trainings(self.source, config.state_dir, superlink_for(config), self.store,
+                                   config.signing_key)  # fmt: skip
         self._artifact_keys: dict[str, tuple[str, str, str]] = {}
         self._artifact_facts: dict[str, tuple[str, float]] = {}
         """Artifact id -> (its recipe as built, when it was stored): what chooses among builds of one key."""

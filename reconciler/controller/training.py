@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import posixpath
+import ssl
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -37,7 +38,7 @@ from reconciler.durable import write_atomic
 from reconciler.federated import runs
 from reconciler.federated.superlink import SuperLink
 from reconciler.gitops.edit import add_model_version
-from reconciler.gitops.source import GitSource
+from reconciler.gitops.source import GitSource, PermanentGitError
 from reconciler.gitops.status import Author, StatusWriter
 from reconciler.plan import Plan
 from reconciler.plan.desired import training_calls
@@ -50,24 +51,22 @@ FOLDER = "trainings"
 
 class Trainings:
     def __init__(self, source: GitSource, state_dir: Path, superlink: SuperLink | None = None,
-                 advertised: str | None = None, store: ArtifactStore | None = None,
-                 signing_key: Path | None = None) -> None:  # fmt: skip
-        """``superlink``: started on the first training (None: trainings wait, saying why). ``advertised``: the
-        address devices dial (default: the SuperLink's own)."""
+                 store: ArtifactStore | None = None, signing_key: Path | None = None) -> None:  # fmt: skip
+        """``superlink``: started on the first training, on loopback (None: trainings wait, saying why). Devices
+        reach its Fleet API through the device API (:meth:`upstream`), never its Control API."""
         self.source, self.state_dir, self.superlink, self.store = source, Path(state_dir), superlink, store
-        self.advertised = advertised or (superlink.address if superlink else None)
         self.signing_key = signing_key
         self.path = self.state_dir / STATE_FILE
         self.state: dict[str, dict[str, Any]] = self._load()
         self._tree: FleetTree | None = None
+        self._context: ssl.SSLContext | None = None
 
     # --- the plan: who is called -----------------------------------------------------------------------------
 
     def call(self, tree: FleetTree, plan: Plan, labels: Mapping[str, Mapping[str, str]]) -> Plan:
         """``plan`` with every running training's call in the assignments of the devices it may use."""
         self._tree = tree
-        running = {name: self.advertised for name, state in self.state.items()
-                   if state.get("phase") == TrainingPhase.RUNNING and self.advertised}  # fmt: skip
+        running = {name: "" for name, state in self.state.items() if state.get("phase") == TrainingPhase.RUNNING}
         if not running:
             return plan
         calls = training_calls(tree, plan.desired, labels, running)
@@ -90,6 +89,15 @@ class Trainings:
             return f"the SuperLink did not take the key: {type(exc).__name__}: {exc}"
         log.info("device joined training", extra={"training": name, "device": device})
         return True
+
+    def upstream(self) -> tuple[str, ssl.SSLContext] | None:
+        """Where the device API passes devices' Fleet calls: the running SuperLink's loopback address."""
+        link = self.superlink
+        if link is None or not link.alive():
+            return None
+        if self._context is None:
+            self._context = ssl.create_default_context(cafile=str(link.ca_file))
+        return f"https://127.0.0.1:{link.port}", self._context
 
     # --- each cycle ------------------------------------------------------------------------------------------
 
@@ -161,6 +169,11 @@ class Trainings:
             if phase == TrainingPhase.RUNNING:  # its run went with the old SuperLink: run it again
                 phase = state["phase"] = TrainingPhase.PENDING
         if phase == TrainingPhase.PENDING:
+            busy = next((n for n, other in sorted(self.state.items()) if n != name
+                         and other.get("phase") == TrainingPhase.RUNNING), None)  # fmt: skip
+            if busy is not None:  # one SuperLink, one pool of devices: trainings take turns
+                state["message"] = f"waiting for training {busy} to finish (one training runs at a time)"
+                return
             self._submit(training, head, now, state)
             return
         started = datetime.fromisoformat(state["started"])
@@ -175,18 +188,22 @@ class Trainings:
             return
         folder = Path(state["folder"])
         result = runs.result(folder)
-        logs = self._logs(int(state["run"]))
-        (folder / "serverapp.log").write_text(logs)
+        saved = folder / "serverapp.log"
+        logs = saved.read_text() if saved.exists() else self._logs(int(state["run"]))  # Flower gives it out once
+        saved.write_text(logs)
         if result is None:
             self._finish(state, now, TrainingPhase.FAILED, f"the run ended ({run.sub_status}) without a result: "
                          f"{_last_line(logs) or run.details}")  # fmt: skip
             return
         state.update(rounds=result.get("rounds") or [], joined=result.get("joined") or {},
-                     declined=result.get("declined") or {})  # fmt: skip
+                     declined=result.get("declined") or {}, final=result.get("final") or {})  # fmt: skip
         if result.get("phase") != "Succeeded":
             self._finish(state, now, TrainingPhase.FAILED, str(result.get("message") or "the training failed"))
             return
-        self._propose(tree, training, head, folder, state, now)
+        try:
+            self._propose(tree, training, head, folder, state, now)
+        except (ValueError, PermanentGitError) as exc:  # nothing a next cycle would change: said, and given up
+            self._finish(state, now, TrainingPhase.FAILED, f"the result cannot be proposed: {exc}")
 
     def _submit(self, training: FederatedTraining, head: str, now: datetime, state: dict[str, Any]) -> None:
         import onnx
@@ -227,6 +244,8 @@ class Trainings:
         base = model.version(spec.base_version)
         assert base is not None
         trained = runs.trained_model(onnx.load_from_string(self._base_model(training, head)), folder)
+        if not runs.finite(trained):
+            raise ValueError("the aggregated head has values that are not finite (a device sent NaN or infinity)")
         data = trained.SerializeToString()
         digest = hashlib.sha256(data).hexdigest()
         if self.store is not None:
@@ -284,28 +303,23 @@ class Trainings:
 
 
 def superlink_for(config: Any) -> SuperLink | None:
-    """The SuperLink a ControllerConfig asks for (``superlink``), with a certificate from the fleet CA for its
-    listening and advertised names; None without one."""
+    """The SuperLink a ControllerConfig asks for (``superlink``: its loopback port), with a certificate from the
+    fleet CA; None without one."""
     if not config.superlink:
         return None
-    import socket
     from datetime import UTC, timedelta
 
     from reconciler.deviceapi.ca import FleetCA
 
-    host, _, port = config.superlink.rpartition(":")
-    host = host or "127.0.0.1"
+    port = int(str(config.superlink).rpartition(":")[2])
     ca = FleetCA.load_or_create(config.ca_dir or config.state_dir / "ca")
     folder = config.state_dir / "superlink"
     folder.mkdir(parents=True, exist_ok=True)
-    advertised = (config.superlink_address or "").rpartition(":")[0]
-    names = {"localhost", "127.0.0.1", *([advertised] if advertised else [])}
-    names |= {socket.gethostname()} if host in ("0.0.0.0", "::") else {host}
-    cert, key = ca.issue_server(sorted(names), timedelta(days=365), datetime.now(UTC))
+    cert, key = ca.issue_server(["127.0.0.1", "localhost"], timedelta(days=365), datetime.now(UTC))
     write_atomic(folder / "ca.crt", ca.certificate_pem.encode())
     write_atomic(folder / "tls.crt", cert)
     write_atomic(folder / "tls.key", key, mode=0o600)
-    return SuperLink(folder / "process", host, int(port), folder / "ca.crt", folder / "tls.crt", folder / "tls.key")
+    return SuperLink(folder / "process", "127.0.0.1", port, folder / "ca.crt", folder / "tls.crt", folder / "tls.key")
 
 
 def new_source_path(base: str, base_version: str, version: str) -> str:
@@ -320,11 +334,15 @@ def new_source_path(base: str, base_version: str, version: str) -> str:
 
 def lineage(training: FederatedTraining, state: Mapping[str, Any], head: str) -> dict[str, Any]:
     """The new version's lineage: the training, where it started, who took part with how many rows, and its
-    figures (the devices' own measure of the last round's head, weighted by rows)."""
+    figures: the proposed head's accuracy as the devices measured it on their own rows (weighted by rows; the last
+    round's incoming head when no final measure came back)."""
     rounds = state.get("rounds") or []
     joined = state.get("joined") or {}
+    final = state.get("final") or {}
     metrics: dict[str, float] = {}
-    if rounds and rounds[-1].get("accuracy") is not None:
+    if final.get("accuracy") is not None:
+        metrics["federatedAccuracy"] = round(float(final["accuracy"]), 5)
+    elif rounds and rounds[-1].get("accuracy") is not None:
         metrics["federatedAccuracy"] = round(float(rounds[-1]["accuracy"]), 5)
     if rounds and rounds[-1].get("loss") is not None:
         metrics["federatedLoss"] = round(float(rounds[-1]["loss"]), 5)

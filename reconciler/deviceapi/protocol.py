@@ -27,6 +27,9 @@ LOGS = "/v1/logs"
 CAPTURES = "/v1/captures/{model}/{version}"
 TRAINING_JOIN = "/v1/trainings/{name}/join"
 """A device called to a federated training asks for its identity key to be let into the SuperLink."""
+FLEET_PREFIX = "/v1/fleet/"
+"""Flower's Fleet API (a SuperNode's calls), passed through to the controller's SuperLink."""
+MAX_FLEET_BODY = 64 * 1024 * 1024
 MAX_CAPTURE_BODY = 4 * 1024 * 1024
 
 MAX_ENROL_BODY = 16 * 1024

@@ -119,6 +119,7 @@ class DeviceAPIServer:
         limits: Limits | None = None,
         node_of_token: Callable[[str], str] | None = None,
         on_join: Callable[[Backend, str, str, Any], bool | str] | None = None,
+        fleet_upstream: Callable[[], tuple[str, ssl.SSLContext] | None] | None = None,
     ) -> None:
         """``backend_factory`` is called once in each worker thread (the first time it needs a backend): return
         one shared thread-safe backend (LocalBackend, a watching KubernetesBackend) or a new one per call; the
@@ -143,6 +144,10 @@ class DeviceAPIServer:
         for none (no ``edgectl debug`` names it now): refused, so nothing leaves a device unasked."""
         self.limits, self.node_of_token = limits or Limits(), node_of_token
         self.on_join = on_join
+        self.fleet_upstream = fleet_upstream
+        """The SuperLink's own address (``https://127.0.0.1:PORT``, a context trusting it) while one runs: devices'
+        SuperNodes reach its Fleet routes, and only those, through this port (its Control API stays on loopback)."""
+        self._upstream_session: Any = None
         """``on_join(backend, device, training, public_key)``: let the key of the device's current certificate into
         the training's SuperLink; False when no assignment of the device calls it to that training (refused), a
         string when the training cannot take it now (503, tried again)."""
@@ -225,6 +230,8 @@ class DeviceAPIServer:
             app.router.add_post(protocol.CAPTURES, self._capture)
         if self.on_join is not None:
             app.router.add_post(protocol.TRAINING_JOIN, self._join)
+        if self.fleet_upstream is not None:
+            app.router.add_route("*", protocol.FLEET_PREFIX + "{tail:[A-Za-z0-9/_-]+}", self._fleet)
         if self.blobs is not None:
             app.router.add_get("/artifacts/sha256/{digest:[0-9a-f]{64}}", self._blob)
         if self.deltas is not None:
@@ -249,6 +256,8 @@ class DeviceAPIServer:
         self._bound = self._listener.sockets[0].getsockname()[:2]
 
     async def _stop(self) -> None:
+        if self._upstream_session is not None:
+            await self._upstream_session.close()
         if self._listener is not None:
             self._listener.close()
         if self._runner is not None:
@@ -518,6 +527,36 @@ class DeviceAPIServer:
         if isinstance(joined, str):
             raise _Refused(503, "training-unavailable", joined, Retry_After="10")
         return web.Response(status=204)
+
+    async def _fleet(self, request: web.Request) -> web.StreamResponse:
+        """Flower's Fleet API, passed through to the SuperLink. Flower authenticates the SuperNode itself (a signature
+        by a key the controller registered when the device joined); nothing but the Fleet routes is reachable."""
+        import aiohttp
+
+        assert self.fleet_upstream is not None
+        upstream = self.fleet_upstream()
+        if upstream is None:
+            raise _Refused(503, "no-training", "no federated training runs now", Retry_After="10")
+        base, context = upstream
+        if (request.content_length or 0) > protocol.MAX_FLEET_BODY:
+            raise _Refused(413, "too-large", f"a Fleet message is at most {protocol.MAX_FLEET_BODY} bytes")
+        body = await request.content.read(protocol.MAX_FLEET_BODY + 1)
+        if len(body) > protocol.MAX_FLEET_BODY:
+            raise _Refused(413, "too-large", f"a Fleet message is at most {protocol.MAX_FLEET_BODY} bytes")
+        headers = {k: v for k, v in request.headers.items() if k.lower().startswith("flwr-") or k.lower() in
+                   ("content-type", "accept", "user-agent")}  # fmt: skip
+        if self._upstream_session is None:
+            self._upstream_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        try:
+            async with self._upstream_session.request(request.method, base + request.rel_url.path_qs, data=body,
+                                                      headers=headers, ssl=context) as answer:  # fmt: skip
+                data = await answer.read()
+                kept = {k: v for k, v in answer.headers.items() if k.lower().startswith("flwr-") or k.lower() ==
+                        "content-type"}  # fmt: skip
+                return web.Response(status=answer.status, body=data, headers=kept)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Refused(503, "training-unavailable", f"the SuperLink did not answer: {type(exc).__name__}",
+                           Retry_After="5") from None  # fmt: skip
 
     def _store_join(self, device: str, name: str, public_key: Any) -> bool | str:
         assert self.on_join is not None

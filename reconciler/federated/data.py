@@ -33,12 +33,14 @@ def labeled_rows(folder: Path, max_bytes: int = MAX_BYTES) -> tuple[tuple[np.nda
                 if not {"x", "y"} <= set(data.files):
                     return None, f"{path.name}: a labeled file holds 'x' (inputs) and 'y' (labels)"
                 x, y = np.asarray(data["x"], np.float32), np.asarray(data["y"]).reshape(-1)
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
             return None, f"{path.name}: not a readable .npz file ({exc})"
         if len(x) != len(y):
             return None, f"{path.name}: {len(x)} inputs but {len(y)} labels"
         if inputs and x.shape[1:] != inputs[0].shape[1:]:
             return None, f"{path.name}: rows of shape {x.shape[1:]}, other files' are {inputs[0].shape[1:]}"
+        if x.ndim < 2:
+            return None, f"{path.name}: 'x' holds one row per example (at least two dimensions)"
         if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
             return None, f"{path.name}: labels must be class indices"
         inputs.append(x)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,11 @@ class HeadClient(NumPyClient):
     def get_properties(self, config: dict) -> dict:
         rows, reason = self._rows()
         samples = 0 if rows is None else len(rows[1])
+        classes = int(self.run.get("classes", 0))
+        if rows is not None and classes and (rows[1].min(initial=0) < 0 or rows[1].max(initial=0) >= classes):
+            rows, reason = None, f"labels outside the model's {classes} classes"
+        elif rows is not None and not np.isfinite(rows[0]).all():
+            rows, reason = None, "inputs that are not finite numbers"
         if rows is not None and samples < int(self.node.get("min-samples", 1)):
             reason = f"{samples} labeled rows, fewer than the {int(self.node.get('min-samples', 1))} asked for"
         able = not reason
@@ -145,6 +151,64 @@ client_app = ClientApp(client_fn=_client, mods=[_secure_when_asked])
 
 
 # --- the server's side --------------------------------------------------------------------------------------------
+
+
+class AtLeast(FedAvg):
+    """FedAvg that takes a round's sum only from ``min_fit_clients`` updates or more (fewer: the head stays)."""
+
+    def aggregate_fit(self, server_round, results, failures):
+        if len(results) < self.min_fit_clients:
+            log.warning("round %s: %s update(s), fewer than %s: not aggregated", server_round, len(results),
+                        self.min_fit_clients)  # fmt: skip
+            return None, {}
+        return super().aggregate_fit(server_round, results, failures)
+
+
+class FittedSecAgg(SecAggPlusWorkflow):
+    """SecAgg+ whose shares and threshold fit each round's sample (read by Flower right after it sampled).
+    ``shares`` 0: every sampled device; more than were sampled (dropouts before the round): the largest odd number
+    there is (an even number below the sample breaks SecAgg+). ``threshold`` 0: just over half the shares; never
+    all of them."""
+
+    def __init__(self, shares: int, threshold: int, sampled: Callable[[], int], heaviest: Callable[[], float],
+                 **settings: Any) -> None:  # fmt: skip
+        """``sampled()``: devices in the round being set up; ``heaviest()``: the most rows an able device holds
+        (each update is weighted by rows / that)."""
+        self.asked, self.sampled, self.heaviest = (shares, threshold), sampled, heaviest
+        super().__init__(3, 2, **settings)
+
+    def _fitted(self) -> tuple[int, int]:
+        asked_shares, asked_threshold = self.asked
+        sampled = max(self.sampled(), 3)
+        shares = sampled if not asked_shares or asked_shares >= sampled else asked_shares
+        if shares < sampled and shares % 2 == 0:
+            shares -= 1
+        threshold = max(min(asked_threshold or shares // 2 + 1, shares - 1), 2)
+        return shares, threshold
+
+    @property
+    def num_shares(self) -> int:  # type: ignore[override]
+        return self._fitted()[0]
+
+    @num_shares.setter
+    def num_shares(self, _: object) -> None:
+        pass
+
+    @property
+    def reconstruction_threshold(self) -> int:  # type: ignore[override]
+        return self._fitted()[1]
+
+    @reconstruction_threshold.setter
+    def reconstruction_threshold(self, _: object) -> None:
+        pass
+
+    @property
+    def max_weight(self) -> float:  # type: ignore[override]
+        return max(self.heaviest(), 1.0)
+
+    @max_weight.setter
+    def max_weight(self, _: object) -> None:
+        pass
 
 
 class _Able(Criterion):
@@ -256,22 +320,21 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
     min_clients, per_round = int(config["min-clients"]), int(config["clients-per-round"])
     manager = AbleClients(per_round)
     properties: dict[int, dict] = {}
-    # Devices join as their agents hear of the training: ask every new node what it can do until enough can.
+    # Devices join as their agents hear of the training: ask every new node what it can do, until a round's worth
+    # can (or, after the join timeout, at least the minimum); later ones are asked before each round.
     while True:
-        nodes = [n for n in grid.get_node_ids() if n not in properties]
-        if nodes:
-            properties.update(_properties(grid, nodes, float(config.get("round-timeout", 300))))
-        manager.able = {n for n, p in properties.items() if p.get("able")}
-        if len(manager.able) >= min_clients:
+        _ask_new(grid, properties, manager, float(config.get("round-timeout", 300)))
+        waited = time.monotonic() - started
+        if len(manager.able) >= per_round or (len(manager.able) >= min_clients and
+                                              waited >= float(config.get("join-timeout", 600))):  # fmt: skip
             break
-        if time.monotonic() - started > float(config.get("wait-timeout", 3600)):
+        if waited > float(config.get("wait-timeout", 3600)):
             return {"phase": "Failed", "message": f"{len(manager.able)} device(s) able to train joined, fewer than "
                     f"minClients ({min_clients})", **_who(properties)}  # fmt: skip
         time.sleep(1.0)
-    samples = [int(p.get("samples", 0)) for n, p in properties.items() if n in manager.able]
     traffic.take()  # the rounds' bytes start here
     rounds: list[dict[str, Any]] = []
-    strategy = FedAvg(
+    strategy = AtLeast(
         fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=min_clients, min_evaluate_clients=min_clients,
         min_available_clients=min_clients, initial_parameters=ndarrays_to_parameters([weight, bias]),
         on_fit_config_fn=lambda r: {"round": r}, fit_metrics_aggregation_fn=_weighted(rounds, out / ROUNDS, traffic),
@@ -280,10 +343,12 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
                            round_timeout=float(config["round-timeout"])), strategy=strategy,
                            client_manager=manager)  # fmt: skip
     if config.get("secagg"):
-        fit = SecAggPlusWorkflow(
-            num_shares=int(config["shares"]) if int(config.get("shares", 0)) else 1.0,
-            reconstruction_threshold=int(config["threshold"]) if int(config.get("threshold", 0)) else 0.5,
-            max_weight=float(max(samples)), clipping_range=float(config["clipping-range"]),
+        fit = FittedSecAgg(
+            int(config.get("shares", 0)), int(config.get("threshold", 0)),
+            lambda: manager.sampled[-1] if manager.sampled else len(manager.able),
+            lambda: float(max((int(p.get("samples", 0)) for n, p in properties.items() if n in manager.able),
+                              default=1)),
+            clipping_range=float(config["clipping-range"]),
             quantization_range=int(config["quantization-range"]), timeout=float(config["round-timeout"]),
         )  # fmt: skip
     else:
@@ -292,6 +357,7 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
 
     def timed_fit(grid_: Grid, context_: Context) -> None:
         begun = time.monotonic()
+        _ask_new(grid, properties, manager, float(config["round-timeout"]))
         fit(grid_, context_)
         timings.append(time.monotonic() - begun)
 
@@ -299,6 +365,7 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
     final = parameters_to_ndarrays(compat.arrayrecord_to_parameters(legacy.state.array_records["parameters"],
                                                                     keep_input=True))  # fmt: skip
     np.savez(out / TRAINED, weight=final[0], bias=final[1])
+    evaluated = _evaluate(grid, manager, final, float(config["round-timeout"]))
     for index, figures in enumerate(rounds):
         figures["seconds"] = timings[index] if index < len(timings) else 0.0
         sampled = manager.sampled[index] if index < len(manager.sampled) else figures["participants"]
@@ -307,7 +374,35 @@ def _train(grid: Grid, context: Context, out: Path) -> dict[str, Any]:
     phase = "Succeeded" if completed == int(config["rounds"]) else "Failed"
     message = "" if phase == "Succeeded" else (f"{completed} of {config['rounds']} rounds aggregated (too few "
                                                "updates or shares in the others)")  # fmt: skip
-    return {"phase": phase, "message": message, "rounds": rounds, **_who(properties)}
+    return {"phase": phase, "message": message, "rounds": rounds, "final": evaluated, **_who(properties)}
+
+
+def _ask_new(grid: Grid, properties: dict[int, dict], manager: AbleClients, timeout: float) -> None:
+    """Ask the nodes that connected since last time what they can do; the able ones may be sampled from now on."""
+    nodes = [n for n in grid.get_node_ids() if n not in properties]
+    if nodes:
+        properties.update(_properties(grid, nodes, timeout))
+    manager.able = {n for n, p in properties.items() if p.get("able")}
+
+
+def _evaluate(grid: Grid, manager: AbleClients, head: list[np.ndarray], timeout: float) -> dict[str, Any]:
+    """The proposed head measured by the able devices still connected, on their own rows (weighted by rows): the
+    figure the new version's lineage carries."""
+    from flwr.app import MessageType
+    from flwr.common import EvaluateIns
+
+    nodes = sorted(set(grid.get_node_ids()) & manager.able)
+    content = compat.evaluateins_to_recorddict(EvaluateIns(ndarrays_to_parameters(head), {}), keep_input=True)
+    messages = [Message(content=content, dst_node_id=node, message_type=MessageType.EVALUATE, group_id="final")
+                for node in nodes]  # fmt: skip
+    answers = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_content():
+            found = compat.recorddict_to_evaluateres(reply.content)
+            answers.append((found.num_examples, float(found.metrics.get("accuracy", 0.0))))
+    rows = sum(n for n, _ in answers)
+    return {"devices": len(answers), "samples": rows,
+            "accuracy": sum(n * a for n, a in answers) / rows if rows else None}  # fmt: skip
 
 
 def _weighted(rounds: list[dict[str, Any]], progress: Path, traffic: Traffic):

@@ -77,6 +77,8 @@ class Child:
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM to the family, SIGKILL to what is left after ``grace`` seconds."""
         family = self.family()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGTERM)  # its session: what it started there, re-parented or not
         for pid in family:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
@@ -87,6 +89,8 @@ class Child:
 
     def kill(self, family: list[int] | None = None) -> None:
         """SIGKILL to the family at once (no cleanup: a device losing power)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
         for pid in family if family is not None else self.family():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)

@@ -40,6 +40,8 @@ def prepare(spec: FederatedTrainingSpec, base: onnx.ModelProto, folder: Path, po
         "result-dir": str(folder),
         "features": head.features,
         "width": int(weight.shape[0]),
+        "classes": int(weight.shape[1]),
+        "join-timeout": spec.join_timeout.total_seconds(),
         "rounds": spec.rounds,
         "clients-per-round": spec.clients_per_round,
         "min-clients": spec.min_clients,
@@ -64,6 +66,14 @@ def result(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None
+
+
+def finite(model: onnx.ModelProto) -> bool:
+    """Whether the model's head holds only finite numbers."""
+    from .head import read_head
+
+    weight, bias = read_head(model)
+    return bool(np.isfinite(weight).all() and np.isfinite(bias).all())
 
 
 def trained_model(base: onnx.ModelProto, folder: Path) -> onnx.ModelProto:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -70,13 +71,17 @@ class SuperLink:
         self.cert_file, self.key_file = cert_file, key_file
         self.child: Child | None = None
         self._control: Any = None
+        self._lock = threading.Lock()
+        """The control client is shared by the controller's cycle and the device API's threads (joins)."""
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 120.0) -> SuperLink:
-        """Start the process and return once it answers its health check."""
+        """Start the process (after stopping what is left of an earlier one) and return once it answers its health
+        check."""
+        self.stop()
         command = [str(Path(sys.executable).parent / "flower-superlink"), "--ssl-ca-certfile", str(self.ca_file),
                    "--ssl-certfile", str(self.cert_file), "--ssl-keyfile", str(self.key_file),
                    "--enable-supernode-auth", "--disable-runtime-dependency-installation",
@@ -108,14 +113,20 @@ class SuperLink:
         return self.child is not None and self.child.alive()
 
     def stop(self) -> None:
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        with self._lock:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
         if self.child is not None:
             self.child.stop()
+            self.child = None
 
     @property
     def control(self) -> Any:
+        with self._lock:
+            return self._client()
+
+    def _client(self) -> Any:
         if self._control is None:
             from flwr.supercore.control import ControlHttpClient
             from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor

@@ -97,7 +97,8 @@ class TrainingCall:
 
     name: str
     superlink: str
-    """host:port of the SuperLink's Fleet API (TLS, verified against the fleet CA)."""
+    """host:port of the SuperLink's Fleet API (TLS, verified against the fleet CA); empty: the device API's own
+    address, which passes the Fleet API through."""
     data: str
     """``local`` or ``capture``."""
     path: str
@@ -110,7 +111,7 @@ class TrainingCall:
 
     @classmethod
     def from_json(cls, body: Mapping | None) -> TrainingCall | None:
-        if not isinstance(body, Mapping) or not body.get("name") or not body.get("superlink"):
+        if not isinstance(body, Mapping) or not body.get("name"):
             return None
         return cls(str(body["name"]), str(body["superlink"]), str(body.get("data") or "local"),
                    str(body.get("path") or ""), int(body.get("minSamples") or 1),
@@ -120,7 +121,8 @@ class TrainingCall:
 def training_calls(tree: FleetTree, desired: Mapping[tuple[str, str], Desired], labels: Mapping[str, Mapping[str, str]],
                    running: Mapping[str, str]) -> dict[tuple[str, str], TrainingCall]:  # fmt: skip
     """(device, model) -> the running training it is called to: fleet devices (not lab ones) of the training's
-    groups whose assignment is the base version. ``running``: training name -> the SuperLink's address."""
+    groups whose assignment is the base version. ``running``: training name -> the SuperLink's address (empty:
+    through the device API)."""
     found: dict[tuple[str, str], TrainingCall] = {}
     for name, address in sorted(running.items()):
         training = tree.trainings.get(name)

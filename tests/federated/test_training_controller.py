@@ -1,6 +1,7 @@
 """A FederatedTraining end to end: merged into a fleet repo, the controller starts its SuperLink and calls the
 devices of its groups through their assignments; each device's agent joins through the device API (its
-certificate's key is what the SuperLink lets in) and starts a SuperNode; after the last round the controller
+certificate's key is what the SuperLink lets in) and starts a SuperNode, which reaches the SuperLink's Fleet API
+through the device API (its Control API stays on loopback); after the last round the controller
 pushes a branch with the new version and its lineage, which validates and which ``edgectl plan`` shows. A device
 without labeled data declines and is never sampled."""
 
@@ -77,13 +78,13 @@ spec:
   version: "1.1.0"
   groups: [cameras]
   rounds: 3
-  clientsPerRound: 10
+  clientsPerRound: 6
   minClients: 3
   localEpochs: 2
   learningRate: 0.1
   data: {source: local, path: labeled, minSamples: 20}
   secureAggregation: {enabled: false}
-  roundTimeout: 60s
+  roundTimeout: 10m
 """,
 }
 
@@ -112,6 +113,7 @@ def scenario() -> Scenario:
     return Scenario(devices=DEVICES)
 
 
+@pytest.mark.timeout(1800)
 def test_a_merged_training_runs_on_the_devices_and_comes_back_as_a_branch(scenario, git_server: GitServer,
                                                                           tmp_path: Path) -> None:  # fmt: skip
     seed = tmp_path / "seed"
@@ -149,7 +151,7 @@ def test_a_merged_training_runs_on_the_devices_and_comes_back_as_a_branch(scenar
                                                                       extra=extra))  # fmt: skip
             return controller.trainings.state["digits-cameras"]["phase"] in ("Succeeded", "Failed")
 
-        wait_for(finished, 900, "the training to finish")
+        wait_for(finished, 1500, "the training to finish")
         reports = backend.statuses()
     finally:
         for participant in participants.values():
@@ -214,7 +216,8 @@ def _device_api(root: Path, ca: FleetCA, identity: Identity, backend, controller
     return DeviceAPIServer(("127.0.0.1", 0), identity, lambda: backend,
                            ca.server_context(root / "api.crt", root / "api.key"),
                            on_join=lambda b, device, name, public: controller.trainings.admit(
-                               b.assignments_for(device), device, name, public)).start()  # fmt: skip
+                               b.assignments_for(device), device, name, public),
+                           fleet_upstream=controller.trainings.upstream).start()  # fmt: skip
 
 
 def _device(root: Path, name: str, api: DeviceAPIServer, identity: Identity, scenario: Scenario,
