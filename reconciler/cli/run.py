@@ -209,13 +209,9 @@ def _repo_url(repo: str) -> str:
 )
 @click.option(
     "--superlink",
-    metavar="HOST:PORT",
-    help="Run the SuperLink of federated trainings here (TLS from the fleet CA, SuperNode authentication).",
-)
-@click.option(
-    "--superlink-address",
-    metavar="HOST:PORT",
-    help="The SuperLink's address as devices dial it (default: --superlink).",
+    metavar="PORT",
+    help="Run the SuperLink of federated trainings on this loopback port; devices reach its Fleet API through the "
+    "device API.",
 )
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
 def run(
@@ -335,7 +331,10 @@ def run(
     controller = Controller(config, target, source, build_runner=build_runner)
 
     if once:
-        outcome = controller.cycle()
+        try:
+            outcome = controller.cycle()
+        finally:
+            controller.trainings.close()  # a one-shot run leaves no SuperLink behind
         if outcome.stalled:
             click.echo(f"stalled: {outcome.stalled}", err=True)
             sys.exit(1)
