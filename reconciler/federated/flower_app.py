@@ -164,6 +164,20 @@ class AtLeast(FedAvg):
         return super().aggregate_fit(server_round, results, failures)
 
 
+class _Fitted:
+    """A workflow setting computed each time Flower reads it (after the round's sample is drawn); what Flower's
+    constructor writes to it is ignored."""
+
+    def __init__(self, compute: Callable[[Any], Any]) -> None:
+        self.compute = compute
+
+    def __get__(self, workflow: Any, owner: type | None = None) -> Any:
+        return self.compute(workflow)
+
+    def __set__(self, workflow: Any, value: object) -> None:
+        pass
+
+
 class FittedSecAgg(SecAggPlusWorkflow):
     """SecAgg+ whose shares and threshold fit each round's sample (read by Flower right after it sampled).
     ``shares`` 0: every sampled device; more than were sampled (dropouts before the round): the largest odd number
@@ -186,29 +200,9 @@ class FittedSecAgg(SecAggPlusWorkflow):
         threshold = max(min(asked_threshold or shares // 2 + 1, shares - 1), 2)
         return shares, threshold
 
-    @property
-    def num_shares(self) -> int:  # type: ignore[override]
-        return self._fitted()[0]
-
-    @num_shares.setter
-    def num_shares(self, _: object) -> None:
-        pass
-
-    @property
-    def reconstruction_threshold(self) -> int:  # type: ignore[override]
-        return self._fitted()[1]
-
-    @reconstruction_threshold.setter
-    def reconstruction_threshold(self, _: object) -> None:
-        pass
-
-    @property
-    def max_weight(self) -> float:  # type: ignore[override]
-        return max(self.heaviest(), 1.0)
-
-    @max_weight.setter
-    def max_weight(self, _: object) -> None:
-        pass
+    num_shares = _Fitted(lambda workflow: workflow._fitted()[0])
+    reconstruction_threshold = _Fitted(lambda workflow: workflow._fitted()[1])
+    max_weight = _Fitted(lambda workflow: max(workflow.heaviest(), 1.0))
 
 
 class _Able(Criterion):
