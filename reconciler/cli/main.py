@@ -65,6 +65,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "schema": LazyCommand("reconciler.cli.spec", "schema", "JSON Schemas of the fleet documents (for editors and CI)."),
     "sign": LazyCommand("reconciler.cli.trust", "sign",
                         "Release ARTIFACT_DIR: write its release statement, then sign every file as one bundle."),
+    "simulate": LazyCommand("reconciler.cli.simulate", "simulate", "Roll out to N simulated devices over the real "
+                            "device API; print the figures as JSON."),
     "suspend": LazyCommand("reconciler.cli.rollout", "suspend",
                            "Stop the controller reconciling (devices keep what they run) until edgectl resume."),
     "tuf": LazyCommand("reconciler.cli.trust", "tuf",

@@ -117,15 +117,16 @@ class Demo:
 
     # --- the fleet repo, as a person sets it up ------------------------------------------------------
 
-    def create_repo(self) -> None:
+    def create_repo(self, rollout: str = DEMO_ROLLOUT.format(version="2.0.0")) -> None:
+        """The fleet repo with ``rollout`` (the text of ``rollouts/vibration-anomaly-2.yaml``) merged."""
         from reconciler.signing import generate_key
 
         shutil.copytree(self.example, self.checkout, ignore=shutil.ignore_patterns("status", "__pycache__"))
         (self.checkout / "status").mkdir()
         (self.checkout / "status" / "README.md").write_text("Written by the controller; do not edit.\n")
-        for rollout in (self.checkout / "rollouts").glob("*.yaml"):
-            rollout.unlink()
-        (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(DEMO_ROLLOUT.format(version="2.0.0"))
+        for example in (self.checkout / "rollouts").glob("*.yaml"):
+            example.unlink()
+        (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(rollout)
         owner = generate_key(self.workdir / "keys" / "acme-ml")
         builder = generate_key(self.workdir / "keys" / BUILDER)
         (self.checkout / "keys").mkdir()
@@ -183,8 +184,9 @@ class Demo:
             shutil.copytree(source, folder, ignore=shutil.ignore_patterns("release.*"))
             self.release(folder, version, counter=3, edit=defect)
 
-    def add_version(self, version: str, based_on: str) -> None:
-        """The person's pull request: a new Model version (same source as ``based_on``) and the rollout to it."""
+    def add_version(self, version: str, based_on: str, rollout: str | None = None) -> None:
+        """The person's pull request: a new Model version (same source as ``based_on``) and the rollout to it
+        (``rollout``: its text, else the demo's)."""
         path = self.checkout / "models" / f"{MODEL}.yaml"
         text = path.read_text()
         spec = yaml.safe_load(text)
@@ -193,14 +195,16 @@ class Demo:
                  f'        sha256: {source["sha256"]}\n')  # fmt: skip
         text = text.replace("  recipes:\n", entry + "  recipes:\n", 1)
         path.write_text(text)
-        (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(DEMO_ROLLOUT.format(version=version))
+        (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(rollout or DEMO_ROLLOUT.format(version=version))
         self.git("commit", "-q", "-am", f"fleet: {MODEL} {version} to the US factories")
         self.git("pull", "-q", "--rebase", "origin", "main")  # the controller committed status meanwhile
         self.git("push", "-q", "origin", "main")
 
     # --- processes -------------------------------------------------------------------------------------
 
-    def start_controller(self) -> None:
+    def start_controller(self, devices: list[tuple[str, str]] = DEVICES, interval: float = 2.0) -> None:
+        """``devices``: (name, profile) put in the inventory first (devices enrolled with a labels token are
+        added when they enrol)."""
         from reconciler.cluster import LocalBackend
         from reconciler.deviceapi.ca import FleetCA
         from reconciler.signing.tuf_repo import create_repository, utcnow
@@ -209,7 +213,7 @@ class Demo:
         create_repository(self.state / "tuf", self.workdir / "keys" / "tuf", utcnow())
         FleetCA.load_or_create(self.state / "ca")  # the fleet CA, made once; the controller loads it
         backend = LocalBackend(self.state)
-        for name, profile in DEVICES:
+        for name, profile in devices:
             network = "ethernet" if int(name[-2:]) % 3 else "wifi"
             labels = {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east",
                       "acme.example/network": network, **PROFILES[profile]}  # fmt: skip
@@ -221,7 +225,7 @@ class Demo:
                                   "--releases", str(self.releases), "--tuf-keys", str(self.workdir / "keys" / "tuf"),
                                   "--store", str(DEMO_STORE), "--build-workers", "2",
                                   "--builder-key", str(self.workdir / "keys" / f"{BUILDER}.key"),
-                                  "--interval", "2", "--listen", f"127.0.0.1:{self.ports['controller']}",
+                                  "--interval", f"{interval:g}", "--listen", f"127.0.0.1:{self.ports['controller']}",
                                   "--device-api", f"127.0.0.1:{self.ports['device-api']}"])  # fmt: skip
 
     def start_agents(self) -> None:

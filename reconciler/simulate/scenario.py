@@ -1,0 +1,439 @@
+"""A scenario: a fleet repo, a real controller, N simulated devices, a rollout from its commit to its end.
+
+What runs (only the devices are simulated):
+
+1. the demo's fleet repo (``reconciler.demo``) with a rollout of vibration-anomaly 2.0.0 in three steps, merged;
+   every simulated device is a US factory device of one of the two example profiles (two Cortex-A for one Coral)
+   with a one-time token carrying its labels;
+2. ``edgectl run`` (local backend, TUF repository, device API over mutual TLS, build workers with the demo's
+   build cache), then the worker processes (:mod:`.worker`), whose devices enrol and converge;
+3. the rollout to Succeeded: the time from its commit until 50/90/99 % of the devices are Healthy on 2.0.0;
+4. unless ``defect`` is off, the owner's defective 2.1.0 (signed, released out of band, its health check failing
+   on the devices) merged as the next rollout: it must abort, and the share of the fleet that was given it is
+   measured.
+
+The result is one JSON object (:meth:`Scenario.run`); everything stays in the work directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from reconciler.api.status import RolloutPhase, RolloutStatus
+from reconciler.demo.scenario import MODEL, PROFILES, ROLLOUT, STATUS_BRANCH, Demo
+
+from . import results
+from .faults import Defect, Faults
+from .worker import WorkerConfig
+
+ROLLOUT_TEXT = """\
+# The simulator's rollout: three steps with pauses, a failure gate that a defect must trip at the first step.
+apiVersion: edgereconciler.io/v1alpha1
+kind: Rollout
+metadata:
+  name: vibration-anomaly-2
+spec:
+  model: vibration-anomaly
+  version: "{version}"
+  groups: [us-factories]
+  steps:
+    - percent: {first}
+      pause: {{duration: {pause}s}}
+      successThreshold: "{threshold}%"
+    - percent: {second}
+      pause: {{duration: {pause}s}}
+      successThreshold: "{threshold}%"
+    - percent: 100
+      successThreshold: "{threshold}%"
+  maxUnavailable: 10%
+  progressDeadline: 10m
+  offlineAfter: {offline_after}s
+  trial: {{duration: {trial}s}}
+  analysis:
+    maxFailureRate: 0.05
+    minDevicesReporting: 1
+"""
+GOOD, DEFECTIVE = "2.0.0", "2.1.0"
+CONVERGED_SHARES = (50, 90, 99)
+
+
+class ScenarioError(Exception):
+    """The scenario cannot go on (a process died, a deadline passed); the message says where to look."""
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    devices: int = 1000
+    processes: int = 2
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 0
+    steps: tuple[int, int] = (2, 25)
+    """The first two steps' percents (the third is 100 %)."""
+    pause_seconds: int = 60
+    trial_seconds: int = 30
+    success_threshold: int = 95
+    """Share of a step's devices that must be Healthy for the step to complete (the rest may be offline)."""
+    poll_seconds: float = 30.0
+    telemetry_seconds: float = 120.0
+    controller_interval: float = 5.0
+    defect: bool = True
+    downloads: bool = True
+    """False: devices fetch and check no bytes (the largest fleets: the controller and the polling are measured)."""
+    defect_rate: float = 1.0
+    verify_share: float = 0.01
+    timeout_seconds: float = 1800.0
+    """Longest wait for each rollout's end."""
+    settle_seconds: float = 120.0
+    """After Succeeded, how long to wait for 99 % of the devices to converge (offline ones come back later)."""
+
+    def rollout(self, version: str) -> str:
+        return ROLLOUT_TEXT.format(version=version, first=self.steps[0], second=self.steps[1],
+                                   pause=self.pause_seconds, trial=self.trial_seconds,
+                                   threshold=self.success_threshold,
+                                   offline_after=max(60, int(3 * self.poll_seconds)))  # fmt: skip
+
+
+def device_names(count: int) -> list[tuple[str, str]]:
+    """(name, profile): two Cortex-A devices for every Coral one."""
+    profiles = list(PROFILES)
+    return [(f"sim-{i:06d}", profiles[0] if i % 3 else profiles[1]) for i in range(count)]
+
+
+def labels_of(name: str, profile: str) -> dict[str, str]:
+    index = int(name.rsplit("-", 1)[1])
+    return {"acme.example/site-type": "factory", "topology.kubernetes.io/region": "us-east",
+            "acme.example/network": "wifi" if index % 4 == 0 else "ethernet", **PROFILES[profile]}  # fmt: skip
+
+
+@dataclass
+class Watch:
+    """What the scenario sampled while it waited: controller memory, the rollout's last status."""
+
+    rss_bytes: list[int] = field(default_factory=list)
+    status: RolloutStatus | None = None
+
+
+class Scenario:
+    def __init__(self, config: ScenarioConfig, workdir: Path | None, example: Path,
+                 say: Callable[[str], None] = lambda _: None) -> None:  # fmt: skip
+        self.config = config
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-reconciler-simulate-")).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.say = say
+        self.demo = Demo(self.workdir, example, say)
+        self.workers: list[subprocess.Popen] = []
+        self.watch = Watch()
+
+    @property
+    def stop_file(self) -> Path:
+        return self.workdir / "simulate" / "stop"
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """The whole scenario; returns the result (also written to ``simulate/result.json``)."""
+        config = self.config
+        (self.workdir / "simulate").mkdir(exist_ok=True)
+        self.stop_file.unlink(missing_ok=True)
+        try:
+            self.demo.create_repo(rollout=config.rollout(GOOD))
+            committed = time.time()
+            self.say(f"fleet repo with the rollout of {MODEL} {GOOD} merged; controller and {config.devices} "
+                     f"simulated devices in {config.processes} processes starting")  # fmt: skip
+            self.demo.start_controller(devices=[], interval=config.controller_interval)
+            self.start_workers(self.tokens())
+            good = self.wait_for(GOOD, RolloutPhase.SUCCEEDED, config.timeout_seconds)
+            succeeded = time.time()
+            self.say(f"{ROLLOUT} {GOOD} Succeeded after {succeeded - committed:.0f} s")
+            self.settle(committed)
+            defect = None
+            if config.defect:
+                self.demo.release_defective(DEFECTIVE)
+                self.demo.add_version(DEFECTIVE, GOOD, rollout=config.rollout(DEFECTIVE))
+                defect_committed = time.time()
+                self.say(f"the defective {DEFECTIVE} merged")
+                defect = (defect_committed, self.wait_for(DEFECTIVE, RolloutPhase.ABORTED, config.timeout_seconds),
+                          time.time())  # fmt: skip
+                self.say(f"{ROLLOUT} {DEFECTIVE} Aborted after {defect[2] - defect_committed:.0f} s")
+        finally:
+            recorded = self.stop_workers()
+            controller_metrics = self.controller_metrics()
+            self.demo.stop()
+        result = self.result(recorded, committed, good, succeeded, defect, controller_metrics)
+        (self.workdir / "simulate" / "result.json").write_text(json.dumps(result, indent=2))
+        return result
+
+    def tokens(self) -> list[tuple[str, str]]:
+        """A one-time token per device, carrying its labels: enrolment puts it in the inventory."""
+        from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
+
+        registry = SQLiteRegistry(self.demo.state / "devices.sqlite")
+        now = datetime.now(UTC)
+        try:
+            return [(name, registry.create_token(timedelta(hours=12), now, labels=labels_of(name, profile)))
+                    for name, profile in device_names(self.config.devices)]  # fmt: skip
+        finally:
+            registry.close()
+
+    def start_workers(self, tokens: list[tuple[str, str]]) -> None:
+        config = self.config
+        folder = self.workdir / "simulate"
+        identities = self.workdir / "devices"
+        identities.mkdir(exist_ok=True)
+        processes = max(1, min(config.processes, len(tokens)))
+        for index in range(processes):
+            worker = WorkerConfig(
+                url=f"https://127.0.0.1:{self.demo.ports['device-api']}",
+                ca_file=str(self.demo.state / "ca" / "ca.crt"), identities=str(identities),
+                trusted_root=str(self.demo.state / "tuf" / "metadata" / "1.root.json"),
+                fleet=str(self.demo.checkout), devices=tokens[index::processes], stop_file=str(self.stop_file),
+                result_file=str(folder / f"worker-{index}.json"), faults=config.faults.to_json(),
+                defects=[(DEFECTIVE, config.defect_rate)] if config.defect else [], seed=config.seed,
+                poll_seconds=config.poll_seconds, telemetry_seconds=config.telemetry_seconds,
+                verify_share=config.verify_share, downloads=config.downloads,
+                horizon_seconds=2 * config.timeout_seconds + 600,
+            )  # fmt: skip
+            path = worker.write(folder / f"worker-{index}.config.json")
+            with (self.workdir / "logs" / f"simulate-{index}.log").open("ab") as log:
+                command = [sys.executable, "-m", "reconciler.simulate.worker", str(path)]
+                self.workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                     start_new_session=True))  # fmt: skip
+
+    def stop_workers(self) -> list[dict]:
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        self.stop_file.touch()
+        recorded = []
+        for index, worker in enumerate(self.workers):
+            try:
+                worker.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                continue
+            path = self.workdir / "simulate" / f"worker-{index}.json"
+            if path.exists():
+                recorded.append(json.loads(path.read_text()))
+        return recorded
+
+    def wait_for(self, version: str, phase: RolloutPhase, timeout: float) -> RolloutStatus:
+        deadline = time.monotonic() + timeout
+        said = ""
+        while time.monotonic() < deadline:
+            self.check_processes()
+            status = self.sample()
+            if status is not None and status.version == version:
+                line = f"{status.phase} step {status.state.step + 1}/3, {status.ready[0]}/{status.ready[1]} healthy"
+                if line != said:
+                    self.say(f"  {ROLLOUT} {version}: {line}")
+                    said = line
+                if status.phase == phase:
+                    return status
+                if status.phase in (RolloutPhase.ABORTED, RolloutPhase.SUCCEEDED):
+                    raise ScenarioError(f"{ROLLOUT} {version} ended {status.phase}, not {phase}: "
+                                        f"{status.state.message}; see {self.workdir}/logs")  # fmt: skip
+            time.sleep(2.0)
+        raise ScenarioError(f"{ROLLOUT} {version} did not reach {phase} in {timeout:.0f} s; see {self.workdir}/logs")
+
+    def settle(self, since: float) -> None:
+        """Wait (up to ``settle_seconds``) until 99 % of the devices reported Healthy on the good version: the last
+        step completes at its success threshold, the stragglers come back from offline periods after it."""
+        from reconciler.cluster import LocalBackend
+
+        deadline = time.monotonic() + self.config.settle_seconds
+        while time.monotonic() < deadline:
+            backend = LocalBackend(self.demo.state)
+            try:
+                healthy = sum(1 for status in backend.statuses().values()
+                              if status.phase == "Healthy" and status.installed_version == GOOD)  # fmt: skip
+            finally:
+                backend.close()
+            if healthy >= math.ceil(0.99 * self.config.devices):
+                return
+            self.check_processes()
+            self.sample()
+            time.sleep(2.0)
+
+    def check_processes(self) -> None:
+        for process in [*self.demo.processes, *self.workers]:
+            if process.poll() is not None:
+                raise ScenarioError(f"a process exited early ({' '.join(map(str, process.args[2:5]))}); "
+                                    f"see {self.workdir}/logs")  # fmt: skip
+
+    def sample(self) -> RolloutStatus | None:
+        """The rollout's status as committed to Git; the controller's resident memory."""
+        from reconciler.api.status import StatusPaths
+        from reconciler.gitops.source import branch_head, files_at_commit
+
+        controller = self.demo.processes[0].pid
+        try:
+            text = Path(f"/proc/{controller}/status").read_text()
+            self.watch.rss_bytes.append(int(re.search(r"VmRSS:\s+(\d+) kB", text)[1]) * 1024)  # type: ignore[index]
+        except (OSError, TypeError):
+            pass
+        head = branch_head(str(self.demo.remote), STATUS_BRANCH)
+        if head is None:
+            return None
+        path = StatusPaths().rollout(ROLLOUT)
+        content = next((f.content for f in files_at_commit(str(self.demo.remote), head) if f.path == path), None)
+        if content is None:
+            return None
+        self.watch.status = RolloutStatus.from_yaml(content, ROLLOUT)
+        return self.watch.status
+
+    def controller_metrics(self) -> dict[str, float]:
+        """Bytes the device API sent, by kind, from the controller's /metrics (before it stops)."""
+        sent: dict[str, float] = {}
+        try:
+            url = f"http://127.0.0.1:{self.demo.ports['controller']}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                text = answer.read().decode()
+        except (OSError, KeyError):
+            return sent
+        for match in re.finditer(r'^edge_reconciler_device_api_sent_bytes_total\{kind="(\w+)"\} (\S+)$', text, re.M):
+            sent[match[1]] = float(match[2])
+        return sent
+
+    # --- the result ----------------------------------------------------------------------------------
+
+    def result(self, recorded: list[dict], committed: float, good: RolloutStatus, succeeded: float,
+               defect: tuple[float, RolloutStatus, float] | None, sent: dict[str, float]) -> dict:  # fmt: skip
+        config = self.config
+        events = [tuple(e) for worker in recorded for e in worker["events"]]
+        counters: Counter = Counter()
+        latency: dict[str, list[float]] = {}
+        errors: list[str] = []
+        for worker in recorded:
+            counters.update(worker["counters"])
+            errors += worker["errors"]
+            for kind, values in worker["latencyMs"].items():
+                latency.setdefault(kind, []).extend(values)
+        population = counters["enrolled"] - counters["left"]
+        converged = results.converged_at(events, GOOD, committed)  # type: ignore[arg-type]
+        api = [v for kind in ("assignments", "status", "telemetry") for v in latency.get(kind, [])]
+        cycles, controller_errors = self.controller_log()
+        result: dict = {
+            "devices": config.devices,
+            "enrolled": counters["enrolled"],
+            "left": counters["left"],
+            "processes": config.processes,
+            "seed": config.seed,
+            "faults": config.faults.to_json(),
+            "devicesWithFault": {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("fault:")},
+            "verification": {
+                "fullChecks": counters["fullChecks"],
+                "share": config.verify_share,
+                "downloads": config.downloads,
+                "note": "full: TUF refresh, files through ngclient, release signature, profile and counter "
+                "(verify_artifact), done once per artifact and worker and by the verified share of devices; "
+                "every other device checks each downloaded file against the signed length and sha256",
+            },
+            "rollout": {
+                "version": GOOD,
+                "phase": str(good.phase),
+                "seconds": round(succeeded - committed, 1),
+                "converged": results.time_to_share(converged, population, CONVERGED_SHARES),
+                "convergedDevices": len(converged),
+                "population": population,
+                "decisions": decisions(good, committed),
+                "gates": [g.to_json() for g in good.gates],
+            },
+            "controller": {
+                "cycles": len(cycles),
+                "cycleSeconds": {
+                    "p50": results.percentile(cycles, 50),
+                    "p99": results.percentile(cycles, 99),
+                    "max": max(cycles, default=None),
+                },
+                "rssBytes": max(self.watch.rss_bytes, default=None),
+                "errors": controller_errors[:20],
+                "errorCount": len(controller_errors),
+            },
+            "deviceApi": {
+                "requests": len(api),
+                "p50Ms": results.percentile(api, 50),
+                "p99Ms": results.percentile(api, 99),
+                "byKind": {kind: {"count": len(v), "p99Ms": results.percentile(v, 99)} for kind, v in latency.items()},
+                "unanswered": counters["unanswered"],
+                "http5xx": sum(v for k, v in counters.items() if k[:5] == "http5"),
+                "rateLimited": counters["http429"],
+                "refused": {k: v for k, v in counters.items() if k.startswith("refused:")},
+            },
+            "bytesServed": {
+                "byKind": sent,
+                "total": sum(sent.values()),
+                "downloadedByDevices": counters["bytesDownloaded"],
+            },
+            "transfers": {k: counters[k] for k in ("cuts", "resumed", "retries", "crashes", "badDownloads")},
+            "statusCommits": self.status_commits(),
+            "deviceErrors": errors[:20],
+            "deviceErrorCount": counters["errors"],
+            "workdir": str(self.workdir),
+        }
+        if defect is not None:
+            since, status, ended = defect
+            given = results.exposed(events, DEFECTIVE, since)  # type: ignore[arg-type]
+            failed = {e[1] for e in events if e[3] == DEFECTIVE and e[4] == "Failed"}
+            result["defect"] = {
+                "version": DEFECTIVE, "rate": config.defect_rate, "phase": str(status.phase),
+                "seconds": round(ended - since, 1), "exposed": len(given),
+                "exposedShare": round(len(given) / max(1, population), 4), "failed": len(failed),
+                "decisions": decisions(status, since), "gates": [g.to_json() for g in status.gates],
+            }  # fmt: skip
+        result["timeline"] = self.timeline(events, committed)
+        return result
+
+    def timeline(self, events: list, committed: float) -> dict:
+        end = max((e[0] for e in events), default=committed)
+        step = max(2.0, (end - committed) / 300)
+        return {"start": committed, "stepSeconds": step,
+                "states": results.timeline(events, committed, end, step, GOOD)}  # fmt: skip
+
+    def controller_log(self) -> tuple[list[float], list[str]]:
+        """Cycle times ("reconciled" records) and every error, critical or traceback the controller logged."""
+        cycles, errors = [], []
+        path = self.workdir / "logs" / "controller.log"
+        for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if line.startswith("Traceback"):
+                    errors.append(line[:300])
+                continue
+            if not isinstance(record, dict):
+                continue
+            if record.get("msg") == "reconciled" and isinstance(record.get("seconds"), int | float):
+                cycles.append(float(record["seconds"]))
+            if record.get("level") in ("error", "critical") or "exc_info" in record:
+                errors.append(f"{record.get('msg')}: {str(record.get('error', ''))[:200]}")
+        return cycles, errors
+
+    def status_commits(self) -> int:
+        done = subprocess.run(["git", "--git-dir", str(self.demo.remote), "rev-list", "--count", STATUS_BRANCH],
+                              capture_output=True, text=True)  # fmt: skip
+        return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
+
+
+def decisions(status: RolloutStatus, since: float) -> list[dict]:
+    """The rollout's decisions from ``since`` on (its history also holds the previous version's)."""
+    start = datetime.fromtimestamp(since - 1, UTC)
+    return [d.to_json() for d in status.history if datetime.fromisoformat(d.time) >= start]
+
+
+def cleanup(workdir: Path) -> None:
+    """Remove what a scenario left (device identities are many small files)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+__all__ = ["Defect", "Scenario", "ScenarioConfig", "ScenarioError", "cleanup"]

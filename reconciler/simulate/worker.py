@@ -1,0 +1,114 @@
+"""One worker process of the simulator: a slice of the fleet's devices on one asyncio loop.
+
+Who runs it: :mod:`.scenario`, as ``python -m reconciler.simulate.worker CONFIG.json``, a few at once (each loop
+holds thousands of devices; one process per core keeps TLS and JSON work in parallel). It runs until the stop
+file named in its configuration appears, then writes what it recorded (``Recorder``) as JSON and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+
+from .device import Catalog, Recorder, Settings, SimDevice
+from .faults import Defect, Faults, draw
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    url: str
+    ca_file: str
+    identities: str
+    trusted_root: str
+    fleet: str
+    devices: list[tuple[str, str]]
+    """(name, one-time token) of each device this worker runs."""
+    stop_file: str
+    result_file: str
+    faults: dict
+    defects: list[tuple[str, float]]
+    seed: int = 0
+    poll_seconds: float = 30.0
+    heartbeat_seconds: float = 60.0
+    telemetry_seconds: float = 120.0
+    verify_share: float = 0.01
+    horizon_seconds: float = 3600.0
+    downloads: bool = True
+    enrolments: int = 8
+    """Enrolments in flight at once (key generation and the CA's signature are CPU work on both sides)."""
+
+    def write(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> WorkerConfig:
+        return cls(**json.loads(path.read_text()))
+
+
+def settings_of(config: WorkerConfig) -> Settings:
+    from reconciler.api import load_fleet
+    from reconciler.gitops.files import read_fleet_dir
+    from reconciler.signing import policy_from_fleet
+
+    fleet = load_fleet(read_fleet_dir(config.fleet)).fleet
+    return Settings(
+        url=config.url, ca_file=Path(config.ca_file), identities=Path(config.identities),
+        trusted_root=Path(config.trusted_root).read_bytes(), policy=policy_from_fleet(fleet, Path(config.fleet)),
+        faults=Faults(**config.faults), defects=tuple(Defect(v, r) for v, r in config.defects), seed=config.seed,
+        poll_seconds=config.poll_seconds, heartbeat_seconds=config.heartbeat_seconds,
+        telemetry_seconds=config.telemetry_seconds, verify_share=config.verify_share,
+        horizon_seconds=config.horizon_seconds, downloads=config.downloads,
+    )  # fmt: skip
+
+
+async def run(config: WorkerConfig) -> Recorder:
+    settings = settings_of(config)
+    recorder = Recorder()
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max(4, config.enrolments), thread_name_prefix="simulate"))
+    stop = asyncio.Event()
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)  # below the device API's 45 s idle limit
+    timeout = aiohttp.ClientTimeout(total=120, sock_connect=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        catalog = Catalog(settings, recorder)
+        enrolment = asyncio.Semaphore(config.enrolments)
+        devices = [SimDevice(name, token, draw(name, settings.faults, config.seed), settings, session, catalog,
+                             recorder) for name, token in config.devices]  # fmt: skip
+        recorder.counters["devices"] = len(devices)
+        tasks = [asyncio.create_task(device.live(stop, enrolment)) for device in devices]
+        stop_file = Path(config.stop_file)
+        while not stop_file.exists():
+            await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.wait(tasks, timeout=30)
+        for task in tasks:
+            task.cancel()
+        recorder.counters["faults"] = 0
+        for device in devices:
+            for name in device.traits.names():
+                recorder.counters[f"fault:{name}"] += 1
+    return recorder
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    config = WorkerConfig.read(Path(argv[0]))
+    recorder = asyncio.run(run(config))
+    result = {"events": recorder.events, "latencyMs": recorder.latency_ms, "counters": dict(recorder.counters),
+              "errors": recorder.errors}  # fmt: skip
+    partial = Path(config.result_file + ".part")
+    partial.write_text(json.dumps(result))
+    partial.rename(config.result_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
