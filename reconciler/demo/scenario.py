@@ -117,8 +117,9 @@ class Demo:
 
     # --- the fleet repo, as a person sets it up ------------------------------------------------------
 
-    def create_repo(self, rollout: str = DEMO_ROLLOUT.format(version="2.0.0")) -> None:
-        """The fleet repo with ``rollout`` (the text of ``rollouts/vibration-anomaly-2.yaml``) merged."""
+    def create_repo(self, rollout: str | None = DEMO_ROLLOUT.format(version="2.0.0")) -> None:
+        """The fleet repo with ``rollout`` (the text of ``rollouts/vibration-anomaly-2.yaml``) merged; None: no
+        rollout yet (:meth:`merge_rollout` adds it)."""
         from reconciler.signing import generate_key
 
         shutil.copytree(self.example, self.checkout, ignore=shutil.ignore_patterns("status", "__pycache__"))
@@ -126,7 +127,8 @@ class Demo:
         (self.checkout / "status" / "README.md").write_text("Written by the controller; do not edit.\n")
         for example in (self.checkout / "rollouts").glob("*.yaml"):
             example.unlink()
-        (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(rollout)
+        if rollout is not None:
+            (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(rollout)
         owner = generate_key(self.workdir / "keys" / "acme-ml")
         builder = generate_key(self.workdir / "keys" / BUILDER)
         (self.checkout / "keys").mkdir()
@@ -195,8 +197,14 @@ class Demo:
                  f'        sha256: {source["sha256"]}\n')  # fmt: skip
         text = text.replace("  recipes:\n", entry + "  recipes:\n", 1)
         path.write_text(text)
-        (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(rollout or DEMO_ROLLOUT.format(version=version))
-        self.git("commit", "-q", "-am", f"fleet: {MODEL} {version} to the US factories")
+        self.merge_rollout(rollout or DEMO_ROLLOUT.format(version=version), f"fleet: {MODEL} {version} to the US "
+                           "factories")  # fmt: skip
+
+    def merge_rollout(self, rollout: str, message: str) -> None:
+        """Write ``rollouts/vibration-anomaly-2.yaml`` and push the commit to main (with what else changed)."""
+        (self.checkout / "rollouts" / f"{ROLLOUT}.yaml").write_text(rollout)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
         self.git("pull", "-q", "--rebase", "origin", "main")  # the controller committed status meanwhile
         self.git("push", "-q", "origin", "main")
 

@@ -36,7 +36,7 @@ from reconciler.api.status import RolloutPhase, RolloutStatus
 from reconciler.demo.scenario import MODEL, PROFILES, ROLLOUT, STATUS_BRANCH, Demo
 
 from . import results
-from .faults import Defect, Faults
+from .faults import Defect, Faults, draw
 from .worker import WorkerConfig
 
 ROLLOUT_TEXT = """\
@@ -148,13 +148,18 @@ class Scenario:
         config = self.config
         (self.workdir / "simulate").mkdir(exist_ok=True)
         self.stop_file.unlink(missing_ok=True)
+        started = committed = time.time()
         try:
-            self.demo.create_repo(rollout=config.rollout(GOOD))
-            committed = time.time()
-            self.say(f"fleet repo with the rollout of {MODEL} {GOOD} merged; controller and {config.devices} "
-                     f"simulated devices in {config.processes} processes starting")  # fmt: skip
+            self.demo.create_repo(rollout=None)
+            self.say(f"fleet repo without a rollout; controller and {config.devices} simulated devices in "
+                     f"{config.processes} processes starting")  # fmt: skip
             self.demo.start_controller(devices=[], interval=config.controller_interval)
             self.start_workers(self.tokens())
+            enrolled = self.wait_enrolled()
+            self.say(f"{enrolled} devices enrolled and polling after {time.time() - started:.0f} s")
+            self.demo.merge_rollout(config.rollout(GOOD), f"fleet: {MODEL} {GOOD} to the US factories")
+            committed = time.time()
+            self.say(f"the rollout of {MODEL} {GOOD} merged")
             good = self.wait_for(GOOD, RolloutPhase.SUCCEEDED, config.timeout_seconds)
             succeeded = time.time()
             self.say(f"{ROLLOUT} {GOOD} Succeeded after {succeeded - committed:.0f} s")
@@ -173,6 +178,7 @@ class Scenario:
             controller_metrics = self.controller_metrics()
             self.demo.stop()
         result = self.result(recorded, committed, good, succeeded, defect, controller_metrics)
+        result["enrolSeconds"] = round(committed - started, 1)
         (self.workdir / "simulate" / "result.json").write_text(json.dumps(result, indent=2))
         return result
 
@@ -245,6 +251,26 @@ class Scenario:
                                         f"{status.state.message}; see {self.workdir}/logs")  # fmt: skip
             time.sleep(2.0)
         raise ScenarioError(f"{ROLLOUT} {version} did not reach {phase} in {timeout:.0f} s; see {self.workdir}/logs")
+
+    def wait_enrolled(self) -> int:
+        """Until every device that joins at the start is in the inventory (enrolled), or the timeout: the rollout is
+        measured on an enrolled fleet, as a real one is."""
+        from reconciler.cluster import LocalBackend
+
+        config = self.config
+        deadline = time.monotonic() + config.timeout_seconds
+        late = sum(1 for name, _ in device_names(config.devices) if draw(name, config.faults, config.seed).joins_after)
+        expected = config.devices - late
+        while True:
+            self.check_processes()
+            backend = LocalBackend(self.demo.state)
+            try:
+                enrolled = len(backend.devices())
+            finally:
+                backend.close()
+            if enrolled >= expected or time.monotonic() > deadline:
+                return enrolled
+            time.sleep(2.0)
 
     def settle(self, since: float) -> None:
         """Wait (up to ``settle_seconds``) until 99 % of the devices reported Healthy on the good version: the last

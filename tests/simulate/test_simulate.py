@@ -73,7 +73,7 @@ def test_convergence_figures_from_events():
     assert results.time_to_share(converged, 20, (50, 90)) == {"50": 9.0, "90": None}
     assert results.exposed(events, "1.0.0", since=0) == {"x"}
     line = results.timeline(events, 100.0, 110.0, 5.0, "2.0.0")
-    assert line["healthy-new"] == [2, 6, 10] and line["healthy-old"] == [0, 1, 1] and line["trial"] == [0, 1, 1]
+    assert line["healthy-new"] == [2, 7, 10] and line["healthy-old"] == [0, 1, 1] and line["trial"] == [0, 0, 1]
 
 
 def test_comparison_flags_a_regression_beyond_the_noise_only():
