@@ -43,7 +43,8 @@ def config_for(size: int, quick: bool) -> ScenarioConfig:
                               steps=(10, 50))  # fmt: skip
     if size >= 50_000:
         return ScenarioConfig(devices=size, faults=FAULTS, processes=2, poll_seconds=300, telemetry_seconds=1800,
-                              controller_interval=5, defect=False, downloads=False, timeout_seconds=5400,
+                              controller_interval=5, defect=False, downloads=False, enrol="issued",
+                              timeout_seconds=5400,
                               settle_seconds=600)  # fmt: skip
     return ScenarioConfig(devices=size, faults=FAULTS, processes=2, pause_seconds=60, trial_seconds=30,
                           poll_seconds=30, controller_interval=5, timeout_seconds=1800)  # fmt: skip

@@ -10,6 +10,7 @@ the scripts' own code.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -273,3 +274,23 @@ def test_drift_quick():
         r"  100 devices, 6 h window  flagged after \d+ min of shifted data  \(0 other input feature\(s\) flagged on "
         r"the way\)",
     )
+
+
+@pytest.mark.timeout(900)
+def test_scale_quick(tmp_path: Path):
+    """A real rollout to 40 simulated devices through the scale benchmark's own path, its figures kept in a results
+    file that the next run compares with."""
+    kept = tmp_path / "scale.json"
+    output = quick("scale.py", "--record", "--results", str(kept), timeout=900)
+    assert_lines(
+        output,
+        r"40 devices \(40 enrolled, \d+ s wall\)",
+        rf"  converged 50/90/99 %: {NUMBER} / {NUMBER} / ({NUMBER}|None) s after the commit; rollout Succeeded in "
+        rf"{NUMBER} s",
+        rf"  controller: \d+ cycles, p50 {NUMBER} s, p99 {NUMBER} s, peak RSS {NUMBER} MiB, 0 errors logged",
+        rf"  device API: [\d,]+ requests, p50 {NUMBER} ms, p99 {NUMBER} ms, \d+ unanswered, 0 5xx, 0 429",
+        rf"  defective 2\.1\.0: Aborted in {NUMBER} s, given to \d+ devices \({NUMBER}% of the fleet\)",
+        r"  against 0 earlier runs: no regression",
+    )
+    [run] = json.loads(kept.read_text())["runs"]
+    assert run["sizes"]["40"]["converged50Seconds"] > 0 and run["sizes"]["40"]["cycleP99Seconds"] > 0

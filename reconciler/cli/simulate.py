@@ -43,6 +43,10 @@ def _share(name: str, help_text: str):
               help="After the rollout, merge a defective release that must abort.")  # fmt: skip
 @click.option("--defect-rate", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Share of the devices whose health check the defective release fails.")  # fmt: skip
+@click.option("--enrol", type=click.Choice(["token", "issued"]), default="token", show_default=True,
+              help="token: each device enrols through the device API; issued: certificates made before the start "
+              "(large fleets).")  # fmt: skip
+@click.option("--no-downloads", is_flag=True, help="Report the phases without fetching bytes (large fleets).")
 @click.option("--verify-share", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Share of devices doing the full TUF and signature checks themselves.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -55,7 +59,8 @@ def _share(name: str, help_text: str):
               help="Where to leave the repo, state, logs and result (default: a new temporary directory).")  # fmt: skip
 def simulate(devices: int, processes: int, offline: float, offline_seconds: float, flaky: float, bandwidth: float,
              bandwidth_bytes: int, slow: float, crash: float, skew: float, churn: float, steps: str, pause: int,
-             trial: int, poll: float, interval: float, defect: bool, defect_rate: float, verify_share: float,
+             trial: int, poll: float, interval: float, defect: bool, defect_rate: float, enrol: str,
+             no_downloads: bool, verify_share: float,
              seed: int, timeout: float, plot: Path | None, example: Path | None,
              workdir: Path | None) -> None:  # fmt: skip
     """Roll out to N simulated devices over the real device API; print the figures as JSON."""
@@ -77,7 +82,8 @@ def simulate(devices: int, processes: int, offline: float, offline_seconds: floa
         raise click.UsageError(str(exc)) from None
     config = ScenarioConfig(devices=devices, processes=processes, faults=faults, seed=seed, steps=(first, second),
                             pause_seconds=pause, trial_seconds=trial, poll_seconds=poll, controller_interval=interval,
-                            defect=defect, defect_rate=defect_rate, verify_share=verify_share,
+                            defect=defect, defect_rate=defect_rate, verify_share=verify_share, enrol=enrol,
+                            downloads=not no_downloads,
                             timeout_seconds=timeout)  # fmt: skip
     scenario = Scenario(config, workdir, example, say=lambda text: click.echo(text, err=True))
     click.echo(f"simulating in {scenario.workdir}", err=True)

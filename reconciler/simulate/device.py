@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import random
 import ssl
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import urllib3
 
 from reconciler.agent.download import DownloadConfig
 from reconciler.agent.phases import DEFAULT_TRIAL, Outcome, Phase, after_fetch, retry_delay
@@ -66,6 +68,13 @@ class Recorder:
     latency_ms: dict[str, list[float]] = field(default_factory=dict)
     counters: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    """Devices that left for good (not counted in the converged population)."""
+    acknowledged: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
+    """"device/model" -> (phase, target version, installed version) of the last report the device API accepted:
+    what the controller's record must say at the end (a lost report would show as a difference)."""
+    anchor: float | None = None
+    """Loop time when the rollout was committed (churn is timed from it); None before."""
 
     def time(self, kind: str, milliseconds: float) -> None:
         self.latency_ms.setdefault(kind, []).append(round(milliseconds, 3))
@@ -100,6 +109,9 @@ class Settings:
     downloads: bool = True
     """False: devices report every phase but fetch no bytes and check nothing (the controller and the device
     API's polling are what is measured)."""
+    preinstalled: tuple[tuple[str, str], ...] = ()
+    """(model, version) each device runs from the start (its factory image): assigned that version, it reports
+    Healthy without a download, as a fleet that ran the stable version before the rollout does."""
 
     def hardware(self, profile: str) -> Hardware:
         return HARDWARE.get(profile, HARDWARE["arm-cortex-a-cpu"])
@@ -135,14 +147,15 @@ class Catalog:
             known = None
         if not own and known is not None:
             return await asyncio.shield(known), False
-        check = asyncio.ensure_future(asyncio.to_thread(self._verify, device.client, spec, device.scratch))
+        check = asyncio.ensure_future(asyncio.to_thread(self._verify, device.client, spec, device.profile,
+                                                        device.scratch))  # fmt: skip
         if known is None:
             self._known[key] = check
         targets = await check
         self.recorder.counters["fullChecks"] += 1
         return targets, True
 
-    def _verify(self, client: DeviceClient, spec: Desired, scratch: Path) -> list[TargetDownload]:
+    def _verify(self, client: DeviceClient, spec: Desired, profile: str, scratch: Path) -> list[TargetDownload]:
         """The agent's checks: a TUF refresh from the device's own trusted metadata, the artifact's files through
         ngclient (length and sha256), then the release's signature, profile and counter (``verify_artifact``)."""
         import shutil
@@ -151,16 +164,16 @@ class Catalog:
         updater = ArtifactUpdater(scratch / "tuf", client.repository_url, self.settings.trusted_root,
                                   fetcher=PoolFetcher(client.pool))  # fmt: skip
         folder = updater.fetch_artifact(spec.model, spec.version, spec.profile, scratch / "artifact")
-        verify_artifact(folder, self.settings.policy, Expectation(spec.model, spec.version, spec.profile))
+        verify_artifact(folder, self.settings.policy, Expectation(spec.model, spec.version, profile))
         targets = updater.artifact_targets(spec.model, spec.version, spec.profile, scratch / "manifest")
         shutil.rmtree(scratch, ignore_errors=True)
         return targets
 
 
 class SimDevice:
-    def __init__(self, name: str, token: str, traits: Traits, settings: Settings, session: aiohttp.ClientSession,
-                 catalog: Catalog, recorder: Recorder) -> None:  # fmt: skip
-        self.name, self.traits, self.settings = name, traits, settings
+    def __init__(self, name: str, token: str, profile: str, traits: Traits, settings: Settings,
+                 session: aiohttp.ClientSession, catalog: Catalog, recorder: Recorder) -> None:  # fmt: skip
+        self.name, self.profile, self.traits, self.settings = name, profile, traits, settings
         self.session, self.catalog, self.recorder = session, catalog, recorder
         self.client = DeviceClient(settings.url, name, settings.identities / name / "identity", settings.ca_file,
                                    token=token)  # fmt: skip
@@ -209,16 +222,21 @@ class SimDevice:
         if await _sleep_or_stop(stop, self.rng.uniform(0, self.settings.poll_seconds)):
             return
         while not stop.is_set():
-            if self.traits.leaves_after is not None and loop.time() - self.started >= self.traits.leaves_after:
+            anchor = self.recorder.anchor
+            if self.traits.leaves_after is not None and anchor is not None and \
+                    loop.time() - anchor >= self.traits.leaves_after:  # fmt: skip
                 self.recorder.counters["left"] += 1
+                self.recorder.left.append(self.name)
                 return
             try:
                 await self.cycle()
-            except Crashed:
+            except Crashed:  # what a restarted agent has: its slots on disk, nothing it held in memory
                 self.recorder.counters["crashes"] += 1
                 self.crashed = True
                 self.partial.clear()
                 self.etag, self.assignments = None, {}
+                for state in self.models.values():
+                    state.reported, state.retry = None, None
                 if await _sleep_or_stop(stop, self.settings.faults.restart_seconds):
                     return
                 continue
@@ -259,7 +277,10 @@ class SimDevice:
     # --- one model -----------------------------------------------------------------------------------
 
     async def converge(self, spec: Desired, generation: int) -> None:
-        state = self.models.setdefault(spec.model, ModelState())
+        state = self.models.get(spec.model)
+        if state is None:
+            state = self.models[spec.model] = ModelState(active=dict(self.settings.preinstalled).get(spec.model))
+            self.hardware = self.hardware or self.settings.hardware(self.profile)
         now = asyncio.get_running_loop().time()
         if spec.version == state.active:
             phase = Phase.HEALTHY
@@ -277,13 +298,15 @@ class SimDevice:
             await self.report(spec, state, state.failed[key])
             return
         if state.retry is not None and state.retry[0] == key and now < state.retry[2]:
+            if state.reported is not None:  # still Retrying: the heartbeat keeps the device from looking offline
+                await self.report(spec, state, state.reported[0])
             return
         await self.fetch(spec, generation, state)
 
     async def fetch(self, spec: Desired, generation: int, state: ModelState) -> None:
         """Downloading -> Verifying -> Installing -> Testing -> Trial (or Failed, or Retrying), each reported."""
         base = self._base(state, spec, generation)
-        hardware = self.settings.hardware(spec.profile)
+        hardware = self.settings.hardware(self.profile)
         slow = self.settings.faults.slow_factor if self.traits.slow else 1.0
         try:
             await self.report(spec, state, AssignmentStatus("Downloading", **base))
@@ -308,7 +331,7 @@ class SimDevice:
                 return await self.retry(spec, generation, state, str(refused.reason), refused.message)
             step = after_fetch(Outcome.REFUSED, str(refused.reason), refused.message, True)
             return await self.fail(spec, generation, state, step.reason, step.message)
-        except (Unreachable, OSError) as exc:
+        except (Unreachable, TemporaryError, OSError, urllib3.exceptions.HTTPError) as exc:  # as the agent retries
             return await self.retry(spec, generation, state, "DownloadFailed", str(exc) or type(exc).__name__)
         state.retry = None
         defect = next((d for d in self.settings.defects if d.version == spec.version), None)
@@ -355,6 +378,8 @@ class SimDevice:
             return
         await self.call("status", "PUT", protocol.STATUS.format(model=spec.model), body=status.to_json())
         state.reported = (status, now)
+        self.recorder.acknowledged[f"{self.name}/{spec.model}"] = (status.phase, status.target_version or "",
+                                                                   status.installed_version)  # fmt: skip
         if last is None or last[0].phase != status.phase or last[0].target_version != status.target_version:
             self.recorder.events.append((time.time(), self.name, spec.model, spec.version, status.phase))
 
@@ -378,10 +403,15 @@ class SimDevice:
             ended = datetime.now(UTC) + timedelta(seconds=self.traits.skew_seconds)
             body["ended"] = ended.isoformat(timespec="seconds")
             try:
-                await self.call("telemetry", "POST", protocol.TELEMETRY, body=body)
+                _, _, answer = await self.call("telemetry", "POST", protocol.TELEMETRY, body=body)
+            except (Refused, Unreachable):  # an agent keeps it queued; here it is counted as not delivered
+                self.recorder.counters["summariesUndelivered"] += 1
+                continue
+            accepted = json.loads(answer or b"{}")
+            if accepted.get("accepted") == 1:
                 self.recorder.counters["summaries"] += 1
-            except Refused:
-                pass
+            else:
+                self.recorder.counters[f"summariesNotStored:{accepted.get('reason', '?')}"] += 1
 
     async def call(self, kind: str, method: str, path: str, body: dict | None = None,
                    headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:  # fmt: skip

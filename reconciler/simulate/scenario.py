@@ -66,7 +66,8 @@ spec:
     maxFailureRate: 0.05
     minDevicesReporting: 1
 """
-GOOD, DEFECTIVE = "2.0.0", "2.1.0"
+STABLE, GOOD, DEFECTIVE = "1.0.0", "2.0.0", "2.1.0"
+"""What the fleet runs before the rollout (each device's factory image), the rollout's version, the defect."""
 CONVERGED_SHARES = (50, 90, 99)
 
 
@@ -92,6 +93,9 @@ class ScenarioConfig:
     defect: bool = True
     downloads: bool = True
     """False: devices fetch and check no bytes (the largest fleets: the controller and the polling are measured)."""
+    enrol: str = "token"
+    """"token": each device enrols through the device API with a one-time token; "issued": its certificate is
+    issued before it starts (:meth:`Scenario.issue`), for fleets too large to enrol in the time of a run."""
     defect_rate: float = 1.0
     verify_share: float = 0.01
     timeout_seconds: float = 1800.0
@@ -103,7 +107,16 @@ class ScenarioConfig:
         return ROLLOUT_TEXT.format(version=version, first=self.steps[0], second=self.steps[1],
                                    pause=self.pause_seconds, trial=self.trial_seconds,
                                    threshold=self.success_threshold,
-                                   offline_after=max(60, int(3 * self.poll_seconds)))  # fmt: skip
+                                   offline_after=int(self.offline_after))  # fmt: skip
+
+    @property
+    def offline_after(self) -> float:
+        """The rollout's offlineAfter: four heartbeats, and a heartbeat is sent at the first poll after it is due."""
+        return max(120.0, 4 * self.poll_seconds)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return min(60.0, self.offline_after / 4)
 
 
 def device_names(count: int) -> list[tuple[str, str]]:
@@ -159,6 +172,7 @@ class Scenario:
             self.say(f"{enrolled} devices enrolled and polling after {time.time() - started:.0f} s")
             self.demo.merge_rollout(config.rollout(GOOD), f"fleet: {MODEL} {GOOD} to the US factories")
             committed = time.time()
+            (self.workdir / "simulate" / "committed").touch()
             self.say(f"the rollout of {MODEL} {GOOD} merged")
             good = self.wait_for(GOOD, RolloutPhase.SUCCEEDED, config.timeout_seconds)
             succeeded = time.time()
@@ -178,23 +192,62 @@ class Scenario:
             controller_metrics = self.controller_metrics()
             self.demo.stop()
         result = self.result(recorded, committed, good, succeeded, defect, controller_metrics)
+        result["reportsLost"] = self.lost_reports(recorded)
         result["enrolSeconds"] = round(committed - started, 1)
         (self.workdir / "simulate" / "result.json").write_text(json.dumps(result, indent=2))
         return result
 
-    def tokens(self) -> list[tuple[str, str]]:
-        """A one-time token per device, carrying its labels: enrolment puts it in the inventory."""
+    def tokens(self) -> list[tuple[str, str, str]]:
+        """A one-time token per device, carrying its labels: enrolment puts it in the inventory. With ``enrol``
+        "issued", each device's certificate instead (and no token): see :meth:`issue`."""
         from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 
         registry = SQLiteRegistry(self.demo.state / "devices.sqlite")
         now = datetime.now(UTC)
         try:
-            return [(name, registry.create_token(timedelta(hours=12), now, labels=labels_of(name, profile)))
+            if self.config.enrol == "issued":
+                return self.issue(registry, now)
+            return [(name, registry.create_token(timedelta(hours=12), now, labels=labels_of(name, profile)), profile)
                     for name, profile in device_names(self.config.devices)]  # fmt: skip
         finally:
             registry.close()
 
-    def start_workers(self, tokens: list[tuple[str, str]]) -> None:
+    def issue(self, registry, now: datetime) -> list[tuple[str, str, str]]:
+        """What enrolment leaves behind, made here for a fleet too large to enrol one by one in the time of a
+        benchmark: each device's key and fleet-CA certificate in its identity folder (the files the agent's
+        client keeps), the certificate in the registry, the device in the inventory with its labels."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        from reconciler.cluster import LocalBackend
+        from reconciler.deviceapi.ca import FleetCA
+        from reconciler.deviceapi.client import IdentityFiles
+
+        ca = FleetCA.load_or_create(self.demo.state / "ca")
+        ca_pem = (self.demo.state / "ca" / "ca.crt").read_bytes()
+        backend = LocalBackend(self.demo.state)
+        try:
+            for name, profile in device_names(self.config.devices):
+                key = ec.generate_private_key(ec.SECP256R1())
+                subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+                csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+                issued = ca.issue_device(csr.public_bytes(serialization.Encoding.PEM), name, timedelta(days=2), now)
+                labels = labels_of(name, profile)
+                registry.record_certificate(name, issued.serial_number, issued.not_valid_after_utc, labels, now)
+                backend.register_device(name, labels)
+                files = IdentityFiles(self.workdir / "devices" / name / "identity")
+                files.directory.mkdir(parents=True, exist_ok=True)
+                files.ca.write_bytes(ca_pem)
+                private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption())  # fmt: skip
+                files.pem.write_bytes(issued.public_bytes(serialization.Encoding.PEM) + private)
+        finally:
+            backend.close()
+        return [(name, "", profile) for name, profile in device_names(self.config.devices)]
+
+    def start_workers(self, tokens: list[tuple[str, str, str]]) -> None:
         config = self.config
         folder = self.workdir / "simulate"
         identities = self.workdir / "devices"
@@ -206,10 +259,11 @@ class Scenario:
                 ca_file=str(self.demo.state / "ca" / "ca.crt"), identities=str(identities),
                 trusted_root=str(self.demo.state / "tuf" / "metadata" / "1.root.json"),
                 fleet=str(self.demo.checkout), devices=tokens[index::processes], stop_file=str(self.stop_file),
+                anchor_file=str(folder / "committed"), heartbeat_seconds=config.heartbeat_seconds,
                 result_file=str(folder / f"worker-{index}.json"), faults=config.faults.to_json(),
                 defects=[(DEFECTIVE, config.defect_rate)] if config.defect else [], seed=config.seed,
                 poll_seconds=config.poll_seconds, telemetry_seconds=config.telemetry_seconds,
-                verify_share=config.verify_share, downloads=config.downloads,
+                verify_share=config.verify_share, downloads=config.downloads, preinstalled=[(MODEL, STABLE)],
                 horizon_seconds=2 * config.timeout_seconds + 600,
             )  # fmt: skip
             path = worker.write(folder / f"worker-{index}.config.json")
@@ -227,11 +281,33 @@ class Scenario:
                 worker.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 worker.kill()
-                continue
             path = self.workdir / "simulate" / f"worker-{index}.json"
             if path.exists():
                 recorded.append(json.loads(path.read_text()))
+            else:  # its devices' figures are missing from the result: say so
+                recorded.append({"events": [], "latencyMs": {}, "counters": {"workersLost": 1}, "left": [],
+                                 "acknowledged": {}, "errors": [f"worker {index} left no recording; see "
+                                                                f"logs/simulate-{index}.log"]})  # fmt: skip
         return recorded
+
+    def lost_reports(self, recorded: list[dict]) -> int:
+        """Devices whose last report the device API accepted is not what the controller's record says now."""
+        from reconciler.cluster import LocalBackend
+
+        backend = LocalBackend(self.demo.state)
+        try:
+            stored = backend.statuses()
+        finally:
+            backend.close()
+        lost = 0
+        for worker in recorded:
+            for key, (phase, target, installed) in worker["acknowledged"].items():
+                device, model = key.split("/", 1)
+                status = stored.get((device, model))
+                if status is None or (status.phase, status.target_version or "", status.installed_version) != (
+                        phase, target, installed):  # fmt: skip
+                    lost += 1
+        return lost
 
     def wait_for(self, version: str, phase: RolloutPhase, timeout: float) -> RolloutStatus:
         deadline = time.monotonic() + timeout
@@ -345,15 +421,21 @@ class Scenario:
             errors += worker["errors"]
             for kind, values in worker["latencyMs"].items():
                 latency.setdefault(kind, []).extend(values)
-        population = counters["enrolled"] - counters["left"]
-        converged = results.converged_at(events, GOOD, committed)  # type: ignore[arg-type]
+        left = {name for worker in recorded for name in worker["left"]}
+        population = counters["enrolled"] - len(left)
+        converged = {device: seconds for device, seconds in results.converged_at(events, GOOD, committed).items()
+                     if device not in left}  # type: ignore[arg-type]  # fmt: skip
         api = [v for kind in ("assignments", "status", "telemetry") for v in latency.get(kind, [])]
-        cycles, controller_errors = self.controller_log()
+        cycles, controller_errors = self.controller_log(since=committed)
+        log_errors = self.worker_log_errors()
+        errors += log_errors
+        lag = latency.pop("loopLag", [])
         result: dict = {
             "devices": config.devices,
             "enrolled": counters["enrolled"],
             "left": counters["left"],
             "processes": config.processes,
+            "enrolment": config.enrol,
             "seed": config.seed,
             "faults": config.faults.to_json(),
             "devicesWithFault": {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("fault:")},
@@ -394,6 +476,7 @@ class Scenario:
                 "unanswered": counters["unanswered"],
                 "http5xx": sum(v for k, v in counters.items() if k[:5] == "http5"),
                 "rateLimited": counters["http429"],
+                "workerLoopLagP99Ms": results.percentile(lag, 99),
                 "refused": {k: v for k, v in counters.items() if k.startswith("refused:")},
             },
             "bytesServed": {
@@ -404,7 +487,15 @@ class Scenario:
             "transfers": {k: counters[k] for k in ("cuts", "resumed", "retries", "crashes", "badDownloads")},
             "statusCommits": self.status_commits(),
             "deviceErrors": errors[:20],
-            "deviceErrorCount": counters["errors"],
+            "deviceErrorCount": counters["errors"] + len(log_errors),
+            "workersLost": counters["workersLost"],
+            "telemetry": {
+                "stored": counters["summaries"],
+                "undelivered": counters["summariesUndelivered"],
+                "notStored": {
+                    k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("summariesNotStored:")
+                },
+            },
             "workdir": str(self.workdir),
         }
         if defect is not None:
@@ -426,8 +517,18 @@ class Scenario:
         return {"start": committed, "stepSeconds": step,
                 "states": results.timeline(events, committed, end, step, GOOD)}  # fmt: skip
 
-    def controller_log(self) -> tuple[list[float], list[str]]:
-        """Cycle times ("reconciled" records) and every error, critical or traceback the controller logged."""
+    def worker_log_errors(self) -> list[str]:
+        """Anything the worker processes wrote (they log warnings and errors only): a traceback is a defect."""
+        found = []
+        for path in sorted((self.workdir / "logs").glob("simulate-*.log")):
+            found += [f"{path.name}: {line[:300]}" for line in path.read_text(errors="replace").splitlines()
+                      if line.startswith(("Traceback", "ERROR", "CRITICAL"))]  # fmt: skip
+        return found
+
+    def controller_log(self, since: float) -> tuple[list[float], list[str]]:
+        """Cycle times ("reconciled" records) from ``since`` on, and every error, critical or traceback the controller
+        logged in the whole run."""
+        start = datetime.fromtimestamp(since).strftime("%Y-%m-%dT%H:%M:%S")  # the log's local time
         cycles, errors = [], []
         path = self.workdir / "logs" / "controller.log"
         for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
@@ -439,9 +540,10 @@ class Scenario:
                 continue
             if not isinstance(record, dict):
                 continue
-            if record.get("msg") == "reconciled" and isinstance(record.get("seconds"), int | float):
+            if record.get("msg") == "reconciled" and isinstance(record.get("seconds"), int | float) and \
+                    str(record.get("time", "")) >= start:  # fmt: skip
                 cycles.append(float(record["seconds"]))
-            if record.get("level") in ("error", "critical") or "exc_info" in record:
+            if record.get("level") in ("error", "critical"):
                 errors.append(f"{record.get('msg')}: {str(record.get('error', ''))[:200]}")
         return cycles, errors
 

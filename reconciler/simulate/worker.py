@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -28,9 +29,11 @@ class WorkerConfig:
     identities: str
     trusted_root: str
     fleet: str
-    devices: list[tuple[str, str]]
-    """(name, one-time token) of each device this worker runs."""
+    devices: list[tuple[str, str, str]]
+    """(name, one-time token, profile) of each device this worker runs."""
     stop_file: str
+    anchor_file: str
+    """Appears when the rollout is committed: devices that leave during the run leave counting from then."""
     result_file: str
     faults: dict
     defects: list[tuple[str, float]]
@@ -41,6 +44,7 @@ class WorkerConfig:
     verify_share: float = 0.01
     horizon_seconds: float = 3600.0
     downloads: bool = True
+    preinstalled: list[tuple[str, str]] = field(default_factory=list)
     enrolments: int = 8
     """Enrolments in flight at once (key generation and the CA's signature are CPU work on both sides)."""
 
@@ -66,6 +70,7 @@ def settings_of(config: WorkerConfig) -> Settings:
         poll_seconds=config.poll_seconds, heartbeat_seconds=config.heartbeat_seconds,
         telemetry_seconds=config.telemetry_seconds, verify_share=config.verify_share,
         horizon_seconds=config.horizon_seconds, downloads=config.downloads,
+        preinstalled=tuple((model, version) for model, version in config.preinstalled),
     )  # fmt: skip
 
 
@@ -80,13 +85,17 @@ async def run(config: WorkerConfig) -> Recorder:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         catalog = Catalog(settings, recorder)
         enrolment = asyncio.Semaphore(config.enrolments)
-        devices = [SimDevice(name, token, draw(name, settings.faults, config.seed), settings, session, catalog,
-                             recorder) for name, token in config.devices]  # fmt: skip
+        devices = [SimDevice(name, token, profile, draw(name, settings.faults, config.seed), settings, session,
+                             catalog, recorder) for name, token, profile in config.devices]  # fmt: skip
         recorder.counters["devices"] = len(devices)
         tasks = [asyncio.create_task(device.live(stop, enrolment)) for device in devices]
-        stop_file = Path(config.stop_file)
-        while not stop_file.exists():
+        stop_file, anchor_file, parent = Path(config.stop_file), Path(config.anchor_file), os.getppid()
+        while not stop_file.exists() and os.getppid() == parent:  # a scenario that died takes its workers along
+            tick = loop.time()
             await asyncio.sleep(0.5)
+            recorder.time("loopLag", (loop.time() - tick - 0.5) * 1000)
+            if recorder.anchor is None and anchor_file.exists():
+                recorder.anchor = loop.time()
         stop.set()
         await asyncio.wait(tasks, timeout=30)
         for task in tasks:
@@ -103,7 +112,7 @@ def main(argv: list[str]) -> int:
     config = WorkerConfig.read(Path(argv[0]))
     recorder = asyncio.run(run(config))
     result = {"events": recorder.events, "latencyMs": recorder.latency_ms, "counters": dict(recorder.counters),
-              "errors": recorder.errors}  # fmt: skip
+              "errors": recorder.errors, "left": recorder.left, "acknowledged": recorder.acknowledged}  # fmt: skip
     partial = Path(config.result_file + ".part")
     partial.write_text(json.dumps(result))
     partial.rename(config.result_file)
