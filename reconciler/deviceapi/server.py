@@ -198,6 +198,9 @@ class DeviceAPIServer:
         self.close()
 
     def _serve(self, ready: Future[None]) -> None:
+        import asyncio.sslproto
+
+        asyncio.sslproto.SSLProtocol.max_size = self.limits.tls_read_buffer  # see Limits.tls_read_buffer
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:

@@ -211,8 +211,8 @@ class SimDevice:
                 except Exception as exc:  # counted and reported; the device never joins
                     self.recorder.error(f"{self.name}: enrolment refused: {type(exc).__name__}: {exc}")
                     return
-            if await _sleep_or_stop(stop, retry_delay(attempts, self.rng.random()).total_seconds()):
-                return
+            if await _sleep_or_stop(stop, self.settings.poll_seconds * self.rng.uniform(0.5, 1.5)):
+                return  # the agent tries again at its next cycle
         self.recorder.counters["enrolled"] += 1
         self.started = loop.time()
         if self.traits.offline:

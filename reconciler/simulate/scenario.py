@@ -337,6 +337,7 @@ class Scenario:
         deadline = time.monotonic() + config.timeout_seconds
         late = sum(1 for name, _ in device_names(config.devices) if draw(name, config.faults, config.seed).joins_after)
         expected = config.devices - late
+        seen, since = -1, time.monotonic()
         while True:
             self.check_processes()
             backend = LocalBackend(self.demo.state)
@@ -344,7 +345,12 @@ class Scenario:
                 enrolled = len(backend.devices())
             finally:
                 backend.close()
-            if enrolled >= expected or time.monotonic() > deadline:
+            if enrolled != seen:
+                seen, since = enrolled, time.monotonic()
+            # The last few may be waiting to try again (a timeout under the enrolment burst): 99 % and no news for
+            # two polls is an enrolled fleet; they join as they come.
+            stalled = enrolled >= 0.99 * expected and time.monotonic() - since > 2 * config.poll_seconds
+            if enrolled >= expected or stalled or time.monotonic() > deadline:
                 return enrolled
             time.sleep(2.0)
 

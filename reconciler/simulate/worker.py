@@ -8,6 +8,7 @@ file named in its configuration appears, then writes what it recorded (``Recorde
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import json
 import logging
 import os
@@ -17,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
+
+from reconciler.deviceapi.limits import Limits
 
 from .device import Catalog, Recorder, Settings, SimDevice
 from .faults import Defect, Faults, draw
@@ -80,7 +83,10 @@ async def run(config: WorkerConfig) -> Recorder:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max(4, config.enrolments), thread_name_prefix="simulate"))
     stop = asyncio.Event()
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)  # below the device API's 45 s idle limit
+    # As an agent's connection pool: a connection is kept until the server closes it (its idle limit, 45 s, is
+    # longer than a poll), and asyncio's 256 KiB TLS read buffer per connection is cut as the server cuts it.
+    asyncio.sslproto.SSLProtocol.max_size = Limits().tls_read_buffer
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3600)
     timeout = aiohttp.ClientTimeout(total=120, sock_connect=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         catalog = Catalog(settings, recorder)
