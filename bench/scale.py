@@ -67,6 +67,25 @@ def figures(result: dict) -> dict[str, float | None]:
     return found
 
 
+def goals(size: int, found: dict[str, float | None]) -> list[str]:
+    """The issue's goals for this size, each met or missed with the figure."""
+
+    def judged(name: str, value: float | None, limit: float, unit: str) -> str:
+        if value is None:
+            return f"{name}: not reached"
+        return f"{name}: {'met' if value < limit else 'MISSED'} ({value:g}{unit} against {limit:g}{unit})"
+
+    said = []
+    if 10_000 <= size < 50_000:  # the goal scenario: 10,000 devices, 5 % offline, 10 % flaky, 1-minute pauses
+        said.append(judged("99 % converged", found["converged99Seconds"], 600, " s"))
+    if "defectExposedShare" in found:
+        said.append(judged("defect exposure", found["defectExposedShare"], 0.05, ""))
+    if size >= 50_000:
+        said.append(judged("cycle p99", found["cycleP99Seconds"], 5, " s"))
+        said.append(judged("controller RSS", found["controllerRssMiB"], 2048, " MiB"))
+    return said or ["none at this size"]
+
+
 def main() -> None:
     options = parser(__doc__)
     options.add_argument("sizes", nargs="*", type=int)
@@ -114,6 +133,7 @@ def main() -> None:
             defect = result["defect"]
             print(f"  defective {defect['version']}: {defect['phase']} in {defect['seconds']} s, given to "
                   f"{defect['exposed']} devices ({defect['exposedShare']:.2%} of the fleet)")  # fmt: skip
+        print("  goals: " + "; ".join(goals(size, found)))
         earlier = [r["sizes"][str(size)] for r in history if str(size) in r.get("sizes", {})]
         found_now = {k: v for k, v in found.items() if v is not None}
         regressed = results.compare(found_now, earlier)
