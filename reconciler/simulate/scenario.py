@@ -59,7 +59,7 @@ spec:
     - percent: 100
       successThreshold: "{threshold}%"
   maxUnavailable: 10%
-  progressDeadline: 10m
+  progressDeadline: {progress_deadline}s
   offlineAfter: {offline_after}s
   trial: {{duration: {trial}s}}
   analysis:
@@ -75,8 +75,8 @@ class ScenarioError(Exception):
     """The scenario cannot go on (a process died, a deadline passed); the message says where to look."""
 
 
-class RolloutTimeout(ScenarioError):
-    """A rollout did not reach the phase waited for in time."""
+class RolloutNotReached(ScenarioError):
+    """A rollout did not reach the phase waited for in time, or ended in another phase."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,9 @@ class ScenarioConfig:
     downloads: bool = True
     """False: devices fetch and check no bytes (the largest fleets: the controller and the polling are measured)."""
     unfinished_ok: bool = False
-    """True: a rollout still running after ``timeout_seconds`` is reported as it stands (the figures of a window)
-    instead of failing the run; the defect is then skipped. For fleets whose rollout outlasts a benchmark."""
+    """True: a rollout still running after ``timeout_seconds``, or ended otherwise than waited for (an abort the
+    fleet's own saturation caused), is reported as it stands (the figures of a window) instead of failing the run;
+    the defect is then skipped. For fleets whose rollout outlasts a benchmark."""
     enrol: str = "token"
     """"token": each device enrols through the device API with a one-time token; "issued": its certificate is
     issued before it starts (:meth:`Scenario.issue`), for fleets too large to enrol in the time of a run."""
@@ -114,7 +115,14 @@ class ScenarioConfig:
         return ROLLOUT_TEXT.format(version=version, first=self.steps[0], second=self.steps[1],
                                    pause=self.pause_seconds, trial=self.trial_seconds,
                                    threshold=self.success_threshold,
-                                   offline_after=int(self.offline_after))  # fmt: skip
+                                   offline_after=int(self.offline_after),
+                                   progress_deadline=int(self.progress_deadline))  # fmt: skip
+
+    @property
+    def progress_deadline(self) -> float:
+        """The rollout's progressDeadline: past it a device still in progress counts as failed, so it must cover two
+        polls (the one that brings the assignment, the one after the trial) and the trial, with room to spare."""
+        return max(600.0, 2.4 * self.poll_seconds + self.trial_seconds + 120)
 
     @property
     def offline_after(self) -> float:
@@ -183,7 +191,7 @@ class Scenario:
             self.say(f"the rollout of {MODEL} {GOOD} merged")
             try:
                 good = self.wait_for(GOOD, RolloutPhase.SUCCEEDED, config.timeout_seconds)
-            except RolloutTimeout:
+            except RolloutNotReached:
                 if not config.unfinished_ok or self.watch.status is None:
                     raise
                 good = self.watch.status
@@ -336,10 +344,11 @@ class Scenario:
                 if status.phase == phase:
                     return status
                 if status.phase in (RolloutPhase.ABORTED, RolloutPhase.SUCCEEDED):
-                    raise ScenarioError(f"{ROLLOUT} {version} ended {status.phase}, not {phase}: "
+                    raise RolloutNotReached(f"{ROLLOUT} {version} ended {status.phase}, not {phase}: "
                                         f"{status.state.message}; see {self.workdir}/logs")  # fmt: skip
             time.sleep(2.0)
-        raise RolloutTimeout(f"{ROLLOUT} {version} did not reach {phase} in {timeout:.0f} s; see {self.workdir}/logs")
+        raise RolloutNotReached(f"{ROLLOUT} {version} did not reach {phase} in {timeout:.0f} s; see "
+                                f"{self.workdir}/logs")  # fmt: skip
 
     def wait_enrolled(self) -> int:
         """Until every device that joins at the start is in the inventory (enrolled), or the timeout: the rollout is
