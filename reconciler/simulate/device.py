@@ -179,7 +179,6 @@ class SimDevice:
                                    token=token)  # fmt: skip
         self.scratch = settings.identities / name / "scratch"
         self.rng = random.Random(f"{settings.seed}:{name}:run")
-        self.hardware: Hardware | None = None
         self.models: dict[str, ModelState] = {}
         self.partial: dict[str, tuple[int, Any]] = {}
         """sha256 -> (bytes received, running hash) of a cut download (lost in a crash)."""
@@ -191,6 +190,10 @@ class SimDevice:
         self.offline: list[tuple[float, float]] = []
         self.next_telemetry = 0.0
         self.own_checks = self.rng.random() < settings.verify_share
+
+    @property
+    def hardware(self) -> Hardware:
+        return self.settings.hardware(self.profile)
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -280,7 +283,6 @@ class SimDevice:
         state = self.models.get(spec.model)
         if state is None:
             state = self.models[spec.model] = ModelState(active=dict(self.settings.preinstalled).get(spec.model))
-            self.hardware = self.hardware or self.settings.hardware(self.profile)
         now = asyncio.get_running_loop().time()
         if spec.version == state.active:
             phase = Phase.HEALTHY
@@ -306,7 +308,7 @@ class SimDevice:
     async def fetch(self, spec: Desired, generation: int, state: ModelState) -> None:
         """Downloading -> Verifying -> Installing -> Testing -> Trial (or Failed, or Retrying), each reported."""
         base = self._base(state, spec, generation)
-        hardware = self.settings.hardware(self.profile)
+        hardware = self.hardware
         slow = self.settings.faults.slow_factor if self.traits.slow else 1.0
         try:
             await self.report(spec, state, AssignmentStatus("Downloading", **base))
@@ -342,7 +344,6 @@ class SimDevice:
             return await self.fail(spec, generation, state, step.reason, step.message)
         state.previous, state.active = state.active, spec.version
         state.trial_since = asyncio.get_running_loop().time()
-        self.hardware = hardware
         step = after_fetch(Outcome.PASSED, "", "health check: golden outputs match (simulated)", True)
         await self.report(spec, state, AssignmentStatus(str(step.phase), message=step.message,
                                                         **self._base(state, spec, generation)))  # fmt: skip
@@ -387,7 +388,7 @@ class SimDevice:
         """One summary per served model: the interval's requests, their latency on the agent's buckets."""
         interval = self.settings.telemetry_seconds
         for model, state in sorted(self.models.items()):
-            if state.active is None or self.hardware is None:
+            if state.active is None:
                 continue
             slow = self.settings.faults.slow_factor if self.traits.slow else 1.0
             requests = max(1, int(self.rng.gauss(interval * self.settings.requests_per_second, 3)))

@@ -36,7 +36,7 @@ from reconciler.api.status import RolloutPhase, RolloutStatus
 from reconciler.demo.scenario import MODEL, PROFILES, ROLLOUT, STATUS_BRANCH, Demo
 
 from . import results
-from .faults import Defect, Faults, draw
+from .faults import Faults, draw
 from .worker import WorkerConfig
 
 ROLLOUT_TEXT = """\
@@ -198,7 +198,7 @@ class Scenario:
             succeeded = time.time()
             self.say(f"{ROLLOUT} {GOOD} {good.phase} after {succeeded - committed:.0f} s")
             if good.phase == RolloutPhase.SUCCEEDED:
-                self.settle(committed)
+                self.settle()
             defect = None
             if config.defect and good.phase == RolloutPhase.SUCCEEDED:
                 self.demo.release_defective(DEFECTIVE)
@@ -376,7 +376,7 @@ class Scenario:
                 return enrolled
             time.sleep(2.0)
 
-    def settle(self, since: float) -> None:
+    def settle(self) -> None:
         """Wait (up to ``settle_seconds``) until 99 % of the devices reported Healthy on the good version: the last
         step completes at its success threshold, the stragglers come back from offline periods after it."""
         from reconciler.cluster import LocalBackend
@@ -592,4 +592,4 @@ def cleanup(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["Defect", "Scenario", "ScenarioConfig", "ScenarioError", "cleanup"]
+__all__ = ["Scenario", "ScenarioConfig", "ScenarioError", "cleanup"]
