@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from reconciler.plan import Desired, Device
 from reconciler.sqlitefile import SQLiteFile
@@ -66,10 +67,40 @@ DROP TABLE IF EXISTS telemetry;
 """
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Decoded(Generic[K, V]):
+    """Rows decoded once. The controller reads every device, assignment and status several times a cycle, and
+    decoding their JSON into objects was most of a cycle at 100,000 devices (2.8 s of 3.5 s); a row whose text is
+    what it was at the last read gives the object made then (they are frozen, so sharing them is safe). Holds the
+    rows of the last read only: a removed row is forgotten at the next. Thread-safe: each read builds a new memo
+    and replaces the old one whole."""
+
+    def __init__(self, decode: Callable[[K, str], V]) -> None:
+        self._decode = decode
+        self._memo: tuple[dict[K, str], dict[K, V]] = {}, {}
+        """The last read's texts and objects (two dicts rather than one of pairs: no pair to allocate per row)."""
+
+    def __call__(self, rows: Iterable[tuple[K, str]]) -> dict[K, V]:
+        (texts, values), new_texts, new_values = self._memo, {}, {}
+        for key, text in rows:
+            new_texts[key] = text
+            new_values[key] = values[key] if texts.get(key) == text else self._decode(key, text)
+        self._memo = new_texts, new_values
+        return dict(new_values)
+
+
 class LocalBackend:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / "fleet.sqlite"
         self.writes = 0
+        self._devices: _Decoded[str, Device] = _Decoded(lambda name, labels: Device(name, json.loads(labels)))
+        self._specs: _Decoded[tuple[str, str], Desired] = _Decoded(lambda _, spec: spec_from_json(json.loads(spec)))
+        self._statuses: _Decoded[tuple[str, str], AssignmentStatus] = _Decoded(
+            lambda _, status: AssignmentStatus.from_json(json.loads(status))
+        )
         self._file = SQLiteFile(self.path, _SCHEMA, "local backend", "NORMAL", TemporaryClusterError,
                                 PermanentClusterError)  # fmt: skip
 
@@ -92,14 +123,13 @@ class LocalBackend:
         """Reads go to the database every time: nothing to refresh."""
 
     def devices(self) -> list[Device]:
-        rows = self._read("SELECT name, labels FROM devices ORDER BY name")
-        return [Device(name, json.loads(labels)) for name, labels in rows]
+        return list(self._devices(self._read("SELECT name, labels FROM devices ORDER BY name")).values())
 
     # --- assignments -------------------------------------------------------------------------------
 
     def assignments(self) -> dict[tuple[str, str], Desired]:
         rows = self._read("SELECT device, model, spec FROM assignments")
-        return {(device, model): spec_from_json(json.loads(spec)) for device, model, spec in rows}
+        return self._specs(((device, model), spec) for device, model, spec in rows)
 
     def assignment(self, device: str, model: str) -> tuple[Desired, int] | None:
         """One spec and its generation (for agents)."""
@@ -112,7 +142,7 @@ class LocalBackend:
 
     def statuses(self) -> dict[tuple[str, str], AssignmentStatus]:
         rows = self._read("SELECT device, model, status FROM assignments WHERE status IS NOT NULL")
-        return {(d, m): AssignmentStatus.from_json(json.loads(s)) for d, m, s in rows}
+        return self._statuses(((device, model), status) for device, model, status in rows)
 
     def apply(self, desired: Iterable[Desired]) -> int:
         def write(db: sqlite3.Connection) -> int:

@@ -18,7 +18,7 @@ from reconciler.api import FleetTree, load_fleet
 from reconciler.cluster import AssignmentStatus, LocalBackend, kubernetes_backend
 from reconciler.controller.reconcile import reconcile
 from reconciler.gitops.files import read_fleet_dir
-from reconciler.plan import RolloutPosition, bucket
+from reconciler.plan import Desired, RolloutPosition, bucket
 
 ROLLOUT = "vibration-anomaly-2"
 LABELS = {
@@ -193,3 +193,32 @@ def test_a_lab_assignment_and_its_benchmark_survive_the_crd_schema(kube):
     backend.sync()
     status = backend.statuses()[(names[0], "vibration-anomaly")]
     assert (status.phase, status.target_version) == ("Benchmarked", "2.0.0") and dict(status.extra) == figures
+
+
+def test_local_backend_reads_what_changed_since_its_last_read(tmp_path: Path):
+    """Unchanged rows come back as the objects of the last read (no decoding); a changed row, written by another
+    process's connection here, is decoded again; a removed one is gone."""
+    backend, other = LocalBackend(tmp_path), LocalBackend(tmp_path)
+    try:
+        for name in ("edge-a", "edge-b"):
+            backend.register_device(name, {"site": "one"})
+        first = {device.name: device for device in backend.devices()}
+        other.register_device("edge-b", {"site": "two"})
+        other.remove_device("edge-a")
+        other.register_device("edge-c", {"site": "three"})
+        second = {device.name: device for device in backend.devices()}
+        assert set(second) == {"edge-b", "edge-c"}
+        assert second["edge-b"].labels == {"site": "two"} and second["edge-b"] is not first["edge-b"]
+        third = {device.name: device for device in backend.devices()}
+        assert third["edge-b"] is second["edge-b"] and third["edge-c"] is second["edge-c"]
+
+        other.apply([Desired(n, "m", "1.0.0", "cpu", "r", None, True) for n in ("edge-b", "edge-c")])
+        other.report_status("edge-b", "m", AssignmentStatus(phase="Healthy", installed_version="1.0.0"))
+        specs, statuses = backend.assignments(), backend.statuses()
+        assert set(statuses) == {("edge-b", "m")} and statuses["edge-b", "m"].phase == "Healthy"
+        other.report_status("edge-b", "m", AssignmentStatus(phase="Failed", installed_version="1.0.0"))
+        assert backend.statuses()["edge-b", "m"].phase == "Failed"
+        assert backend.assignments()["edge-c", "m"] is specs["edge-c", "m"]
+    finally:
+        backend.close()
+        other.close()
