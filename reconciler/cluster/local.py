@@ -91,6 +91,11 @@ class _Decoded(Generic[K, V]):
         self._memo = new_texts, new_values
         return dict(new_values)
 
+    def one(self, key: K, text: str) -> V:
+        """One row (a device's poll), decoded unless the last read of all rows decoded this text already."""
+        texts, values = self._memo
+        return values[key] if texts.get(key) == text else self._decode(key, text)
+
 
 class LocalBackend:
     def __init__(self, state_dir: Path) -> None:
@@ -138,7 +143,7 @@ class LocalBackend:
 
     def assignments_for(self, device: str) -> dict[str, tuple[Desired, int]]:
         rows = self._read("SELECT model, spec, generation FROM assignments WHERE device = ?", (device,))
-        return {model: (spec_from_json(json.loads(spec)), generation) for model, spec, generation in rows}
+        return {model: (self._specs.one((device, model), spec), generation) for model, spec, generation in rows}
 
     def statuses(self) -> dict[tuple[str, str], AssignmentStatus]:
         rows = self._read("SELECT device, model, status FROM assignments WHERE status IS NOT NULL")

@@ -48,6 +48,8 @@ its new certificate."""
 DEVICE_ORGANIZATION = "edge-reconciler device"
 DEVICE_URI_PREFIX = "urn:edge-reconciler:device:"
 CA_NAME = "edge-reconciler fleet CA"
+VERIFIED_KEPT = 200_000
+"""Most verified device certificates kept (about 1 KiB each); past it the set starts over."""
 
 _PAIRS = (("tls.crt", "tls.key"), ("ca.crt", "ca.key"))
 _LOCK = ".ca.lock"
@@ -65,6 +67,11 @@ class FleetCA:
         self.source = source
         """Where the CA was read from, for messages."""
         self.certificate_pem: str = certificate.public_bytes(serialization.Encoding.PEM).decode()
+        self._devices: dict[x509.Certificate, str] = {}
+        """Device certificates whose signature and form were checked, and the device each names: a device keeps
+        its connection and sends the same certificate with every poll, and the signature check was a fifth of the
+        device API's CPU per request. Only certificates that passed are kept (no one can add entries without the
+        CA's key); validity is checked every time, the registry's verdict by the caller every time."""
 
     @classmethod
     def load_or_create(cls, directory: Path) -> FleetCA:
@@ -149,6 +156,22 @@ class FleetCA:
     def verify_device(self, certificate: x509.Certificate, now: datetime) -> str:
         """The device a certificate names, once it is shown to be one of this CA's device certificates and valid
         at ``now``. The registry's verdict (known, revoked, current) is :class:`.identity.Identity`'s part."""
+        device = self._devices.get(certificate)
+        if device is None:
+            device = self._checked_device(certificate)
+            if len(self._devices) >= VERIFIED_KEPT:
+                self._devices.clear()
+            self._devices[certificate] = device
+        now = as_utc(now)
+        if now < certificate.not_valid_before_utc:
+            raise IdentityError(Reason.NOT_YET_VALID, f"the certificate of {device} is valid only from "
+                                f"{certificate.not_valid_before_utc.isoformat()} (is this clock right?)")  # fmt: skip
+        if now > certificate.not_valid_after_utc:
+            raise IdentityError(Reason.EXPIRED, f"the certificate of {device} expired at "
+                                f"{certificate.not_valid_after_utc.isoformat()}; enrol again")  # fmt: skip
+        return device
+
+    def _checked_device(self, certificate: x509.Certificate) -> str:
         try:
             certificate.verify_directly_issued_by(self.certificate)
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
@@ -158,13 +181,6 @@ class FleetCA:
         if _device_uris(certificate) != [DEVICE_URI_PREFIX + device] or not _has_client_auth(certificate):
             raise IdentityError(Reason.NOT_A_DEVICE, f"certificate {certificate.serial_number:x} ({device}) is "
                                 "not a device certificate")  # fmt: skip
-        now = as_utc(now)
-        if now < certificate.not_valid_before_utc:
-            raise IdentityError(Reason.NOT_YET_VALID, f"the certificate of {device} is valid only from "
-                                f"{certificate.not_valid_before_utc.isoformat()} (is this clock right?)")  # fmt: skip
-        if now > certificate.not_valid_after_utc:
-            raise IdentityError(Reason.EXPIRED, f"the certificate of {device} expired at "
-                                f"{certificate.not_valid_after_utc.isoformat()}; enrol again")  # fmt: skip
         return device
 
     # --- the device API's own TLS ------------------------------------------------------------------

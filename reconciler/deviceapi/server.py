@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ValidationError
 
@@ -61,7 +62,7 @@ from reconciler.cluster.backend import AssignmentStatus, Backend, PermanentClust
 from reconciler.errors import PermanentError, TemporaryError
 
 from . import protocol
-from .ca import device_of, peer_certificate
+from .ca import VERIFIED_KEPT, device_of, peer_certificate
 from .identity import Identity, IdentityError, Reason
 from .limits import Limits, TokenBucket, retry_after
 
@@ -75,6 +76,8 @@ _RANGE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")
 _NAME = re.compile(protocol.NAME_PATTERN)
 _VERSION = re.compile(protocol.VERSION_PATTERN)
 
+LISTINGS_KEPT = 200_000
+"""Most devices whose last listing is kept; past it the set starts over."""
 _IDENTITY_STATUS = {Reason.NO_CERTIFICATE: 401, Reason.BAD_CSR: 400, Reason.BAD_NAME: 400, Reason.CA_UNUSABLE: 503}
 """How an IdentityError is answered; any reason not here is 403."""
 _HTTP_REASONS = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
@@ -161,6 +164,12 @@ class DeviceAPIServer:
         self._work = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="device-api")
         self._files = ThreadPoolExecutor(self.limits.file_workers, thread_name_prefix="device-api-files")
         self._deltas_in_flight: dict[tuple[str, str], asyncio.Future[Path]] = {}
+        self._parsed: dict[bytes, x509.Certificate] = {}
+        self._listings: dict[str, tuple[list[tuple[str, Any, int]], bytes, str]] = {}
+        """Each device's last listing (its specs and generations, the body, the ETag): a poll whose specs are
+        unchanged answers without building and hashing the body again."""
+        """Peer certificates by their DER bytes: a device sends the same one with every request of a connection
+        and every connection after, and parsing it again each time was CPU for nothing."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -279,9 +288,22 @@ class DeviceAPIServer:
             backend = self._local.backend = self.backend_factory()
         return backend
 
-    async def _authenticate(self, request: web.Request, current_only: bool = False) -> str:
+    def _peer(self, request: web.Request) -> x509.Certificate | None:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        certificate = peer_certificate(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            return None
+        certificate = self._parsed.get(der)
+        if certificate is None:
+            certificate = peer_certificate(der)
+            if certificate is not None:
+                if len(self._parsed) >= VERIFIED_KEPT:
+                    self._parsed.clear()
+                self._parsed[der] = certificate
+        return certificate
+
+    async def _authenticate(self, request: web.Request, current_only: bool = False) -> str:
+        certificate = self._peer(request)
         if certificate is not None:
             try:
                 request[_CERTIFICATE] = device_of(certificate)
@@ -430,13 +452,21 @@ class DeviceAPIServer:
     def _read_assignments(self, device: str) -> tuple[bytes, str]:
         backend = self._backend()
         backend.sync(inventory=False)
-        found = backend.assignments_for(device)
+        found = sorted((model, spec, generation) for model, (spec, generation) in
+                       backend.assignments_for(device).items() if spec.device == device)  # fmt: skip
+        known = self._listings.get(device)
+        if known is not None and known[0] == found:  # most polls: what this device was last sent
+            return known[1], known[2]
         listing = protocol.Assignments(device=device, assignments=[
             protocol.Assignment(model=model, generation=generation, spec=spec_to_json(spec))
-            for model, (spec, generation) in sorted(found.items()) if spec.device == device
+            for model, spec, generation in found
         ])  # fmt: skip
         body = listing.model_dump_json(by_alias=True).encode()
-        return body, f'"{hashlib.sha256(body).hexdigest()}"'
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        if len(self._listings) >= LISTINGS_KEPT:
+            self._listings.clear()
+        self._listings[device] = found, body, etag
+        return body, etag
 
     async def _status(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
@@ -521,8 +551,7 @@ class DeviceAPIServer:
         request[_ASKED] = f"training {name[:253]}"
         if not _NAME.fullmatch(name):
             raise _Refused(400, "bad-name", "a training name is a DNS subdomain name")
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        certificate = peer_certificate(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+        certificate = self._peer(request)
         assert certificate is not None  # authenticated above
         joined = await self._call(self._store_join, device, name, certificate.public_key())
         if joined is False:

@@ -408,3 +408,18 @@ def test_an_agent_pod_enrols_with_the_node_its_service_account_token_proves(flee
         two_proofs = {"serviceAccountToken": "t" * 40, "token": fleet.token(), "csr": csr}
         both = anonymous.request("POST", f"{server.url}{path}", json=two_proofs)
         assert (both.status, json.loads(both.data)["reason"]) == (400, "invalid-body")
+
+
+def test_an_assignment_made_again_at_its_first_generation_is_a_new_listing(fleet: DeviceFleet):
+    """Each device's last listing is kept, and a poll with the same specs is answered from it: an assignment
+    deleted and made again (generation 1 again) with another version must not be answered with the old one."""
+    pem = fleet.enrol("sensor-1")
+    fleet.backend.apply([desired("sensor-1")])
+    http = fleet.client(pem)
+    first = http.request("GET", f"{fleet.url}{protocol.ASSIGNMENTS}")
+    fleet.backend.delete([("sensor-1", MODEL)])
+    fleet.backend.apply([desired("sensor-1", version="3.0.0")])
+    again = http.request("GET", f"{fleet.url}{protocol.ASSIGNMENTS}", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status == 200 and again.headers["ETag"] != first.headers["ETag"]
+    [assignment] = protocol.Assignments.model_validate_json(again.data).assignments
+    assert (assignment.generation, assignment.spec["version"]) == (1, "3.0.0")
