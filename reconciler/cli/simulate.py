@@ -57,16 +57,24 @@ def _share(name: str, help_text: str):
               help="The example fleet to start from (default: ./fleet-example).")  # fmt: skip
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Where to leave the repo, state, logs and result (default: a new temporary directory).")  # fmt: skip
+@click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+              help="kubernetes: the controller keeps the fleet on an API server, where each device is a Node object "
+              "(made at the start, removed at the end).")  # fmt: skip
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Kubernetes backend: the API server's kubeconfig (required).")  # fmt: skip
+@click.option("--namespace", "-n", default="edge-simulate", show_default=True,
+              help="Kubernetes backend: a namespace holding none of the controller's objects; the run's objects are "
+              "removed from it at the end.")  # fmt: skip
 def simulate(devices: int, processes: int, offline: float, offline_seconds: float, flaky: float, bandwidth: float,
              bandwidth_bytes: int, slow: float, crash: float, skew: float, churn: float, steps: str, pause: int,
              trial: int, poll: float, interval: float, defect: bool, defect_rate: float, enrol: str,
              no_downloads: bool, verify_share: float,
              seed: int, timeout: float, plot: Path | None, example: Path | None,
-             workdir: Path | None) -> None:  # fmt: skip
+             workdir: Path | None, backend: str, kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
     """Roll out to N simulated devices over the real device API; print the figures as JSON."""
     from reconciler.demo import DemoError, example_fleet
     from reconciler.simulate.faults import Faults
-    from reconciler.simulate.scenario import Scenario, ScenarioConfig, ScenarioError
+    from reconciler.simulate.scenario import Cluster, Scenario, ScenarioConfig, ScenarioError
 
     try:
         first, second = (int(p) for p in steps.split(","))
@@ -80,11 +88,16 @@ def simulate(devices: int, processes: int, offline: float, offline_seconds: floa
         example = example or example_fleet()
     except (ValueError, DemoError) as exc:
         raise click.UsageError(str(exc)) from None
+    if backend == "kubernetes" and kubeconfig is None:
+        raise click.UsageError("--backend kubernetes needs --kubeconfig (the simulator makes and removes Nodes: it "
+                               "never picks a cluster by default)")  # fmt: skip
+    if backend == "local" and kubeconfig is not None:
+        raise click.UsageError("--kubeconfig is for --backend kubernetes")
     config = ScenarioConfig(devices=devices, processes=processes, faults=faults, seed=seed, steps=(first, second),
                             pause_seconds=pause, trial_seconds=trial, poll_seconds=poll, controller_interval=interval,
                             defect=defect, defect_rate=defect_rate, verify_share=verify_share, enrol=enrol,
-                            downloads=not no_downloads,
-                            timeout_seconds=timeout)  # fmt: skip
+                            downloads=not no_downloads, timeout_seconds=timeout,
+                            cluster=Cluster(kubeconfig, namespace) if kubeconfig is not None else None)  # fmt: skip
     scenario = Scenario(config, workdir, example, say=lambda text: click.echo(text, err=True))
     click.echo(f"simulating in {scenario.workdir}", err=True)
     try:

@@ -138,6 +138,41 @@ class KubernetesBackend:
                     raise TemporaryClusterError(f"CRD {name} did not become Established in 30 s")
                 time.sleep(0.1)
 
+    def create_nodes(self, nodes: Mapping[str, Mapping[str, str]]) -> None:
+        """Node objects named and labelled so (``kubernetes.io/hostname`` added): what the API server holds once
+        K3s devices joined, with no kubelet behind them (kwok's way of simulating a fleet). For the fleet
+        simulator and tests; a real fleet's Nodes are made by their kubelets."""
+
+        def create(name: str) -> None:
+            labels = {**nodes[name], "kubernetes.io/hostname": name}
+            self.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+
+        with _wrapped(f"create {len(nodes)} nodes"), ThreadPoolExecutor(APPLY_WORKERS) as pool:
+            list(pool.map(create, nodes))
+
+    def delete_nodes(self, selector: str) -> None:
+        """Every Node ``selector`` picks (what :meth:`create_nodes` made)."""
+        with _wrapped(f"delete nodes {selector}"):
+            self.core.delete_collection_node(label_selector=selector)
+
+    def namespace_objects(self) -> dict[str, int]:
+        """How many objects of each of the controller's kinds the namespace holds (plural -> count, none left out)."""
+        counts = {}
+        for crd in ALL_CRDS:
+            plural = crd["spec"]["names"]["plural"]
+            with _wrapped(f"list {plural}"):
+                counts[plural] = len(self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                                               plural)["items"])  # fmt: skip
+        return counts
+
+    def delete_namespace_objects(self) -> None:
+        """Every object of the controller's kinds in the namespace (a simulated fleet's, at its end); the namespace
+        itself stays."""
+        for crd in ALL_CRDS:
+            plural = crd["spec"]["names"]["plural"]
+            with _wrapped(f"delete {plural}"):
+                self.custom.delete_collection_namespaced_custom_object(GROUP, VERSION, self.namespace, plural)
+
     # --- reads -------------------------------------------------------------------------------------
 
     def sync(self, inventory: bool = True) -> None:

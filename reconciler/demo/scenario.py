@@ -210,9 +210,11 @@ class Demo:
 
     # --- processes -------------------------------------------------------------------------------------
 
-    def start_controller(self, devices: list[tuple[str, str]] = DEVICES, interval: float = 2.0) -> None:
-        """``devices``: (name, profile) put in the inventory first (devices enrolled with a labels token are
-        added when they enrol)."""
+    def start_controller(self, devices: list[tuple[str, str]] = DEVICES, interval: float = 2.0,
+                         backend_options: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """``devices``: (name, profile) put in the local backend's inventory first (devices enrolled with a labels
+        token are added when they enrol). ``backend_options``: ``edgectl run`` options naming another backend (whose
+        inventory is the caller's to fill)."""
         from reconciler.cluster import LocalBackend
         from reconciler.deviceapi.ca import FleetCA
         from reconciler.signing.tuf_repo import create_repository, utcnow
@@ -234,7 +236,8 @@ class Demo:
                                   "--store", str(DEMO_STORE), "--build-workers", "2",
                                   "--builder-key", str(self.workdir / "keys" / f"{BUILDER}.key"),
                                   "--interval", f"{interval:g}", "--listen", f"127.0.0.1:{self.ports['controller']}",
-                                  "--device-api", f"127.0.0.1:{self.ports['device-api']}"])  # fmt: skip
+                                  "--device-api", f"127.0.0.1:{self.ports['device-api']}",
+                                  *backend_options])  # fmt: skip
 
     def start_agents(self) -> None:
         """Each device enrols with a one-time token of its own, then talks to the device API over mutual TLS."""

@@ -303,15 +303,19 @@ class DeviceAPIServer:
         return certificate
 
     async def _authenticate(self, request: web.Request, current_only: bool = False) -> str:
+        device = await self._call(self.identity.authenticate, self._certificate(request), self.clock(), current_only)
+        request[_DEVICE] = device
+        return device
+
+    def _certificate(self, request: web.Request) -> x509.Certificate | None:
+        """The peer's certificate, its name noted for the logs (verified or not)."""
         certificate = self._peer(request)
         if certificate is not None:
             try:
                 request[_CERTIFICATE] = device_of(certificate)
             except IdentityError:
                 request[_CERTIFICATE] = f"serial:{certificate.serial_number:x}"
-        device = await self._call(self.identity.authenticate, certificate, self.clock(), current_only)
-        request[_DEVICE] = device
-        return device
+        return certificate
 
     async def _body(self, request: web.Request, limit: int, model: type[M]) -> M:
         """The body as ``model``, after the limits: a length given (411), numeric (400), within ``limit`` (413),
@@ -435,10 +439,12 @@ class DeviceAPIServer:
     # --- assignments and status --------------------------------------------------------------------
 
     async def _assignments(self, request: web.Request) -> web.Response:
-        device = await self._authenticate(request)
+        # Authenticated and read in one trip to a worker thread: a poll is most of what a fleet sends, and each trip
+        # costs the event loop (which serves every device) about as much as the registry read itself.
+        device, body, etag = await self._call(self._authenticated_listing, self._certificate(request), self.clock())
+        request[_DEVICE] = device
         wait = _wait_seconds(request.query.get("wait"))
         known = request.headers.get("If-None-Match")
-        body, etag = await self._call(self._read_assignments, device)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while _etag_matches(known, etag) and (left := deadline - loop.time()) > 0:
@@ -448,6 +454,10 @@ class DeviceAPIServer:
         if _etag_matches(known, etag):
             return web.Response(status=304, headers=headers)
         return web.Response(status=200, body=body, content_type="application/json", headers=headers)
+
+    def _authenticated_listing(self, certificate: x509.Certificate | None, now: datetime) -> tuple[str, bytes, str]:
+        device = self.identity.authenticate(certificate, now)
+        return device, *self._read_assignments(device)
 
     def _read_assignments(self, device: str) -> tuple[bytes, str]:
         backend = self._backend()

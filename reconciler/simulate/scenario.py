@@ -27,7 +27,9 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +71,27 @@ spec:
 STABLE, GOOD, DEFECTIVE = "1.0.0", "2.0.0", "2.1.0"
 """What the fleet runs before the rollout (each device's factory image), the rollout's version, the defect."""
 CONVERGED_SHARES = (50, 90, 99)
+CLUSTER_WRITERS = 8
+"""Requests at once while the scenario makes Nodes and tokens on the API server."""
+
+
+NODE_LABEL = "simulate.edgereconciler.io/fleet"
+"""On the Kubernetes backend, every simulated device's Node carries this label with the namespace as its value:
+the controller's node selector, and what the scenario deletes at the end."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A Kubernetes API server for the fleet (the controller's ``--backend kubernetes``): each simulated device is
+    a Node object there with its labels, as a K3s device that joined would be (kwok's way of simulating nodes);
+    assignments, statuses, device identities and tokens are the controller's custom objects in ``namespace``."""
+
+    kubeconfig: Path
+    namespace: str = "edge-simulate"
+
+    @property
+    def node_selector(self) -> str:
+        return f"{NODE_LABEL}={self.namespace}"
 
 
 class ScenarioError(Exception):
@@ -110,6 +133,8 @@ class ScenarioConfig:
     """Longest wait for each rollout's end."""
     settle_seconds: float = 120.0
     """After Succeeded, how long to wait for 99 % of the devices to converge (offline ones come back later)."""
+    cluster: Cluster | None = None
+    """None: the local backend (SQLite in the controller's state directory)."""
 
     def rollout(self, version: str) -> str:
         return ROLLOUT_TEXT.format(version=version, first=self.steps[0], second=self.steps[1],
@@ -172,7 +197,19 @@ class Scenario:
     # --- running -------------------------------------------------------------------------------------
 
     def run(self) -> dict:
-        """The whole scenario; returns the result (also written to ``simulate/result.json``)."""
+        """The whole scenario; returns the result (also written to ``simulate/result.json``). On a cluster, what it
+        made there is removed at the end, whatever happened."""
+        cluster = self.config.cluster
+        if cluster is None:
+            return self.run_fleet()
+        self.prepare_cluster(cluster)  # refuses a namespace in use before anything is made
+        try:
+            self.make_nodes(cluster)
+            return self.run_fleet()
+        finally:
+            self.remove_from_cluster(cluster)
+
+    def run_fleet(self) -> dict:
         config = self.config
         (self.workdir / "simulate").mkdir(exist_ok=True)
         self.stop_file.unlink(missing_ok=True)
@@ -181,7 +218,8 @@ class Scenario:
             self.demo.create_repo(rollout=None)
             self.say(f"fleet repo without a rollout; controller and {config.devices} simulated devices in "
                      f"{config.processes} processes starting")  # fmt: skip
-            self.demo.start_controller(devices=[], interval=config.controller_interval)
+            self.demo.start_controller(devices=[], interval=config.controller_interval,
+                                       backend_options=self.backend_options())  # fmt: skip
             self.start_workers(self.tokens())
             enrolled = self.wait_enrolled()
             self.say(f"{enrolled} devices enrolled and polling after {time.time() - started:.0f} s")
@@ -215,23 +253,26 @@ class Scenario:
         result = self.result(recorded, committed, good, succeeded, defect, controller_metrics)
         result["reportsLost"] = self.lost_reports(recorded)
         result["enrolSeconds"] = round(committed - started, 1)
+        result["backend"] = "local" if config.cluster is None else "kubernetes"
         (self.workdir / "simulate" / "result.json").write_text(json.dumps(result, indent=2))
         return result
 
     def tokens(self) -> list[tuple[str, str, str]]:
         """A one-time token per device, carrying its labels: enrolment puts it in the inventory. With ``enrol``
         "issued", each device's certificate instead (and no token): see :meth:`issue`."""
-        from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
-
-        registry = SQLiteRegistry(self.demo.state / "devices.sqlite")
         now = datetime.now(UTC)
-        try:
+        with self.registry() as registry:
             if self.config.enrol == "issued":
                 return self.issue(registry, now)
+            if self.config.cluster is not None:  # the Node carries the labels: the token names the device
+
+                def token(name: str, profile: str) -> tuple[str, str, str]:
+                    return name, registry.create_token(timedelta(hours=12), now, device=name), profile
+
+                with ThreadPoolExecutor(CLUSTER_WRITERS) as pool:
+                    return list(pool.map(lambda device: token(*device), device_names(self.config.devices)))
             return [(name, registry.create_token(timedelta(hours=12), now, labels=labels_of(name, profile)), profile)
                     for name, profile in device_names(self.config.devices)]  # fmt: skip
-        finally:
-            registry.close()
 
     def issue(self, registry, now: datetime) -> list[tuple[str, str, str]]:
         """What enrolment leaves behind, made here for a fleet too large to enrol one by one in the time of a
@@ -248,7 +289,7 @@ class Scenario:
 
         ca = FleetCA.load_or_create(self.demo.state / "ca")
         ca_pem = (self.demo.state / "ca" / "ca.crt").read_bytes()
-        backend = LocalBackend(self.demo.state)
+        backend = LocalBackend(self.demo.state) if self.config.cluster is None else None  # else the Nodes have them
         try:
             for name, profile in device_names(self.config.devices):
                 key = ec.generate_private_key(ec.SECP256R1())
@@ -257,7 +298,8 @@ class Scenario:
                 issued = ca.issue_device(csr.public_bytes(serialization.Encoding.PEM), name, timedelta(days=2), now)
                 labels = labels_of(name, profile)
                 registry.record_certificate(name, issued.serial_number, issued.not_valid_after_utc, labels, now)
-                backend.register_device(name, labels)
+                if backend is not None:
+                    backend.register_device(name, labels)
                 files = IdentityFiles(self.workdir / "devices" / name / "identity")
                 files.directory.mkdir(parents=True, exist_ok=True)
                 files.ca.write_bytes(ca_pem)
@@ -265,7 +307,8 @@ class Scenario:
                                             serialization.NoEncryption())  # fmt: skip
                 files.pem.write_bytes(issued.public_bytes(serialization.Encoding.PEM) + private)
         finally:
-            backend.close()
+            if backend is not None:
+                backend.close()
         return [(name, "", profile) for name, profile in device_names(self.config.devices)]
 
     def start_workers(self, tokens: list[tuple[str, str, str]]) -> None:
@@ -313,13 +356,8 @@ class Scenario:
 
     def lost_reports(self, recorded: list[dict]) -> int:
         """Devices whose last report the device API accepted is not what the controller's record says now."""
-        from reconciler.cluster import LocalBackend
-
-        backend = LocalBackend(self.demo.state)
-        try:
+        with self.backend() as backend:
             stored = backend.statuses()
-        finally:
-            backend.close()
         lost = 0
         for worker in recorded:
             for key, (phase, target, installed) in worker["acknowledged"].items():
@@ -353,8 +391,6 @@ class Scenario:
     def wait_enrolled(self) -> int:
         """Until every device that joins at the start is in the inventory (enrolled), or the timeout: the rollout is
         measured on an enrolled fleet, as a real one is."""
-        from reconciler.cluster import LocalBackend
-
         config = self.config
         deadline = time.monotonic() + config.timeout_seconds
         late = sum(1 for name, _ in device_names(config.devices) if draw(name, config.faults, config.seed).joins_after)
@@ -362,11 +398,8 @@ class Scenario:
         seen, since = -1, time.monotonic()
         while True:
             self.check_processes()
-            backend = LocalBackend(self.demo.state)
-            try:
-                enrolled = len(backend.devices())
-            finally:
-                backend.close()
+            with self.registry() as registry:
+                enrolled = sum(1 for record in registry.devices() if record.serial is not None)
             if enrolled != seen:
                 seen, since = enrolled, time.monotonic()
             # The last few may be waiting to try again (a timeout under the enrolment burst): 99 % and no news for
@@ -379,21 +412,102 @@ class Scenario:
     def settle(self) -> None:
         """Wait (up to ``settle_seconds``) until 99 % of the devices reported Healthy on the good version: the last
         step completes at its success threshold, the stragglers come back from offline periods after it."""
-        from reconciler.cluster import LocalBackend
-
         deadline = time.monotonic() + self.config.settle_seconds
         while time.monotonic() < deadline:
-            backend = LocalBackend(self.demo.state)
-            try:
+            with self.backend() as backend:
                 healthy = sum(1 for status in backend.statuses().values()
                               if status.phase == "Healthy" and status.installed_version == GOOD)  # fmt: skip
-            finally:
-                backend.close()
             if healthy >= math.ceil(0.99 * self.config.devices):
                 return
             self.check_processes()
             self.sample()
             time.sleep(2.0)
+
+    # --- the backend -----------------------------------------------------------------------------------
+
+    def backend_options(self) -> tuple[str, ...]:
+        cluster = self.config.cluster
+        if cluster is None:
+            return ()
+        return ("--backend", "kubernetes", "--kubeconfig", str(cluster.kubeconfig), "--namespace", cluster.namespace,
+                "--node-selector", cluster.node_selector)  # fmt: skip
+
+    @contextmanager
+    def backend(self) -> Iterator:
+        """The controller's backend as it stands now (the local one's file; the API server, read once)."""
+        from reconciler.cluster import LocalBackend
+
+        if self.config.cluster is None:
+            local = LocalBackend(self.demo.state)
+            try:
+                yield local
+            finally:
+                local.close()
+            return
+        with self.cluster() as remote:
+            remote.sync()
+            yield remote
+
+    @contextmanager
+    def registry(self) -> Iterator:
+        """The device registry the controller's device API keeps (read fresh)."""
+        cluster = self.config.cluster
+        if cluster is None:
+            from reconciler.deviceapi.registry import REGISTRY_FILE
+            from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
+
+            local = SQLiteRegistry(self.demo.state / REGISTRY_FILE)
+            try:
+                yield local
+            finally:
+                local.close()
+            return
+        from reconciler.deviceapi.kube_registry import KubernetesRegistry
+
+        with self.cluster() as remote:
+            yield KubernetesRegistry(remote.api, cluster.namespace, watch=False)
+
+    @contextmanager
+    def cluster(self) -> Iterator:
+        """A backend on the scenario's cluster (no watches), its failures as :class:`ScenarioError`."""
+        from reconciler.cluster import ClusterError, kubernetes_backend
+
+        cluster = self.config.cluster
+        assert cluster is not None
+        try:
+            backend = kubernetes_backend(cluster.kubeconfig, cluster.namespace, cluster.node_selector)
+            try:
+                yield backend
+            finally:
+                backend.api.close()
+        except ClusterError as exc:
+            raise ScenarioError(f"the cluster ({cluster.kubeconfig}): {exc}") from exc
+
+    def prepare_cluster(self, cluster: Cluster) -> None:
+        """The CRDs and the namespace. It must hold none of the controller's objects yet, and no Node may carry
+        its label: an earlier run's rollout record or assignments would be taken as this one's."""
+        with self.cluster() as backend:
+            backend.install()
+            found = [f"{count} {plural}" for plural, count in backend.namespace_objects().items() if count]
+            backend.sync()
+            nodes = len(backend.devices())
+        if nodes:
+            found.append(f"{nodes} nodes labelled {cluster.node_selector}")
+        if found:
+            raise ScenarioError(f"namespace {cluster.namespace} is in use ({', '.join(found)}): name another one")
+
+    def make_nodes(self, cluster: Cluster) -> None:
+        """A Node per device with its labels."""
+        with self.cluster() as backend:
+            backend.create_nodes({name: {**labels_of(name, profile), NODE_LABEL: cluster.namespace}
+                                  for name, profile in device_names(self.config.devices)})  # fmt: skip
+        self.say(f"{self.config.devices} Nodes labelled {cluster.node_selector} made")
+
+    def remove_from_cluster(self, cluster: Cluster) -> None:
+        """The Nodes and every object of the controller's kinds in the namespace (the namespace stays)."""
+        with self.cluster() as backend:
+            backend.delete_nodes(cluster.node_selector)
+            backend.delete_namespace_objects()
 
     def check_processes(self) -> None:
         for process in [*self.demo.processes, *self.workers]:
@@ -592,4 +706,4 @@ def cleanup(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["Scenario", "ScenarioConfig", "ScenarioError", "cleanup"]
+__all__ = ["Cluster", "Scenario", "ScenarioConfig", "ScenarioError", "cleanup"]

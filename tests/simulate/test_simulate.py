@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cluster import LocalBackend
+from reconciler.cluster import LocalBackend, kubernetes_backend
 from reconciler.simulate import results
 from reconciler.simulate.faults import SHARES, Defect, Faults, draw, offline_periods
+from reconciler.simulate.scenario import NODE_LABEL
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
+_runs = itertools.count()
 
 
 def test_fault_draws_are_reproducible_and_near_their_shares():
@@ -150,3 +152,38 @@ def test_a_thousand_devices_converge_and_a_defect_aborts_early(tmp_path: Path, f
     healthy = sum(1 for s in statuses.values() if s.phase == "Healthy" and s.installed_version == "2.0.0")
     assert healthy >= 0.95 * 1000
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(900)
+def test_on_kubernetes_the_devices_are_nodes_and_the_run_leaves_nothing_behind(
+    tmp_path: Path, fleet_example: Path, kubeconfig: Path
+):
+    """The Kubernetes backend: each simulated device is a Node on a real kube-apiserver (nothing else puts them in the
+    controller's inventory: their tokens carry no labels), assignments and statuses are ModelAssignments, the device
+    registry is custom objects. The rollout converges and the defect aborts there too; at the end the Nodes and the
+    namespace's objects are gone. A namespace in use is refused before anything is made or removed."""
+    namespace = f"simulate-{next(_runs)}"
+    command = [str(EDGECTL), "simulate", "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "-n", namespace,
+               "--devices", "40", "--steps", "10,50", "--poll", "3", "--pause", "5", "--trial",
+               "3", "--interval", "2", "--timeout", "300", "--fleet-example", str(fleet_example)]  # fmt: skip
+    done = subprocess.run([*command, "--workdir", str(tmp_path / "run")], capture_output=True, text=True, timeout=850)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout)
+    assert (result["backend"], result["enrolled"]) == ("kubernetes", 40)
+    assert result["rollout"]["phase"] == "Succeeded" and result["rollout"]["converged"]["99"] is not None
+    assert result["defect"]["phase"] == "Aborted" and result["defect"]["exposed"] < 40
+    assert result["reportsLost"] == 0 and result["controller"]["errorCount"] == 0, result["controller"]["errors"]
+    assert result["deviceErrorCount"] == 0, result["deviceErrors"]
+
+    backend = kubernetes_backend(kubeconfig, namespace, f"{NODE_LABEL}={namespace}")
+    backend.sync()
+    assert backend.devices() == [] and set(backend.namespace_objects().values()) == {0}
+
+    # In use (a Node carries the run's label): refused, and that Node is left alone.
+    backend.create_nodes({f"{namespace}-someone-else": {NODE_LABEL: namespace}})
+    refused = subprocess.run([*command, "--workdir", str(tmp_path / "again")], capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert refused.returncode == 1 and f"namespace {namespace} is in use (1 nodes" in refused.stderr
+    backend.sync()
+    assert [d.name for d in backend.devices()] == [f"{namespace}-someone-else"]
+    backend.delete_nodes(f"{NODE_LABEL}={namespace}")
