@@ -16,7 +16,12 @@ assignment per device, and one blob in the store. Then:
   processes, in the same run.
   Server and client CPU are printed for both, since on a small machine either side can be what limits MB/s.
 
+- busy (``--busy``, instead of the two above): polling while a thread in the server's process runs pure Python
+  3 s of every 5 s, as the controller's cycle does at 10,000 devices in ``edgectl run``; the baseline is the same
+  with Python's default GIL switch interval (5 ms) instead of the device API's (``Limits.switch_seconds``).
+
     python bench/device_api.py [DEVICES] [--window S] [--interval S] [--downloads N] [--megabytes MB] [--quick]
+                               [--busy]
     # --quick: 50 devices, 2 s polls for 10 s, 10 downloads of 2 MB
 """
 
@@ -74,6 +79,19 @@ backend = LocalBackend(root / "state")
 context = ca.server_context(root / "server.crt", root / "server.key")
 server = DeviceAPIServer(("127.0.0.1", 0), Identity(ca, registry), lambda: backend, context,
                          blobs=root / "blobs" / "sha256").start()
+if "--default-switch" in sys.argv:
+    sys.setswitchinterval(0.005)
+if "--busy" in sys.argv:
+    import threading, time
+
+    def cycles():  # the controller's cycle: pure Python, 3 s of every 5 s
+        while True:
+            end = time.perf_counter() + 3.0
+            while time.perf_counter() < end:
+                sum(range(1000))
+            time.sleep(2.0)
+
+    threading.Thread(target=cycles, daemon=True).start()
 print(server.url, flush=True)
 sys.stdin.read()  # until the benchmark closes the pipe, or dies
 server.close()
@@ -367,6 +385,30 @@ def report_downloads(api: Downloaded, baseline: Downloaded, count: int, size: in
 # --- the run ---------------------------------------------------------------------------------------
 
 
+def busy(
+    children: list[subprocess.Popen], work: Path, contexts: dict[str, ssl.SSLContext], interval: float, window: float
+) -> None:
+    """Polling beside a busy thread: Python's default switch interval (the baseline), then the device API's."""
+    p50s, p99s = [], []
+    for label, flags in (("Python's default switch interval (5 ms)", ["--default-switch"]),
+                         ("the device API's switch interval", [])):  # fmt: skip
+        print(f"busy server, {label}:")
+        url = start(children, [sys.executable, "-c", SERVE, str(work), "--busy", *flags], r"^(https://\S+)",
+                    work / "device-api.log", stdin=subprocess.PIPE)[1]  # fmt: skip
+        pid = children[-1].pid
+        idle = memory(pid)
+        polled = asyncio.run(poll(url + protocol.ASSIGNMENTS, contexts, interval, window, pid))
+        report_polling(polled, len(contexts), interval, window, pid, idle)
+        p50s.append(percentile(polled.latencies, 0.5))
+        p99s.append(percentile(polled.latencies, 0.99))
+        stop(children)
+        children.clear()
+    print(
+        f"  ratio device API / default: p50 {ratio(p50s[1], p50s[0], 'p50 ratio'):.3f}x, "
+        f"p99 {ratio(p99s[1], p99s[0], 'p99 ratio'):.3f}x"
+    )
+
+
 def main() -> None:
     arguments = parser(__doc__)
     arguments.add_argument("devices", type=int, nargs="?", help="devices polling (default 1,000; 50 with --quick)")
@@ -374,6 +416,8 @@ def main() -> None:
     arguments.add_argument("--interval", type=float, help="seconds between a device's polls (default 30; 2 quick)")
     arguments.add_argument("--downloads", type=int, help="concurrent downloads (default 100; 10 with --quick)")
     arguments.add_argument("--megabytes", type=float, help="blob size in MB (default 20; 2 with --quick)")
+    arguments.add_argument("--busy", action="store_true", help="poll beside a busy thread, against Python's default "
+                           "switch interval (no downloads)")  # fmt: skip
     args = arguments.parse_args()
     count = args.devices if args.devices is not None else 50 if args.quick else 1000
     window = args.window or (10.0 if args.quick else 90.0)
@@ -391,10 +435,13 @@ def main() -> None:
         ca, pems, digest = prepare(work, count, size)
         print(f"{count} devices with one assignment each, certificates issued by the fleet CA directly "
               f"({time.perf_counter() - began:.1f} s to prepare)")  # fmt: skip
+        contexts = {name: ca.client_context(pem) for name, pem in pems.items()}
+        if args.busy:
+            busy(children, work, contexts, interval, window)
+            return
         url = start(children, [sys.executable, "-c", SERVE, str(work)], r"^(https://\S+)", work / "device-api.log",
                     stdin=subprocess.PIPE)[1]  # fmt: skip
         pid = children[0].pid
-        contexts = {name: ca.client_context(pem) for name, pem in pems.items()}
         idle = memory(pid)
         polled = asyncio.run(poll(url + protocol.ASSIGNMENTS, contexts, interval, window, pid))
         report_polling(polled, count, interval, window, pid, idle)

@@ -43,6 +43,7 @@ import os
 import re
 import ssl
 import stat
+import sys
 import threading
 import time
 from base64 import b64encode
@@ -210,6 +211,7 @@ class DeviceAPIServer:
         import asyncio.sslproto
 
         asyncio.sslproto.SSLProtocol.max_size = self.limits.tls_read_buffer  # see Limits.tls_read_buffer
+        sys.setswitchinterval(min(sys.getswitchinterval(), self.limits.switch_seconds))  # see Limits.switch_seconds
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
