@@ -195,6 +195,17 @@ def test_device_api_quick():
     )
 
 
+def test_device_api_busy_quick():
+    output = quick("device_api.py", "--busy", timeout=120)
+    assert_lines(
+        output,
+        r"busy server, Python's default switch interval \(5 ms\):",
+        r"busy server, the device API's switch interval:",
+        rf"  ratio device API / default: p50 {NUMBER}x, p99 {NUMBER}x",
+    )
+    assert output.count("  requests                  250  (50 x 200, 200 x 304, 0 errors)") == 2
+
+
 def test_agent_faults_quick():
     output = quick("agent_faults.py", timeout=600)
     assert re.search(r"rounds: 40; killed \d+", output)
