@@ -84,6 +84,8 @@ log = logging.getLogger("edge_reconciler.agent")
 TRANSIENT_REFUSALS = frozenset({"Frozen", "Expired", "Rollback", "MixAndMatch", "UnknownTarget"})
 """TUF refusals that say "not now" rather than "never": a repository that stopped vouching for freshness (an
 outage, a skewed clock), metadata caught mid-publish, a target not published yet. Retried like a network error."""
+TRIAL_END_MARGIN_SECONDS = 0.5
+"""The agent wakes this long after a trial's end, so that the cycle then finds the period over."""
 
 
 def _shorten(message: str, limit: int = 600) -> str:
@@ -205,6 +207,9 @@ class Agent:
         self.training = training
         """Federated trainings this device takes part in (None: it never does)."""
         self._training_figures: dict[str, dict] = {}
+        self._trial_ends: dict[str, datetime] = {}
+        """model -> when its version's trial period ends: the agent wakes then to mark it good and report Healthy,
+        instead of at its next poll (up to an interval later, which every rollout step waited for)."""
 
     def run(self, stop: threading.Event, interval: float, after_cycle: Callable[[], object] | None = None) -> None:
         """Cycle every ``interval`` seconds until ``stop`` is set; ``after_cycle`` (telemetry upload) runs after
@@ -223,7 +228,16 @@ class Agent:
                     log.warning("will retry", extra={"error": str(exc), "retryAfter": exc.retry_after})
                 except PermanentError as exc:
                     log.error("needs a person", extra={"error": str(exc)})
+            trial_ends = self.trial_ends_in()
+            if trial_ends is not None:
+                wait = min(wait, trial_ends + TRIAL_END_MARGIN_SECONDS)
             stop.wait(wait)
+
+    def trial_ends_in(self) -> float | None:
+        """Seconds until the first trial on this device ends (None: none is running)."""
+        now = self.clock()
+        left = [(end - now).total_seconds() for end in self._trial_ends.values() if end > now]
+        return min(left, default=None)
 
     def cycle(self) -> dict[str, AssignmentStatus]:
         """Converge every assignment of this device once; returns the status reported per model."""
@@ -253,6 +267,7 @@ class Agent:
             return self.benchmark(spec, generation)
         slots = ModelSlots(self.data_dir, spec.model, self.config.keep)
         limits = self._limits(spec)
+        self._trial_ends.pop(spec.model, None)
         for _ in range(5):  # END_TRIAL -> FETCH -> SWITCH -> a trial that may end at once: never more in one cycle
             state = slots.state()
             step = next_step(self._observe(slots, state, spec, generation), limits)
@@ -277,6 +292,9 @@ class Agent:
                 return self._report(spec, self._status(slots.state(), spec, generation, step))
             if step.phase is Phase.TRIAL:
                 crash_point("trial")
+                trial = slots.state().trial
+                if trial is not None:
+                    self._trial_ends[spec.model] = trial.started + limits.duration
             if step.action is Action.MARK_GOOD:
                 trial = slots.state().trial
                 slots.mark_good(trial.minimum_counter if trial else 0)

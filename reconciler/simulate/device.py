@@ -28,6 +28,7 @@ import aiohttp
 import numpy as np
 import urllib3
 
+from reconciler.agent.agent import TRIAL_END_MARGIN_SECONDS
 from reconciler.agent.download import DownloadConfig
 from reconciler.agent.phases import DEFAULT_TRIAL, Outcome, Phase, after_fetch, retry_delay
 from reconciler.agent.telemetry import LATENCY_BUCKETS_MS, Summary
@@ -123,7 +124,8 @@ class ModelState:
 
     active: str | None = None
     previous: str | None = None
-    trial_since: float | None = None
+    trial_until: float | None = None
+    """Loop time the version on trial passes it (the agent wakes then: ``Agent.trial_ends_in``)."""
     failed: dict[tuple[str, int], AssignmentStatus] = field(default_factory=dict)
     retry: tuple[tuple[str, int], int, float] | None = None
     """((version, generation), attempts, when the next attempt is due, loop time)."""
@@ -247,8 +249,11 @@ class SimDevice:
                 pass
             except Exception as exc:  # a defect of the simulator: counted, the device goes on
                 self.recorder.error(f"{self.name}: {type(exc).__name__}: {exc}")
-            jitter = self.rng.uniform(0.8, 1.2)
-            if await _sleep_or_stop(stop, self.settings.poll_seconds * jitter):
+            wait = self.settings.poll_seconds * self.rng.uniform(0.8, 1.2)
+            trials = [s.trial_until for s in self.models.values() if s.trial_until is not None]
+            if trials:  # as the agent: awake when a trial ends, not at the next poll
+                wait = min(wait, max(0.0, min(trials) - loop.time()) + TRIAL_END_MARGIN_SECONDS)
+            if await _sleep_or_stop(stop, wait):
                 return
 
     def enrol(self) -> None:
@@ -286,11 +291,9 @@ class SimDevice:
         now = asyncio.get_running_loop().time()
         if spec.version == state.active:
             phase = Phase.HEALTHY
-            if state.trial_since is not None:
-                trial = spec.trial.seconds if spec.trial and spec.trial.seconds is not None else None
-                seconds = trial if trial is not None else DEFAULT_TRIAL.total_seconds()
-                if now - state.trial_since >= seconds:
-                    state.trial_since = None
+            if state.trial_until is not None:
+                if now >= state.trial_until:
+                    state.trial_until = None
                 else:
                     phase = Phase.TRIAL
             await self.report(spec, state, AssignmentStatus(str(phase), **self._base(state, spec, generation)))
@@ -343,7 +346,9 @@ class SimDevice:
             step = after_fetch(Outcome.UNHEALTHY, "", message, True)
             return await self.fail(spec, generation, state, step.reason, step.message)
         state.previous, state.active = state.active, spec.version
-        state.trial_since = asyncio.get_running_loop().time()
+        trial = spec.trial.seconds if spec.trial and spec.trial.seconds is not None else None
+        state.trial_until = asyncio.get_running_loop().time() + (trial if trial is not None else
+                                                                  DEFAULT_TRIAL.total_seconds())  # fmt: skip
         step = after_fetch(Outcome.PASSED, "", "health check: golden outputs match (simulated)", True)
         await self.report(spec, state, AssignmentStatus(str(step.phase), message=step.message,
                                                         **self._base(state, spec, generation)))  # fmt: skip

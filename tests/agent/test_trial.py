@@ -5,6 +5,8 @@ in a child process: a hang, a crash or too much memory fails it, and the agent c
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +45,7 @@ def test_a_trial_that_holds_is_marked_good_and_only_then_raises_the_floor(fleet:
     status = agent.cycle()[MODEL]
     assert (status.phase, status.installed_version, status.previous_version) == ("Trial", "2.0.0", "1.0.0")
     assert "on trial for 600 s more" in status.message
+    assert agent.trial_ends_in() == 600.0  # the agent wakes then, whatever its poll interval
     state = ModelSlots(agent.data_dir, MODEL).state()
     assert (state.good, state.minimum_counter, state.trial.version) == ("1.0.0", 0, "2.0.0")  # 1.0.0 still allowed
     assert fleet.backend.statuses()[("factory-1", MODEL)].phase == "Trial"  # not Healthy for the rollout yet
@@ -50,6 +53,7 @@ def test_a_trial_that_holds_is_marked_good_and_only_then_raises_the_floor(fleet:
     now["t"] += timedelta(minutes=10)
     status = agent.cycle()[MODEL]
     assert (status.phase, status.message) == ("Healthy", "2.0.0 passed its trial")
+    assert agent.trial_ends_in() is None
     state = ModelSlots(agent.data_dir, MODEL).state()
     assert (state.good, state.minimum_counter, state.trial) == ("2.0.0", 2, None)
     assert switched == [MODEL, MODEL]
@@ -158,3 +162,25 @@ def test_a_rollback_by_the_controller_during_a_trial_is_instant(fleet: Fleet):
     assert (status.phase, status.installed_version) == ("Healthy", "1.0.0")
     assert fleet.server.bytes_sent("artifact") == before
     assert ModelSlots(agent.data_dir, MODEL).state().trial is None
+
+
+def test_the_agent_wakes_at_the_end_of_a_trial_not_at_its_next_poll(fleet: Fleet):
+    """A rollout step waits for its devices' Healthy reports: an agent polling hourly still reports Healthy once the
+    trial's period is over. (60 s is no timing: without the wake-up the next cycle would come after an hour.)"""
+    fleet.publish(fleet.release("1.0.0", 1))
+    agent = fleet.agent(trial=timedelta(seconds=2))
+    fleet.assign("factory-1", "1.0.0")
+    stop = threading.Event()
+    worker = threading.Thread(target=agent.run, args=(stop, 3600.0), daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = fleet.backend.statuses().get(("factory-1", MODEL))
+            if status is not None and status.phase == "Healthy":
+                break
+            time.sleep(0.2)
+        assert status is not None and (status.phase, status.installed_version) == ("Healthy", "1.0.0"), status
+    finally:
+        stop.set()
+        worker.join(30)
