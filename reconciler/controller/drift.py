@@ -53,8 +53,8 @@ class DriftWatch:
         if self._at is not None and now - self._at < every and set(self._last) <= set(tree.models):
             return dict(self._last)
         devices = list(devices)
-        groups = {name: {d.name for d in devices if group.spec.selector.matches(d.labels)}
-                  for name, group in tree.groups.items()}  # fmt: skip
+        matchers = {name: group.spec.selector.matcher() for name, group in tree.groups.items()}
+        groups = {name: {d.name for d in devices if matches(d.labels)} for name, matches in matchers.items()}
         result: dict[str, DriftStatus] = {}
         for model_name, model in sorted(tree.models.items()):
             policy = model.spec.monitoring.drift

@@ -77,7 +77,7 @@ from .rollouts import (
     rollback_message,
     run_rollouts,
 )
-from .status import group_status, rollout_status
+from .status import group_status, rollout_status, specs_by_device
 from .training import Trainings, superlink_for
 
 log = logging.getLogger("edge_reconciler.controller")
@@ -437,8 +437,7 @@ class Controller:
         self._record_lab(current, statuses)
         self._notify(tree, self._decision_notices(cycles, outcome, now))
 
-        statuses = self.backend.statuses()
-        devices = self.backend.devices()
+        statuses = self.backend.statuses()  # the reports that came in meanwhile; the inventory is the plan's
         self.metrics.observe_phases(Counter(status.phase for status in statuses.values()))
         self.metrics.observe_versions(statuses)
         self.metrics.observe_rollouts(rollouts)
@@ -460,8 +459,9 @@ class Controller:
                 self.backend.save_rollouts({name: records[name]})  # landed: never pushed twice
                 FAULTS.crash("after-rollback-push")
         rendered: dict[str, bytes | None] = {paths.rollout(n): s.to_yaml() for n, s in rollouts.items()}
+        wanted = specs_by_device(result.plan)
         for name in tree.groups:
-            rendered[paths.group(name)] = group_status(tree, name, devices, result.plan, statuses).to_yaml()
+            rendered[paths.group(name)] = group_status(tree, name, devices, result.plan, statuses, wanted).to_yaml()
         rendered.update(self._drift_files(tree, fleet.status, artifacts, devices, result.plan, now, head))
         rendered.update(self.trainings.step(tree, head, now, statuses, paths))
         last_tamper = fleet.status.controller.last_tamper if fleet.status.controller else None
@@ -1013,7 +1013,11 @@ def _page_parts(tree: FleetTree, rollouts: Mapping[str, RolloutStatus], assigned
     failing = []
     for (device, model), desired in sorted(assigned.items()):
         status = statuses.get((device, model))
-        phases.setdefault(f"{model}@{desired.version}", Counter())[status.phase if status else "Pending"] += 1
+        key = f"{model}@{desired.version}"
+        counts = phases.get(key)
+        if counts is None:
+            counts = phases[key] = Counter()
+        counts[status.phase if status else "Pending"] += 1
         if status is not None and status.phase in ("Failed", "RolledBack"):
             failing.append({"device": device, "model": model, "version": status.target_version, "phase": status.phase,
                             "reason": status.reason, "message": status.message[:300]})  # fmt: skip

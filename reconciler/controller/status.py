@@ -25,7 +25,7 @@ from reconciler.api.status import (
     RolloutStatus,
 )
 from reconciler.cluster import AssignmentStatus
-from reconciler.plan import Device, Plan
+from reconciler.plan import Desired, Device, Plan
 from reconciler.rollout.engine import Outcome
 
 
@@ -45,12 +45,16 @@ def rollout_status(
     spec = tree.rollouts[name].spec
     mine = target.for_rollout(name)
     versions: dict[str, Counter[str]] = {}
-    for desired in mine:
+    unreported = AssignmentStatus().phase
+    for desired in mine:  # once per device of the rollout: no object made per device (100,000 a cycle)
         reported = statuses.get((desired.device, desired.model))
-        phase = reported.phase if reported is not None else AssignmentStatus().phase
+        phase = reported.phase if reported is not None else unreported
         if reported is not None and reported.installed_version and reported.installed_version != desired.version:
             phase = f"{phase}({reported.installed_version})"
-        versions.setdefault(desired.version, Counter())[phase] += 1
+        counts = versions.get(desired.version)
+        if counts is None:
+            counts = versions[desired.version] = Counter()
+        counts[phase] += 1
     status = RolloutStatus(
         rollout=name,
         model=spec.model,
@@ -111,16 +115,32 @@ def group_status(
     devices: Iterable[Device],
     target: Plan,
     statuses: Mapping[tuple[str, str], AssignmentStatus],
+    wanted: Mapping[str, list[Desired]] | None = None,
 ) -> GroupStatus:
-    """Devices of the group and, per model version, how many are in each phase."""
-    selector = tree.groups[name].spec.selector
-    members = sorted(d.name for d in devices if selector.matches(d.labels))
-    wanted: dict[str, list] = {}
-    for desired in target.desired.values():
-        wanted.setdefault(desired.device, []).append(desired)
+    """Devices of the group and, per model version, how many are in each phase. ``wanted``: the target's specs by
+    device (:func:`specs_by_device`), made once for every group of a cycle."""
+    matches = tree.groups[name].spec.selector.matcher()
+    members = sorted(d.name for d in devices if matches(d.labels))
+    wanted = specs_by_device(target) if wanted is None else wanted
     models: dict[str, Counter[str]] = {}
+    unreported = AssignmentStatus().phase
     for device in members:
         for desired in wanted.get(device, ()):
-            phase = statuses.get((device, desired.model), AssignmentStatus()).phase
-            models.setdefault(f"{desired.model}@{desired.version}", Counter())[phase] += 1
+            reported = statuses.get((device, desired.model))
+            key = f"{desired.model}@{desired.version}"
+            counts = models.get(key)
+            if counts is None:
+                counts = models[key] = Counter()
+            counts[reported.phase if reported is not None else unreported] += 1
     return GroupStatus(name, len(members), {k: dict(v) for k, v in models.items()})
+
+
+def specs_by_device(target: Plan) -> dict[str, list[Desired]]:
+    wanted: dict[str, list[Desired]] = {}
+    for desired in target.desired.values():
+        found = wanted.get(desired.device)
+        if found is None:
+            wanted[desired.device] = [desired]
+        else:
+            found.append(desired)
+    return wanted

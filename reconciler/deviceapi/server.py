@@ -63,7 +63,7 @@ from reconciler.cluster.backend import AssignmentStatus, Backend, PermanentClust
 from reconciler.errors import PermanentError, TemporaryError
 
 from . import protocol
-from .ca import VERIFIED_KEPT, device_of, peer_certificate
+from .ca import device_of, peer_certificate
 from .identity import Identity, IdentityError, Reason
 from .limits import Limits, TokenBucket, retry_after
 
@@ -165,10 +165,10 @@ class DeviceAPIServer:
         self._work = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="device-api")
         self._files = ThreadPoolExecutor(self.limits.file_workers, thread_name_prefix="device-api-files")
         self._deltas_in_flight: dict[tuple[str, str], asyncio.Future[Path]] = {}
-        self._parsed: dict[bytes, x509.Certificate] = {}
-        self._listings: dict[str, tuple[list[tuple[str, Any, int]], bytes, str]] = {}
-        """Each device's last listing (its specs and generations, the body, the ETag): a poll whose specs are
-        unchanged answers without building and hashing the body again."""
+        self._listings: dict[str, tuple[list[tuple[str, Any, int]], str]] = {}
+        """Each device's last listing (its specs and generations, and the listing's ETag): a poll whose specs are
+        unchanged is answered (a 304, most often) without building and hashing the listing again. The specs are
+        the backend's own objects; the body is not kept (a 200 is rare, and bodies for 100,000 devices are not)."""
         """Peer certificates by their DER bytes: a device sends the same one with every request of a connection
         and every connection after, and parsing it again each time was CPU for nothing."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,17 +292,7 @@ class DeviceAPIServer:
 
     def _peer(self, request: web.Request) -> x509.Certificate | None:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        if not der:
-            return None
-        certificate = self._parsed.get(der)
-        if certificate is None:
-            certificate = peer_certificate(der)
-            if certificate is not None:
-                if len(self._parsed) >= VERIFIED_KEPT:
-                    self._parsed.clear()
-                self._parsed[der] = certificate
-        return certificate
+        return peer_certificate(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
 
     async def _authenticate(self, request: web.Request, current_only: bool = False) -> str:
         device = await self._call(self.identity.authenticate, self._certificate(request), self.clock(), current_only)
@@ -443,7 +433,7 @@ class DeviceAPIServer:
     async def _assignments(self, request: web.Request) -> web.Response:
         # Authenticated and read in one trip to a worker thread: a poll is most of what a fleet sends, and each trip
         # costs the event loop (which serves every device) about as much as the registry read itself.
-        device, body, etag = await self._call(self._authenticated_listing, self._certificate(request), self.clock())
+        device, found, etag = await self._call(self._authenticated_listing, self._certificate(request), self.clock())
         request[_DEVICE] = device
         wait = _wait_seconds(request.query.get("wait"))
         known = request.headers.get("If-None-Match")
@@ -451,34 +441,31 @@ class DeviceAPIServer:
         deadline = loop.time() + wait
         while _etag_matches(known, etag) and (left := deadline - loop.time()) > 0:
             await asyncio.sleep(min(self.limits.poll_seconds, left))
-            body, etag = await self._call(self._read_assignments, device)
+            found, etag = await self._call(self._read_assignments, device)
         headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         if _etag_matches(known, etag):
             return web.Response(status=304, headers=headers)
-        return web.Response(status=200, body=body, content_type="application/json", headers=headers)
+        return web.Response(status=200, body=_listing(device, found), content_type="application/json",
+                            headers=headers)  # fmt: skip
 
-    def _authenticated_listing(self, certificate: x509.Certificate | None, now: datetime) -> tuple[str, bytes, str]:
+    def _authenticated_listing(self, certificate: x509.Certificate | None, now: datetime) -> tuple[str, list, str]:
         device = self.identity.authenticate(certificate, now)
         return device, *self._read_assignments(device)
 
-    def _read_assignments(self, device: str) -> tuple[bytes, str]:
+    def _read_assignments(self, device: str) -> tuple[list[tuple[str, Any, int]], str]:
+        """The device's (model, spec, generation), and the ETag of their listing."""
         backend = self._backend()
         backend.sync(inventory=False)
         found = sorted((model, spec, generation) for model, (spec, generation) in
                        backend.assignments_for(device).items() if spec.device == device)  # fmt: skip
         known = self._listings.get(device)
         if known is not None and known[0] == found:  # most polls: what this device was last sent
-            return known[1], known[2]
-        listing = protocol.Assignments(device=device, assignments=[
-            protocol.Assignment(model=model, generation=generation, spec=spec_to_json(spec))
-            for model, spec, generation in found
-        ])  # fmt: skip
-        body = listing.model_dump_json(by_alias=True).encode()
-        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+            return found, known[1]
+        etag = f'"{hashlib.sha256(_listing(device, found)).hexdigest()}"'
         if len(self._listings) >= LISTINGS_KEPT:
             self._listings.clear()
-        self._listings[device] = found, body, etag
-        return body, etag
+        self._listings[device] = found, etag
+        return found, etag
 
     async def _status(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
@@ -732,6 +719,13 @@ def _open_regular(file: Path) -> tuple[int, int, int]:
         os.close(fd)
         raise IsADirectoryError(str(file))
     return fd, info.st_size, info.st_mtime_ns
+
+
+def _listing(device: str, found: list[tuple[str, Any, int]]) -> bytes:
+    return protocol.Assignments(device=device, assignments=[
+        protocol.Assignment(model=model, generation=generation, spec=spec_to_json(spec))
+        for model, spec, generation in found
+    ]).model_dump_json(by_alias=True).encode()  # fmt: skip
 
 
 def _json(status: int, message: BaseModel) -> web.Response:

@@ -379,7 +379,7 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
         | {k for t in targets for selector in t.selectors() for k in _keys(selector)}
         | {k for selector in labs for k in _keys(selector)}
     )
-    memo: dict[tuple[str | None, ...], tuple[list[str], list[_Target], set[str], bool]] = {}
+    memo: dict[tuple[str | None, ...], tuple[list[str], list[_Target], set[str], bool, dict[str, int]]] = {}
     lab_devices: list[tuple[str, str]] = []
     claimed: dict[tuple[str, str], str] = {}
     candidates: list[_Candidate] = []
@@ -395,8 +395,10 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
             targeting = [t for t in targets if any(g.matches(labels) for g in t.groups)]
             allowed = {t.name for t in targeting if t.conditions is None or t.conditions.matches(labels)}
             lab = any(selector.matches(labels) for selector in labs)
-            entry = memo[signature] = (matched, [] if lab else targeting, allowed, lab)
-        matched, targeting, allowed, lab = entry
+            groups = {t.name: next(i for i, selector in enumerate(t.groups) if selector.matches(labels))
+                      for t in targeting}  # fmt: skip
+            entry = memo[signature] = (matched, [] if lab else targeting, allowed, lab, groups)
+        matched, targeting, allowed, lab, groups = entry
         if len(matched) != 1:
             if targeting or lab:
                 what = "no device profile matches" if not matched else f"several profiles match ({', '.join(matched)})"
@@ -427,8 +429,7 @@ def targeting(tree: FleetTree, devices: Iterable[Device]) -> Targeting:
                 continue
             window = window_for(target.window, labels) if target.window is not None else None
             slot = bucket(target.name, device.name) if target.name in allowed else BUCKETS
-            group = next(i for i, selector in enumerate(target.groups) if selector.matches(labels))
-            candidates.append(_Candidate(device.name, profile, target, slot, window, group))
+            candidates.append(_Candidate(device.name, profile, target, slot, window, groups[target.name]))
     # A lab device benchmarks the rollouts that deliver to devices of its profile.
     delivered = {(c.target.name, c.profile) for c in candidates}
     lab_candidates = [_Candidate(device, profile, target, BUCKETS, None) for device, profile in lab_devices
@@ -455,4 +456,4 @@ ARCH_LABEL = "kubernetes.io/arch"
 
 
 def _keys(selector: LabelSelector) -> set[str]:
-    return set(selector.match_labels) | {req.key for req in selector.match_expressions}
+    return selector.keys()
