@@ -169,8 +169,6 @@ class DeviceAPIServer:
         """Each device's last listing (its specs and generations, and the listing's ETag): a poll whose specs are
         unchanged is answered (a 304, most often) without building and hashing the listing again. The specs are
         the backend's own objects; the body is not kept (a 200 is rare, and bodies for 100,000 devices are not)."""
-        """Peer certificates by their DER bytes: a device sends the same one with every request of a connection
-        and every connection after, and parsing it again each time was CPU for nothing."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None

@@ -29,7 +29,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -438,11 +438,8 @@ class Scenario:
         from reconciler.cluster import LocalBackend
 
         if self.config.cluster is None:
-            local = LocalBackend(self.demo.state)
-            try:
+            with closing(LocalBackend(self.demo.state)) as local:
                 yield local
-            finally:
-                local.close()
             return
         with self.cluster() as remote:
             remote.sync()
@@ -456,11 +453,8 @@ class Scenario:
             from reconciler.deviceapi.registry import REGISTRY_FILE
             from reconciler.deviceapi.sqlite_registry import SQLiteRegistry
 
-            local = SQLiteRegistry(self.demo.state / REGISTRY_FILE)
-            try:
+            with closing(SQLiteRegistry(self.demo.state / REGISTRY_FILE)) as local:
                 yield local
-            finally:
-                local.close()
             return
         from reconciler.deviceapi.kube_registry import KubernetesRegistry
 
