@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,18 @@ ENV = {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
 
 
 @pytest.fixture(scope="module")
-def images() -> dict[str, Path]:
+def images() -> Iterator[dict[str, Path]]:
     built = subprocess.run([str(ROOT / "scripts" / "build-images"), str(IMAGES)], capture_output=True, text=True,
                            timeout=1800)  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
     version = subprocess.run([str(ROOT / ".venv" / "bin" / "edgectl"), "--version"], capture_output=True,
                              text=True, check=True).stdout.split()[-1]  # fmt: skip
-    return {name: IMAGES / f"{name}-{version}.tar" for name in ("edge-reconciler", "edge-reconciler-build")}
+    names = ("edge-reconciler", "edge-reconciler-build")
+    yield {name: IMAGES / f"{name}-{version}.tar" for name in names}
+    # `buildah from docker-archive:` copies each image into buildah's storage (4 GB for the build image under
+    # vfs); left there, every rebuild would leave the last copy behind until the disk is full.
+    subprocess.run(["buildah", "rmi", "--force", *(f"docker.io/library/{name}:{version}" for name in names)],
+                   capture_output=True, env=ENV)  # fmt: skip
 
 
 def run_in(image: Path, *command: str) -> subprocess.CompletedProcess[str]:
