@@ -32,8 +32,11 @@ class JsonLines(logging.Formatter):
 
 def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: str, state_dir: Path,
                 store: Path | None, target, backend: str, registry, agent_service_account: str | None,
-                telemetry, on_join=None, fleet_upstream=None):  # fmt: skip
-    """The device API on its own port with its own certificate, issued by the fleet CA at every start."""
+                telemetry, on_join=None, fleet_upstream=None, helper: bool = False,
+                reuse_port: bool = False):  # fmt: skip
+    """The device API on its own port with its own certificate, issued by the fleet CA at every start.
+    ``helper``: one of the controller's other device API processes, which serves the certificate the controller
+    issued (``reuse_port``: for all of them)."""
     import socket
     from datetime import UTC, datetime, timedelta
 
@@ -56,15 +59,16 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
         ca = FleetCA.load_or_create(ca_dir)
     except PermanentError as exc:  # a half or foreign CA folder: say so, never overwrite it
         raise click.ClickException(f"fleet CA in {ca_dir}: {exc}") from None
-    now = datetime.now(UTC)
-    # A wildcard address is no name a device can check: the machine's name and loopback stand in for it.
-    names = {"localhost", *hosts} | ({"127.0.0.1", socket.gethostname()} if host in ("0.0.0.0", "::") else {host})
-    cert, key = ca.issue_server(sorted(names), timedelta(days=365), now)
     tls = state_dir / "device-api"
-    tls.mkdir(parents=True, exist_ok=True)
-    # Certificate and key in one file, replaced at once: replicas sharing the state directory never load one
-    # replica's certificate with another's key.
-    write_atomic(tls / "tls.pem", cert + key, mode=0o600)
+    if not helper:
+        now = datetime.now(UTC)
+        # A wildcard address is no name a device can check: the machine's name and loopback stand in for it.
+        names = {"localhost", *hosts} | ({"127.0.0.1", socket.gethostname()} if host in ("0.0.0.0", "::") else {host})
+        cert, key = ca.issue_server(sorted(names), timedelta(days=365), now)
+        tls.mkdir(parents=True, exist_ok=True)
+        # Certificate and key in one file, replaced at once: replicas sharing the state directory never load one
+        # replica's certificate with another's key.
+        write_atomic(tls / "tls.pem", cert + key, mode=0o600)
     # Identity lives in the backend, so that every replica serves every device.
     if backend == "kubernetes":
         from reconciler.deviceapi.kube_registry import KubernetesRegistry
@@ -85,8 +89,26 @@ def _device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: st
         on_capture=capture_recorder(artifacts) if artifacts else None,
         clock=lambda: datetime.now(UTC), register_enrolled=backend == "local",
         node_of_token=(lambda token: target.node_of_token(token, SERVICE_ACCOUNT_AUDIENCE, agent_service_account))
-        if agent_service_account else None, on_join=on_join, fleet_upstream=fleet_upstream,
+        if agent_service_account else None, on_join=on_join, fleet_upstream=fleet_upstream, reuse_port=reuse_port,
     ).start()  # fmt: skip
+
+
+def _helper_device_api(address: str, hosts: tuple[str, ...], ca_dir: Path, lifetime: str, state_dir: Path,
+                       store: Path | None, telemetry_path: Path, retention, log_format: str, link):  # fmt: skip
+    """In a device API helper process (:mod:`reconciler.deviceapi.processes`): the controller's device API but for
+    its metrics registry, and with joins and the SuperLink's address asked of the controller through ``link``."""
+    from reconciler.telemetry.store import TelemetryStore
+
+    _log_to_stderr(log_format)
+    return _device_api(address, hosts, ca_dir, lifetime, state_dir, store, None, "local", None, None,
+                       TelemetryStore(telemetry_path, retention), link.join, link.upstream, helper=True,
+                       reuse_port=True)  # fmt: skip
+
+
+def _log_to_stderr(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 def _fleet_store(source) -> Path | None:
@@ -138,6 +160,10 @@ def _repo_url(repo: str) -> str:
               help="Operator HTTP address: metrics, health, readiness, Git webhook ('' to disable).")  # fmt: skip
 @click.option("--device-api", default="127.0.0.1:8443", show_default=True,
               help="Device API address (TLS; devices enrol, poll, report, download) ('' to disable).")  # fmt: skip
+@click.option("--device-api-processes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes serving the device API on its one port, the controller's among them (local backend; "
+                   "on Kubernetes, run more replicas): beyond one, devices' requests no longer wait for the "
+                   "controller's cycle.")  # fmt: skip
 @click.option("--device-api-host", "device_api_hosts", multiple=True,
               help="A name or address devices use for the device API, for its certificate (repeatable).")  # fmt: skip
 @click.option(
@@ -229,6 +255,7 @@ def run(
     interval: float | None,
     listen: str,
     device_api: str,
+    device_api_processes: int,
     device_api_hosts: tuple[str, ...],
     ca_dir: Path | None,
     certificate_lifetime: str,
@@ -265,14 +292,15 @@ def run(
     from reconciler.gitops.source import Credentials, GitError, GitSource
     from reconciler.telemetry.store import TelemetryStore
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter("%(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    _log_to_stderr(log_format)
 
     if leader_elect and (backend != "kubernetes" or once):
         raise click.UsageError("--leader-elect needs --backend kubernetes and a long-running controller")
     if operator_kubernetes_auth and backend != "kubernetes":
         raise click.UsageError("--operator-kubernetes-auth needs --backend kubernetes")
+    if device_api_processes > 1 and (backend != "local" or not device_api):
+        raise click.UsageError("--device-api-processes needs --backend local and a --device-api address (on "
+                               "Kubernetes, run more replicas)")  # fmt: skip
     if releases is not None and tuf_keys is None:
         raise click.UsageError("--releases needs --tuf-keys (the keys that sign what agents may fetch)")
     try:
@@ -396,9 +424,25 @@ def run(
                           TelemetryStore(config.telemetry_path, config.telemetry_retention),
                           lambda backend, device, name, key: controller.trainings.admit(
                               backend.assignments_for(device), device, name, key),
-                          controller.trainings.upstream)  # fmt: skip
+                          controller.trainings.upstream, reuse_port=device_api_processes > 1)  # fmt: skip
         servers.append(api)
         logging.getLogger("edge_reconciler.controller").info("device API", extra={"url": api.url})
+        if device_api_processes > 1:
+            import functools
+
+            from reconciler.deviceapi.processes import DeviceAPIHelpers
+
+            host, port = api.bound
+            build = functools.partial(_helper_device_api, f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                                      device_api_hosts, ca_dir or state_dir / "ca", certificate_lifetime, state_dir,
+                                      store, config.telemetry_path, config.telemetry_retention, log_format)  # fmt: skip
+            helpers = DeviceAPIHelpers(device_api_processes - 1, api, build, lambda: LocalBackend(state_dir),
+                                       lambda backend, device, name, key: controller.trainings.admit(
+                                           backend.assignments_for(device), device, name, key),
+                                       controller.trainings.upstream_address).start()  # fmt: skip
+            servers.append(helpers)
+            logging.getLogger("edge_reconciler.controller").info("device API processes", extra={
+                "processes": device_api_processes, "pids": helpers.pids})  # fmt: skip
 
     def stop(signum: int, _frame: object) -> None:
         controller.stop.set()

@@ -92,12 +92,19 @@ class Trainings:
 
     def upstream(self) -> tuple[str, ssl.SSLContext] | None:
         """Where the device API passes devices' Fleet calls: the running SuperLink's loopback address."""
+        address = self.upstream_address()
+        if address is None:
+            return None
+        if self._context is None:
+            self._context = ssl.create_default_context(cafile=address[1])
+        return address[0], self._context
+
+    def upstream_address(self) -> tuple[str, str] | None:
+        """:meth:`upstream` as the device API's other processes take it: the address and the CA's file."""
         link = self.superlink
         if link is None or not link.alive():
             return None
-        if self._context is None:
-            self._context = ssl.create_default_context(cafile=str(link.ca_file))
-        return f"https://127.0.0.1:{link.port}", self._context
+        return f"https://127.0.0.1:{link.port}", str(link.ca_file)
 
     # --- each cycle ------------------------------------------------------------------------------------------
 

@@ -124,6 +124,7 @@ class DeviceAPIServer:
         node_of_token: Callable[[str], str] | None = None,
         on_join: Callable[[Backend, str, str, Any], bool | str] | None = None,
         fleet_upstream: Callable[[], tuple[str, ssl.SSLContext] | None] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """``backend_factory`` is called once in each worker thread (the first time it needs a backend): return
         one shared thread-safe backend (LocalBackend, a watching KubernetesBackend) or a new one per call; the
@@ -136,7 +137,9 @@ class DeviceAPIServer:
         backend's inventory).
         ``node_of_token(token)``: the Node an agent pod's ServiceAccount token proves
         (``KubernetesBackend.node_of_token`` with the audience and the agents' ServiceAccount bound); None:
-        enrolments with such a token are refused (``service-account-enrolment-disabled``)."""
+        enrolments with such a token are refused (``service-account-enrolment-disabled``).
+        ``reuse_port``: listen with SO_REUSEPORT, beside other processes serving the same address
+        (:mod:`reconciler.deviceapi.processes`)."""
         self.address, self.identity, self.backend_factory = address, identity, backend_factory
         self.ssl_context, self.blobs, self.tuf, self.deltas = ssl_context, blobs, tuf, deltas
         self.on_telemetry, self.clock, self.register_enrolled = on_telemetry, clock, register_enrolled
@@ -148,7 +151,7 @@ class DeviceAPIServer:
         for none (no ``edgectl debug`` names it now): refused, so nothing leaves a device unasked."""
         self.limits, self.node_of_token = limits or Limits(), node_of_token
         self.on_join = on_join
-        self.fleet_upstream = fleet_upstream
+        self.fleet_upstream, self.reuse_port = fleet_upstream, reuse_port
         """The SuperLink's own address (``https://127.0.0.1:PORT``, a context trusting it) while one runs: devices'
         SuperNodes reach its Fleet routes, and only those, through this port (its Control API stays on loopback)."""
         self._upstream_session: Any = None
@@ -184,6 +187,11 @@ class DeviceAPIServer:
         self._thread.start()
         ready.result(timeout=60)
         return self
+
+    @property
+    def bound(self) -> tuple[str, int]:
+        """The address listened on (the port chosen, where 0 was asked)."""
+        return self._bound[0], self._bound[1]
 
     @property
     def url(self) -> str:
@@ -262,7 +270,7 @@ class DeviceAPIServer:
         # Our own listener rather than web.TCPSite: TCPSite cannot bound the TLS handshake (asyncio's 60 s).
         self._listener = await asyncio.get_running_loop().create_server(
             self._runner.server, self.address[0], self.address[1], ssl=self.ssl_context, backlog=512,
-            reuse_address=True, ssl_handshake_timeout=self.limits.handshake_seconds,
+            reuse_address=True, reuse_port=self.reuse_port or None, ssl_handshake_timeout=self.limits.handshake_seconds,
             ssl_shutdown_timeout=self.limits.shutdown_seconds,
         )  # fmt: skip
         self._bound = self._listener.sockets[0].getsockname()[:2]
