@@ -21,6 +21,9 @@ def _share(name: str, help_text: str):
 @click.option("--devices", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
 @click.option("--processes", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Worker processes the devices are spread over (one asyncio loop each).")  # fmt: skip
+@click.option("--device-api-processes", type=click.IntRange(1, 64),
+              help="The controller's device API processes (edgectl run --device-api-processes; default 2, and 1 "
+                   "with --backend kubernetes, which has one).")  # fmt: skip
 @_share("offline", "Share of devices that go offline for periods.")
 @click.option("--offline-seconds", type=click.FloatRange(0), default=90.0, show_default=True,
               help="Mean length of an offline period.")  # fmt: skip
@@ -65,7 +68,8 @@ def _share(name: str, help_text: str):
 @click.option("--namespace", "-n", default="edge-simulate", show_default=True,
               help="Kubernetes backend: a namespace holding none of the controller's objects; the run's objects are "
               "removed from it at the end.")  # fmt: skip
-def simulate(devices: int, processes: int, offline: float, offline_seconds: float, flaky: float, bandwidth: float,
+def simulate(devices: int, processes: int, device_api_processes: int | None, offline: float, offline_seconds: float,
+             flaky: float, bandwidth: float,
              bandwidth_bytes: int, slow: float, crash: float, skew: float, churn: float, steps: str, pause: int,
              trial: int, poll: float, interval: float, defect: bool, defect_rate: float, enrol: str,
              no_downloads: bool, verify_share: float,
@@ -93,7 +97,11 @@ def simulate(devices: int, processes: int, offline: float, offline_seconds: floa
                                "never picks a cluster by default)")  # fmt: skip
     if backend == "local" and kubeconfig is not None:
         raise click.UsageError("--kubeconfig is for --backend kubernetes")
-    config = ScenarioConfig(devices=devices, processes=processes, faults=faults, seed=seed, steps=(first, second),
+    if backend == "kubernetes" and (device_api_processes or 1) > 1:
+        raise click.UsageError("--device-api-processes is for --backend local (edgectl run serves the device API "
+                               "from one process beside a Kubernetes backend)")  # fmt: skip
+    config = ScenarioConfig(devices=devices, processes=processes, device_api_processes=device_api_processes or
+                            (2 if backend == "local" else 1), faults=faults, seed=seed, steps=(first, second),
                             pause_seconds=pause, trial_seconds=trial, poll_seconds=poll, controller_interval=interval,
                             defect=defect, defect_rate=defect_rate, verify_share=verify_share, enrol=enrol,
                             downloads=not no_downloads, timeout_seconds=timeout,

@@ -106,6 +106,9 @@ class RolloutNotReached(ScenarioError):
 class ScenarioConfig:
     devices: int = 1000
     processes: int = 2
+    device_api_processes: int = 2
+    """The controller's device API processes (``edgectl run --device-api-processes``); the Kubernetes backend has
+    one."""
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     steps: tuple[int, int] = (2, 25)
@@ -428,7 +431,8 @@ class Scenario:
     def backend_options(self) -> tuple[str, ...]:
         cluster = self.config.cluster
         if cluster is None:
-            return ()
+            count = self.config.device_api_processes
+            return ("--device-api-processes", str(count)) if count > 1 else ()
         return ("--backend", "kubernetes", "--kubeconfig", str(cluster.kubeconfig), "--namespace", cluster.namespace,
                 "--node-selector", cluster.node_selector)  # fmt: skip
 
@@ -571,6 +575,7 @@ class Scenario:
             "enrolled": counters["enrolled"],
             "left": counters["left"],
             "processes": config.processes,
+            "deviceApiProcesses": config.device_api_processes if config.cluster is None else 1,
             "enrolment": config.enrol,
             "seed": config.seed,
             "faults": config.faults.to_json(),
