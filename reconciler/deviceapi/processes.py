@@ -196,15 +196,23 @@ class ControllerLink:
     """A helper's calls to the controller's process; used by its server's worker threads and event loop at once."""
 
     def __init__(self, address: str, authkey: bytes) -> None:
-        self._connection = Client(address, family="AF_UNIX", authkey=authkey)
+        self.address, self._authkey = address, authkey
+        self._local = threading.local()
+        """A connection per calling thread: the event loop asking where the SuperLink is never waits behind a
+        worker thread's join (a SuperLink call)."""
+        self._connections: list[Connection] = []
         self._lock = threading.Lock()
         self._upstream: tuple[float, tuple[str, ssl.SSLContext] | None] = (float("-inf"), None)
         self._contexts: dict[str, ssl.SSLContext] = {}
 
     def call(self, *request: Any) -> Any:
-        with self._lock:
-            self._connection.send(request)
-            status, value = self._connection.recv()
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = Client(self.address, family="AF_UNIX", authkey=self._authkey)
+            with self._lock:
+                self._connections.append(connection)
+        connection.send(request)
+        status, value = connection.recv()
         if status != "ok":
             raise RuntimeError(value)
         return value
@@ -240,14 +248,17 @@ class ControllerLink:
         self.call("count", refusals, sent, served)
 
     def close(self) -> None:
-        self._connection.close()
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
 
 
 def _helper(build: Build, address: str, authkey: bytes, lifeline: Connection) -> None:
     """A helper process: serve until SIGTERM, or until the controller's process is gone."""
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C reaches the whole group: the controller stops us
-        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C reaches the whole process group: the controller, finishing its cycle, stops its helpers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         with contextlib.suppress(EOFError, OSError):

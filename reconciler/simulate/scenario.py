@@ -179,6 +179,8 @@ class Watch:
     """What the scenario sampled while it waited: controller memory, the rollout's last status."""
 
     rss_bytes: list[int] = field(default_factory=list)
+    helpers_rss_bytes: list[int] = field(default_factory=list)
+    """The controller's device API helper processes, together."""
     status: RolloutStatus | None = None
 
 
@@ -519,11 +521,12 @@ class Scenario:
         from reconciler.gitops.source import branch_head, files_at_commit
 
         controller = self.demo.processes[0].pid
-        try:
-            text = Path(f"/proc/{controller}/status").read_text()
-            self.watch.rss_bytes.append(int(re.search(r"VmRSS:\s+(\d+) kB", text)[1]) * 1024)  # type: ignore[index]
-        except (OSError, TypeError):
-            pass
+        rss = _rss_bytes(controller)
+        if rss is not None:
+            self.watch.rss_bytes.append(rss)
+        helpers = [_rss_bytes(pid) or 0 for pid in _helpers_of(controller)]
+        if helpers:
+            self.watch.helpers_rss_bytes.append(sum(helpers))
         head = branch_head(str(self.demo.remote), STATUS_BRANCH)
         if head is None:
             return None
@@ -606,6 +609,7 @@ class Scenario:
                     "max": max(cycles, default=None),
                 },
                 "rssBytes": max(self.watch.rss_bytes, default=None),
+                "deviceApiHelpersRssBytes": max(self.watch.helpers_rss_bytes, default=None),
                 "errors": controller_errors[:20],
                 "errorCount": len(controller_errors),
             },
@@ -706,3 +710,26 @@ def cleanup(workdir: Path) -> None:
 
 
 __all__ = ["Cluster", "Scenario", "ScenarioConfig", "ScenarioError", "cleanup"]
+
+
+def _rss_bytes(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", text)[1]) * 1024  # type: ignore[index]
+    except (OSError, TypeError):
+        return None
+
+
+def _helpers_of(pid: int) -> list[int]:
+    """The device API helpers of the controller ``pid`` (its children started by multiprocessing's spawn)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
