@@ -93,7 +93,11 @@ def test_comparison_flags_a_regression_beyond_the_noise_only():
 
 
 def test_simulate_refuses_bad_options_before_starting_anything(tmp_path: Path):
-    for args, message in ((["--offline", "2"], "--offline"), (["--steps", "30,20"], "--steps")):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    for args, message in ((["--offline", "2"], "--offline"), (["--steps", "30,20"], "--steps"),
+                          (["--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--device-api-processes", "2"],
+                           "--device-api-processes is for --backend local")):  # fmt: skip
         done = subprocess.run([str(EDGECTL), "simulate", *args, "--workdir", str(tmp_path / "w")],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         assert done.returncode == 2 and message in done.stderr, done.stderr
@@ -142,6 +146,9 @@ def test_a_thousand_devices_converge_and_a_defect_aborts_early(tmp_path: Path, f
     assert result["controller"]["cycles"] > 10 and result["controller"]["cycleSeconds"]["p99"] is not None
     assert result["deviceApi"]["p99Ms"] is not None and result["statusCommits"] > 0
     assert result["bytesServed"]["byKind"]["artifact"] > 0
+    # Two device API processes served the fleet, and the controller's count has every byte either one sent.
+    assert result["deviceApiProcesses"] == 2 and result["controller"]["deviceApiHelpersRssBytes"] > 0
+    assert result["bytesServed"]["byKind"]["artifact"] >= result["bytesServed"]["downloadedByDevices"]
 
     # The controller's own record agrees: the devices that stayed report Healthy on 2.0.0.
     backend = LocalBackend(workdir / "controller")
@@ -169,7 +176,7 @@ def test_on_kubernetes_the_devices_are_nodes_and_the_run_leaves_nothing_behind(
     done = subprocess.run([*command, "--workdir", str(tmp_path / "run")], capture_output=True, text=True, timeout=850)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout)
-    assert (result["backend"], result["enrolled"]) == ("kubernetes", 40)
+    assert (result["backend"], result["enrolled"], result["deviceApiProcesses"]) == ("kubernetes", 40, 1)
     assert result["rollout"]["phase"] == "Succeeded" and result["rollout"]["converged"]["99"] is not None
     assert result["defect"]["phase"] == "Aborted" and result["defect"]["exposed"] < 40
     assert result["reportsLost"] == 0 and result["controller"]["errorCount"] == 0, result["controller"]["errors"]
