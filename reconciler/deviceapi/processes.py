@@ -65,16 +65,23 @@ class DeviceAPIHelpers:
         self._listener = Listener(family="AF_UNIX", authkey=self._authkey)
         self._slots: list[tuple[multiprocessing.process.BaseProcess, Connection, float] | None] = [None] * count
         self._closing = threading.Event()
-        self._lock = threading.Lock()
-        """Held to start a helper and to begin closing: no helper starts after :meth:`close` looked."""
+        self._lock = threading.Condition()
+        """Held to start a helper and to begin closing (no helper starts after :meth:`close` looked), and to count
+        the helpers that said they listen."""
+        self._ready = 0
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> DeviceAPIHelpers:
-        """Start every helper and return once each one listens (or has failed to)."""
+    def start(self, timeout: float = 120.0) -> DeviceAPIHelpers:
+        """Start every helper and return once each one listens, or ``timeout`` passed (those that did not are
+        started again, and logged, by the supervisor)."""
         self._spawn_thread(self._accept, "device-api-helpers")
         for slot in range(self.count):
             self._start(slot)
         self._spawn_thread(self._supervise, "device-api-supervisor")
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._ready >= self.count, timeout):
+                log.warning("device API processes not all listening", extra={"listening": self._ready,
+                            "processes": self.count})  # fmt: skip
         return self
 
     @property
@@ -177,12 +184,12 @@ class DeviceAPIHelpers:
         if kind == "upstream":
             return self.upstream() if self.upstream is not None else None
         if kind == "count":
-            refusals, sent, served = args
-            for reason, value in refusals.items():
-                self.server.refusals.labels(reason).inc(value)
-            for kind_sent, value in sent.items():
-                self.server.sent.labels(kind_sent).inc(value)
-            self.server.bytes_served += served
+            self.server.add_counted_elsewhere(*args)
+            return None
+        if kind == "ready":
+            with self._lock:
+                self._ready += 1
+                self._lock.notify_all()
             return None
         raise ValueError(f"unknown request {kind!r}")
 
@@ -269,6 +276,7 @@ def _helper(build: Build, address: str, authkey: bytes, lifeline: Connection) ->
     link = ControllerLink(address, authkey)
     server = build(link)
     counted = _Counted(server)
+    link.call("ready")
     try:
         while not stop.wait(COUNT_SECONDS):
             counted.push(link)

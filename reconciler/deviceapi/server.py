@@ -607,6 +607,25 @@ class DeviceAPIServer:
         assert self.on_logs is not None
         return self.on_logs(self._backend(), device, lines)
 
+    def add_counted_elsewhere(self, refusals: dict[str, float], sent: dict[str, float], served: int) -> None:
+        """Add what another process serving this address counted (:mod:`reconciler.deviceapi.processes`), so that
+        ``/metrics`` tells about the whole device API. ``bytes_served`` is changed on the event loop, which alone
+        changes it otherwise."""
+        for reason, value in refusals.items():
+            self.refusals.labels(reason).inc(value)
+        for kind, value in sent.items():
+            self.sent.labels(kind).inc(value)
+        if served:
+            loop = self._loop
+
+            def add() -> None:
+                self.bytes_served += served
+
+            if loop is not None and loop.is_running():
+                asyncio.run_coroutine_threadsafe(_call_soon(add), loop).result(timeout=10)
+            else:
+                add()
+
     def bytes_sent(self, kind: str) -> int:
         """Bytes of ``kind`` (artifact, delta, metadata) sent since the start."""
         samples = (s for metric in self.sent.collect() for s in metric.samples if s.name.endswith("_total"))
@@ -715,6 +734,10 @@ class _CountParserRefusals(AbstractAccessLogger):
             reason = "malformed-request" if response.status == 400 else f"http-{response.status}"
             self.owner.refusals.labels(reason).inc()
             log.info("refused by the HTTP parser", extra={"status": response.status, "remote": request.remote})
+
+
+async def _call_soon(function: Callable[[], None]) -> None:
+    function()
 
 
 def _open_regular(file: Path) -> tuple[int, int, int]:
