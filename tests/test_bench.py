@@ -298,7 +298,8 @@ def test_scale_quick(tmp_path: Path):
         r"40 devices \(40 enrolled, \d+ s wall\)",
         rf"  converged 50/90/99 %: {NUMBER} / {NUMBER} / ({NUMBER}|None) s after the commit; rollout Succeeded in "
         rf"{NUMBER} s",
-        rf"  controller: \d+ cycles, p50 {NUMBER} s, p99 {NUMBER} s, peak RSS {NUMBER} MiB, 0 errors logged",
+        rf"  controller: \d+ cycles, p50 {NUMBER} s, p99 {NUMBER} s, peak RSS {NUMBER} MiB \(\+ {NUMBER} MiB in device "
+        r"API helpers\), 0 errors logged",
         rf"  device API: [\d,]+ requests, p50 {NUMBER} ms, p99 {NUMBER} ms, \d+ unanswered, 0 5xx, 0 429",
         rf"  defective 2\.1\.0: Aborted in {NUMBER} s, given to \d+ devices \({NUMBER}% of the fleet\)",
         r"  against 0 earlier runs: no regression",
