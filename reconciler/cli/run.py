@@ -419,11 +419,14 @@ def run(
     if device_api:
         if agent_service_account and backend != "kubernetes":
             raise click.UsageError("--agent-service-account needs --backend kubernetes")
+
+        def join(backend, device: str, name: str, key) -> bool | str:
+            """A device's join of a federated training, wherever the device API process that took it runs."""
+            return controller.trainings.admit(backend.assignments_for(device), device, name, key)
+
         api = _device_api(device_api, device_api_hosts, ca_dir or state_dir / "ca", certificate_lifetime, state_dir,
                           store, target, backend, controller.metrics.registry, agent_service_account,
-                          TelemetryStore(config.telemetry_path, config.telemetry_retention),
-                          lambda backend, device, name, key: controller.trainings.admit(
-                              backend.assignments_for(device), device, name, key),
+                          TelemetryStore(config.telemetry_path, config.telemetry_retention), join,
                           controller.trainings.upstream, reuse_port=device_api_processes > 1)  # fmt: skip
         servers.append(api)
         logging.getLogger("edge_reconciler.controller").info("device API", extra={"url": api.url})
@@ -436,9 +439,7 @@ def run(
             build = functools.partial(_helper_device_api, f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                                       device_api_hosts, ca_dir or state_dir / "ca", certificate_lifetime, state_dir,
                                       store, config.telemetry_path, config.telemetry_retention, log_format)  # fmt: skip
-            helpers = DeviceAPIHelpers(device_api_processes - 1, api, build, lambda: LocalBackend(state_dir),
-                                       lambda backend, device, name, key: controller.trainings.admit(
-                                           backend.assignments_for(device), device, name, key),
+            helpers = DeviceAPIHelpers(device_api_processes - 1, api, build, lambda: LocalBackend(state_dir), join,
                                        controller.trainings.upstream_address).start()  # fmt: skip
             servers.append(helpers)
             logging.getLogger("edge_reconciler.controller").info("device API processes", extra={

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
@@ -69,7 +70,6 @@ class DeviceAPIHelpers:
         """Held to start a helper and to begin closing (no helper starts after :meth:`close` looked), and to count
         the helpers that said they listen."""
         self._ready = 0
-        self._threads: list[threading.Thread] = []
 
     def start(self, timeout: float = 120.0) -> DeviceAPIHelpers:
         """Start every helper and return once each one listens, or ``timeout`` passed (those that did not are
@@ -194,9 +194,7 @@ class DeviceAPIHelpers:
         raise ValueError(f"unknown request {kind!r}")
 
     def _spawn_thread(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        threading.Thread(target=target, name=name, daemon=True).start()
 
 
 class ControllerLink:
@@ -299,8 +297,7 @@ class _Counted:
         self.served = 0
 
     def push(self, link: ControllerLink) -> None:
-        refusals, sent = _totals(self.server.refusals, "reason"), _totals(self.server.sent, "kind")
-        served = self.server.bytes_served
+        refusals, sent, served = self.server.counted()
         new_refusals = {k: v - self.refusals.get(k, 0) for k, v in refusals.items() if v != self.refusals.get(k, 0)}
         new_sent = {k: v - self.sent.get(k, 0) for k, v in sent.items() if v != self.sent.get(k, 0)}
         if new_refusals or new_sent or served != self.served:
@@ -308,6 +305,17 @@ class _Counted:
         self.refusals, self.sent, self.served = refusals, sent, served
 
 
-def _totals(counter: Any, label: str) -> dict[str, float]:
-    return {sample.labels[label]: sample.value for metric in counter.collect() for sample in metric.samples
-            if sample.name.endswith("_total")}  # fmt: skip
+def helper_pids(controller: int) -> list[int]:
+    """The device API helpers of the controller process ``controller``, as ``/proc`` shows them to any process of
+    the same user (its children that multiprocessing's spawn started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == controller and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found

@@ -628,8 +628,11 @@ class DeviceAPIServer:
 
     def bytes_sent(self, kind: str) -> int:
         """Bytes of ``kind`` (artifact, delta, metadata) sent since the start."""
-        samples = (s for metric in self.sent.collect() for s in metric.samples if s.name.endswith("_total"))
-        return int(sum(sample.value for sample in samples if sample.labels.get("kind") == kind))
+        return int(_totals(self.sent, "kind").get(kind, 0))
+
+    def counted(self) -> tuple[dict[str, float], dict[str, float], int]:
+        """Refusals by reason, bytes sent by kind, bytes served: this process's counts since the start."""
+        return _totals(self.refusals, "reason"), _totals(self.sent, "kind"), self.bytes_served
 
     def _store_telemetry(self, device: str, summary: dict) -> bool | str:
         assert self.on_telemetry is not None
@@ -734,6 +737,11 @@ class _CountParserRefusals(AbstractAccessLogger):
             reason = "malformed-request" if response.status == 400 else f"http-{response.status}"
             self.owner.refusals.labels(reason).inc()
             log.info("refused by the HTTP parser", extra={"status": response.status, "remote": request.remote})
+
+
+def _totals(counter: Counter, label: str) -> dict[str, float]:
+    return {sample.labels[label]: sample.value for metric in counter.collect() for sample in metric.samples
+            if sample.name.endswith("_total")}  # fmt: skip
 
 
 async def _call_soon(function: Callable[[], None]) -> None:

@@ -518,13 +518,14 @@ class Scenario:
     def sample(self) -> RolloutStatus | None:
         """The rollout's status as committed to Git; the controller's resident memory."""
         from reconciler.api.status import StatusPaths
+        from reconciler.deviceapi.processes import helper_pids
         from reconciler.gitops.source import branch_head, files_at_commit
 
         controller = self.demo.processes[0].pid
         rss = _rss_bytes(controller)
         if rss is not None:
             self.watch.rss_bytes.append(rss)
-        helpers = [_rss_bytes(pid) or 0 for pid in _helpers_of(controller)]
+        helpers = [_rss_bytes(pid) or 0 for pid in helper_pids(controller)]
         if helpers:
             self.watch.helpers_rss_bytes.append(sum(helpers))
         head = branch_head(str(self.demo.remote), STATUS_BRANCH)
@@ -718,18 +719,3 @@ def _rss_bytes(pid: int) -> int | None:
         return int(re.search(r"VmRSS:\s+(\d+) kB", text)[1]) * 1024  # type: ignore[index]
     except (OSError, TypeError):
         return None
-
-
-def _helpers_of(pid: int) -> list[int]:
-    """The device API helpers of the controller ``pid`` (its children started by multiprocessing's spawn)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -19,15 +18,7 @@ from reconciler.agent.slots import ModelSlots
 from reconciler.agent.supervisor import ServingProcess
 
 from ..device_fleet import MODEL, Fleet, free_port
-
-
-def eventually(check, what: str, timeout: float = 120.0):
-    """Until ``check()`` is true; the deadline only ends a hung test, it times nothing."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.05)
-    return result
+from ..waiting import eventually
 
 
 def predict(url: str, rows: list) -> urllib3.BaseHTTPResponse | None:

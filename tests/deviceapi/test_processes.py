@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -20,22 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from reconciler.deviceapi.client import DeviceClient
-from reconciler.deviceapi.processes import DeviceAPIHelpers
+from reconciler.deviceapi.processes import DeviceAPIHelpers, helper_pids
 
 from ..device_fleet import Fleet, free_port
+from ..waiting import eventually
 
 EDGECTL = Path(sys.executable).parent / "edgectl"
-
-
-def eventually(check, what: str, timeout: float = 90.0):
-    """Until ``check()`` returns something true: the deadline only stops a hung test, it times nothing."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.1)
 
 
 def listeners(port: int) -> int:
@@ -43,21 +32,6 @@ def listeners(port: int) -> int:
     text = Path("/proc/net/tcp").read_text()
     return sum(1 for line in text.splitlines()[1:] if line.split()[1].endswith(f":{port:04X}") and
                line.split()[3] == "0A")  # fmt: skip
-
-
-def helpers_of(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid and b"spawn_main" in command:
-            found.add(int(entry.name))
-    return found
 
 
 def gone(pid: int) -> bool:
@@ -98,7 +72,7 @@ def test_three_processes_serve_one_device_api(fleet_bare_repo: Path, tmp_path: P
     controller = Controller(fleet_bare_repo, tmp_path, processes=3)
     try:
         eventually(lambda: listeners(controller.port) == 3, "three processes listen")
-        first = helpers_of(controller.process.pid)
+        first = set(helper_pids(controller.process.pid))
         assert len(first) == 2
 
         # Requests without a certificate, each on its own connection: the kernel spreads them over the processes,
@@ -123,14 +97,14 @@ def test_three_processes_serve_one_device_api(fleet_bare_repo: Path, tmp_path: P
         # A helper killed is replaced; its port is served by three again.
         victim = sorted(first)[0]
         os.kill(victim, signal.SIGKILL)
-        eventually(lambda: len(helpers_of(controller.process.pid) - {victim}) == 2, "a new helper")
+        eventually(lambda: len(set(helper_pids(controller.process.pid)) - {victim}) == 2, "a new helper")
         eventually(lambda: listeners(controller.port) == 3, "three processes listen again")
         for _ in range(20):
             assert device.assignments() == {}
             device.pool.clear()
 
         # SIGTERM: the controller stops its helpers and exits cleanly.
-        helpers = helpers_of(controller.process.pid)
+        helpers = set(helper_pids(controller.process.pid))
         controller.process.send_signal(signal.SIGTERM)
         assert controller.process.wait(120) == 0, controller.log.read_text()[-3000:]
         assert all(gone(pid) for pid in helpers)
@@ -144,7 +118,7 @@ def test_helpers_end_with_a_killed_controller(fleet_bare_repo: Path, tmp_path: P
     controller = Controller(fleet_bare_repo, tmp_path, processes=2)
     try:
         eventually(lambda: listeners(controller.port) == 2, "two processes listen")
-        helpers = helpers_of(controller.process.pid)
+        helpers = set(helper_pids(controller.process.pid))
         controller.process.kill()  # no handler runs: only the kernel closing the lifeline tells the helper
         controller.process.wait(30)
         eventually(lambda: all(gone(pid) for pid in helpers), "the helper exits")

@@ -29,6 +29,7 @@ from reconciler.telemetry.aggregate import aggregate
 from reconciler.telemetry.store import TelemetryStore
 
 from ..device_fleet import free_port
+from ..waiting import eventually
 
 pytestmark = pytest.mark.kube
 EDGECTL = Path(sys.executable).parent / "edgectl"
@@ -38,17 +39,6 @@ LABELS = {
 }  # fmt: skip
 SECRET = b"push-secret"
 _runs = itertools.count()
-
-
-def eventually(check, what: str, timeout: float = 60.0):
-    """Until ``check()`` returns something true: the deadline only stops a hung test, it times nothing."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.1)
 
 
 class Replica:
